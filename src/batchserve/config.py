@@ -1,0 +1,93 @@
+"""Scheduler and cache configuration, and the named scheduler presets.
+
+Every tunable is a typed, documented field here; the CLI exposes each as a
+flag of the same name. A preset (`vllm`, `sarathi`, `orca`) is only a set of
+field values, never a separate scheduler class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+POLICIES = ("fcfs", "priority", "edf", "lpm")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_batched_tokens: int = 8192
+    """Token budget of one step: prefill chunks plus decodes."""
+    max_num_seqs: int = 256
+    """At most this many requests run (hold KV blocks) at once."""
+    enable_chunked_prefill: bool = True
+    """Split a prompt across steps to fit the token budget (Sarathi-Serve)."""
+    prefill_first: bool = False
+    """A step that can admit a waiting prompt runs prefills only, pausing decodes (vLLM v0)."""
+    policy: str = "fcfs"
+    """Order of the waiting queue: fcfs, priority, edf (earliest deadline), lpm (longest cached prefix)."""
+    long_prefill_token_threshold: int = 0
+    """Cap on one request's prefill chunk per step, so several prompts progress together; 0 = no cap."""
+    watermark: float = 0.01
+    """Fraction of KV blocks kept free when admitting a waiting request, so running ones rarely preempt."""
+    lpm_window: int = 256
+    """`lpm` re-ranks only the first this-many waiting requests (by arrival) each step, bounding its cost."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError("long_prefill_token_threshold must be >= 0 (0 disables it)")
+        if self.lpm_window < 1:
+            raise ValueError(f"lpm_window must be >= 1, got {self.lpm_window}")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV block."""
+    num_blocks: int | None = None
+    """KV blocks in the pool; None derives it from the memory left after weights and activations."""
+    enable_prefix_caching: bool = True
+    """Share full blocks between requests with the same prefix (hash-chained)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+# Presets as users know them. Values not named keep the SchedulerConfig default.
+SCHEDULER_PRESETS: dict[str, dict[str, Any]] = {
+    # vLLM v0 default: whole prompts, prefill steps pause decodes.
+    "vllm": dict(enable_chunked_prefill=False, prefill_first=True, max_num_batched_tokens=8192),
+    # Sarathi-Serve: decodes first (stall-free), prompts chunked into the leftover budget.
+    "sarathi": dict(enable_chunked_prefill=True, prefill_first=False, max_num_batched_tokens=512),
+    # Orca: iteration-level batching, whole prompts mixed with decodes.
+    "orca": dict(enable_chunked_prefill=False, prefill_first=False, max_num_batched_tokens=8192),
+}
+
+
+def scheduler_config(preset: str | None = None, **overrides: Any) -> SchedulerConfig:
+    """Build a SchedulerConfig from a preset name plus explicit overrides (overrides win)."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in SCHEDULER_PRESETS:
+            raise ValueError(
+                f"unknown scheduler preset {preset!r}; choose one of {', '.join(SCHEDULER_PRESETS)}"
+            )
+        values.update(SCHEDULER_PRESETS[preset])
+    known = {f.name for f in fields(SchedulerConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown scheduler field(s) {sorted(unknown)}; known: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return SchedulerConfig(**values)
+
+

@@ -1,0 +1,7 @@
+"""The scheduler core: block pool, KV cache manager, policies, scheduler. Pure Python, no torch."""
+
+from .block_pool import BlockPool
+from .kv_cache_manager import KVCacheManager
+from .scheduler import ScheduledBatch, Scheduler, StepResult
+
+__all__ = ["BlockPool", "KVCacheManager", "ScheduledBatch", "Scheduler", "StepResult"]

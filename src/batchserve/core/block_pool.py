@@ -1,0 +1,105 @@
+"""Fixed-size KV blocks with reference counts, a prefix cache and LRU eviction.
+
+A block with ref count 0 is *free* but keeps its cached content until it is
+handed out again: the free queue is ordered least recently used first, so
+allocation evicts the coldest cached block.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+
+class KVBlock:
+    __slots__ = ("block_id", "ref_cnt", "block_hash")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_cnt = 0
+        self.block_hash: int | None = None  # set while the block is registered in the prefix cache
+
+
+class BlockPool:
+    """Owns every block; nothing else changes ref counts or the cache map."""
+
+    def __init__(self, num_blocks: int) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"a block pool needs at least one block, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        # Free blocks in LRU order (front = evict first). Values unused.
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._cached: dict[int, int] = {}  # block hash -> block id
+        self.num_evictions = 0
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks that can be handed out, cached-but-unreferenced ones included."""
+        return len(self._free)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self._free) / self.num_blocks
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
+    def allocate(self, n: int) -> list[int]:
+        """Take `n` free blocks (evicting their cached content) with ref count 1."""
+        if n > len(self._free):
+            raise RuntimeError(f"asked for {n} blocks with only {len(self._free)} free")
+        out = []
+        popitem, blocks, cached = self._free.popitem, self.blocks, self._cached
+        for _ in range(n):
+            block = blocks[popitem(last=False)[0]]
+            if block.block_hash is not None:
+                del cached[block.block_hash]
+                block.block_hash = None
+                self.num_evictions += 1
+            block.ref_cnt = 1
+            out.append(block.block_id)
+        return out
+
+    def lookup(self, block_hash: int) -> int | None:
+        return self._cached.get(block_hash)
+
+    def touch(self, block_ids: Iterable[int]) -> None:
+        """Add a holder to cached blocks (a prefix hit), taking them off the free queue."""
+        for bid in block_ids:
+            block = self.blocks[bid]
+            if block.ref_cnt == 0:
+                del self._free[bid]
+            block.ref_cnt += 1
+
+    def free(self, block_ids: Iterable[int]) -> None:
+        """Drop a holder; blocks reaching 0 join the free queue as most recently used.
+
+        Callers pass a request's blocks tail first, so a prompt's later blocks
+        are evicted before its earlier (more shareable) ones.
+        """
+        for bid in block_ids:
+            block = self.blocks[bid]
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                self._free[bid] = None
+            elif block.ref_cnt < 0:
+                raise RuntimeError(f"block {bid} freed more times than it was held")
+
+    def cache_block(self, block_id: int, block_hash: int) -> None:
+        """Register a full, computed block under its hash; the first block with a hash wins."""
+        block = self.blocks[block_id]
+        if block.block_hash is None and block_hash not in self._cached:
+            self._cached[block_hash] = block_id
+            block.block_hash = block_hash
+
+    def num_evictable_in(self, block_ids: Iterable[int]) -> int:
+        """How many of these blocks sit on the free queue (a hit on them consumes a free block)."""
+        blocks = self.blocks
+        return sum(1 for bid in block_ids if blocks[bid].ref_cnt == 0)
+
+    def reset_prefix_cache(self) -> None:
+        for block_hash, bid in self._cached.items():
+            self.blocks[bid].block_hash = None
+        self._cached.clear()

@@ -1,0 +1,118 @@
+"""Block tables on top of the block pool: prefix lookup, slot allocation, freeing.
+
+A request's blocks cover exactly its computed tokens plus the ones being
+computed. A full block is identified by hash(parent hash, its token ids,
+adapter id), so any request with the same prefix (and adapter) can share it.
+"""
+
+from __future__ import annotations
+
+from ..config import CacheConfig
+from ..request import Request
+from .block_pool import BlockPool
+
+_ROOT_HASH = 0
+
+
+class KVCacheManager:
+    def __init__(self, config: CacheConfig) -> None:
+        self.block_size = config.block_size
+        self.enable_caching = config.enable_prefix_caching
+        self.pool = BlockPool(config.num_blocks)
+        self.num_queries = 0  # prompt tokens looked up in the prefix cache
+        self.num_hits = 0  # of which served from it
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def hash_blocks(self, req: Request, num_full_blocks: int) -> list[int]:
+        """Extend the request's chained block hashes to `num_full_blocks` blocks."""
+        hashes = req.block_hashes
+        if len(hashes) >= num_full_blocks:
+            return hashes
+        bs = self.block_size
+        prompt, output = req.prompt_token_ids, req.output_token_ids
+        num_prompt = len(prompt)
+        parent = hashes[-1] if hashes else _ROOT_HASH
+        for i in range(len(hashes), num_full_blocks):
+            start, end = i * bs, (i + 1) * bs
+            if end <= num_prompt:
+                tokens = prompt[start:end]
+            elif start >= num_prompt:
+                tokens = output[start - num_prompt : end - num_prompt]
+            else:
+                tokens = prompt[start:] + output[: end - num_prompt]
+            parent = hash((parent, tuple(tokens), req.adapter_id))
+            hashes.append(parent)
+        return hashes
+
+    def get_computed_blocks(self, req: Request) -> list[int]:
+        """Longest run of cached full blocks at the start of the request's tokens.
+
+        At least one token is always left to compute, since its logits are needed.
+        """
+        if not self.enable_caching:
+            return []
+        num_full = (req.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        lookup = self.pool.lookup
+        for h in self.hash_blocks(req, num_full)[:num_full]:
+            bid = lookup(h)
+            if bid is None:
+                break
+            hits.append(bid)
+        return hits
+
+    def count_cached_tokens(self, req: Request) -> int:
+        """Tokens a prefix lookup would serve now (for `lpm` ranking and routers); no side effects."""
+        return len(self.get_computed_blocks(req)) * self.block_size
+
+    def can_allocate(self, req: Request, num_new_tokens: int, computed_blocks: list[int] = (), reserve: int = 0) -> bool:
+        num_computed = req.num_computed_tokens + len(computed_blocks) * self.block_size
+        need = self.blocks_needed(num_computed + num_new_tokens) - len(req.block_ids) - len(computed_blocks)
+        if computed_blocks:
+            need += self.pool.num_evictable_in(computed_blocks)
+        return need + reserve <= self.pool.num_free_blocks
+
+    def allocate_slots(
+        self, req: Request, num_new_tokens: int, computed_blocks: list[int] = (), reserve: int = 0
+    ) -> bool:
+        """Give the request blocks for `num_new_tokens` more tokens, after taking `computed_blocks`.
+
+        Returns False and changes nothing when fewer than `reserve` blocks would
+        stay free. On success the request's num_computed_tokens includes the hits.
+        """
+        if not self.can_allocate(req, num_new_tokens, computed_blocks, reserve):
+            return False
+        if computed_blocks:
+            self.pool.touch(computed_blocks)
+            req.block_ids.extend(computed_blocks)
+            req.num_computed_tokens += len(computed_blocks) * self.block_size
+            req.num_committed_blocks = len(req.block_ids)
+        need = self.blocks_needed(req.num_computed_tokens + num_new_tokens) - len(req.block_ids)
+        if need > 0:
+            req.block_ids.extend(self.pool.allocate(need))
+        return True
+
+    def commit(self, req: Request) -> None:
+        """Register the request's newly computed full blocks in the prefix cache."""
+        num_full = req.num_computed_tokens // self.block_size
+        if not self.enable_caching or num_full <= req.num_committed_blocks:
+            return
+        hashes = self.hash_blocks(req, num_full)
+        for i in range(req.num_committed_blocks, num_full):
+            self.pool.cache_block(req.block_ids[i], hashes[i])
+        req.num_committed_blocks = num_full
+
+    def free(self, req: Request) -> None:
+        self.pool.free(reversed(req.block_ids))
+        req.block_ids = []
+        req.num_committed_blocks = 0

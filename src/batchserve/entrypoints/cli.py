@@ -1,0 +1,238 @@
+"""The `batchserve` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
+from ..metrics import SLO, format_table, summarize, write_per_request
+from ..request import Request
+from ..sim.cost_model import Efficiency
+from ..sim.hardware import HARDWARE
+from ..sim.models import MODELS
+from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..workload import WorkloadSpec, synthetic_requests, trace_requests
+from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
+from .progress import Progress
+
+CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec)
+# The workload's vocabulary comes from the model, not from a flag.
+SKIPPED_FIELDS = ("vocab_size",)
+
+
+def _parse_sweep(spec: str) -> tuple[str, list[float]]:
+    """`rate=1:20:1` (start:stop:step, stop included) or `rate=2,4,8`."""
+    name, sep, values = spec.partition("=")
+    if not sep or name.strip() != "rate":
+        raise ConfigError(f"--sweep {spec!r}: expected rate=START:STOP:STEP or rate=V1,V2,... (only rate sweeps)")
+    try:
+        if ":" in values:
+            start, stop, step = (float(v) for v in values.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            points = [round(start + i * step, 10) for i in range(count) if start + i * step <= stop + 1e-9]
+        else:
+            points = [float(v) for v in values.split(",")]
+    except ValueError:
+        raise ConfigError(f"--sweep {spec!r}: values must be START:STOP:STEP with STEP > 0, or a comma list") from None
+    if not points or min(points) <= 0:
+        raise ConfigError(f"--sweep {spec!r}: rates must be > 0")
+    return "rate", points
+
+
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="predict throughput and latency of a workload on simulated hardware",
+        description="Drive batchserve's scheduler with a roofline cost model of a model on hardware. "
+        "Every config field is a flag of the same name and may come from a TOML file (--config).",
+    )
+    p.add_argument("--config", metavar="TOML", help="TOML file of field = value (flags override it)")
+    p.add_argument(
+        "--scheduler", choices=sorted(SCHEDULER_PRESETS), default=None,
+        help="scheduler preset: vllm (whole prompts, prefill first), sarathi (chunked prefill, decodes first), "
+        "orca (whole prompts mixed with decodes) (default: sarathi)",
+    )
+    p.add_argument("--workload", metavar="TRACE", help="replay a JSONL/CSV trace instead of a synthetic workload")
+    p.add_argument("--slo", help="latency targets for goodput, e.g. ttft=2s,tpot=100ms,e2e=30s")
+    p.add_argument("--sweep", help="load sweep, e.g. rate=1:20:1 or rate=2,4,8; prints and plots latency vs throughput")
+    p.add_argument("--json", metavar="FILE", help="write config and metrics as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write latency CDFs and throughput/queue over time (sweep: latency vs throughput)")
+    p.add_argument("--per-request", metavar="JSONL", help="write one record per request")
+    p.add_argument("--list", action="store_true", help="list catalog models and hardware, then exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_dataclass_flags(p, ClusterConfig, "deployment")
+    add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
+    add_dataclass_flags(p, CacheConfig, "KV cache")
+    add_dataclass_flags(p, WorkloadSpec, "synthetic workload", skip=SKIPPED_FIELDS)
+    add_dataclass_flags(p, Efficiency, "cost-model efficiency")
+    p.set_defaults(func=cmd_simulate)
+
+
+def _layered(args: argparse.Namespace) -> dict[str, Any]:
+    """Field values: TOML file, then explicit flags on top."""
+    known = {f.name for cls in CONFIG_CLASSES for f in fields(cls)} | {"scheduler", "slo", "workload"}
+    values = load_toml(args.config, known) if args.config else {}
+    for cls in CONFIG_CLASSES:
+        values.update(given(args, cls))
+    for name in ("scheduler", "slo", "workload"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return values
+
+
+def _requests(values: dict[str, Any], spec: WorkloadSpec) -> Iterator[Request]:
+    if values.get("workload"):
+        return trace_requests(values["workload"], vocab_size=spec.vocab_size, seed=spec.seed)
+    return synthetic_requests(spec)
+
+
+def _run_one(setup: SimSetup, values: dict, spec: WorkloadSpec, slo: SLO | None, quiet: bool, label: str = ""):
+    total = None if values.get("workload") else spec.num_requests
+    with Progress(f"simulating{label}", total, enabled=not quiet) as progress:
+        result = simulate(setup, _requests(values, spec), progress=progress.update)
+    if not result.records:
+        raise ConfigError(f"no request finished: all {len(result.rejected)} were rejected; first: {result.rejected[0][1]}")
+    summary = summarize(result.records, slo=slo)
+    sim_info = {
+        "num_steps": result.num_steps,
+        "num_iterations": result.num_iterations,
+        "simulated_s": result.simulated_s,
+        "wall_s": result.wall_s,
+        "simulated_requests_per_wall_s": len(result.records) / result.wall_s if result.wall_s else None,
+        "num_rejected": len(result.rejected),
+        "rejected": [{"request_id": rid, "reason": why} for rid, why in result.rejected[:20]],
+    }
+    return result, summary, sim_info
+
+
+def _header(setup: SimSetup) -> str:
+    d = setup.deployment
+    s = setup.scheduler
+    return (
+        f"{d.model.name} on {setup.cluster.replicas} x {d.num_gpus} x {d.hardware.name} "
+        f"(tp={d.tp}, pp={d.pp}, {d.weight_dtype}), router={setup.cluster.router}, "
+        f"max_num_batched_tokens={s.max_num_batched_tokens}, max_num_seqs={s.max_num_seqs}, "
+        f"chunked_prefill={s.enable_chunked_prefill}, policy={s.policy}, KV blocks/replica={setup.cache.num_blocks}"
+    )
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.list:
+        print("models:   " + ", ".join(MODELS))
+        print("hardware: " + ", ".join(HARDWARE))
+        return 0
+    values = _layered(args)
+    cluster = ClusterConfig(**pick(values, ClusterConfig))
+    sched = scheduler_config(values.get("scheduler", "sarathi"), **pick(values, SchedulerConfig))
+    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), Efficiency(**pick(values, Efficiency)))
+    spec_values = pick(values, WorkloadSpec)
+    spec_values["vocab_size"] = setup.deployment.model.vocab_size
+    spec = WorkloadSpec(**spec_values)
+    slo = SLO.parse(values["slo"]) if values.get("slo") else None
+    config = {
+        **setup.to_dict(),
+        "scheduler_preset": values.get("scheduler", "sarathi"),
+        "workload": {"trace": values["workload"]} if values.get("workload") else spec.to_dict(),
+        "slo": slo.to_dict() if slo else None,
+    }
+    print(_header(setup))
+    if args.sweep:
+        return _sweep(args, setup, values, spec, slo, config)
+    result, summary, sim_info = _run_one(setup, values, spec, slo, args.quiet)
+    print(format_table(summary, title="simulated"))
+    print(
+        f"simulated {len(result.records)} requests ({result.simulated_s:.1f} s simulated) in "
+        f"{result.wall_s:.2f} s wall: {sim_info['simulated_requests_per_wall_s']:.0f} requests/s"
+        + (f"; {len(result.rejected)} rejected, e.g. {result.rejected[0][1]}" if result.rejected else "")
+    )
+    if args.json:
+        _write_json(args.json, {"config": config, "metrics": summary, "simulation": sim_info})
+    if args.per_request:
+        write_per_request(result.records, args.per_request)
+    if args.plot:
+        from ..plots import plot_run
+
+        plot_run(result.records, summary, args.plot, title=_header(setup))
+    return 0
+
+
+def _sweep(args, setup: SimSetup, values: dict, spec: WorkloadSpec, slo: SLO | None, config: dict) -> int:
+    if values.get("workload"):
+        raise ConfigError("--sweep rate=... needs a synthetic workload; a trace fixes its own arrival times")
+    _, rates = _parse_sweep(args.sweep)
+    points: list[tuple[float, dict]] = []
+    rows = []
+    for rate in rates:
+        point_spec = replace(spec, rate=rate)
+        _, summary, sim_info = _run_one(setup, values, point_spec, slo, args.quiet, label=f" rate={rate:g}")
+        points.append((rate, summary))
+        rows.append({"rate": rate, "metrics": summary, "simulation": sim_info})
+    print(_sweep_table(points))
+    if args.json:
+        _write_json(args.json, {"config": config, "sweep": rows})
+    if args.plot:
+        from ..plots import plot_sweep
+
+        plot_sweep(points, args.plot, title=_header(setup))
+    return 0
+
+
+def _sweep_table(points: Sequence[tuple[float, dict]]) -> str:
+    head = f"{'rate':>8} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'TPOT p99':>9} {'goodput':>8}"
+    lines = [head, "-" * len(head)]
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x * 1000:.0f}ms"
+
+    for rate, s in points:
+        good = s.get("goodput")
+        lines.append(
+            f"{rate:>8g} {s['request_throughput'] or 0:>8.2f} {s['output_token_throughput'] or 0:>10.0f} "
+            f"{ms(s['ttft_s']['p50']):>9} {ms(s['ttft_s']['p99']):>9} {ms(s['tpot_s']['p50']):>9} "
+            f"{ms(s['tpot_s']['p99']):>9} {'-' if good is None else f'{good:.2f}':>8}"
+        )
+    saturated = [rate for rate, s in points if s["request_throughput"] and s["request_throughput"] < 0.95 * rate]
+    if saturated:
+        lines.append(f"saturated from rate {min(saturated):g} req/s (achieved < 95% of offered)")
+    return "\n".join(lines)
+
+
+def _write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchserve", description="Batched LLM inference: run models, and simulate deployments."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _simulate_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:  # config, catalog, workload and fit errors all say what to do
+        print(f"batchserve {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""SimExecutor: predicts step durations with the cost model; tokens are synthetic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.scheduler import ScheduledBatch, StepResult
+from ..sim.cost_model import CostModel
+
+
+class SimExecutor:
+    def __init__(self, cost_model: CostModel) -> None:
+        self.cost_model = cost_model
+
+    def execute(self, batch: ScheduledBatch) -> StepResult:
+        if batch.num_steps > 1:
+            offsets = self._decode_run(batch, batch.num_steps)
+            return StepResult(offsets.tolist())
+        return StepResult([self.step_time(batch)])
+
+    def step_time(self, batch: ScheduledBatch) -> float:
+        num_decodes = decode_context = 0
+        prefill_tokens = prefill_context = num_sampling = 0
+        attended = 0.0
+        for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
+            if n == 1:
+                num_decodes += 1
+                decode_context += c + 1
+            else:
+                prefill_tokens += n
+                prefill_context += c + n
+                attended += n * (c + (n + 1) / 2)
+                if c + n == req.num_tokens:
+                    num_sampling += 1
+        return self.cost_model.step_time(
+            prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes
+        )
+
+    def _decode_run(self, batch: ScheduledBatch, num_steps: int) -> np.ndarray:
+        num = len(batch.requests)
+        return self.cost_model.decode_run_offsets(num, sum(batch.num_computed) + num, num_steps)
+
+    def max_decode_steps(self, batch: ScheduledBatch, horizon_s: float, limit: int) -> int:
+        if horizon_s == float("inf"):
+            return limit
+        if horizon_s <= 0 or limit <= 1:
+            return 1
+        offsets = self._decode_run(batch, limit)
+        # step j starts at offsets[j-1]; count the steps starting strictly before the horizon
+        return min(limit, int(np.searchsorted(offsets, horizon_s, side="left")) + 1)

@@ -1,0 +1,1 @@
+"""Roofline simulator: hardware and model catalogs, cost model, and the simulated executor."""

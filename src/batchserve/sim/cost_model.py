@@ -1,0 +1,169 @@
+"""Predict one step's duration from its batch: a roofline per operator.
+
+Each operator takes max(FLOPs / achieved FLOP/s, bytes / achieved bandwidth)
+on one GPU of the TP group; a step runs every layer in sequence (pipeline
+stages too: PP micro-batch overlap is not modelled, which is conservative for
+throughput), plus TP all-reduces, PP sends and a fixed per-step overhead. The
+efficiency factors are named fields that `calibrate` fits from measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .deployment import ACTIVATION_BYTES, KV_BYTES, Deployment
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fractions of datasheet peaks a real engine achieves, and fixed costs.
+
+    Defaults are typical of vLLM on Hopper-class GPUs; `calibrate` replaces
+    them with values fitted on the user's own device.
+    """
+
+    gemm_flops: float = 0.70
+    """GEMMs (QKV, O, MLP, experts, LM head) reach this fraction of peak FLOP/s."""
+    attention_flops: float = 0.50
+    """Prefill attention (flash-style kernels) reaches this fraction of peak FLOP/s."""
+    memory_bandwidth: float = 0.85
+    """Streaming weights and KV reaches this fraction of peak memory bandwidth."""
+    interconnect_bandwidth: float = 0.70
+    """All-reduce and pipeline sends reach this fraction of link bandwidth."""
+    step_overhead_s: float = 0.001
+    """Fixed cost of every step: scheduling, input preparation, sampling, launches."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "step_overhead_s":
+                if value < 0:
+                    raise ValueError(f"step_overhead_s must be >= 0, got {value}")
+            elif not 0 < value <= 1:
+                raise ValueError(f"efficiency {f.name} must be in (0, 1], got {value}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CostModel:
+    """Step durations for one replica of a deployment."""
+
+    def __init__(self, deployment: Deployment, efficiency: Efficiency = Efficiency()) -> None:
+        self.deployment = deployment
+        self.efficiency = efficiency
+        d, m, hw, eff = deployment, deployment.model, deployment.hardware, efficiency
+        tp = d.tp
+        self.num_layers = m.num_layers
+        self.flops = hw.peak_flops[d.compute_dtype] * eff.gemm_flops
+        self.attn_flops = hw.peak_flops["bf16" if hw.supports("bf16") else d.compute_dtype] * eff.attention_flops
+        self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
+        wb, ab = d.weight_bytes_per_param, ACTIVATION_BYTES
+        h, inter = m.hidden_size, m.intermediate_size
+        q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
+        # Per-layer GEMMs on one TP rank, as (in_features, out_features): column then row parallel.
+        self._dense_gemms = [(h, (q + 2 * kv) / tp), (q / tp, h)]
+        self._mlp_gemms = [(h, 2 * inter / tp), (inter / tp, h)]
+        self.wb, self.ab = wb, ab
+        self.num_experts, self.top_k = m.num_experts, m.num_experts_per_tok
+        # Attention per layer on one rank.
+        self.heads = m.num_attention_heads / tp
+        self.head_dim = m.head_dim
+        self.kv_bytes_per_token = 2 * d.kv_heads_per_gpu * m.head_dim * KV_BYTES[d.kv_cache_dtype]
+        self.hidden, self.vocab = h, m.vocab_size
+        self.tp, self.pp = tp, d.pp
+        self.link_bw = hw.interconnect_bandwidth * eff.interconnect_bandwidth
+        self.link_latency = hw.interconnect_latency_s
+        self.overhead = eff.step_overhead_s
+
+    # ---- operators ------------------------------------------------------------
+
+    def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0) -> float:
+        """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs."""
+        flops = 2.0 * tokens * k * n * uses
+        nbytes = weight_copies * k * n * self.wb + tokens * uses * (k + n) * self.ab
+        return max(flops / self.flops, nbytes / self.bandwidth)
+
+    def layer_gemm_time(self, tokens: int) -> float:
+        t = sum(self._gemm(tokens, k, n) for k, n in self._dense_gemms)
+        if self.num_experts:
+            e, top = self.num_experts, self.top_k
+            touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
+            t += sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
+            t += self._gemm(tokens, self.hidden, e / self.tp)  # router
+        else:
+            t += sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
+        return t
+
+    def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
+        """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
+        flops = 4.0 * self.head_dim * self.heads * attended_pairs
+        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_tokens * self.heads * self.head_dim * self.ab
+        return max(flops / self.attn_flops, nbytes / self.bandwidth)
+
+    def decode_attention_time(self, num_decodes: int, context_tokens):
+        """One query token per request against `context_tokens` cached tokens in all; numpy-friendly."""
+        flops = 4.0 * self.head_dim * self.heads * context_tokens
+        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
+
+    def lm_head_time(self, num_sampling: int) -> float:
+        if num_sampling == 0:
+            return 0.0
+        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp)
+        if self.tp > 1:  # gather the vocab shards' logits
+            t += self._collective(num_sampling * self.vocab * 4 * (self.tp - 1) / self.tp)
+        return t
+
+    def _collective(self, nbytes: float) -> float:
+        return self.link_latency + nbytes / self.link_bw
+
+    def communication_time(self, tokens: int) -> float:
+        """Two ring all-reduces per layer under TP; one activation send per stage boundary under PP."""
+        activation = tokens * self.hidden * self.ab
+        t = 0.0
+        if self.tp > 1:
+            t += 2 * self.num_layers * self._collective(2 * (self.tp - 1) / self.tp * activation)
+        if self.pp > 1:
+            t += (self.pp - 1) * self._collective(activation)
+        return t
+
+    # ---- steps -------------------------------------------------------------------
+
+    def step_time(
+        self,
+        num_prefill_tokens: int = 0,
+        prefill_attended_pairs: float = 0.0,
+        prefill_context_tokens: int = 0,
+        num_decodes: int = 0,
+        decode_context_tokens: int = 0,
+        num_sampling: int = 0,
+    ) -> float:
+        """Duration of one step holding prompt chunks and decodes."""
+        tokens = num_prefill_tokens + num_decodes
+        if tokens == 0:
+            return 0.0
+        attention = 0.0
+        if num_prefill_tokens:
+            attention += self.prefill_attention_time(num_prefill_tokens, prefill_attended_pairs, prefill_context_tokens)
+        if num_decodes:
+            attention += float(self.decode_attention_time(num_decodes, decode_context_tokens))
+        return (
+            self.num_layers * (self.layer_gemm_time(tokens) + attention)
+            + self.lm_head_time(num_sampling)
+            + self.communication_time(tokens)
+            + self.overhead
+        )
+
+    def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:
+        """End times (from the run's start) of `num_steps` pure decode steps; context grows each step."""
+        fixed = (
+            self.num_layers * self.layer_gemm_time(num_decodes)
+            + self.lm_head_time(num_decodes)
+            + self.communication_time(num_decodes)
+            + self.overhead
+        )
+        contexts = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
+        return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, contexts))

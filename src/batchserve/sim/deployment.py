@@ -1,0 +1,125 @@
+"""A deployment of one replica: model, hardware, TP x PP plan, dtypes, and what fits in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .hardware import Hardware
+from .models import ModelShape
+
+GiB = 1024**3
+
+# Bytes per weight element. int4 carries one 16-bit scale per 128-weight group (as GPTQ/AWQ do).
+WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128}
+# The dtype the GEMMs run in: W8A8 for fp8/int8, weight-only (dequantise to bf16) for int4.
+COMPUTE_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16"}
+KV_BYTES = {"auto": 2.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
+ACTIVATION_BYTES = 2.0  # activations stay in 16-bit
+
+
+class DoesNotFitError(ValueError):
+    """The model (or its KV cache for one request) does not fit the deployment's memory."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model: ModelShape
+    hardware: Hardware
+    tp: int = 1
+    pp: int = 1
+    weight_dtype: str = "bf16"
+    kv_cache_dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+    """Fraction of device memory the engine may use (weights, activations, KV), as in vLLM."""
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or self.pp < 1:
+            raise ValueError(f"tp and pp must be >= 1, got tp={self.tp} pp={self.pp}")
+        if self.weight_dtype not in WEIGHT_BYTES:
+            raise ValueError(f"unknown weight dtype {self.weight_dtype!r}; choose one of {', '.join(WEIGHT_BYTES)}")
+        if self.kv_cache_dtype not in KV_BYTES:
+            raise ValueError(f"unknown kv cache dtype {self.kv_cache_dtype!r}; choose one of {', '.join(KV_BYTES)}")
+        if not self.hardware.supports(self.compute_dtype):
+            supported = [d for d in WEIGHT_BYTES if self.hardware.supports(COMPUTE_DTYPE[d])]
+            raise ValueError(
+                f"{self.hardware.name} has no {self.compute_dtype} tensor cores for weight dtype "
+                f"{self.weight_dtype}; choose one of {', '.join(supported)}"
+            )
+        if self.pp > self.model.num_layers:
+            raise ValueError(f"pp={self.pp} exceeds the model's {self.model.num_layers} layers")
+        if self.model.num_attention_heads % self.tp:
+            raise ValueError(f"tp={self.tp} must divide the model's {self.model.num_attention_heads} attention heads")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def compute_dtype(self) -> str:
+        return COMPUTE_DTYPE[self.weight_dtype]
+
+    @property
+    def weight_bytes_per_param(self) -> float:
+        return WEIGHT_BYTES[self.weight_dtype]
+
+    @property
+    def kv_heads_per_gpu(self) -> int:
+        """KV heads each TP rank holds; replicated when tp exceeds the KV head count."""
+        return max(1, -(-self.model.num_kv_heads // self.tp))
+
+    @property
+    def layers_per_stage(self) -> int:
+        return -(-self.model.num_layers // self.pp)
+
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        m = self.model
+        return 2 * self.layers_per_stage * self.kv_heads_per_gpu * m.head_dim * KV_BYTES[self.kv_cache_dtype]
+
+    def weight_bytes_per_gpu(self) -> float:
+        """Weights of the largest stage, sharded over TP (embeddings and LM head on the end stages)."""
+        m = self.model
+        embed = m.vocab_size * m.hidden_size
+        lm_head = 0 if m.tie_word_embeddings else embed
+        per_layer = (m.num_params() - embed - lm_head) / m.num_layers
+        stage = per_layer * self.layers_per_stage + (embed + lm_head if self.pp == 1 else max(embed, lm_head))
+        return stage * self.weight_bytes_per_param / self.tp
+
+    def activation_bytes_per_gpu(self, max_num_batched_tokens: int) -> float:
+        """Peak activation workspace for one step, plus a fixed 1 GiB for the runtime (CUDA context, graphs)."""
+        m = self.model
+        width = 4 * m.hidden_size + 2 * m.intermediate_size * max(1, m.num_experts_per_tok) / self.tp
+        logits = min(max_num_batched_tokens, 256) * m.vocab_size * 4 / self.tp
+        return max_num_batched_tokens * width * ACTIVATION_BYTES + logits + GiB
+
+    def num_kv_blocks(self, block_size: int, max_num_batched_tokens: int) -> int:
+        """KV blocks that fit beside weights and activations; DoesNotFitError when none do."""
+        usable = self.hardware.memory_bytes * self.gpu_memory_utilization
+        weights = self.weight_bytes_per_gpu()
+        activations = self.activation_bytes_per_gpu(max_num_batched_tokens)
+        free = usable - weights - activations
+        per_block = block_size * self.kv_bytes_per_token_per_gpu()
+        if free < per_block:
+            missing = (per_block - free) / GiB
+            raise DoesNotFitError(
+                f"{self.model.name} ({self.weight_dtype}) does not fit on {self.num_gpus}x {self.hardware.name} "
+                f"(tp={self.tp}, pp={self.pp}): each GPU needs {weights / GiB:.1f} GiB of weights + "
+                f"{activations / GiB:.1f} GiB of activations + KV cache, but has {usable / GiB:.1f} GiB usable "
+                f"({self.gpu_memory_utilization:.0%} of {self.hardware.memory_bytes / GiB:.1f} GiB); "
+                f"{missing:.1f} GiB missing per GPU. Try a larger --tp or --pp, a smaller --weight-dtype "
+                "(fp8, int8, int4), or hardware with more memory."
+            )
+        return int(free // per_block)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model.name,
+            "hardware": self.hardware.name,
+            "tp": self.tp,
+            "pp": self.pp,
+            "num_gpus": self.num_gpus,
+            "weight_dtype": self.weight_dtype,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+        }

@@ -1,0 +1,112 @@
+"""Build a simulated cluster from configs and run a workload through it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+
+from ..config import CacheConfig, SchedulerConfig
+from ..core.scheduler import Scheduler
+from ..engine import Engine
+from ..executors.sim import SimExecutor
+from ..request import Request
+from .cluster import Cluster, SimResult
+from .cost_model import CostModel, Efficiency
+from .deployment import Deployment
+from .hardware import get_hardware
+from .models import get_model
+from .router import ROUTERS
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    model: str = "llama-3.1-8b"
+    """Model shape: a catalog name or a path to a HF config.json (or its directory)."""
+    hardware: str = "h100-sxm"
+    """Accelerator: a catalog name or a hardware profile JSON (e.g. from `calibrate`)."""
+    tp: int = 1
+    """Tensor-parallel GPUs per replica."""
+    pp: int = 1
+    """Pipeline-parallel stages per replica."""
+    replicas: int = 1
+    """Independent engine replicas (data parallel)."""
+    router: str = "round-robin"
+    """How arrivals are spread over replicas: round-robin, least-loaded, prefix-affinity."""
+    weight_dtype: str = "bf16"
+    """Weight format: bf16, fp16, fp8 (W8A8), int8 (W8A8), int4 (W4A16)."""
+    kv_cache_dtype: str = "auto"
+    """KV cache format: auto (16-bit) or fp8."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of device memory for weights, activations and KV cache."""
+    track_token_times: bool = False
+    """Record every token's time (ITL distribution); costs memory per token."""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; choose one of {', '.join(ROUTERS)}")
+
+
+@dataclass
+class SimSetup:
+    """Everything resolved: what a run's JSON records as its config."""
+
+    cluster: ClusterConfig
+    deployment: Deployment
+    scheduler: SchedulerConfig
+    cache: CacheConfig
+    efficiency: Efficiency
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self.cluster),
+            "deployment": self.deployment.to_dict(),
+            "model_shape": self.deployment.model.to_dict(),
+            "hardware_spec": self.deployment.hardware.to_dict(),
+            "scheduler": asdict(self.scheduler),
+            "cache": asdict(self.cache),
+            "efficiency": self.efficiency.to_dict(),
+        }
+
+
+def resolve(
+    cluster: ClusterConfig,
+    scheduler: SchedulerConfig,
+    cache: CacheConfig,
+    efficiency: Efficiency = Efficiency(),
+) -> SimSetup:
+    """Look up model and hardware, check the plan, size the KV cache from memory."""
+    deployment = Deployment(
+        model=get_model(cluster.model),
+        hardware=get_hardware(cluster.hardware),
+        tp=cluster.tp,
+        pp=cluster.pp,
+        weight_dtype=cluster.weight_dtype,
+        kv_cache_dtype=cluster.kv_cache_dtype,
+        gpu_memory_utilization=cluster.gpu_memory_utilization,
+    )
+    if cache.num_blocks is None:
+        cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
+    return SimSetup(cluster, deployment, scheduler, cache, efficiency)
+
+
+def build_cluster(setup: SimSetup) -> Cluster:
+    cost_model = CostModel(setup.deployment, setup.efficiency)
+    engines = [
+        Engine(
+            Scheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len),
+            SimExecutor(cost_model),
+            track_token_times=setup.cluster.track_token_times,
+        )
+        for _ in range(setup.cluster.replicas)
+    ]
+    return Cluster(engines, setup.cluster.router)
+
+
+def simulate(
+    setup: SimSetup,
+    requests: Iterable[Request],
+    progress: Callable[[int, float], None] | None = None,
+) -> SimResult:
+    return build_cluster(setup).run(requests, progress=progress)
