@@ -75,7 +75,7 @@ class Request:
         "deadline", "adapter_id", "output_token_ids", "num_computed_tokens", "status",
         "block_ids", "block_hashes", "num_committed_blocks", "num_cached_tokens", "num_preemptions",
         "first_scheduled_time", "first_token_time", "finish_time",
-        "token_times",
+        "token_times", "decode_clock0", "decode_computed0",
     )
 
     def __init__(
@@ -112,6 +112,9 @@ class Request:
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
         self.token_times: list[float] | None = None  # per-token times, only when asked
+        # Set while the request decodes lazily in a simulation's DecodeCohort.
+        self.decode_clock0: int | None = None
+        self.decode_computed0 = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -124,127 +127,6 @@ class Request:
     def append_output(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.num_tokens += 1
-
-    @property
-    def is_finished(self) -> bool:
-        return self >= RequestStatus.FINISHED_STOPPED
-
-    @property
-    def finish_reason(self) -> str | None:
-        return _FINISH_REASONS.get(self)
-
-
-_FINISH_REASONS = {
-    RequestStatus.FINISHED_STOPPED: "stop",
-    RequestStatus.FINISHED_LENGTH: "length",
-    RequestStatus.FINISHED_ABORTED: "abort",
-}
-
-
-@dataclass
-class SamplingParams:
-    """How to pick tokens and when to stop; names follow vLLM/OpenAI so scripts move over."""
-
-    max_tokens: int = 16
-    min_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    seed: int | None = None
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(
-                f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}"
-            )
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-
-
-class Request:
-    """One sequence as the scheduler sees it: tokens known, tokens computed, blocks held.
-
-    Phase-free (as in vLLM v1): a request has `num_tokens` known tokens and
-    `num_computed_tokens` whose KV is in the cache; prefill and decode are the
-    same operation with different counts. Timestamps are in the engine's clock
-    (wall seconds for the real engine, simulated seconds for the simulator).
-    """
-
-    __slots__ = (
-        "request_id", "prompt_token_ids", "sampling_params", "num_tokens", "arrival_time", "priority",
-        "deadline", "adapter_id", "output_token_ids", "num_computed_tokens", "status",
-        "block_ids", "block_hashes", "num_committed_blocks", "num_cached_tokens", "num_preemptions",
-        "first_scheduled_time", "first_token_time", "finish_time",
-        "token_times",
-    )
-
-    def __init__(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        sampling_params: SamplingParams,
-        arrival_time: float = 0.0,
-        priority: int = 0,
-        deadline: float | None = None,
-        adapter_id: int | str | None = None,
-    ) -> None:
-        if not prompt_token_ids:
-            raise ValueError(f"request {request_id!r} has an empty prompt; give at least one token")
-        self.request_id = request_id
-        self.prompt_token_ids = prompt_token_ids
-        self.sampling_params = sampling_params
-        self.arrival_time = arrival_time
-        self.priority = priority  # lower value runs first (vLLM convention)
-        self.deadline = deadline  # absolute time the first token is due, for `edf`
-        self.adapter_id = adapter_id  # part of every block hash: adapters never share KV
-        self.output_token_ids: list[int] = []
-        # len(prompt) + len(output), kept as a field because the scheduler reads it every step;
-        # only `append_output` may grow the output.
-        self.num_tokens = len(prompt_token_ids)
-        self.num_computed_tokens = 0
-        self.status = RequestStatus.WAITING
-        self.block_ids: list[int] = []  # block table; owned by the KV cache manager
-        self.block_hashes: list[int] = []  # hashes of full blocks, filled lazily
-        self.num_committed_blocks = 0  # leading blocks already registered in the prefix cache
-        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
-        self.num_preemptions = 0
-        self.first_scheduled_time: float | None = None
-        self.first_token_time: float | None = None
-        self.finish_time: float | None = None
-        self.token_times: list[float] | None = None  # per-token times, only when asked
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt_token_ids)
-
-    @property
-    def num_output_tokens(self) -> int:
-        return len(self.output_token_ids)
-
-    def append_output(self, token_id: int) -> None:
-        self.output_token_ids.append(token_id)
-        self.num_tokens += 1
-
-    def token_id(self, position: int) -> int:
-        n = len(self.prompt_token_ids)
-        return self.prompt_token_ids[position] if position < n else self.output_token_ids[position - n]
-
-    def token_slice(self, start: int, end: int) -> list[int]:
-        n = len(self.prompt_token_ids)
-        if end <= n:
-            return self.prompt_token_ids[start:end]
-        return (self.prompt_token_ids + self.output_token_ids)[start:end]
 
     @property
     def is_finished(self) -> bool:

@@ -2,6 +2,7 @@
 
 from .block_pool import BlockPool
 from .kv_cache_manager import KVCacheManager
-from .scheduler import ScheduledBatch, Scheduler, StepResult
+from .batch import ScheduledBatch, StepResult
+from .scheduler import Scheduler
 
 __all__ = ["BlockPool", "KVCacheManager", "ScheduledBatch", "Scheduler", "StepResult"]

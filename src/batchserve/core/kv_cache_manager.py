@@ -104,7 +104,7 @@ class KVCacheManager:
 
     def commit(self, req: Request) -> None:
         """Register the request's newly computed full blocks in the prefix cache."""
-        num_full = req.num_computed_tokens // self.block_size
+        num_full = min(req.num_computed_tokens, req.num_tokens) // self.block_size
         if not self.enable_caching or num_full <= req.num_committed_blocks:
             return
         hashes = self.hash_blocks(req, num_full)
@@ -113,6 +113,8 @@ class KVCacheManager:
         req.num_committed_blocks = num_full
 
     def free(self, req: Request) -> None:
+        """Release the request's blocks; its computed full blocks stay cached until evicted."""
+        self.commit(req)
         self.pool.free(reversed(req.block_ids))
         req.block_ids = []
         req.num_committed_blocks = 0

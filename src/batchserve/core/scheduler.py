@@ -3,83 +3,39 @@
 Phase-free, as in vLLM v1: every request has `num_tokens` known tokens and
 `num_computed_tokens` in the KV cache; a step gives each scheduled request
 `1 <= n <= num_tokens - num_computed_tokens` new tokens under one token
-budget. Running requests are served first (a decode never waits behind a
-prompt unless `prefill_first`), then waiting ones in policy order. When
-blocks run out, the running request the policy ranks last is preempted: its
-blocks are freed and it recomputes later.
+budget. Decodes are served first (stall-free, as in Sarathi-Serve), then
+running prompts, then waiting requests in policy order; with `prefill_first`
+a step that can admit a prompt runs prompts only (vLLM v0). When blocks run
+out, the running request the policy ranks last is preempted: its blocks are
+freed and it recomputes later.
+
+With `lazy_decodes` (the simulator, whose tokens are synthetic) decoding
+requests live in a DecodeCohort and cost nothing per step; otherwise every
+running request is scheduled explicitly, as a real executor needs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..config import CacheConfig, SchedulerConfig
 from ..request import Request, RequestStatus
+from .batch import ScheduledBatch, StepResult
+from .decode_cohort import SYNTHETIC_TOKEN, DecodeCohort
 from .kv_cache_manager import KVCacheManager
 from .policy import WaitingQueue
 
+__all__ = ["ScheduledBatch", "Scheduler", "StepResult"]
 
-@dataclass
-class ScheduledBatch:
-    """One step's work, as the executor needs it.
-
-    `requests[i]` computes `num_tokens[i]` new tokens starting at position
-    `num_computed[i]`. With `num_steps > 1` the batch is a run of pure decode
-    steps (every request advances one token per step), which the simulator
-    uses to fast-forward between events.
-    """
-
-    requests: list[Request] = field(default_factory=list)
-    num_tokens: list[int] = field(default_factory=list)
-    num_computed: list[int] = field(default_factory=list)
-    preempted: list[Request] = field(default_factory=list)
-    num_steps: int = 1
-    total_tokens: int = 0
-    num_preempted_tokens: int = 0  # computed tokens thrown away by this step's preemptions
-    can_extend: bool = False  # a pure decode step whose successors would be identical
-
-    def __len__(self) -> int:
-        return len(self.requests)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.requests
-
-    @property
-    def num_decodes(self) -> int:
-        return sum(1 for n in self.num_tokens if n == 1)
-
-    @property
-    def num_sampling(self) -> int:
-        """Requests that produce a token this step (the last chunk of a prompt, or a decode)."""
-        return sum(
-            1 for r, c, n in zip(self.requests, self.num_computed, self.num_tokens) if c + n == r.num_tokens
-        )
-
-
-@dataclass
-class StepResult:
-    """What an executor returns: sampled tokens and how long the step took.
-
-    `sampled_token_ids[i]` holds the tokens of `batch.requests[i]` (empty for a
-    prompt chunk that does not reach the end); `None` means synthetic tokens
-    (the simulator). `step_end_offsets` are the end times of each of the
-    batch's `num_steps` steps, relative to its start.
-    """
-
-    step_end_offsets: list[float]
-    sampled_token_ids: list[list[int]] | None = None
-
-    @property
-    def duration(self) -> float:
-        return self.step_end_offsets[-1]
-
-
-SYNTHETIC_TOKEN = 0
+_RUNNING = RequestStatus.RUNNING
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, cache_config: CacheConfig, max_model_len: int | None = None) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        cache_config: CacheConfig,
+        max_model_len: int | None = None,
+        lazy_decodes: bool = False,
+    ) -> None:
         if cache_config.num_blocks is None:
             raise ValueError("the scheduler needs cache_config.num_blocks resolved (derive it from memory first)")
         self.config = config
@@ -87,7 +43,9 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.kv = KVCacheManager(cache_config)
         self.waiting = WaitingQueue(config.policy, config.lpm_window)
-        self.running: list[Request] = []
+        self.running: dict[Request, None] = {}  # every running request, in admission order
+        self._explicit: dict[Request, None] = {}  # running requests scheduled one by one
+        self.cohort = DecodeCohort(cache_config.block_size) if lazy_decodes else None
         self._reserve = int(config.watermark * cache_config.num_blocks)
         self.num_preemptions = 0
 
@@ -124,11 +82,18 @@ class Scheduler:
         for req in requests:
             if req.is_finished:
                 continue
-            if req.status == RequestStatus.RUNNING:
-                self.running.remove(req)
+            if req.status == _RUNNING:
+                self._remove_running(req)
             else:
                 self.waiting.remove(req)
             self._finish(req, status)
+
+    def _remove_running(self, req: Request) -> None:
+        del self.running[req]
+        if req.decode_clock0 is not None:
+            self.cohort.leave(req)
+        else:
+            del self._explicit[req]
 
     def _finish(self, req: Request, status: RequestStatus) -> None:
         req.status = status
@@ -152,31 +117,49 @@ class Scheduler:
             self._schedule_waiting(batch, budget, now)
             if batch.requests:
                 return batch
-        budget, all_running = self._schedule_running(batch, budget)
+        if self.cohort is not None:
+            budget = self._schedule_cohort(batch, budget)
+        budget = self._schedule_explicit(batch, budget)
         if not batch.preempted:
             self._schedule_waiting(batch, budget, now)
         # Whatever left a waiting request waiting (budget, max_num_seqs, blocks) stays
         # so through a run of decode steps, except for `lpm`, which re-ranks each step.
         batch.can_extend = (
-            all_running
+            batch.num_lazy_decodes > 0
+            and not batch.requests
+            and not self._explicit
             and not batch.preempted
-            and batch.total_tokens == len(batch.requests)
             and not (cfg.policy == "lpm" and self.waiting)
         )
         return batch
 
-    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> tuple[int, bool]:
-        """Serve running requests in order; returns the budget left and whether all got tokens."""
+    def _schedule_cohort(self, batch: ScheduledBatch, budget: int) -> int:
+        """Give lazily tracked decodes the blocks this tick needs; they take one token each."""
+        cohort, pool = self.cohort, self.kv.pool
+        while (need := cohort.next_block_need()) is not None and need[0] <= cohort.clock:
+            req = need[1]
+            if pool.num_free_blocks == 0:
+                self._preempt(self.waiting.victim(self.running), batch)
+                continue  # if req itself was preempted its need is gone
+            req.block_ids.extend(pool.allocate(1))
+            cohort.block_added(req)
+        n = len(cohort)
+        batch.num_lazy_decodes = n
+        batch.lazy_decode_context = cohort.context + n
+        batch.total_tokens += n
+        return budget - n
+
+    def _schedule_explicit(self, batch: ScheduledBatch, budget: int) -> int:
+        """Serve running requests one by one, decodes before prompt chunks; returns the budget left."""
         threshold = self.config.long_prefill_token_threshold
         kv = self.kv
         bs = kv.block_size
-        running = self.running
-        requests, num_tokens, num_computed = batch.requests, batch.num_tokens, batch.num_computed
-        i = 0
-        while i < len(running):
+        order = sorted(self._explicit, key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        for req in order:
             if budget <= 0:
-                return budget, False
-            req = running[i]
+                break
+            if req.status is not _RUNNING:
+                continue  # preempted earlier in this loop
             c = req.num_computed_tokens
             n = req.num_tokens - c
             if n > budget:
@@ -186,31 +169,33 @@ class Scheduler:
             # fast path: the request's last block still has room (most decode steps)
             if c + n > len(req.block_ids) * bs and not kv.allocate_slots(req, n):
                 while True:
-                    victim = self.waiting.victim(running)
+                    victim = self.waiting.victim(self.running)
                     budget += self._preempt(victim, batch)
                     if victim is req or kv.allocate_slots(req, n):
                         break
                 if victim is req:
-                    continue  # running[i] is now the next request
-                i = running.index(req)  # a victim ahead of req shifts the indices
-            requests.append(req)
-            num_tokens.append(n)
-            num_computed.append(c)
+                    continue
+            batch.requests.append(req)
+            batch.num_tokens.append(n)
+            batch.num_computed.append(c)
+            batch.total_tokens += n
             budget -= n
-            i += 1
-        batch.total_tokens = sum(num_tokens)
-        return budget, True
+        return budget
 
     def _preempt(self, victim: Request, batch: ScheduledBatch) -> int:
         """Free a running request's blocks and requeue it; returns budget it had taken this step."""
-        self.running.remove(victim)
         refund = 0
+        if victim.decode_clock0 is not None and batch.num_lazy_decodes:
+            refund = 1  # its tick was already counted in this batch
+            batch.num_lazy_decodes -= 1
+            batch.lazy_decode_context -= self._synced_computed(victim) + 1
+        self._remove_running(victim)
         for j, r in enumerate(batch.requests):
             if r is victim:
                 refund = batch.num_tokens[j]
                 del batch.requests[j], batch.num_tokens[j], batch.num_computed[j]
-                batch.total_tokens -= refund
                 break
+        batch.total_tokens -= refund
         self.kv.free(victim)
         batch.num_preempted_tokens += victim.num_computed_tokens
         victim.num_computed_tokens = 0
@@ -220,6 +205,10 @@ class Scheduler:
         self.waiting.add(victim)
         batch.preempted.append(victim)
         return refund
+
+    def _synced_computed(self, req: Request) -> int:
+        self.cohort.sync(req)
+        return req.num_computed_tokens
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int, now: float) -> None:
         """Admit waiting requests in policy order until one does not fit (head-of-line)."""
@@ -251,16 +240,19 @@ class Scheduler:
                 kv.num_hits += num_cached
                 req.num_cached_tokens = num_cached
                 req.first_scheduled_time = now
-            req.status = RequestStatus.RUNNING
-            self.running.append(req)
+            req.status = _RUNNING
+            self.running[req] = None
+            self._explicit[req] = None
             batch.requests.append(req)
             batch.num_tokens.append(n)
             batch.num_computed.append(req.num_computed_tokens)
             batch.total_tokens += n
             budget -= n
 
+    # ---- fast-forward (simulator) -----------------------------------------------
+
     def decode_run_limit(self, batch: ScheduledBatch) -> int:
-        """Most steps this batch could repeat unchanged: 1 unless it is a pure decode step.
+        """Most steps this batch could repeat unchanged: 1 unless it is a pure lazy-decode step.
 
         A run is valid only while nothing could change between its steps: no
         request finishes before the run's last step, and no waiting request
@@ -269,95 +261,93 @@ class Scheduler:
         """
         if not batch.can_extend:
             return 1
-        reqs = batch.requests
-        if any(c + 1 != r.num_tokens for r, c in zip(reqs, batch.num_computed)):
-            return 1  # a one-token prompt chunk, not a decode
-        return min(r.sampling_params.max_tokens - len(r.output_token_ids) for r in reqs)
+        return self.cohort.next_finish() - self.cohort.clock
 
     def extend_decode_run(self, batch: ScheduledBatch, max_steps: int) -> int:
         """Turn a pure decode step into a run of up to `max_steps` steps (at most `decode_run_limit`).
 
-        The run is shortened so that every step's blocks are free now: no step
-        of it would preempt. Returns the steps granted.
+        The run stops before the first tick whose block need finds no free
+        block, so no step of it would preempt. Returns the steps granted.
         """
         if max_steps <= 1:
             return 1
-        reqs = batch.requests
-        kv = self.kv
-        bs = kv.block_size
-        free = kv.num_free_blocks
-
-        def extra_blocks(steps: int) -> int:
-            return sum(-(-(r.num_computed_tokens + steps) // bs) - len(r.block_ids) for r in reqs)
-
-        k = max_steps
-        if extra_blocks(k) > free:
-            lo, hi = 1, k  # extra_blocks(1) == 0: the first step is already allocated
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if extra_blocks(mid) <= free:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            k = lo
-        if k > 1:
-            for r in reqs:
-                kv.allocate_slots(r, k)
-            batch.num_steps = k
-        return k
+        cohort, pool = self.cohort, self.kv.pool
+        start = cohort.clock
+        steps = max_steps
+        while (need := cohort.next_block_need()) is not None and need[0] < start + steps:
+            if pool.num_free_blocks == 0:
+                steps = need[0] - start
+                break
+            need[1].block_ids.extend(pool.allocate(1))
+            cohort.block_added(need[1])
+        batch.num_steps = steps
+        return steps
 
     # ---- results -------------------------------------------------------------
 
     def update(self, batch: ScheduledBatch, result: StepResult, start_time: float) -> list[Request]:
         """Apply a step's results; returns the requests that finished."""
-        kv = self.kv
-        bs = kv.block_size
         steps = batch.num_steps
         times = result.step_end_offsets
         end_time = start_time + times[-1]
+        finished: list[Request] = []
+        if batch.num_lazy_decodes:
+            cohort = self.cohort
+            for req in cohort.members:
+                if req.token_times is not None:
+                    req.token_times.extend(start_time + t for t in times)
+            for req in cohort.advance(steps):
+                del self.running[req]
+                self._finish(req, RequestStatus.FINISHED_LENGTH)
+                finished.append(req)
+        explicit_done = self._update_explicit(batch, result, start_time)
+        for req in explicit_done:
+            del self.running[req]
+            del self._explicit[req]
+        finished += explicit_done
+        for req in finished:
+            req.finish_time = end_time
+        return finished
+
+    def _update_explicit(self, batch: ScheduledBatch, result: StepResult, start_time: float) -> list[Request]:
+        kv = self.kv
+        bs = kv.block_size
+        cohort = self.cohort
+        times = result.step_end_offsets
         first_time = start_time + times[0]
         sampled = result.sampled_token_ids
-        synthetic = [SYNTHETIC_TOKEN] * steps
-        running_status = RequestStatus.RUNNING
         finished: list[Request] = []
-        for i, req in enumerate(batch.requests):
-            if req.status is not running_status:
+        for i, (req, n) in enumerate(zip(batch.requests, batch.num_tokens)):
+            if req.status is not _RUNNING:
                 continue  # finished from outside while the step ran
-            c = req.num_computed_tokens = req.num_computed_tokens + batch.num_tokens[i] * steps
-            if c // bs > req.num_committed_blocks:
-                kv.commit(req)
+            c = req.num_computed_tokens = req.num_computed_tokens + n
             if c < req.num_tokens:
+                if c // bs > req.num_committed_blocks:
+                    kv.commit(req)  # share a long prompt's finished blocks while the rest computes
                 continue  # a prompt chunk short of the end: nothing sampled
+            if n > 1:
+                kv.commit(req)  # decode-filled blocks are committed when the request frees them
             if req.first_token_time is None:
                 req.first_token_time = first_time
             if req.token_times is not None:
-                req.token_times.extend(start_time + t for t in times)
-            params = req.sampling_params
-            if steps == 1 and not params.stop_token_ids:  # the common case, kept lean
-                req.output_token_ids.append(SYNTHETIC_TOKEN if sampled is None else sampled[i][0])
-                req.num_tokens += 1
-                if req.num_tokens - len(req.prompt_token_ids) >= params.max_tokens:
-                    self._finish(req, RequestStatus.FINISHED_LENGTH)
-                    finished.append(req)
-            elif self._append_tokens(req, synthetic if sampled is None else sampled[i]):
+                req.token_times.append(start_time + times[-1])
+            if self._append_token(req, SYNTHETIC_TOKEN if sampled is None else sampled[i][0]):
                 finished.append(req)
-        if finished:
-            self.running = [r for r in self.running if not r.is_finished]
-            for req in finished:
-                req.finish_time = end_time
+            elif cohort is not None:
+                del self._explicit[req]
+                cohort.join(req)
         return finished
 
-    def _append_tokens(self, req: Request, tokens: list[int]) -> bool:
-        """Append sampled tokens, stopping at max_tokens or a stop token; True if the request finished."""
+    def _append_token(self, req: Request, token: int) -> bool:
+        """Append a sampled token, stopping at max_tokens or a stop token; True if the request finished."""
         params = req.sampling_params
-        stops = params.stop_token_ids
-        for tok in tokens:
-            req.append_output(tok)
-            num_out = req.num_tokens - len(req.prompt_token_ids)
-            if num_out >= params.max_tokens:
-                self._finish(req, RequestStatus.FINISHED_LENGTH)
-                return True
-            if stops and tok in stops and num_out >= params.min_tokens:
-                self._finish(req, RequestStatus.FINISHED_STOPPED)
-                return True
+        req.output_token_ids.append(token)
+        req.num_tokens += 1
+        num_out = req.num_tokens - len(req.prompt_token_ids)
+        if num_out >= params.max_tokens:
+            self._finish(req, RequestStatus.FINISHED_LENGTH)
+            return True
+        if params.stop_token_ids and token in params.stop_token_ids and num_out >= params.min_tokens:
+            self._finish(req, RequestStatus.FINISHED_STOPPED)
+            return True
         return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..core.scheduler import ScheduledBatch, StepResult
+from ..core.batch import ScheduledBatch, StepResult
 
 
 class Executor(Protocol):

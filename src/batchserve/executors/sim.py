@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.scheduler import ScheduledBatch, StepResult
+from ..core.batch import ScheduledBatch, StepResult
 from ..sim.cost_model import CostModel
 
 
@@ -14,12 +14,12 @@ class SimExecutor:
 
     def execute(self, batch: ScheduledBatch) -> StepResult:
         if batch.num_steps > 1:
-            offsets = self._decode_run(batch, batch.num_steps)
-            return StepResult(offsets.tolist())
+            return StepResult(self._decode_run(batch, batch.num_steps).tolist())
         return StepResult([self.step_time(batch)])
 
     def step_time(self, batch: ScheduledBatch) -> float:
-        num_decodes = decode_context = 0
+        num_decodes = batch.num_lazy_decodes
+        decode_context = batch.lazy_decode_context
         prefill_tokens = prefill_context = num_sampling = 0
         attended = 0.0
         for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
@@ -37,8 +37,8 @@ class SimExecutor:
         )
 
     def _decode_run(self, batch: ScheduledBatch, num_steps: int) -> np.ndarray:
-        num = len(batch.requests)
-        return self.cost_model.decode_run_offsets(num, sum(batch.num_computed) + num, num_steps)
+        """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
+        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, batch.lazy_decode_context, num_steps)
 
     def max_decode_steps(self, batch: ScheduledBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):

@@ -95,7 +95,9 @@ def build_cluster(setup: SimSetup) -> Cluster:
     cost_model = CostModel(setup.deployment, setup.efficiency)
     engines = [
         Engine(
-            Scheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len),
+            Scheduler(
+                setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len, lazy_decodes=True
+            ),
             SimExecutor(cost_model),
             track_token_times=setup.cluster.track_token_times,
         )
