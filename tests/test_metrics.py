@@ -136,7 +136,7 @@ def test_from_request_copies_timings() -> None:
     req.output_token_ids = [5, 6, 7]
     req.status = RequestStatus.FINISHED_LENGTH
     req.first_scheduled_time, req.first_token_time = 1.25, 1.5
-    req.last_token_time = req.finish_time = 2.5
+    req.finish_time = 2.5
     req.num_cached_tokens, req.num_preemptions = 2, 1
     req.token_times = [1.5, 2.0, 2.5]
     r = RequestRecord.from_request(req, replica=3)

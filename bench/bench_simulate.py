@@ -1,0 +1,96 @@
+"""Simulator speed: requests simulated per wall second, near saturation.
+
+Runs Llama-3.1-8B on one H100 (sarathi, 512-token budget) at a rate just under
+its saturation, with the lazy decode cohort and fast-forward (what `simulate`
+uses) and, as the baseline measured in the same run, the eager path (every
+running request handled every step, as the real engine does). Both paths give
+identical results; the bench checks that too.
+
+    python bench/bench_simulate.py                 # 10k requests, both paths
+    python bench/bench_simulate.py --large         # also 100k requests (lazy path)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import time
+
+from batchserve.config import CacheConfig, scheduler_config
+from batchserve.core.scheduler import Scheduler
+from batchserve.engine import Engine
+from batchserve.executors.sim import SimExecutor
+from batchserve.sim.cluster import Cluster, SimResult
+from batchserve.sim.cost_model import CostModel
+from batchserve.sim.simulate import ClusterConfig, resolve
+from batchserve.workload import WorkloadSpec, synthetic_requests
+
+
+def run(num_requests: int, rate: float, lazy: bool) -> SimResult:
+    setup = resolve(ClusterConfig(model="llama-3.1-8b", hardware="h100-sxm"), scheduler_config("sarathi"), CacheConfig())
+    engine = Engine(
+        Scheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len, lazy_decodes=lazy),
+        SimExecutor(CostModel(setup.deployment, setup.efficiency)),
+    )
+    spec = WorkloadSpec(num_requests=num_requests, rate=rate, vocab_size=setup.deployment.model.vocab_size, seed=0)
+    t0 = time.perf_counter()
+    result = Cluster([engine]).run(synthetic_requests(spec))
+    result.wall_s = time.perf_counter() - t0  # include workload generation
+    return result
+
+
+def same_results(a: SimResult, b: SimResult, tol: float = 1e-9) -> bool:
+    """Same requests, token counts and times (up to float summation order of fast-forwarded runs)."""
+    ra = sorted(a.records, key=lambda r: r.request_id)
+    rb = sorted(b.records, key=lambda r: r.request_id)
+    return len(ra) == len(rb) and all(
+        x.request_id == y.request_id
+        and x.num_output_tokens == y.num_output_tokens
+        and abs(x.first_token_time - y.first_token_time) <= tol * max(1.0, y.first_token_time)
+        and abs(x.finish_time - y.finish_time) <= tol * max(1.0, y.finish_time)
+        for x, y in zip(ra, rb)
+    )
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=35.0, help="req/s; saturation is about 37 req/s")
+    parser.add_argument("--large", action="store_true", help="also simulate 100,000 requests")
+    args = parser.parse_args()
+    print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, cpu {cpu_model()}, python {platform.python_version()}")
+    lazy = run(10_000, args.rate, lazy=True)
+    eager = run(10_000, args.rate, lazy=False)
+    same = same_results(lazy, eager)
+    throughput = len(lazy.records) / lazy.simulated_s
+    print(f"workload: 10,000 requests at {args.rate} req/s; simulated throughput {throughput:.1f} req/s")
+    for name, r in (("lazy + fast-forward", lazy), ("eager baseline", eager)):
+        print(
+            f"  {name:<20} {r.wall_s:6.2f} s wall, {len(r.records) / r.wall_s:7.0f} requests/s, "
+            f"{r.num_steps} steps in {r.num_iterations} iterations"
+        )
+    print(f"  speedup over eager: {eager.wall_s / lazy.wall_s:.2f}x; identical results: {same}")
+    if args.large:
+        big = run(100_000, args.rate, lazy=True)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"100,000 requests: {big.wall_s:.2f} s wall, {len(big.records) / big.wall_s:.0f} requests/s, "
+            f"peak RSS {rss:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Roofline cost model and deployment sizing, checked against hand-derived rooflines."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from batchserve.sim.cost_model import CostModel, Efficiency
+from batchserve.sim.deployment import WEIGHT_BYTES, Deployment, DoesNotFitError, GiB
+from batchserve.sim.hardware import get_hardware
+from batchserve.sim.models import get_model
+
+EFF = Efficiency()
+H100 = get_hardware("h100-sxm")
+LLAMA_8B = get_model("llama-3.1-8b")
+
+
+def cost_model(model: str = "llama-3.1-8b", hardware: str = "h100-sxm", **deployment) -> CostModel:
+    return CostModel(Deployment(model=get_model(model), hardware=get_hardware(hardware), **deployment), EFF)
+
+
+def decode_step(cm: CostModel, batch: int = 1, context_per_request: int = 512) -> float:
+    return cm.step_time(num_decodes=batch, decode_context_tokens=batch * context_per_request, num_sampling=batch)
+
+
+def prefill_step(cm: CostModel, tokens: int) -> float:
+    """One whole prompt of `tokens` tokens from an empty cache, sampling its first token."""
+    return cm.step_time(num_prefill_tokens=tokens, prefill_attended_pairs=tokens * (tokens + 1) / 2,
+                        prefill_context_tokens=tokens, num_sampling=1)
+
+
+def bandwidth(hw=H100) -> float:
+    return hw.memory_bandwidth * EFF.memory_bandwidth
+
+
+def gemm_flops_per_s(hw=H100, dtype: str = "bf16") -> float:
+    return hw.peak_flops[dtype] * EFF.gemm_flops
+
+
+def linear_params(model) -> int:
+    """Parameters in the layers' GEMMs (everything but embeddings, LM head and norms)."""
+    embed = model.vocab_size * model.hidden_size
+    h, q, kv = model.hidden_size, model.num_attention_heads * model.head_dim, model.num_kv_heads * model.head_dim
+    per_layer = h * (q + 2 * kv) + q * h + 3 * h * model.intermediate_size
+    assert model.num_params() - per_layer * model.num_layers - 2 * embed < 0.001 * model.num_params()  # norms only
+    return per_layer * model.num_layers
+
+
+# ---------------------------------------------------------------------------- decode: memory-bound
+
+
+def test_batch1_decode_is_memory_bound() -> None:
+    """At batch 1 reading the weights dominates: GEMM FLOP time is ~1% of the byte time, and a second
+    request in the batch costs almost nothing."""
+    cm = cost_model()
+    flop_time = 2 * LLAMA_8B.num_params() / gemm_flops_per_s()
+    byte_time = LLAMA_8B.num_params() * 2 / bandwidth()
+    assert flop_time < 0.02 * byte_time
+    assert decode_step(cm, batch=2) / decode_step(cm, batch=1) < 1.01
+    assert cm.layer_gemm_time(1) == pytest.approx(cm.layer_gemm_time(2), rel=0.01)
+
+
+def test_batch1_decode_time_is_weight_bytes_over_bandwidth() -> None:
+    cm = cost_model()
+    d = cm.deployment
+    t = decode_step(cm, batch=1, context_per_request=512)
+    # The brief's roofline: all weight bytes streamed once, plus the fixed step overhead.
+    assert t == pytest.approx(d.weight_bytes_per_gpu() / bandwidth() + EFF.step_overhead_s, rel=0.10)
+    # Tighter: the input embedding is a gather (not streamed); the LM head and 512 tokens of KV are.
+    embed_bytes = LLAMA_8B.vocab_size * LLAMA_8B.hidden_size * 2
+    kv_bytes = 512 * 2 * LLAMA_8B.num_layers * LLAMA_8B.num_kv_heads * LLAMA_8B.head_dim * 2
+    streamed = d.weight_bytes_per_gpu() - embed_bytes + kv_bytes
+    assert t == pytest.approx(streamed / bandwidth() + EFF.step_overhead_s, rel=0.02)
+
+
+def test_decode_time_grows_with_context_through_kv_reads() -> None:
+    cm = cost_model()
+    kv_bytes_per_token = 2 * LLAMA_8B.num_layers * LLAMA_8B.num_kv_heads * LLAMA_8B.head_dim * 2
+    extra = decode_step(cm, 32, 4096) - decode_step(cm, 32, 512)
+    assert extra == pytest.approx(32 * (4096 - 512) * kv_bytes_per_token / bandwidth(), rel=0.02)
+
+
+def test_int4_weights_decode_faster_in_proportion_to_bytes() -> None:
+    bf16, int4 = cost_model(weight_dtype="bf16"), cost_model(weight_dtype="int4")
+    assert int4.deployment.weight_bytes_per_gpu() < 0.3 * bf16.deployment.weight_bytes_per_gpu()
+    t16, t4 = decode_step(bf16), decode_step(int4)
+    assert t4 < t16
+    ratio = (t4 - EFF.step_overhead_s) / (t16 - EFF.step_overhead_s)
+    assert ratio == pytest.approx(WEIGHT_BYTES["int4"] / WEIGHT_BYTES["bf16"], rel=0.05)
+    # W4A16 dequantises to bf16: a compute-bound prefill gains nothing.
+    assert prefill_step(int4, 8192) == pytest.approx(prefill_step(bf16, 8192), rel=0.01)
+
+
+def test_fp8_on_h100_is_faster_in_both_regimes() -> None:
+    bf16, fp8 = cost_model(), cost_model(weight_dtype="fp8")
+    assert decode_step(fp8) < 0.6 * decode_step(bf16)  # half the bytes
+    assert prefill_step(fp8, 8192) < 0.65 * prefill_step(bf16, 8192)  # twice the FLOP/s on GEMMs
+
+
+def test_fp8_on_a100_raises_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"a100-80gb has no fp8 tensor cores.*choose one of bf16, fp16, int8, int4"):
+        Deployment(model=LLAMA_8B, hardware=get_hardware("a100-80gb"), weight_dtype="fp8")
+
+
+# ---------------------------------------------------------------------------- prefill: compute-bound
+
+
+def test_large_prefill_is_compute_bound() -> None:
+    """8192 prompt tokens: time = GEMM FLOPs / achieved FLOP/s + attention FLOPs / achieved FLOP/s."""
+    cm = cost_model()
+    tokens = 8192
+    m = LLAMA_8B
+    gemm = 2 * tokens * linear_params(m) + 2 * m.hidden_size * m.vocab_size  # LM head for the 1 sampled token
+    attention = 4 * m.head_dim * m.num_attention_heads * tokens * (tokens + 1) / 2 * m.num_layers
+    expected = gemm / gemm_flops_per_s() + attention / (H100.peak_flops["bf16"] * EFF.attention_flops)
+    assert prefill_step(cm, tokens) == pytest.approx(expected + EFF.step_overhead_s, rel=0.10)
+    # GEMMs are linear in tokens once compute-bound.
+    assert cm.layer_gemm_time(8192) == pytest.approx(2 * cm.layer_gemm_time(4096), rel=0.01)
+    assert cm.layer_gemm_time(8192) * m.num_layers == pytest.approx(
+        2 * tokens * linear_params(m) / gemm_flops_per_s(), rel=0.01)
+
+
+def test_prefill_attention_is_quadratic() -> None:
+    cm = cost_model()
+    a1 = cm.prefill_attention_time(4096, 4096 * 4097 / 2, 4096)
+    a2 = cm.prefill_attention_time(8192, 8192 * 8193 / 2, 8192)
+    assert a2 / a1 == pytest.approx(4.0, rel=0.01)
+
+
+def test_a_chunk_with_cached_context_costs_more_attention_than_the_first_chunk() -> None:
+    cm = cost_model()
+    first = cm.step_time(num_prefill_tokens=512, prefill_attended_pairs=512 * 513 / 2, prefill_context_tokens=512)
+    later = cm.step_time(num_prefill_tokens=512, prefill_attended_pairs=512 * (7680 + 513 / 2),
+                         prefill_context_tokens=8192)
+    assert later > first
+
+
+# ---------------------------------------------------------------------------- tensor parallel
+
+
+def test_tp2_halves_gemm_time_and_adds_all_reduce() -> None:
+    tp1, tp2 = cost_model(tp=1), cost_model(tp=2)
+    tokens = 8192
+    assert tp2.layer_gemm_time(tokens) / tp1.layer_gemm_time(tokens) == pytest.approx(0.5, rel=0.02)
+    assert tp1.communication_time(tokens) == 0.0
+    # Two ring all-reduces of the activations per layer, each moving 2(tp-1)/tp of them per GPU.
+    activation = tokens * LLAMA_8B.hidden_size * 2
+    link = H100.interconnect_bandwidth * EFF.interconnect_bandwidth
+    per_all_reduce = H100.interconnect_latency_s + 2 * (2 - 1) / 2 * activation / link
+    assert tp2.communication_time(tokens) == pytest.approx(2 * LLAMA_8B.num_layers * per_all_reduce, rel=1e-9)
+    t1, t2 = prefill_step(tp1, tokens), prefill_step(tp2, tokens)
+    assert t1 / 2 < t2 < t1
+    assert t2 == pytest.approx((t1 - EFF.step_overhead_s) / 2 + EFF.step_overhead_s
+                               + tp2.communication_time(tokens), rel=0.05)
+
+
+def test_tp2_batch1_decode_pays_collective_latency() -> None:
+    tp1, tp2 = cost_model(tp=1), cost_model(tp=2)
+    t1, t2 = decode_step(tp1), decode_step(tp2)
+    halved = (t1 - EFF.step_overhead_s) / 2 + EFF.step_overhead_s
+    latency = 2 * LLAMA_8B.num_layers * H100.interconnect_latency_s
+    assert t2 < t1
+    assert t2 > halved + latency * 0.99
+
+
+# ---------------------------------------------------------------------------- decode runs
+
+
+@pytest.mark.parametrize(("model", "tp", "num_decodes", "context"), [
+    ("llama-3.1-8b", 1, 1, 512),
+    ("llama-3.1-8b", 1, 64, 64 * 1000),
+    ("llama-3.1-8b", 2, 7, 9999),
+    ("mixtral-8x7b", 2, 16, 16 * 300),
+])
+def test_decode_run_offsets_are_cumulative_step_times(model: str, tp: int, num_decodes: int, context: int) -> None:
+    """Step j of a run attends context + j*num_decodes tokens; offsets are the running sum of step times."""
+    cm = cost_model(model, tp=tp)
+    steps = 40
+    offsets = cm.decode_run_offsets(num_decodes, context, steps)
+    assert offsets.shape == (steps,)
+    expected = np.cumsum([
+        cm.step_time(num_decodes=num_decodes, decode_context_tokens=context + j * num_decodes,
+                     num_sampling=num_decodes)
+        for j in range(steps)
+    ])
+    np.testing.assert_allclose(offsets, expected, rtol=1e-9, atol=0)
+    assert np.all(np.diff(offsets) > 0)
+
+
+# ---------------------------------------------------------------------------- MoE
+
+
+def test_moe_batch1_decode_reads_two_of_eight_experts() -> None:
+    cm = cost_model("mixtral-8x7b")
+    m = get_model("mixtral-8x7b")
+    h, q, kv = m.hidden_size, m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
+    dense = h * (q + 2 * kv) + q * h + h * m.num_experts  # attention projections + router
+    expert = 3 * h * m.intermediate_size
+    two_experts = (dense + 2 * expert) * 2 / bandwidth()
+    all_experts = (dense + m.num_experts * expert) * 2 / bandwidth()
+    assert cm.layer_gemm_time(1) == pytest.approx(two_experts, rel=0.01)
+    # With many tokens, routing touches every expert: the whole layer is read.
+    assert cm.layer_gemm_time(64) == pytest.approx(all_experts, rel=0.02)
+    assert cm.layer_gemm_time(1) < cm.layer_gemm_time(4) < cm.layer_gemm_time(64)
+
+
+def test_moe_decode_is_cheaper_than_a_dense_model_of_the_same_size() -> None:
+    mixtral = get_model("mixtral-8x7b")
+    assert mixtral.num_params() > 5 * LLAMA_8B.num_params()
+    assert decode_step(cost_model("mixtral-8x7b", tp=2)) < 2 * decode_step(cost_model("llama-3.1-8b", tp=2))
+
+
+# ---------------------------------------------------------------------------- memory fit
+
+
+def test_405b_on_one_h100_does_not_fit_and_says_how_much_is_missing() -> None:
+    d = Deployment(model=get_model("llama-3.1-405b"), hardware=H100)
+    with pytest.raises(DoesNotFitError) as info:
+        d.num_kv_blocks(block_size=16, max_num_batched_tokens=8192)
+    message = str(info.value)
+    found = re.search(r"([\d.]+) GiB missing", message)
+    assert found, message
+    usable = H100.memory_bytes * 0.9
+    need = d.weight_bytes_per_gpu() + d.activation_bytes_per_gpu(8192) + 16 * d.kv_bytes_per_token_per_gpu()
+    assert float(found.group(1)) == pytest.approx((need - usable) / GiB, abs=0.06)
+    assert float(found.group(1)) > 600  # 405B bf16 weights are ~754 GiB
+    assert "--tp" in message and "llama-3.1-405b" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_405b_fits_on_eight_h200_but_not_eight_h100() -> None:
+    m = get_model("llama-3.1-405b")
+    assert Deployment(model=m, hardware=get_hardware("h200"), tp=8).num_kv_blocks(16, 8192) > 1000
+    with pytest.raises(DoesNotFitError, match="8x h100-sxm"):
+        Deployment(model=m, hardware=H100, tp=8).num_kv_blocks(16, 8192)
+
+
+def test_num_kv_blocks_is_free_memory_over_block_bytes() -> None:
+    d = Deployment(model=LLAMA_8B, hardware=H100)
+    free = H100.memory_bytes * 0.9 - d.weight_bytes_per_gpu() - d.activation_bytes_per_gpu(8192)
+    per_block = 16 * 2 * LLAMA_8B.num_layers * LLAMA_8B.num_kv_heads * LLAMA_8B.head_dim * 2
+    assert d.num_kv_blocks(16, 8192) == int(free // per_block)
+
+
+def test_kv_blocks_grow_with_tp() -> None:
+    blocks = [Deployment(model=LLAMA_8B, hardware=H100, tp=tp).num_kv_blocks(16, 8192) for tp in (1, 2, 4, 8)]
+    assert blocks == sorted(set(blocks))
+    assert blocks[1] > 2 * blocks[0]  # half the KV heads per GPU and half the weights
+
+
+def test_kv_blocks_grow_with_fp8_kv_cache() -> None:
+    auto = Deployment(model=LLAMA_8B, hardware=H100).num_kv_blocks(16, 8192)
+    fp8 = Deployment(model=LLAMA_8B, hardware=H100, kv_cache_dtype="fp8").num_kv_blocks(16, 8192)
+    assert fp8 == pytest.approx(2 * auto, rel=0.001)
+
+
+# ---------------------------------------------------------------------------- edges and validation
+
+
+def test_an_empty_step_takes_no_time() -> None:
+    assert cost_model().step_time() == 0.0
+
+
+@pytest.mark.parametrize("field", ["gemm_flops", "attention_flops", "memory_bandwidth", "interconnect_bandwidth"])
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1])
+def test_efficiency_fractions_are_validated(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        Efficiency(**{field: value})
+
+
+def test_negative_step_overhead_is_rejected() -> None:
+    with pytest.raises(ValueError, match="step_overhead_s"):
+        Efficiency(step_overhead_s=-1e-3)
+
+
+def test_lower_efficiency_means_slower_steps() -> None:
+    slow = CostModel(Deployment(model=LLAMA_8B, hardware=H100), Efficiency(memory_bandwidth=0.5, gemm_flops=0.4))
+    fast = cost_model()
+    assert decode_step(slow) > decode_step(fast)
+    assert prefill_step(slow, 8192) > prefill_step(fast, 8192)
