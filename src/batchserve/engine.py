@@ -61,7 +61,9 @@ class Engine:
         finished = scheduler.update(batch, result, start)
         self.num_steps += batch.num_steps
         self.num_iterations += 1
-        self.outstanding_tokens += batch.num_preempted_tokens - batch.total_tokens * batch.num_steps
+        self.outstanding_tokens += (
+            batch.num_preempted_tokens - batch.num_cached_tokens - batch.total_tokens * batch.num_steps
+        )
         for req in finished:
             self.outstanding_tokens -= (
                 req.num_prompt_tokens + req.sampling_params.max_tokens - req.num_computed_tokens

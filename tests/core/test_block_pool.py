@@ -67,7 +67,7 @@ def test_touch_and_free_track_holders() -> None:
 def test_touch_of_a_free_cached_block_takes_it_off_the_free_queue() -> None:
     pool = BlockPool(3)
     (b,) = pool.allocate(1)
-    pool.cache_block(b, 1234)
+    pool.cache_blocks([b], [1234])
     pool.free([b])
     assert pool.num_free_blocks == 3
     assert pool.num_evictable_in([b]) == 1
@@ -108,7 +108,7 @@ def test_request_blocks_freed_tail_first_evict_the_tail_first() -> None:
     pool = BlockPool(4)
     blocks = pool.allocate(4)
     for i, blk in enumerate(blocks):
-        pool.cache_block(blk, 100 + i)
+        pool.cache_blocks([blk], [100 + i])
     pool.free(reversed(blocks))  # what KVCacheManager.free does
     (first,) = pool.allocate(1)
     assert first == blocks[-1]
@@ -121,9 +121,9 @@ def test_request_blocks_freed_tail_first_evict_the_tail_first() -> None:
 def test_evicts_the_least_recently_freed_cached_block_first() -> None:
     pool = BlockPool(3)
     x, y, z = pool.allocate(3)
-    pool.cache_block(x, 1)
-    pool.cache_block(y, 2)
-    pool.cache_block(z, 3)
+    pool.cache_blocks([x], [1])
+    pool.cache_blocks([y], [2])
+    pool.cache_blocks([z], [3])
     pool.free([y])
     pool.free([x])
     pool.free([z])
@@ -142,7 +142,7 @@ def test_evicts_the_least_recently_freed_cached_block_first() -> None:
 def test_evicted_block_loses_its_hash() -> None:
     pool = BlockPool(1)
     (b,) = pool.allocate(1)
-    pool.cache_block(b, 42)
+    pool.cache_blocks([b], [42])
     pool.free([b])
     assert pool.lookup(42) == b  # cached while free
     assert pool.allocate(1) == [b]
@@ -163,8 +163,8 @@ def test_allocating_an_uncached_free_block_is_not_an_eviction() -> None:
 def test_cache_block_first_block_with_a_hash_wins() -> None:
     pool = BlockPool(3)
     a, b, _ = pool.allocate(3)
-    pool.cache_block(a, 7)
-    pool.cache_block(b, 7)  # same content computed twice: the first registration stays
+    pool.cache_blocks([a], [7])
+    pool.cache_blocks([b], [7])  # same content computed twice: the first registration stays
     assert pool.lookup(7) == a
     assert pool.blocks[b].block_hash is None
     assert pool.num_cached_blocks == 1
@@ -173,8 +173,8 @@ def test_cache_block_first_block_with_a_hash_wins() -> None:
 def test_cache_block_keeps_a_blocks_first_hash() -> None:
     pool = BlockPool(2)
     (a,) = pool.allocate(1)
-    pool.cache_block(a, 7)
-    pool.cache_block(a, 8)
+    pool.cache_blocks([a], [7])
+    pool.cache_blocks([a], [8])
     assert pool.lookup(7) == a
     assert pool.lookup(8) is None
     assert pool.blocks[a].block_hash == 7
@@ -183,10 +183,10 @@ def test_cache_block_keeps_a_blocks_first_hash() -> None:
 def test_hash_is_free_again_after_its_block_is_evicted() -> None:
     pool = BlockPool(2)
     a, b = pool.allocate(2)
-    pool.cache_block(a, 7)
+    pool.cache_blocks([a], [7])
     pool.free([a])
     assert pool.allocate(1) == [a]  # evicts hash 7
-    pool.cache_block(b, 7)
+    pool.cache_blocks([b], [7])
     assert pool.lookup(7) == b
 
 
@@ -197,8 +197,8 @@ def test_lookup_unknown_hash_is_none() -> None:
 def test_reset_prefix_cache_forgets_every_hash_but_keeps_ref_counts() -> None:
     pool = BlockPool(3)
     a, b, c = pool.allocate(3)
-    pool.cache_block(a, 1)
-    pool.cache_block(b, 2)
+    pool.cache_blocks([a], [1])
+    pool.cache_blocks([b], [2])
     pool.free([b])
     pool.reset_prefix_cache()
     assert pool.lookup(1) is None and pool.lookup(2) is None

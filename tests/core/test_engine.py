@@ -126,8 +126,6 @@ def test_outstanding_tokens_count_down_with_preemption() -> None:
     assert engine.outstanding_tokens == 0
 
 
-@pytest.mark.xfail(strict=True, reason="Engine.outstanding_tokens never subtracts prefix-cache hits: an idle "
-                   "replica keeps reporting the cached tokens as load (skews least-loaded/prefix-affinity routing)")
 @pytest.mark.parametrize("lazy", [False, True])
 def test_outstanding_tokens_return_to_zero_with_cache_hits(lazy: bool) -> None:
     engine = make_engine(lazy=lazy, caching=True)
@@ -158,9 +156,6 @@ def test_truncated_decode_run_takes_the_same_steps_as_step_by_step() -> None:
     assert fast.now == slow.now
 
 
-@pytest.mark.xfail(strict=True, reason="Scheduler.extend_decode_run allocates blocks for the tick that ends the run "
-                   "(the first one short of blocks) before cutting the run there: a request holds a block for a "
-                   "token it is not computing")
 def test_truncated_decode_run_allocates_no_block_early() -> None:
     """After the same two steps, a truncated fast-forward run leaves the pool as step-by-step does:
     2 requests x 2 computed tokens = 4 blocks in use, 1 free."""

@@ -80,17 +80,11 @@ def test_a_preempted_request_keeps_its_outputs_and_finishes_exactly() -> None:
     assert a.finish_time < b.finish_time
 
 
-@pytest.mark.xfail(strict=True, reason="WaitingQueue.victim breaks policy-key ties toward the FIRST running request: "
-                   "with equal arrival times (e.g. an offline workload, all at t=0) fcfs preempts the oldest, "
-                   "most advanced request instead of the last admitted one the waiting queue ranks last")
 def test_fcfs_with_equal_arrivals_preempts_the_last_admitted() -> None:
     first, second = req("first", 1, 5, arrival=0.0), req("second", 1, 5, arrival=0.0)
     assert first_victim("fcfs", first, second) is second  # actual: first
 
 
-@pytest.mark.xfail(strict=True, reason="livelock: with equal arrival times the victim is the most advanced running "
-                   "request (see above); with long_prefill_token_threshold the re-admitted one takes blocks back "
-                   "and the two requests preempt each other forever")
 def test_equal_arrivals_with_prefill_threshold_finish() -> None:
     """Minimal case found by the property tests: 2 requests at t=0, 7 one-token blocks, budget 6, chunks of 1."""
     sched = make_scheduler(num_blocks=7, max_num_batched_tokens=6, max_num_seqs=2, long_prefill_token_threshold=1)

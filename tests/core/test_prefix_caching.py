@@ -248,9 +248,6 @@ def test_prompt_blocks_are_shared_while_the_request_decodes(budget: int, lazy: b
     assert scheduled(batch, b) == (32, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="Scheduler._update_explicit commits a finished prompt's blocks only when its "
-                   "last chunk has n > 1 tokens: a prompt completed by a 1-token chunk keeps its last full block "
-                   "out of the prefix cache until the request ends")
 @pytest.mark.parametrize("lazy", [False, True])
 def test_prompt_completed_by_a_one_token_chunk_shares_its_last_block(lazy: bool) -> None:
     """Budget 31 splits a 32-token prompt into chunks of 31 and 1 token; both of its blocks must be shared."""

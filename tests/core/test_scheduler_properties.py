@@ -207,11 +207,8 @@ class Harness:
             assert all(self.is_decode(r) for r, _, _ in work)
             assert steps <= min(r.sampling_params.max_tokens - (self.known(r) - r.num_prompt_tokens)
                                 for r, _, _ in work), "a request would finish before the run's last step"
-        lazy = {id(r) for r in self.lazy_members()} if batch.num_lazy_decodes else set()
         for r, n, c in work:
-            need = ceil_div(c + n * steps, bs)
-            # A cohort member may hold one block early: see test_truncated_decode_run_allocates_no_block_early.
-            assert need <= len(r.block_ids) <= need + (id(r) in lazy), f"{r}: blocks do not cover the run exactly"
+            assert len(r.block_ids) == ceil_div(c + n * steps, bs), f"{r}: blocks do not cover the run exactly"
             # Every position before c must hold this request's token: its own earlier work or a prefix hit.
             for p in range(self.verified.get(r.request_id, 0), c):
                 held = self.kv_content.get(r.block_ids[p // bs], {}).get(p % bs)
@@ -234,9 +231,7 @@ class Harness:
             assert r.status == RequestStatus.RUNNING
             assert len(set(r.block_ids)) == len(r.block_ids)
             c = self.computed(r)
-            early = getattr(r, "decode_clock0", None) is not None  # see check_executed_batch
-            assert ceil_div(c, bs) <= len(r.block_ids) <= ceil_div(c, bs) + early, \
-                f"{r}: {len(r.block_ids)} blocks for {c} computed tokens"
+            assert len(r.block_ids) == ceil_div(c, bs), f"{r}: {len(r.block_ids)} blocks for {c} computed tokens"
             assert 0 < c < self.known(r)
             holders.update(r.block_ids)
         for r in waiting:
@@ -336,9 +331,9 @@ def workloads(draw, presets=tuple(SCHEDULER_PRESETS), policies=POLICIES) -> Work
         else:
             prompt = [rng.randint(0, 1000) for _ in range(prompt_len)]
         max_tokens = draw(st.integers(1, 40))
-        # A few steps apart, never step-aligned, and never equal: equal arrivals hit the victim tie-break
-        # bug pinned down in test_preemption.py (the most advanced request is preempted, which can livelock).
-        arrival = float(draw(st.integers(0, 40)) * 997 + k)
+        # A few steps apart and never step-aligned; some arrive together (ties exercise the
+        # preemption tie-break, which once made two requests preempt each other forever).
+        arrival = float(draw(st.integers(0, 40)) * 997 + (k if draw(st.booleans()) else 0))
         priority = draw(st.integers(0, 3))
         deadline = draw(st.none() | st.integers(0, 80_000).map(float))
         adapter = draw(st.sampled_from([None, None, None, "lora-a", 7]))
@@ -410,7 +405,7 @@ def test_sarathi_contract(mode: str, w: Workload) -> None:
     run_workload(w, mode)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(w=workloads())
 def test_fast_forward_is_exact(w: Workload) -> None:
     """Fast-forwarded decode runs (bounded by the next arrival) reproduce the step-by-step run exactly:
@@ -423,7 +418,7 @@ def test_fast_forward_is_exact(w: Workload) -> None:
     assert fast.engine.num_iterations <= slow.engine.num_iterations
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(w=workloads())
 def test_lazy_decodes_match_explicit_scheduling(w: Workload) -> None:
     """The simulator's lazily tracked decodes schedule exactly what explicit per-request decodes do."""

@@ -27,6 +27,7 @@ class ScheduledBatch:
     num_steps: int = 1
     total_tokens: int = 0
     num_preempted_tokens: int = 0  # computed tokens thrown away by this step's preemptions
+    num_cached_tokens: int = 0  # tokens admitted requests took from the prefix cache instead of computing
     can_extend: bool = False  # a pure decode step whose successors would be identical
 
     @property

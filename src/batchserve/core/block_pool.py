@@ -62,6 +62,17 @@ class BlockPool:
             out.append(block.block_id)
         return out
 
+    def allocate_one(self) -> int:
+        """`allocate(1)` without the list: the simulator's decode path takes one block per event."""
+        bid = self._free.popitem(last=False)[0]
+        block = self.blocks[bid]
+        if block.block_hash is not None:
+            del self._cached[block.block_hash]
+            block.block_hash = None
+            self.num_evictions += 1
+        block.ref_cnt = 1
+        return bid
+
     def lookup(self, block_hash: int) -> int | None:
         return self._cached.get(block_hash)
 
@@ -87,12 +98,14 @@ class BlockPool:
             elif block.ref_cnt < 0:
                 raise RuntimeError(f"block {bid} freed more times than it was held")
 
-    def cache_block(self, block_id: int, block_hash: int) -> None:
-        """Register a full, computed block under its hash; the first block with a hash wins."""
-        block = self.blocks[block_id]
-        if block.block_hash is None and block_hash not in self._cached:
-            self._cached[block_hash] = block_id
-            block.block_hash = block_hash
+    def cache_blocks(self, block_ids: list[int], block_hashes: list[int]) -> None:
+        """Register full, computed blocks under their hashes; the first block with a hash wins."""
+        cached, blocks = self._cached, self.blocks
+        for bid, block_hash in zip(block_ids, block_hashes):
+            block = blocks[bid]
+            if block.block_hash is None and block_hash not in cached:
+                cached[block_hash] = bid
+                block.block_hash = block_hash
 
     def num_evictable_in(self, block_ids: Iterable[int]) -> int:
         """How many of these blocks sit on the free queue (a hit on them consumes a free block)."""

@@ -80,14 +80,24 @@ class DecodeCohort:
             heapq.heappop(heap)  # stale: the request left (and maybe rejoined with other keys)
         return None
 
-    def next_block_need(self) -> tuple[int, Request] | None:
-        """(tick, member) of the earliest member needing a new block."""
+    def next_block_tick(self) -> int | None:
+        """The earliest tick at which some member needs a new block."""
         entry = self._valid_top(self._blocks, self._block_key)
-        return None if entry is None else (entry[0], entry[2])
+        return None if entry is None else entry[0]
 
-    def block_added(self, req: Request) -> None:
-        """The earliest block need was served: schedule the member's next one."""
-        heapq.heapreplace(self._blocks, (self._block_key(req), next(self._seq), req))
+    def pop_block_needs(self, tick: int) -> list[Request]:
+        """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""
+        needs: dict[Request, None] = {}  # a member that left and rejoined may have two live entries
+        while (entry := self._valid_top(self._blocks, self._block_key)) is not None and entry[0] == tick:
+            heapq.heappop(self._blocks)
+            needs[entry[2]] = None
+        return list(needs)
+
+    def push_block_needs(self, reqs: list[Request]) -> None:
+        """Track the next block need of these members (those still in the cohort)."""
+        for req in reqs:
+            if req.decode_clock0 is not None:
+                heapq.heappush(self._blocks, (self._block_key(req), next(self._seq), req))
 
     def next_finish(self) -> int | None:
         entry = self._valid_top(self._finish, self._finish_key)

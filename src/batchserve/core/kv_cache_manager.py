@@ -108,8 +108,8 @@ class KVCacheManager:
         if not self.enable_caching or num_full <= req.num_committed_blocks:
             return
         hashes = self.hash_blocks(req, num_full)
-        for i in range(req.num_committed_blocks, num_full):
-            self.pool.cache_block(req.block_ids[i], hashes[i])
+        start = req.num_committed_blocks
+        self.pool.cache_blocks(req.block_ids[start:num_full], hashes[start:num_full])
         req.num_committed_blocks = num_full
 
     def free(self, req: Request) -> None:

@@ -94,6 +94,11 @@ class WaitingQueue:
                 return
         raise KeyError(req.request_id)
 
-    def victim(self, running: list[Request]) -> Request:
-        """The running request to preempt first: the one this policy ranks last."""
-        return max(running, key=self.key)
+    def victim(self, running: dict[Request, None]) -> Request:
+        """The running request to preempt first: the one this policy ranks last.
+
+        Ties go to the most recently admitted request, which has the least work
+        to lose; preempting the oldest on a tie can make two requests preempt
+        each other forever.
+        """
+        return max(reversed(running), key=self.key)

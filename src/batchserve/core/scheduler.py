@@ -136,13 +136,13 @@ class Scheduler:
     def _schedule_cohort(self, batch: ScheduledBatch, budget: int) -> int:
         """Give lazily tracked decodes the blocks this tick needs; they take one token each."""
         cohort, pool = self.cohort, self.kv.pool
-        while (need := cohort.next_block_need()) is not None and need[0] <= cohort.clock:
-            req = need[1]
-            if pool.num_free_blocks == 0:
+        needs = cohort.pop_block_needs(cohort.clock)
+        for req in needs:
+            while req.decode_clock0 is not None and pool.num_free_blocks == 0:
                 self._preempt(self.waiting.victim(self.running), batch)
-                continue  # if req itself was preempted its need is gone
-            req.block_ids.extend(pool.allocate(1))
-            cohort.block_added(req)
+            if req.decode_clock0 is not None:  # not itself preempted
+                req.block_ids.append(pool.allocate_one())
+        cohort.push_block_needs(needs)
         n = len(cohort)
         batch.num_lazy_decodes = n
         batch.lazy_decode_context = cohort.context + n
@@ -240,6 +240,7 @@ class Scheduler:
                 kv.num_hits += num_cached
                 req.num_cached_tokens = num_cached
                 req.first_scheduled_time = now
+            batch.num_cached_tokens += num_cached
             req.status = _RUNNING
             self.running[req] = None
             self._explicit[req] = None
@@ -274,12 +275,14 @@ class Scheduler:
         cohort, pool = self.cohort, self.kv.pool
         start = cohort.clock
         steps = max_steps
-        while (need := cohort.next_block_need()) is not None and need[0] < start + steps:
-            if pool.num_free_blocks == 0:
-                steps = need[0] - start
-                break
-            need[1].block_ids.extend(pool.allocate(1))
-            cohort.block_added(need[1])
+        while (tick := cohort.next_block_tick()) is not None and tick < start + steps:
+            needs = cohort.pop_block_needs(tick)
+            if len(needs) > pool.num_free_blocks:
+                steps = tick - start  # the run ends before the tick that would preempt
+            else:
+                for req in needs:
+                    req.block_ids.append(pool.allocate_one())
+            cohort.push_block_needs(needs)
         batch.num_steps = steps
         return steps
 
@@ -325,8 +328,8 @@ class Scheduler:
                 if c // bs > req.num_committed_blocks:
                     kv.commit(req)  # share a long prompt's finished blocks while the rest computes
                 continue  # a prompt chunk short of the end: nothing sampled
-            if n > 1:
-                kv.commit(req)  # decode-filled blocks are committed when the request frees them
+            if n > 1 or not req.output_token_ids:
+                kv.commit(req)  # a finished prompt; decode-filled blocks are committed when freed
             if req.first_token_time is None:
                 req.first_token_time = first_time
             if req.token_times is not None:
