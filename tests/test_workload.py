@@ -519,3 +519,15 @@ def test_trace_sort_is_stable_for_many_ties(tmp_path):
     reqs = list(trace_requests(write_jsonl(tmp_path / "t.jsonl", rows)))
     expected = sorted(range(300), key=lambda i: (7 * i) % 3)  # Python's sort is stable
     assert [r.request_id for r in reqs] == [str(i) for i in expected]
+
+
+def test_trace_ttft_slo_sets_the_deadline_and_bad_values_name_the_line(tmp_path) -> None:
+    good = tmp_path / "slo.jsonl"
+    good.write_text('{"arrival_time": 2.0, "prompt_tokens": 4, "output_tokens": 1, "ttft_slo": 0.5}\n'
+                    '{"arrival_time": 3.0, "prompt_tokens": 4, "output_tokens": 1}\n')
+    a, b = list(trace_requests(good))
+    assert a.deadline == 2.5 and b.deadline is None
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"arrival_time": 0, "prompt_tokens": 4, "output_tokens": 1, "ttft_slo": 0}\n')
+    with pytest.raises(WorkloadError, match="line 1: ttft_slo must be > 0"):
+        list(trace_requests(bad))

@@ -295,6 +295,10 @@ def _gaps(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray:
 def trace_requests(path: str | Path, *, vocab_size: int = 32000, seed: int = 0) -> Iterator[Request]:
     """Replay a JSONL or CSV trace as Requests sorted by arrival_time (stable).
 
+    Fields: arrival_time (s), prompt_tokens, output_tokens; optional prefix_id
+    with prefix_tokens (requests sharing a prefix_id share that many leading
+    tokens), priority (lower runs first under `priority`), ttft_slo (seconds;
+    the request's deadline for `edf` is arrival_time + ttft_slo), request_id.
     The whole file is read and validated now, so a bad row fails before any
     request runs; only a few numbers per row are kept and prompts are built
     lazily as the result is iterated.
@@ -314,6 +318,7 @@ class _TraceRows:
         self.prompt = array.array("q")
         self.output = array.array("q")
         self.priority = array.array("q")
+        self.ttft_slo = array.array("d")  # per-request TTFT target in seconds; inf for none
         self.prefix = array.array("q")  # index into prefix_lens, -1 for none
         self.prefix_lens: list[int] = []
         self.request_ids: dict[int, str] = {}  # row -> explicit request_id
@@ -351,6 +356,11 @@ class _TraceRows:
         prompt = _int_field(rec, "prompt_tokens", minimum=1)
         output = _int_field(rec, "output_tokens", minimum=1)
         priority = _int_field(rec, "priority", default=0)
+        ttft_slo = float("inf")
+        if _value(rec, "ttft_slo") is not None:
+            ttft_slo = _float_field(rec, "ttft_slo")
+            if not ttft_slo > 0:
+                raise ValueError(f"ttft_slo must be > 0 seconds, got {ttft_slo}")
         prefix_index = -1
         prefix_id = _value(rec, "prefix_id")
         if prefix_id is None:
@@ -390,6 +400,7 @@ class _TraceRows:
         self.prompt.append(prompt)
         self.output.append(output)
         self.priority.append(priority)
+        self.ttft_slo.append(ttft_slo)
         self.prefix.append(prefix_index)
 
 
@@ -434,9 +445,10 @@ def _replay(rows: _TraceRows, vocab_size: int, seed: int) -> Iterator[Request]:
                 prefixes[g] = prefix_rng.integers(0, vocab_size, size=rows.prefix_lens[g]).tolist()
             prefix = prefixes[g]
         prompt = prefix + token_rng.integers(0, vocab_size, size=n - len(prefix)).tolist()
+        deadline = rows.arrival[i] + rows.ttft_slo[i] if rows.ttft_slo[i] != float("inf") else None
         yield Request(rows.request_ids.get(i, str(i)), prompt,
                       SamplingParams(max_tokens=rows.output[i], ignore_eos=True),
-                      arrival_time=rows.arrival[i], priority=rows.priority[i])
+                      arrival_time=rows.arrival[i], priority=rows.priority[i], deadline=deadline)
 
 
 def _value(rec: Mapping[str, Any], key: str) -> Any:

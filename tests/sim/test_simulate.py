@@ -230,3 +230,32 @@ def test_unknown_router_lists_valid_names() -> None:
 def test_model_too_big_for_the_hardware_is_reported_at_resolve() -> None:
     with pytest.raises(ValueError, match="GiB missing"):
         setup_for(ClusterConfig(model="llama-3.1-70b", hardware="h100-sxm", tp=1))
+
+
+def test_edf_serves_tight_ttft_targets_first(tmp_path) -> None:
+    """Past saturation, requests with a tight per-request TTFT target (trace field `ttft_slo`) wait
+    less under `edf` than under `fcfs`, and the loose ones pay for it."""
+    import json
+
+    from batchserve.config import CacheConfig, scheduler_config
+    from batchserve.sim.simulate import ClusterConfig, resolve, simulate
+    from batchserve.workload import trace_requests
+
+    trace = tmp_path / "trace.jsonl"
+    with trace.open("w") as f:
+        for i in range(800):
+            tight = i % 2 == 0
+            f.write(json.dumps({"arrival_time": i * 0.02, "prompt_tokens": 1500, "output_tokens": 64,
+                                "ttft_slo": 0.5 if tight else 30.0, "request_id": f"{'t' if tight else 'l'}{i}"}) + "\n")
+
+    def mean_ttft(policy: str) -> dict[str, float]:
+        setup = resolve(ClusterConfig(), scheduler_config("sarathi", policy=policy), CacheConfig())
+        records = simulate(setup, trace_requests(trace)).records
+        by_class: dict[str, list[float]] = {"t": [], "l": []}
+        for r in records:
+            by_class[r.request_id[0]].append(r.ttft_s)
+        return {k: sum(v) / len(v) for k, v in by_class.items()}
+
+    fcfs, edf = mean_ttft("fcfs"), mean_ttft("edf")
+    assert edf["t"] < 0.5 * fcfs["t"]
+    assert edf["l"] > fcfs["l"]
