@@ -6,8 +6,11 @@ uses) and, as the baseline measured in the same run, the eager path (every
 running request handled every step, as the real engine does). Both paths give
 identical results; the bench checks that too.
 
-    python bench/bench_simulate.py                 # 10k requests, both paths
+    python bench/bench_simulate.py                 # 10k requests, both paths, 3 repeats
     python bench/bench_simulate.py --large         # also 100k requests (lazy path)
+
+Wall times on shared machines swing between runs; the bench reports the
+minimum and median of `--repeat` runs, and CPU seconds beside wall seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datetime
 import os
 import platform
 import resource
+import statistics
 import time
 
 from batchserve.config import CacheConfig, scheduler_config
@@ -36,10 +40,16 @@ def run(num_requests: int, rate: float, lazy: bool) -> SimResult:
         SimExecutor(CostModel(setup.deployment, setup.efficiency)),
     )
     spec = WorkloadSpec(num_requests=num_requests, rate=rate, vocab_size=setup.deployment.model.vocab_size, seed=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = Cluster([engine]).run(synthetic_requests(spec))
     result.wall_s = time.perf_counter() - t0  # include workload generation
+    result.cpu_s = time.process_time() - c0
     return result
+
+
+def timed(num_requests: int, rate: float, lazy: bool, repeat: int) -> tuple[SimResult, list[float], list[float]]:
+    runs = [run(num_requests, rate, lazy) for _ in range(repeat)]
+    return runs[0], sorted(r.wall_s for r in runs), sorted(r.cpu_s for r in runs)
 
 
 def same_results(a: SimResult, b: SimResult, tol: float = 1e-9) -> bool:
@@ -70,25 +80,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=35.0, help="req/s; saturation is about 37 req/s")
     parser.add_argument("--large", action="store_true", help="also simulate 100,000 requests")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per 10k measurement")
     args = parser.parse_args()
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, cpu {cpu_model()}, python {platform.python_version()}")
-    lazy = run(10_000, args.rate, lazy=True)
-    eager = run(10_000, args.rate, lazy=False)
+    lazy, lazy_wall, lazy_cpu = timed(10_000, args.rate, True, args.repeat)
+    eager, eager_wall, eager_cpu = timed(10_000, args.rate, False, args.repeat)
     same = same_results(lazy, eager)
     throughput = len(lazy.records) / lazy.simulated_s
     print(f"workload: 10,000 requests at {args.rate} req/s; simulated throughput {throughput:.1f} req/s")
-    for name, r in (("lazy + fast-forward", lazy), ("eager baseline", eager)):
+    for name, r, wall, cpu in (("lazy + fast-forward", lazy, lazy_wall, lazy_cpu),
+                               ("eager baseline", eager, eager_wall, eager_cpu)):
         print(
-            f"  {name:<20} {r.wall_s:6.2f} s wall, {len(r.records) / r.wall_s:7.0f} requests/s, "
+            f"  {name:<20} wall min {wall[0]:5.2f} s, median {statistics.median(wall):5.2f} s; "
+            f"cpu min {cpu[0]:5.2f} s; {len(r.records) / wall[0]:6.0f} requests/s; "
             f"{r.num_steps} steps in {r.num_iterations} iterations"
         )
-    print(f"  speedup over eager: {eager.wall_s / lazy.wall_s:.2f}x; identical results: {same}")
+    print(f"  speedup over eager (min wall): {eager_wall[0] / lazy_wall[0]:.2f}x; identical results: {same}")
     if args.large:
-        big = run(100_000, args.rate, lazy=True)
+        big, wall, cpu = timed(100_000, args.rate, True, 1)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(
-            f"100,000 requests: {big.wall_s:.2f} s wall, {len(big.records) / big.wall_s:.0f} requests/s, "
-            f"peak RSS {rss:.0f} MiB"
+            f"100,000 requests: wall {wall[0]:.2f} s, cpu {cpu[0]:.2f} s, {len(big.records) / wall[0]:.0f} requests/s, "
+            f"peak RSS {rss:.0f} MiB (10k runs included)"
         )
 
 

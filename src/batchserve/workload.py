@@ -29,6 +29,7 @@ _LENGTH_FORMS = "N, fixed:N, uniform:LO:HI, lognormal:MEAN:SIGMA, empirical:PATH
 _TRACE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 _CHUNK = 4096  # lengths, arrivals and groups are drawn this many at a time
+_TOKEN_BATCH = 64  # prompt tokens are drawn for this many requests at a time
 _MAX_LEN = 2**31 - 1  # caps absurd lognormal draws so they never overflow int64
 _TRACE_REQUIRED = ("arrival_time", "prompt_tokens", "output_tokens")
 
@@ -264,7 +265,7 @@ def _synthetic(spec: WorkloadSpec) -> Iterator[Request]:
     for start in range(0, spec.num_requests, _CHUNK):
         m = min(_CHUNK, spec.num_requests - start)
         # Always draw full chunks, so a request's numbers do not depend on num_requests.
-        in_lens = spec._input_len_dist.sample(in_rng, _CHUNK)[:m].tolist()
+        in_lens = spec._input_len_dist.sample(in_rng, _CHUNK).tolist()
         out_lens = spec._output_len_dist.sample(out_rng, _CHUNK)[:m].tolist()
         group_ids = group_rng.integers(0, groups, size=_CHUNK)[:m].tolist() if groups else None
         gaps = _gaps(spec, arrival_rng)
@@ -272,7 +273,14 @@ def _synthetic(spec: WorkloadSpec) -> Iterator[Request]:
         arrivals = [next_arrival, *ends[: m - 1].tolist()]
         next_arrival = float(ends[m - 1])
         for j in range(m):
-            suffix = token_rng.integers(0, vocab, size=in_lens[j]).tolist()
+            if j % _TOKEN_BATCH == 0:
+                # One draw per batch of requests (sizes fixed by the full chunk, so they do not
+                # depend on num_requests): slicing a list beats a numpy call per request.
+                batch_lens = in_lens[j : j + _TOKEN_BATCH]
+                tokens = token_rng.integers(0, vocab, size=sum(batch_lens)).tolist()
+                offset = 0
+            suffix = tokens[offset : offset + in_lens[j]]
+            offset += in_lens[j]
             prompt = prefixes[group_ids[j]] + suffix if group_ids else suffix
             yield Request(str(start + j), prompt, SamplingParams(max_tokens=out_lens[j], ignore_eos=True),
                           arrival_time=arrivals[j])

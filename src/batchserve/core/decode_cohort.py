@@ -26,7 +26,9 @@ class DecodeCohort:
         self.members: dict[Request, None] = {}
         self.context = 0  # sum of members' num_computed_tokens at the current clock
         self._finish: list[tuple[int, int, Request]] = []  # (clock at which it finishes, seq, req)
-        self._blocks: list[tuple[int, int, Request]] = []  # (tick that needs a new block, seq, req)
+        # tick -> members needing a new block then; a need is never more than block_size ticks away,
+        # so buckets beat a heap. Entries of members that left or rejoined are checked on pop.
+        self._blocks: dict[int, list[Request]] = {}
         self._seq = itertools.count()
 
     def __len__(self) -> int:
@@ -52,7 +54,7 @@ class DecodeCohort:
         self.members[req] = None
         self.context += req.num_computed_tokens
         heapq.heappush(self._finish, (self._finish_key(req), next(self._seq), req))
-        heapq.heappush(self._blocks, (self._block_key(req), next(self._seq), req))
+        self._blocks.setdefault(self._block_key(req), []).append(req)
 
     def sync(self, req: Request) -> None:
         """Bring a member's num_computed_tokens and outputs up to the clock."""
@@ -80,24 +82,21 @@ class DecodeCohort:
             heapq.heappop(heap)  # stale: the request left (and maybe rejoined with other keys)
         return None
 
-    def next_block_tick(self) -> int | None:
-        """The earliest tick at which some member needs a new block."""
-        entry = self._valid_top(self._blocks, self._block_key)
-        return None if entry is None else entry[0]
-
     def pop_block_needs(self, tick: int) -> list[Request]:
         """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""
-        needs: dict[Request, None] = {}  # a member that left and rejoined may have two live entries
-        while (entry := self._valid_top(self._blocks, self._block_key)) is not None and entry[0] == tick:
-            heapq.heappop(self._blocks)
-            needs[entry[2]] = None
-        return list(needs)
+        entries = self._blocks.pop(tick, None)
+        if not entries:
+            return []
+        key = self._block_key
+        # dict: a member that left and rejoined may have two live entries
+        return list({r: None for r in entries if r.decode_clock0 is not None and key(r) == tick})
 
     def push_block_needs(self, reqs: list[Request]) -> None:
         """Track the next block need of these members (those still in the cohort)."""
+        blocks, key = self._blocks, self._block_key
         for req in reqs:
             if req.decode_clock0 is not None:
-                heapq.heappush(self._blocks, (self._block_key(req), next(self._seq), req))
+                blocks.setdefault(key(req), []).append(req)
 
     def next_finish(self) -> int | None:
         entry = self._valid_top(self._finish, self._finish_key)

@@ -275,13 +275,14 @@ class Scheduler:
         cohort, pool = self.cohort, self.kv.pool
         start = cohort.clock
         steps = max_steps
-        while (tick := cohort.next_block_tick()) is not None and tick < start + steps:
+        for tick in range(start + 1, start + max_steps):
             needs = cohort.pop_block_needs(tick)
             if len(needs) > pool.num_free_blocks:
                 steps = tick - start  # the run ends before the tick that would preempt
-            else:
-                for req in needs:
-                    req.block_ids.append(pool.allocate_one())
+                cohort.push_block_needs(needs)
+                break
+            for req in needs:
+                req.block_ids.append(pool.allocate_one())
             cohort.push_block_needs(needs)
         batch.num_steps = steps
         return steps
