@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .core.batch import ScheduledBatch, StepResult
 from .core.scheduler import Scheduler
 from .executors.base import Executor
 from .request import Request
@@ -25,6 +26,8 @@ class Engine:
         self.num_steps = 0
         self.num_iterations = 0  # step() calls; fewer than num_steps when decode runs are fast-forwarded
         self.outstanding_tokens = 0  # tokens still to compute (prompt + max_tokens budget), for routers
+        self.last_batch: ScheduledBatch | None = None  # the latest step, for callers that stream its tokens
+        self.last_result: StepResult | None = None
 
     def add_request(self, req: Request) -> None:
         self.scheduler.add_request(req)
@@ -56,6 +59,7 @@ class Engine:
                 limit = self.executor.max_decode_steps(batch, until - self.now, limit)
                 scheduler.extend_decode_run(batch, limit)
         result = self.executor.execute(batch)
+        self.last_batch, self.last_result = batch, result
         start = self.now
         self.now = start + result.duration
         finished = scheduler.update(batch, result, start)

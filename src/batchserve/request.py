@@ -34,17 +34,34 @@ _FINISH_REASONS = {
 class SamplingParams:
     """How to pick tokens and when to stop; names follow vLLM/OpenAI so scripts move over."""
 
+    n: int = 1
+    """Completions per prompt; they share the prompt's KV blocks."""
     max_tokens: int = 16
     min_tokens: int = 0
     temperature: float = 1.0
+    """0 means greedy."""
     top_p: float = 1.0
     top_k: int = 0
+    """0 disables top-k."""
     min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
+    """Per-request seed: the same seed gives the same tokens whatever the batch-mates."""
+    stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    include_stop_str_in_output: bool = False
     ignore_eos: bool = False
+    logprobs: int | None = None
+    """Return this many top log-probabilities per generated token (plus the sampled one)."""
+    skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.min_tokens <= self.max_tokens:
@@ -59,6 +76,14 @@ class SamplingParams:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0 <= self.min_p <= 1:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}")
+        if not -2 <= self.presence_penalty <= 2 or not -2 <= self.frequency_penalty <= 2:
+            raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
 
 
 class Request:
@@ -75,7 +100,7 @@ class Request:
         "deadline", "adapter_id", "output_token_ids", "num_computed_tokens", "status",
         "block_ids", "block_hashes", "num_committed_blocks", "num_cached_tokens", "num_preemptions",
         "first_scheduled_time", "first_token_time", "finish_time",
-        "token_times", "decode_clock0", "decode_computed0",
+        "token_times", "decode_clock0", "decode_computed0", "__weakref__",
     )
 
     def __init__(

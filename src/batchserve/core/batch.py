@@ -51,6 +51,7 @@ class StepResult:
 
     step_end_offsets: list[float]
     sampled_token_ids: list[list[int]] | None = None
+    logprobs: list[dict[int, float] | None] | None = None  # per request, for those that asked
 
     @property
     def duration(self) -> float:

@@ -27,13 +27,14 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-    def update(self, done: int, clock_s: float) -> None:
+    def update(self, done: int, detail: str = "") -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
         elapsed = now - self._t0
         of = f"/{self.total}" if self.total else ""
-        line = f"{self.label}: {done}{of} requests done, {clock_s:.1f} s simulated, {elapsed:.1f} s elapsed"
+        detail = f", {detail}" if detail else ""
+        line = f"{self.label}: {done}{of} requests done{detail}, {elapsed:.1f} s elapsed"
         if self.tty:
             if now - self._last_draw >= 0.1 or done == self.total:
                 self._last_draw = now
