@@ -97,7 +97,9 @@ def _requests(values: dict[str, Any], spec: WorkloadSpec) -> Iterator[Request]:
 def _run_one(setup: SimSetup, values: dict, spec: WorkloadSpec, slo: SLO | None, quiet: bool, label: str = ""):
     total = None if values.get("workload") else spec.num_requests
     with Progress(f"simulating{label}", total, enabled=not quiet) as progress:
-        result = simulate(setup, _requests(values, spec), progress=progress.update)
+        result = simulate(
+            setup, _requests(values, spec), progress=lambda done, clock: progress.update(done, f"{clock:.1f} s simulated")
+        )
     if not result.records:
         raise ConfigError(f"no request finished: all {len(result.rejected)} were rejected; first: {result.rejected[0][1]}")
     summary = summarize(result.records, slo=slo)
@@ -229,12 +231,56 @@ def _write_json(path: str, data: dict) -> None:
         f.write("\n")
 
 
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text for a prompt with a real model (a quick look)",
+                       description="Run a model (HF directory or the built-in 'tiny') on one or more prompts.")
+    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for several")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--n", type=int, default=1, help="completions per prompt")
+    p.add_argument("--stop", action="append", default=[], help="stop string; repeat for several")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", metavar="FILE", help="write prompts, outputs and token ids as JSON")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..request import SamplingParams
+    from .llm import LLM
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            top_k=args.top_k, seed=args.seed, n=args.n, stop=args.stop)
+    llm = LLM(args.model, dtype=args.dtype, device=args.device)
+    if args.chat:
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False)
+    else:
+        outputs = llm.generate(args.prompt, params, use_tqdm=False)
+    records = []
+    for prompt, out in zip(args.prompt, outputs):
+        for c in out.outputs:
+            print(f"--- prompt: {prompt!r} ({len(out.prompt_token_ids)} tokens), completion {c.index}, "
+                  f"{len(c.token_ids)} tokens, finish_reason={c.finish_reason}")
+            print(c.text)
+            records.append({"prompt": prompt, "index": c.index, "text": c.text, "token_ids": c.token_ids,
+                            "finish_reason": c.finish_reason})
+    if args.json:
+        _write_json(args.json, {"model": args.model, "outputs": records})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batchserve", description="Batched LLM inference: run models, and simulate deployments."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _simulate_parser(sub)
+    _generate_parser(sub)
     return parser
 
 

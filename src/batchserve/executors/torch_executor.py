@@ -1,0 +1,111 @@
+"""TorchExecutor: runs a scheduled batch through a real model with a paged KV cache.
+
+All scheduled tokens of a step (prompt chunks and decodes of many requests)
+are packed into one flat batch with no padding; positions and slot mappings
+come from each request's computed-token count and block table.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+import torch
+
+from ..core.batch import ScheduledBatch, StepResult
+from ..models.attention import AttentionMetadata, allocate_kv_cache
+from ..models.config import ModelConfig
+from ..models.llama import CausalLM
+from ..models.sampler import Sampler, make_generator
+from ..request import Request
+
+
+class TorchExecutor:
+    def __init__(
+        self,
+        model: CausalLM,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.block_size = block_size
+        self.device = device
+        self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, dtype, device)
+        self.sampler = Sampler()
+        # Per-request generators, dropped with the request: a seeded request samples the same
+        # tokens whatever its batch-mates; unseeded ones share this engine's generator.
+        self._generators: weakref.WeakKeyDictionary[Request, torch.Generator | None] = weakref.WeakKeyDictionary()
+        self._default_generator = make_generator(seed)
+        self.prepare_s = 0.0  # time spent building inputs, for the overhead benchmark
+        self.model_s = 0.0
+
+    def _generator(self, req: Request) -> torch.Generator:
+        gen = self._generators.get(req)
+        if gen is None:
+            gen = make_generator(req.sampling_params.seed) or self._default_generator
+            self._generators[req] = gen
+        return gen
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> StepResult:
+        start = time.perf_counter()
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        sample_rows: list[int] = []  # batch index of each request that samples
+        sample_tokens: list[int] = []  # its last token's index in the flat batch
+        for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
+            prompt = req.prompt_token_ids
+            end = c + n
+            if end <= len(prompt):
+                input_ids += prompt[c:end]
+            else:
+                input_ids += (prompt + req.output_token_ids)[c:end]
+            positions += range(c, end)
+            table = req.block_ids
+            slots += [table[p // bs] * bs + p % bs for p in range(c, end)]
+            query_start.append(query_start[-1] + n)
+            if end == req.num_tokens:
+                sample_rows.append(i)
+                sample_tokens.append(query_start[-1] - 1)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            query_start_loc=query_start,
+            context_lens=list(batch.num_computed),
+            block_tables=[req.block_ids for req in batch.requests],
+            block_size=bs,
+        )
+        ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        prepared = time.perf_counter()
+        hidden = self.model(ids, pos, self.kv_caches, meta)
+        sampled: list[list[int]] = [[] for _ in batch.requests]
+        logprobs: list[dict[int, float] | None] = [None] * len(batch.requests)
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[sample_tokens])
+            reqs = [batch.requests[i] for i in sample_rows]
+            out = self.sampler(
+                logits,
+                [r.sampling_params for r in reqs],
+                [self._generator(r) for r in reqs],
+                [r.prompt_token_ids for r in reqs],
+                [r.output_token_ids for r in reqs],
+                [r.sampling_params.stop_token_ids for r in reqs],
+            )
+            for row, tok, lp in zip(sample_rows, out.token_ids, out.logprobs):
+                sampled[row] = [tok]
+                logprobs[row] = lp
+        end = time.perf_counter()
+        self.prepare_s += prepared - start
+        self.model_s += end - prepared
+        return StepResult([end - start], sampled, logprobs)
+
+    def max_decode_steps(self, batch: ScheduledBatch, horizon_s: float, limit: int) -> int:
+        return 1  # a real executor returns to the scheduler every step

@@ -1,0 +1,186 @@
+"""Paged attention in plain torch: K/V live in fixed-size blocks, a block table maps each sequence onto them.
+
+The backend is one small interface (AttentionMetadata in, PagedAttention.forward)
+so a fused kernel can replace it later. This version gathers each sequence's
+keys by slot index and calls scaled_dot_product_attention: all decodes (one new
+token each) in ONE padded call with a key-padding mask, prompt chunks one call
+each. Grouped-query attention never copies K/V: decodes fold the query heads
+that share a KV head into the query axis, prompt chunks broadcast each KV head
+(stride 0) to its query heads; each layout was the faster one on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class AttentionMetadata:
+    """Layout of one step's flat batch: B sequences, T new tokens in all (no padding)."""
+
+    slot_mapping: torch.Tensor
+    """[T] int64: cache slot (block_id * block_size + offset) where each new token's K/V is written."""
+    query_start_loc: list[int]
+    """len B+1, cumulative new-token counts; sequence i owns tokens [qsl[i], qsl[i+1])."""
+    context_lens: list[int]
+    """Tokens already cached for sequence i before this step (prefix-cache hits included)."""
+    block_tables: list[list[int]]
+    """Sequence i's block ids, covering context_lens[i] + its new tokens."""
+    block_size: int
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Gather indices and masks, built by the first layer and reused by the rest."""
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+
+@dataclass
+class _DecodePlan:
+    """All one-token sequences as a padded batch of D rows and L key slots."""
+
+    token_idx: torch.Tensor  # [D] rows of q/out
+    key_slots: torch.Tensor  # [D, L] flat cache slots; padding repeats a real slot
+    key_mask: torch.Tensor  # [D, 1, 1, L] True where the query may attend
+
+
+@dataclass
+class _PrefillPlan:
+    """One sequence with several new tokens (a prompt chunk)."""
+
+    start: int
+    end: int
+    key_slots: torch.Tensor | None  # [S] slots of keys 0..S-1; None: no context, use the new k/v as they are
+    mask: torch.Tensor  # [n, S] True where query i may see key j
+
+
+def _slots(block_tables: list[list[int]], lens: list[int], block_size: int, device: torch.device) -> torch.Tensor:
+    """[N, max(lens)] cache slots of keys 0..len-1 per sequence, padding rows with their last real slot."""
+    width = max(len(t) for t in block_tables)
+    table = torch.tensor([t + [t[-1]] * (width - len(t)) for t in block_tables], dtype=torch.long)
+    pos = torch.arange(max(lens), dtype=torch.long)[None, :]
+    pos = torch.minimum(pos, torch.tensor(lens, dtype=torch.long)[:, None] - 1)
+    slots = table.gather(1, pos // block_size) * block_size + pos % block_size
+    return slots.to(device, non_blocking=True)
+
+
+def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Causal (and sliding-window) mask: a query sees keys at its position or before, within the window."""
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= k_pos > q_pos - window
+    return mask
+
+
+def _plan(meta: AttentionMetadata, window: int | None) -> tuple[_DecodePlan | None, list[_PrefillPlan]]:
+    qsl, ctx, tables = meta.query_start_loc, meta.context_lens, meta.block_tables
+    if not len(qsl) == len(ctx) + 1 == len(tables) + 1:
+        raise ValueError(f"AttentionMetadata: {len(qsl)} query_start_loc entries, {len(ctx)} context_lens, "
+                         f"{len(tables)} block_tables; need B+1, B, B")
+    device = meta.slot_mapping.device
+    decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
+    decode = None
+    if decodes:
+        lens = [ctx[i] + 1 for i in decodes]
+        slots = _slots([tables[i] for i in decodes], lens, meta.block_size, device)
+        # keys past a row's own position are its padding
+        mask = _visible(torch.tensor(lens)[:, None] - 1, torch.arange(max(lens))[None, :], window)
+        decode = _DecodePlan(
+            token_idx=torch.tensor([qsl[i] for i in decodes], dtype=torch.long).to(device, non_blocking=True),
+            key_slots=slots,
+            key_mask=mask[:, None, None, :].to(device, non_blocking=True),
+        )
+    prefills = []
+    for i in range(len(ctx)):
+        n = qsl[i + 1] - qsl[i]
+        if n <= 1:
+            continue
+        slots = _slots([tables[i]], [ctx[i] + n], meta.block_size, device)[0] if ctx[i] else None
+        mask = _visible(torch.arange(ctx[i], ctx[i] + n)[:, None], torch.arange(ctx[i] + n)[None, :], window)
+        prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, mask.to(device, non_blocking=True)))
+    return decode, prefills
+
+
+class PagedAttention:
+    """Attention of a flat batch against a paged KV cache; one per model (it holds no weights)."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, sliding_window: int | None = None):
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) is not a multiple of num_kv_heads ({num_kv_heads})")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.group = num_heads // num_kv_heads
+        self.sliding_window = sliding_window
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
+                meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        """Write k/v [T, kv_heads, head_dim] at meta.slot_mapping, then attend q [T, heads, head_dim].
+
+        Returns [T, heads, head_dim]. Each sequence's new queries see all its cached keys up to
+        their own position (context_lens[i] + j).
+        """
+        k_cache = kv_cache[0].view(-1, self.num_kv_heads, self.head_dim)
+        v_cache = kv_cache[1].view(-1, self.num_kv_heads, self.head_dim)
+        k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
+
+        plans = meta._plans.get(self.sliding_window)
+        if plans is None:
+            plans = meta._plans[self.sliding_window] = _plan(meta, self.sliding_window)
+        decode, prefills = plans
+        out = torch.empty_like(q)
+        if decode is not None:
+            out.index_copy_(0, decode.token_idx, self._decode(q, k_cache, v_cache, decode, scale))
+        for p in prefills:
+            if p.key_slots is None:
+                keys, values = k[p.start:p.end], v[p.start:p.end]
+            else:
+                keys, values = k_cache.index_select(0, p.key_slots), v_cache.index_select(0, p.key_slots)
+            out[p.start:p.end] = self._prefill(q[p.start:p.end], keys.to(q.dtype), values.to(q.dtype), p.mask, scale)
+        return out
+
+    __call__ = forward
+
+    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                plan: _DecodePlan, scale: float) -> torch.Tensor:
+        d, length = plan.key_slots.shape
+        flat = plan.key_slots.reshape(-1)
+        # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.
+        keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        queries = q.index_select(0, plan.token_idx).view(d, self.num_kv_heads, self.group, self.head_dim)
+        out = F.scaled_dot_product_attention(queries, keys.to(q.dtype), values.to(q.dtype),
+                                             attn_mask=plan.key_mask, scale=scale)
+        return out.reshape(d, self.num_heads, self.head_dim)
+
+    def _prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                 mask: torch.Tensor, scale: float) -> torch.Tensor:
+        n, s = q.shape[0], keys.shape[0]
+        # Batch dims (kvh, G): each KV head is broadcast (stride 0, no copy) to its G query heads, so the
+        # [n, S] mask is shared too. On CPU this beats folding G into the rows ~3x for long chunks.
+        queries = q.view(n, self.num_kv_heads, self.group, self.head_dim).permute(1, 2, 0, 3)
+        shape = (self.num_kv_heads, self.group, s, self.head_dim)
+        keys = keys.transpose(0, 1)[:, None].expand(shape)
+        values = values.transpose(0, 1)[:, None].expand(shape)
+        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+        return out.permute(2, 0, 1, 3).reshape(n, self.num_heads, self.head_dim)
+
+
+def allocate_kv_cache(config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
+                      device: torch.device | str) -> list[KVCache]:
+    """One zeroed (K, V) pair per layer, each [num_blocks, block_size, kv_heads, head_dim]."""
+    shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
+    return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(config.num_layers)]
+
+
+def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """Bytes one block takes across all layers, K and V: what sizing num_blocks divides by."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element

@@ -1,0 +1,199 @@
+"""The Llama-family decoder: Llama 2/3, Mistral, Qwen2 and Qwen3 from one set of classes.
+
+The variants differ only in config flags (QKV bias, tied embeddings, per-head
+q/k RMSNorm, sliding window), so one implementation serves them all. q/k/v and
+gate/up are fused into one matmul each; load_weights takes HF names and fills
+the fused weights' slices. Numerics follow HF where it matters for parity:
+RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import skip_init
+
+from .attention import AttentionMetadata, KVCache, PagedAttention
+from .config import ModelConfig, ModelLoadError
+from .rope import RotaryEmbedding
+
+# our fused module -> the HF projections stacked in it, in row order
+_FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
+
+
+def _linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> nn.Linear:
+    # skip_init: random init of a 7B model costs minutes and is overwritten by load_weights anyway
+    return skip_init(nn.Linear, n_in, n_out, bias=bias, dtype=dtype, device=device)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back before the weight, as HF Llama does."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, device=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size, dtype=dtype, device=device))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        c = config
+        self.q_size, self.kv_size = c.q_size, c.kv_size
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.scale = c.head_dim ** -0.5
+        self.qkv_proj = _linear(c.hidden_size, c.q_size + 2 * c.kv_size, c.attention_bias, dtype, device)
+        self.o_proj = _linear(c.q_size, c.hidden_size, c.o_proj_bias, dtype, device)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype, device)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype, device)
+        self.qk_norm = c.qk_norm
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+                rope: RotaryEmbedding, attn: PagedAttention) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(t, self.num_heads, self.head_dim)
+        k = k.reshape(t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope(positions, q, k)
+        out = attn.forward(q, k, v, kv_cache, meta, self.scale)
+        return self.o_proj(out.reshape(t, self.q_size))
+
+
+class MLP(nn.Module):
+    """Gated SiLU MLP: down(silu(gate(x)) * up(x)), gate and up in one matmul."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        c = config
+        self.gate_up_proj = _linear(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias, dtype, device)
+        self.down_proj = _linear(c.intermediate_size, c.hidden_size, c.mlp_bias, dtype, device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        self.self_attn = Attention(config, dtype, device)
+        self.mlp = MLP(config, dtype, device)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+                rope: RotaryEmbedding, attn: PagedAttention) -> torch.Tensor:
+        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta, rope, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    """Embeddings, layers, final norm: HF's `model.` prefix."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+        super().__init__()
+        self.embed_tokens = skip_init(nn.Embedding, config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(DecoderLayer(config, dtype, device) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
+
+
+class CausalLM(nn.Module):
+    """A Llama-family causal LM over a flat batch and a paged KV cache."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None, device: torch.device | str | None = None):
+        super().__init__()
+        dtype = dtype or getattr(torch, config.dtype)
+        device = torch.device(device) if device is not None else torch.get_default_device()  # skip_init needs one
+        self.config = config
+        self.model = DecoderModel(config, dtype, device)
+        self.lm_head = None if config.tie_word_embeddings else _linear(
+            config.hidden_size, config.vocab_size, False, dtype, device)
+        self.rotary_emb = RotaryEmbedding(config, device)
+        self.attn = PagedAttention(config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Weight dtype; the natural dtype for the KV cache too."""
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Hidden states [T, hidden] of the step's T new tokens; their K/V land in kv_caches."""
+        x = self.model.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            x = layer(positions, x, kv_cache, meta, self.rotary_emb, self.attn)
+        return self.model.norm(x)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [S, vocab] for the rows the caller samples from."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into the (fused) parameters; every parameter must be filled exactly."""
+        targets = self._hf_targets()
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        unexpected: list[str] = []
+        for name, tensor in weights:
+            if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and self.lm_head is None):
+                continue  # tied checkpoints sometimes keep a copy of the embedding as lm_head
+            if name not in targets:
+                unexpected.append(name)
+                continue
+            param_name, start, size = targets[name]
+            dest = params[param_name] if start is None else params[param_name].narrow(0, start, size)
+            if tuple(dest.shape) != tuple(tensor.shape):
+                raise ModelLoadError(f"weight {name} has shape {tuple(tensor.shape)}, the config implies "
+                                     f"{tuple(dest.shape)}")
+            dest.copy_(tensor)
+            loaded.add(name)
+        missing = sorted(set(targets) - loaded)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing weights ({len(missing)}): {_names(missing)}")
+            if unexpected:
+                parts.append(f"unexpected weights ({len(unexpected)}): {_names(sorted(unexpected))}")
+            raise ModelLoadError(f"checkpoint does not match {self.config.architecture}: " + "; ".join(parts))
+
+    def _hf_targets(self) -> dict[str, tuple[str, int | None, int | None]]:
+        """HF weight name -> (our parameter, row offset, rows) for every tensor a checkpoint must hold."""
+        c = self.config
+        rows = {"qkv_proj": (c.q_size, c.kv_size, c.kv_size), "gate_up_proj": (c.intermediate_size,) * 2}
+        targets: dict[str, tuple[str, int | None, int | None]] = {}
+        for name, _ in self.named_parameters():
+            module = name.split(".")[-2]
+            if module not in _FUSED:
+                targets[name] = (name, None, None)
+                continue
+            start = 0
+            for hf, n in zip(_FUSED[module], rows[module]):
+                targets[name.replace(f".{module}.", f".{hf}.")] = (name, start, n)
+                start += n
+        return targets
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")

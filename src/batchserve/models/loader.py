@@ -1,0 +1,91 @@
+"""load_model: a local Hugging Face checkpoint directory (or "tiny") to a ready CausalLM.
+
+Only safetensors are read: they load without executing pickled code and can
+be read tensor by tensor, so a sharded checkpoint never sits in memory twice.
+There is no hub download here; pass a directory that holds the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .config import SUPPORTED_DTYPES, ModelConfig, ModelLoadError
+from .llama import CausalLM
+from .tiny import build_tiny, tiny_config
+
+TINY = "tiny"
+_INDEX = "model.safetensors.index.json"
+
+
+def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto",
+               device: str | torch.device = "cpu") -> tuple[CausalLM, ModelConfig, Path | None]:
+    """(model in eval mode without grad, its config, its directory or None for tiny)."""
+    if str(model) == TINY:
+        config = tiny_config()
+        return build_tiny(resolve_dtype(dtype, config), device), config, None
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        hint = (f" Hub names are not downloaded here: fetch it first, e.g. `huggingface-cli download {model} "
+                f"--local-dir DIR`, and pass DIR." if str(model).count("/") == 1 and not path.is_absolute() else "")
+        raise ModelLoadError(f"model {str(model)!r}: no such directory; pass a local Hugging Face checkpoint "
+                             f"directory (config.json + *.safetensors) or {TINY!r}.{hint}")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model directory {path} has no config.json")
+    generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else None
+    config = ModelConfig.from_hf(_read_json(path / "config.json"), generation)
+    shards = safetensors_files(path)
+    net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
+    net.load_weights(_read_tensors(shards))
+    return net.eval().requires_grad_(False), config, path
+
+
+def resolve_dtype(dtype: str | torch.dtype, config: ModelConfig) -> torch.dtype:
+    """"auto" means the checkpoint's own dtype; strings name float32/bfloat16/float16."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = config.dtype if dtype == "auto" else str(dtype)
+    if name not in SUPPORTED_DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not supported; use 'auto' or one of {', '.join(SUPPORTED_DTYPES)}")
+    return getattr(torch, name)
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The checkpoint's shard files: those the index names, else every *.safetensors in the directory."""
+    if (path / _INDEX).is_file():
+        weight_map = _read_json(path / _INDEX).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ModelLoadError(f"{path / _INDEX} has no weight_map")
+        shards = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [s.name for s in shards if not s.is_file()]
+        if missing:
+            raise ModelLoadError(f"{path / _INDEX} names shard files that are missing: {', '.join(missing)}")
+        return shards
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        bins = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+        hint = (f" It has {', '.join(bins)}: pytorch_model.bin is not supported; convert it to safetensors "
+                f"(e.g. load it with transformers and save_pretrained(dir, safe_serialization=True))." if bins else "")
+        raise ModelLoadError(f"model directory {path} has no *.safetensors weight files.{hint}")
+    return shards
+
+
+def _read_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for shard in shards:
+        with safe_open(shard, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e

@@ -1,0 +1,260 @@
+"""Turn one step's logits into next tokens: penalties, temperature, top-k/top-p/min-p and seeded draws.
+
+Every per-request setting becomes a per-row tensor, so a batch with mixed
+params is still a handful of batched ops; Python loops only build those
+tensors and draw one uniform per sampled row. A row's token depends only on
+its own logits, params and generator (the draw is one uniform, turned into a
+token by inverse CDF over the vocabulary in id order), so seeded requests
+give the same tokens whatever their batch-mates are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from batchserve.request import SamplingParams
+
+GREEDY_EPS = 1e-5
+"""Temperatures below this are greedy: dividing logits by them would overflow (vLLM uses the same cut)."""
+
+
+@dataclass
+class SampleOutput:
+    """One sampled token per row and, where asked, its log-probabilities."""
+
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None]
+    """Per row: {token id: logprob} for the top-`logprobs` tokens (best first) plus the sampled one,
+    from log_softmax of the raw logits (before penalties and temperature, as vLLM reports by default);
+    None for rows whose params.logprobs is None."""
+
+
+def make_generator(seed: int | None) -> torch.Generator | None:
+    """A CPU generator for a seeded request (None without a seed): it only ever draws one uniform per token."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    return generator
+
+
+class Sampler:
+    """Stateless apart from the generator shared by rows that have no seed of their own."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.generator = torch.Generator(device="cpu")
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def __call__(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        prompt_token_ids: Sequence[Sequence[int]],
+        output_token_ids: Sequence[Sequence[int]],
+        min_tokens_eos: Sequence[Sequence[int]],
+    ) -> SampleOutput:
+        """Sample one token for each row of `logits` [S, V]; row i follows params[i]."""
+        num_rows = logits.shape[0]
+        lengths = {len(params), len(generators), len(prompt_token_ids), len(output_token_ids), len(min_tokens_eos)}
+        if lengths != {num_rows}:
+            raise ValueError(f"sampler got {num_rows} logit rows but per-row lists of other lengths")
+        raw = logits.float()
+        logits = apply_penalties(raw, params, prompt_token_ids, output_token_ids)
+        logits = mask_min_tokens(logits, params, output_token_ids, min_tokens_eos, inplace=logits is not raw)
+
+        greedy = [p.temperature < GREEDY_EPS for p in params]
+        if all(greedy):
+            token_ids = logits.argmax(dim=-1)  # first maximum wins: ties go to the lowest id
+        elif not any(greedy):
+            token_ids = self._sample(logits, params, generators)
+        else:
+            greedy_rows = [i for i, g in enumerate(greedy) if g]
+            random_rows = [i for i, g in enumerate(greedy) if not g]
+            token_ids = torch.empty(num_rows, dtype=torch.long, device=logits.device)
+            g_idx = torch.tensor(greedy_rows, device=logits.device)
+            r_idx = torch.tensor(random_rows, device=logits.device)
+            token_ids[g_idx] = logits[g_idx].argmax(dim=-1)
+            token_ids[r_idx] = self._sample(
+                logits[r_idx], [params[i] for i in random_rows], [generators[i] for i in random_rows]
+            )
+        tokens = token_ids.tolist()
+        return SampleOutput(tokens, raw_logprobs(raw, params, tokens))
+
+    def _sample(
+        self, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+    ) -> torch.Tensor:
+        device, vocab = logits.device, logits.shape[1]
+        temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
+        logits = logits / temperature.unsqueeze(1)
+        logits = apply_top_k_top_p(
+            logits, [p.top_k if 0 < p.top_k < vocab else 0 for p in params], [p.top_p for p in params]
+        )
+        logits = apply_min_p(logits, [p.min_p for p in params])
+        uniforms = self._draw_uniforms(generators).to(device)
+        return sample_inverse_cdf(logits.softmax(dim=-1), uniforms)
+
+    def _draw_uniforms(self, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+        """One uniform in [0, 1) per row: from the row's own generator, else from the shared one."""
+        shared_rows = [i for i, g in enumerate(generators) if g is None]
+        u = torch.empty(len(generators), dtype=torch.float64)
+        if shared_rows:
+            u[shared_rows] = torch.rand(len(shared_rows), dtype=torch.float64, generator=self.generator)
+        for i, g in enumerate(generators):
+            if g is not None:
+                u[i] = torch.rand(1, dtype=torch.float64, generator=g)
+        return u
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    prompt_token_ids: Sequence[Sequence[int]],
+    output_token_ids: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Repetition penalty (HF: over prompt + output), then presence/frequency penalties (OpenAI: over output).
+
+    Returns `logits` itself when no row has a penalty, else a new tensor.
+    """
+    rep_rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
+    pf_rows = [i for i, p in enumerate(params) if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0]
+    if not rep_rows and not pf_rows:
+        return logits
+    logits = logits.clone()
+    vocab, device = logits.shape[1], logits.device
+    if rep_rows:
+        idx = torch.tensor(rep_rows, device=device)
+        seen = _token_counts([[*prompt_token_ids[i], *output_token_ids[i]] for i in rep_rows], vocab, device) > 0
+        penalty = torch.tensor([params[i].repetition_penalty for i in rep_rows], device=device).unsqueeze(1)
+        rows = logits[idx]
+        # Dividing a positive logit and multiplying a negative one both make the token less likely.
+        penalized = torch.where(rows > 0, rows / penalty, rows * penalty)
+        logits[idx] = torch.where(seen, penalized, rows)
+    if pf_rows:
+        idx = torch.tensor(pf_rows, device=device)
+        counts = _token_counts([output_token_ids[i] for i in pf_rows], vocab, device)
+        frequency = torch.tensor([params[i].frequency_penalty for i in pf_rows], device=device).unsqueeze(1)
+        presence = torch.tensor([params[i].presence_penalty for i in pf_rows], device=device).unsqueeze(1)
+        logits[idx] = logits[idx] - frequency * counts - presence * (counts > 0)
+    return logits
+
+
+def _token_counts(seqs: Sequence[Sequence[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    """[len(seqs), vocab] float counts of each token id; one scatter over a padded index."""
+    width = max((len(s) for s in seqs), default=0)
+    # Pad with `vocab`, an extra column dropped afterwards, so padding counts nothing.
+    index = torch.tensor([[*s, *[vocab] * (width - len(s))] for s in seqs], dtype=torch.long, device=device)
+    index = index.reshape(len(seqs), width)
+    counts = torch.zeros(len(seqs), vocab + 1, device=device)
+    counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
+    return counts[:, :vocab]
+
+
+def mask_min_tokens(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    output_token_ids: Sequence[Sequence[int]],
+    min_tokens_eos: Sequence[Sequence[int]],
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Forbid a row's stop ids (EOS, stop_token_ids) until it has `min_tokens` output tokens."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, p in enumerate(params):
+        if len(output_token_ids[i]) < p.min_tokens:
+            rows.extend([i] * len(min_tokens_eos[i]))
+            cols.extend(min_tokens_eos[i])
+    if not rows:
+        return logits
+    if not inplace:
+        logits = logits.clone()
+    logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = -float("inf")
+    return logits
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequence[float]) -> torch.Tensor:
+    """Keep each row's `top_k` best tokens (0: all), then the smallest best-first set holding `top_p` of the mass.
+
+    Top-k keeps exactly k tokens, ties at the cut going to the lower id (as greedy does); top-p is taken
+    over the distribution renormalized after top-k and always keeps the best token. Rows with neither
+    are untouched and skip the sort.
+    """
+    rows = [i for i, (k, p) in enumerate(zip(top_k, top_p)) if k > 0 or p < 1.0]
+    if not rows:
+        return logits
+    device, vocab = logits.device, logits.shape[1]
+    everyone = len(rows) == logits.shape[0]
+    idx = None if everyone else torch.tensor(rows, device=device)
+    sub = logits if idx is None else logits[idx]
+    k = torch.tensor([top_k[i] or vocab for i in rows], device=device).unsqueeze(1)
+    p = torch.tensor([top_p[i] for i in rows], dtype=logits.dtype, device=device).unsqueeze(1)
+
+    sorted_logits, order = sub.sort(dim=-1, descending=True, stable=True)
+    drop = torch.arange(vocab, device=device) >= k
+    probs = sorted_logits.masked_fill(drop, -float("inf")).softmax(dim=-1)
+    cum = probs.cumsum(dim=-1)
+    mass_before = torch.cat([torch.zeros_like(cum[:, :1]), cum[:, :-1]], dim=1)
+    # `p < 1` guard: rounding can push the cumulative sum to 1 before the tail, which must not be cut.
+    drop |= (mass_before >= p) & (p < 1.0)
+    mask = torch.empty_like(drop).scatter_(1, order, drop)
+    sub = sub.masked_fill(mask, -float("inf"))
+    if idx is None:
+        return sub
+    logits = logits.clone()
+    logits[idx] = sub
+    return logits
+
+
+def apply_min_p(logits: torch.Tensor, min_p: Sequence[float]) -> torch.Tensor:
+    """Drop tokens whose probability is below `min_p` times the row's best (0: off)."""
+    if not any(m > 0 for m in min_p):
+        return logits
+    probs = logits.softmax(dim=-1)
+    threshold = torch.tensor(min_p, dtype=probs.dtype, device=probs.device).unsqueeze(1)
+    return logits.masked_fill(probs < threshold * probs.amax(dim=-1, keepdim=True), -float("inf"))
+
+
+def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token per row: first id whose cumulative probability (in id order) exceeds u * total.
+
+    One uniform per row keeps a seeded request's draws independent of the vocabulary size and the
+    batch; a zero-probability token can never be chosen, since its cumulative sum equals its
+    predecessor's. Float64 keeps the tail of a 100k+ vocabulary from being rounded away.
+    """
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    total = cdf[:, -1:]
+    target = uniforms.to(torch.float64).unsqueeze(1) * total
+    token = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    # u * total can round up to total; then take the first id where the sum reaches it (a positive one).
+    last = (cdf < total).sum(dim=-1)
+    return torch.minimum(token, last)
+
+
+def raw_logprobs(
+    raw_logits: torch.Tensor, params: Sequence[SamplingParams], tokens: Sequence[int]
+) -> list[dict[int, float] | None]:
+    """Top-N and sampled-token log-probabilities of the unprocessed logits, for rows that ask."""
+    out: list[dict[int, float] | None] = [None] * len(params)
+    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    if not rows:
+        return out
+    device = raw_logits.device
+    idx = torch.tensor(rows, device=device)
+    logprobs = torch.log_softmax(raw_logits[idx], dim=-1)
+    sampled = torch.tensor([tokens[i] for i in rows], device=device).unsqueeze(1)
+    sampled_lp = logprobs.gather(1, sampled).squeeze(1).tolist()
+    num_top = min(max(params[i].logprobs or 0 for i in rows), logprobs.shape[1])
+    top_lp, top_ids = logprobs.topk(num_top, dim=-1) if num_top else (logprobs[:, :0], sampled[:, :0])
+    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+    for j, i in enumerate(rows):
+        n = params[i].logprobs or 0
+        entry = dict(zip(top_ids[j][:n], top_lp[j][:n]))
+        entry[tokens[i]] = sampled_lp[j]
+        out[i] = entry
+    return out

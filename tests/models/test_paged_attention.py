@@ -1,0 +1,101 @@
+"""PagedAttention against a direct per-sequence computation, and the KV-cache helpers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from batchserve.models import (AttentionMetadata, PagedAttention, allocate_kv_cache, kv_cache_bytes_per_block,
+                               tiny_config)
+
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, context: int, scale: float,
+              window: int | None) -> torch.Tensor:
+    """Softmax attention of q [n, H, D] at positions context.. over keys/values [context+n, KVH, D]."""
+    group = HEADS // KV_HEADS
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q, keys) * scale
+    q_pos = torch.arange(context, context + q.shape[0])[:, None]
+    k_pos = torch.arange(keys.shape[0])[None, :]
+    allowed = (k_pos <= q_pos) & ((k_pos > q_pos - window) if window else True)
+    weights = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return torch.einsum("hqk,khd->qhd", weights, values)
+
+
+def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int = 0):
+    """Cache each (context, new) sequence's context by hand, then attend its new tokens in one call."""
+    g = torch.Generator().manual_seed(seed)
+    free = list(range(64))
+    random.Random(seed).shuffle(free)
+    k_cache, v_cache = (torch.zeros(64, BLOCK, KV_HEADS, HEAD_DIM) for _ in range(2))
+    flat_k, flat_v = k_cache.view(-1, KV_HEADS, HEAD_DIM), v_cache.view(-1, KV_HEADS, HEAD_DIM)
+    qs, ks, vs, slots, qsl, tables, expected = [], [], [], [], [0], [], []
+    scale = HEAD_DIM ** -0.5
+    for context, n in seqs:
+        total = context + n
+        table = [free.pop() for _ in range(-(-total // BLOCK))]
+        seq_slots = torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(total)])
+        keys = torch.randn(total, KV_HEADS, HEAD_DIM, generator=g)
+        values = torch.randn(total, KV_HEADS, HEAD_DIM, generator=g)
+        q = torch.randn(n, HEADS, HEAD_DIM, generator=g)
+        flat_k[seq_slots[:context]], flat_v[seq_slots[:context]] = keys[:context], values[:context]
+        qs.append(q), ks.append(keys[context:]), vs.append(values[context:]), slots.append(seq_slots[context:])
+        qsl.append(qsl[-1] + n)
+        tables.append(table)
+        expected.append(reference(q, keys, values, context, scale, window))
+    meta = AttentionMetadata(slot_mapping=torch.cat(slots), query_start_loc=qsl, context_lens=[c for c, _ in seqs],
+                             block_tables=tables, block_size=BLOCK)
+    attn = PagedAttention(HEADS, KV_HEADS, HEAD_DIM, sliding_window=window)
+    k_new = torch.cat(ks)
+    out = attn.forward(torch.cat(qs), k_new, torch.cat(vs), (k_cache, v_cache), meta, scale)
+    assert torch.equal(flat_k[meta.slot_mapping], k_new)  # new keys landed at their slots
+    return out, torch.cat(expected)
+
+
+# fresh prompt, decodes of different lengths (padding), a chunk with context, a one-token prompt
+MIXED = [(0, 5), (6, 1), (9, 4), (0, 1), (13, 1), (2, 7)]
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_mixed_batch_matches_reference(window):
+    out, expected = run_batch(MIXED, window)
+    assert (out - expected).abs().max() < 1e-5
+
+
+def test_all_decodes_run_as_one_sdpa_call(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    out, expected = run_batch([(3, 1), (17, 1), (0, 1), (8, 1)])
+    assert len(calls) == 1 and calls[0][0] == 4
+    assert (out - expected).abs().max() < 1e-5
+
+
+def test_metadata_with_inconsistent_lengths_is_rejected():
+    meta = AttentionMetadata(slot_mapping=torch.tensor([0, 1]), query_start_loc=[0, 2], context_lens=[0, 0],
+                             block_tables=[[0]], block_size=BLOCK)
+    attn = PagedAttention(HEADS, KV_HEADS, HEAD_DIM)
+    cache = (torch.zeros(1, BLOCK, KV_HEADS, HEAD_DIM), torch.zeros(1, BLOCK, KV_HEADS, HEAD_DIM))
+    with pytest.raises(ValueError, match="query_start_loc"):
+        attn.forward(torch.zeros(2, HEADS, HEAD_DIM), torch.zeros(2, KV_HEADS, HEAD_DIM),
+                     torch.zeros(2, KV_HEADS, HEAD_DIM), cache, meta, 1.0)
+
+
+def test_kv_cache_shapes_and_bytes():
+    config = tiny_config()
+    caches = allocate_kv_cache(config, num_blocks=10, block_size=16, dtype=torch.bfloat16, device="cpu")
+    assert len(caches) == config.num_layers
+    k, v = caches[0]
+    assert k.shape == v.shape == (10, 16, config.num_kv_heads, config.head_dim) and k.dtype == torch.bfloat16
+    per_block = kv_cache_bytes_per_block(config, 16, torch.bfloat16)
+    assert per_block == 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2
+    assert per_block * 10 == sum(t.numel() * t.element_size() for pair in caches for t in pair)
