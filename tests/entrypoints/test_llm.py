@@ -107,3 +107,12 @@ def test_generate_command(tmp_path, capsys) -> None:
     assert main(["generate", "--prompt", "hello", "--max-tokens", "4", "--json", str(out)]) == 0
     assert "completion 0" in capsys.readouterr().out
     assert out.exists()
+
+
+def test_llm_is_exported_lazily_from_the_package() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, batchserve; assert 'torch' not in sys.modules; "
+            "from batchserve import LLM; assert 'torch' in sys.modules and LLM.__name__ == 'LLM'")
+    subprocess.run([sys.executable, "-c", code], check=True)
