@@ -91,3 +91,18 @@ def test_greedy_matches_with_prefix_caching_and_preemption(hf_model) -> None:
     assert llm.scheduler.num_preemptions > 0
     assert llm.scheduler.kv.num_hits > 0  # the shared prefix was served from the cache
     assert llm.scheduler.kv.num_free_blocks == llm.scheduler.kv.num_blocks  # nothing leaked
+
+
+def test_generation_config_supplies_default_sampling(hf_model, tmp_path) -> None:
+    import json
+    import shutil
+
+    _, path = hf_model
+    local = tmp_path / "model"
+    shutil.copytree(path, local)
+    (local / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.8, "top_k": 20}))
+    llm = LLM(str(local), skip_tokenizer_init=True)
+    d = llm.default_sampling_params
+    assert (d.temperature, d.top_p, d.top_k) == (0.6, 0.8, 20)
+    (local / "generation_config.json").write_text(json.dumps({"do_sample": False}))
+    assert LLM(str(local), skip_tokenizer_init=True).default_sampling_params.temperature == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -90,6 +91,19 @@ class LLM:
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed)
         self.engine = Engine(self.scheduler, self.executor)
         self._counter = 0
+        self.default_sampling_params = self._generation_defaults()
+
+    def _generation_defaults(self) -> SamplingParams:
+        """The checkpoint's generation_config.json sampling fields, used when no SamplingParams is given."""
+        path = None if self.model_path is None else self.model_path / "generation_config.json"
+        if path is None or not path.is_file():
+            return SamplingParams()
+        with open(path) as f:
+            config = json.load(f)
+        if config.get("do_sample") is False:
+            return SamplingParams(temperature=0.0)
+        fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+        return SamplingParams(**{k: config[k] for k in fields if config.get(k) is not None})
 
     def _num_blocks(self, kv_cache_memory: int | str | None, utilization: float, per_block: int) -> int:
         if kv_cache_memory is not None:
@@ -125,7 +139,7 @@ class LLM:
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.default_sampling_params
         if isinstance(sampling_params, SamplingParams):
             params_list = [sampling_params] * len(prompts)
         else:
