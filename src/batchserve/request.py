@@ -124,7 +124,7 @@ class Request:
         self.adapter_id = adapter_id  # part of every block hash: adapters never share KV
         self.output_token_ids: list[int] = []
         # len(prompt) + len(output), kept as a field because the scheduler reads it every step;
-        # only `append_output` may grow the output.
+        # only `append_output` (and a simulation's DecodeCohort.sync) may grow the output.
         self.num_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0
         self.status = RequestStatus.WAITING
@@ -152,6 +152,15 @@ class Request:
     def append_output(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.num_tokens += 1
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Token ids at positions [start, end) of prompt + output, without concatenating the two."""
+        prompt, num_prompt = self.prompt_token_ids, len(self.prompt_token_ids)
+        if end <= num_prompt:
+            return prompt[start:end]
+        if start >= num_prompt:
+            return self.output_token_ids[start - num_prompt : end - num_prompt]
+        return prompt[start:] + self.output_token_ids[: end - num_prompt]
 
     @property
     def is_finished(self) -> bool:

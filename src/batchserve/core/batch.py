@@ -34,10 +34,6 @@ class ScheduledBatch:
     def is_empty(self) -> bool:
         return not self.requests and not self.num_lazy_decodes
 
-    @property
-    def num_decodes(self) -> int:
-        return self.num_lazy_decodes + sum(1 for n in self.num_tokens if n == 1)
-
 
 @dataclass
 class StepResult:

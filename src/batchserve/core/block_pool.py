@@ -50,20 +50,10 @@ class BlockPool:
         """Take `n` free blocks (evicting their cached content) with ref count 1."""
         if n > len(self._free):
             raise RuntimeError(f"asked for {n} blocks with only {len(self._free)} free")
-        out = []
-        popitem, blocks, cached = self._free.popitem, self.blocks, self._cached
-        for _ in range(n):
-            block = blocks[popitem(last=False)[0]]
-            if block.block_hash is not None:
-                del cached[block.block_hash]
-                block.block_hash = None
-                self.num_evictions += 1
-            block.ref_cnt = 1
-            out.append(block.block_id)
-        return out
+        return [self.allocate_one() for _ in range(n)]
 
     def allocate_one(self) -> int:
-        """`allocate(1)` without the list: the simulator's decode path takes one block per event."""
+        """Take the least recently used free block (evicting its cached content) with ref count 1."""
         bid = self._free.popitem(last=False)[0]
         block = self.blocks[bid]
         if block.block_hash is not None:

@@ -34,9 +34,6 @@ class DecodeCohort:
     def __len__(self) -> int:
         return len(self.members)
 
-    def __contains__(self, req: Request) -> bool:
-        return req.decode_clock0 is not None
-
     # A member computes token position computed0 + (t - clock0) at tick t and has
     # made outputs0 + (clock - clock0) outputs once the clock reads `clock`.
 

@@ -39,18 +39,9 @@ class KVCacheManager:
         if len(hashes) >= num_full_blocks:
             return hashes
         bs = self.block_size
-        prompt, output = req.prompt_token_ids, req.output_token_ids
-        num_prompt = len(prompt)
         parent = hashes[-1] if hashes else _ROOT_HASH
         for i in range(len(hashes), num_full_blocks):
-            start, end = i * bs, (i + 1) * bs
-            if end <= num_prompt:
-                tokens = prompt[start:end]
-            elif start >= num_prompt:
-                tokens = output[start - num_prompt : end - num_prompt]
-            else:
-                tokens = prompt[start:] + output[: end - num_prompt]
-            parent = hash((parent, tuple(tokens), req.adapter_id))
+            parent = hash((parent, tuple(req.tokens(i * bs, (i + 1) * bs)), req.adapter_id))
             hashes.append(parent)
         return hashes
 

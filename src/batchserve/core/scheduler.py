@@ -99,10 +99,6 @@ class Scheduler:
         req.status = status
         self.kv.free(req)
 
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.running) + len(self.waiting)
-
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self.waiting)
 
@@ -345,8 +341,7 @@ class Scheduler:
     def _append_token(self, req: Request, token: int) -> bool:
         """Append a sampled token, stopping at max_tokens or a stop token; True if the request finished."""
         params = req.sampling_params
-        req.output_token_ids.append(token)
-        req.num_tokens += 1
+        req.append_output(token)
         num_out = req.num_tokens - len(req.prompt_token_ids)
         if num_out >= params.max_tokens:
             self._finish(req, RequestStatus.FINISHED_LENGTH)

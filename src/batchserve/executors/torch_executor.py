@@ -62,12 +62,8 @@ class TorchExecutor:
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
         for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
-            prompt = req.prompt_token_ids
             end = c + n
-            if end <= len(prompt):
-                input_ids += prompt[c:end]
-            else:
-                input_ids += (prompt + req.output_token_ids)[c:end]
+            input_ids += req.tokens(c, end)
             positions += range(c, end)
             table = req.block_ids
             slots += [table[p // bs] * bs + p % bs for p in range(c, end)]
