@@ -38,6 +38,7 @@ from .request import Request
 
 __all__ = [
     "RequestRecord",
+    "steady_throughput",
     "SLO",
     "summarize",
     "format_table",
@@ -312,6 +313,18 @@ def summarize(records: Sequence[RequestRecord], *, slo: SLO | None = None) -> di
         out["slo_attainment"] = good / n
         out["goodput"] = _rate(good, duration)
     return out
+
+
+def steady_throughput(records: Sequence[RequestRecord]) -> float:
+    """Capacity: completions per second between the 10th and 90th percentile finish of an offline run.
+
+    With every request queued at t=0 the batch stays full; trimming the ramp-up
+    and the drain tail (a few long requests finishing at a small batch) leaves
+    the rate no arrival process can beat.
+    """
+    finish = sorted(r.finish_time for r in records)
+    lo, hi = finish[len(finish) // 10], finish[(len(finish) * 9) // 10]
+    return (len(finish) * 0.8) / (hi - lo) if hi > lo else len(finish) / max(finish[-1], 1e-9)
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -1,30 +1,18 @@
-"""The `batchserve` command line."""
+"""The `batchserve` command line: one subcommand per job, sharing one vocabulary of flags."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import fields, replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
 
-from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
-from ..metrics import SLO, RequestRecord, format_table, summarize, write_per_request
-from ..request import Request
-from ..sim.cost_model import Efficiency
+from ..metrics import format_table, steady_throughput, write_per_request
 from ..sim.hardware import HARDWARE
 from ..sim.models import MODELS
-from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
-from ..workload import WorkloadSpec, synthetic_requests, trace_requests
-from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
-from .progress import Progress
-
-CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec)
-# The workload's vocabulary comes from the model, not from a flag.
-SKIPPED_FIELDS = ("vocab_size",)
-
+from ..sim.simulate import SimSetup
+from .common import Resolved, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
+from .options import ConfigError
 
 def _parse_sweep(spec: str) -> tuple[str, list[float]]:
     """`rate=1:20:1` (start:stop:step, stop included) or `rate=2,4,8`."""
@@ -54,65 +42,14 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
         description="Drive batchserve's scheduler with a roofline cost model of a model on hardware. "
         "Every config field is a flag of the same name and may come from a TOML file (--config).",
     )
-    p.add_argument("--config", metavar="TOML", help="TOML file of field = value (flags override it)")
-    p.add_argument(
-        "--scheduler", choices=sorted(SCHEDULER_PRESETS), default=None,
-        help="scheduler preset: vllm (whole prompts, prefill first), sarathi (chunked prefill, decodes first), "
-        "orca (whole prompts mixed with decodes) (default: sarathi)",
-    )
-    p.add_argument("--workload", metavar="TRACE", help="replay a JSONL/CSV trace instead of a synthetic workload")
-    p.add_argument("--slo", help="latency targets for goodput, e.g. ttft=2s,tpot=100ms,e2e=30s")
+    add_simulation_flags(p)
     p.add_argument("--sweep", help="load sweep, e.g. rate=1:20:1 or rate=2,4,8; prints and plots latency vs throughput")
     p.add_argument("--json", metavar="FILE", help="write config and metrics as JSON")
     p.add_argument("--plot", metavar="PNG", help="write latency CDFs and throughput/queue over time (sweep: latency vs throughput)")
     p.add_argument("--per-request", metavar="JSONL", help="write one record per request")
     p.add_argument("--list", action="store_true", help="list catalog models and hardware, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    add_dataclass_flags(p, ClusterConfig, "deployment")
-    add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
-    add_dataclass_flags(p, CacheConfig, "KV cache")
-    add_dataclass_flags(p, WorkloadSpec, "synthetic workload", skip=SKIPPED_FIELDS)
-    add_dataclass_flags(p, Efficiency, "cost-model efficiency")
     p.set_defaults(func=cmd_simulate)
-
-
-def _layered(args: argparse.Namespace) -> dict[str, Any]:
-    """Field values: TOML file, then explicit flags on top."""
-    known = {f.name for cls in CONFIG_CLASSES for f in fields(cls)} | {"scheduler", "slo", "workload"}
-    values = load_toml(args.config, known) if args.config else {}
-    for cls in CONFIG_CLASSES:
-        values.update(given(args, cls))
-    for name in ("scheduler", "slo", "workload"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    return values
-
-
-def _requests(values: dict[str, Any], spec: WorkloadSpec) -> Iterator[Request]:
-    if values.get("workload"):
-        return trace_requests(values["workload"], vocab_size=spec.vocab_size, seed=spec.seed)
-    return synthetic_requests(spec)
-
-
-def _run_one(setup: SimSetup, values: dict, spec: WorkloadSpec, slo: SLO | None, quiet: bool, label: str = ""):
-    total = None if values.get("workload") else spec.num_requests
-    with Progress(f"simulating{label}", total, enabled=not quiet) as progress:
-        result = simulate(
-            setup, _requests(values, spec), progress=lambda done, clock: progress.update(done, f"{clock:.1f} s simulated")
-        )
-    if not result.records:
-        raise ConfigError(f"no request finished: all {len(result.rejected)} were rejected; first: {result.rejected[0][1]}")
-    summary = summarize(result.records, slo=slo)
-    sim_info = {
-        "num_steps": result.num_steps,
-        "num_iterations": result.num_iterations,
-        "simulated_s": result.simulated_s,
-        "wall_s": result.wall_s,
-        "simulated_requests_per_wall_s": len(result.records) / result.wall_s if result.wall_s else None,
-        "num_rejected": len(result.rejected),
-        "rejected": [{"request_id": rid, "reason": why} for rid, why in result.rejected[:20]],
-    }
-    return result, summary, sim_info
 
 
 def _header(setup: SimSetup) -> str:
@@ -131,24 +68,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print("models:   " + ", ".join(MODELS))
         print("hardware: " + ", ".join(HARDWARE))
         return 0
-    values = _layered(args)
-    cluster = ClusterConfig(**pick(values, ClusterConfig))
-    sched = scheduler_config(values.get("scheduler", "sarathi"), **pick(values, SchedulerConfig))
-    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), Efficiency(**pick(values, Efficiency)))
-    spec_values = pick(values, WorkloadSpec)
-    spec_values["vocab_size"] = setup.deployment.model.vocab_size
-    spec = WorkloadSpec(**spec_values)
-    slo = SLO.parse(values["slo"]) if values.get("slo") else None
-    config = {
-        **setup.to_dict(),
-        "scheduler_preset": values.get("scheduler", "sarathi"),
-        "workload": {"trace": values["workload"]} if values.get("workload") else spec.to_dict(),
-        "slo": slo.to_dict() if slo else None,
-    }
-    print(_header(setup))
+    run = resolve_values(layered_values(args))
+    print(_header(run.setup))
     if args.sweep:
-        return _sweep(args, setup, values, spec, slo, config)
-    result, summary, sim_info = _run_one(setup, values, spec, slo, args.quiet)
+        return _sweep(args, run)
+    result, summary, sim_info = run_simulation(run, args.quiet)
     print(format_table(summary, title="simulated"))
     print(
         f"simulated {len(result.records)} requests ({result.simulated_s:.1f} s simulated) in "
@@ -156,49 +80,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         + (f"; {len(result.rejected)} rejected, e.g. {result.rejected[0][1]}" if result.rejected else "")
     )
     if args.json:
-        _write_json(args.json, {"config": config, "metrics": summary, "simulation": sim_info})
+        write_json(args.json, {"config": run.config(), "metrics": summary, "simulation": sim_info})
     if args.per_request:
         write_per_request(result.records, args.per_request)
     if args.plot:
         from ..plots import plot_run
 
-        plot_run(result.records, summary, args.plot, title=_header(setup))
+        plot_run(result.records, summary, args.plot, title=_header(run.setup))
     return 0
 
 
-def _sweep(args, setup: SimSetup, values: dict, spec: WorkloadSpec, slo: SLO | None, config: dict) -> int:
-    if values.get("workload"):
+def _sweep(args: argparse.Namespace, run: Resolved) -> int:
+    if run.trace:
         raise ConfigError("--sweep rate=... needs a synthetic workload; a trace fixes its own arrival times")
     _, rates = _parse_sweep(args.sweep)
-    offline, _, _ = _run_one(setup, values, replace(spec, rate=None), slo, args.quiet, label=" capacity")
+    offline, _, _ = run_simulation(replace(run, spec=replace(run.spec, rate=None)), args.quiet, label=" capacity")
     capacity = steady_throughput(offline.records)
     points: list[tuple[float, dict]] = []
     rows = []
     for rate in rates:
-        point_spec = replace(spec, rate=rate)
-        _, summary, sim_info = _run_one(setup, values, point_spec, slo, args.quiet, label=f" rate={rate:g}")
+        _, summary, sim_info = run_simulation(
+            replace(run, spec=replace(run.spec, rate=rate)), args.quiet, label=f" rate={rate:g}"
+        )
         points.append((rate, summary))
         rows.append({"rate": rate, "load": rate / capacity, "metrics": summary, "simulation": sim_info})
     print(_sweep_table(points, capacity))
     if args.json:
-        _write_json(args.json, {"config": config, "capacity_request_throughput": capacity, "sweep": rows})
+        write_json(args.json, {"config": run.config(), "capacity_request_throughput": capacity, "sweep": rows})
     if args.plot:
         from ..plots import plot_sweep
 
-        plot_sweep(points, args.plot, title=_header(setup))
+        plot_sweep(points, args.plot, title=_header(run.setup))
     return 0
-
-
-def steady_throughput(records: Sequence[RequestRecord]) -> float:
-    """Capacity: completions per second between the 10th and 90th percentile finish of an offline run.
-
-    With every request queued at t=0 the batch stays full; trimming the ramp-up
-    and the drain tail (a few long requests finishing at a small batch) leaves
-    the rate no arrival process can beat.
-    """
-    finish = sorted(r.finish_time for r in records)
-    lo, hi = finish[len(finish) // 10], finish[(len(finish) * 9) // 10]
-    return (len(finish) * 0.8) / (hi - lo) if hi > lo else len(finish) / max(finish[-1], 1e-9)
 
 
 def _sweep_table(points: Sequence[tuple[float, dict]], capacity: float) -> str:
@@ -222,13 +135,6 @@ def _sweep_table(points: Sequence[tuple[float, dict]], capacity: float) -> str:
     if over:
         lines.append(f"saturated from rate {min(over):g} req/s: above capacity, queues grow without bound")
     return "\n".join(lines)
-
-
-def _write_json(path: str, data: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
@@ -270,7 +176,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             records.append({"prompt": prompt, "index": c.index, "text": c.text, "token_ids": c.token_ids,
                             "finish_reason": c.finish_reason})
     if args.json:
-        _write_json(args.json, {"model": args.model, "outputs": records})
+        write_json(args.json, {"model": args.model, "outputs": records})
     return 0
 
 

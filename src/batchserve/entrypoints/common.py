@@ -1,0 +1,129 @@
+"""What several subcommands share: layered config values, workloads, simulation runs, JSON output.
+
+`simulate`, `plan`, `validate` and `run --estimate` all take the same
+workload and deployment vocabulary; they resolve it here so one flag means one
+thing everywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
+from ..metrics import SLO, summarize
+from ..request import Request
+from ..sim.cluster import SimResult
+from ..sim.cost_model import Efficiency
+from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..workload import WorkloadSpec, synthetic_requests, trace_requests
+from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
+from .progress import Progress
+
+CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec)
+EXTRA_KEYS = ("scheduler", "slo", "workload")
+DEFAULT_PRESET = "sarathi"
+# The workload's vocabulary comes from the model, not from a flag.
+SKIPPED_FIELDS = ("vocab_size",)
+
+
+def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The shared vocabulary: --config, --scheduler, --workload, --slo and one flag per config field.
+
+    `skip` drops fields a subcommand sets itself (e.g. `plan` searches over tp and hardware).
+    """
+    p.add_argument("--config", metavar="TOML", help="TOML file of field = value (flags override it)")
+    p.add_argument(
+        "--scheduler", choices=sorted(SCHEDULER_PRESETS), default=None,
+        help="scheduler preset: vllm (whole prompts, prefill first), sarathi (chunked prefill, decodes first), "
+        f"orca (whole prompts mixed with decodes) (default: {DEFAULT_PRESET})",
+    )
+    p.add_argument("--workload", metavar="TRACE", help="replay a JSONL/CSV trace instead of a synthetic workload")
+    p.add_argument("--slo", help="latency targets, e.g. ttft=2s,tpot=100ms,e2e=30s")
+    add_dataclass_flags(p, ClusterConfig, "deployment", skip=skip)
+    add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)", skip=skip)
+    add_dataclass_flags(p, CacheConfig, "KV cache", skip=skip)
+    add_dataclass_flags(p, WorkloadSpec, "synthetic workload", skip=SKIPPED_FIELDS + skip)
+    add_dataclass_flags(p, Efficiency, "cost-model efficiency", skip=skip)
+
+
+def layered_values(args: argparse.Namespace, classes: tuple[type, ...] = CONFIG_CLASSES) -> dict[str, Any]:
+    """Field values: TOML file (`args.config`), then explicit flags on top."""
+    known = {f.name for cls in classes for f in fields(cls)} | set(EXTRA_KEYS)
+    values = load_toml(args.config, known) if getattr(args, "config", None) else {}
+    for cls in classes:
+        values.update(given(args, cls))
+    for name in EXTRA_KEYS:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return values
+
+
+@dataclass
+class Resolved:
+    """A simulation's full input: deployment and knobs, workload, latency targets."""
+
+    setup: SimSetup
+    spec: WorkloadSpec
+    slo: SLO | None
+    trace: str | None
+    preset: str
+
+    def requests(self) -> Iterator[Request]:
+        if self.trace:
+            return trace_requests(self.trace, vocab_size=self.spec.vocab_size, seed=self.spec.seed)
+        return synthetic_requests(self.spec)
+
+    def config(self) -> dict[str, Any]:
+        """What a JSON result records as its config."""
+        return {
+            **self.setup.to_dict(),
+            "scheduler_preset": self.preset,
+            "workload": {"trace": self.trace} if self.trace else self.spec.to_dict(),
+            "slo": self.slo.to_dict() if self.slo else None,
+        }
+
+
+def resolve_values(values: dict[str, Any]) -> Resolved:
+    """Build configs from layered values; the workload's vocabulary comes from the model."""
+    preset = values.get("scheduler", DEFAULT_PRESET)
+    cluster = ClusterConfig(**pick(values, ClusterConfig))
+    sched = scheduler_config(preset, **pick(values, SchedulerConfig))
+    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), Efficiency(**pick(values, Efficiency)))
+    spec_values = pick(values, WorkloadSpec)
+    spec_values["vocab_size"] = setup.deployment.model.vocab_size
+    slo = SLO.parse(values["slo"]) if values.get("slo") else None
+    return Resolved(setup, WorkloadSpec(**spec_values), slo, values.get("workload"), preset)
+
+
+def run_simulation(run: Resolved, quiet: bool, label: str = "") -> tuple[SimResult, dict, dict]:
+    """Simulate with a progress line; returns the result, its metric summary and run facts."""
+    total = None if run.trace else run.spec.num_requests
+    with Progress(f"simulating{label}", total, enabled=not quiet) as progress:
+        result = simulate(
+            run.setup, run.requests(), progress=lambda done, clock: progress.update(done, f"{clock:.1f} s simulated")
+        )
+    if not result.records:
+        raise ConfigError(f"no request finished: all {len(result.rejected)} were rejected; first: {result.rejected[0][1]}")
+    summary = summarize(result.records, slo=run.slo)
+    sim_info = {
+        "num_steps": result.num_steps,
+        "num_iterations": result.num_iterations,
+        "simulated_s": result.simulated_s,
+        "wall_s": result.wall_s,
+        "simulated_requests_per_wall_s": len(result.records) / result.wall_s if result.wall_s else None,
+        "num_rejected": len(result.rejected),
+        "rejected": [{"request_id": rid, "reason": why} for rid, why in result.rejected[:20]],
+    }
+    return result, summary, sim_info
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
