@@ -40,6 +40,7 @@ __all__ = [
     "RequestRecord",
     "steady_throughput",
     "SLO",
+    "parse_targets",
     "summarize",
     "format_table",
     "write_per_request",
@@ -154,6 +155,32 @@ _SLO_FORM = "comma-separated key=value with keys ttft, tpot, e2e and values like
 _SLO_VALUE = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?$")
 
 
+def parse_targets(spec: str, keys: Iterable[str], form: str) -> dict[str, float]:
+    """Parse "key=2s,other=100ms" (bare numbers are seconds) into {key: seconds}; `form` goes in errors.
+
+    Shared by the goodput SLO here and the planner's percentile SLO, so both read durations alike.
+    """
+    keys = tuple(keys)
+    if not spec or not spec.strip():
+        raise ValueError(f"empty SLO spec; expected {form}")
+    targets: dict[str, float] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        if not sep or key not in keys:
+            raise ValueError(f"bad SLO part {part.strip()!r}; expected {form}")
+        if key in targets:
+            raise ValueError(f"SLO key {key!r} given twice in {spec!r}; expected {form}")
+        m = _SLO_VALUE.match(value)
+        if m is None:
+            raise ValueError(f"bad SLO value in {part.strip()!r}; expected {form}")
+        seconds = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+        if seconds <= 0:
+            raise ValueError(f"SLO target in {part.strip()!r} must be > 0; expected {form}")
+        targets[key] = seconds
+    return targets
+
+
 @dataclass(frozen=True)
 class SLO:
     """Latency targets a request must meet to count toward goodput; None means no target."""
@@ -171,24 +198,7 @@ class SLO:
     @classmethod
     def parse(cls, spec: str) -> SLO:
         """Parse the CLI form "ttft=2s,tpot=100ms,e2e=30" (bare numbers are seconds)."""
-        if not spec or not spec.strip():
-            raise ValueError(f"empty SLO spec; expected {_SLO_FORM}")
-        targets: dict[str, float] = {}
-        for part in spec.split(","):
-            key, sep, value = part.partition("=")
-            key, value = key.strip().lower(), value.strip().lower()
-            if not sep or key not in _SLO_KEYS:
-                raise ValueError(f"bad SLO part {part.strip()!r}; expected {_SLO_FORM}")
-            if f"{key}_s" in targets:
-                raise ValueError(f"SLO key {key!r} given twice in {spec!r}; expected {_SLO_FORM}")
-            m = _SLO_VALUE.match(value)
-            if m is None:
-                raise ValueError(f"bad SLO value in {part.strip()!r}; expected {_SLO_FORM}")
-            seconds = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
-            if seconds <= 0:
-                raise ValueError(f"SLO target in {part.strip()!r} must be > 0; expected {_SLO_FORM}")
-            targets[f"{key}_s"] = seconds
-        return cls(**targets)
+        return cls(**{f"{key}_s": v for key, v in parse_targets(spec, _SLO_KEYS, _SLO_FORM).items()})
 
     def met_by(self, r: RequestRecord) -> bool:
         """All given targets met (inclusive); TPOT is skipped for one-token outputs; aborted requests never count."""
