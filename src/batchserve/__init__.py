@@ -6,13 +6,17 @@ from .config import CacheConfig, SchedulerConfig, scheduler_config
 from .request import Request, RequestStatus, SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CacheConfig", "Request", "RequestStatus", "SamplingParams", "SchedulerConfig", "scheduler_config"]
+__all__ = ["LLM", "LLMEngine", "CacheConfig", "Request", "RequestStatus", "SamplingParams", "SchedulerConfig", "scheduler_config"]
 
 
 def __getattr__(name: str) -> Any:
-    # LLM needs torch; importing it lazily keeps `import batchserve` (core, simulator) torch-free.
+    # LLM and LLMEngine need torch; importing them lazily keeps `import batchserve` (core, simulator) torch-free.
     if name == "LLM":
         from .entrypoints.llm import LLM
 
         return LLM
+    if name == "LLMEngine":
+        from .llm_engine import LLMEngine
+
+        return LLMEngine
     raise AttributeError(f"module 'batchserve' has no attribute {name!r}")

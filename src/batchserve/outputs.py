@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .request import Request
 
 
 @dataclass
@@ -26,6 +30,22 @@ class CompletionOutput:
         return self.finish_reason is not None
 
 
+@dataclass(frozen=True)
+class RequestMetrics:
+    """Timestamps of a prompt's first completion, in seconds on the engine's clock (`LLMEngine.now`)."""
+
+    arrival_time: float
+    first_scheduled_time: float | None
+    first_token_time: float | None
+    finish_time: float | None
+    num_preemptions: int
+
+    @classmethod
+    def of(cls, req: Request) -> RequestMetrics:
+        return cls(req.arrival_time, req.first_scheduled_time, req.first_token_time, req.finish_time,
+                   req.num_preemptions)
+
+
 @dataclass
 class RequestOutput:
     request_id: str
@@ -34,3 +54,4 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = True
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    metrics: RequestMetrics | None = None
