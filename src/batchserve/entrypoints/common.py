@@ -93,7 +93,7 @@ def resolve_values(values: dict[str, Any]) -> Resolved:
     preset = values.get("scheduler", DEFAULT_PRESET)
     cluster = ClusterConfig(**pick(values, ClusterConfig))
     sched = scheduler_config(preset, **pick(values, SchedulerConfig))
-    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), Efficiency(**pick(values, Efficiency)))
+    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), pick(values, Efficiency))
     spec_values = pick(values, WorkloadSpec)
     spec_values["vocab_size"] = setup.deployment.model.vocab_size
     slo = SLO.parse(values["slo"]) if values.get("slo") else None

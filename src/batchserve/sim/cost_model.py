@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .deployment import ACTIVATION_BYTES, KV_BYTES, Deployment
+from .deployment import Deployment
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,16 @@ class Efficiency:
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
     """Fixed cost of every step: scheduling, input preparation, sampling, launches."""
+    token_overhead_s: float = 0.0
+    """Cost per scheduled token outside the GEMMs and attention (norms, activations, sampling, input
+    preparation); negligible on GPUs, real on CPUs, so `calibrate` fits it."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "step_overhead_s":
-                if value < 0:
-                    raise ValueError(f"step_overhead_s must be >= 0, got {value}")
+            if f.name.endswith("overhead_s"):
+                if not value >= 0:
+                    raise ValueError(f"{f.name} must be >= 0, got {value}")
             elif not 0 < value <= 1:
                 raise ValueError(f"efficiency {f.name} must be in (0, 1], got {value}")
 
@@ -58,9 +61,11 @@ class CostModel:
         tp = d.tp
         self.num_layers = m.num_layers
         self.flops = hw.peak_flops[d.compute_dtype] * eff.gemm_flops
-        self.attn_flops = hw.peak_flops["bf16" if hw.supports("bf16") else d.compute_dtype] * eff.attention_flops
+        # attention runs in 16-bit (flash kernels dequantise fp8/int KV) unless the model is fp32
+        attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
+        self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
-        wb, ab = d.weight_bytes_per_param, ACTIVATION_BYTES
+        wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
         # Per-layer GEMMs on one TP rank, as (in_features, out_features): column then row parallel.
@@ -71,12 +76,13 @@ class CostModel:
         # Attention per layer on one rank.
         self.heads = m.num_attention_heads / tp
         self.head_dim = m.head_dim
-        self.kv_bytes_per_token = 2 * d.kv_heads_per_gpu * m.head_dim * KV_BYTES[d.kv_cache_dtype]
+        self.kv_bytes_per_token = 2 * d.kv_heads_per_gpu * m.head_dim * d.kv_bytes_per_element
         self.hidden, self.vocab = h, m.vocab_size
         self.tp, self.pp = tp, d.pp
         self.link_bw = hw.interconnect_bandwidth * eff.interconnect_bandwidth
         self.link_latency = hw.interconnect_latency_s
         self.overhead = eff.step_overhead_s
+        self.token_overhead = eff.token_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -155,6 +161,7 @@ class CostModel:
             + self.lm_head_time(num_sampling)
             + self.communication_time(tokens)
             + self.overhead
+            + self.token_overhead * tokens
         )
 
     def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:
@@ -164,6 +171,7 @@ class CostModel:
             + self.lm_head_time(num_decodes)
             + self.communication_time(num_decodes)
             + self.overhead
+            + self.token_overhead * num_decodes
         )
         contexts = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
         return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, contexts))

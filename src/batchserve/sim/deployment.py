@@ -10,11 +10,13 @@ from .models import ModelShape
 GiB = 1024**3
 
 # Bytes per weight element. int4 carries one 16-bit scale per 128-weight group (as GPTQ/AWQ do).
-WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128}
+# fp32 is for CPU engines (and calibration on them); accelerators serve 16-bit or narrower.
+WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2 / 128, "fp32": 4.0}
 # The dtype the GEMMs run in: W8A8 for fp8/int8, weight-only (dequantise to bf16) for int4.
-COMPUTE_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16"}
-KV_BYTES = {"auto": 2.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
-ACTIVATION_BYTES = 2.0  # activations stay in 16-bit
+COMPUTE_DTYPE = {"bf16": "bf16", "fp16": "fp16", "fp8": "fp8", "int8": "int8", "int4": "bf16", "fp32": "fp32"}
+# "auto" is the activation width: 16-bit, or 32-bit for fp32 weights.
+KV_BYTES = {"auto": 2.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp32": 4.0}
+ACTIVATION_BYTES = 2.0  # activations stay in 16-bit (32-bit with fp32 weights)
 
 
 class DoesNotFitError(ValueError):
@@ -65,6 +67,14 @@ class Deployment:
         return WEIGHT_BYTES[self.weight_dtype]
 
     @property
+    def activation_bytes(self) -> float:
+        return 4.0 if self.weight_dtype == "fp32" else ACTIVATION_BYTES
+
+    @property
+    def kv_bytes_per_element(self) -> float:
+        return self.activation_bytes if self.kv_cache_dtype == "auto" else KV_BYTES[self.kv_cache_dtype]
+
+    @property
     def kv_heads_per_gpu(self) -> int:
         """KV heads each TP rank holds; replicated when tp exceeds the KV head count."""
         return max(1, -(-self.model.num_kv_heads // self.tp))
@@ -75,7 +85,7 @@ class Deployment:
 
     def kv_bytes_per_token_per_gpu(self) -> float:
         m = self.model
-        return 2 * self.layers_per_stage * self.kv_heads_per_gpu * m.head_dim * KV_BYTES[self.kv_cache_dtype]
+        return 2 * self.layers_per_stage * self.kv_heads_per_gpu * m.head_dim * self.kv_bytes_per_element
 
     def weight_bytes_per_gpu(self) -> float:
         """Weights of the largest stage, sharded over TP (embeddings and LM head on the end stages)."""
@@ -91,7 +101,7 @@ class Deployment:
         m = self.model
         width = 4 * m.hidden_size + 2 * m.intermediate_size * max(1, m.num_experts_per_tok) / self.tp
         logits = min(max_num_batched_tokens, 256) * m.vocab_size * 4 / self.tp
-        return max_num_batched_tokens * width * ACTIVATION_BYTES + logits + GiB
+        return max_num_batched_tokens * width * self.activation_bytes + logits + GiB
 
     def num_kv_blocks(self, block_size: int, max_num_batched_tokens: int) -> int:
         """KV blocks that fit beside weights and activations; DoesNotFitError when none do."""

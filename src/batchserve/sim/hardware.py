@@ -69,6 +69,8 @@ class Hardware:
     """Launch latency of one collective or point-to-point send."""
     max_gpus_per_node: int = 8
     """Largest group sharing the scale-up link, which bounds tensor parallelism."""
+    efficiency: Mapping[str, float] | None = None
+    """Cost-model efficiency fields fitted on this device by `calibrate`; they replace the defaults."""
 
     def __post_init__(self) -> None:
         # Validate here so catalog entries and user profiles obey the same rules,
@@ -98,6 +100,10 @@ class Hardware:
         gpus = self.max_gpus_per_node
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise CatalogError(f"{where}: 'max_gpus_per_node' must be an integer >= 1, got {gpus!r}")
+        if self.efficiency is not None:
+            if not isinstance(self.efficiency, Mapping) or not all(_is_number(v) for v in self.efficiency.values()):
+                raise CatalogError(f"{where}: 'efficiency' must map cost-model field names to numbers")
+            object.__setattr__(self, "efficiency", MappingProxyType(dict(self.efficiency)))
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth, self.memory_bytes))
@@ -117,6 +123,8 @@ class Hardware:
         """Plain JSON-ready dict; `from_dict(to_dict())` gives back an equal Hardware."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["peak_flops"] = dict(self.peak_flops)
+        if self.efficiency is not None:
+            d["efficiency"] = dict(self.efficiency)
         return d
 
     @classmethod

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 
 from ..config import CacheConfig, SchedulerConfig
 from ..core.scheduler import Scheduler
@@ -13,7 +13,7 @@ from ..request import Request
 from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
 from .deployment import Deployment
-from .hardware import get_hardware
+from .hardware import CatalogError, Hardware, get_hardware
 from .models import get_model
 from .router import ROUTERS
 
@@ -70,16 +70,34 @@ class SimSetup:
         }
 
 
+def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None) -> Efficiency:
+    """The hardware's calibrated efficiency (or the defaults), with explicit overrides on top."""
+    values = {**(hardware.efficiency or {}), **(overrides or {})}
+    known = {f.name for f in fields(Efficiency)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CatalogError(f"hardware {hardware.name!r}: unknown efficiency field(s) {', '.join(unknown)}; "
+                           f"valid: {', '.join(sorted(known))}")
+    return Efficiency(**values)
+
+
 def resolve(
     cluster: ClusterConfig,
     scheduler: SchedulerConfig,
     cache: CacheConfig,
-    efficiency: Efficiency = Efficiency(),
+    efficiency: Efficiency | Mapping[str, float] | None = None,
 ) -> SimSetup:
-    """Look up model and hardware, check the plan, size the KV cache from memory."""
+    """Look up model and hardware, check the plan, size the KV cache from memory.
+
+    `efficiency`: an Efficiency is used as given; a mapping overrides some fields
+    of the hardware's own (calibrated profiles carry one); None takes the hardware's.
+    """
+    hardware = get_hardware(cluster.hardware)
+    if not isinstance(efficiency, Efficiency):
+        efficiency = hardware_efficiency(hardware, efficiency)
     deployment = Deployment(
         model=get_model(cluster.model),
-        hardware=get_hardware(cluster.hardware),
+        hardware=hardware,
         tp=cluster.tp,
         pp=cluster.pp,
         weight_dtype=cluster.weight_dtype,
