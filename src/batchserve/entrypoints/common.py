@@ -34,16 +34,19 @@ SKIPPED_FIELDS = ("vocab_size",)
 def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The shared vocabulary: --config, --scheduler, --workload, --slo and one flag per config field.
 
-    `skip` drops fields a subcommand sets itself (e.g. `plan` searches over tp and hardware).
+    `skip` drops fields (and "scheduler", "slo") a subcommand defines itself (e.g. `plan` searches over
+    tp and presets, and reads percentile SLOs).
     """
     p.add_argument("--config", metavar="TOML", help="TOML file of field = value (flags override it)")
-    p.add_argument(
-        "--scheduler", choices=sorted(SCHEDULER_PRESETS), default=None,
-        help="scheduler preset: vllm (whole prompts, prefill first), sarathi (chunked prefill, decodes first), "
-        f"orca (whole prompts mixed with decodes) (default: {DEFAULT_PRESET})",
-    )
+    if "scheduler" not in skip:
+        p.add_argument(
+            "--scheduler", choices=sorted(SCHEDULER_PRESETS), default=None,
+            help="scheduler preset: vllm (whole prompts, prefill first), sarathi (chunked prefill, decodes first), "
+            f"orca (whole prompts mixed with decodes) (default: {DEFAULT_PRESET})",
+        )
     p.add_argument("--workload", metavar="TRACE", help="replay a JSONL/CSV trace instead of a synthetic workload")
-    p.add_argument("--slo", help="latency targets, e.g. ttft=2s,tpot=100ms,e2e=30s")
+    if "slo" not in skip:
+        p.add_argument("--slo", help="latency targets, e.g. ttft=2s,tpot=100ms,e2e=30s")
     add_dataclass_flags(p, ClusterConfig, "deployment", skip=skip)
     add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)", skip=skip)
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=skip)

@@ -9,8 +9,9 @@ import time
 class Progress:
     """Redraws one line on a terminal; prints a line every 10% when stderr is not a terminal."""
 
-    def __init__(self, label: str, total: int | None, enabled: bool = True, stream=None) -> None:
+    def __init__(self, label: str, total: int | None, enabled: bool = True, stream=None, unit: str = "requests") -> None:
         self.label = label
+        self.unit = unit
         self.total = total
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -34,7 +35,7 @@ class Progress:
         elapsed = now - self._t0
         of = f"/{self.total}" if self.total else ""
         detail = f", {detail}" if detail else ""
-        line = f"{self.label}: {done}{of} requests done{detail}, {elapsed:.1f} s elapsed"
+        line = f"{self.label}: {done}{of} {self.unit} done{detail}, {elapsed:.1f} s elapsed"
         if self.tty:
             if now - self._last_draw >= 0.1 or done == self.total:
                 self._last_draw = now
