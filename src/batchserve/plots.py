@@ -222,3 +222,32 @@ def plot_sweep(
 
 def _none_nan(x: float | None) -> float:
     return math.nan if x is None else float(x)
+
+
+def plot_plan(
+    points: Sequence[tuple[float, float, str]],
+    frontier: Sequence[tuple[float, float]],
+    metric: str,
+    target_s: float,
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> None:
+    """Planner candidates: points = (dollars per hour, latency s, label) with the Pareto frontier
+    (cost vs latency) drawn through `frontier` and the SLO target as a horizontal line."""
+    if not points:
+        raise ValueError("plot_plan() needs at least one candidate; got none")
+    fig, axs = _new_figure(1, 1, (9, 6))
+    ax = axs[0, 0]
+    ax.scatter([p[0] for p in points], [p[1] * 1e3 for p in points], color="tab:blue", label="verified candidates")
+    for cost, latency, label in points:
+        ax.annotate(label, (cost, latency * 1e3), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = sorted(frontier)
+    ax.plot([f[0] for f in front], [f[1] * 1e3 for f in front], color="tab:orange", marker="o", drawstyle="steps-post",
+            label="Pareto frontier")
+    ax.axhline(target_s * 1e3, color="red", linestyle="--", linewidth=1, label=f"{metric} target")
+    ax.set_xlabel("cost ($/hour)")
+    ax.set_ylabel(f"predicted {metric} (ms)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    fig.suptitle(title or "Cost vs latency")
+    _save(fig, path)
