@@ -30,11 +30,11 @@ class InlineRunner:
 
     slots = 1
 
-    def submit(self, call: Call) -> Any:
-        return call.fn(*call.args)
+    def submit(self, call: Call) -> list[Any]:
+        return [call.fn(*call.args)]
 
     def wait(self, handles: list[Any]) -> list[tuple[Any, Any]]:
-        return [(h, h) for h in handles]
+        return [(h, h[0]) for h in handles]
 
     def close(self) -> None:
         pass
@@ -147,7 +147,7 @@ class Dispatcher:
     ) -> dict[int, Any]:
         """Results by call index, in completion order; `skip(i)` is asked just before call i would start."""
         results: dict[int, Any] = {}
-        in_flight: dict[Any, tuple[int, str | None]] = {}
+        in_flight: dict[int, tuple[Any, int, str | None]] = {}  # by id(handle)
 
         def finish(i: int, result: Any) -> None:
             results[i] = result
@@ -166,7 +166,8 @@ class Dispatcher:
                 self.counts["cached"] += 1
                 finish(i, value)
                 continue
-            in_flight[self.runner.submit(calls[i])] = (i, key)
+            handle = self.runner.submit(calls[i])
+            in_flight[id(handle)] = (handle, i, key)
             while len(in_flight) >= self.runner.slots:
                 self._collect(in_flight, finish)
         while in_flight:
@@ -174,8 +175,8 @@ class Dispatcher:
         return {i: r for i, r in results.items() if r is not None}
 
     def _collect(self, in_flight: dict, finish: Callable[[int, Any], None]) -> None:
-        for handle, result in self.runner.wait(list(in_flight)):
-            i, key = in_flight.pop(handle)
+        for handle, result in self.runner.wait([h for h, _, _ in in_flight.values()]):
+            _, i, key = in_flight.pop(id(handle))
             self.counts["tasks"] += 1
             self.counts["simulations"] += getattr(result, "num_sims", 1)
             if key:
