@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     _simulate_parser(sub)
     _generate_parser(sub)
     __import__(f"{__package__}.plan_cmd", fromlist=["add_parser"]).add_parser(sub)
+    __import__(f"{__package__}.serve_cmd", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 
