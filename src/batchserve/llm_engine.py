@@ -303,9 +303,7 @@ class LLMEngine:
         return [self._output(g) for g in touched.values()]
 
     def _count_step(self, batch: ScheduledBatch) -> None:
-        for req, n, computed in zip(batch.requests, batch.num_tokens, batch.num_computed):
-            if computed < req.num_prompt_tokens:
-                self._computed_prompt_tokens += min(n, req.num_prompt_tokens - computed)
+        self._computed_prompt_tokens += batch.num_computed_prompt_tokens
         self._num_preemptions += len(batch.preempted)
 
     def stats(self) -> EngineStats:

@@ -34,6 +34,15 @@ class ScheduledBatch:
     def is_empty(self) -> bool:
         return not self.requests and not self.num_lazy_decodes
 
+    @property
+    def num_computed_prompt_tokens(self) -> int:
+        """Prompt tokens this step runs through the model (recomputation after preemption included)."""
+        return sum(
+            min(n, req.num_prompt_tokens - c)
+            for req, n, c in zip(self.requests, self.num_tokens, self.num_computed)
+            if c < req.num_prompt_tokens
+        )
+
 
 @dataclass
 class StepResult:

@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _simulate_parser(sub)
     _generate_parser(sub)
+    __import__(f"{__package__}.run_cmd", fromlist=["add_parser"]).add_parser(sub)
     __import__(f"{__package__}.plan_cmd", fromlist=["add_parser"]).add_parser(sub)
     __import__(f"{__package__}.serve_cmd", fromlist=["add_parser"]).add_parser(sub)
     return parser

@@ -1,0 +1,249 @@
+"""The job loop: plan the input (skip what is done, tokenize, order), feed a backend, write results.
+
+A backend is an engine behind three calls (`add`, `step`, `prefix_ready`): the
+real `LLMEngine` here, a simulated replica for `--estimate`, one Ray actor per
+replica for `--replicas`. All share `feed`, so they admit requests in the same
+order with the same prefix gating.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..outputs import RequestOutput
+from ..tokenizer import Tokenizer
+from ..entrypoints.progress import Progress
+from .batch_io import (
+    BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
+)
+from .openai_format import error_record, prepare, result_record
+from .ordering import prefix_order
+
+Finished = tuple[BatchRequest, RequestOutput]
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How a job reads, orders and samples; the same values must be given to resume it."""
+
+    prefix_aware: bool = True
+    """Regroup requests by shared prompt prefix (else run them in input order)."""
+    window: int = 10_000
+    """Requests regrouped at a time: prompts held in memory, and the reach of the regrouping."""
+    preserve_order: bool = False
+    """Write results in input order (buffered, at most about a window of them)."""
+    seed: int = 0
+    """Job seed: requests without a body seed get one derived from it and their custom_id."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
+    max_inflight: int = 1024
+    """Requests handed to an engine at once; the rest wait in the ordered stream."""
+
+
+class Backend(Protocol):
+    block_size: int
+
+    def add(self, req: BatchRequest) -> None:
+        """Queue a prepared request; ValueError (nothing queued) if it cannot run."""
+
+    def step(self) -> list[Finished]:
+        """Run one engine step; returns the requests it finished."""
+
+    def prefix_ready(self, custom_id: str) -> bool:
+        """False while that request is queued and its prompt not yet computed."""
+
+    def num_unfinished(self) -> int: ...
+
+    def counters(self) -> dict[str, int]:
+        """prefix_cache_queries, prefix_cache_hits, computed_prompt_tokens, generation_tokens."""
+
+
+def plan(
+    path: str, fmt: str, done: Done, tokenizer: Tokenizer, config: JobConfig, block_size: int,
+    on_skip: Callable[[Entry], None] = lambda e: None,
+) -> Iterator[Entry]:
+    """The input's entries not yet done, tokenized, in the order they will run."""
+
+    def prepared() -> Iterator[Entry]:
+        for entry in read_entries(path, fmt):
+            if entry in done:
+                on_skip(entry)
+            elif isinstance(entry, BadLine):
+                yield entry
+            else:
+                yield prepare(entry, tokenizer, config.defaults, config.seed)
+
+    if not config.prefix_aware:
+        return prepared()
+    return prefix_order(prepared(), config.window, block_size)
+
+
+def admit(
+    backend: Backend, pending: deque[Entry], emit: Callable[[Entry, RequestOutput | None], None], max_inflight: int,
+) -> None:
+    """Hand pending entries to the backend in order, stopping at one whose anchor's prompt is not computed yet."""
+    while pending and backend.num_unfinished() < max_inflight:
+        nxt = pending[0]
+        if isinstance(nxt, BatchRequest):
+            if nxt.anchor is not None and not backend.prefix_ready(nxt.anchor):
+                return
+            try:
+                backend.add(nxt)
+            except ValueError as err:
+                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {err}"), None)
+        else:
+            emit(nxt, None)
+        pending.popleft()
+
+
+def feed(
+    backend: Backend, entries: Iterable[Entry], emit: Callable[[Entry, RequestOutput | None], None],
+    max_inflight: int,
+) -> None:
+    """Admit entries in order and step the backend until every one is emitted."""
+    it = iter(entries)
+    pending: deque[Entry] = deque()
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < max_inflight:
+            entry = next(it, None)
+            if entry is None:
+                exhausted = True
+            else:
+                pending.append(entry)
+        admit(backend, pending, emit, max_inflight)
+        if not backend.num_unfinished():
+            if exhausted and not pending:
+                return
+            continue
+        for req, out in backend.step():
+            emit(req, out)
+
+
+class InOrder:
+    """Passes records on in input order (`seq`), holding early ones; skipped seqs count as written."""
+
+    def __init__(self, write: Callable[[dict[str, Any]], None]) -> None:
+        self._write = write
+        self._next = 0
+        self._held: dict[int, dict[str, Any] | None] = {}
+
+    def put(self, seq: int, record: dict[str, Any] | None) -> None:
+        self._held[seq] = record
+        while self._next in self._held:
+            rec = self._held.pop(self._next)
+            if rec is not None:
+                self._write(rec)
+            self._next += 1
+
+
+@dataclass
+class Summary:
+    """What a job did: the end-of-run table and `--json`."""
+
+    num_requests: int = 0
+    num_ok: int = 0
+    num_failed: int = 0
+    num_skipped: int = 0
+    """Already in the output from an earlier run."""
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    computed_prompt_tokens: int = 0
+    prefix_cache_hit_rate: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def output_token_throughput(self) -> float:
+        return self.output_tokens / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def total_token_throughput(self) -> float:
+        return (self.prompt_tokens + self.output_tokens) / self.wall_s if self.wall_s else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "request_throughput": self.num_ok / self.wall_s if self.wall_s else 0.0,
+            "output_token_throughput": self.output_token_throughput,
+            "total_token_throughput": self.total_token_throughput,
+        }
+
+
+class Recorder:
+    """Turns finished entries into result lines, counts them and reports progress."""
+
+    def __init__(
+        self, writer: ResultWriter | None, model: str, preserve_order: bool, total: int,
+        progress: Callable[[Summary, int], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.summary = Summary(num_requests=total)
+        self._t0 = time.perf_counter()
+        self._progress = progress
+        write = writer.write if writer is not None else (lambda record: None)
+        self._order = InOrder(write) if preserve_order else None
+        self._write = write
+
+    def skip(self, entry: Entry) -> None:
+        self.summary.num_skipped += 1
+        if self._order is not None:
+            self._order.put(entry.seq, None)
+
+    def emit(self, entry: Entry, out: RequestOutput | None) -> None:
+        s = self.summary
+        if isinstance(entry, BadLine):
+            record = error_record(entry)
+            s.num_failed += 1
+        else:
+            assert out is not None
+            record = result_record(entry, out, self.model)
+            usage = record["response"]["body"]["usage"]
+            s.num_ok += 1
+            s.prompt_tokens += usage["prompt_tokens"]
+            s.output_tokens += usage["completion_tokens"]
+        if self._order is not None:
+            self._order.put(entry.seq, record)
+        else:
+            self._write(record)
+        s.wall_s = time.perf_counter() - self._t0
+        if self._progress is not None:
+            self._progress(s, s.num_ok + s.num_failed + s.num_skipped)
+
+    def finish(self, counters: dict[str, int]) -> Summary:
+        s = self.summary
+        s.wall_s = time.perf_counter() - self._t0
+        s.computed_prompt_tokens = counters["computed_prompt_tokens"]
+        queries = counters["prefix_cache_queries"]
+        s.prefix_cache_hit_rate = counters["prefix_cache_hits"] / queries if queries else 0.0
+        return s
+
+
+def run_job(
+    input_path: str, output_path: str, make_backend: Callable[[], Backend], tokenizer: Tokenizer, model: str,
+    config: JobConfig, quiet: bool = False,
+) -> Summary:
+    """Run (or resume) a job: check the input, skip what the output holds, write the rest as it finishes.
+
+    Duplicate custom_ids and an unreadable output stop the job before the model loads.
+    """
+    fmt = detect_format(input_path)
+    total = check_unique_ids(input_path, fmt)
+    done = scan_output(output_path)
+    backend = make_backend()
+    with ResultWriter(output_path) as writer, Progress("run", total, enabled=not quiet) as progress:
+
+        def show(s: Summary, num_done: int) -> None:
+            c = backend.counters()
+            hit = c["prefix_cache_hits"] / c["prefix_cache_queries"] if c["prefix_cache_queries"] else 0.0
+            rate = (s.num_ok + s.num_failed) / s.wall_s if s.wall_s else 0.0
+            eta = f"{(total - num_done) / rate:.0f} s" if rate else "?"
+            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, ETA {eta}")
+
+        recorder = Recorder(writer, model, config.preserve_order, total, show)
+        entries = plan(input_path, fmt, done, tokenizer, config, backend.block_size, on_skip=recorder.skip)
+        feed(backend, entries, recorder.emit, config.max_inflight)
+    return recorder.finish(backend.counters())
