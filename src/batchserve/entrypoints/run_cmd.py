@@ -91,11 +91,11 @@ def _estimate(args: argparse.Namespace, config: JobConfig) -> int:
     from ..jobs.estimate import estimate_job
 
     summary, info = estimate_job(args.input, args.model, args.estimate, config, args.max_num_batched_tokens,
-                                 args.max_num_seqs, args.replicas, quiet=args.quiet)
+                                 args.max_num_seqs, args.replicas)
     rows: dict[str, Any] = {"GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"])}
     if args.price_per_hour is not None:
         info["cost"] = summary.wall_s / 3600 * info["num_gpus"] * args.price_per_hour
-        rows["Predicted cost:"] = f"{info['cost']:.2f}"
+        rows["Predicted cost:"] = f"{info['cost']:.4g}"
     print(summary_table(summary, f"estimate: {info['model']} on {args.replicas} x {info['hardware']}",
                         wall_label="Predicted wall time (s):", extra=rows))
     if args.json:

@@ -23,7 +23,7 @@ from .batch_io import (
 from .openai_format import error_record, prepare, result_record
 from .ordering import prefix_order
 
-Finished = tuple[BatchRequest, RequestOutput]
+Finished = tuple[Entry, RequestOutput | None]  # a request that cannot run comes back as a BadLine
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Backend(Protocol):
         """Queue a prepared request; ValueError (nothing queued) if it cannot run."""
 
     def step(self) -> list[Finished]:
-        """Run one engine step; returns the requests it finished."""
+        """Run one engine step; returns the requests it finished (or found it cannot run)."""
 
     def prefix_ready(self, custom_id: str) -> bool:
         """False while that request is queued and its prompt not yet computed."""

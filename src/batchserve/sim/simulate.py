@@ -14,7 +14,7 @@ from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
 from .deployment import Deployment
 from .hardware import CatalogError, Hardware, get_hardware
-from .models import get_model
+from .models import ModelShape, get_model
 from .router import ROUTERS
 
 
@@ -86,17 +86,19 @@ def resolve(
     scheduler: SchedulerConfig,
     cache: CacheConfig,
     efficiency: Efficiency | Mapping[str, float] | None = None,
+    model: ModelShape | None = None,
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
     `efficiency`: an Efficiency is used as given; a mapping overrides some fields
     of the hardware's own (calibrated profiles carry one); None takes the hardware's.
+    `model`: a shape built elsewhere (e.g. the built-in `tiny`) instead of looking up `cluster.model`.
     """
     hardware = get_hardware(cluster.hardware)
     if not isinstance(efficiency, Efficiency):
         efficiency = hardware_efficiency(hardware, efficiency)
     deployment = Deployment(
-        model=get_model(cluster.model),
+        model=model or get_model(cluster.model),
         hardware=hardware,
         tp=cluster.tp,
         pp=cluster.pp,
