@@ -212,6 +212,10 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already running; ids must be unique")
         params = self.default_sampling_params if params is None else params
         ids = self.encode(prompt)
+        vocab = self.model_config.vocab_size
+        bad = [t for t in params.stop_token_ids if not 0 <= t < vocab]
+        if bad:  # the sampler indexes logits with them
+            raise ValueError(f"stop_token_ids {bad[:5]} are outside the vocabulary [0, {vocab})")
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
         now = self.now
         deadline = None if deadline_s is None else now + deadline_s

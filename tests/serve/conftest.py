@@ -60,6 +60,12 @@ def live_server(max_waiting: int | None = None, **engine_args: Any) -> Iterator[
         server.stop()
 
 
+@pytest.fixture()
+def start_server() -> Any:
+    """`with start_server(max_waiting=..., **engine_args) as server:` for tests that need their own config."""
+    return live_server
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
     with live_server() as s:

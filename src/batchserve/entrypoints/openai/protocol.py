@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo, field_validator
 
 from ...request import SamplingParams
 
@@ -76,11 +76,12 @@ class _SamplingRequest(BaseModel):
     priority: int = Field(0, ge=-(2**31), le=2**31 - 1, description="lower runs first, with --policy priority")
     ttft_slo: float | None = Field(None, gt=0, le=86400, description="seconds to first token, for --policy edf")
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> _SamplingRequest:
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
-        return self
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("only allowed when stream is true")
+        return value
 
     def sampling_params(self, defaults: SamplingParams, max_tokens: int, logprobs: int | None) -> SamplingParams:
         """The engine's params: the model's defaults, overridden by what the request sets."""
@@ -149,11 +150,12 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
-    @model_validator(mode="after")
-    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs set to true")
-        return self
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs set to true")
+        return value
 
     @property
     def num_logprobs(self) -> int | None:
@@ -168,9 +170,12 @@ AnyRequest = Union[CompletionRequest, ChatCompletionRequest]
 
 
 def validation_error(errors: Sequence[Any]) -> APIError:
-    """A 400 for pydantic/FastAPI validation errors, naming the first offending field."""
-    err = errors[0] if errors else {}
-    kind, msg = err.get("type", ""), err.get("msg", "invalid value")
+    """A 400 for pydantic/FastAPI validation errors, naming the first offending field.
+
+    Of a union's errors (one per member) the deepest is the member whose shape matched, so the telling one.
+    """
+    err = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {}
+    kind, msg = err.get("type", ""), err.get("msg", "invalid value").removeprefix("Value error, ")
     if kind == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {err.get('ctx', {}).get('error', msg)}")
     # Union members add their type to the location ("prompt.str"); keep field names and list indexes only.
