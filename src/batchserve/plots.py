@@ -251,3 +251,21 @@ def plot_plan(
     ax.legend(loc="best")
     fig.suptitle(title or "Cost vs latency")
     _save(fig, path)
+
+
+def plot_validation(
+    measured: Sequence[RequestRecord], predicted: Sequence[RequestRecord], path: str | os.PathLike[str],
+    title: str = "",
+) -> None:
+    """Measured (real engine) and predicted (simulator) CDFs of TTFT, TPOT and E2E latency, one panel each."""
+    fig, axes = _new_figure(1, 3, (15, 4.2))
+    for ax, (attr, name) in zip(axes[0], (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E latency"))):
+        drawn = []
+        for records, label in ((measured, "measured"), (predicted, "predicted")):
+            values = np.array([np.nan if getattr(r, attr) is None else getattr(r, attr) * 1000 for r in records])
+            if _cdf(ax, values, label):
+                drawn.append(values)
+        _finish_cdf_axes(ax, drawn, f"{name} (ms)", name)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

@@ -5,7 +5,26 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.batch import ScheduledBatch, StepResult
-from ..sim.cost_model import CostModel
+from ..sim.cost_model import CostModel, StepShape
+
+
+def step_shape(batch: ScheduledBatch) -> StepShape:
+    """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows."""
+    num_decodes = batch.num_lazy_decodes
+    decode_context = batch.lazy_decode_context
+    prefill_tokens = prefill_context = num_sampling = 0
+    attended = 0.0
+    for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
+        if n == 1:
+            num_decodes += 1
+            decode_context += c + 1
+        else:
+            prefill_tokens += n
+            prefill_context += c + n
+            attended += n * (c + (n + 1) / 2)
+            if c + n == req.num_tokens:
+                num_sampling += 1
+    return StepShape(prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes)
 
 
 class SimExecutor:
@@ -18,23 +37,7 @@ class SimExecutor:
         return StepResult([self.step_time(batch)])
 
     def step_time(self, batch: ScheduledBatch) -> float:
-        num_decodes = batch.num_lazy_decodes
-        decode_context = batch.lazy_decode_context
-        prefill_tokens = prefill_context = num_sampling = 0
-        attended = 0.0
-        for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
-            if n == 1:
-                num_decodes += 1
-                decode_context += c + 1
-            else:
-                prefill_tokens += n
-                prefill_context += c + n
-                attended += n * (c + (n + 1) / 2)
-                if c + n == req.num_tokens:
-                    num_sampling += 1
-        return self.cost_model.step_time(
-            prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes
-        )
+        return self.cost_model.step_time(*step_shape(batch))
 
     def _decode_run(self, batch: ScheduledBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""

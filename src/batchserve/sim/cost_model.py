@@ -10,6 +10,7 @@ efficiency factors are named fields that `calibrate` fits from measurements.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,8 +36,10 @@ class Efficiency:
     step_overhead_s: float = 0.001
     """Fixed cost of every step: scheduling, input preparation, sampling, launches."""
     token_overhead_s: float = 0.0
-    """Cost per scheduled token outside the GEMMs and attention (norms, activations, sampling, input
-    preparation); negligible on GPUs, real on CPUs, so `calibrate` fits it."""
+    """Cost per scheduled token outside the GEMMs and attention (norms, activations, input preparation);
+    negligible on GPUs, real on CPUs, so `calibrate` fits it."""
+    sequence_overhead_s: float = 0.0
+    """Cost per sequence sampled in a step (sampling over the vocabulary, per-request bookkeeping)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -49,6 +52,17 @@ class Efficiency:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class StepShape(NamedTuple):
+    """One step as the cost model sees it; the arguments of `CostModel.step_time`, in order."""
+
+    num_prefill_tokens: int = 0
+    prefill_attended_pairs: float = 0.0
+    prefill_context_tokens: int = 0
+    num_decodes: int = 0
+    decode_context_tokens: int = 0
+    num_sampling: int = 0
 
 
 class CostModel:
@@ -83,6 +97,7 @@ class CostModel:
         self.link_latency = hw.interconnect_latency_s
         self.overhead = eff.step_overhead_s
         self.token_overhead = eff.token_overhead_s
+        self.sequence_overhead = eff.sequence_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -162,6 +177,7 @@ class CostModel:
             + self.communication_time(tokens)
             + self.overhead
             + self.token_overhead * tokens
+            + self.sequence_overhead * num_sampling
         )
 
     def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:
@@ -171,7 +187,7 @@ class CostModel:
             + self.lm_head_time(num_decodes)
             + self.communication_time(num_decodes)
             + self.overhead
-            + self.token_overhead * num_decodes
+            + (self.token_overhead + self.sequence_overhead) * num_decodes
         )
         contexts = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
         return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, contexts))

@@ -1,0 +1,55 @@
+"""Flags of `calibrate` and `validate`; torch is imported only when one of them runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_simulation_flags
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """The real-engine knobs calibrate and validate share; keep them equal between the two."""
+    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (default: tiny)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    p.add_argument("--kv-cache-memory", default="1GiB", help="KV cache budget, e.g. 512MiB, 4GiB (default: 1GiB)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="measure this device with a real model; write a hardware profile for the simulator",
+        description="Run a short grid of real steps (prompt chunks, decode batches, mixed steps), fit the cost "
+        "model's efficiency factors and overheads, and write a hardware profile JSON that simulate, plan, "
+        "validate and run --estimate accept wherever a hardware name is accepted.",
+    )
+    add_engine_flags(p)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget per step (default: 2048)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="most requests per step (default: 256)")
+    p.add_argument("-o", "--output", required=True, metavar="JSON", help="where to write the hardware profile")
+    p.add_argument("--name", default=None, help="profile name (default: calibrated-<device type>)")
+    p.add_argument("--observations", metavar="JSONL", help="also write every measured step")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run("calibrate", "cmd_calibrate"))
+
+    p = sub.add_parser(
+        "validate", help="run a workload on the real engine and the simulator; compare latency and throughput",
+        description="Replay one workload (synthetic flags as in `simulate`, or --workload TRACE) through the real "
+        "engine and through the simulator with a calibrated --hardware profile, with the same scheduler and KV "
+        "cache size, and print measured vs predicted throughput, TTFT, TPOT and E2E with each error.",
+    )
+    add_engine_flags(p)
+    add_simulation_flags(p, skip=("model", "tp", "pp", "replicas", "router", "weight_dtype", "kv_cache_dtype",
+                                  "gpu_memory_utilization", "track_token_times", "num_blocks"))
+    p.add_argument("--json", metavar="FILE", help="write measured, predicted and error of each metric as JSON")
+    p.add_argument("--plot", metavar="PNG", help="write measured and predicted latency CDFs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run("validate", "cmd_validate"))
+
+
+def _run(module: str, name: str):
+    def run(args: argparse.Namespace) -> int:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__package__}.{module}"), name)(args)
+
+    return run

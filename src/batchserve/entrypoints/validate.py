@@ -1,0 +1,174 @@
+"""`batchserve validate`: run a workload through the real engine and the simulator, and compare.
+
+Both sides get the same requests (prompt token ids, output lengths, arrival
+times), the same scheduler config and the same number of KV blocks; the
+simulator uses a calibrated hardware profile. What differs is only step
+durations, so the error measures the cost model, not the setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from ..config import CacheConfig, SchedulerConfig
+from ..llm_engine import LLMEngine
+from ..metrics import SLO, RequestRecord, summarize
+from ..request import Request
+from ..sim.deployment import Deployment
+from ..sim.hardware import get_hardware
+from ..sim.simulate import ClusterConfig, SimSetup, hardware_efficiency, simulate
+from ..workload import WorkloadSpec
+from .calibrate import WEIGHT_DTYPES, model_shape
+from .common import DEFAULT_PRESET, Resolved, layered_values, write_json
+from .options import ConfigError, pick
+from .progress import Progress
+
+# (metric, summary key, statistic): what `validate` compares.
+COMPARED = (
+    ("throughput", "output_token_throughput", None),
+    ("request_throughput", "request_throughput", None),
+    ("ttft_mean", "ttft_s", "mean"),
+    ("ttft_p50", "ttft_s", "p50"),
+    ("ttft_p90", "ttft_s", "p90"),
+    ("tpot_mean", "tpot_s", "mean"),
+    ("tpot_p50", "tpot_s", "p50"),
+    ("tpot_p90", "tpot_s", "p90"),
+    ("e2e_mean", "e2e_s", "mean"),
+    ("e2e_p90", "e2e_s", "p90"),
+)
+
+
+def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -> list[RequestRecord]:
+    """Replay requests at their arrival times (seconds from now) through the real engine's step loop."""
+    pending = sorted(requests, key=lambda r: r.arrival_time, reverse=True)
+    engine = llm.engine
+    too_long = [r for r in pending if r.num_prompt_tokens + r.sampling_params.max_tokens > llm.model_config.max_model_len]
+    if too_long:
+        raise ConfigError(
+            f"{len(too_long)} of {len(pending)} requests exceed the model's context of {llm.model_config.max_model_len} "
+            f"tokens (e.g. {too_long[0].num_prompt_tokens} + {too_long[0].sampling_params.max_tokens}); "
+            "shorten --input-len / --output-len"
+        )
+    records: list[RequestRecord] = []
+    total = len(pending)
+    t0 = time.perf_counter()
+    clock0 = engine.now
+    with Progress("running", total, enabled=not quiet) as progress:
+        while pending or engine.has_unfinished():
+            now = time.perf_counter() - t0
+            while pending and pending[-1].arrival_time <= now:
+                req = pending.pop()
+                req.arrival_time += clock0
+                engine.add_request(req)
+            if not engine.has_unfinished():
+                time.sleep(max(0.0, pending[-1].arrival_time - now))
+                continue
+            engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
+            for req in engine.step():
+                record = RequestRecord.from_request(req)
+                records.append(replace(record, arrival_time=record.arrival_time - clock0,
+                                       first_scheduled_time=record.first_scheduled_time - clock0,
+                                       first_token_time=record.first_token_time - clock0,
+                                       finish_time=record.finish_time - clock0))
+            progress.update(len(records), f"{now:.0f} s")
+    return records
+
+
+def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
+    """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
+    hw = get_hardware(hardware)
+    weight_dtype = WEIGHT_DTYPES[next(llm.model.parameters()).dtype]
+    deployment = Deployment(model_shape(llm.model_config, model_name), hw, weight_dtype=weight_dtype)
+    cache = CacheConfig(block_size=llm.scheduler.kv.block_size, num_blocks=llm.scheduler.kv.pool.num_blocks,
+                        enable_prefix_caching=llm.scheduler.kv.enable_caching)
+    cluster = ClusterConfig(model=model_name, hardware=hw.name, weight_dtype=weight_dtype)
+    return SimSetup(cluster, deployment, llm.scheduler.config, cache, hardware_efficiency(hw))
+
+
+def compare(measured: dict, predicted: dict) -> dict[str, dict[str, float | None]]:
+    """Per metric: measured, predicted and relative error (predicted / measured - 1)."""
+    out = {}
+    for name, key, stat in COMPARED:
+        m = measured[key] if stat is None else measured[key][stat]
+        p = predicted[key] if stat is None else predicted[key][stat]
+        err = None if m is None or p is None or m == 0 else p / m - 1
+        out[name] = {"measured": m, "predicted": p, "error": err}
+    return out
+
+
+def per_request_mape(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]) -> dict[str, float]:
+    """Mean absolute percentage error of each request's TTFT and E2E, matched by request id."""
+    by_id = {r.request_id: r for r in sim}
+    pairs = [(r, by_id[r.request_id]) for r in real if r.request_id in by_id]
+    out = {}
+    for metric in ("ttft_s", "e2e_s"):
+        m = np.array([getattr(a, metric) for a, _ in pairs])
+        p = np.array([getattr(b, metric) for _, b in pairs])
+        ok = m > 0
+        out[metric.removesuffix("_s")] = float(np.mean(np.abs(p[ok] - m[ok]) / m[ok])) if ok.any() else float("nan")
+    return out
+
+
+def validate(llm: LLMEngine, run: Resolved, quiet: bool = False) -> dict:
+    """Real and simulated runs of the same workload, side by side."""
+    real = run_real(llm, run.requests(), quiet=quiet)
+    sim = simulate(run.setup, run.requests()).records
+    measured, predicted = summarize(real, slo=run.slo), summarize(sim, slo=run.slo)
+    return {
+        "metrics": compare(measured, predicted),
+        "per_request_mape": per_request_mape(real, sim),
+        "measured": measured,
+        "predicted": predicted,
+        "records": (real, sim),
+    }
+
+
+def format_comparison(rows: dict[str, dict[str, float | None]]) -> str:
+    lines = [f"{'metric':<20} {'measured':>12} {'predicted':>12} {'error':>8}"]
+    for name, r in rows.items():
+        unit = 1.0 if "throughput" in name else 1000.0
+        suffix = "" if "throughput" in name else " ms"
+
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x * unit:.1f}{suffix}"
+
+        err = "-" if r["error"] is None else f"{r['error']:+.1%}"
+        lines.append(f"{name:<20} {fmt(r['measured']):>12} {fmt(r['predicted']):>12} {err:>8}")
+    return "\n".join(lines)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    values = layered_values(args)
+    if "hardware" not in values:
+        raise ConfigError("validate needs --hardware PROFILE.json, the profile `batchserve calibrate` wrote")
+    preset = values.get("scheduler", DEFAULT_PRESET)
+    cache = pick(values, CacheConfig)
+    llm = LLMEngine(args.model, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+                    skip_tokenizer_init=True, scheduler=preset, **cache, **pick(values, SchedulerConfig))
+    setup = sim_setup(llm, values["hardware"], args.model)
+    spec = WorkloadSpec(**{**pick(values, WorkloadSpec), "vocab_size": llm.model_config.vocab_size})
+    slo = SLO.parse(values["slo"]) if values.get("slo") else None
+    run = Resolved(setup, spec, slo, values.get("workload"), preset)
+    print(f"{args.model} on {llm.device} vs the simulator on {setup.deployment.hardware.description}; "
+          f"{preset} scheduler, max_num_batched_tokens={setup.scheduler.max_num_batched_tokens}, "
+          f"KV blocks={setup.cache.num_blocks}")
+    result = validate(llm, run, quiet=args.quiet)
+    print(format_comparison(result["metrics"]))
+    mape = result["per_request_mape"]
+    print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    if args.json:
+        flat = {f"{name}_{k}": v for name, row in result["metrics"].items() for k, v in row.items()}
+        write_json(args.json, {"config": run.config(), **flat, "metrics": result["metrics"],
+                               "per_request_mape": mape, "measured": result["measured"],
+                               "predicted": result["predicted"]})
+    if args.plot:
+        from ..plots import plot_validation
+
+        real, sim = result["records"]
+        plot_validation(real, sim, args.plot, title=f"{args.model}: measured vs predicted")
+    return 0

@@ -1,0 +1,132 @@
+"""Fit the cost model's efficiency factors to measured step times.
+
+`calibrate` runs real steps on a device and records each step's shape and
+duration; this module finds the `Efficiency` under which the roofline predicts
+those durations best (least squares on log durations, so a 1 ms decode step
+counts as much as a 1 s prefill), and reports the fit's error per step kind.
+Torch-free: observations can come from any engine, or a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .cost_model import CostModel, Efficiency, StepShape
+from .deployment import Deployment
+
+# Fitted fields: fractions of peak in (0, 1], overheads >= 0.
+FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
+OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s")
+_TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured step."""
+
+    shape: StepShape
+    seconds: float
+
+    @property
+    def kind(self) -> str:
+        s = self.shape
+        if s.num_prefill_tokens and s.num_decodes:
+            return "mixed"
+        return "prefill" if s.num_prefill_tokens else "decode"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seconds": self.seconds, **self.shape._asdict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Observation:
+        return cls(StepShape(*(d[f] for f in StepShape._fields)), float(d["seconds"]))
+
+
+def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> np.ndarray:
+    model = CostModel(deployment, efficiency)
+    return np.array([model.step_time(*o.shape) for o in observations])
+
+
+def _decode(x: np.ndarray, base: Efficiency) -> Efficiency:
+    values = {name: float(min(1.0, np.exp(v))) for name, v in zip(FRACTIONS, x)}
+    values.update({name: float(np.exp(v)) if v > np.log(_TINY) else 0.0 for name, v in zip(OVERHEADS, x[len(FRACTIONS):])})
+    return replace(base, **values)
+
+
+def _encode(eff: Efficiency) -> np.ndarray:
+    return np.log([max(getattr(eff, n), _TINY) for n in FRACTIONS + OVERHEADS])
+
+
+def fit_efficiency(
+    deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
+) -> Efficiency:
+    """The efficiency minimising the mean squared log error of predicted step durations."""
+    if len(observations) < len(FRACTIONS) + len(OVERHEADS):
+        raise ValueError(f"need at least {len(FRACTIONS) + len(OVERHEADS)} measured steps to fit, got {len(observations)}")
+    measured = np.log([o.seconds for o in observations])
+
+    def loss(x: np.ndarray) -> float:
+        predicted = predict(deployment, _decode(x, start), observations)
+        return float(np.mean((np.log(predicted) - measured) ** 2))
+
+    # Start from the defaults, but with overheads of the size the data suggests.
+    x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
+                         token_overhead_s=1e-6))
+    best = nelder_mead(loss, x0)
+    return _decode(best, start)
+
+
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 600,
+                tol: float = 1e-10) -> np.ndarray:
+    """Minimise f from x0 with the Nelder-Mead simplex (no gradients: the roofline's max() has kinks)."""
+    n = len(x0)
+    simplex = [x0] + [x0 + step * np.eye(n)[i] for i in range(n)]
+    values = [f(x) for x in simplex]
+    for _ in range(iters):
+        order = np.argsort(values)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < tol:
+            break
+        centroid = np.mean(simplex[:-1], axis=0)
+        reflected = centroid + (centroid - simplex[-1])
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = centroid + 2 * (centroid - simplex[-1])
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = centroid + 0.5 * (simplex[-1] - centroid)
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:  # shrink towards the best point
+                simplex = [simplex[0]] + [simplex[0] + 0.5 * (x - simplex[0]) for x in simplex[1:]]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[int(np.argmin(values))]
+
+
+def fit_report(
+    deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]
+) -> dict[str, dict[str, float]]:
+    """Per step kind (and "all"): count, mean absolute percentage error, worst error, total-time error."""
+    predicted = predict(deployment, efficiency, observations)
+    measured = np.array([o.seconds for o in observations])
+    kinds = np.array([o.kind for o in observations])
+    report: dict[str, dict[str, float]] = {}
+    for kind in ("prefill", "decode", "mixed", "all"):
+        mask = np.ones(len(kinds), bool) if kind == "all" else kinds == kind
+        if not mask.any():
+            continue
+        rel = (predicted[mask] - measured[mask]) / measured[mask]
+        report[kind] = {
+            "steps": int(mask.sum()),
+            "mape": float(np.mean(np.abs(rel))),
+            "max_abs_error": float(np.max(np.abs(rel))),
+            "total_time_error": float(predicted[mask].sum() / measured[mask].sum() - 1),
+        }
+    return report

@@ -1,0 +1,43 @@
+"""`calibrate` then `validate` on the tiny model: the pipeline runs end to end and the simulator tracks the engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from batchserve.entrypoints.cli import main  # noqa: E402
+from batchserve.sim.hardware import get_hardware  # noqa: E402
+
+
+def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None:
+    profile, result = tmp_path / "cpu.json", tmp_path / "validate.json"
+    assert main(["calibrate", "--model", "tiny", "--device", "cpu", "-o", str(profile), "-q",
+                 "--kv-cache-memory", "64MiB"]) == 0
+    data = json.loads(profile.read_text())
+    assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
+    hw = get_hardware(str(profile))
+    assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s"}
+    assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", str(profile), "-q",
+                 "--kv-cache-memory", "64MiB", "--num-requests", "40", "--rate", "8",
+                 "--input-len", "uniform:16:200", "--output-len", "uniform:8:48", "--json", str(result),
+                 "--plot", str(tmp_path / "cdf.png")]) == 0
+    out = json.loads(result.read_text())
+    assert out["throughput_measured"] > 0 and out["throughput_predicted"] > 0
+    # Poisson arrivals below saturation: both sides must finish the same work at about the arrival rate
+    assert abs(out["throughput_error"]) < 0.30
+    assert out["metrics"]["ttft_p50"]["measured"] > 0 and (tmp_path / "cdf.png").stat().st_size > 0
+    assert "per-request MAPE" in capsys.readouterr().out
+
+
+def test_validate_without_a_profile_says_what_to_pass(capsys) -> None:
+    assert main(["validate", "--model", "tiny", "--num-requests", "2"]) == 2
+    assert "--hardware" in capsys.readouterr().err
+
+
+def test_validate_rejects_requests_longer_than_the_context(tmp_path, capsys) -> None:
+    assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", "cpu-local", "-q",
+                 "--num-requests", "3", "--input-len", "4000", "--output-len", "8"]) == 2
+    assert "context of 2048" in capsys.readouterr().err

@@ -1,0 +1,93 @@
+"""Fitting the cost model to measured steps: recovery of known factors, error reports, profiles that carry them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from batchserve.config import CacheConfig, SchedulerConfig
+from batchserve.sim.calibration import Observation, fit_efficiency, fit_report, nelder_mead, predict
+from batchserve.sim.cost_model import Efficiency, StepShape
+from batchserve.sim.deployment import Deployment
+from batchserve.sim.hardware import CatalogError, Hardware, get_hardware
+from batchserve.sim.models import get_model
+from batchserve.sim.simulate import ClusterConfig, resolve
+
+TRUE = Efficiency(gemm_flops=0.55, attention_flops=0.2, memory_bandwidth=0.45, step_overhead_s=0.004,
+                  token_overhead_s=2e-5, sequence_overhead_s=3e-4)
+
+
+def _grid() -> list[StepShape]:
+    """Prompt chunks with and without context, decode batches at several contexts, mixed steps."""
+    shapes = [StepShape(n, n * (n + 1) / 2, n, 0, 0, 1) for n in (16, 64, 256, 1024, 2048)]
+    shapes += [StepShape(n, n * (c + (n + 1) / 2), c + n, 0, 0, 1) for n in (32, 256) for c in (512, 2048)]
+    shapes += [StepShape(0, 0, 0, b, b * c, b) for b in (1, 4, 16, 64, 128) for c in (16, 512, 2048)]
+    shapes += [StepShape(256, 256 * 128.5, 256, b, b * 64, b) for b in (4, 16)]
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Deployment:
+    return Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32")
+
+
+def test_fit_recovers_the_step_times_of_known_factors(deployment: Deployment) -> None:
+    shapes = _grid()
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    report = fit_report(deployment, fitted, observations)
+    assert report["all"]["mape"] < 0.01
+    assert set(report) == {"prefill", "decode", "mixed", "all"}
+    assert fitted.gemm_flops == pytest.approx(TRUE.gemm_flops, rel=0.05)  # GEMMs dominate: identifiable
+    # the starting point (defaults) predicts badly: the fit did the work
+    assert fit_report(deployment, Efficiency(), observations)["all"]["mape"] > 0.3
+
+
+def test_fit_averages_out_measurement_noise(deployment: Deployment) -> None:
+    rng = np.random.default_rng(1)
+    shapes = _grid() * 3
+    clean = predict(deployment, TRUE, [Observation(s, 1) for s in shapes])
+    noisy = [Observation(s, float(t * np.exp(rng.normal(0, 0.15)))) for s, t in zip(shapes, clean)]
+    fitted = fit_efficiency(deployment, noisy)
+    truth = [Observation(s, float(t)) for s, t in zip(shapes, clean)]
+    assert abs(fit_report(deployment, fitted, truth)["all"]["total_time_error"]) < 0.05
+
+
+def test_fit_needs_enough_steps(deployment: Deployment) -> None:
+    with pytest.raises(ValueError, match="at least"):
+        fit_efficiency(deployment, [Observation(StepShape(16, 136, 16, 0, 0, 1), 0.1)])
+
+
+def test_nelder_mead_finds_a_quadratic_minimum() -> None:
+    target = np.array([1.0, -2.0, 0.5])
+    best = nelder_mead(lambda x: float(np.sum((x - target) ** 2) + 3), np.zeros(3))
+    assert np.allclose(best, target, atol=1e-3)
+
+
+def test_observations_round_trip_through_json() -> None:
+    o = Observation(StepShape(32, 32 * 528.5, 544, 3, 900, 4), 0.25)
+    assert o.kind == "mixed"
+    assert Observation.from_dict(json.loads(json.dumps(o.to_dict()))) == o
+
+
+def test_a_profile_carries_its_efficiency_into_simulations(tmp_path) -> None:
+    base = get_hardware("cpu-local").to_dict()
+    profile = tmp_path / "cpu.json"
+    profile.write_text(json.dumps({**base, "name": "calibrated-cpu", "efficiency": {"gemm_flops": 0.33, "step_overhead_s": 0.02}}))
+    cluster = ClusterConfig(model="qwen2.5-0.5b", hardware=str(profile), weight_dtype="fp32")
+    setup = resolve(cluster, SchedulerConfig(), CacheConfig())
+    assert setup.efficiency.gemm_flops == 0.33 and setup.efficiency.step_overhead_s == 0.02
+    assert setup.efficiency.attention_flops == Efficiency().attention_flops  # unfitted fields keep defaults
+    overridden = resolve(cluster, SchedulerConfig(), CacheConfig(), {"gemm_flops": 0.5})
+    assert overridden.efficiency.gemm_flops == 0.5 and overridden.efficiency.step_overhead_s == 0.02
+    assert Hardware.from_dict(setup.deployment.hardware.to_dict()) == setup.deployment.hardware
+
+
+def test_a_profile_with_an_unknown_efficiency_field_says_which(tmp_path) -> None:
+    profile = tmp_path / "bad.json"
+    profile.write_text(json.dumps({**get_hardware("cpu-local").to_dict(), "efficiency": {"gemm_flop": 0.3}}))
+    with pytest.raises(CatalogError, match="gemm_flop"):
+        resolve(ClusterConfig(model="qwen2.5-0.5b", hardware=str(profile), weight_dtype="fp32"),
+                SchedulerConfig(), CacheConfig())
