@@ -11,6 +11,7 @@ from ..metrics import format_table, steady_throughput, write_per_request
 from ..sim.hardware import HARDWARE
 from ..sim.models import MODELS
 from ..sim.simulate import SimSetup
+from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
 from .common import Resolved, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
 from .options import ConfigError
 
@@ -187,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _simulate_parser(sub)
     _generate_parser(sub)
-    __import__(f"{__package__}.run_cmd", fromlist=["add_parser"]).add_parser(sub)
-    __import__(f"{__package__}.plan_cmd", fromlist=["add_parser"]).add_parser(sub)
-    __import__(f"{__package__}.serve_cmd", fromlist=["add_parser"]).add_parser(sub)
+    run_cmd.add_parser(sub)
+    plan_cmd.add_parser(sub)
+    serve_cmd.add_parser(sub)
+    calibrate_cmd.add_parsers(sub)
     return parser
 
 
