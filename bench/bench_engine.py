@@ -34,20 +34,31 @@ SHAPES = {
     "qwen0.5b": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                                                           num_key_value_heads=2, intermediate_size=4864,
                                                           vocab_size=151936, tie_word_embeddings=True)),
+    "llama3.2-1b": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                                                             num_key_value_heads=8, intermediate_size=8192,
+                                                             vocab_size=128256, tie_word_embeddings=True)),
 }
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_flops(dtype: torch.dtype, device: str = "cpu", repeat: int = 5) -> float:
+    n = 8192 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm up
-    best = min(_timed(lambda: a @ b) for _ in range(repeat))
+    best = min(_timed(lambda: a @ b, device) for _ in range(repeat))
     return 2 * n**3 / best
 
 
-def _timed(fn) -> float:
+def _timed(fn, device: str = "cpu") -> float:
+    _sync(device)
     t = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - t
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def workload(num: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
@@ -71,8 +82,9 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
     return total
 
 
-def run_ours(path: str, dtype: str, reqs) -> tuple[float, LLM]:
-    llm = LLM(path, dtype=dtype, skip_tokenizer_init=True, kv_cache_memory="4GiB", max_num_batched_tokens=2048)
+def run_ours(path: str, dtype: str, reqs, device: str = "cpu") -> tuple[float, LLM]:
+    llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory="4GiB",
+              max_num_batched_tokens=2048)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
     outs = llm.generate([p for p, _ in reqs], params, use_tqdm=False)
@@ -81,19 +93,20 @@ def run_ours(path: str, dtype: str, reqs) -> tuple[float, LLM]:
     return wall, llm
 
 
-def run_transformers(model, reqs, batch_size: int) -> float:
+def run_transformers(model, reqs, batch_size: int, device: str = "cpu") -> float:
     """Static batching as users write it: sort by prompt length, left-pad, generate to the batch's longest output."""
     order = sorted(range(len(reqs)), key=lambda i: len(reqs[i][0]))
     t = time.perf_counter()
     for start in range(0, len(order), batch_size):
         chunk = [reqs[i] for i in order[start : start + batch_size]]
         width = max(len(p) for p, _ in chunk)
-        ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk])
+        ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk], device=device)
         longest = max(out for _, out in chunk)
         with torch.no_grad():
             model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=longest,
                            min_new_tokens=longest, pad_token_id=0, eos_token_id=None)
+    _sync(device)
     return time.perf_counter() - t
 
 
@@ -105,6 +118,7 @@ def main() -> None:
     parser.add_argument("--baseline-batch", type=int, action="append", help="transformers batch sizes to try")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -114,25 +128,26 @@ def main() -> None:
     hf = getattr(transformers, model_cls)(cfg).eval()
     reqs = workload(args.num_requests, cfg.vocab_size)
     flops = workload_flops(cfg, reqs)
-    peak = matmul_flops(dtype)
+    peak = matmul_flops(dtype, args.device)
     out_tokens = sum(out for _, out in reqs)
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, torch threads {args.threads}, "
-          f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}")
+          f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     print(f"model {args.model} ({sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params), {args.dtype}, "
           f"{args.num_requests} requests, {out_tokens} output tokens, {flops / 1e12:.2f} TFLOP of useful work")
     print(f"matmul limit: {peak / 1e9:.0f} GFLOP/s -> at best {flops / peak:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        wall, llm = run_ours(tmp, args.dtype, reqs)
+        wall, llm = run_ours(tmp, args.dtype, reqs, args.device)
     ex = llm.executor
     overhead = (wall - ex.model_s) / wall
     print(f"batchserve: {wall:6.1f} s, {out_tokens / wall:7.1f} output tok/s, {flops / wall / peak:5.1%} of limit; "
           f"time outside forward + sampling (scheduling, input prep, detokenization): {overhead:.1%} "
           f"(input prep alone {ex.prepare_s / wall:.1%})")
     if not args.no_baseline:
-        hf = hf.to(dtype)
+        hf = hf.to(device=args.device, dtype=dtype)
         for bsz in args.baseline_batch or [16, args.num_requests]:
-            t = run_transformers(hf, reqs, bsz)
+            t = run_transformers(hf, reqs, bsz, args.device)
             print(f"transformers static batch {bsz:3d}: {t:6.1f} s, {out_tokens / t:7.1f} output tok/s, "
                   f"{flops / t / peak:5.1%} of limit; batchserve is {t / wall:.2f}x faster")
 

@@ -1,0 +1,93 @@
+"""Simulator fidelity: calibrate on the calibration grid, validate on a different, Poisson workload.
+
+A random-weight model of a real shape is calibrated (`batchserve calibrate`'s
+grid of prompt chunks, decode batches and mixed steps), then a validation
+workload with other length distributions, prefix sharing on, and Poisson
+arrivals at `--load` (default 70%) of the saturation the calibrated simulator
+predicts runs through both the real engine and the simulator.
+
+    python bench/bench_fidelity.py --shape qwen0.5b --dtype float32 --num-requests 100
+    python bench/bench_fidelity.py --shape llama3.2-1b --dtype bfloat16 --device cuda --num-requests 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+import transformers
+from bench_engine import SHAPES
+
+from batchserve.entrypoints.calibrate import calibrate, device_name
+from batchserve.entrypoints.common import Resolved
+from batchserve.entrypoints.validate import format_comparison, sim_setup, validate
+from batchserve.llm_engine import LLMEngine
+from batchserve.metrics import steady_throughput
+from batchserve.sim.simulate import simulate
+from batchserve.workload import WorkloadSpec, synthetic_requests
+
+
+def build_model(shape: str, dtype: torch.dtype, path: str) -> None:
+    config_cls, model_cls, fields = SHAPES[shape]
+    config = getattr(transformers, config_cls)(**fields, max_position_embeddings=4096, torch_dtype=dtype)
+    torch.manual_seed(0)
+    getattr(transformers, model_cls)(config).to(dtype).save_pretrained(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--num-requests", type=int, default=100)
+    parser.add_argument("--load", type=float, default=0.7, help="arrival rate as a fraction of predicted saturation")
+    parser.add_argument("--input-len", default="uniform:32:384")
+    parser.add_argument("--output-len", default="uniform:16:160")
+    parser.add_argument("--kv-cache-memory", default="2GiB")
+    parser.add_argument("--out", default=None, help="directory for the profile and the JSON result")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, {platform.machine()}, torch {torch.__version__}, "
+          f"device {args.device}")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        build_model(args.shape, dtype, tmp)
+        llm = LLMEngine(tmp, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+                        skip_tokenizer_init=True)
+        print(f"built {args.shape} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
+        t = time.perf_counter()
+        cal = calibrate(llm, f"calibrated-{args.device}")
+        print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps; fit: "
+              + ", ".join(f"{k} MAPE {r['mape']:.1%}" for k, r in cal.report.items()))
+        profile = os.path.join(args.out or tmp, "profile.json")
+        os.makedirs(os.path.dirname(profile), exist_ok=True)
+        with open(profile, "w") as f:
+            json.dump(cal.profile_dict({"shape": args.shape, "dtype": args.dtype}), f, indent=2)
+        setup = sim_setup(llm, profile, args.shape)
+        spec = WorkloadSpec(num_requests=args.num_requests, input_len=args.input_len, output_len=args.output_len,
+                            num_prefix_groups=4, prefix_len=128, vocab_size=llm.model_config.vocab_size, seed=7)
+        capacity = steady_throughput(simulate(setup, synthetic_requests(spec)).records)
+        rate = args.load * capacity
+        print(f"predicted saturation {capacity:.2f} req/s; validating {args.num_requests} requests at {rate:.2f} req/s")
+        run = Resolved(setup, replace(spec, rate=rate), None, None, "sarathi")
+        t = time.perf_counter()
+        result = validate(llm, run)
+        print(f"validated in {time.perf_counter() - t:.0f} s")
+    print(format_comparison(result["metrics"]))
+    mape = result["per_request_mape"]
+    print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    if args.out:
+        with open(os.path.join(args.out, "fidelity.json"), "w") as f:
+            json.dump({"args": vars(args), "capacity": capacity, "rate": rate, "fit": cal.report,
+                       "metrics": result["metrics"], "per_request_mape": mape}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
