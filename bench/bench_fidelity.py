@@ -70,6 +70,9 @@ def main() -> None:
         os.makedirs(os.path.dirname(profile), exist_ok=True)
         with open(profile, "w") as f:
             json.dump(cal.profile_dict({"shape": args.shape, "dtype": args.dtype}), f, indent=2)
+        if args.out:
+            with open(os.path.join(args.out, "observations.jsonl"), "w") as f:
+                f.writelines(json.dumps(o.to_dict()) + "\n" for o in cal.observations)
         setup = sim_setup(llm, profile, args.shape)
         spec = WorkloadSpec(num_requests=args.num_requests, input_len=args.input_len, output_len=args.output_len,
                             num_prefix_groups=4, prefix_len=128, vocab_size=llm.model_config.vocab_size, seed=7)

@@ -2,17 +2,22 @@
 # One device session: CUDA correctness of the engine, throughput vs transformers, simulator fidelity.
 # Run from the repository root on a CUDA machine; writes results under $OUT (default ./gpu-out).
 set -u
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+OUT=$(realpath -m "${OUT:-gpu-out}"); mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
 echo "== 1. engine on CUDA (the default device) vs transformers greedy on CPU"
-timeout 170 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
+timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
     tests/entrypoints/test_llm.py tests/entrypoints/test_llm_engine.py 2>&1 | tail -12
 cd bench
-echo "== 2. throughput: Qwen2.5-0.5B shape, bf16, 256 requests"
-timeout 150 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-    --baseline-batch 64 --baseline-batch 256 2>&1 | grep -v "Writing model"
+if [ "${WITH_THROUGHPUT:-1}" = 1 ]; then
+  echo "== 2. throughput: Qwen2.5-0.5B shape, bf16, 256 requests"
+  timeout 150 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+      --baseline-batch 256 2>&1 | grep -v "Writing model"
+fi
+echo "== 2b. where a decode step's time goes at batch 256"
+timeout 70 python3 profile_engine.py --device cuda --shape qwen0.5b --dtype bfloat16 --num-requests 256 2>&1 \
+    | grep -v "Writing model\|USDT"
 echo "== 3. fidelity: Llama-3.2-1B shape, bf16"
-timeout 200 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 1000 \
-    --kv-cache-memory 16GiB --out "../$OUT" 2>&1 | grep -v "Writing model\|calibrating\|running"
+timeout 150 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 1000 \
+    --kv-cache-memory 16GiB --out "$OUT" 2>&1 | grep -v "Writing model\|calibrating\|running"

@@ -155,6 +155,13 @@ class LLMEngine:
         elif self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = int(total * utilization) - (total - free)
+            if budget < per_block:
+                raise ValueError(
+                    f"gpu_memory_utilization={utilization} allows {total * utilization / 2**30:.1f} GiB of the GPU's "
+                    f"{total / 2**30:.1f} GiB, but {(total - free) / 2**30:.1f} GiB are in use already (this model's "
+                    "weights, other engines or processes); raise gpu_memory_utilization, free the other users, "
+                    "or give the KV cache an explicit size with kv_cache_memory="
+                )
         else:
             budget = 2**30  # 1 GiB on CPU unless told otherwise
         num_blocks = budget // per_block

@@ -58,7 +58,7 @@ def hf_greedy(model, prompt: list[int]) -> list[int]:
 
 
 def ours(path, batch: list[list[int]], **engine_args) -> list[list[int]]:
-    llm = LLM(str(path), skip_tokenizer_init=True, **engine_args)
+    llm = LLM(str(path), skip_tokenizer_init=True, **{"kv_cache_memory": "64MiB", **engine_args})
     outs = llm.generate(batch, SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True), use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs], llm
 
@@ -83,7 +83,7 @@ def test_greedy_matches_with_prefix_caching_and_preemption(hf_model) -> None:
     model, path = hf_model
     batch = prompts(shared=37, seed=1)  # a 37-token shared prefix: two full blocks of 16 to reuse
     expected = [hf_greedy(model, p) for p in batch]
-    llm_cfg = LLM(str(path), skip_tokenizer_init=True).model_config
+    llm_cfg = LLM(str(path), skip_tokenizer_init=True, kv_cache_memory="1MiB").model_config
     per_block = kv_cache_bytes_per_block(llm_cfg, 16, torch.float32)
     # 10 blocks of 16 tokens: the 8 requests (~55-90 tokens each) cannot all run at once
     got, llm = ours(path, batch, kv_cache_memory=10 * per_block)
@@ -101,8 +101,8 @@ def test_generation_config_supplies_default_sampling(hf_model, tmp_path) -> None
     local = tmp_path / "model"
     shutil.copytree(path, local)
     (local / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_p": 0.8, "top_k": 20}))
-    llm = LLM(str(local), skip_tokenizer_init=True)
+    llm = LLM(str(local), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     d = llm.default_sampling_params
     assert (d.temperature, d.top_p, d.top_k) == (0.6, 0.8, 20)
     (local / "generation_config.json").write_text(json.dumps({"do_sample": False}))
-    assert LLM(str(local), skip_tokenizer_init=True).default_sampling_params.temperature == 0.0
+    assert LLM(str(local), skip_tokenizer_init=True, kv_cache_memory="1MiB").default_sampling_params.temperature == 0.0

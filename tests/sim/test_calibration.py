@@ -16,15 +16,16 @@ from batchserve.sim.models import get_model
 from batchserve.sim.simulate import ClusterConfig, resolve
 
 TRUE = Efficiency(gemm_flops=0.55, attention_flops=0.2, memory_bandwidth=0.45, step_overhead_s=0.004,
-                  token_overhead_s=2e-5, sequence_overhead_s=3e-4)
+                  token_overhead_s=2e-5, sequence_overhead_s=3e-4, chunk_overhead_s=2e-3)
 
 
 def _grid() -> list[StepShape]:
     """Prompt chunks with and without context, decode batches at several contexts, mixed steps."""
-    shapes = [StepShape(n, n * (n + 1) / 2, n, 0, 0, 1) for n in (16, 64, 256, 1024, 2048)]
-    shapes += [StepShape(n, n * (c + (n + 1) / 2), c + n, 0, 0, 1) for n in (32, 256) for c in (512, 2048)]
+    shapes = [StepShape(n, n * (n + 1) / 2, n, 0, 0, 1, 1) for n in (16, 64, 256, 1024, 2048)]
+    shapes += [StepShape(n, n * (c + (n + 1) / 2), c + n, 0, 0, 1, 1) for n in (32, 256) for c in (512, 2048)]
     shapes += [StepShape(0, 0, 0, b, b * c, b) for b in (1, 4, 16, 64, 128) for c in (16, 512, 2048)]
-    shapes += [StepShape(256, 256 * 128.5, 256, b, b * 64, b) for b in (4, 16)]
+    shapes += [StepShape(256, 256 * 128.5, 256, b, b * 64, b, 1) for b in (4, 16)]
+    shapes += [StepShape(512, 2 * 256 * 128.5, 512, b, b * 300, b + 1, 2) for b in (8, 32)]
     return shapes
 
 
@@ -67,7 +68,7 @@ def test_nelder_mead_finds_a_quadratic_minimum() -> None:
 
 
 def test_observations_round_trip_through_json() -> None:
-    o = Observation(StepShape(32, 32 * 528.5, 544, 3, 900, 4), 0.25)
+    o = Observation(StepShape(32, 32 * 528.5, 544, 3, 900, 4, 1), 0.25)
     assert o.kind == "mixed"
     assert Observation.from_dict(json.loads(json.dumps(o.to_dict()))) == o
 

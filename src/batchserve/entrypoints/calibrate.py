@@ -129,7 +129,7 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     rng = np.random.default_rng(seed)
     longest = min(2048, max_model_len - 320)  # room for a 256-token chunk and outputs on top
     yield "warm-up", [(_prompt(rng, vocab, 64), 4, 0)]
-    for n in (16, 64, 256, 1024, 2048):
+    for n in (16, 64, 256, 1024):
         if n <= longest:
             yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
     for context in (512, longest):
@@ -148,6 +148,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
+    # Serving-like steps: a stream of arrivals sharing a system prompt, so decode batches grow
+    # while new prompts' chunks join them.
+    system = _prompt(rng, vocab, 128)
+    yield "steady", [(system + _prompt(rng, vocab, 48), 16, i // 6) for i in range(min(96, max_seqs))]
 
 
 def record_steps(engine: Engine, entries: list[Entry], keep: bool = True) -> list[Observation]:

@@ -12,7 +12,7 @@ def step_shape(batch: ScheduledBatch) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows."""
     num_decodes = batch.num_lazy_decodes
     decode_context = batch.lazy_decode_context
-    prefill_tokens = prefill_context = num_sampling = 0
+    prefill_tokens = prefill_context = num_sampling = num_chunks = 0
     attended = 0.0
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
         if n == 1:
@@ -20,11 +20,13 @@ def step_shape(batch: ScheduledBatch) -> StepShape:
             decode_context += c + 1
         else:
             prefill_tokens += n
+            num_chunks += 1
             prefill_context += c + n
             attended += n * (c + (n + 1) / 2)
             if c + n == req.num_tokens:
                 num_sampling += 1
-    return StepShape(prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes)
+    return StepShape(prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes,
+                     num_chunks)
 
 
 class SimExecutor:

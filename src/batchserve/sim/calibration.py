@@ -19,7 +19,7 @@ from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
-OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s")
+OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s")
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
 
 
@@ -42,7 +42,7 @@ class Observation:
 
     @classmethod
     def from_dict(cls, d: dict) -> Observation:
-        return cls(StepShape(*(d[f] for f in StepShape._fields)), float(d["seconds"]))
+        return cls(StepShape(**{f: d[f] for f in StepShape._fields if f in d}), float(d["seconds"]))
 
 
 def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> np.ndarray:
@@ -75,11 +75,16 @@ def fit_efficiency(
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                          token_overhead_s=1e-6))
-    best = nelder_mead(loss, x0)
+    best = x0
+    for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
+        previous = loss(best)
+        best = nelder_mead(loss, best, step=0.5)
+        if previous - loss(best) < 1e-6:
+            break
     return _decode(best, start)
 
 
-def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 600,
+def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 1000,
                 tol: float = 1e-10) -> np.ndarray:
     """Minimise f from x0 with the Nelder-Mead simplex (no gradients: the roofline's max() has kinks)."""
     n = len(x0)

@@ -40,6 +40,8 @@ class Efficiency:
     negligible on GPUs, real on CPUs, so `calibrate` fits it."""
     sequence_overhead_s: float = 0.0
     """Cost per sequence sampled in a step (sampling over the vocabulary, per-request bookkeeping)."""
+    chunk_overhead_s: float = 0.0
+    """Cost per prompt chunk in a step beyond its tokens (e.g. its own attention launch in every layer)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -63,6 +65,7 @@ class StepShape(NamedTuple):
     num_decodes: int = 0
     decode_context_tokens: int = 0
     num_sampling: int = 0
+    num_prefill_seqs: int = 0
 
 
 class CostModel:
@@ -98,6 +101,7 @@ class CostModel:
         self.overhead = eff.step_overhead_s
         self.token_overhead = eff.token_overhead_s
         self.sequence_overhead = eff.sequence_overhead_s
+        self.chunk_overhead = eff.chunk_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -161,8 +165,9 @@ class CostModel:
         num_decodes: int = 0,
         decode_context_tokens: int = 0,
         num_sampling: int = 0,
+        num_prefill_seqs: int = 0,
     ) -> float:
-        """Duration of one step holding prompt chunks and decodes."""
+        """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes."""
         tokens = num_prefill_tokens + num_decodes
         if tokens == 0:
             return 0.0
@@ -178,6 +183,7 @@ class CostModel:
             + self.overhead
             + self.token_overhead * tokens
             + self.sequence_overhead * num_sampling
+            + self.chunk_overhead * num_prefill_seqs
         )
 
     def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:

@@ -1,0 +1,57 @@
+"""Where an engine step's time goes: torch profiler over decode-heavy steps of a random-weight model.
+
+    python bench/profile_engine.py --shape qwen0.5b --dtype bfloat16 --device cuda --num-requests 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+
+import torch
+from bench_engine import SHAPES
+from bench_fidelity import build_model
+from torch.profiler import ProfilerActivity, profile
+
+from batchserve.llm_engine import LLMEngine
+from batchserve.request import SamplingParams
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="profiled steps, after the prompts are in")
+    args = parser.parse_args()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_model(args.shape, getattr(torch, args.dtype), tmp)
+        llm = LLMEngine(tmp, device=args.device, dtype=args.dtype, kv_cache_memory="4GiB", skip_tokenizer_init=True)
+    vocab = llm.model_config.vocab_size
+    for i in range(args.num_requests):
+        llm.add_request(str(i), [rng.randrange(vocab) for _ in range(rng.randint(32, 512))],
+                        SamplingParams(max_tokens=200, temperature=0, ignore_eos=True))
+    while llm.scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens for r in llm.scheduler.running):
+        llm.step()  # prompts in: what follows are decode steps of the whole batch
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            llm.step()
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+    wall = (time.perf_counter() - t) / args.steps
+    print(f"{args.shape} {args.dtype} on {args.device}: {len(llm.scheduler.running)} decodes per step, "
+          f"{wall * 1000:.1f} ms per step (profiled)")
+    sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=50))
+    if args.device == "cuda":
+        print(prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=50))
+
+
+if __name__ == "__main__":
+    main()
