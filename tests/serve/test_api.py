@@ -44,6 +44,12 @@ def test_invalid_request_is_a_400_naming_the_field(client, path, body, param, wo
     assert words in err["message"], err["message"]
 
 
+def test_null_means_the_default(client):
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": None, "temperature": None, "seed": None,
+                                             "stop": None, "logprobs": None, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
+
+
 @pytest.mark.parametrize("content, words", [
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "not a JSON object"),
@@ -116,3 +122,29 @@ def test_policy_serves_the_urgent_request_first(start_server, policy, urgent, re
         for t in [blocker, *late]:
             t.join()
         assert finished == ["blocker", "urgent", "relaxed"]
+
+
+def test_without_a_tokenizer_token_ids_stream_and_text_is_refused(start_server):
+    with start_server(skip_tokenizer_init=True) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": [1, 2, 3], "max_tokens": 4, "ignore_eos": True}).json()
+        assert r["usage"]["completion_tokens"] == 4 and r["choices"][0]["text"] == ""
+        for path, body, param in (("/v1/completions", {"prompt": "text"}, "prompt"),
+                                  ("/v1/completions", {"prompt": [1], "stop": "x"}, "stop"),
+                                  ("/v1/chat/completions", {"messages": CHAT}, "messages")):
+            err = c.post(path, json=body)
+            assert err.status_code == 400 and err.json()["error"]["param"] == param
+
+
+def test_engine_failure_is_a_503_and_health_says_so(start_server):
+    with start_server() as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        def broken_step() -> list:
+            raise RuntimeError("device lost")
+
+        server.llm.step = broken_step  # the engine thread looks it up at every step
+        body = {"prompt": "x", "max_tokens": 2}
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 503 and "device lost" in r.json()["error"]["message"]
+        assert c.get("/health").status_code == 503
+        assert c.post("/v1/completions", json=body).status_code == 503
+        with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+            assert s.status_code == 503

@@ -31,7 +31,7 @@ VALID = {
     "messages": st.lists(st.fixed_dictionaries(
         {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=20)}),
         min_size=1, max_size=3),
-    "max_tokens": st.integers(1, 8), "max_completion_tokens": st.integers(1, 8), "min_tokens": st.integers(0, 1),
+    "max_tokens": st.integers(1, 8) | st.none(), "max_completion_tokens": st.integers(1, 8), "min_tokens": st.integers(0, 1),
     "n": st.integers(1, 3), "top_logprobs": st.integers(0, 3), "top_k": st.integers(-1, 50),
     "temperature": st.floats(0, 2), "top_p": st.floats(0.05, 1), "min_p": st.floats(0, 0.5),
     "presence_penalty": st.floats(-2, 2), "frequency_penalty": st.floats(-2, 2),

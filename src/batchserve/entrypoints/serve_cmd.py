@@ -45,6 +45,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", default=None, help="KV cache size, e.g. 2GiB (CPU default: 1GiB)")
     p.add_argument("--seed", type=int, default=0, help="seed of requests that give none")
+    p.add_argument("--skip-tokenizer-init", action="store_true",
+                   help="load no tokenizer (e.g. random-weight benchmark models): prompts must be token ids")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (info logs every request)")
     add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=("num_blocks",))
@@ -60,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_waiting < 1:
         raise ConfigError(f"--max-waiting must be >= 1, got {args.max_waiting}")
     llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                    scheduler=args.scheduler, seed=args.seed, **given(args, SchedulerConfig),
+                    scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
+                    **given(args, SchedulerConfig),
                     **given(args, CacheConfig))
     name = args.served_model_name or ("tiny" if args.model == "tiny" else Path(args.model).name)
     app = build_app(llm, name, max_waiting=args.max_waiting)

@@ -25,7 +25,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, sampling_error, validation_error,
 )
-from .serving import ChatFormat, CompletionFormat, Format, Job, full_response, new_id, sse_stream
+from .serving import ChatFormat, CompletionFormat, Format, Job, full_response, new_id, sse_event, sse_stream
 
 RETRY_AFTER_S = 1
 _REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to the client
@@ -61,7 +61,7 @@ class OpenAIServer:
         self.max_model_len = llm.model_config.max_model_len
         self.vocab_size = llm.model_config.vocab_size
         self.defaults = llm.default_sampling_params
-        self.tokenizer = llm.get_tokenizer()
+        self.tokenizer = llm.tokenizer  # None with skip_tokenizer_init: token-id prompts only, no text out
         self.created = int(time.time())
 
     def models(self) -> dict:
@@ -74,13 +74,22 @@ class OpenAIServer:
             raise APIError(404, f"the model {req.model!r} does not exist; this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
+    def _require_tokenizer(self, param: str, needed: bool = True) -> None:
+        """A 400 when `param` needs text handling and the server runs without a tokenizer."""
+        if needed and self.tokenizer is None:
+            raise APIError(400, f"{param} needs a tokenizer, and this server runs without one "
+                                "(--skip-tokenizer-init): send token ids and no stop strings", param=param)
+
     async def completions(self, req: CompletionRequest, raw: Request) -> Response:
         self._check_model(req)
-        params = req.sampling_params(self.defaults, req.max_tokens, req.logprobs)
+        self._require_tokenizer("stop", bool(req.stop))
+        self._require_tokenizer("prompt", any(isinstance(p, str) for p in req.prompts()))
+        params = req.sampling_params(self.defaults, req.requested_max_tokens, req.logprobs)
         return await self._run(CompletionFormat, req, raw, req.prompts(), params, req.logprobs, "prompt")
 
     async def chat(self, req: ChatCompletionRequest, raw: Request) -> Response:
         self._check_model(req)
+        self._require_tokenizer("messages")
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in req.messages]
         try:
@@ -132,7 +141,7 @@ class OpenAIServer:
                 async for chunk in sse_stream(fmt, job, stream):
                     yield chunk
             except EngineDead as err:  # headers are sent: the error travels as an event
-                yield f"data: {APIError(503, str(err), type='server_error').body()}\n\n"
+                yield sse_event(APIError(503, str(err), type="server_error").body())
 
 
 def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: int) -> BaseException:

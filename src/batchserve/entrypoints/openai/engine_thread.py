@@ -10,6 +10,7 @@ to the loop with one `call_soon_threadsafe`, into the per-HTTP-request
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from ...llm_engine import EngineStats, LLMEngine, PromptType
 from ...outputs import RequestOutput
 from ...request import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
@@ -148,10 +151,18 @@ class AsyncEngine:
                 del self._streams[out.request_id]
             stream._put(out)
 
-    def _fail_all(self, err: BaseException) -> None:
+    def _fail_all(self, dead: EngineDead) -> None:
+        """Fail every stream and every add still queued (on the loop, so no add can slip in after)."""
         for stream in set(self._streams.values()):
-            stream._put(EngineDead(f"the engine failed: {err!r}"))
+            stream._put(dead)
         self._streams.clear()
+        while True:
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(cmd, _Add):
+                self._settle(cmd.done, dead)
 
     @staticmethod
     def _settle(fut: asyncio.Future, error: BaseException | None) -> None:
@@ -179,16 +190,9 @@ class AsyncEngine:
                 if outputs:
                     self._loop.call_soon_threadsafe(self._deliver, outputs)
         except BaseException as err:  # a bug or a device error: fail loudly, never hang the clients
+            logger.exception("the engine thread failed; every request gets 503 from now on")
             self.error = err
-            self._loop.call_soon_threadsafe(self._fail_all, err)
-            while True:
-                try:
-                    cmd = self._commands.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(cmd, _Add):
-                    self._loop.call_soon_threadsafe(self._settle, cmd.done, EngineDead(f"the engine failed: {err!r}"))
-            raise
+            self._loop.call_soon_threadsafe(self._fail_all, EngineDead(f"the engine failed: {err!r}"))
 
     def _apply_commands(self, outputs: list[RequestOutput], block: bool) -> bool:
         """Apply every queued command (waiting for one when idle); False on shutdown."""

@@ -76,24 +76,23 @@ class ServerMetrics:
     def collect(self) -> Iterator[Metric]:
         """Gauges and counters from the engine's latest stats (the registry calls this at scrape time)."""
         s = self._engine.stats
-        for name, doc, value in (
-            ("num_requests_running", "Sequences in the running batch.", s.num_running),
-            ("num_requests_waiting", "Sequences waiting to be scheduled.", s.num_waiting),
-            ("kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).", s.kv_cache_usage),
+        for family, name, doc, value in (
+            (GaugeMetricFamily, "num_requests_running", "Sequences in the running batch.", s.num_running),
+            (GaugeMetricFamily, "num_requests_waiting", "Sequences waiting to be scheduled.", s.num_waiting),
+            (GaugeMetricFamily, "kv_cache_usage_perc", "Fraction of KV cache blocks in use (1 = full).",
+             s.kv_cache_usage),
+            (CounterMetricFamily, "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+             s.prefix_cache_queries),
+            (CounterMetricFamily, "prefix_cache_hits", "Prompt tokens served from the prefix cache.",
+             s.prefix_cache_hits),
+            (CounterMetricFamily, "prompt_tokens", "Prompt tokens computed by the model.", s.computed_prompt_tokens),
+            (CounterMetricFamily, "generation_tokens", "Tokens generated.", s.generation_tokens),
+            (CounterMetricFamily, "num_preemptions", "Preemptions (a running request's blocks freed to make room).",
+             s.num_preemptions),
         ):
-            g = GaugeMetricFamily(_PREFIX + name, doc, labels=["model_name"])
-            g.add_metric([self.model_name], value)
-            yield g
-        for name, doc, value in (
-            ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries),
-            ("prefix_cache_hits", "Prompt tokens served from the prefix cache.", s.prefix_cache_hits),
-            ("prompt_tokens", "Prompt tokens computed by the model.", s.computed_prompt_tokens),
-            ("generation_tokens", "Tokens generated.", s.generation_tokens),
-            ("num_preemptions", "Preemptions (a running request's blocks freed to make room).", s.num_preemptions),
-        ):
-            c = CounterMetricFamily(_PREFIX + name, doc, labels=["model_name"])
-            c.add_metric([self.model_name], value)
-            yield c
+            metric = family(_PREFIX + name, doc, labels=["model_name"])
+            metric.add_metric([self.model_name], value)
+            yield metric
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

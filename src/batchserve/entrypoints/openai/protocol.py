@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from ...request import SamplingParams
 
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's; chat defaults to the rest of the context
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
 _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -111,7 +112,7 @@ class CompletionRequest(_SamplingRequest):
 
     prompt: StrictStr | TokenIds | Annotated[list[StrictStr], Field(min_length=1, max_length=256)] \
         | Annotated[list[TokenIds], Field(min_length=1, max_length=256)]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(DEFAULT_COMPLETION_MAX_TOKENS, ge=1, description="null means the default, 16")
     logprobs: int | None = Field(None, ge=0, le=20)
 
     def prompts(self) -> list[str | list[int]]:
@@ -120,6 +121,11 @@ class CompletionRequest(_SamplingRequest):
         if isinstance(p, str) or isinstance(p[0], int):
             return [p]
         return list(p)
+
+
+    @property
+    def requested_max_tokens(self) -> int:
+        return DEFAULT_COMPLETION_MAX_TOKENS if self.max_tokens is None else self.max_tokens
 
 
 class TextPart(BaseModel):

@@ -203,7 +203,7 @@ async def full_response(fmt: Format, job: Job, stream: RequestStream) -> dict[st
     return builder.envelope(choices, streaming=False, usage=_usage(builder.finals))
 
 
-def _sse(data: dict[str, Any]) -> str:
+def sse_event(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
@@ -212,11 +212,11 @@ async def sse_stream(fmt: Format, job: Job, stream: RequestStream) -> AsyncItera
     builder = _Builder(fmt, job, streaming=True)
     first = [ch for i in range(len(builder.choices)) if (ch := fmt.first_chunk_choice(i)) is not None]
     if first:
-        yield _sse(builder.envelope(first, streaming=True))
+        yield sse_event(builder.envelope(first, streaming=True))
     async for out in stream:
         choices = builder.choices_of(out)
         if choices:
-            yield _sse(builder.envelope(choices, streaming=True))
+            yield sse_event(builder.envelope(choices, streaming=True))
     if job.include_usage:
-        yield _sse(builder.envelope([], streaming=True, usage=_usage(builder.finals)))
+        yield sse_event(builder.envelope([], streaming=True, usage=_usage(builder.finals)))
     yield "data: [DONE]\n\n"
