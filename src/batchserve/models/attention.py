@@ -15,10 +15,22 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+
+# cuDNN's SDPA builds a graph per shape, and key lengths change every step: measured on an H200 it
+# cost 1.9 ms of CPU per call, 40% of a decode step. The other CUDA kernels take masks without that.
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    if q.is_cuda:
+        with sdpa_kernel(_CUDA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 @dataclass
@@ -155,8 +167,7 @@ class PagedAttention:
         keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         queries = q.index_select(0, plan.token_idx).view(d, self.num_kv_heads, self.group, self.head_dim)
-        out = F.scaled_dot_product_attention(queries, keys.to(q.dtype), values.to(q.dtype),
-                                             attn_mask=plan.key_mask, scale=scale)
+        out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), plan.key_mask, scale)
         return out.reshape(d, self.num_heads, self.head_dim)
 
     def _prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -168,7 +179,7 @@ class PagedAttention:
         shape = (self.num_kv_heads, self.group, s, self.head_dim)
         keys = keys.transpose(0, 1)[:, None].expand(shape)
         values = values.transpose(0, 1)[:, None].expand(shape)
-        out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scale)
+        out = _sdpa(queries, keys, values, mask, scale)
         return out.permute(2, 0, 1, 3).reshape(n, self.num_heads, self.head_dim)
 
 
