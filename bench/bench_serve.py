@@ -1,0 +1,212 @@
+"""Online serving: the highest request rate batchserve and a transformers baseline sustain with p99 TTFT < 2 s.
+
+Both servers run the same random-weight "small" model (bench_engine.py's
+~55M Llama shape, float32) in their own process and speak the same
+OpenAI completions subset; `batchserve bench serve`'s load generator
+(`run_load`) drives each at rising Poisson rates, and a server's sweep stops
+at its first rate that misses the target (or fails requests).
+
+The baseline is a minimal transformers server: one worker runs requests one
+at a time, FIFO, prefill then a token-by-token decode loop with the HF KV
+cache, streaming each token. (`transformers serve` exists in transformers 5,
+but its completions endpoint takes text prompts only and needs a tokenizer,
+which a random-weight model has none of.)
+
+    python bench/bench_serve.py                    # both sweeps, a few minutes
+    python bench/bench_serve.py --rates 1,2,4 --seconds-per-rate 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import os
+import platform
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import torch
+import transformers
+from bench_engine import SHAPES
+
+from batchserve.entrypoints.openai.bench_client import run_load
+from batchserve.metrics import SLO, summarize
+from batchserve.workload import WorkloadSpec
+
+TTFT_TARGET_S = 2.0
+
+
+# ---- the baseline server ------------------------------------------------------------------------------
+
+
+def baseline_app(model_dir: str):
+    """FastAPI app: /health, /v1/models, streaming /v1/completions over HF generate-style decoding, one at a time."""
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while True:
+            ids, max_tokens, loop, out = jobs.get()
+            with torch.inference_mode():
+                res = model(torch.tensor([ids]), use_cache=True)
+                for _ in range(max_tokens):
+                    token = res.logits[0, -1].argmax()
+                    loop.call_soon_threadsafe(out.put_nowait, int(token))
+                    res = model(token.view(1, 1), past_key_values=res.past_key_values, use_cache=True)
+            loop.call_soon_threadsafe(out.put_nowait, None)
+
+    threading.Thread(target=worker, daemon=True).start()
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"data": [{"id": "small", "vocab_size": model.config.vocab_size}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict) -> StreamingResponse:
+        out: asyncio.Queue = asyncio.Queue()
+        jobs.put((body["prompt"], body["max_tokens"], asyncio.get_running_loop(), out))
+
+        async def events():
+            n = 0
+            while (token := await out.get()) is not None:
+                n += 1
+                done = "length" if n == body["max_tokens"] else None
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': '', 'finish_reason': done}]})}\n\n"
+            usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], url: str) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server {cmd} did not come up")
+
+
+def sweep(name: str, url: str, rates: list[float], args: argparse.Namespace, vocab: int) -> list[dict]:
+    rows = []
+    for rate in rates:
+        num_requests = max(args.min_requests, math.ceil(rate * args.seconds_per_rate))
+        spec = WorkloadSpec(num_requests=num_requests, rate=rate, input_len=args.input_len,
+                            output_len=args.output_len, vocab_size=vocab, seed=0)
+        result = asyncio.run(run_load(url, spec))
+        failed = sum(result.failures.values())
+        s = summarize(result.records, slo=SLO(ttft_s=TTFT_TARGET_S)) if result.records else None
+        p99 = s["ttft_s"]["p99"] if s else None
+        ok = failed == 0 and p99 is not None and p99 < TTFT_TARGET_S
+        rows.append({"server": name, "rate": rate, "num_requests": num_requests, "ok": ok, "failed": failed,
+                     "metrics": s})
+        print(f"{name:>12} rate {rate:5g}: " + (
+            f"{s['request_throughput']:5.2f} req/s, {s['output_token_throughput']:6.0f} out tok/s, "
+            f"TTFT p50 {s['ttft_s']['p50'] * 1e3:6.0f} ms p99 {p99 * 1e3:6.0f} ms, "
+            f"TPOT p50 {s['tpot_s']['p50'] * 1e3:5.1f} ms, ITL p99 {s['itl_s']['p99'] * 1e3:6.1f} ms"
+            if s else "no request finished") + (f", {failed} failed" if failed else "") + ("" if ok else "  <- miss"),
+            flush=True)
+        if not ok:
+            break
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="0.1,0.2,0.5,1,2,4,8,16,32,64", help="request rates to try, rising")
+    parser.add_argument("--seconds-per-rate", type=float, default=10.0,
+                        help="each rate sends this many seconds of arrivals...")
+    parser.add_argument("--min-requests", type=int, default=8, help="...and at least this many requests")
+    parser.add_argument("--input-len", default="uniform:16:64")
+    parser.add_argument("--output-len", default="16")
+    parser.add_argument("--json", help="write every point as JSON")
+    parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.baseline_server:
+        import uvicorn
+
+        uvicorn.run(baseline_app(args.baseline_server), host="127.0.0.1", port=args.port, log_level="warning")
+        return
+    rates = [float(r) for r in args.rates.split(",")]
+    config_cls, model_cls, shape = SHAPES["small"]
+    cfg = getattr(transformers, config_cls)(**shape, max_position_embeddings=2048)
+    torch.manual_seed(0)
+    print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, cpu {platform.processor() or _cpu_model()}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"model small (random weights, float32), {args.seconds_per_rate:g} s of arrivals per rate (at least "
+          f"{args.min_requests} requests), input {args.input_len}, "
+          f"output {args.output_len} tokens, Poisson arrivals; target p99 TTFT < {TTFT_TARGET_S:g} s")
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        getattr(transformers, model_cls)(cfg).save_pretrained(tmp)
+        servers = {
+            "batchserve": [sys.executable, "-m", "batchserve", "serve", "--model", tmp, "--skip-tokenizer-init",
+                           "--dtype", "float32", "--kv-cache-memory", "1GiB"],
+            "transformers": [sys.executable, __file__, "--baseline-server", tmp],
+        }
+        for name, cmd in servers.items():
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            proc = start([*cmd, "--port", str(port)], url)
+            try:
+                rows += sweep(name, url, rates, args, cfg.vocab_size)
+            finally:
+                proc.terminate()
+                proc.wait()
+    for name in servers:
+        best = max((r for r in rows if r["server"] == name and r["ok"]), key=lambda r: r["rate"], default=None)
+        print(f"{name}: highest rate with p99 TTFT < {TTFT_TARGET_S:g} s: " + (
+            "none of those tried" if best is None else
+            f"{best['rate']:g} req/s (achieved {best['metrics']['request_throughput']:.2f} req/s, "
+            f"TPOT p50 {best['metrics']['tpot_s']['p50'] * 1e3:.0f} ms)"))
+    print(f"bench wall time {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def _cpu_model() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+
+
+if __name__ == "__main__":
+    main()
