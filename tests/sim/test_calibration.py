@@ -56,6 +56,15 @@ def test_fit_averages_out_measurement_noise(deployment: Deployment) -> None:
     assert abs(fit_report(deployment, fitted, truth)["all"]["total_time_error"]) < 0.05
 
 
+def test_fit_shrugs_off_steps_a_busy_machine_slowed_down(deployment: Deployment) -> None:
+    shapes = _grid() * 2
+    clean = predict(deployment, TRUE, [Observation(s, 1) for s in shapes])
+    slowed = [Observation(s, float(t * (4.0 if i % 9 == 0 else 1.0))) for i, (s, t) in enumerate(zip(shapes, clean))]
+    fitted = fit_efficiency(deployment, slowed)
+    truth = [Observation(s, float(t)) for s, t in zip(shapes, clean)]
+    assert fit_report(deployment, fitted, truth)["all"]["mape"] < 0.05  # as if the slow steps were not there
+
+
 def test_fit_needs_enough_steps(deployment: Deployment) -> None:
     with pytest.raises(ValueError, match="at least"):
         fit_efficiency(deployment, [Observation(StepShape(16, 136, 16, 0, 0, 1), 0.1)])

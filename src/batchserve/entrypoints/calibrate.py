@@ -128,10 +128,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     """
     rng = np.random.default_rng(seed)
     longest = min(2048, max_model_len - 320)  # room for a 256-token chunk and outputs on top
-    yield "warm-up", [(_prompt(rng, vocab, 64), 4, 0)]
-    for n in (16, 64, 256, 1024):
-        if n <= longest:
-            yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
+    # Page in the weights and build the kernels of every step kind once, unrecorded.
+    yield "warm-up", [(_prompt(rng, vocab, 256), 4, 0)] + [(_prompt(rng, vocab, 16), 4, 1) for _ in range(8)]
+    for n in (16, 64, 256):
+        yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
     for context in (512, longest):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
@@ -140,18 +140,18 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
         for batch in (1, 4, 16, 64):
             if batch <= max_seqs:
                 yield f"decode x{batch} at context {context}", [
-                    (prefix + _prompt(rng, vocab, 8), 6, 0) for _ in range(batch)
+                    (prefix + _prompt(rng, vocab, 8), 4, 0) for _ in range(batch)
                 ]
     for batch in (1, 8, 32, 128):
         if batch <= max_seqs:
-            yield f"decode x{batch} short", [(_prompt(rng, vocab, 16), 8, 0) for _ in range(batch)]
+            yield f"decode x{batch} short", [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
     # Serving-like steps: a stream of arrivals sharing a system prompt, so decode batches grow
     # while new prompts' chunks join them.
     system = _prompt(rng, vocab, 128)
-    yield "steady", [(system + _prompt(rng, vocab, 48), 16, i // 6) for i in range(min(96, max_seqs))]
+    yield "steady", [(system + _prompt(rng, vocab, 32), 12, i // 6) for i in range(min(64, max_seqs))]
 
 
 def record_steps(engine: Engine, entries: list[Entry], keep: bool = True) -> list[Observation]:
@@ -206,7 +206,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))
     observations: list[Observation] = []
-    with Progress("calibrating", len(phases), enabled=not quiet) as progress:
+    with Progress("calibrating", len(phases), enabled=not quiet, unit="phases") as progress:
         for i, (phase, entries) in enumerate(phases):
             observations += record_steps(llm.engine, entries, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")

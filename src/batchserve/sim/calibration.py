@@ -2,8 +2,10 @@
 
 `calibrate` runs real steps on a device and records each step's shape and
 duration; this module finds the `Efficiency` under which the roofline predicts
-those durations best (least squares on log durations, so a 1 ms decode step
-counts as much as a 1 s prefill), and reports the fit's error per step kind.
+those durations best, and reports the fit's error per step kind. Errors are
+compared as log ratios (a 1 ms decode step counts as much as a 1 s prefill)
+under a Cauchy loss, so the few steps a shared machine slows down threefold
+(another process, a first touch of the weights) do not drag the fit.
 Torch-free: observations can come from any engine, or a file.
 """
 
@@ -21,6 +23,7 @@ from .deployment import Deployment
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s")
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
+_SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
 
 
 def _decode(x: np.ndarray, base: Efficiency) -> Efficiency:
+    x = np.clip(x, np.log(_TINY) - 1, 2.0)
     values = {name: float(min(1.0, np.exp(v))) for name, v in zip(FRACTIONS, x)}
     values.update({name: float(np.exp(v)) if v > np.log(_TINY) else 0.0 for name, v in zip(OVERHEADS, x[len(FRACTIONS):])})
     return replace(base, **values)
@@ -63,14 +67,14 @@ def _encode(eff: Efficiency) -> np.ndarray:
 def fit_efficiency(
     deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
 ) -> Efficiency:
-    """The efficiency minimising the mean squared log error of predicted step durations."""
+    """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
     if len(observations) < len(FRACTIONS) + len(OVERHEADS):
         raise ValueError(f"need at least {len(FRACTIONS) + len(OVERHEADS)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
 
     def loss(x: np.ndarray) -> float:
         predicted = predict(deployment, _decode(x, start), observations)
-        return float(np.mean((np.log(predicted) - measured) ** 2))
+        return float(np.mean(np.log1p(((np.log(predicted) - measured) / _SCALE) ** 2)))
 
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
