@@ -270,7 +270,7 @@ class LLMEngine:
         for child in group.children:
             if child.request.finish_time is None:
                 child.request.finish_time = self.now
-            del self._by_request[child.request]
+            self._by_request.pop(child.request, None)  # a completion that finished before left already
         return self._output(group)
 
     def has_unfinished(self) -> bool:

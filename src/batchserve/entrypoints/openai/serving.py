@@ -182,12 +182,12 @@ class _Builder:
             result.append(self.fmt.choice(choice.index, text, lps, c, self.streaming))
         return result
 
-    def envelope(self, choices: list[dict[str, Any]], streaming: bool, usage: dict | None = None) -> dict[str, Any]:
+    def envelope(self, choices: list[dict[str, Any]], usage: dict | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "id": self.job.id, "object": self.fmt.chunk_object if streaming else self.fmt.object,
+            "id": self.job.id, "object": self.fmt.chunk_object if self.streaming else self.fmt.object,
             "created": self.job.created, "model": self.job.model, "choices": choices,
         }
-        if not streaming or self.job.include_usage:
+        if not self.streaming or self.job.include_usage:
             body["usage"] = usage
         return body
 
@@ -200,7 +200,7 @@ async def full_response(fmt: Format, job: Job, stream: RequestStream) -> dict[st
         last[out.request_id] = out
     choices = [ch for out in last.values() for ch in builder.choices_of(out)]
     choices.sort(key=lambda ch: ch["index"])
-    return builder.envelope(choices, streaming=False, usage=_usage(builder.finals))
+    return builder.envelope(choices, usage=_usage(builder.finals))
 
 
 def sse_event(data: dict[str, Any]) -> str:
@@ -212,11 +212,11 @@ async def sse_stream(fmt: Format, job: Job, stream: RequestStream) -> AsyncItera
     builder = _Builder(fmt, job, streaming=True)
     first = [ch for i in range(len(builder.choices)) if (ch := fmt.first_chunk_choice(i)) is not None]
     if first:
-        yield sse_event(builder.envelope(first, streaming=True))
+        yield sse_event(builder.envelope(first))
     async for out in stream:
         choices = builder.choices_of(out)
         if choices:
-            yield sse_event(builder.envelope(choices, streaming=True))
+            yield sse_event(builder.envelope(choices))
     if job.include_usage:
-        yield sse_event(builder.envelope([], streaming=True, usage=_usage(builder.finals)))
+        yield sse_event(builder.envelope([], usage=_usage(builder.finals)))
     yield "data: [DONE]\n\n"
