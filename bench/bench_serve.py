@@ -14,6 +14,7 @@ which a random-weight model has none of.)
 
     python bench/bench_serve.py                    # both sweeps, a few minutes
     python bench/bench_serve.py --rates 1,2,4 --seconds-per-rate 20
+    python bench/bench_serve.py --itl-check        # sarathi's token budget keeps ITL flat (tiny model)
 """
 
 from __future__ import annotations
@@ -146,6 +147,44 @@ def sweep(name: str, url: str, rates: list[float], args: argparse.Namespace, voc
     return rows
 
 
+async def _itl_while_long_prompts_arrive(url: str) -> tuple[float, float]:
+    """ITL p50 and max (ms) of one streaming request while four 1900-token prompts arrive."""
+    times: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+        async def streamer() -> None:
+            body = {"prompt": "x", "max_tokens": 150, "ignore_eos": True, "stream": True}
+            async with c.stream("POST", "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        times.append(time.perf_counter())
+
+        async def long_prompts() -> None:
+            await asyncio.sleep(0.1)
+            for i in range(4):
+                await c.post("/v1/completions", json={"prompt": [65 + i] * 1900, "max_tokens": 1})
+
+        await asyncio.gather(streamer(), long_prompts())
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    return gaps[len(gaps) // 2] * 1e3, gaps[-1] * 1e3
+
+
+def itl_check() -> None:
+    """Sarathi's token budget against whole-prompt prefill (vllm preset), on the tiny model."""
+    for flags in (["--scheduler", "vllm"], ["--scheduler", "sarathi", "--max-num-batched-tokens", "128",
+                                            "--max-num-seqs", "64"]):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start([sys.executable, "-m", "batchserve", "serve", "--model", "tiny", "--no-prefix-caching", *flags,
+                      "--port", str(port)], url)
+        try:
+            p50, worst = asyncio.run(_itl_while_long_prompts_arrive(url))
+        finally:
+            proc.terminate()
+            proc.wait()
+        print(f"tiny, {' '.join(flags)}: ITL of a streaming request p50 {p50:.1f} ms, max {worst:.1f} ms "
+              "while four 1900-token prompts arrive", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="0.1,0.2,0.5,1,2,4,8,16,32,64", help="request rates to try, rising")
@@ -155,6 +194,8 @@ def main() -> None:
     parser.add_argument("--input-len", default="uniform:16:64")
     parser.add_argument("--output-len", default="16")
     parser.add_argument("--json", help="write every point as JSON")
+    parser.add_argument("--itl-check", action="store_true",
+                        help="instead: ITL of a stream while long prompts arrive, sarathi budget vs whole prefills")
     parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,6 +203,9 @@ def main() -> None:
         import uvicorn
 
         uvicorn.run(baseline_app(args.baseline_server), host="127.0.0.1", port=args.port, log_level="warning")
+        return
+    if args.itl_check:
+        itl_check()
         return
     rates = [float(r) for r in args.rates.split(",")]
     config_cls, model_cls, shape = SHAPES["small"]
