@@ -61,3 +61,12 @@ def test_estimate_predicts_without_running_and_prices_the_job(tmp_path, capsys):
     assert main(args + ["--no-prefix-order", "--json", str(tmp_path / "arrival.json")]) == 0
     arrival = json.loads((tmp_path / "arrival.json").read_text())["summary"]
     assert arrival["computed_prompt_tokens"] > s["computed_prompt_tokens"]
+
+
+def test_estimate_keeps_n_completions_of_ids_with_any_characters(tmp_path, capsys):
+    rows = [completion("a#1", "first", max_tokens=4, n=2), completion("a", "second", max_tokens=4, n=3)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    summary = tmp_path / "estimate.json"
+    assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(summary)]) == 0
+    s = json.loads(summary.read_text())["summary"]
+    assert s["num_ok"] == 2 and s["output_tokens"] == (2 + 3) * 4

@@ -29,6 +29,7 @@ class SimBackend:
         self.engine = engine
         self.block_size = engine.scheduler.kv.block_size
         self._live: dict[str, tuple[BatchRequest, list[Request]]] = {}
+        self._parent: dict[Request, str] = {}  # each child's custom_id (ids may contain any character)
         self._computed_prompt_tokens = 0
         self._generation_tokens = 0
 
@@ -45,10 +46,11 @@ class SimBackend:
             self.engine.scheduler.check_request(child)
         for child in children:
             self.engine.add_request(child)
+            self._parent[child] = req.custom_id
         self._live[req.custom_id] = (req, children)
 
     def step(self) -> list[Finished]:
-        finished = {r.request_id.split("#")[0] for r in self.engine.step()}
+        finished = {self._parent.pop(r) for r in self.engine.step()}
         if self.engine.last_batch is not None:
             self._computed_prompt_tokens += self.engine.last_batch.num_computed_prompt_tokens
         done = []
