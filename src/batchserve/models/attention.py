@@ -2,9 +2,9 @@
 
 The backend is one small interface (AttentionMetadata in, PagedAttention.forward)
 so a fused kernel can replace it later. This version gathers each sequence's
-keys by slot index and calls scaled_dot_product_attention: all decodes (one new
-token each) in ONE padded call with a key-padding mask, prompt chunks one call
-each. Grouped-query attention never copies K/V: decodes fold the query heads
+keys by slot index and calls scaled_dot_product_attention: decodes (one new
+token each) in a few padded calls, one per group of similar context lengths,
+with a key-padding mask; prompt chunks one call each. Grouped-query attention never copies K/V: decodes fold the query heads
 that share a KV head into the query axis, prompt chunks broadcast each KV head
 (stride 0) to its query heads; each layout was the faster one on CPU.
 """
@@ -91,24 +91,40 @@ def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
     return mask
 
 
-def _plan(meta: AttentionMetadata, window: int | None) -> tuple[_DecodePlan | None, list[_PrefillPlan]]:
+def _length_buckets(decodes: list[int], ctx: list[int], ratio: float = 0.7) -> list[list[int]]:
+    """Decode rows grouped by context length, longest first; a group's shortest row is >= ratio x its longest.
+
+    Each group is padded to its longest row, so grouping bounds the padding (gathered and attended
+    for nothing) to 1 / ratio of the real keys instead of max/mean of the whole batch; on a CPU the
+    K/V gather of one padded batch of 256 mixed-length decodes was 57% of the step.
+    """
+    buckets: list[list[int]] = []
+    for i in sorted(decodes, key=lambda i: -ctx[i]):
+        if buckets and ctx[i] + 1 >= ratio * (ctx[buckets[-1][0]] + 1):
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets
+
+
+def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
     qsl, ctx, tables = meta.query_start_loc, meta.context_lens, meta.block_tables
     if not len(qsl) == len(ctx) + 1 == len(tables) + 1:
         raise ValueError(f"AttentionMetadata: {len(qsl)} query_start_loc entries, {len(ctx)} context_lens, "
                          f"{len(tables)} block_tables; need B+1, B, B")
     device = meta.slot_mapping.device
     decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
-    decode = None
-    if decodes:
-        lens = [ctx[i] + 1 for i in decodes]
-        slots = _slots([tables[i] for i in decodes], lens, meta.block_size, device)
+    decode_plans = []
+    for bucket in _length_buckets(decodes, ctx):
+        lens = [ctx[i] + 1 for i in bucket]
+        slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding
         mask = _visible(torch.tensor(lens)[:, None] - 1, torch.arange(max(lens))[None, :], window)
-        decode = _DecodePlan(
-            token_idx=torch.tensor([qsl[i] for i in decodes], dtype=torch.long).to(device, non_blocking=True),
+        decode_plans.append(_DecodePlan(
+            token_idx=torch.tensor([qsl[i] for i in bucket], dtype=torch.long).to(device, non_blocking=True),
             key_slots=slots,
             key_mask=mask[:, None, None, :].to(device, non_blocking=True),
-        )
+        ))
     prefills = []
     for i in range(len(ctx)):
         n = qsl[i + 1] - qsl[i]
@@ -117,7 +133,7 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[_DecodePlan | No
         slots = _slots([tables[i]], [ctx[i] + n], meta.block_size, device)[0] if ctx[i] else None
         mask = _visible(torch.arange(ctx[i], ctx[i] + n)[:, None], torch.arange(ctx[i] + n)[None, :], window)
         prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, mask.to(device, non_blocking=True)))
-    return decode, prefills
+    return decode_plans, prefills
 
 
 class PagedAttention:
@@ -145,9 +161,9 @@ class PagedAttention:
         plans = meta._plans.get(self.sliding_window)
         if plans is None:
             plans = meta._plans[self.sliding_window] = _plan(meta, self.sliding_window)
-        decode, prefills = plans
+        decodes, prefills = plans
         out = torch.empty_like(q)
-        if decode is not None:
+        for decode in decodes:
             out.index_copy_(0, decode.token_idx, self._decode(q, k_cache, v_cache, decode, scale))
         for p in prefills:
             if p.key_slots is None:
