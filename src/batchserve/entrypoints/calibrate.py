@@ -24,13 +24,11 @@ import torch
 from ..engine import Engine
 from ..executors.sim import step_shape
 from ..llm_engine import LLMEngine
-from ..models.config import ModelConfig
 from ..request import Request, SamplingParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
 from ..sim.hardware import HARDWARE, Hardware
-from ..sim.models import ModelShape
 from .common import write_json
 from .progress import Progress
 
@@ -96,17 +94,6 @@ def _catalog_match(name: str) -> Hardware | None:
         if words and words[0] in key and hw.name.split("-")[0] in key:
             return hw
     return None
-
-
-def model_shape(config: ModelConfig, name: str) -> ModelShape:
-    """The simulator's view of an engine model."""
-    return ModelShape(
-        name=name, architecture=config.architecture, hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size, num_layers=config.num_layers,
-        num_attention_heads=config.num_heads, num_kv_heads=config.num_kv_heads, head_dim=config.head_dim,
-        vocab_size=config.vocab_size, max_model_len=config.max_model_len,
-        tie_word_embeddings=config.tie_word_embeddings, attention_bias=config.attention_bias,
-    )
 
 
 # ---- the grid -----------------------------------------------------------------------
@@ -201,7 +188,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
         interconnect_latency_s=match.interconnect_latency_s if match else 5e-6,
         max_gpus_per_node=match.max_gpus_per_node if match else 1,
     )
-    deployment = Deployment(model_shape(llm.model_config, "calibrated"), profile, weight_dtype=weight_dtype)
+    deployment = Deployment(llm.model_config.sim_shape("calibrated"), profile, weight_dtype=weight_dtype)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))

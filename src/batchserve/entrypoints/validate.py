@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -19,11 +18,9 @@ from ..config import CacheConfig, SchedulerConfig
 from ..llm_engine import LLMEngine
 from ..metrics import SLO, RequestRecord, summarize
 from ..request import Request
-from ..sim.deployment import Deployment
-from ..sim.hardware import get_hardware
-from ..sim.simulate import ClusterConfig, SimSetup, hardware_efficiency, simulate
+from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..workload import WorkloadSpec
-from .calibrate import WEIGHT_DTYPES, model_shape
+from .calibrate import WEIGHT_DTYPES
 from .common import DEFAULT_PRESET, Resolved, layered_values, write_json
 from .options import ConfigError, pick
 from .progress import Progress
@@ -69,25 +66,18 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
                 time.sleep(max(0.0, pending[-1].arrival_time - now))
                 continue
             engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
-            for req in engine.step():
-                record = RequestRecord.from_request(req)
-                records.append(replace(record, arrival_time=record.arrival_time - clock0,
-                                       first_scheduled_time=record.first_scheduled_time - clock0,
-                                       first_token_time=record.first_token_time - clock0,
-                                       finish_time=record.finish_time - clock0))
+            records += [RequestRecord.from_request(req) for req in engine.step()]
             progress.update(len(records), f"{now:.0f} s")
     return records
 
 
 def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
     """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
-    hw = get_hardware(hardware)
     weight_dtype = WEIGHT_DTYPES[next(llm.model.parameters()).dtype]
-    deployment = Deployment(model_shape(llm.model_config, model_name), hw, weight_dtype=weight_dtype)
-    cache = CacheConfig(block_size=llm.scheduler.kv.block_size, num_blocks=llm.scheduler.kv.pool.num_blocks,
-                        enable_prefix_caching=llm.scheduler.kv.enable_caching)
-    cluster = ClusterConfig(model=model_name, hardware=hw.name, weight_dtype=weight_dtype)
-    return SimSetup(cluster, deployment, llm.scheduler.config, cache, hardware_efficiency(hw))
+    kv = llm.scheduler.kv
+    cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
+    cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
+    return resolve(cluster, llm.scheduler.config, cache, model=llm.model_config.sim_shape(model_name))
 
 
 def compare(measured: dict, predicted: dict) -> dict[str, dict[str, float | None]]:

@@ -14,7 +14,7 @@ from ..config import CacheConfig, scheduler_config
 from ..engine import Engine
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
-from ..sim.models import ModelShape, from_hf_config
+from ..sim.models import ModelShape
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
@@ -119,18 +119,12 @@ class SimReplicas:
 
 
 def model_shape(model: str) -> ModelShape | None:
-    """The built-in tiny model's shape through the shared HF config parser; None: look `model` up as usual."""
+    """The built-in tiny model's shape; None: look `model` up as usual."""
     if model != "tiny":
         return None
     from ..models.tiny import tiny_config
 
-    c = tiny_config()
-    return from_hf_config({
-        "architectures": [c.architecture], "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.head_dim, "vocab_size": c.vocab_size, "max_position_embeddings": c.max_model_len,
-        "tie_word_embeddings": c.tie_word_embeddings,
-    }, name="tiny")
+    return tiny_config().sim_shape("tiny")
 
 
 def estimate_job(

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..sim.models import ModelShape
+
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
     "MistralForCausalLM",
@@ -70,6 +72,16 @@ class ModelConfig:
     """Each query sees only the last `sliding_window` keys (itself included); Mistral v0.1."""
     original_max_position_embeddings: int | None = None
     """max_position_embeddings as written; dynamic NTK scales RoPE only beyond it."""
+
+    def sim_shape(self, name: str) -> ModelShape:
+        """The simulator's view of this model (its cost depends on shapes only)."""
+        return ModelShape(
+            name=name, architecture=self.architecture, hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size, num_layers=self.num_layers,
+            num_attention_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+            vocab_size=self.vocab_size, max_model_len=self.max_model_len,
+            tie_word_embeddings=self.tie_word_embeddings, attention_bias=self.attention_bias,
+        )
 
     @property
     def q_size(self) -> int:
