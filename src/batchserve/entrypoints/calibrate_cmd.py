@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_simulation_flags
-
-
-def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """The real-engine knobs calibrate and validate share; keep them equal between the two."""
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (default: tiny)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
-    p.add_argument("--kv-cache-memory", default="1GiB", help="KV cache budget, e.g. 512MiB, 4GiB (default: 1GiB)")
+from .common import add_engine_flags, add_simulation_flags
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

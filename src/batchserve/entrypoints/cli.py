@@ -12,7 +12,7 @@ from ..sim.hardware import HARDWARE
 from ..sim.models import MODELS
 from ..sim.simulate import SimSetup
 from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
-from .common import Resolved, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
+from .common import Resolved, add_engine_flags, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
 from .options import ConfigError
 
 def _parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -141,7 +141,7 @@ def _sweep_table(points: Sequence[tuple[float, dict]], capacity: float) -> str:
 def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text for a prompt with a real model (a quick look)",
                        description="Run a model (HF directory or the built-in 'tiny') on one or more prompts.")
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    add_engine_flags(p)
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for several")
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     p.add_argument("--max-tokens", type=int, default=64)
@@ -151,8 +151,6 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--n", type=int, default=1, help="completions per prompt")
     p.add_argument("--stop", action="append", default=[], help="stop string; repeat for several")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", metavar="FILE", help="write prompts, outputs and token ids as JSON")
     p.set_defaults(func=cmd_generate)
 
@@ -163,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, n=args.n, stop=args.stop)
-    llm = LLM(args.model, dtype=args.dtype, device=args.device)
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory)
     if args.chat:
         outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False)
     else:

@@ -31,6 +31,15 @@ DEFAULT_PRESET = "sarathi"
 SKIPPED_FIELDS = ("vocab_size",)
 
 
+def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The real-engine flags every model-running command shares: which model, where, in which dtype, KV size."""
+    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--kv-cache-memory", default=None,
+                   help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
+
+
 def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The shared vocabulary: --config, --scheduler, --workload, --slo and one flag per config field.
 

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..jobs.runner import JobConfig, Summary
-from .common import write_json
+from .common import add_engine_flags, write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="requests JSONL")
     p.add_argument("-o", "--output", help="results JSONL, appended to (required unless --estimate)")
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
     g = p.add_argument_group("job")
     g.add_argument("--preserve-order", action="store_true", help="write results in input order (buffers up to a window)")
     g.add_argument("--no-prefix-order", dest="prefix_aware", action="store_false",
@@ -38,9 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", metavar="FILE", help="write the summary as JSON")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e = p.add_argument_group("engine")
-    e.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    e.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    e.add_argument("--kv-cache-memory", default=None, help="KV cache size, e.g. 512MiB (default: 90%% of GPU, 1GiB CPU)")
+    add_engine_flags(e)
     e.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
     e.add_argument("--max-num-seqs", type=int, default=256, help="requests running at once")
     r = p.add_argument_group("scale out and estimate")

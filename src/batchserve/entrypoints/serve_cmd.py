@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
 from ..metrics import SLO, format_table, summarize, write_per_request
 from ..workload import WorkloadSpec
-from .common import resolve_values, run_simulation, write_json
+from .common import add_engine_flags, resolve_values, run_simulation, write_json
 from .options import ConfigError, add_dataclass_flags, given
 
 DEFAULT_MAX_WAITING = 1024
@@ -32,7 +32,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         description="POST /v1/completions and /v1/chat/completions (streaming or not), GET /v1/models, /health "
         "and /metrics (Prometheus). Every scheduler field is a flag of the same name.",
     )
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    add_engine_flags(p)
     p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the directory name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
@@ -41,9 +41,6 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    f"(default: {DEFAULT_MAX_WAITING})")
     p.add_argument("--scheduler", choices=sorted(SCHEDULER_PRESETS), default="sarathi",
                    help="scheduler preset (default: sarathi: chunked prefill, decodes first, flat ITL)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--kv-cache-memory", default=None, help="KV cache size, e.g. 2GiB (CPU default: 1GiB)")
     p.add_argument("--seed", type=int, default=0, help="seed of requests that give none")
     p.add_argument("--skip-tokenizer-init", action="store_true",
                    help="load no tokenizer (e.g. random-weight benchmark models): prompts must be token ids")
