@@ -6,7 +6,10 @@ weights: "small" (Llama-shaped, hidden 512, 8 layers, 8 heads / 2 KV heads,
 intermediate 1408, vocab 32000, ~55M parameters) and "qwen0.5b" (the
 Qwen2.5-0.5B shape). The limit is the workload's FLOPs (2 x linear params per
 computed token, the LM head only for sampled tokens, plus attention) over the
-matmul FLOP/s measured in the same run (large square products).
+matmul FLOP/s measured in the same run (large square products with torch.mm).
+On CPU the square products are also timed with a oneDNN-packed weight (what
+the engine's linear layers use, models/linear.py); the fraction of that, the
+faster of the two on AMD EPYC, is printed beside the first.
 
     python bench/bench_engine.py --model small --dtype float32 --num-requests 64
     python bench/bench_engine.py --model qwen0.5b --dtype bfloat16 --baseline-batch 16
@@ -27,6 +30,7 @@ import transformers
 
 from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
+from batchserve.models.linear import PackedLinear, prepack_supported
 
 SHAPES = {
     "small": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
@@ -40,11 +44,13 @@ SHAPES = {
 }
 
 
-def matmul_flops(dtype: torch.dtype, device: str = "cpu", repeat: int = 5) -> float:
+def matmul_flops(dtype: torch.dtype, device: str = "cpu", repeat: int = 5, packed: bool = False) -> float:
+    """Best-of-`repeat` FLOP/s of n x n products: torch.mm, or with b packed for oneDNN (`packed`, CPU only)."""
     n = 8192 if device == "cuda" else 2048
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b  # warm up
-    best = min(_timed(lambda: a @ b, device) for _ in range(repeat))
+    product = PackedLinear(b, None) if packed else (lambda x: x @ b)
+    product(a)  # warm up
+    best = min(_timed(lambda: product(a), device) for _ in range(repeat))
     return 2 * n**3 / best
 
 
@@ -82,9 +88,9 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
     return total
 
 
-def run_ours(path: str, dtype: str, reqs, device: str = "cpu") -> tuple[float, LLM]:
+def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True) -> tuple[float, LLM]:
     llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory="4GiB",
-              max_num_batched_tokens=2048)
+              max_num_batched_tokens=2048, weight_prepack=prepack)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
     outs = llm.generate([p for p, _ in reqs], params, use_tqdm=False)
@@ -119,6 +125,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--prepack", choices=["on", "off", "both"], default="on",
+                        help="run batchserve with oneDNN-packed weights (the default), torch's linear, or both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -129,21 +137,32 @@ def main() -> None:
     reqs = workload(args.num_requests, cfg.vocab_size)
     flops = workload_flops(cfg, reqs)
     peak = matmul_flops(dtype, args.device)
+    packed_peak = matmul_flops(dtype, args.device, packed=True) if prepack_supported(dtype, torch.device(args.device)) else None
     out_tokens = sum(out for _, out in reqs)
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, torch threads {args.threads}, "
           f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     print(f"model {args.model} ({sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params), {args.dtype}, "
           f"{args.num_requests} requests, {out_tokens} output tokens, {flops / 1e12:.2f} TFLOP of useful work")
-    print(f"matmul limit: {peak / 1e9:.0f} GFLOP/s -> at best {flops / peak:.1f} s")
+    print(f"matmul limit: {peak / 1e9:.0f} GFLOP/s -> at best {flops / peak:.1f} s"
+          + (f"; oneDNN packed: {packed_peak / 1e9:.0f} GFLOP/s -> {flops / packed_peak:.1f} s" if packed_peak else ""))
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        wall, llm = run_ours(tmp, args.dtype, reqs, args.device)
-    ex = llm.executor
-    overhead = (wall - ex.model_s) / wall
-    print(f"batchserve: {wall:6.1f} s, {out_tokens / wall:7.1f} output tok/s, {flops / wall / peak:5.1%} of limit; "
-          f"time outside forward + sampling (scheduling, input prep, detokenization): {overhead:.1%} "
-          f"(input prep alone {ex.prepare_s / wall:.1%})")
+        walls = []
+        for prepack in {"on": [True], "off": [False], "both": [True, False]}[args.prepack]:
+            wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack)
+            walls.append(wall)
+            ex = llm.executor
+            overhead = (wall - ex.model_s) / wall
+            packed_share = f" ({flops / wall / packed_peak:5.1%} of the oneDNN limit)" if packed_peak else ""
+            print(f"batchserve{'' if prepack else ' (weight_prepack=False)'}: {wall:6.1f} s, "
+                  f"{out_tokens / wall:7.1f} output tok/s, {flops / wall / peak:5.1%} of limit{packed_share}; "
+                  f"time outside forward + sampling (scheduling, input prep, detokenization): {overhead:.1%} "
+                  f"(input prep alone {ex.prepare_s / wall:.1%})", flush=True)
+            del llm, ex
+    wall = walls[0]
+    if len(walls) == 2:
+        print(f"weight prepacking: {walls[1] / walls[0]:.2f}x faster than torch's default linear")
     if not args.no_baseline:
         hf = hf.to(device=args.device, dtype=dtype)
         for bsz in args.baseline_batch or [16, args.num_requests]:

@@ -94,6 +94,8 @@ class LLMEngine:
 
     `model` is a local Hugging Face directory or "tiny" (built-in random weights,
     byte tokenizer: its text is noise, for smoke tests and benchmarks).
+    `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
+    1.5-2x faster GEMMs than torch's default linear; False keeps the default.
     """
 
     def __init__(
@@ -111,10 +113,12 @@ class LLMEngine:
         max_num_seqs: int = 256,
         seed: int = 0,
         skip_tokenizer_init: bool = False,
+        weight_prepack: bool = True,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device)
+        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
+                                                                    prepack=weight_prepack)
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         self.device = device

@@ -18,6 +18,7 @@ from torch.nn.utils import skip_init
 
 from .attention import AttentionMetadata, KVCache, PagedAttention
 from .config import ModelConfig, ModelLoadError
+from .linear import PackedLinear, prepack_linears
 from .rope import RotaryEmbedding
 
 # our fused module -> the HF projections stacked in it, in row order
@@ -145,8 +146,21 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [S, vocab] for the rows the caller samples from."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
+
+    @torch.no_grad()
+    def prepack_weights(self) -> None:
+        """Hand every projection to oneDNN in its packed layout (CPU; see models/linear.py).
+
+        The last step of loading: packed weights are no longer parameters, so
+        load_weights cannot fill them afterwards. A tied LM head gets its own
+        packed copy; the embedding lookup keeps the plain table.
+        """
+        prepack_linears(self.model)
+        self.lm_head = PackedLinear(self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight,
+                                    None)
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from .config import SUPPORTED_DTYPES, ModelConfig, ModelLoadError
+from .linear import prepack_supported
 from .llama import CausalLM
 from .tiny import build_tiny, tiny_config
 
@@ -22,9 +23,21 @@ TINY = "tiny"
 _INDEX = "model.safetensors.index.json"
 
 
-def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto",
-               device: str | torch.device = "cpu") -> tuple[CausalLM, ModelConfig, Path | None]:
-    """(model in eval mode without grad, its config, its directory or None for tiny)."""
+def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+               prepack: bool = True) -> tuple[CausalLM, ModelConfig, Path | None]:
+    """(model in eval mode without grad, its config, its directory or None for tiny).
+
+    prepack: on CPU, pack the projection weights for oneDNN where this build
+    supports it (models/linear.py); False keeps torch's default linear.
+    """
+    net, config, path = _build(model, dtype, device)
+    if prepack and prepack_supported(net.dtype, net.device):
+        net.prepack_weights()
+    return net, config, path
+
+
+def _build(model: str | os.PathLike, dtype: str | torch.dtype,
+           device: str | torch.device) -> tuple[CausalLM, ModelConfig, Path | None]:
     if str(model) == TINY:
         config = tiny_config()
         return build_tiny(resolve_dtype(dtype, config), device), config, None
