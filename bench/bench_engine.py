@@ -30,7 +30,8 @@ import transformers
 
 from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
-from batchserve.models.linear import PackedLinear, prepack_supported
+from batchserve.entrypoints.calibrate import matmul_flops
+from batchserve.models.linear import prepack_supported
 
 SHAPES = {
     "small": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
@@ -42,24 +43,6 @@ SHAPES = {
                                                              num_key_value_heads=8, intermediate_size=8192,
                                                              vocab_size=128256, tie_word_embeddings=True)),
 }
-
-
-def matmul_flops(dtype: torch.dtype, device: str = "cpu", repeat: int = 5, packed: bool = False) -> float:
-    """Best-of-`repeat` FLOP/s of n x n products: torch.mm, or with b packed for oneDNN (`packed`, CPU only)."""
-    n = 8192 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    product = PackedLinear(b, None) if packed else (lambda x: x @ b)
-    product(a)  # warm up
-    best = min(_timed(lambda: product(a), device) for _ in range(repeat))
-    return 2 * n**3 / best
-
-
-def _timed(fn, device: str = "cpu") -> float:
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 def _sync(device: str) -> None:
@@ -136,8 +119,9 @@ def main() -> None:
     hf = getattr(transformers, model_cls)(cfg).eval()
     reqs = workload(args.num_requests, cfg.vocab_size)
     flops = workload_flops(cfg, reqs)
-    peak = matmul_flops(dtype, args.device)
-    packed_peak = matmul_flops(dtype, args.device, packed=True) if prepack_supported(dtype, torch.device(args.device)) else None
+    device = torch.device(args.device)
+    peak = matmul_flops(device, dtype)
+    packed_peak = matmul_flops(device, dtype, packed=True) if prepack_supported(dtype, device) else None
     out_tokens = sum(out for _, out in reqs)
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, torch threads {args.threads}, "
           f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}, device {args.device}"

@@ -122,7 +122,7 @@ class LLMEngine:
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         self.device = device
-        torch_dtype = next(self.model.parameters()).dtype
+        torch_dtype = self.model.dtype
         per_block = kv_cache_bytes_per_block(self.model_config, block_size, torch_dtype)
         num_blocks = self._num_blocks(kv_cache_memory, gpu_memory_utilization, per_block)
         sched_cfg = scheduler_config(

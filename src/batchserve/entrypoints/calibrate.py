@@ -24,6 +24,7 @@ import torch
 from ..engine import Engine
 from ..executors.sim import step_shape
 from ..llm_engine import LLMEngine
+from ..models.linear import PackedLinear
 from ..request import Request, SamplingParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
@@ -56,11 +57,18 @@ def _best_time(fn: Callable[[], object], device: torch.device, repeat: int) -> f
     return best
 
 
-def measure_peaks(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
-    """(matmul FLOP/s, memory bytes/s): best of several large square products and large copies."""
+def matmul_flops(device: torch.device, dtype: torch.dtype, packed: bool = False) -> float:
+    """Best-of-5 FLOP/s of large square products: torch.mm, or against a oneDNN-packed weight
+    (`packed`), the GEMM the CPU engine's linear layers run (models/linear.py)."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    flops = 2 * n**3 / _best_time(lambda: a @ b, device, repeat=5)
+    product = PackedLinear(b, None) if packed else (lambda x: x @ b)
+    return 2 * n**3 / _best_time(lambda: product(a), device, repeat=5)
+
+
+def measure_peaks(device: torch.device, dtype: torch.dtype, packed: bool = False) -> tuple[float, float]:
+    """(matmul FLOP/s, memory bytes/s): best of several large square products and large copies."""
+    flops = matmul_flops(device, dtype, packed)
     numel = (1 << 30 if device.type == "cuda" else 1 << 26) // 4
     src = torch.empty(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
@@ -175,8 +183,9 @@ class Calibration:
 def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
     """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps."""
     device = llm.device
-    dtype = next(llm.model.parameters()).dtype
-    flops, bandwidth = measure_peaks(device, dtype)
+    dtype = llm.model.dtype
+    # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
+    flops, bandwidth = measure_peaks(device, dtype, packed=llm.model.prepacked)
     label = device_name(device)
     match = _catalog_match(label) if device.type == "cuda" else None
     weight_dtype = WEIGHT_DTYPES[dtype]
@@ -215,7 +224,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(llm, name, quiet=args.quiet)
     wall = time.perf_counter() - t
     meta = {
-        "model": args.model, "dtype": WEIGHT_DTYPES[next(llm.model.parameters()).dtype],
+        "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype],
         "device": device_name(llm.device), "date": str(datetime.date.today()), "wall_s": wall,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
     }

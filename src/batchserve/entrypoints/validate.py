@@ -73,7 +73,7 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
 
 def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
     """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
-    weight_dtype = WEIGHT_DTYPES[next(llm.model.parameters()).dtype]
+    weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)

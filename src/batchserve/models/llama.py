@@ -131,6 +131,11 @@ class CausalLM(nn.Module):
         return self.model.embed_tokens.weight.dtype
 
     @property
+    def prepacked(self) -> bool:
+        """Whether prepack_weights ran: the projections run oneDNN's packed GEMM."""
+        return isinstance(self.lm_head, PackedLinear)
+
+    @property
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
 
