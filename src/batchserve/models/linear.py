@@ -23,18 +23,18 @@ PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 def prepack_supported(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether this torch build packs `dtype` weights for oneDNN on `device` and gets F.linear's result."""
     return (device.type == "cpu" and dtype in PACKABLE_DTYPES and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _agrees_with_linear(dtype))
+            and _agrees_with_linear(dtype))
 
 
 @cache
 def _agrees_with_linear(dtype: torch.dtype) -> bool:
-    # Builds without oneDNN's x86 kernels raise here, or (old builds) compute in reduced precision:
-    # either way the default path is the right one.
+    # Builds without the two ops (AttributeError) or without oneDNN's kernels for this CPU
+    # (RuntimeError), or that compute in reduced precision: the default path is the right one.
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(shape, generator=g).to(dtype) for shape in ((5, 64), (48, 64), (48,)))
     try:
         got = PackedLinear(w, b)(x)
-    except RuntimeError:
+    except (AttributeError, RuntimeError):
         return False
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     return bool(torch.allclose(got.float(), F.linear(x, w, b).float(), rtol=tol, atol=tol))
@@ -59,13 +59,10 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def prepack_linears(module: nn.Module) -> int:
-    """Replace every nn.Linear under `module` by a PackedLinear of the same weights; returns how many."""
-    count = 0
+def prepack_linears(module: nn.Module) -> None:
+    """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
             setattr(module, name, PackedLinear(child.weight, child.bias))
-            count += 1
         else:
-            count += prepack_linears(child)
-    return count
+            prepack_linears(child)
