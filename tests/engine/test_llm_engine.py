@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 
 from batchserve import SamplingParams  # noqa: E402
-from batchserve.llm_engine import LLMEngine  # noqa: E402
+from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
 
 
 @pytest.fixture()
