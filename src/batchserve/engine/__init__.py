@@ -1,6 +1,6 @@
 """The engine: the token-level step loop (`Engine`) and the request-level `LLMEngine` around it.
 
-`Engine`, the input and output processors and the stats
+`Engine`, the input and output processors, the sibling gate and the stats
 are torch-free, so the simulator imports this package without torch;
 `LLMEngine` loads a model and is imported lazily.
 """
@@ -11,11 +11,12 @@ from .core import Engine
 from .input_processor import InputProcessor, ProcessedPrompt, PromptType, generation_defaults
 from .memory import num_kv_blocks, parse_memory
 from .output_processor import OutputProcessor
+from .parallel_sampling import SiblingGate
 from .stats import EngineStats, StatsCollector
 
 __all__ = [
     "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt", "PromptType",
-    "StatsCollector", "generation_defaults", "num_kv_blocks", "parse_memory",
+    "SiblingGate", "StatsCollector", "generation_defaults", "num_kv_blocks", "parse_memory",
 ]
 
 

@@ -2,8 +2,9 @@
 
 `Engine` works on token-level `Request`s; `LLMEngine` wires a model to it
 and adds what users see, each job in its own module: the input processor
-(tokenization, checks, `n` fan-out), the output processor
-(detokenization, stop strings, logprobs, outputs) and the stats. `LLM.generate`, batch jobs and
+(tokenization, checks, `n` fan-out), the sibling gate (`n` completions
+compute the prompt once), the output processor (detokenization, stop
+strings, logprobs, outputs) and the stats. `LLM.generate`, batch jobs and
 the server all drive one of these with `add_request` / `step` /
 `abort_request`, so they behave the same.
 """
@@ -27,6 +28,7 @@ from .core import Engine
 from .input_processor import InputProcessor, PromptType, generation_defaults
 from .memory import num_kv_blocks
 from .output_processor import OutputProcessor
+from .parallel_sampling import SiblingGate
 from .stats import EngineStats, StatsCollector
 
 
@@ -77,8 +79,9 @@ class LLMEngine:
         self.default_sampling_params = generation_defaults(self.model_path)
         self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,
                                               self.model_config.eos_token_ids)
+        self.siblings = SiblingGate(cache_cfg)
         self.output_processor = OutputProcessor(self.tokenizer, self._stop)
-        self._stats = StatsCollector(self.scheduler)
+        self._stats = StatsCollector(self.scheduler, self.siblings)
         self._t0 = time.perf_counter()
 
     @property
@@ -118,7 +121,7 @@ class LLMEngine:
         for child in processed.children:  # validate everything before queueing anything
             self.scheduler.check_request(child)
         self.output_processor.add(processed)
-        for child in processed.children:
+        for child in self.siblings.admit(processed.children):
             self.engine.add_request(child)
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -126,6 +129,7 @@ class LLMEngine:
         children = self.output_processor.requests(request_id)
         if children is None:
             return None
+        self.siblings.abort(children[0])
         self.scheduler.finish_requests([c for c in children if not c.is_finished], RequestStatus.FINISHED_ABORTED)
         return self.output_processor.abort(request_id, self.now)
 
@@ -151,6 +155,8 @@ class LLMEngine:
         outputs = self.output_processor.process(batch, result, finished)
         if batch is not None and result is not None:
             self._stats.record(batch, result)
+            for sibling in self.siblings.release(batch):
+                engine.add_request(sibling)
             engine.last_batch = engine.last_result = None
         return outputs
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..core.batch import ScheduledBatch, StepResult
 from ..core.scheduler import Scheduler
+from .parallel_sampling import SiblingGate
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class EngineStats:
 
     num_running: int
     num_waiting: int
+    """Requests not yet admitted, held siblings of an `n` > 1 prompt included."""
     kv_cache_usage: float
     prefix_cache_queries: int
     """Prompt tokens looked up in the prefix cache."""
@@ -28,8 +30,9 @@ class EngineStats:
 class StatsCollector:
     """Sums what every step computed; the gauges are read from the scheduler when asked."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, siblings: SiblingGate) -> None:
         self.scheduler = scheduler
+        self.siblings = siblings
         self.computed_prompt_tokens = 0
         self.generation_tokens = 0
         self.num_preemptions = 0
@@ -44,7 +47,7 @@ class StatsCollector:
         kv = scheduler.kv
         return EngineStats(
             num_running=len(scheduler.running),
-            num_waiting=len(scheduler.waiting),
+            num_waiting=len(scheduler.waiting) + self.siblings.num_held,
             kv_cache_usage=kv.pool.usage,
             prefix_cache_queries=kv.num_queries,
             prefix_cache_hits=kv.num_hits,
