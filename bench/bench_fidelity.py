@@ -28,7 +28,7 @@ from bench_engine import SHAPES
 from batchserve.entrypoints.calibrate import calibrate, device_name
 from batchserve.entrypoints.common import Resolved
 from batchserve.entrypoints.validate import format_comparison, sim_setup, validate
-from batchserve.llm_engine import LLMEngine
+from batchserve.engine.llm_engine import LLMEngine
 from batchserve.metrics import steady_throughput
 from batchserve.sim.simulate import simulate
 from batchserve.workload import WorkloadSpec, synthetic_requests

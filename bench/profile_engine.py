@@ -15,7 +15,7 @@ from bench_engine import SHAPES
 from bench_fidelity import build_model
 from torch.profiler import ProfilerActivity, profile
 
-from batchserve.llm_engine import LLMEngine
+from batchserve.engine.llm_engine import LLMEngine
 from batchserve.request import SamplingParams
 
 

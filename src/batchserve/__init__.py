@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
 
         return LLM
     if name == "LLMEngine":
-        from .llm_engine import LLMEngine
+        from .engine.llm_engine import LLMEngine
 
         return LLMEngine
     raise AttributeError(f"module 'batchserve' has no attribute {name!r}")

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from batchserve.entrypoints.openai.api_server import build_app
-from batchserve.llm_engine import LLMEngine
+from batchserve.engine.llm_engine import LLMEngine
 
 
 class LiveServer:

@@ -23,7 +23,7 @@ import torch
 
 from ..engine import Engine
 from ..executors.sim import step_shape
-from ..llm_engine import LLMEngine
+from ..engine.llm_engine import LLMEngine
 from ..models.linear import PackedLinear
 from ..request import Request, SamplingParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report

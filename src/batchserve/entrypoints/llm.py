@@ -6,7 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..llm_engine import LLMEngine, PromptType
+from ..engine import PromptType
+from ..engine.llm_engine import LLMEngine
 from ..outputs import RequestOutput
 from ..request import SamplingParams
 from ..tokenizer import Tokenizer

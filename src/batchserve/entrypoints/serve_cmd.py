@@ -53,7 +53,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..llm_engine import LLMEngine
+    from ..engine.llm_engine import LLMEngine
     from .openai.api_server import build_app
 
     if args.max_waiting < 1:

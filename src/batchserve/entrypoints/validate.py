@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..config import CacheConfig, SchedulerConfig
-from ..llm_engine import LLMEngine
+from ..engine.llm_engine import LLMEngine
 from ..metrics import SLO, RequestRecord, summarize
 from ..request import Request
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate

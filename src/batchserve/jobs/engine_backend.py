@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..llm_engine import LLMEngine
+from ..engine.llm_engine import LLMEngine
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest
 from .runner import Finished, JobConfig, Summary, run_job

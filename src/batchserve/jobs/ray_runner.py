@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..llm_engine import LLMEngine
+from ..engine.llm_engine import LLMEngine
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
 from .engine_backend import EngineBackend

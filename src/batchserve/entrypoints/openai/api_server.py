@@ -18,7 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...llm_engine import LLMEngine, PromptType
+from ...engine import PromptType
+from ...engine.llm_engine import LLMEngine
 from ...request import SamplingParams
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
 from .metrics import CONTENT_TYPE, ServerMetrics

@@ -16,7 +16,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ...llm_engine import EngineStats, LLMEngine, PromptType
+from ...engine import EngineStats, PromptType
+from ...engine.llm_engine import LLMEngine
 from ...outputs import RequestOutput
 from ...request import SamplingParams
 

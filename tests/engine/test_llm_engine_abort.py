@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchserve.llm_engine import LLMEngine
+from batchserve.engine.llm_engine import LLMEngine
 from batchserve.request import SamplingParams
 
 

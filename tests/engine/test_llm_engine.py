@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 
 from batchserve import SamplingParams  # noqa: E402
-from batchserve.llm_engine import LLMEngine  # noqa: E402
+from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
 
 
 @pytest.fixture()
@@ -80,3 +80,57 @@ def test_stats_count_computed_prompt_tokens_and_prefix_hits(engine: LLMEngine) -
     assert stats.prefix_cache_hits == 160
     assert stats.computed_prompt_tokens == (161 + 2) + (3 + 1)  # the second computes its suffix only
     assert stats.generation_tokens == 4 and stats.num_running == stats.num_waiting == 0
+
+
+PROMPT_256 = [256] + [(7 * i) % 250 + 1 for i in range(255)]  # 16 full blocks
+
+
+def _final(engine: LLMEngine, request_id: str):
+    return _drain(engine)[request_id][-1]
+
+
+def test_n_completions_compute_the_prompt_once_and_sample_as_if_alone(engine: LLMEngine) -> None:
+    params = SamplingParams(n=4, max_tokens=20, temperature=1.0, seed=11, ignore_eos=True)
+    engine.add_request("shared", PROMPT_256, params)
+    assert engine.stats().num_waiting == 4  # three of them held until the first computed the prompt
+    out = _final(engine, "shared")
+    stats = engine.stats()
+    tail = 16  # the last full block holds the last token, whose logits each completion needs
+    assert stats.computed_prompt_tokens == 256 + 3 * tail
+    assert stats.prefix_cache_hits == 3 * (256 - tail)
+    assert out.num_cached_tokens == 0  # the prompt counts once, and the first completion computed it
+    alone = LLMEngine("tiny", kv_cache_memory="16MiB", enable_prefix_caching=False)
+    for k in range(4):
+        alone.add_request(str(k), PROMPT_256, SamplingParams(max_tokens=20, temperature=1.0, seed=11 + k,
+                                                             ignore_eos=True))
+    solo = {rid: outs[-1].outputs[0].token_ids for rid, outs in _drain(alone).items()}
+    assert [c.token_ids for c in out.outputs] == [solo[str(k)] for k in range(4)]
+    engine.add_request("again", PROMPT_256, params)
+    again = _final(engine, "again")
+    assert again.num_cached_tokens == 256 - tail and [c.token_ids for c in again.outputs] == [
+        c.token_ids for c in out.outputs]
+
+
+def test_aborting_a_prompt_mid_prefill_aborts_its_held_completions() -> None:
+    engine = LLMEngine("tiny", kv_cache_memory="16MiB", max_num_batched_tokens=64, max_num_seqs=8)
+    pool = engine.scheduler.kv.pool
+    engine.add_request("n3", PROMPT_256, SamplingParams(n=3, max_tokens=8, ignore_eos=True))
+    engine.step()  # the first 64 prompt tokens of the first completion
+    out = engine.abort_request("n3")
+    assert out.finished and [c.finish_reason for c in out.outputs] == ["abort"] * 3
+    assert not engine.has_unfinished() and not engine.scheduler.has_unfinished()
+    assert engine.stats().num_waiting == 0 and pool.num_free_blocks == pool.num_blocks
+
+
+def test_a_lead_preempted_mid_prefill_releases_its_held_completions() -> None:
+    # 12 blocks: "a" grows to 11 of them, so the first completion of "b" is preempted mid-prefill
+    engine = LLMEngine("tiny", kv_cache_memory="96KiB", max_num_batched_tokens=8, max_num_seqs=4)
+    pool = engine.scheduler.kv.pool
+    engine.add_request("a", [256] + list(range(1, 160)), SamplingParams(max_tokens=16, ignore_eos=True))
+    engine.add_request("b", [256] + list(range(100, 139)), SamplingParams(n=3, max_tokens=8, ignore_eos=True))
+    lead = engine.output_processor.requests("b")[0]
+    finals = {rid: outs[-1] for rid, outs in _drain(engine).items()}
+    assert lead.num_preemptions > 0
+    assert [len(c.token_ids) for c in finals["b"].outputs] == [8, 8, 8] and finals["b"].finished
+    assert len(finals["a"].outputs[0].token_ids) == 16
+    assert pool.num_free_blocks == pool.num_blocks

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .core.batch import ScheduledBatch, StepResult
-from .core.scheduler import Scheduler
-from .executors.base import Executor
-from .request import Request
+from ..core.batch import ScheduledBatch, StepResult
+from ..core.scheduler import Scheduler
+from ..executors.base import Executor
+from ..request import Request
 
 _INF = float("inf")
 

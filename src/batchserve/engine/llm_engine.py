@@ -1,0 +1,169 @@
+"""The request-level engine: prompts and sampling params in, text and token outputs out.
+
+`Engine` works on token-level `Request`s; `LLMEngine` wires a model to it
+and adds what users see, each job in its own module: the input processor
+(tokenization, checks, `n` fan-out), the sibling gate (`n` completions
+compute the prompt once), the output processor (detokenization, stop
+strings, logprobs, outputs) and the stats. `LLM.generate`, batch jobs and
+the server all drive one of these with `add_request` / `step` /
+`abort_request`, so they behave the same.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..config import CacheConfig, scheduler_config
+from ..core.scheduler import Scheduler
+from ..executors.torch_executor import TorchExecutor
+from ..models.attention import kv_cache_bytes_per_block
+from ..models.loader import load_model
+from ..outputs import RequestOutput
+from ..request import Request, RequestStatus, SamplingParams
+from ..tokenizer import Tokenizer, load_tokenizer
+from .core import Engine
+from .input_processor import InputProcessor, PromptType, generation_defaults
+from .memory import num_kv_blocks
+from .output_processor import OutputProcessor
+from .parallel_sampling import SiblingGate
+from .stats import EngineStats, StatsCollector
+
+
+class LLMEngine:
+    """A model with a paged KV cache, continuous batching, prefix caching and chunked prefill.
+
+    `model` is a local Hugging Face directory or "tiny" (built-in random weights,
+    byte tokenizer: its text is noise, for smoke tests and benchmarks).
+    `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
+    1.5-2x faster GEMMs than torch's default linear; False keeps the default.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        *,
+        dtype: str = "auto",
+        device: str | None = None,
+        kv_cache_memory: int | str | None = None,
+        gpu_memory_utilization: float = 0.9,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        scheduler: str = "sarathi",
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 256,
+        seed: int = 0,
+        skip_tokenizer_init: bool = False,
+        weight_prepack: bool = True,
+        **scheduler_fields: Any,
+    ) -> None:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
+                                                                    prepack=weight_prepack)
+        # Without a tokenizer, prompts must be token ids and outputs carry no text.
+        self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
+        self.device = device
+        torch_dtype = self.model.dtype
+        per_block = kv_cache_bytes_per_block(self.model_config, block_size, torch_dtype)
+        gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
+        num_blocks = num_kv_blocks(kv_cache_memory, gpu_memory_utilization, per_block, gpu_memory)
+        sched_cfg = scheduler_config(
+            scheduler, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **scheduler_fields
+        )
+        cache_cfg = CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=enable_prefix_caching)
+        self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
+        self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed)
+        self.engine = Engine(self.scheduler, self.executor)
+        self.default_sampling_params = generation_defaults(self.model_path)
+        self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,
+                                              self.model_config.eos_token_ids)
+        self.siblings = SiblingGate(cache_cfg)
+        self.output_processor = OutputProcessor(self.tokenizer, self._stop)
+        self._stats = StatsCollector(self.scheduler, self.siblings)
+        self._t0 = time.perf_counter()
+
+    @property
+    def now(self) -> float:
+        """Seconds since the engine started: the clock of every request timestamp."""
+        return time.perf_counter() - self._t0
+
+    def get_tokenizer(self) -> Tokenizer:
+        return self.input_processor.get_tokenizer()
+
+    def encode(self, prompt: PromptType) -> list[int]:
+        """Token ids of a string, a token-id list, or a {"prompt": ...} / {"prompt_token_ids": [...]} dict."""
+        return self.input_processor.encode(prompt)
+
+    # ---- requests ----------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        deadline_s: float | None = None,
+    ) -> None:
+        """Queue a prompt; raises ValueError (nothing queued) if it cannot run, e.g. longer than the context.
+
+        `deadline_s` is a TTFT target in seconds from now, for the `edf` policy.
+        """
+        if request_id in self.output_processor:
+            raise ValueError(f"request id {request_id!r} is already running; ids must be unique")
+        params = self.default_sampling_params if params is None else params
+        now = self.now
+        deadline = None if deadline_s is None else now + deadline_s
+        processed = self.input_processor.process(request_id, prompt, params, arrival_time=now, priority=priority,
+                                                 deadline=deadline)
+        for child in processed.children:  # validate everything before queueing anything
+            self.scheduler.check_request(child)
+        self.output_processor.add(processed)
+        for child in self.siblings.admit(processed.children):
+            self.engine.add_request(child)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now; its KV blocks return to the pool at once. Unknown or finished ids are a no-op."""
+        children = self.output_processor.requests(request_id)
+        if children is None:
+            return None
+        self.siblings.abort(children[0])
+        self.scheduler.finish_requests([c for c in children if not c.is_finished], RequestStatus.FINISHED_ABORTED)
+        return self.output_processor.abort(request_id, self.now)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.output_processor)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.output_processor)
+
+    # ---- the step loop -----------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; returns the outputs of the prompts that got tokens or finished in it.
+
+        Each output holds the cumulative text and token ids so far, and
+        `finished` once all its completions are done.
+        """
+        engine = self.engine
+        engine.now = max(engine.now, self.now)  # timestamps on the wall clock, idle gaps included
+        finished = engine.step()
+        batch, result = engine.last_batch, engine.last_result
+        outputs = self.output_processor.process(batch, result, finished)
+        if batch is not None and result is not None:
+            self._stats.record(batch, result)
+            for sibling in self.siblings.release(batch):
+                engine.add_request(sibling)
+            engine.last_batch = engine.last_result = None
+        return outputs
+
+    def _stop(self, req: Request) -> None:
+        """A stop string ended a running request: finish it in the scheduler, freeing its blocks."""
+        self.scheduler.finish_requests([req], RequestStatus.FINISHED_STOPPED)
+        req.finish_time = self.now
+
+    def stats(self) -> EngineStats:
+        return self._stats.snapshot()
