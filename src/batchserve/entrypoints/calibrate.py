@@ -25,13 +25,13 @@ from ..engine import Engine
 from ..executors.sim import step_shape
 from ..llm_engine import LLMEngine
 from ..models.linear import PackedLinear
+from ..progress import Progress
 from ..request import Request, SamplingParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
 from ..sim.hardware import HARDWARE, Hardware
 from .common import write_json
-from .progress import Progress
 
 _ids = itertools.count()
 WEIGHT_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

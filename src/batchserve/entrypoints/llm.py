@@ -8,9 +8,9 @@ from typing import Any
 
 from ..llm_engine import LLMEngine, PromptType
 from ..outputs import RequestOutput
+from ..progress import Progress
 from ..request import SamplingParams
 from ..tokenizer import Tokenizer
-from .progress import Progress
 
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheConfig, SchedulerConfig
+from ..progress import Progress
 from ..sim.cost_model import Efficiency
 from ..sim.hardware import get_hardware
 from ..sim.models import get_model
@@ -21,7 +22,6 @@ from ..sim.simulate import ClusterConfig
 from ..workload import WorkloadSpec
 from .common import add_simulation_flags, layered_values, write_json
 from .options import ConfigError, pick
-from .progress import Progress
 
 # Flag (= config field) -> (SearchSpace field, element type, default list). Each takes a comma list.
 SEARCHED = {

@@ -17,13 +17,13 @@ import numpy as np
 from ..config import CacheConfig, SchedulerConfig
 from ..llm_engine import LLMEngine
 from ..metrics import SLO, RequestRecord, summarize
+from ..progress import Progress
 from ..request import Request
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..workload import WorkloadSpec
 from .calibrate import WEIGHT_DTYPES
 from .common import DEFAULT_PRESET, Resolved, layered_values, write_json
 from .options import ConfigError, pick
-from .progress import Progress
 
 # (metric, summary key, statistic): what `validate` compares.
 COMPARED = (

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..outputs import RequestOutput
+from ..progress import Progress
 from ..tokenizer import Tokenizer
-from ..entrypoints.progress import Progress
 from .batch_io import (
     BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
