@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..jobs.runner import JobConfig, Summary
+from ..tables import REPORT_WIDTH, render_table
 from .common import add_engine_flags, write_json
 
 
@@ -103,7 +104,6 @@ def _estimate(args: argparse.Namespace, config: JobConfig) -> int:
 
 def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", extra: dict[str, str] | None = None) -> str:
     """The end-of-job table, in the layout of the other commands' reports."""
-    width = 62
     rows = {
         "Requests ok / failed:": f"{s.num_ok} / {s.num_failed}",
         "Skipped (done by an earlier run):": str(s.num_skipped),
@@ -117,7 +117,4 @@ def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", ex
         "Total token throughput (tok/s):": f"{s.total_token_throughput:.1f}",
         **(extra or {}),
     }
-    lines = [f" {title} ".center(width, "=")]
-    lines += [f"{label:<40}{value:>{width - 40}}" for label, value in rows.items()]
-    lines.append("=" * width)
-    return "\n".join(lines)
+    return render_table(list(rows.items()), ("<", ">"), title=title, sep="", width=REPORT_WIDTH)
