@@ -42,6 +42,9 @@ class JobConfig:
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
+    replica_advance_s: float = 0.2
+    """With Ray replicas: an actor call returns this long after something finished, so results stream back
+    while the actor keeps stepping its batch in between."""
 
 
 class Backend(Protocol):
