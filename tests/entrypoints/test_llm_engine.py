@@ -80,3 +80,16 @@ def test_stats_count_computed_prompt_tokens_and_prefix_hits(engine: LLMEngine) -
     assert stats.prefix_cache_hits == 160
     assert stats.computed_prompt_tokens == (161 + 2) + (3 + 1)  # the second computes its suffix only
     assert stats.generation_tokens == 4 and stats.num_running == stats.num_waiting == 0
+
+
+def test_attention_knobs_reach_every_step_and_keep_greedy_output() -> None:
+    from batchserve.models import AttentionConfig
+
+    outputs = []
+    for ratio in (0.7, 1.0):
+        engine = LLMEngine("tiny", kv_cache_memory="16MiB", attention=AttentionConfig(decode_bucket_ratio=ratio))
+        assert engine.executor.attention.decode_bucket_ratio == ratio
+        for i, prompt in enumerate(("a", "a much longer prompt than the first", "mid-sized one")):
+            engine.add_request(str(i), prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+        outputs.append({rid: outs[-1].outputs[0].token_ids for rid, outs in _drain(engine).items()})
+    assert outputs[0] == outputs[1]  # bucketing changes only how decodes are padded, never what they compute
