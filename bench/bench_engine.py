@@ -29,8 +29,8 @@ import torch
 import transformers
 
 from batchserve import SamplingParams
+from batchserve.calibration.device import matmul_flops
 from batchserve.entrypoints.llm import LLM
-from batchserve.entrypoints.calibrate import matmul_flops
 from batchserve.models.linear import prepack_supported
 
 SHAPES = {

@@ -25,9 +25,9 @@ import torch
 import transformers
 from bench_engine import SHAPES
 
-from batchserve.entrypoints.calibrate import calibrate, device_name
-from batchserve.entrypoints.common import Resolved
-from batchserve.entrypoints.validate import format_comparison, sim_setup, validate
+from batchserve.calibration.device import device_name
+from batchserve.calibration.steps import calibrate
+from batchserve.calibration.validate import format_comparison, sim_setup, validate
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.metrics import steady_throughput
 from batchserve.sim.simulate import simulate
@@ -79,17 +79,16 @@ def main() -> None:
         capacity = steady_throughput(simulate(setup, synthetic_requests(spec)).records)
         rate = args.load * capacity
         print(f"predicted saturation {capacity:.2f} req/s; validating {args.num_requests} requests at {rate:.2f} req/s")
-        run = Resolved(setup, replace(spec, rate=rate), None, None, "sarathi")
         t = time.perf_counter()
-        result = validate(llm, run)
+        result = validate(llm, setup, lambda: synthetic_requests(replace(spec, rate=rate)))
         print(f"validated in {time.perf_counter() - t:.0f} s")
-    print(format_comparison(result["metrics"]))
-    mape = result["per_request_mape"]
+    print(format_comparison(result.metrics))
+    mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
     if args.out:
         with open(os.path.join(args.out, "fidelity.json"), "w") as f:
             json.dump({"args": vars(args), "capacity": capacity, "rate": rate, "fit": cal.report,
-                       "metrics": result["metrics"], "per_request_mape": mape}, f, indent=2)
+                       "metrics": result.metrics, "per_request_mape": mape}, f, indent=2)
 
 
 if __name__ == "__main__":

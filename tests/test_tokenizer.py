@@ -23,6 +23,7 @@ from batchserve.tokenizer import (
     IncrementalDetokenizer,
     StopChecker,
     Tokenizer,
+    chat_prompt_ids,
     load_tokenizer,
 )
 
@@ -154,6 +155,15 @@ def test_chat_template_renders_like_transformers(gpt2_style: HFTokenizer) -> Non
     for add in (True, False):
         expected = theirs.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=add)
         assert gpt2_style.apply_chat_template(MESSAGES, add_generation_prompt=add) == expected
+
+
+@pytest.mark.parametrize("style", ["gpt2_style", "llama_style"])
+def test_chat_prompt_ids_hold_the_templates_bos_once(style: str, request: pytest.FixtureRequest) -> None:
+    tok = request.getfixturevalue(style)
+    ids = chat_prompt_ids(tok, MESSAGES)
+    assert ids == tok.encode(RENDERED, add_special_tokens=False)
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1  # the encoder adds no second BOS
+    assert tok.encode(RENDERED).count(tok.bos_token_id) == 2  # which plain encoding would
 
 
 def test_named_chat_templates_use_default(llama_style: HFTokenizer) -> None:

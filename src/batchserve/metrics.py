@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .request import Request
+from .tables import REPORT_WIDTH, align_rows, banner
 
 __all__ = [
     "RequestRecord",
@@ -343,42 +344,41 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def format_table(summary: dict[str, Any], title: str | None = None) -> str:
     """An aligned terminal table in the layout of vLLM's benchmark report, latencies in ms."""
-    width = 62
-    lines = [f" {title or 'Serving Benchmark Result'} ".center(width, "=")]
-
-    def row(label: str, value: str) -> None:
-        lines.append(f"{label:<40}{value:>{width - 40}}")
-
-    row("Requests:", str(summary["num_requests"]))
-    row("Duration (s):", _fmt(summary["duration_s"], ".2f"))
+    width = REPORT_WIDTH
+    head = [
+        ("Requests:", str(summary["num_requests"])),
+        ("Duration (s):", _fmt(summary["duration_s"], ".2f")),
+    ]
     if "total_input_tokens" in summary:
-        row("Total input tokens:", str(summary["total_input_tokens"]))
-        row("Total output tokens:", str(summary["total_output_tokens"]))
-    row("Request throughput (req/s):", _fmt(summary["request_throughput"], ".2f"))
-    row("Input token throughput (tok/s):", _fmt(summary["input_token_throughput"], ".2f"))
-    row("Output token throughput (tok/s):", _fmt(summary["output_token_throughput"], ".2f"))
-    row("Total token throughput (tok/s):", _fmt(summary["total_token_throughput"], ".2f"))
-
-    lines.append(" Latency (ms) ".center(width, "-"))
-    lines.append(f"{'':<12}" + "".join(f"{k:>10}" for k in _STAT_KEYS))
+        head += [("Total input tokens:", str(summary["total_input_tokens"])),
+                 ("Total output tokens:", str(summary["total_output_tokens"]))]
+    head += [
+        ("Request throughput (req/s):", _fmt(summary["request_throughput"], ".2f")),
+        ("Input token throughput (tok/s):", _fmt(summary["input_token_throughput"], ".2f")),
+        ("Output token throughput (tok/s):", _fmt(summary["output_token_throughput"], ".2f")),
+        ("Total token throughput (tok/s):", _fmt(summary["total_token_throughput"], ".2f")),
+    ]
+    latency = [["", *_STAT_KEYS]]
     for label, key in (("TTFT", "ttft_s"), ("TPOT", "tpot_s"), ("ITL", "itl_s"), ("E2E", "e2e_s"), ("queue", "queue_s")):
         st = summary.get(key)
-        if st is None:
-            continue
-        cells = "".join(f"{_fmt(None if st[k] is None else st[k] * 1e3, '.2f'):>10}" for k in _STAT_KEYS)
-        lines.append(f"{label:<12}{cells}")
-    lines.append("-" * width)
-
-    row("Preemptions:", str(summary["num_preemptions"]))
-    row("Prefix cache hit rate:", f"{summary['prefix_cache_hit_rate']:.2%}")
+        if st is not None:
+            latency.append([label, *(_fmt(None if st[k] is None else st[k] * 1e3, ".2f") for k in _STAT_KEYS)])
+    tail = [("Preemptions:", str(summary["num_preemptions"])),
+            ("Prefix cache hit rate:", f"{summary['prefix_cache_hit_rate']:.2%}")]
     if "slo" in summary:
-        slo = summary["slo"]
-        targets = [f"{k[:-2]}<={_fmt_seconds(v)}" for k, v in slo.items() if v is not None]
-        row("SLO:", " ".join(targets) or "none")
-        row("SLO attainment:", f"{summary['slo_attainment']:.2%}")
-        row("Goodput (req/s):", _fmt(summary["goodput"], ".2f"))
-    lines.append("=" * width)
-    return "\n".join(lines)
+        targets = [f"{k[:-2]}<={_fmt_seconds(v)}" for k, v in summary["slo"].items() if v is not None]
+        tail += [("SLO:", " ".join(targets) or "none"),
+                 ("SLO attainment:", f"{summary['slo_attainment']:.2%}"),
+                 ("Goodput (req/s):", _fmt(summary["goodput"], ".2f"))]
+    return "\n".join([
+        banner(title or "Serving Benchmark Result", width),
+        *align_rows(head, ("<", ">"), sep="", width=width),
+        banner("Latency (ms)", width, "-"),
+        *align_rows(latency, ("<12", *[">10"] * len(_STAT_KEYS)), sep="", width=width),
+        "-" * width,
+        *align_rows(tail, ("<", ">"), sep="", width=width),
+        "=" * width,
+    ])
 
 
 def write_per_request(records: Iterable[RequestRecord], path: str | os.PathLike[str]) -> None:

@@ -217,6 +217,16 @@ def load_tokenizer(model: str | os.PathLike) -> Tokenizer:
     return HFTokenizer(path)
 
 
+def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
+    """A conversation as prompt token ids, ready for the assistant's turn.
+
+    The rendered template already holds its special tokens (BOS), so the text is
+    encoded without adding them again: one place for that rule, for every front end.
+    """
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
+                            add_special_tokens=False)
+
+
 class IncrementalDetokenizer:
     """Turns a growing list of output token ids into text deltas without ever splitting a multi-byte character.
 

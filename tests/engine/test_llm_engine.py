@@ -134,3 +134,16 @@ def test_a_lead_preempted_mid_prefill_releases_its_held_completions() -> None:
     assert [len(c.token_ids) for c in finals["b"].outputs] == [8, 8, 8] and finals["b"].finished
     assert len(finals["a"].outputs[0].token_ids) == 16
     assert pool.num_free_blocks == pool.num_blocks
+
+
+def test_attention_knobs_reach_every_step_and_keep_greedy_output() -> None:
+    from batchserve.models import AttentionConfig
+
+    outputs = []
+    for ratio in (0.7, 1.0):
+        engine = LLMEngine("tiny", kv_cache_memory="16MiB", attention=AttentionConfig(decode_bucket_ratio=ratio))
+        assert engine.executor.attention.decode_bucket_ratio == ratio
+        for i, prompt in enumerate(("a", "a much longer prompt than the first", "mid-sized one")):
+            engine.add_request(str(i), prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+        outputs.append({rid: outs[-1].outputs[0].token_ids for rid, outs in _drain(engine).items()})
+    assert outputs[0] == outputs[1]  # bucketing changes only how decodes are padded, never what they compute

@@ -87,7 +87,7 @@ def test_prepare_fills_params_with_defaults_and_a_custom_id_seed():
 
 def test_scan_output_cuts_a_torn_last_line_and_collects_done_ids(tmp_path):
     out = tmp_path / "out.jsonl"
-    with ResultWriter(out) as w:
+    with ResultWriter(out, fsync_every=256) as w:
         w.write({"custom_id": "a", "response": {}, "error": None})
         w.write({"custom_id": None, "response": None, "error": {"message": "bad", "line": 4}})
     good = out.read_bytes()
@@ -96,7 +96,7 @@ def test_scan_output_cuts_a_torn_last_line_and_collects_done_ids(tmp_path):
     done = scan_output(out)
     assert done.custom_ids == {"a"} and done.lines == {4} and (done.num_ok, done.num_failed) == (1, 1)
     assert out.read_bytes() == good
-    with ResultWriter(out) as w:  # appending after the repair gives whole lines only
+    with ResultWriter(out, fsync_every=256) as w:  # appending after the repair gives whole lines only
         w.write({"custom_id": "b", "response": {}, "error": None})
     assert [json.loads(line)["custom_id"] for line in out.read_text().splitlines()] == ["a", None, "b"]
 

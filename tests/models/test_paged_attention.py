@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from batchserve.models import (AttentionMetadata, PagedAttention, allocate_kv_cache, kv_cache_bytes_per_block,
-                               tiny_config)
+from batchserve.models import (AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache,
+                               kv_cache_bytes_per_block, tiny_config)
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
@@ -26,7 +26,8 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, context
     return torch.einsum("hqk,khd->qhd", weights, values)
 
 
-def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int = 0):
+def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int = 0,
+              config: AttentionConfig = AttentionConfig()):
     """Cache each (context, new) sequence's context by hand, then attend its new tokens in one call."""
     g = torch.Generator().manual_seed(seed)
     free = list(range(64))
@@ -48,7 +49,7 @@ def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int 
         tables.append(table)
         expected.append(reference(q, keys, values, context, scale, window))
     meta = AttentionMetadata(slot_mapping=torch.cat(slots), query_start_loc=qsl, context_lens=[c for c, _ in seqs],
-                             block_tables=tables, block_size=BLOCK)
+                             block_tables=tables, block_size=BLOCK, config=config)
     attn = PagedAttention(HEADS, KV_HEADS, HEAD_DIM, sliding_window=window)
     k_new = torch.cat(ks)
     out = attn.forward(torch.cat(qs), k_new, torch.cat(vs), (k_cache, v_cache), meta, scale)
@@ -66,7 +67,8 @@ def test_mixed_batch_matches_reference(window):
     assert (out - expected).abs().max() < 1e-5
 
 
-def test_decodes_of_similar_length_share_one_sdpa_call(monkeypatch):
+@pytest.mark.parametrize(("ratio", "rows_per_call"), [(0.7, [1, 3]), (0.95, [1, 1, 1, 1]), (0.1, [4])])
+def test_decodes_of_similar_length_share_one_sdpa_call(monkeypatch, ratio, rows_per_call):
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -75,9 +77,10 @@ def test_decodes_of_similar_length_share_one_sdpa_call(monkeypatch):
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
-    # keys per row 21, 25, 3, 23: the three long rows pad to 25 together, the short one runs alone
-    out, expected = run_batch([(20, 1), (24, 1), (2, 1), (22, 1)])
-    assert sorted(shape[0] for shape in calls) == [1, 3]  # rows per call
+    # keys per row 21, 25, 3, 23: at the default ratio the three long rows pad to 25 together, the short
+    # one runs alone; a ratio near 1 pads nothing, a small one pads all four into one call
+    out, expected = run_batch([(20, 1), (24, 1), (2, 1), (22, 1)], config=AttentionConfig(ratio))
+    assert sorted(shape[0] for shape in calls) == rows_per_call
     assert (out - expected).abs().max() < 1e-5
 
 

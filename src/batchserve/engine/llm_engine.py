@@ -19,7 +19,7 @@ import torch
 from ..config import CacheConfig, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
-from ..models.attention import kv_cache_bytes_per_block
+from ..models.attention import AttentionConfig, kv_cache_bytes_per_block
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
@@ -57,6 +57,7 @@ class LLMEngine:
         seed: int = 0,
         skip_tokenizer_init: bool = False,
         weight_prepack: bool = True,
+        attention: AttentionConfig = AttentionConfig(),
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -74,7 +75,8 @@ class LLMEngine:
         )
         cache_cfg = CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=enable_prefix_caching)
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
-        self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed)
+        self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
+                                      attention)
         self.engine = Engine(self.scheduler, self.executor)
         self.default_sampling_params = generation_defaults(self.model_path)
         self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,

@@ -11,6 +11,7 @@ from ..metrics import format_table, steady_throughput, write_per_request
 from ..sim.hardware import HARDWARE
 from ..sim.models import MODELS
 from ..sim.simulate import SimSetup
+from ..tables import render_table
 from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
 from .common import Resolved, add_engine_flags, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
 from .options import ConfigError
@@ -116,22 +117,18 @@ def _sweep(args: argparse.Namespace, run: Resolved) -> int:
 
 
 def _sweep_table(points: Sequence[tuple[float, dict]], capacity: float) -> str:
-    head = (
-        f"{'rate':>8} {'load':>6} {'req/s':>8} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
-        f"{'TPOT p50':>9} {'TPOT p99':>9} {'goodput':>8}"
-    )
-    lines = [f"capacity {capacity:.2f} req/s (steady throughput with all requests queued at once); load = rate / capacity", head, "-" * len(head)]
-
     def ms(x: float | None) -> str:
         return "-" if x is None else f"{x * 1000:.0f}ms"
 
-    for rate, s in points:
-        good = s.get("goodput")
-        lines.append(
-            f"{rate:>8g} {rate / capacity:>6.0%} {s['request_throughput'] or 0:>8.2f} "
-            f"{s['output_token_throughput'] or 0:>10.0f} {ms(s['ttft_s']['p50']):>9} {ms(s['ttft_s']['p99']):>9} "
-            f"{ms(s['tpot_s']['p50']):>9} {ms(s['tpot_s']['p99']):>9} {'-' if good is None else f'{good:.2f}':>8}"
-        )
+    rows = [
+        [f"{rate:g}", f"{rate / capacity:.0%}", f"{s['request_throughput'] or 0:.2f}",
+         f"{s['output_token_throughput'] or 0:.0f}", ms(s["ttft_s"]["p50"]), ms(s["ttft_s"]["p99"]),
+         ms(s["tpot_s"]["p50"]), ms(s["tpot_s"]["p99"]), "-" if s.get("goodput") is None else f"{s['goodput']:.2f}"]
+        for rate, s in points
+    ]
+    header = ["rate", "load", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "goodput"]
+    lines = [f"capacity {capacity:.2f} req/s (steady throughput with all requests queued at once); load = rate / capacity",
+             render_table(rows, (">8", ">6", ">8", ">10", ">9", ">9", ">9", ">9", ">8"), header, underline=True)]
     over = [rate for rate, _ in points if rate > capacity]
     if over:
         lines.append(f"saturated from rate {min(over):g} req/s: above capacity, queues grow without bound")

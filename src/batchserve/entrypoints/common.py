@@ -16,13 +16,13 @@ from typing import Any
 
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
 from ..metrics import SLO, summarize
+from ..progress import Progress
 from ..request import Request
 from ..sim.cluster import SimResult
 from ..sim.cost_model import Efficiency
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..workload import WorkloadSpec, synthetic_requests, trace_requests
 from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
-from .progress import Progress
 
 CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec)
 EXTRA_KEYS = ("scheduler", "slo", "workload")

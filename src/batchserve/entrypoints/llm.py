@@ -9,9 +9,9 @@ from typing import Any
 from ..engine import PromptType
 from ..engine.llm_engine import LLMEngine
 from ..outputs import RequestOutput
+from ..progress import Progress
 from ..request import SamplingParams
-from ..tokenizer import Tokenizer
-from .progress import Progress
+from ..tokenizer import Tokenizer, chat_prompt_ids
 
 
 
@@ -79,12 +79,7 @@ class LLM:
         """Render each conversation with the model's own chat template, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
-        prompts = [
-            {"prompt_token_ids": tokenizer.encode(
-                tokenizer.apply_chat_template(conv, add_generation_prompt=True), add_special_tokens=False
-            )}
-            for conv in conversations
-        ]
+        prompts = [{"prompt_token_ids": chat_prompt_ids(tokenizer, conv)} for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def _run(self, ids: set[str], use_tqdm: bool) -> dict[str, RequestOutput]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheConfig, SchedulerConfig
+from ..progress import Progress
 from ..sim.cost_model import Efficiency
 from ..sim.hardware import get_hardware
 from ..sim.models import get_model
@@ -21,7 +22,6 @@ from ..sim.simulate import ClusterConfig
 from ..workload import WorkloadSpec
 from .common import add_simulation_flags, layered_values, write_json
 from .options import ConfigError, pick
-from .progress import Progress
 
 # Flag (= config field) -> (SearchSpace field, element type, default list). Each takes a comma list.
 SEARCHED = {
@@ -60,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="candidates simulated as whole clusters for runner-ups and the Pareto plot (default: 8)")
     p.add_argument("--capacity-tolerance", type=float, default=0.05,
                    help="capacity precision as a fraction of offline throughput (default: 0.05)")
+    p.add_argument("--offline-sample", type=int, default=PlanRequest.offline_sample,
+                   help="requests in each config's offline run that bounds its capacity "
+                   f"(default: {PlanRequest.offline_sample})")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
     p.add_argument("--ray", action="store_true", help="run the search as Ray tasks (a local Ray unless --ray-address)")
     p.add_argument("--ray-address", help="address of a running Ray cluster, e.g. ray://head:10001 or auto")
@@ -119,7 +122,7 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
     )
     space = SearchSpace(model=model, max_gpus=args.max_gpus, **searched)
     return PlanRequest(space, base, workload, slo, parse_prices(args.price), rate, args.objective, args.runner_ups,
-                       args.frontier, args.capacity_tolerance)
+                       args.frontier, args.capacity_tolerance, args.offline_sample)
 
 
 def _runner(args: argparse.Namespace) -> InlineRunner | ProcessRunner | RayRunner:

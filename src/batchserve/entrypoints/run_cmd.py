@@ -6,7 +6,10 @@ import argparse
 from typing import Any
 
 from ..jobs.runner import JobConfig, Summary
+from ..sim.router import RouterConfig
+from ..tables import REPORT_WIDTH, render_table
 from .common import add_engine_flags, write_json
+from .options import add_dataclass_flags, given
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="do not run: simulate the job on this hardware (catalog name or profile JSON) and print "
                    "predicted wall time and throughput; assumes every request generates its max_tokens")
     r.add_argument("--price-per-hour", type=float, default=None, help="with --estimate: price of one GPU-hour")
+    add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --replicas > 1 or --estimate)")
     p.set_defaults(func=cmd_run)
 
 
@@ -62,17 +66,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.price_per_hour is not None and not args.estimate:
         raise ValueError("--price-per-hour is only used with --estimate")
     config = _job_config(args)
+    router = RouterConfig(**given(args, RouterConfig))
     engine_args = dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
     if args.estimate:
-        return _estimate(args, config)
+        return _estimate(args, config, router)
     if not args.output:
         raise ValueError("give -o/--output for the results (or --estimate HARDWARE to only predict)")
     if args.replicas > 1 or args.ray_address:
         from ..jobs.ray_runner import run_ray_job
 
         summary = run_ray_job(args.input, args.output, args.model, engine_args, config, args.replicas,
-                              args.ray_address, args.quiet)
+                              args.ray_address, args.quiet, router)
     else:
         from ..jobs.engine_backend import local_job
 
@@ -84,11 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(args: argparse.Namespace, config: JobConfig) -> int:
+def _estimate(args: argparse.Namespace, config: JobConfig, router: RouterConfig) -> int:
     from ..jobs.estimate import estimate_job
 
     summary, info = estimate_job(args.input, args.model, args.estimate, config, args.max_num_batched_tokens,
-                                 args.max_num_seqs, args.replicas)
+                                 args.max_num_seqs, args.replicas, router)
     rows: dict[str, Any] = {"GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"])}
     if args.price_per_hour is not None:
         info["cost"] = summary.wall_s / 3600 * info["num_gpus"] * args.price_per_hour
@@ -103,7 +108,6 @@ def _estimate(args: argparse.Namespace, config: JobConfig) -> int:
 
 def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", extra: dict[str, str] | None = None) -> str:
     """The end-of-job table, in the layout of the other commands' reports."""
-    width = 62
     rows = {
         "Requests ok / failed:": f"{s.num_ok} / {s.num_failed}",
         "Skipped (done by an earlier run):": str(s.num_skipped),
@@ -117,7 +121,4 @@ def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", ex
         "Total token throughput (tok/s):": f"{s.total_token_throughput:.1f}",
         **(extra or {}),
     }
-    lines = [f" {title} ".center(width, "=")]
-    lines += [f"{label:<40}{value:>{width - 40}}" for label, value in rows.items()]
-    lines.append("=" * width)
-    return "\n".join(lines)
+    return render_table(list(rows.items()), ("<", ">"), title=title, sep="", width=REPORT_WIDTH)

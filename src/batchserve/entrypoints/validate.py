@@ -1,135 +1,16 @@
-"""`batchserve validate`: run a workload through the real engine and the simulator, and compare.
-
-Both sides get the same requests (prompt token ids, output lengths, arrival
-times), the same scheduler config and the same number of KV blocks; the
-simulator uses a calibrated hardware profile. What differs is only step
-durations, so the error measures the cost model, not the setup.
-"""
+"""`batchserve validate`: run a workload through the real engine and the simulator, and compare."""
 
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Iterable, Sequence
 
-import numpy as np
-
+from ..calibration.validate import format_comparison, sim_setup, validate
 from ..config import CacheConfig, SchedulerConfig
 from ..engine.llm_engine import LLMEngine
-from ..metrics import SLO, RequestRecord, summarize
-from ..request import Request
-from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..metrics import SLO
 from ..workload import WorkloadSpec
-from .calibrate import WEIGHT_DTYPES
 from .common import DEFAULT_PRESET, Resolved, layered_values, write_json
 from .options import ConfigError, pick
-from .progress import Progress
-
-# (metric, summary key, statistic): what `validate` compares.
-COMPARED = (
-    ("throughput", "output_token_throughput", None),
-    ("request_throughput", "request_throughput", None),
-    ("ttft_mean", "ttft_s", "mean"),
-    ("ttft_p50", "ttft_s", "p50"),
-    ("ttft_p90", "ttft_s", "p90"),
-    ("tpot_mean", "tpot_s", "mean"),
-    ("tpot_p50", "tpot_s", "p50"),
-    ("tpot_p90", "tpot_s", "p90"),
-    ("e2e_mean", "e2e_s", "mean"),
-    ("e2e_p90", "e2e_s", "p90"),
-)
-
-
-def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -> list[RequestRecord]:
-    """Replay requests at their arrival times (seconds from now) through the real engine's step loop."""
-    pending = sorted(requests, key=lambda r: r.arrival_time, reverse=True)
-    engine = llm.engine
-    too_long = [r for r in pending if r.num_prompt_tokens + r.sampling_params.max_tokens > llm.model_config.max_model_len]
-    if too_long:
-        raise ConfigError(
-            f"{len(too_long)} of {len(pending)} requests exceed the model's context of {llm.model_config.max_model_len} "
-            f"tokens (e.g. {too_long[0].num_prompt_tokens} + {too_long[0].sampling_params.max_tokens}); "
-            "shorten --input-len / --output-len"
-        )
-    records: list[RequestRecord] = []
-    total = len(pending)
-    t0 = time.perf_counter()
-    clock0 = engine.now
-    with Progress("running", total, enabled=not quiet) as progress:
-        while pending or engine.has_unfinished():
-            now = time.perf_counter() - t0
-            while pending and pending[-1].arrival_time <= now:
-                req = pending.pop()
-                req.arrival_time += clock0
-                engine.add_request(req)
-            if not engine.has_unfinished():
-                time.sleep(max(0.0, pending[-1].arrival_time - now))
-                continue
-            engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
-            records += [RequestRecord.from_request(req) for req in engine.step()]
-            progress.update(len(records), f"{now:.0f} s")
-    return records
-
-
-def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
-    """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
-    weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
-    kv = llm.scheduler.kv
-    cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
-    cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
-    return resolve(cluster, llm.scheduler.config, cache, model=llm.model_config.sim_shape(model_name))
-
-
-def compare(measured: dict, predicted: dict) -> dict[str, dict[str, float | None]]:
-    """Per metric: measured, predicted and relative error (predicted / measured - 1)."""
-    out = {}
-    for name, key, stat in COMPARED:
-        m = measured[key] if stat is None else measured[key][stat]
-        p = predicted[key] if stat is None else predicted[key][stat]
-        err = None if m is None or p is None or m == 0 else p / m - 1
-        out[name] = {"measured": m, "predicted": p, "error": err}
-    return out
-
-
-def per_request_mape(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]) -> dict[str, float]:
-    """Mean absolute percentage error of each request's TTFT and E2E, matched by request id."""
-    by_id = {r.request_id: r for r in sim}
-    pairs = [(r, by_id[r.request_id]) for r in real if r.request_id in by_id]
-    out = {}
-    for metric in ("ttft_s", "e2e_s"):
-        m = np.array([getattr(a, metric) for a, _ in pairs])
-        p = np.array([getattr(b, metric) for _, b in pairs])
-        ok = m > 0
-        out[metric.removesuffix("_s")] = float(np.mean(np.abs(p[ok] - m[ok]) / m[ok])) if ok.any() else float("nan")
-    return out
-
-
-def validate(llm: LLMEngine, run: Resolved, quiet: bool = False) -> dict:
-    """Real and simulated runs of the same workload, side by side."""
-    real = run_real(llm, run.requests(), quiet=quiet)
-    sim = simulate(run.setup, run.requests()).records
-    measured, predicted = summarize(real, slo=run.slo), summarize(sim, slo=run.slo)
-    return {
-        "metrics": compare(measured, predicted),
-        "per_request_mape": per_request_mape(real, sim),
-        "measured": measured,
-        "predicted": predicted,
-        "records": (real, sim),
-    }
-
-
-def format_comparison(rows: dict[str, dict[str, float | None]]) -> str:
-    lines = [f"{'metric':<20} {'measured':>12} {'predicted':>12} {'error':>8}"]
-    for name, r in rows.items():
-        unit = 1.0 if "throughput" in name else 1000.0
-        suffix = "" if "throughput" in name else " ms"
-
-        def fmt(x: float | None) -> str:
-            return "-" if x is None else f"{x * unit:.1f}{suffix}"
-
-        err = "-" if r["error"] is None else f"{r['error']:+.1%}"
-        lines.append(f"{name:<20} {fmt(r['measured']):>12} {fmt(r['predicted']):>12} {err:>8}")
-    return "\n".join(lines)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -147,18 +28,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.model} on {llm.device} vs the simulator on {setup.deployment.hardware.description}; "
           f"{preset} scheduler, max_num_batched_tokens={setup.scheduler.max_num_batched_tokens}, "
           f"KV blocks={setup.cache.num_blocks}")
-    result = validate(llm, run, quiet=args.quiet)
-    print(format_comparison(result["metrics"]))
-    mape = result["per_request_mape"]
+    result = validate(llm, setup, run.requests, slo, quiet=args.quiet)
+    print(format_comparison(result.metrics))
+    mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
     if args.json:
-        flat = {f"{name}_{k}": v for name, row in result["metrics"].items() for k, v in row.items()}
-        write_json(args.json, {"config": run.config(), **flat, "metrics": result["metrics"],
-                               "per_request_mape": mape, "measured": result["measured"],
-                               "predicted": result["predicted"]})
+        flat = {f"{name}_{k}": v for name, row in result.metrics.items() for k, v in row.items()}
+        write_json(args.json, {"config": run.config(), **flat, "metrics": result.metrics,
+                               "per_request_mape": mape, "measured": result.measured,
+                               "predicted": result.predicted})
     if args.plot:
         from ..plots import plot_validation
 
-        real, sim = result["records"]
-        plot_validation(real, sim, args.plot, title=f"{args.model}: measured vs predicted")
+        plot_validation(result.real, result.simulated, args.plot, title=f"{args.model}: measured vs predicted")
     return 0

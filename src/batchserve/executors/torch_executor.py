@@ -13,7 +13,7 @@ import weakref
 import torch
 
 from ..core.batch import ScheduledBatch, StepResult
-from ..models.attention import AttentionMetadata, allocate_kv_cache
+from ..models.attention import AttentionConfig, AttentionMetadata, allocate_kv_cache
 from ..models.config import ModelConfig
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator
@@ -30,8 +30,10 @@ class TorchExecutor:
         dtype: torch.dtype,
         device: torch.device,
         seed: int = 0,
+        attention: AttentionConfig = AttentionConfig(),
     ) -> None:
         self.model = model
+        self.attention = attention
         self.config = config
         self.block_size = block_size
         self.device = device
@@ -77,6 +79,7 @@ class TorchExecutor:
             context_lens=list(batch.num_computed),
             block_tables=[req.block_ids for req in batch.requests],
             block_size=bs,
+            config=self.attention,
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)

@@ -21,7 +21,6 @@ from ..request import SamplingParams
 
 OPENAI, PLAIN = "openai", "plain"
 CHAT_URL, COMPLETIONS_URL = "/v1/chat/completions", "/v1/completions"
-_FSYNC_EVERY = 256  # results between fsyncs: a kill loses at most what the OS had not written
 
 
 @dataclass
@@ -182,18 +181,19 @@ def scan_output(path: str | os.PathLike) -> Done:
 
 
 class ResultWriter:
-    """Appends one result per line: one write() and a flush each, fsync every few hundred and at close."""
+    """Appends one result per line: one write() and a flush each, fsync every `fsync_every` and at close."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, fsync_every: int) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._f: IO[str] = open(path, "a", encoding="utf-8")
+        self.fsync_every = fsync_every
         self._unsynced = 0
 
     def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._f.flush()
         self._unsynced += 1
-        if self._unsynced >= _FSYNC_EVERY:
+        if self._unsynced >= self.fsync_every:
             self.sync()
 
     def sync(self) -> None:

@@ -15,10 +15,11 @@ from ..engine import Engine
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
 from ..sim.models import ModelShape
+from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
-from .routing import PrefixAffinity
+from .routing import JobRouter
 from .runner import Finished, JobConfig, Recorder, Summary, feed, plan
 
 
@@ -81,10 +82,10 @@ class SimReplicas:
     """Several simulated replicas behind the prefix-affinity routing of a Ray job; the one furthest behind
     in simulated time steps next, so their clocks advance together."""
 
-    def __init__(self, replicas: list[SimBackend]) -> None:
+    def __init__(self, replicas: list[SimBackend], router: JobRouter) -> None:
         self.replicas = replicas
         self.block_size = replicas[0].block_size
-        self.router = PrefixAffinity(len(replicas))
+        self.router = router
 
     def add(self, req: BatchRequest) -> None:
         idx = self.router.route(req)
@@ -103,8 +104,7 @@ class SimReplicas:
         return done
 
     def prefix_ready(self, custom_id: str) -> bool:
-        idx = self.router.owner(custom_id)
-        return idx is None or self.replicas[idx].prefix_ready(custom_id)
+        return all(r.prefix_ready(custom_id) for r in self.replicas)  # only the replica running it can say no
 
     def num_unfinished(self) -> int:
         return sum(r.num_unfinished() for r in self.replicas)
@@ -129,7 +129,7 @@ def model_shape(model: str) -> ModelShape | None:
 
 def estimate_job(
     input_path: str, model: str, hardware: str, config: JobConfig, max_num_batched_tokens: int, max_num_seqs: int,
-    replicas: int = 1,
+    replicas: int = 1, router: RouterConfig = RouterConfig(),
 ) -> tuple[Summary, dict[str, Any]]:
     """Simulate the whole input (nothing is skipped, nothing written); wall_s is predicted seconds."""
     fmt = detect_format(input_path)
@@ -139,7 +139,8 @@ def estimate_job(
         scheduler_config("sarathi", max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs),
         CacheConfig(), model=model_shape(model),
     )
-    backend = SimReplicas([SimBackend(engine) for engine in build_cluster(setup).replicas])
+    backend = SimReplicas([SimBackend(engine) for engine in build_cluster(setup).replicas],
+                          JobRouter(replicas, config.window, router))
     recorder = Recorder(None, model, preserve_order=False, total=total)
     entries = plan(input_path, fmt, Done(), load_tokenizer(model), config, backend.block_size)
     feed(backend, entries, recorder.emit, config.max_inflight * replicas)

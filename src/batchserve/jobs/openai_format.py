@@ -14,7 +14,7 @@ from typing import Any
 
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import SamplingParams
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, chat_prompt_ids
 from .batch_io import CHAT_URL, BadLine, BatchRequest
 
 # Body fields passed to SamplingParams under the same name.
@@ -55,8 +55,7 @@ def _prompt_ids(req: BatchRequest, tokenizer: Tokenizer) -> list[int]:
             for m in messages
         ):
             raise ValueError("'messages' must be a non-empty list of {\"role\": str, \"content\": str}")
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
+        return chat_prompt_ids(tokenizer, messages)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

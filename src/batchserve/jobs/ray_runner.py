@@ -14,22 +14,22 @@ from collections import deque
 from typing import Any
 
 from ..engine.llm_engine import LLMEngine
+from ..sim.router import RouterConfig
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
 from .engine_backend import EngineBackend
-from .routing import PrefixAffinity
+from .routing import JobRouter
 from .runner import Finished, JobConfig, Summary, admit, run_job
-
-_ADVANCE_S = 0.2  # an actor call returns after this long once something finished: results stream back
 
 
 class ReplicaWorker:
     """What runs inside one actor: an engine, its queue of routed requests, and the local admission loop."""
 
-    def __init__(self, model: str, engine_args: dict[str, Any], max_inflight: int) -> None:
+    def __init__(self, model: str, engine_args: dict[str, Any], max_inflight: int, advance_s: float) -> None:
         self.backend = EngineBackend(LLMEngine(model, **engine_args))
         self.pending: deque[Entry] = deque()
         self.max_inflight = max_inflight
+        self.advance_s = advance_s
 
     def block_size(self) -> int:
         return self.backend.block_size
@@ -39,7 +39,7 @@ class ReplicaWorker:
         self.pending.extend(new)
         out: list[Finished] = []
         t0 = time.perf_counter()
-        while not out or time.perf_counter() - t0 < _ADVANCE_S:
+        while not out or time.perf_counter() - t0 < self.advance_s:
             admit(self.backend, self.pending, lambda entry, result: out.append((entry, result)), self.max_inflight)
             if not self.backend.num_unfinished():
                 break
@@ -50,13 +50,13 @@ class ReplicaWorker:
 class RayBackend:
     """The job loop's backend over N actors: route on `add`, and on `step` wait for the first actor call back."""
 
-    def __init__(self, actors: list[Any], block_size: int) -> None:
+    def __init__(self, actors: list[Any], block_size: int, router: JobRouter) -> None:
         import ray
 
         self._ray = ray
         self.actors = actors
         self.block_size = block_size
-        self.router = PrefixAffinity(len(actors))
+        self.router = router
         self._outbox: list[list[BatchRequest]] = [[] for _ in actors]
         self._sent = [0] * len(actors)  # requests on each actor, not yet returned
         self._calls: dict[Any, int] = {}  # in-flight advance() call -> actor index
@@ -93,7 +93,7 @@ class RayBackend:
 
 def run_ray_job(
     input_path: str, output_path: str, model: str, engine_args: dict[str, Any], config: JobConfig, replicas: int,
-    ray_address: str | None = None, quiet: bool = False,
+    ray_address: str | None = None, quiet: bool = False, router: RouterConfig = RouterConfig(),
 ) -> Summary:
     """Run (or resume) a job on `replicas` Ray actors; starts a local Ray unless one is running or given."""
     try:
@@ -106,7 +106,8 @@ def run_ray_job(
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
         wants_gpu = engine_args.get("device") != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1
         actor_cls = ray.remote(num_cpus=1, num_gpus=1 if wants_gpu else 0)(ReplicaWorker)
-        actors = [actor_cls.remote(model, engine_args, config.max_inflight) for _ in range(replicas)]
-        return RayBackend(actors, ray.get(actors[0].block_size.remote()))
+        actors = [actor_cls.remote(model, engine_args, config.max_inflight, config.replica_advance_s)
+                  for _ in range(replicas)]
+        return RayBackend(actors, ray.get(actors[0].block_size.remote()), JobRouter(replicas, config.window, router))
 
     return run_job(input_path, output_path, make_backend, load_tokenizer(model), model, config, quiet)

@@ -1,23 +1,24 @@
-"""Which replica runs a request of a sharded job: prefix affinity, balanced by outstanding tokens."""
+"""Which replica runs a request of a sharded job: the simulator's prefix affinity, with the job's own loads.
+
+A request's prefix keys are its anchor (the earlier request whose prompt holds
+its shared prefix, set by ordering) then its own id, so a request follows its
+anchor and later requests can follow it. The replicas are remote or simulated,
+so the router counts each one's outstanding tokens itself.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from ..sim.router import PrefixAffinity, RouterConfig
 from .batch_io import BatchRequest
 
-_REMEMBERED = 100_000  # anchors looked up are recent (same ordering window); older owners are forgotten
 
+class JobRouter:
+    """Prefix affinity over anchors, balanced by the outstanding tokens routed to each replica."""
 
-class PrefixAffinity:
-    """A request goes where its anchor went (its shared prefix is cached there), else to the least loaded
-    replica; affinity yields when that replica carries `balance_ratio` times the least load, so one huge
-    prefix group cannot pin a whole job to one replica (as SGLang's cache-aware router does)."""
-
-    def __init__(self, num_replicas: int, balance_ratio: float = 1.5) -> None:
+    def __init__(self, num_replicas: int, window: int, config: RouterConfig = RouterConfig()) -> None:
+        # anchors point within one ordering window, so a replica need remember no more than a window of ids
+        self.affinity = PrefixAffinity([window] * num_replicas, config)
         self.loads = [0] * num_replicas
-        self.balance_ratio = balance_ratio
-        self._owner: OrderedDict[str, int] = OrderedDict()
 
     @staticmethod
     def cost(req: BatchRequest) -> int:
@@ -26,18 +27,10 @@ class PrefixAffinity:
         return len(req.prompt_token_ids) + req.params.max_tokens * req.params.n
 
     def route(self, req: BatchRequest) -> int:
-        least = self.loads.index(min(self.loads))
-        idx = self._owner.get(req.anchor, least) if req.anchor is not None else least
-        if self.loads[idx] > self.balance_ratio * self.loads[least] + 4096:
-            idx = least
+        keys = [req.custom_id] if req.anchor is None else [req.anchor, req.custom_id]
+        idx = self.affinity.route(keys, self.loads)
         self.loads[idx] += self.cost(req)
-        self._owner[req.custom_id] = idx
-        if len(self._owner) > _REMEMBERED:
-            self._owner.popitem(last=False)
         return idx
 
     def finished(self, idx: int, req: BatchRequest) -> None:
         self.loads[idx] -= self.cost(req)
-
-    def owner(self, custom_id: str) -> int | None:
-        return self._owner.get(custom_id)

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..outputs import RequestOutput
+from ..progress import Progress
 from ..tokenizer import Tokenizer
-from ..entrypoints.progress import Progress
 from .batch_io import (
     BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
@@ -42,6 +42,11 @@ class JobConfig:
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
+    fsync_every: int = 256
+    """Results written between fsyncs: a kill loses at most what the OS had not written yet."""
+    replica_advance_s: float = 0.2
+    """With Ray replicas: an actor call returns this long after something finished, so results stream back
+    while the actor keeps stepping its batch in between."""
 
 
 class Backend(Protocol):
@@ -234,7 +239,7 @@ def run_job(
     total = check_unique_ids(input_path, fmt)
     done = scan_output(output_path)
     backend = make_backend()
-    with ResultWriter(output_path) as writer, Progress("run", total, enabled=not quiet) as progress:
+    with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
 
         def show(s: Summary, num_done: int) -> None:
             c = backend.counters()

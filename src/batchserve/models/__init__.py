@@ -3,7 +3,8 @@
 Importing this package needs torch; `core/` and `sim/` never import it.
 """
 
-from .attention import AttentionMetadata, PagedAttention, allocate_kv_cache, kv_cache_bytes_per_block
+from .attention import (AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache,
+                        kv_cache_bytes_per_block)
 from .config import SUPPORTED_ARCHITECTURES, ModelConfig, ModelLoadError
 from .llama import CausalLM
 from .loader import load_model
@@ -12,6 +13,7 @@ from .tiny import build_tiny, tiny_config
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
+    "AttentionConfig",
     "AttentionMetadata",
     "CausalLM",
     "ModelConfig",

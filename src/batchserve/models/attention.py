@@ -33,6 +33,19 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Knobs of this attention backend, set on the executor."""
+
+    decode_bucket_ratio: float = 0.7
+    """Decode rows share a padded call while their context is at least this fraction of the call's longest:
+    higher pads less but makes more calls."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decode_bucket_ratio <= 1:
+            raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
+
+
 @dataclass
 class AttentionMetadata:
     """Layout of one step's flat batch: B sequences, T new tokens in all (no padding)."""
@@ -46,6 +59,8 @@ class AttentionMetadata:
     block_tables: list[list[int]]
     """Sequence i's block ids, covering context_lens[i] + its new tokens."""
     block_size: int
+    config: AttentionConfig = AttentionConfig()
+    """The backend's knobs."""
     _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     """Gather indices and masks, built by the first layer and reused by the rest."""
 
@@ -91,7 +106,7 @@ def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
     return mask
 
 
-def _length_buckets(decodes: list[int], ctx: list[int], ratio: float = 0.7) -> list[list[int]]:
+def _length_buckets(decodes: list[int], ctx: list[int], ratio: float) -> list[list[int]]:
     """Decode rows grouped by context length, longest first; a group's shortest row is >= ratio x its longest.
 
     Each group is padded to its longest row, so grouping bounds the padding (gathered and attended
@@ -115,7 +130,7 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
     device = meta.slot_mapping.device
     decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
     decode_plans = []
-    for bucket in _length_buckets(decodes, ctx):
+    for bucket in _length_buckets(decodes, ctx, meta.config.decode_bucket_ratio):
         lens = [ctx[i] + 1 for i in bucket]
         slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding

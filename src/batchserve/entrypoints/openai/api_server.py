@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...engine import PromptType
 from ...engine.llm_engine import LLMEngine
 from ...request import SamplingParams
+from ...tokenizer import chat_prompt_ids
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
@@ -94,7 +95,7 @@ class OpenAIServer:
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in req.messages]
         try:
-            ids = await asyncio.to_thread(self._render_chat, messages)
+            ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages)
         except Exception as err:  # a template's raise_exception (e.g. roles must alternate), or a jinja error
             raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
                            param="messages") from None
@@ -107,10 +108,6 @@ class OpenAIServer:
         params = req.sampling_params(self.defaults, max_tokens, req.num_logprobs)
         return await self._run(ChatFormat, req, raw, [{"prompt_token_ids": ids}], params, req.num_logprobs,
                                "messages")
-
-    def _render_chat(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
 
     async def _run(self, fmt: Format, req: AnyRequest, raw: Request, prompts: Sequence[PromptType],
                    params: SamplingParams, num_logprobs: int | None, prompt_field: str) -> Response:

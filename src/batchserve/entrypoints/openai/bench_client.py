@@ -22,6 +22,7 @@ import httpx
 
 from ...metrics import RequestRecord
 from ...request import Request
+from ...tables import render_table
 from ...workload import WorkloadSpec, synthetic_requests
 
 
@@ -127,9 +128,6 @@ _ROWS = (
 
 def format_comparison(measured: dict[str, Any], simulated: dict[str, Any], hardware: str) -> str:
     """Measured and simulated summaries of one workload, side by side."""
-    head = f"{'':<34}{'measured':>14}{'simulated':>14}"
-    lines = [f" measured vs simulated on {hardware} ".center(len(head), "="), head]
-
     def cell(summary: dict[str, Any], key: str, stat: str | None) -> str:
         value = summary.get(key)
         if stat is not None:
@@ -137,7 +135,6 @@ def format_comparison(measured: dict[str, Any], simulated: dict[str, Any], hardw
             value = None if value is None else value * 1e3
         return "-" if value is None else f"{value:.2f}"
 
-    for label, key, stat in _ROWS:
-        lines.append(f"{label:<34}{cell(measured, key, stat):>14}{cell(simulated, key, stat):>14}")
-    lines.append("=" * len(head))
-    return "\n".join(lines)
+    rows = [[label, cell(measured, key, stat), cell(simulated, key, stat)] for label, key, stat in _ROWS]
+    return render_table(rows, ("<34", ">14", ">14"), ["", "measured", "simulated"],
+                        title=f"measured vs simulated on {hardware}", sep="")

@@ -108,17 +108,13 @@ class Capacity:
         return len(self.probes)
 
 
-OFFLINE_SAMPLE = 400
-"""Requests in the offline run that bounds capacity: enough for a steady batch, and it runs for every config."""
-
-
-def offline_throughput(base: Base, config: ReplicaConfig, workload: Workload) -> float:
-    """Steady throughput with the first OFFLINE_SAMPLE requests queued at t=0 (0 when some request can never run).
+def offline_throughput(base: Base, config: ReplicaConfig, workload: Workload, sample: int) -> float:
+    """Steady throughput with the first `sample` requests queued at t=0 (0 when some request can never run).
 
     It orders the search and caps the bisection; were it ever below the true capacity, the capacity found
     would only be lower (conservative), never higher.
     """
-    result = simulate(base.setup(config), itertools.islice(workload.requests(None), OFFLINE_SAMPLE))
+    result = simulate(base.setup(config), itertools.islice(workload.requests(None), sample))
     return 0.0 if result.rejected or not result.records else steady_throughput(result.records)
 
 

@@ -46,6 +46,8 @@ class PlanRequest:
     """Candidates verified as whole clusters (min-cost): the runner-ups and the Pareto frontier come from them."""
     rel_tol: float = 0.05
     """Capacity precision, as a fraction of the offline throughput."""
+    offline_sample: int = 400
+    """Requests in the offline run that bounds capacity: enough for a steady batch, and it runs for every config."""
 
     def __post_init__(self) -> None:
         if self.objective not in ("min-cost", "max-rate"):
@@ -152,7 +154,7 @@ def plan(req: PlanRequest, dispatcher: Dispatcher) -> PlanResult:
         raise ValueError(f"nothing fits: every configuration was pruned, e.g. {pruned[0].config.label()}: "
                          f"{pruned[0].reason}")
     prices = {c: req.prices[c.hardware] for c in feasible}
-    calls = [Call(offline_throughput, (req.base, c, req.workload)) for c in feasible]
+    calls = [Call(offline_throughput, (req.base, c, req.workload, req.offline_sample)) for c in feasible]
     throughput = {feasible[i]: t for i, t in dispatcher.map("throughput", calls).items()}
     search = _MinCost(req, prices) if req.objective == "min-cost" else _MaxRate(req, prices)
     order = sorted(feasible, key=lambda c: search.bound_key(c, throughput[c]))

@@ -1,0 +1,142 @@
+"""Replay one workload through the real engine and through the simulator, and compare.
+
+Both sides get the same requests (prompt token ids, output lengths, arrival
+times), the same scheduler config and the same number of KV blocks; the
+simulator uses a calibrated hardware profile. What differs is only step
+durations, so the error measures the cost model, not the setup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import CacheConfig
+from ..engine.llm_engine import LLMEngine
+from ..metrics import SLO, RequestRecord, summarize
+from ..progress import Progress
+from ..request import Request
+from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..tables import render_table
+from .device import WEIGHT_DTYPES
+
+# (metric, summary key, statistic): what `validate` compares.
+COMPARED = (
+    ("throughput", "output_token_throughput", None),
+    ("request_throughput", "request_throughput", None),
+    ("ttft_mean", "ttft_s", "mean"),
+    ("ttft_p50", "ttft_s", "p50"),
+    ("ttft_p90", "ttft_s", "p90"),
+    ("tpot_mean", "tpot_s", "mean"),
+    ("tpot_p50", "tpot_s", "p50"),
+    ("tpot_p90", "tpot_s", "p90"),
+    ("e2e_mean", "e2e_s", "mean"),
+    ("e2e_p90", "e2e_s", "p90"),
+)
+
+Comparison = dict[str, dict[str, float | None]]  # metric -> measured, predicted, error
+
+
+def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -> list[RequestRecord]:
+    """Replay requests at their arrival times (seconds from now) through the real engine's step loop."""
+    pending = sorted(requests, key=lambda r: r.arrival_time, reverse=True)
+    engine = llm.engine
+    too_long = [r for r in pending if r.num_prompt_tokens + r.sampling_params.max_tokens > llm.model_config.max_model_len]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} of {len(pending)} requests exceed the model's context of {llm.model_config.max_model_len} "
+            f"tokens (e.g. {too_long[0].num_prompt_tokens} + {too_long[0].sampling_params.max_tokens}); "
+            "shorten --input-len / --output-len"
+        )
+    records: list[RequestRecord] = []
+    total = len(pending)
+    t0 = time.perf_counter()
+    clock0 = engine.now
+    with Progress("running", total, enabled=not quiet) as progress:
+        while pending or engine.has_unfinished():
+            now = time.perf_counter() - t0
+            while pending and pending[-1].arrival_time <= now:
+                req = pending.pop()
+                req.arrival_time += clock0
+                engine.add_request(req)
+            if not engine.has_unfinished():
+                time.sleep(max(0.0, pending[-1].arrival_time - now))
+                continue
+            engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
+            records += [RequestRecord.from_request(req) for req in engine.step()]
+            progress.update(len(records), f"{now:.0f} s")
+    return records
+
+
+def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
+    """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
+    weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
+    kv = llm.scheduler.kv
+    cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
+    cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
+    return resolve(cluster, llm.scheduler.config, cache, model=llm.model_config.sim_shape(model_name))
+
+
+def compare(measured: dict, predicted: dict) -> Comparison:
+    """Per metric: measured, predicted and relative error (predicted / measured - 1)."""
+    out = {}
+    for name, key, stat in COMPARED:
+        m = measured[key] if stat is None else measured[key][stat]
+        p = predicted[key] if stat is None else predicted[key][stat]
+        err = None if m is None or p is None or m == 0 else p / m - 1
+        out[name] = {"measured": m, "predicted": p, "error": err}
+    return out
+
+
+def per_request_mape(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]) -> dict[str, float]:
+    """Mean absolute percentage error of each request's TTFT and E2E, matched by request id."""
+    by_id = {r.request_id: r for r in sim}
+    pairs = [(r, by_id[r.request_id]) for r in real if r.request_id in by_id]
+    out = {}
+    for metric in ("ttft_s", "e2e_s"):
+        m = np.array([getattr(a, metric) for a, _ in pairs])
+        p = np.array([getattr(b, metric) for _, b in pairs])
+        ok = m > 0
+        out[metric.removesuffix("_s")] = float(np.mean(np.abs(p[ok] - m[ok]) / m[ok])) if ok.any() else float("nan")
+    return out
+
+
+@dataclass
+class Validation:
+    """Real and simulated runs of one workload, side by side."""
+
+    metrics: Comparison
+    per_request_mape: dict[str, float]
+    measured: dict
+    """The real run's `metrics.summarize`."""
+    predicted: dict
+    """The simulated run's `metrics.summarize`."""
+    real: list[RequestRecord]
+    simulated: list[RequestRecord]
+
+
+def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Request]], slo: SLO | None = None,
+             quiet: bool = False) -> Validation:
+    """Run `requests()` (called once per side: the engine consumes its requests) on `llm` and on `setup`."""
+    real = run_real(llm, requests(), quiet=quiet)
+    sim = simulate(setup, requests()).records
+    measured, predicted = summarize(real, slo=slo), summarize(sim, slo=slo)
+    return Validation(compare(measured, predicted), per_request_mape(real, sim), measured, predicted, real, sim)
+
+
+def format_comparison(rows: Comparison) -> str:
+    """Measured, predicted and error of each metric as a table; latencies in ms."""
+
+    def cells(name: str, r: dict[str, float | None]) -> list[str]:
+        unit, suffix = (1.0, "") if "throughput" in name else (1000.0, " ms")
+
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x * unit:.1f}{suffix}"
+
+        return [name, fmt(r["measured"]), fmt(r["predicted"]), "-" if r["error"] is None else f"{r['error']:+.1%}"]
+
+    return render_table([cells(name, r) for name, r in rows.items()], ("<20", ">12", ">12", ">8"),
+                        ["metric", "measured", "predicted", "error"])
