@@ -242,7 +242,7 @@ class Harness:
             assert block.ref_cnt == holders[block.block_id], f"block {block.block_id}: ref count != holders"
             if block.block_hash is not None:
                 assert pool.lookup(block.block_hash) == block.block_id
-        assert pool.num_free_blocks == sum(1 for b in pool.blocks if b.ref_cnt == 0)
+        assert pool.num_free_blocks == pool.num_unused_blocks + sum(1 for b in pool.blocks if b.ref_cnt == 0)
         assert pool.num_cached_blocks == sum(1 for b in pool.blocks if b.block_hash is not None)
 
     # -- the arrival-driven loop (what sim.cluster.Cluster does for one replica) ---
