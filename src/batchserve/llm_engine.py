@@ -294,10 +294,10 @@ class LLMEngine:
         """
         engine = self.engine
         engine.now = max(engine.now, self.now)  # timestamps on the wall clock, idle gaps included
-        finished = engine.step()
-        batch, result = engine.last_batch, engine.last_result
+        out = engine.step()
+        batch, result, finished = out.batch, out.result, out.finished
         touched: dict[str, _Group] = {}
-        if batch is not None and result is not None:
+        if result is not None:
             self._count_step(batch)
             for req, toks, lp in zip(batch.requests, result.sampled_token_ids, result.logprobs):
                 if toks:
@@ -306,7 +306,6 @@ class LLMEngine:
                     if self._on_tokens(child, toks, lp):
                         finished.append(req)
                     touched[group.request_id] = group
-            engine.last_batch = engine.last_result = None
         for req in finished:
             group, child = self._by_request.pop(req)
             if child.detokenizer is not None and not isinstance(child.stop_reason, str):

@@ -32,20 +32,16 @@ class BlockPool:
             raise ValueError(f"a block pool needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.blocks: list[KVBlock] = []  # blocks handed out at least once, by id (ids 0..len-1)
+        self.num_unused_blocks = num_blocks  # blocks never handed out: the ids from len(blocks) up
         # Freed blocks in LRU order (front = evict first). Values unused.
         self._free: OrderedDict[int, None] = OrderedDict()
         self._cached: dict[int, int] = {}  # block hash -> block id
         self.num_evictions = 0
 
     @property
-    def num_unused_blocks(self) -> int:
-        """Blocks never handed out: the ids from len(blocks) up."""
-        return self.num_blocks - len(self.blocks)
-
-    @property
     def num_free_blocks(self) -> int:
         """Blocks that can be handed out, cached-but-unreferenced ones included."""
-        return len(self._free) + self.num_blocks - len(self.blocks)
+        return len(self._free) + self.num_unused_blocks
 
     @property
     def usage(self) -> float:
@@ -63,14 +59,14 @@ class BlockPool:
 
     def allocate_one(self) -> int:
         """Take the least recently used free block (evicting its cached content) with ref count 1."""
-        blocks = self.blocks
-        bid = len(blocks)
-        if bid < self.num_blocks:  # never-used blocks come first, in id order
+        if self.num_unused_blocks:  # never-used blocks come first, in id order
+            bid = self.num_blocks - self.num_unused_blocks
+            self.num_unused_blocks -= 1
             block = KVBlock(bid)
-            blocks.append(block)
+            self.blocks.append(block)
         else:
             bid = self._free.popitem(last=False)[0]
-            block = blocks[bid]
+            block = self.blocks[bid]
             if block.block_hash is not None:
                 del self._cached[block.block_hash]
                 block.block_hash = None
