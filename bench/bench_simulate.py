@@ -24,21 +24,49 @@ import statistics
 import time
 
 from batchserve.config import CacheConfig, scheduler_config
+from batchserve.core.batch import ScheduledBatch, StepResult
 from batchserve.core.scheduler import Scheduler
-from batchserve.engine import Engine
-from batchserve.executors.sim import SimExecutor
+from batchserve.engine import Engine, StepOutput
 from batchserve.sim.cluster import Cluster, SimResult
 from batchserve.sim.cost_model import CostModel
+from batchserve.sim.engine import SimEngine
+from batchserve.sim.executor import SimExecutor, step_shape
+from batchserve.sim.scheduler import SimScheduler
 from batchserve.sim.simulate import ClusterConfig, resolve
 from batchserve.workload import WorkloadSpec, synthetic_requests
 
 
+class EagerExecutor:
+    """The baseline's executor: the cost model's time for one step of a core ScheduledBatch."""
+
+    def __init__(self, cost_model: CostModel) -> None:
+        self.cost_model = cost_model
+
+    def execute(self, batch: ScheduledBatch) -> StepResult:
+        return StepResult(self.cost_model.step_time(*step_shape(batch)))
+
+
+class EagerEngine(Engine):
+    """The baseline replica: the core Engine, every running request scheduled every step; nothing to fast-forward."""
+
+    def __init__(self, scheduler: Scheduler, executor: EagerExecutor) -> None:
+        super().__init__(scheduler, executor)
+        self.num_iterations = 0
+
+    def step(self, until: float = float("inf")) -> StepOutput:
+        out = super().step()
+        self.num_iterations += out.result is not None
+        return out
+
+
 def run(num_requests: int, rate: float, lazy: bool) -> SimResult:
     setup = resolve(ClusterConfig(model="llama-3.1-8b", hardware="h100-sxm"), scheduler_config("sarathi"), CacheConfig())
-    engine = Engine(
-        Scheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len, lazy_decodes=lazy),
-        SimExecutor(CostModel(setup.deployment, setup.efficiency)),
-    )
+    cost_model = CostModel(setup.deployment, setup.efficiency)
+    max_model_len = setup.deployment.model.max_model_len
+    if lazy:
+        engine = SimEngine(SimScheduler(setup.scheduler, setup.cache, max_model_len), SimExecutor(cost_model))
+    else:
+        engine = EagerEngine(Scheduler(setup.scheduler, setup.cache, max_model_len), EagerExecutor(cost_model))
     spec = WorkloadSpec(num_requests=num_requests, rate=rate, vocab_size=setup.deployment.model.vocab_size, seed=0)
     t0, c0 = time.perf_counter(), time.process_time()
     result = Cluster([engine]).run(synthetic_requests(spec))

@@ -100,7 +100,7 @@ class Request:
         "deadline", "adapter_id", "output_token_ids", "num_computed_tokens", "status",
         "block_ids", "block_hashes", "num_committed_blocks", "num_cached_tokens", "num_preemptions",
         "first_scheduled_time", "first_token_time", "finish_time",
-        "token_times", "decode_clock0", "decode_computed0", "__weakref__",
+        "token_times", "__weakref__",
     )
 
     def __init__(
@@ -124,7 +124,7 @@ class Request:
         self.adapter_id = adapter_id  # part of every block hash: adapters never share KV
         self.output_token_ids: list[int] = []
         # len(prompt) + len(output), kept as a field because the scheduler reads it every step;
-        # only `append_output` (and a simulation's DecodeCohort.sync) may grow the output.
+        # only `append_output` and `extend_output` may grow the output.
         self.num_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0
         self.status = RequestStatus.WAITING
@@ -137,9 +137,6 @@ class Request:
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
         self.token_times: list[float] | None = None  # per-token times, only when asked
-        # Set while the request decodes lazily in a simulation's DecodeCohort.
-        self.decode_clock0: int | None = None
-        self.decode_computed0 = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -152,6 +149,11 @@ class Request:
     def append_output(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
         self.num_tokens += 1
+
+    def extend_output(self, token_ids: list[int]) -> None:
+        """Append several tokens at once (a simulation catching up on steps it did not track one by one)."""
+        self.output_token_ids.extend(token_ids)
+        self.num_tokens += len(token_ids)
 
     def tokens(self, start: int, end: int) -> list[int]:
         """Token ids at positions [start, end) of prompt + output, without concatenating the two."""

@@ -8,7 +8,8 @@ from batchserve.core.block_pool import BlockPool
 
 
 def ref_counts(pool: BlockPool) -> list[int]:
-    return [b.ref_cnt for b in pool.blocks]
+    """Every block's ref count, the never-used ones (not materialised) included."""
+    return [b.ref_cnt for b in pool.blocks] + [0] * pool.num_unused_blocks
 
 
 def test_new_pool_is_all_free_and_uncached() -> None:
@@ -17,6 +18,26 @@ def test_new_pool_is_all_free_and_uncached() -> None:
     assert pool.usage == 0.0
     assert pool.num_cached_blocks == 0
     assert ref_counts(pool) == [0, 0, 0, 0]
+
+
+def test_a_huge_pool_is_created_at_once_and_hands_out_ids_in_order() -> None:
+    """No per-block work up front: a pool of 10^12 blocks sets up instantly and materialises what it hands out."""
+    pool = BlockPool(10**12)
+    assert pool.num_free_blocks == 10**12 and pool.num_unused_blocks == 10**12
+    assert pool.allocate(3) == [0, 1, 2]
+    assert len(pool.blocks) == 3
+    assert pool.num_free_blocks == 10**12 - 3
+
+
+def test_never_used_blocks_are_handed_out_before_freed_ones() -> None:
+    """The order a queue of every id would give: unused ids (in id order) ahead of any freed block."""
+    pool = BlockPool(4)
+    a, b = pool.allocate(2)
+    pool.free([b])
+    pool.free([a])
+    assert pool.num_free_blocks == 4
+    assert pool.allocate(4) == [2, 3, b, a]
+    assert pool.num_unused_blocks == 0
 
 
 @pytest.mark.parametrize("n", [0, -1])

@@ -7,14 +7,15 @@ import pytest
 from batchserve.config import CacheConfig, scheduler_config
 from batchserve.core.scheduler import Scheduler, StepResult
 from batchserve.request import Request, RequestStatus, SamplingParams
+from batchserve.sim.scheduler import SimScheduler
 
 
 def make_scheduler(num_blocks: int, policy: str = "fcfs", lazy: bool = False, **overrides) -> Scheduler:
     overrides.setdefault("max_num_seqs", 4)
     overrides.setdefault("watermark", 0.0)
     cfg = scheduler_config("sarathi", policy=policy, **overrides)
-    return Scheduler(cfg, CacheConfig(block_size=1, num_blocks=num_blocks, enable_prefix_caching=False),
-                     lazy_decodes=lazy)
+    cache = CacheConfig(block_size=1, num_blocks=num_blocks, enable_prefix_caching=False)
+    return (SimScheduler if lazy else Scheduler)(cfg, cache)
 
 
 def req(rid: str, prompt_len: int, max_tokens: int, arrival: float = 0.0, priority: int = 0,
@@ -31,7 +32,7 @@ def run(sched: Scheduler, max_steps: int = 1000) -> list[Request]:
             return preempted
         batch = sched.schedule(float(k))
         preempted += batch.preempted
-        sched.update(batch, StepResult([1.0]), float(k))
+        sched.update(batch, StepResult(1.0), float(k))
     raise AssertionError(f"requests still unfinished after {max_steps} steps: livelock")
 
 

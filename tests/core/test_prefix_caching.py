@@ -7,6 +7,7 @@ import pytest
 from batchserve.config import CacheConfig, scheduler_config
 from batchserve.core.scheduler import ScheduledBatch, Scheduler, StepResult
 from batchserve.request import Request, RequestStatus, SamplingParams
+from batchserve.sim.scheduler import SimScheduler
 
 BS = 16
 SHARED = list(range(1000, 1000 + 3 * BS))  # a 3-block prefix
@@ -14,10 +15,10 @@ SHARED = list(range(1000, 1000 + 3 * BS))  # a 3-block prefix
 
 def make_scheduler(num_blocks: int = 64, caching: bool = True, block_size: int = BS, lazy: bool = False,
                    **overrides) -> Scheduler:
-    """A sarathi scheduler; `lazy` tracks decodes as the simulator does (a DecodeCohort)."""
+    """A sarathi scheduler; `lazy`: the simulator's, which tracks steady decodes in a DecodeCohort."""
     overrides.setdefault("max_num_seqs", 8)
-    return Scheduler(scheduler_config("sarathi", **overrides), CacheConfig(block_size, num_blocks, caching),
-                     lazy_decodes=lazy)
+    cache = CacheConfig(block_size, num_blocks, caching)
+    return (SimScheduler if lazy else Scheduler)(scheduler_config("sarathi", **overrides), cache)
 
 
 def req(rid: str, prompt: list[int], max_tokens: int = 4, arrival: float = 0.0, adapter=None) -> Request:
@@ -28,7 +29,7 @@ def req(rid: str, prompt: list[int], max_tokens: int = 4, arrival: float = 0.0, 
 def step(sched: Scheduler, now: float = 0.0) -> ScheduledBatch:
     """One schedule + update with a one-second step and synthetic tokens."""
     batch = sched.schedule(now)
-    sched.update(batch, StepResult([1.0]), now)
+    sched.update(batch, StepResult(1.0), now)
     return batch
 
 
@@ -67,7 +68,7 @@ def test_shared_three_block_prefix_is_reused_and_only_the_rest_computed(lazy: bo
     assert b.block_ids[3] != a.block_ids[3] and ref(sched, b.block_ids[3]) == 1
     assert len(b.block_ids) == 4
     assert (sched.kv.num_queries, sched.kv.num_hits) == (2 * 53, 48)
-    sched.update(batch, StepResult([1.0]), 1.0)
+    sched.update(batch, StepResult(1.0), 1.0)
     shared_ids = a.block_ids[:3]
     # Once a finishes, b alone holds the shared blocks; once both finish they stay cached, unreferenced.
     while not a.is_finished:
@@ -116,7 +117,7 @@ def test_fully_cached_prompt_still_computes_at_least_one_token(prompt_len: int, 
     batch = sched.schedule(5.0)
     assert scheduled(batch, again) == (expect_cached, prompt_len - expect_cached)
     assert again.num_cached_tokens == expect_cached
-    sched.update(batch, StepResult([1.0]), 5.0)
+    sched.update(batch, StepResult(1.0), 5.0)
     assert again.num_output_tokens == 1  # its prompt was completed in that one step
     run_to_completion(sched)
     assert again.num_output_tokens == 2
@@ -156,7 +157,7 @@ def test_preempted_request_recomputes_and_hits_its_own_cached_blocks(lazy: bool)
     assert b.num_preemptions == 1
     assert b.num_cached_tokens == 0  # counted at first admission only
     assert sched.kv.num_hits == 0
-    sched.update(batch, StepResult([1.0]), 4.0)
+    sched.update(batch, StepResult(1.0), 4.0)
     run_to_completion(sched)
     assert b.num_output_tokens == 4 and b.status == RequestStatus.FINISHED_LENGTH
 
@@ -165,7 +166,7 @@ def test_preempted_request_recomputes_and_hits_its_own_cached_blocks(lazy: bool)
 def test_preempted_request_without_prefix_caching_recomputes_everything(lazy: bool) -> None:
     sched, b, _, batch = _preemption_scenario(caching=False, lazy=lazy)
     assert scheduled(batch, b) == (0, 9)
-    sched.update(batch, StepResult([1.0]), 4.0)
+    sched.update(batch, StepResult(1.0), 4.0)
     run_to_completion(sched)
     assert b.num_output_tokens == 4
 

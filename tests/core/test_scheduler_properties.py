@@ -4,10 +4,10 @@ An Engine runs the real Scheduler with a fake executor whose step time depends o
 (integer durations, so sums of step times are exact in floating point). Random workloads use tiny
 KV pools that force preemption, shared prompt prefixes (with a tiny token alphabet, so prompts
 often collide), every preset and policy, random priorities, deadlines and adapters, and
-arrivals spread over time so that `until` horizons cut fast-forwarded decode runs. The scheduler
-runs both as a real engine drives it (every request explicit) and as the simulator does
-(`lazy_decodes=True`: decoding requests live in a cohort and runs of decode steps are
-fast-forwarded).
+arrivals spread over time so that `until` horizons cut fast-forwarded decode runs. The contract
+is checked for the core Scheduler (every request explicit, as a real engine drives it) and for
+the simulator's SimScheduler under a SimEngine (decoding requests live in a cohort and runs of
+decode steps are fast-forwarded), which must also make exactly the core's decisions.
 
 The checks, by where they run:
 - `CheckedScheduler.schedule` (right after scheduling): token budget, max_num_seqs, 1 <= n <=
@@ -36,6 +36,9 @@ from batchserve.config import POLICIES, SCHEDULER_PRESETS, CacheConfig, Schedule
 from batchserve.core.scheduler import ScheduledBatch, Scheduler, StepResult
 from batchserve.engine import Engine
 from batchserve.request import Request, RequestStatus, SamplingParams
+from batchserve.sim.batch import DecodeRunResult
+from batchserve.sim.engine import SimEngine
+from batchserve.sim.scheduler import SimScheduler
 
 INF = float("inf")
 MAX_ITERATIONS = 20_000  # engine.step() calls; far above what any generated workload needs
@@ -59,9 +62,20 @@ def step_duration(num_tokens: int, context_tokens: int) -> float:
     return float(1000 + 7 * num_tokens + context_tokens)
 
 
+def num_lazy_decodes(batch: ScheduledBatch) -> int:
+    """Decodes a SimBatch counts without listing them (none in a core batch)."""
+    return getattr(batch, "num_lazy_decodes", 0)
+
+
+def num_steps(batch: ScheduledBatch) -> int:
+    """Steps a SimBatch's fast-forwarded run spans (one for a core batch)."""
+    return getattr(batch, "num_steps", 1)
+
+
 def batch_context(batch: ScheduledBatch) -> int:
     """Tokens attended in a step: each request's context after its new tokens."""
-    return sum(c + n for c, n in zip(batch.num_computed, batch.num_tokens)) + batch.lazy_decode_context
+    lazy_context = getattr(batch, "lazy_decode_context", 0)
+    return sum(c + n for c, n in zip(batch.num_computed, batch.num_tokens)) + lazy_context
 
 
 def decode_run_offsets(batch: ScheduledBatch, num_steps: int) -> list[float]:
@@ -99,14 +113,16 @@ class FakeExecutor:
 
     def execute(self, batch: ScheduledBatch) -> StepResult:
         self.harness.check_executed_batch(batch)
-        return StepResult(decode_run_offsets(batch, batch.num_steps))
+        steps = num_steps(batch)
+        offsets = decode_run_offsets(batch, steps)
+        return DecodeRunResult.from_offsets(offsets) if steps > 1 else StepResult(offsets[0])
 
 
 # ---------------------------------------------------------------------------- checked scheduler
 
 
-class CheckedScheduler(Scheduler):
-    """The real scheduler, with the contract checked around every `schedule` call."""
+class Checked:
+    """Mixed into a real scheduler: the contract checked around every `schedule` call."""
 
     harness: Harness
 
@@ -118,15 +134,23 @@ class CheckedScheduler(Scheduler):
         return batch
 
 
+class CheckedScheduler(Checked, Scheduler):
+    pass
+
+
+class CheckedSimScheduler(Checked, SimScheduler):
+    pass
+
+
 # ---------------------------------------------------------------------------- harness
 
 
 class Harness:
     def __init__(self, sched_cfg: SchedulerConfig, cache_cfg: CacheConfig, ff: str, lazy: bool) -> None:
-        kwargs = {"lazy_decodes": True} if lazy else {}
-        self.sched = CheckedScheduler(sched_cfg, cache_cfg, **kwargs)
+        self.lazy = lazy
+        self.sched = (CheckedSimScheduler if lazy else CheckedScheduler)(sched_cfg, cache_cfg)
         self.sched.harness = self
-        self.engine = Engine(self.sched, FakeExecutor(ff, self))
+        self.engine = (SimEngine if lazy else Engine)(self.sched, FakeExecutor(ff, self))
         self.cfg = sched_cfg
         self.bs = cache_cfg.block_size
         self.kv_content: dict[int, dict[int, tuple]] = {}  # block id -> slot -> (token, adapter)
@@ -136,19 +160,18 @@ class Harness:
     # -- a running request's progress, including a lazily tracked decode's implicit one --
 
     def lazy_members(self) -> list[Request]:
-        cohort = getattr(self.sched, "cohort", None)
-        return [] if cohort is None else list(cohort.members)
+        return list(self.sched.cohort.members) if self.lazy else []
+
+    def in_cohort(self, r: Request) -> bool:
+        return self.lazy and r in self.sched.cohort
 
     def computed(self, r: Request) -> int:
         """num_computed_tokens as of now; a cohort member's field lags until the cohort syncs it."""
-        clock0 = getattr(r, "decode_clock0", None)
-        if clock0 is None:
-            return r.num_computed_tokens
-        return r.decode_computed0 + self.sched.cohort.clock - clock0
+        return self.sched.cohort.computed(r) if self.in_cohort(r) else r.num_computed_tokens
 
     def known(self, r: Request) -> int:
         """num_tokens as of now (a cohort member always has exactly one token to compute)."""
-        return r.num_tokens if getattr(r, "decode_clock0", None) is None else self.computed(r) + 1
+        return self.computed(r) + 1 if self.in_cohort(r) else r.num_tokens
 
     def is_decode(self, r: Request) -> bool:
         return self.computed(r) == self.known(r) - 1
@@ -157,10 +180,10 @@ class Harness:
 
     def check_scheduled_batch(self, batch: ScheduledBatch, before: list[tuple[Request, bool]]) -> None:
         cfg, sched, bs = self.cfg, self.sched, self.bs
-        lazy = self.lazy_members() if batch.num_lazy_decodes else []
-        assert batch.num_steps == 1
-        assert batch.num_lazy_decodes == len(lazy)
-        assert batch.total_tokens == sum(batch.num_tokens) + batch.num_lazy_decodes
+        lazy = self.lazy_members() if num_lazy_decodes(batch) else []
+        assert num_steps(batch) == 1
+        assert num_lazy_decodes(batch) == len(lazy)
+        assert batch.total_tokens == sum(batch.num_tokens) + len(lazy)
         assert batch.total_tokens <= cfg.max_num_batched_tokens, "token budget exceeded"
         assert len(sched.running) <= cfg.max_num_seqs
         assert len(batch.requests) + len(lazy) <= cfg.max_num_seqs
@@ -197,10 +220,10 @@ class Harness:
     # -- inside execute(), after a decode run may have been granted ------------
 
     def check_executed_batch(self, batch: ScheduledBatch) -> None:
-        bs, pool, steps = self.bs, self.sched.kv.pool, batch.num_steps
+        bs, pool, steps = self.bs, self.sched.kv.pool, num_steps(batch)
         assert steps >= 1
         work = list(zip(batch.requests, batch.num_tokens, batch.num_computed))
-        if batch.num_lazy_decodes:
+        if num_lazy_decodes(batch):
             work += [(r, 1, self.computed(r)) for r in self.lazy_members()]
         if steps > 1:
             assert all(n == 1 for _, n, _ in work), "a multi-step run holds a prompt chunk"
@@ -242,7 +265,7 @@ class Harness:
             assert block.ref_cnt == holders[block.block_id], f"block {block.block_id}: ref count != holders"
             if block.block_hash is not None:
                 assert pool.lookup(block.block_hash) == block.block_id
-        assert pool.num_free_blocks == sum(1 for b in pool.blocks if b.ref_cnt == 0)
+        assert pool.num_free_blocks == pool.num_unused_blocks + sum(1 for b in pool.blocks if b.ref_cnt == 0)
         assert pool.num_cached_blocks == sum(1 for b in pool.blocks if b.block_hash is not None)
 
     # -- the arrival-driven loop (what sim.cluster.Cluster does for one replica) ---
@@ -254,7 +277,8 @@ class Harness:
         while i < len(pending) or engine.has_unfinished():
             t_next = pending[i].arrival_time if i < len(pending) else INF
             if engine.has_unfinished() and engine.now < t_next:
-                finished = engine.step(until=t_next)  # raises "scheduler stalled" on a deadlock
+                # raises "scheduler stalled" on a deadlock
+                finished = (engine.step(until=t_next) if self.lazy else engine.step()).finished
                 iterations += 1
                 assert iterations < MAX_ITERATIONS, "no progress: livelock"
                 for r in finished:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from batchserve.core.batch import ScheduledBatch, StepResult
+from batchserve.engine.core import StepOutput
 from batchserve.engine.input_processor import InputProcessor, ProcessedPrompt
 from batchserve.engine.output_processor import OutputProcessor
 from batchserve.request import Request, RequestStatus, SamplingParams
@@ -38,8 +39,8 @@ class Harness:
                 req.status = finish
             finished = reqs
         batch = ScheduledBatch(requests=reqs, num_tokens=[1] * len(reqs))
-        result = StepResult([1.0], [[tokens[r]] for r in reqs], [logprobs] * len(reqs))
-        return self.processor.process(batch, result, finished)
+        result = StepResult(1.0, [[tokens[r]] for r in reqs], [logprobs] * len(reqs))
+        return self.processor.process(StepOutput(batch, result, finished))
 
 
 def test_a_stop_string_spanning_tokens_cuts_the_text_and_stops_the_request() -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from batchserve.config import CacheConfig, scheduler_config
-from batchserve.executors.sim import SimExecutor
 from batchserve.request import Request, SamplingParams
 from batchserve.sim.cost_model import Efficiency
+from batchserve.sim.executor import SimExecutor
 from batchserve.sim.hardware import CatalogError
 from batchserve.sim.simulate import ClusterConfig, SimResult, build_cluster, resolve, simulate
 from batchserve.workload import WorkloadSpec, synthetic_requests

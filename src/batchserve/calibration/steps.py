@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from ..engine import Engine
-from ..executors.sim import step_shape
 from ..engine.llm_engine import LLMEngine
 from ..progress import Progress
 from ..request import Request, SamplingParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
+from ..sim.executor import step_shape
 from ..sim.hardware import Hardware
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
@@ -84,10 +84,10 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True) -> lis
             engine.add_request(Request(f"calibrate-{next(_ids)}", prompt,
                                        SamplingParams(max_tokens=out, ignore_eos=True)))
         t = time.perf_counter()
-        engine.step()
+        step_out = engine.step()
         seconds = time.perf_counter() - t
-        if keep and engine.last_batch is not None:
-            observations.append(Observation(step_shape(engine.last_batch), seconds))
+        if keep and step_out.result is not None:
+            observations.append(Observation(step_shape(step_out.batch), seconds))
         step += 1
     return observations
 

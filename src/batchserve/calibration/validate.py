@@ -66,7 +66,7 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
                 time.sleep(max(0.0, pending[-1].arrival_time - now))
                 continue
             engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
-            records += [RequestRecord.from_request(req) for req in engine.step()]
+            records += [RequestRecord.from_request(req) for req in engine.step().finished]
             progress.update(len(records), f"{now:.0f} s")
     return records
 

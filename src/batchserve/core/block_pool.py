@@ -3,6 +3,10 @@
 A block with ref count 0 is *free* but keeps its cached content until it is
 handed out again: the free queue is ordered least recently used first, so
 allocation evicts the coldest cached block.
+
+Blocks never handed out are not materialised: they are the ids from a
+high-water mark up, handed out in id order before any freed block (the order
+a queue of every id would give), so a pool of any size is O(1) to create.
 """
 
 from __future__ import annotations
@@ -27,20 +31,21 @@ class BlockPool:
         if num_blocks < 1:
             raise ValueError(f"a block pool needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
-        self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        # Free blocks in LRU order (front = evict first). Values unused.
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.blocks: list[KVBlock] = []  # blocks handed out at least once, by id (ids 0..len-1)
+        self.num_unused_blocks = num_blocks  # blocks never handed out: the ids from len(blocks) up
+        # Freed blocks in LRU order (front = evict first). Values unused.
+        self._free: OrderedDict[int, None] = OrderedDict()
         self._cached: dict[int, int] = {}  # block hash -> block id
         self.num_evictions = 0
 
     @property
     def num_free_blocks(self) -> int:
         """Blocks that can be handed out, cached-but-unreferenced ones included."""
-        return len(self._free)
+        return len(self._free) + self.num_unused_blocks
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self._free) / self.num_blocks
+        return 1.0 - self.num_free_blocks / self.num_blocks
 
     @property
     def num_cached_blocks(self) -> int:
@@ -48,18 +53,24 @@ class BlockPool:
 
     def allocate(self, n: int) -> list[int]:
         """Take `n` free blocks (evicting their cached content) with ref count 1."""
-        if n > len(self._free):
-            raise RuntimeError(f"asked for {n} blocks with only {len(self._free)} free")
+        if n > self.num_free_blocks:
+            raise RuntimeError(f"asked for {n} blocks with only {self.num_free_blocks} free")
         return [self.allocate_one() for _ in range(n)]
 
     def allocate_one(self) -> int:
         """Take the least recently used free block (evicting its cached content) with ref count 1."""
-        bid = self._free.popitem(last=False)[0]
-        block = self.blocks[bid]
-        if block.block_hash is not None:
-            del self._cached[block.block_hash]
-            block.block_hash = None
-            self.num_evictions += 1
+        if self.num_unused_blocks:  # never-used blocks come first, in id order
+            bid = self.num_blocks - self.num_unused_blocks
+            self.num_unused_blocks -= 1
+            block = KVBlock(bid)
+            self.blocks.append(block)
+        else:
+            bid = self._free.popitem(last=False)[0]
+            block = self.blocks[bid]
+            if block.block_hash is not None:
+                del self._cached[block.block_hash]
+                block.block_hash = None
+                self.num_evictions += 1
         block.ref_cnt = 1
         return bid
 
@@ -80,13 +91,18 @@ class BlockPool:
         Callers pass a request's blocks tail first, so a prompt's later blocks
         are evicted before its earlier (more shareable) ones.
         """
-        for bid in block_ids:
-            block = self.blocks[bid]
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                self._free[bid] = None
-            elif block.ref_cnt < 0:
-                raise RuntimeError(f"block {bid} freed more times than it was held")
+        blocks = self.blocks
+        bid = None
+        try:
+            for bid in block_ids:
+                block = blocks[bid]
+                block.ref_cnt -= 1
+                if block.ref_cnt == 0:
+                    self._free[bid] = None
+                elif block.ref_cnt < 0:
+                    raise RuntimeError(f"block {bid} freed more times than it was held")
+        except IndexError:  # a block never handed out
+            raise RuntimeError(f"block {bid} freed more times than it was held") from None
 
     def cache_blocks(self, block_ids: list[int], block_hashes: list[int]) -> None:
         """Register full, computed blocks under their hashes; the first block with a hash wins."""
@@ -100,7 +116,8 @@ class BlockPool:
     def num_evictable_in(self, block_ids: Iterable[int]) -> int:
         """How many of these blocks sit on the free queue (a hit on them consumes a free block)."""
         blocks = self.blocks
-        return sum(1 for bid in block_ids if blocks[bid].ref_cnt == 0)
+        used = len(blocks)
+        return sum(1 for bid in block_ids if bid >= used or blocks[bid].ref_cnt == 0)
 
     def reset_prefix_cache(self) -> None:
         for block_hash, bid in self._cached.items():

@@ -9,17 +9,20 @@ a step that can admit a prompt runs prompts only (vLLM v0). When blocks run
 out, the running request the policy ranks last is preempted: its blocks are
 freed and it recomputes later.
 
-With `lazy_decodes` (the simulator, whose tokens are synthetic) decoding
-requests live in a DecodeCohort and cost nothing per step; otherwise every
-running request is scheduled explicitly, as a real executor needs.
+Every running request is scheduled explicitly, as a real executor needs. The
+simulator's scheduler (`sim.scheduler.SimScheduler`) overrides the small
+hooks below (`_requests_to_schedule`, `_add_running`, `_remove_running`,
+`_schedule_running`, `_preempt`, `_append_token`) to track steady decodes
+lazily, with the same decisions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..config import CacheConfig, SchedulerConfig
 from ..request import Request, RequestStatus
-from .batch import ScheduledBatch, StepResult
-from .decode_cohort import SYNTHETIC_TOKEN, DecodeCohort
+from .batch import SYNTHETIC_TOKEN, ScheduledBatch, StepResult
 from .kv_cache_manager import KVCacheManager
 from .policy import WaitingQueue
 
@@ -29,12 +32,14 @@ _RUNNING = RequestStatus.RUNNING
 
 
 class Scheduler:
+    batch_type: type[ScheduledBatch] = ScheduledBatch
+    """What `schedule` returns; a subclass may extend the batch."""
+
     def __init__(
         self,
         config: SchedulerConfig,
         cache_config: CacheConfig,
         max_model_len: int | None = None,
-        lazy_decodes: bool = False,
     ) -> None:
         if cache_config.num_blocks is None:
             raise ValueError("the scheduler needs cache_config.num_blocks resolved (derive it from memory first)")
@@ -44,8 +49,6 @@ class Scheduler:
         self.kv = KVCacheManager(cache_config)
         self.waiting = WaitingQueue(config.policy, config.lpm_window)
         self.running: dict[Request, None] = {}  # every running request, in admission order
-        self._explicit: dict[Request, None] = {}  # running requests scheduled one by one
-        self.cohort = DecodeCohort(cache_config.block_size) if lazy_decodes else None
         self._reserve = int(config.watermark * cache_config.num_blocks)
         self.num_preemptions = 0
 
@@ -88,12 +91,15 @@ class Scheduler:
                 self.waiting.remove(req)
             self._finish(req, status)
 
+    def _add_running(self, req: Request) -> None:
+        self.running[req] = None
+
     def _remove_running(self, req: Request) -> None:
         del self.running[req]
-        if req.decode_clock0 is not None:
-            self.cohort.leave(req)
-        else:
-            del self._explicit[req]
+
+    def _requests_to_schedule(self) -> Iterable[Request]:
+        """The running requests a step serves one by one: all of them."""
+        return self.running
 
     def _finish(self, req: Request, status: RequestStatus) -> None:
         req.status = status
@@ -107,50 +113,23 @@ class Scheduler:
     def schedule(self, now: float = 0.0) -> ScheduledBatch:
         """Pick this step's requests and token counts; `now` stamps first admissions."""
         cfg = self.config
-        batch = ScheduledBatch()
+        batch = self.batch_type()
         budget = cfg.max_num_batched_tokens
         if cfg.prefill_first and self.waiting:
             self._schedule_waiting(batch, budget, now)
             if batch.requests:
                 return batch
-        if self.cohort is not None:
-            budget = self._schedule_cohort(batch, budget)
-        budget = self._schedule_explicit(batch, budget)
+        budget = self._schedule_running(batch, budget)
         if not batch.preempted:
             self._schedule_waiting(batch, budget, now)
-        # Whatever left a waiting request waiting (budget, max_num_seqs, blocks) stays
-        # so through a run of decode steps, except for `lpm`, which re-ranks each step.
-        batch.can_extend = (
-            batch.num_lazy_decodes > 0
-            and not batch.requests
-            and not self._explicit
-            and not batch.preempted
-            and not (cfg.policy == "lpm" and self.waiting)
-        )
         return batch
 
-    def _schedule_cohort(self, batch: ScheduledBatch, budget: int) -> int:
-        """Give lazily tracked decodes the blocks this tick needs; they take one token each."""
-        cohort, pool = self.cohort, self.kv.pool
-        needs = cohort.pop_block_needs(cohort.clock)
-        for req in needs:
-            while req.decode_clock0 is not None and pool.num_free_blocks == 0:
-                self._preempt(self.waiting.victim(self.running), batch)
-            if req.decode_clock0 is not None:  # not itself preempted
-                req.block_ids.append(pool.allocate_one())
-        cohort.push_block_needs(needs)
-        n = len(cohort)
-        batch.num_lazy_decodes = n
-        batch.lazy_decode_context = cohort.context + n
-        batch.total_tokens += n
-        return budget - n
-
-    def _schedule_explicit(self, batch: ScheduledBatch, budget: int) -> int:
+    def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
         """Serve running requests one by one, decodes before prompt chunks; returns the budget left."""
         threshold = self.config.long_prefill_token_threshold
         kv = self.kv
         bs = kv.block_size
-        order = sorted(self._explicit, key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        order = sorted(self._requests_to_schedule(), key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
         for req in order:
             if budget <= 0:
                 break
@@ -181,10 +160,6 @@ class Scheduler:
     def _preempt(self, victim: Request, batch: ScheduledBatch) -> int:
         """Free a running request's blocks and requeue it; returns budget it had taken this step."""
         refund = 0
-        if victim.decode_clock0 is not None and batch.num_lazy_decodes:
-            refund = 1  # its tick was already counted in this batch
-            batch.num_lazy_decodes -= 1
-            batch.lazy_decode_context -= self._synced_computed(victim) + 1
         self._remove_running(victim)
         for j, r in enumerate(batch.requests):
             if r is victim:
@@ -201,10 +176,6 @@ class Scheduler:
         self.waiting.add(victim)
         batch.preempted.append(victim)
         return refund
-
-    def _synced_computed(self, req: Request) -> int:
-        self.cohort.sync(req)
-        return req.num_computed_tokens
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int, now: float) -> None:
         """Admit waiting requests in policy order until one does not fit (head-of-line)."""
@@ -238,83 +209,20 @@ class Scheduler:
                 req.first_scheduled_time = now
             batch.num_cached_tokens += num_cached
             req.status = _RUNNING
-            self.running[req] = None
-            self._explicit[req] = None
+            self._add_running(req)
             batch.requests.append(req)
             batch.num_tokens.append(n)
             batch.num_computed.append(req.num_computed_tokens)
             batch.total_tokens += n
             budget -= n
 
-    # ---- fast-forward (simulator) -----------------------------------------------
-
-    def decode_run_limit(self, batch: ScheduledBatch) -> int:
-        """Most steps this batch could repeat unchanged: 1 unless it is a pure lazy-decode step.
-
-        A run is valid only while nothing could change between its steps: no
-        request finishes before the run's last step, and no waiting request
-        could be admitted (whatever blocked it - budget, max_num_seqs, blocks -
-        stays so while the same requests decode).
-        """
-        if not batch.can_extend:
-            return 1
-        return self.cohort.next_finish() - self.cohort.clock
-
-    def extend_decode_run(self, batch: ScheduledBatch, max_steps: int) -> int:
-        """Turn a pure decode step into a run of up to `max_steps` steps (at most `decode_run_limit`).
-
-        The run stops before the first tick whose block need finds no free
-        block, so no step of it would preempt. Returns the steps granted.
-        """
-        if max_steps <= 1:
-            return 1
-        cohort, pool = self.cohort, self.kv.pool
-        start = cohort.clock
-        steps = max_steps
-        for tick in range(start + 1, start + max_steps):
-            needs = cohort.pop_block_needs(tick)
-            if len(needs) > pool.num_free_blocks:
-                steps = tick - start  # the run ends before the tick that would preempt
-                cohort.push_block_needs(needs)
-                break
-            for req in needs:
-                req.block_ids.append(pool.allocate_one())
-            cohort.push_block_needs(needs)
-        batch.num_steps = steps
-        return steps
-
     # ---- results -------------------------------------------------------------
 
     def update(self, batch: ScheduledBatch, result: StepResult, start_time: float) -> list[Request]:
         """Apply a step's results; returns the requests that finished."""
-        steps = batch.num_steps
-        times = result.step_end_offsets
-        end_time = start_time + times[-1]
-        finished: list[Request] = []
-        if batch.num_lazy_decodes:
-            cohort = self.cohort
-            for req in cohort.members:
-                if req.token_times is not None:
-                    req.token_times.extend(start_time + t for t in times)
-            for req in cohort.advance(steps):
-                del self.running[req]
-                self._finish(req, RequestStatus.FINISHED_LENGTH)
-                finished.append(req)
-        explicit_done = self._update_explicit(batch, result, start_time)
-        for req in explicit_done:
-            del self.running[req]
-            del self._explicit[req]
-        finished += explicit_done
-        for req in finished:
-            req.finish_time = end_time
-        return finished
-
-    def _update_explicit(self, batch: ScheduledBatch, result: StepResult, start_time: float) -> list[Request]:
+        end_time = start_time + result.duration
         kv = self.kv
         bs = kv.block_size
-        cohort = self.cohort
-        times = result.step_end_offsets
-        first_time = start_time + times[0]
         sampled = result.sampled_token_ids
         finished: list[Request] = []
         for i, (req, n) in enumerate(zip(batch.requests, batch.num_tokens)):
@@ -328,14 +236,14 @@ class Scheduler:
             if n > 1 or not req.output_token_ids:
                 kv.commit(req)  # a finished prompt; decode-filled blocks are committed when freed
             if req.first_token_time is None:
-                req.first_token_time = first_time
+                req.first_token_time = end_time
             if req.token_times is not None:
-                req.token_times.append(start_time + times[-1])
+                req.token_times.append(end_time)
             if self._append_token(req, SYNTHETIC_TOKEN if sampled is None else sampled[i][0]):
                 finished.append(req)
-            elif cohort is not None:
-                del self._explicit[req]
-                cohort.join(req)
+        for req in finished:
+            self._remove_running(req)
+            req.finish_time = end_time
         return finished
 
     def _append_token(self, req: Request, token: int) -> bool:

@@ -7,7 +7,7 @@ are torch-free, so the simulator imports this package without torch;
 
 from typing import Any
 
-from .core import Engine
+from .core import Engine, StepOutput
 from .input_processor import InputProcessor, ProcessedPrompt, PromptType, generation_defaults
 from .memory import num_kv_blocks, parse_memory
 from .output_processor import OutputProcessor
@@ -16,7 +16,7 @@ from .stats import EngineStats, StatsCollector
 
 __all__ = [
     "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt", "PromptType",
-    "SiblingGate", "StatsCollector", "generation_defaults", "num_kv_blocks", "parse_memory",
+    "SiblingGate", "StatsCollector", "StepOutput", "generation_defaults", "num_kv_blocks", "parse_memory",
 ]
 
 

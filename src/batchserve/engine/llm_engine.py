@@ -152,14 +152,12 @@ class LLMEngine:
         """
         engine = self.engine
         engine.now = max(engine.now, self.now)  # timestamps on the wall clock, idle gaps included
-        finished = engine.step()
-        batch, result = engine.last_batch, engine.last_result
-        outputs = self.output_processor.process(batch, result, finished)
-        if batch is not None and result is not None:
-            self._stats.record(batch, result)
-            for sibling in self.siblings.release(batch):
+        step = engine.step()
+        outputs = self.output_processor.process(step)
+        if step.result is not None:
+            self._stats.record(step.batch, step.result)
+            for sibling in self.siblings.release(step.batch):
                 engine.add_request(sibling)
-            engine.last_batch = engine.last_result = None
         return outputs
 
     def _stop(self, req: Request) -> None:

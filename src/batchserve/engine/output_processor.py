@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.batch import ScheduledBatch, StepResult
 from ..outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from ..request import Request, RequestStatus
 from ..tokenizer import IncrementalDetokenizer, StopChecker, Tokenizer
+from .core import StepOutput
 from .input_processor import ProcessedPrompt
 
 
@@ -97,13 +97,12 @@ class OutputProcessor:
             self._by_request.pop(c.request, None)  # a completion that finished before left already
         return self._output(prompt)
 
-    def process(self, batch: ScheduledBatch | None, result: StepResult | None,
-                finished: list[Request]) -> list[RequestOutput]:
-        """Outputs of the prompts that got tokens or finished in this step (`finished`: by the scheduler)."""
+    def process(self, step: StepOutput) -> list[RequestOutput]:
+        """Outputs of the prompts that got tokens or finished in this step (by the scheduler or a stop string)."""
         touched: dict[str, _Prompt] = {}
-        finished = list(finished)
-        if batch is not None and result is not None:
-            for req, toks, lp in zip(batch.requests, result.sampled_token_ids, result.logprobs):
+        finished = list(step.finished)
+        if step.result is not None:
+            for req, toks, lp in zip(step.batch.requests, step.result.sampled_token_ids, step.result.logprobs):
                 if toks:
                     prompt, completion = self._by_request[req]
                     if self._on_tokens(completion, toks, lp):

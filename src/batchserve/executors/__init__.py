@@ -1,4 +1,4 @@
-"""Executors turn a ScheduledBatch into a StepResult: for real (torch) or by prediction (sim)."""
+"""Executors turn a ScheduledBatch into a StepResult: the protocol and the real (torch) executor; the simulator's is `sim.executor`."""
 
 from .base import Executor
 

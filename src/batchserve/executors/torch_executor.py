@@ -104,7 +104,4 @@ class TorchExecutor:
         end = time.perf_counter()
         self.prepare_s += prepared - start
         self.model_s += end - prepared
-        return StepResult([end - start], sampled, logprobs)
-
-    def max_decode_steps(self, batch: ScheduledBatch, horizon_s: float, limit: int) -> int:
-        return 1  # a real executor returns to the scheduler every step
+        return StepResult(end - start, sampled, logprobs)

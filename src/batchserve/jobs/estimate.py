@@ -11,9 +11,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import CacheConfig, scheduler_config
-from ..engine import Engine
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
+from ..sim.engine import SimEngine
 from ..sim.models import ModelShape
 from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
@@ -26,7 +26,7 @@ from .runner import Finished, JobConfig, Recorder, Summary, feed, plan
 class SimBackend:
     """One simulated replica: requests become scheduler Requests stamped with the simulated clock."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: SimEngine) -> None:
         self.engine = engine
         self.block_size = engine.scheduler.kv.block_size
         self._live: dict[str, tuple[BatchRequest, list[Request]]] = {}
@@ -51,9 +51,9 @@ class SimBackend:
         self._live[req.custom_id] = (req, children)
 
     def step(self) -> list[Finished]:
-        finished = {self._parent.pop(r) for r in self.engine.step()}
-        if self.engine.last_batch is not None:
-            self._computed_prompt_tokens += self.engine.last_batch.num_computed_prompt_tokens
+        out = self.engine.step()
+        finished = {self._parent.pop(r) for r in out.finished}
+        self._computed_prompt_tokens += out.batch.num_computed_prompt_tokens
         done = []
         for cid in finished:
             req, children = self._live[cid]

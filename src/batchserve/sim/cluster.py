@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ..engine import Engine
 from ..metrics import RequestRecord
 from ..request import Request
+from .engine import SimEngine
 from .router import make_router
 
 
@@ -32,7 +32,7 @@ class Cluster:
     only up to the next arrival, since the router may send it there.
     """
 
-    def __init__(self, replicas: Sequence[Engine], router: str = "round-robin") -> None:
+    def __init__(self, replicas: Sequence[SimEngine], router: str = "round-robin") -> None:
         if not replicas:
             raise ValueError("a cluster needs at least one replica")
         self.replicas = list(replicas)
@@ -59,7 +59,7 @@ class Cluster:
             if busy and busy[0][0] < t_arrival:
                 _, idx = heapq.heappop(busy)
                 engine = replicas[idx]
-                for req in engine.step(until=t_arrival):
+                for req in engine.step(until=t_arrival).finished:
                     records.append(RequestRecord.from_request(req, idx))
                     if progress is not None and len(records) % progress_every == 0:
                         progress(len(records), engine.now)

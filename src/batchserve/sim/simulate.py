@@ -6,16 +6,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..config import CacheConfig, SchedulerConfig
-from ..core.scheduler import Scheduler
-from ..engine import Engine
-from ..executors.sim import SimExecutor
 from ..request import Request
 from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
 from .deployment import Deployment
+from .engine import SimEngine
+from .executor import SimExecutor
 from .hardware import CatalogError, Hardware, get_hardware
 from .models import ModelShape, get_model
 from .router import ROUTERS
+from .scheduler import SimScheduler
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,8 @@ def resolve(
 def build_cluster(setup: SimSetup) -> Cluster:
     cost_model = CostModel(setup.deployment, setup.efficiency)
     engines = [
-        Engine(
-            Scheduler(
-                setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len, lazy_decodes=True
-            ),
+        SimEngine(
+            SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len),
             SimExecutor(cost_model),
             track_token_times=setup.cluster.track_token_times,
         )

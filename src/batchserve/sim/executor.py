@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from ..core.batch import ScheduledBatch, StepResult
-from ..sim.cost_model import CostModel, StepShape
+from ..executors.base import Executor
+from .batch import DecodeRunResult, SimBatch
+from .cost_model import CostModel, StepShape
 
 
-def step_shape(batch: ScheduledBatch) -> StepShape:
-    """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows."""
-    num_decodes = batch.num_lazy_decodes
-    decode_context = batch.lazy_decode_context
+def step_shape(batch: ScheduledBatch, num_lazy_decodes: int = 0, lazy_decode_context: int = 0) -> StepShape:
+    """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows.
+
+    `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
+    join the batch's listed requests (a SimBatch counts its cohort's decodes).
+    """
+    num_decodes = num_lazy_decodes
+    decode_context = lazy_decode_context
     prefill_tokens = prefill_context = num_sampling = num_chunks = 0
     attended = 0.0
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
@@ -29,23 +37,30 @@ def step_shape(batch: ScheduledBatch) -> StepShape:
                      num_chunks)
 
 
+class DecodeRunExecutor(Executor, Protocol):
+    """An executor that can run a SimBatch's `num_steps` decode steps at once."""
+
+    def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
+        """How many (at most `limit`) decode steps of this batch may run back to back, all starting within `horizon_s`."""
+
+
 class SimExecutor:
     def __init__(self, cost_model: CostModel) -> None:
         self.cost_model = cost_model
 
-    def execute(self, batch: ScheduledBatch) -> StepResult:
+    def execute(self, batch: SimBatch) -> StepResult:
         if batch.num_steps > 1:
-            return StepResult(self._decode_run(batch, batch.num_steps).tolist())
-        return StepResult([self.step_time(batch)])
+            return DecodeRunResult.from_offsets(self._decode_run(batch, batch.num_steps).tolist())
+        return StepResult(self.step_time(batch))
 
-    def step_time(self, batch: ScheduledBatch) -> float:
-        return self.cost_model.step_time(*step_shape(batch))
+    def step_time(self, batch: SimBatch) -> float:
+        return self.cost_model.step_time(*step_shape(batch, batch.num_lazy_decodes, batch.lazy_decode_context))
 
-    def _decode_run(self, batch: ScheduledBatch, num_steps: int) -> np.ndarray:
+    def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, batch.lazy_decode_context, num_steps)
 
-    def max_decode_steps(self, batch: ScheduledBatch, horizon_s: float, limit: int) -> int:
+    def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):
             return limit
         if horizon_s <= 0 or limit <= 1:

@@ -1,0 +1,40 @@
+"""The simulator's step messages: a batch that also counts lazily tracked decodes and may span a run of steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..core.batch import ScheduledBatch, StepResult
+
+
+@dataclass
+class SimBatch(ScheduledBatch):
+    """A ScheduledBatch plus the decodes a DecodeCohort tracks lazily, counted rather than listed.
+
+    `num_lazy_decodes` requests each compute one token, attending to
+    `lazy_decode_context` tokens in all. With `num_steps > 1` the batch is a
+    run of identically shaped decode steps (fast-forward).
+    """
+
+    num_lazy_decodes: int = 0
+    lazy_decode_context: int = 0
+    num_steps: int = 1
+    can_extend: bool = False  # a pure decode step whose successors would be identical
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.requests and not self.num_lazy_decodes
+
+
+@dataclass
+class DecodeRunResult(StepResult):
+    """The result of a fast-forwarded run: `step_end_offsets` are each step's end, from the run's start.
+
+    `duration` is the whole run (the last offset).
+    """
+
+    step_end_offsets: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_offsets(cls, step_end_offsets: list[float]) -> DecodeRunResult:
+        return cls(step_end_offsets[-1], step_end_offsets=step_end_offsets)

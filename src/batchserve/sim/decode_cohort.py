@@ -1,0 +1,127 @@
+"""Requests in steady decode whose per-step progress is implicit (synthetic tokens only).
+
+In a simulation every decoding request advances exactly one token per step
+and its token values do not matter, so per-request work is only needed at
+events: when a request needs its next KV block and when it reaches
+max_tokens. The cohort keeps a tick `clock` (decode steps run) and, per
+member, the clock and computed-token count at which it joined; `sync`
+materialises a member's state (computed tokens, synthetic outputs) on demand.
+This turns a step's cost from O(running requests) into O(events).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+from ..core.batch import SYNTHETIC_TOKEN
+from ..request import Request
+
+
+class _Member:
+    """One membership of a request; entries in the event queues go stale once it is no longer `active`.
+
+    A member computes token position computed0 + (t - clock0) at tick t and
+    has made outputs0 + (clock - clock0) outputs once the clock reads `clock`.
+    """
+
+    __slots__ = ("req", "clock0", "computed0", "active")
+
+    def __init__(self, req: Request, clock0: int) -> None:
+        self.req = req
+        self.clock0 = clock0
+        self.computed0 = req.num_computed_tokens
+        self.active = True
+
+
+class DecodeCohort:
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.clock = 0
+        self.members: dict[Request, _Member] = {}
+        self.context = 0  # sum of members' num_computed_tokens at the current clock
+        self._finish: list[tuple[int, int, _Member]] = []  # (clock at which it finishes, seq, member)
+        # tick -> members needing a new block then; a need is never more than block_size ticks away,
+        # so buckets beat a heap. Entries of members that left are skipped on pop.
+        self._blocks: dict[int, list[_Member]] = {}
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, req: Request) -> bool:
+        return req in self.members
+
+    # The ticks at which a member finishes and needs its next block are unchanged by `sync`,
+    # which moves clock0 and computed0 together.
+
+    def join(self, req: Request) -> None:
+        """Add a request that just sampled a token and will decode from the next tick."""
+        m = self.members[req] = _Member(req, self.clock)
+        self.context += req.num_computed_tokens
+        outputs0 = m.computed0 + 1 - len(req.prompt_token_ids)
+        heapq.heappush(self._finish, (m.clock0 + req.sampling_params.max_tokens - outputs0, next(self._seq), m))
+        self.push_block_needs([req])
+
+    def computed(self, req: Request) -> int:
+        """A member's num_computed_tokens as of the clock (its field lags until `sync`)."""
+        m = self.members[req]
+        return m.computed0 + self.clock - m.clock0
+
+    def sync(self, req: Request) -> None:
+        """Bring a member's num_computed_tokens and outputs up to the clock."""
+        m = self.members[req]
+        advance = self.clock - m.clock0
+        if advance:
+            req.num_computed_tokens = m.computed0 + advance
+            req.extend_output([SYNTHETIC_TOKEN] * advance)
+            m.clock0 = self.clock
+            m.computed0 = req.num_computed_tokens
+
+    def leave(self, req: Request) -> None:
+        """Remove a member (finished, preempted or aborted), its state synced; its queue entries go stale."""
+        self.sync(req)
+        self.members.pop(req).active = False
+        self.context -= req.num_computed_tokens
+
+    def _valid_top(self) -> tuple[int, int, _Member] | None:
+        heap = self._finish
+        while heap:
+            entry = heap[0]
+            if entry[2].active:
+                return entry
+            heapq.heappop(heap)  # stale: the member left
+        return None
+
+    def pop_block_needs(self, tick: int) -> list[Request]:
+        """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""
+        entries = self._blocks.pop(tick, None)
+        if not entries:
+            return []
+        return [m.req for m in entries if m.active]
+
+    def push_block_needs(self, reqs: list[Request]) -> None:
+        """Track the next block need of these requests (those still members)."""
+        blocks, members, bs = self._blocks, self.members, self.block_size
+        for req in reqs:
+            m = members.get(req)
+            if m is not None:  # the tick whose token overflows the blocks it holds
+                blocks.setdefault(m.clock0 + len(req.block_ids) * bs - m.computed0, []).append(m)
+
+    def next_finish(self) -> int | None:
+        entry = self._valid_top()
+        return None if entry is None else entry[0]
+
+    def advance(self, steps: int) -> list[Request]:
+        """Run `steps` ticks; returns the members that reached max_tokens (synced, removed)."""
+        self.clock += steps
+        self.context += len(self.members) * steps
+        done = []
+        while True:
+            entry = self._valid_top()
+            if entry is None or entry[0] > self.clock:
+                return done
+            heapq.heappop(self._finish)
+            req = entry[2].req
+            self.leave(req)
+            done.append(req)
