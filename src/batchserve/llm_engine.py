@@ -23,7 +23,7 @@ from .core.batch import ScheduledBatch
 from .core.scheduler import Scheduler
 from .engine import Engine
 from .executors.torch_executor import TorchExecutor
-from .models.attention import kv_cache_bytes_per_block
+from .model_config import kv_bytes_per_block
 from .models.loader import load_model
 from .outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from .request import Request, RequestStatus, SamplingParams
@@ -123,7 +123,7 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         self.device = device
         torch_dtype = self.model.dtype
-        per_block = kv_cache_bytes_per_block(self.model_config, block_size, torch_dtype)
+        per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         num_blocks = self._num_blocks(kv_cache_memory, gpu_memory_utilization, per_block)
         sched_cfg = scheduler_config(
             scheduler, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **scheduler_fields

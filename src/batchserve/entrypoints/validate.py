@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
-    return resolve(cluster, llm.scheduler.config, cache, model=llm.model_config.sim_shape(model_name))
+    return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name))
 
 
 def compare(measured: dict, predicted: dict) -> dict[str, dict[str, float | None]]:

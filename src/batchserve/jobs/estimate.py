@@ -12,9 +12,9 @@ from typing import Any
 
 from ..config import CacheConfig, scheduler_config
 from ..engine import Engine
+from ..model_config import ModelConfig
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
-from ..sim.models import ModelShape
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
@@ -118,13 +118,13 @@ class SimReplicas:
         return max(r.engine.now for r in self.replicas)
 
 
-def model_shape(model: str) -> ModelShape | None:
+def model_shape(model: str) -> ModelConfig | None:
     """The built-in tiny model's shape; None: look `model` up as usual."""
     if model != "tiny":
         return None
     from ..models.tiny import tiny_config
 
-    return tiny_config().sim_shape("tiny")
+    return tiny_config()
 
 
 def estimate_job(

@@ -9,12 +9,13 @@ from ..config import CacheConfig, SchedulerConfig
 from ..core.scheduler import Scheduler
 from ..engine import Engine
 from ..executors.sim import SimExecutor
+from ..model_config import ModelConfig
 from ..request import Request
 from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
 from .deployment import Deployment
 from .hardware import CatalogError, Hardware, get_hardware
-from .models import ModelShape, get_model
+from .models import get_model
 from .router import ROUTERS
 
 
@@ -86,7 +87,7 @@ def resolve(
     scheduler: SchedulerConfig,
     cache: CacheConfig,
     efficiency: Efficiency | Mapping[str, float] | None = None,
-    model: ModelShape | None = None,
+    model: ModelConfig | None = None,
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
