@@ -32,8 +32,7 @@ from tokenizers import Tokenizer, models
 
 from batchserve.jobs.engine_backend import local_job
 from batchserve.jobs.runner import JobConfig
-from batchserve.models.attention import kv_cache_bytes_per_block
-from batchserve.models.config import ModelConfig
+from batchserve.model_config import from_hf_config, kv_bytes_per_block
 
 
 def workload(args: argparse.Namespace, vocab: int) -> list[tuple[list[int], int]]:
@@ -120,8 +119,8 @@ def cpu_model() -> str:
 
 def kv_bytes(path: Path, dtype: torch.dtype, tokens: int) -> int:
     """Bytes of a KV cache holding `tokens` tokens of this model."""
-    config = ModelConfig.from_hf(json.loads((path / "config.json").read_text()))
-    return kv_cache_bytes_per_block(config, 16, dtype) * (tokens // 16)
+    config = from_hf_config(json.loads((path / "config.json").read_text()))
+    return int(kv_bytes_per_block(config, 16, dtype.itemsize)) * (tokens // 16)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from batchserve import SamplingParams  # noqa: E402
 from batchserve.entrypoints.llm import LLM  # noqa: E402
-from batchserve.models.attention import kv_cache_bytes_per_block  # noqa: E402
+from batchserve.model_config import kv_bytes_per_block  # noqa: E402
 
 VOCAB = 300
 MAX_NEW = 10
@@ -84,7 +84,7 @@ def test_greedy_matches_with_prefix_caching_and_preemption(hf_model) -> None:
     batch = prompts(shared=37, seed=1)  # a 37-token shared prefix: two full blocks of 16 to reuse
     expected = [hf_greedy(model, p) for p in batch]
     llm_cfg = LLM(str(path), skip_tokenizer_init=True, kv_cache_memory="1MiB").model_config
-    per_block = kv_cache_bytes_per_block(llm_cfg, 16, torch.float32)
+    per_block = int(kv_bytes_per_block(llm_cfg, 16, torch.float32.itemsize))
     # 10 blocks of 16 tokens: the 8 requests (~55-90 tokens each) cannot all run at once
     got, llm = ours(path, batch, kv_cache_memory=10 * per_block)
     assert got == expected

@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from batchserve.models import (AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache,
-                               kv_cache_bytes_per_block, tiny_config)
+from batchserve.model_config import kv_bytes_per_block
+from batchserve.models import AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache, tiny_config
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
@@ -100,6 +100,6 @@ def test_kv_cache_shapes_and_bytes():
     assert len(caches) == config.num_layers
     k, v = caches[0]
     assert k.shape == v.shape == (10, 16, config.num_kv_heads, config.head_dim) and k.dtype == torch.bfloat16
-    per_block = kv_cache_bytes_per_block(config, 16, torch.bfloat16)
+    per_block = kv_bytes_per_block(config, 16, torch.bfloat16.itemsize)  # the formula the engine sizes with
     assert per_block == 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2
     assert per_block * 10 == sum(t.numel() * t.element_size() for pair in caches for t in pair)

@@ -123,7 +123,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
         interconnect_latency_s=match.interconnect_latency_s if match else 5e-6,
         max_gpus_per_node=match.max_gpus_per_node if match else 1,
     )
-    deployment = Deployment(llm.model_config.sim_shape("calibrated"), profile, weight_dtype=weight_dtype)
+    deployment = Deployment(replace(llm.model_config, name="calibrated"), profile, weight_dtype=weight_dtype)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
-    return resolve(cluster, llm.scheduler.config, cache, model=llm.model_config.sim_shape(model_name))
+    return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name))
 
 
 def compare(measured: dict, predicted: dict) -> Comparison:

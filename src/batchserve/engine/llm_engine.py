@@ -19,7 +19,8 @@ import torch
 from ..config import CacheConfig, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
-from ..models.attention import AttentionConfig, kv_cache_bytes_per_block
+from ..model_config import kv_bytes_per_block
+from ..models.attention import AttentionConfig
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
@@ -67,7 +68,7 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         self.device = device
         torch_dtype = self.model.dtype
-        per_block = kv_cache_bytes_per_block(self.model_config, block_size, torch_dtype)
+        per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
         num_blocks = num_kv_blocks(kv_cache_memory, gpu_memory_utilization, per_block, gpu_memory)
         sched_cfg = scheduler_config(

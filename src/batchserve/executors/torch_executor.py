@@ -13,8 +13,8 @@ import weakref
 import torch
 
 from ..core.batch import ScheduledBatch, StepResult
+from ..model_config import ModelConfig
 from ..models.attention import AttentionConfig, AttentionMetadata, allocate_kv_cache
-from ..models.config import ModelConfig
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator
 from ..request import Request

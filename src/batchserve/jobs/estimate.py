@@ -11,10 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import CacheConfig, scheduler_config
+from ..model_config import ModelConfig
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
 from ..sim.engine import SimEngine
-from ..sim.models import ModelShape
 from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
@@ -118,13 +118,13 @@ class SimReplicas:
         return max(r.engine.now for r in self.replicas)
 
 
-def model_shape(model: str) -> ModelShape | None:
+def model_shape(model: str) -> ModelConfig | None:
     """The built-in tiny model's shape; None: look `model` up as usual."""
     if model != "tiny":
         return None
     from ..models.tiny import tiny_config
 
-    return tiny_config().sim_shape("tiny")
+    return tiny_config()
 
 
 def estimate_job(

@@ -3,9 +3,8 @@
 Importing this package needs torch; `core/` and `sim/` never import it.
 """
 
-from .attention import (AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache,
-                        kv_cache_bytes_per_block)
-from .config import SUPPORTED_ARCHITECTURES, ModelConfig, ModelLoadError
+from .attention import AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache
+from .config import SUPPORTED_ARCHITECTURES, ModelLoadError, load_model_config
 from .llama import CausalLM
 from .loader import load_model
 from .rope import RotaryEmbedding
@@ -16,13 +15,12 @@ __all__ = [
     "AttentionConfig",
     "AttentionMetadata",
     "CausalLM",
-    "ModelConfig",
     "ModelLoadError",
     "PagedAttention",
     "RotaryEmbedding",
     "allocate_kv_cache",
     "build_tiny",
-    "kv_cache_bytes_per_block",
     "load_model",
+    "load_model_config",
     "tiny_config",
 ]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .config import ModelConfig
+from ..model_config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -221,8 +221,3 @@ def allocate_kv_cache(config: ModelConfig, num_blocks: int, block_size: int, dty
     return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(config.num_layers)]
 
-
-def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    """Bytes one block takes across all layers, K and V: what sizing num_blocks divides by."""
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * element

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init
 
+from ..model_config import ModelConfig
 from .attention import AttentionMetadata, KVCache, PagedAttention
-from .config import ModelConfig, ModelLoadError
+from .config import ModelLoadError
 from .linear import PackedLinear, prepack_linears
 from .rope import RotaryEmbedding
 
@@ -50,7 +51,7 @@ class Attention(nn.Module):
         super().__init__()
         c = config
         self.q_size, self.kv_size = c.q_size, c.kv_size
-        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_kv_heads, c.head_dim
         self.scale = c.head_dim ** -0.5
         self.qkv_proj = _linear(c.hidden_size, c.q_size + 2 * c.kv_size, c.attention_bias, dtype, device)
         self.o_proj = _linear(c.q_size, c.hidden_size, c.o_proj_bias, dtype, device)
@@ -123,7 +124,7 @@ class CausalLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else _linear(
             config.hidden_size, config.vocab_size, False, dtype, device)
         self.rotary_emb = RotaryEmbedding(config, device)
-        self.attn = PagedAttention(config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
+        self.attn = PagedAttention(config.num_attention_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .config import SUPPORTED_DTYPES, ModelConfig, ModelLoadError
+from ..model_config import ModelConfig
+from .config import SUPPORTED_DTYPES, ModelLoadError, load_model_config
 from .linear import prepack_supported
 from .llama import CausalLM
 from .tiny import build_tiny, tiny_config
@@ -50,7 +51,7 @@ def _build(model: str | os.PathLike, dtype: str | torch.dtype,
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model directory {path} has no config.json")
     generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else None
-    config = ModelConfig.from_hf(_read_json(path / "config.json"), generation)
+    config = load_model_config(_read_json(path / "config.json"), generation, name=path.name)
     shards = safetensors_files(path)
     net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
     net.load_weights(_read_tensors(shards))

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .config import ModelConfig
+from ..model_config import ModelConfig
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: dict | None) -> tuple[torch.Tensor, float]:

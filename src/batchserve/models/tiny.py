@@ -11,7 +11,7 @@ from typing import Iterator
 
 import torch
 
-from .config import ModelConfig
+from ..model_config import ModelConfig
 from .llama import CausalLM
 
 BOS_TOKEN_ID, EOS_TOKEN_ID, PAD_TOKEN_ID = 256, 257, 258
@@ -20,11 +20,12 @@ _SEED, _STD = 0, 0.02
 
 def tiny_config() -> ModelConfig:
     return ModelConfig(
+        name="tiny",
         architecture="LlamaForCausalLM",
         hidden_size=64,
         intermediate_size=128,
         num_layers=2,
-        num_heads=4,
+        num_attention_heads=4,
         num_kv_heads=2,
         head_dim=16,
         vocab_size=259,

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..model_config import kv_bytes_per_token
 from .deployment import Deployment
 
 
@@ -93,7 +94,7 @@ class CostModel:
         # Attention per layer on one rank.
         self.heads = m.num_attention_heads / tp
         self.head_dim = m.head_dim
-        self.kv_bytes_per_token = 2 * d.kv_heads_per_gpu * m.head_dim * d.kv_bytes_per_element
+        self.kv_bytes_per_token = kv_bytes_per_token(m, d.kv_bytes_per_element, tp, num_layers=1)
         self.hidden, self.vocab = h, m.vocab_size
         self.tp, self.pp = tp, d.pp
         self.link_bw = hw.interconnect_bandwidth * eff.interconnect_bandwidth

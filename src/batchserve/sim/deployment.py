@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model_config import ModelConfig, kv_bytes_per_block, kv_bytes_per_token
 from .hardware import Hardware
-from .models import ModelShape
 
 GiB = 1024**3
 
@@ -25,7 +25,7 @@ class DoesNotFitError(ValueError):
 
 @dataclass(frozen=True)
 class Deployment:
-    model: ModelShape
+    model: ModelConfig
     hardware: Hardware
     tp: int = 1
     pp: int = 1
@@ -75,17 +75,12 @@ class Deployment:
         return self.activation_bytes if self.kv_cache_dtype == "auto" else KV_BYTES[self.kv_cache_dtype]
 
     @property
-    def kv_heads_per_gpu(self) -> int:
-        """KV heads each TP rank holds; replicated when tp exceeds the KV head count."""
-        return max(1, -(-self.model.num_kv_heads // self.tp))
-
-    @property
     def layers_per_stage(self) -> int:
         return -(-self.model.num_layers // self.pp)
 
     def kv_bytes_per_token_per_gpu(self) -> float:
-        m = self.model
-        return 2 * self.layers_per_stage * self.kv_heads_per_gpu * m.head_dim * self.kv_bytes_per_element
+        """KV bytes of one token on one GPU: its TP share of the KV heads over its PP stage's layers."""
+        return kv_bytes_per_token(self.model, self.kv_bytes_per_element, self.tp, self.layers_per_stage)
 
     def weight_bytes_per_gpu(self) -> float:
         """Weights of the largest stage, sharded over TP (embeddings and LM head on the end stages)."""
@@ -109,7 +104,8 @@ class Deployment:
         weights = self.weight_bytes_per_gpu()
         activations = self.activation_bytes_per_gpu(max_num_batched_tokens)
         free = usable - weights - activations
-        per_block = block_size * self.kv_bytes_per_token_per_gpu()
+        per_block = kv_bytes_per_block(self.model, block_size, self.kv_bytes_per_element, self.tp,
+                                       self.layers_per_stage)
         if free < per_block:
             missing = (per_block - free) / GiB
             raise DoesNotFitError(

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..config import CacheConfig, SchedulerConfig
+from ..model_config import ModelConfig
 from ..request import Request
 from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
@@ -13,7 +14,7 @@ from .deployment import Deployment
 from .engine import SimEngine
 from .executor import SimExecutor
 from .hardware import CatalogError, Hardware, get_hardware
-from .models import ModelShape, get_model
+from .models import get_model
 from .router import ROUTERS
 from .scheduler import SimScheduler
 
@@ -86,7 +87,7 @@ def resolve(
     scheduler: SchedulerConfig,
     cache: CacheConfig,
     efficiency: Efficiency | Mapping[str, float] | None = None,
-    model: ModelShape | None = None,
+    model: ModelConfig | None = None,
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
