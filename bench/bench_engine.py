@@ -11,6 +11,15 @@ On CPU the square products are also timed with a oneDNN-packed weight (what
 the engine's linear layers use, models/linear.py); the fraction of that, the
 faster of the two on AMD EPYC, is printed beside the first.
 
+Baselines, same requests, greedy, dtype and threads: transformers' static
+batching `generate` (sorted by prompt length, each batch run to its longest
+output) and transformers' own continuous batching (`ContinuousBatchingManager`,
+paged KV cache, SDPA attention over a block-diagonal mask, the implementation
+it accepts on CPU; the same 2048-token step budget and a cache that holds the
+whole workload). Neither gets oneDNN weight prepacking, so the summary pairs
+batchserve with and without it against each: prepack off vs continuous
+batching is engine against engine on the same kernels.
+
     python bench/bench_engine.py --model small --dtype float32 --num-requests 64
     python bench/bench_engine.py --model qwen0.5b --dtype bfloat16 --baseline-batch 16
 """
@@ -27,6 +36,8 @@ import time
 
 import torch
 import transformers
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from batchserve import SamplingParams
 from batchserve.calibration.device import matmul_flops
@@ -43,6 +54,8 @@ SHAPES = {
                                                              num_key_value_heads=8, intermediate_size=8192,
                                                              vocab_size=128256, tie_word_embeddings=True)),
 }
+TOKEN_BUDGET = 2048  # tokens per engine step, for batchserve and transformers' continuous batching alike
+MAX_SEQS = 256  # batchserve's default max_num_seqs, also given to transformers' continuous batching
 
 
 def _sync(device: str) -> None:
@@ -73,7 +86,7 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
 
 def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True) -> tuple[float, LLM]:
     llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory="4GiB",
-              max_num_batched_tokens=2048, weight_prepack=prepack)
+              max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
     outs = llm.generate([p for p, _ in reqs], params, use_tqdm=False)
@@ -99,19 +112,50 @@ def run_transformers(model, reqs, batch_size: int, device: str = "cpu") -> float
     return time.perf_counter() - t
 
 
+def run_transformers_continuous(model, reqs) -> float:
+    """transformers' continuous batching, each request with its own exact max_new_tokens and no EOS.
+
+    `generate_batch` takes one max_new_tokens for all requests, so this drives its manager directly. The cache is
+    sized to hold every request at once (no preemption). The clock starts once the manager is built and warmed up
+    (CUDA graphs; nothing on CPU), as batchserve's starts after its engine is; the manager's thread still allocates
+    its cache inside the timed run, milliseconds against seconds.
+    """
+    page = ContinuousBatchingConfig.page_size
+    cb_config = ContinuousBatchingConfig(
+        num_blocks=sum(-(-(len(p) + out) // page) for p, out in reqs), max_batch_tokens=TOKEN_BUDGET,
+        max_requests_per_batch=MAX_SEQS, auto_switch_to_flash=False)
+    model.set_attn_implementation("sdpa")
+    gen_config = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0)
+    session = model.continuous_batching_context_manager(gen_config, continuous_batching_config=cb_config)
+    with torch.inference_mode(), session as manager:  # the loop thread takes the caller's inference mode
+        t = time.perf_counter()
+        ids = [manager.add_request(p, max_new_tokens=out, eos_token_id=-1) for p, out in reqs]
+        results = {}
+        while len(results) < len(ids) and manager.is_running():
+            if (res := manager.get_result(timeout=1)) is not None and res.is_finished():
+                results[res.request_id] = res
+        wall = time.perf_counter() - t
+    lengths = [len(results[i].generated_tokens) if i in results else 0 for i in ids]
+    assert lengths == [out for _, out in reqs], "transformers continuous batching lost or cut short requests"
+    return wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(SHAPES), default="small")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--num-requests", type=int, default=64)
-    parser.add_argument("--baseline-batch", type=int, action="append", help="transformers batch sizes to try")
+    parser.add_argument("--baseline", choices=["static", "continuous", "both"], default="both",
+                        help="transformers baselines: static batching generate, its continuous batching, or both")
+    parser.add_argument("--baseline-batch", type=int, action="append", help="transformers static batch sizes to try")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--prepack", choices=["on", "off", "both"], default="on",
-                        help="run batchserve with oneDNN-packed weights (the default), torch's linear, or both")
+    parser.add_argument("--prepack", choices=["on", "off", "both"], default="both",
+                        help="run batchserve with oneDNN-packed weights, torch's linear (what the baselines run), "
+                             "or both (the default, so the summary separates the kernel gain from the batching gain)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # threads started later (transformers' batching loop) inherit it
     dtype = getattr(torch, args.dtype)
     config_cls, model_cls, shape = SHAPES[args.model]
     cfg = getattr(transformers, config_cls)(**shape, max_position_embeddings=2048)
@@ -123,36 +167,56 @@ def main() -> None:
     peak = matmul_flops(device, dtype)
     packed_peak = matmul_flops(device, dtype, packed=True) if prepack_supported(dtype, device) else None
     out_tokens = sum(out for _, out in reqs)
+
+    def rate(wall: float) -> str:
+        """One row's wall time, throughput and fractions of the limits; every row prints the same fields."""
+        packed_share = f" ({flops / wall / packed_peak:5.1%} of the oneDNN limit)" if packed_peak else ""
+        return (f"{wall:6.1f} s, {out_tokens / wall:7.1f} output tok/s, {flops / wall / peak:5.1%} of limit"
+                + packed_share)
+
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, torch threads {args.threads}, "
-          f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}, device {args.device}"
+          f"cpu {platform.processor() or 'see /proc/cpuinfo'}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""))
     print(f"model {args.model} ({sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params), {args.dtype}, "
           f"{args.num_requests} requests, {out_tokens} output tokens, {flops / 1e12:.2f} TFLOP of useful work")
     print(f"matmul limit: {peak / 1e9:.0f} GFLOP/s -> at best {flops / peak:.1f} s"
           + (f"; oneDNN packed: {packed_peak / 1e9:.0f} GFLOP/s -> {flops / packed_peak:.1f} s" if packed_peak else ""))
+    ours: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        walls = []
         for prepack in {"on": [True], "off": [False], "both": [True, False]}[args.prepack]:
             wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack)
-            walls.append(wall)
+            name = f"batchserve (prepack {'on' if prepack else 'off'})"
+            ours[name] = wall
             ex = llm.executor
-            overhead = (wall - ex.model_s) / wall
-            packed_share = f" ({flops / wall / packed_peak:5.1%} of the oneDNN limit)" if packed_peak else ""
-            print(f"batchserve{'' if prepack else ' (weight_prepack=False)'}: {wall:6.1f} s, "
-                  f"{out_tokens / wall:7.1f} output tok/s, {flops / wall / peak:5.1%} of limit{packed_share}; "
-                  f"time outside forward + sampling (scheduling, input prep, detokenization): {overhead:.1%} "
-                  f"(input prep alone {ex.prepare_s / wall:.1%})", flush=True)
+            print(f"{name}: {rate(wall)}; time outside forward + sampling (scheduling, input prep, "
+                  f"detokenization): {(wall - ex.model_s) / wall:.1%} (input prep alone {ex.prepare_s / wall:.1%})",
+                  flush=True)
             del llm, ex
-    wall = walls[0]
-    if len(walls) == 2:
-        print(f"weight prepacking: {walls[1] / walls[0]:.2f}x faster than torch's default linear")
-    if not args.no_baseline:
-        hf = hf.to(device=args.device, dtype=dtype)
+    if len(ours) == 2:
+        print(f"weight prepacking: {ours['batchserve (prepack off)'] / ours['batchserve (prepack on)']:.2f}x faster "
+              "than torch's default linear")
+    if args.no_baseline:
+        return
+    hf = hf.to(device=args.device, dtype=dtype)
+    baselines: dict[str, float] = {}
+    if args.baseline in ("static", "both"):
+        static = {}
         for bsz in args.baseline_batch or [16, args.num_requests]:
-            t = run_transformers(hf, reqs, bsz, args.device)
-            print(f"transformers static batch {bsz:3d}: {t:6.1f} s, {out_tokens / t:7.1f} output tok/s, "
-                  f"{flops / t / peak:5.1%} of limit; batchserve is {t / wall:.2f}x faster")
+            static[bsz] = run_transformers(hf, reqs, bsz, args.device)
+            print(f"transformers static batch {bsz}: {rate(static[bsz])}", flush=True)
+        best = min(static, key=static.get)
+        baselines[f"transformers static (best, batch {best})"] = static[best]
+    if args.baseline in ("continuous", "both"):
+        wall = run_transformers_continuous(hf, reqs)
+        print(f"transformers continuous batching (paged, sdpa): {rate(wall)}", flush=True)
+        baselines["transformers continuous batching"] = wall
+    print("summary (prepack off runs the baselines' linear kernels, so its ratios are the batching and engine gain "
+          "alone; prepack on adds the oneDNN kernel gain):")
+    for name, wall in ours.items():
+        for base, base_wall in baselines.items():
+            print(f"  {name} is {base_wall / wall:.2f}x as fast as {base}")
 
 
 if __name__ == "__main__":

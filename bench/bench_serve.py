@@ -6,13 +6,19 @@ OpenAI completions subset; `batchserve bench serve`'s load generator
 (`run_load`) drives each at rising Poisson rates, and a server's sweep stops
 at its first rate that misses the target (or fails requests).
 
-The baseline is a minimal transformers server: one worker runs requests one
-at a time, FIFO, prefill then a token-by-token decode loop with the HF KV
-cache, streaming each token. (`transformers serve` exists in transformers 5,
-but its completions endpoint takes text prompts only and needs a tokenizer,
-which a random-weight model has none of.)
+The baselines are minimal transformers servers over the same app
+(`openai_app`), streaming one chunk per token. "transformers-cb" (the one to
+report) adds each request to transformers' own continuous batching
+(`ContinuousBatchingManager`, paged KV cache, SDPA) as it arrives and streams
+its tokens back through the manager's per-request result handler.
+"transformers-fifo" runs requests one at a time, prefill then a
+token-by-token decode loop with the HF KV cache: the floor any batching must
+beat, kept for the earlier results. (`transformers serve` exists in
+transformers 5, but its completions endpoint takes text prompts only and
+needs a tokenizer, which a random-weight model has none of.)
 
-    python bench/bench_serve.py                    # both sweeps, a few minutes
+    python bench/bench_serve.py                    # batchserve and transformers-cb sweeps, a few minutes
+    python bench/bench_serve.py --baseline transformers-cb --baseline transformers-fifo
     python bench/bench_serve.py --rates 1,2,4 --seconds-per-rate 20
     python bench/bench_serve.py --itl-check        # sarathi's token budget keeps ITL flat (tiny model)
 """
@@ -33,28 +39,71 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import torch
 import transformers
 from bench_engine import SHAPES
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from batchserve.entrypoints.openai.bench_client import run_load
 from batchserve.metrics import SLO, summarize
 from batchserve.workload import WorkloadSpec
 
 TTFT_TARGET_S = 2.0
+KV_CACHE_GIB = 1  # batchserve's --kv-cache-memory, and the size of transformers-cb's paged cache
 
 
-# ---- the baseline server ------------------------------------------------------------------------------
+# ---- the baseline servers -----------------------------------------------------------------------------
+
+# A stream takes (prompt token ids, max_tokens) and yields each generated token id as it is sampled.
+TokenStream = Callable[[list[int], int], AsyncIterator[int]]
 
 
-def baseline_app(model_dir: str):
-    """FastAPI app: /health, /v1/models, streaming /v1/completions over HF generate-style decoding, one at a time."""
+def openai_app(vocab_size: int, stream: TokenStream, lifespan: Callable | None = None):
+    """FastAPI app: /health, /v1/models and streaming /v1/completions, one SSE chunk per token, over `stream`."""
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"data": [{"id": "small", "vocab_size": vocab_size}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: dict) -> StreamingResponse:
+        async def events():
+            n = 0
+            async for _ in stream(body["prompt"], body["max_tokens"]):
+                n += 1
+                done = "length" if n == body["max_tokens"] else None
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': '', 'finish_reason': done}]})}\n\n"
+            usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def load_model(model_dir: str) -> transformers.PreTrainedModel:
+    """float32 with SDPA attention, as batchserve's server runs the same checkpoint."""
+    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                             attn_implementation="sdpa").eval()
+
+
+def fifo_app(model_dir: str):
+    """One request at a time, FIFO: prefill, then a token-by-token decode loop with the HF KV cache."""
+    model = load_model(model_dir)
     jobs: queue.SimpleQueue = queue.SimpleQueue()
 
     def worker() -> None:
@@ -68,34 +117,63 @@ def baseline_app(model_dir: str):
                     res = model(token.view(1, 1), past_key_values=res.past_key_values, use_cache=True)
             loop.call_soon_threadsafe(out.put_nowait, None)
 
-    threading.Thread(target=worker, daemon=True).start()
-    app = FastAPI()
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {}
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"data": [{"id": "small", "vocab_size": model.config.vocab_size}]}
-
-    @app.post("/v1/completions")
-    async def completions(body: dict) -> StreamingResponse:
+    async def stream(prompt: list[int], max_tokens: int) -> AsyncIterator[int]:
         out: asyncio.Queue = asyncio.Queue()
-        jobs.put((body["prompt"], body["max_tokens"], asyncio.get_running_loop(), out))
+        jobs.put((prompt, max_tokens, asyncio.get_running_loop(), out))
+        while (token := await out.get()) is not None:
+            yield token
 
-        async def events():
-            n = 0
-            while (token := await out.get()) is not None:
-                n += 1
-                done = "length" if n == body["max_tokens"] else None
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': '', 'finish_reason': done}]})}\n\n"
-            usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}
-            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n"
+    threading.Thread(target=worker, daemon=True).start()
+    return openai_app(model.config.vocab_size, stream)
 
-        return StreamingResponse(events(), media_type="text/event-stream")
 
-    return app
+def batched_app(model_dir: str):
+    """transformers' continuous batching: every request joins its ContinuousBatchingManager as it arrives.
+
+    Greedy, no EOS, each request's own max_new_tokens, SDPA over its paged cache. The cache is batchserve's 1 GiB;
+    the step budget is 2048 tokens, not batchserve's 8192, because its CPU attention mask is allocated as step
+    tokens x cache tokens (2048 x 128k floats = 1 GiB here), and the workload's prompts are short enough that
+    2048 rarely binds.
+    """
+    model = load_model(model_dir)
+    cfg = model.config
+    page = ContinuousBatchingConfig.page_size
+    kv_bytes_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 4  # K and V, float32
+    cb_config = ContinuousBatchingConfig(num_blocks=KV_CACHE_GIB * 2**30 // (kv_bytes_per_token * page),
+                                         max_batch_tokens=2048, max_requests_per_batch=256, auto_switch_to_flash=False)
+    manager = model.init_continuous_batching(GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0),
+                                             continuous_batching_config=cb_config)
+
+    @asynccontextmanager
+    async def running(_app) -> AsyncIterator[None]:
+        """The manager's loop is a non-daemon thread: stop it with the server, or the process never exits."""
+        with torch.inference_mode():  # the loop thread takes the caller's inference mode
+            manager.warmup()  # builds the cache on this thread: built on the loop's, its CPU steps ran 5-10x slower
+            manager.start()
+        yield
+        manager.stop(block=True, timeout=10)
+
+    async def stream(prompt: list[int], max_tokens: int) -> AsyncIterator[int]:
+        outputs: asyncio.Queue = asyncio.Queue()
+        request_id = uuid.uuid4().hex
+        manager.register_result_handler(request_id, outputs.put_nowait)  # called on this loop, once per step
+        manager.add_request(prompt, request_id=request_id, max_new_tokens=max_tokens, eos_token_id=-1,
+                            streaming=True)
+        sent = 0
+        while True:
+            res = await outputs.get()
+            if res.error is not None:
+                raise RuntimeError(res.error)
+            for token in res.generated_tokens[sent:]:  # each streamed output holds every token so far
+                yield token
+            sent = len(res.generated_tokens)
+            if res.is_finished():
+                return
+
+    return openai_app(cfg.vocab_size, stream, running)
+
+
+BASELINES = {"transformers-cb": batched_app, "transformers-fifo": fifo_app}
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------
@@ -136,7 +214,7 @@ def sweep(name: str, url: str, rates: list[float], args: argparse.Namespace, voc
         ok = failed == 0 and p99 is not None and p99 < TTFT_TARGET_S
         rows.append({"server": name, "rate": rate, "num_requests": num_requests, "ok": ok, "failed": failed,
                      "metrics": s})
-        print(f"{name:>12} rate {rate:5g}: " + (
+        print(f"{name:>17} rate {rate:5g}: " + (
             f"{s['request_throughput']:5.2f} req/s, {s['output_token_throughput']:6.0f} out tok/s, "
             f"TTFT p50 {s['ttft_s']['p50'] * 1e3:6.0f} ms p99 {p99 * 1e3:6.0f} ms, "
             f"TPOT p50 {s['tpot_s']['p50'] * 1e3:5.1f} ms, ITL p99 {s['itl_s']['p99'] * 1e3:6.1f} ms"
@@ -196,13 +274,16 @@ def main() -> None:
     parser.add_argument("--json", help="write every point as JSON")
     parser.add_argument("--itl-check", action="store_true",
                         help="instead: ITL of a stream while long prompts arrive, sarathi budget vs whole prefills")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), action="append",
+                        help="transformers servers to sweep after batchserve (repeatable; default transformers-cb)")
     parser.add_argument("--baseline-server", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # internal
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_server:
         import uvicorn
 
-        uvicorn.run(baseline_app(args.baseline_server), host="127.0.0.1", port=args.port, log_level="warning")
+        app = BASELINES[args.baseline[0]](args.baseline_server)
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
         return
     if args.itl_check:
         itl_check()
@@ -223,9 +304,10 @@ def main() -> None:
         getattr(transformers, model_cls)(cfg).save_pretrained(tmp)
         servers = {
             "batchserve": [sys.executable, "-m", "batchserve", "serve", "--model", tmp, "--skip-tokenizer-init",
-                           "--dtype", "float32", "--kv-cache-memory", "1GiB"],
-            "transformers": [sys.executable, __file__, "--baseline-server", tmp],
+                           "--dtype", "float32", "--kv-cache-memory", f"{KV_CACHE_GIB}GiB"],
         }
+        for name in args.baseline or ["transformers-cb"]:
+            servers[name] = [sys.executable, __file__, "--baseline-server", tmp, "--baseline", name]
         for name, cmd in servers.items():
             port = free_port()
             url = f"http://127.0.0.1:{port}"

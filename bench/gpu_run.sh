@@ -13,7 +13,7 @@ cd bench
 if [ "${WITH_THROUGHPUT:-1}" = 1 ]; then
   echo "== 2. throughput: Qwen2.5-0.5B shape, bf16, 256 requests"
   timeout 150 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-      --baseline-batch 256 2>&1 | grep -v "Writing model"
+      --baseline-batch 256 --baseline static --prepack on 2>&1 | grep -v "Writing model"
 fi
 echo "== 2b. where a decode step's time goes at batch 256"
 timeout 70 python3 profile_engine.py --device cuda --shape qwen0.5b --dtype bfloat16 --num-requests 256 2>&1 \
