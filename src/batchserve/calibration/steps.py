@@ -87,7 +87,7 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True) -> lis
         step_out = engine.step()
         seconds = time.perf_counter() - t
         if keep and step_out.result is not None:
-            observations.append(Observation(step_shape(step_out.batch), seconds))
+            observations.append(Observation(step_shape(step_out.batch, engine.executor.attention), seconds))
         step += 1
     return observations
 

@@ -20,7 +20,7 @@ from ..config import CacheConfig, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..model_config import kv_bytes_per_block
-from ..models.attention import AttentionConfig
+from ..attention_layout import AttentionConfig
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams

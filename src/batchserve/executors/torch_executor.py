@@ -14,7 +14,8 @@ import torch
 
 from ..core.batch import ScheduledBatch, StepResult
 from ..model_config import ModelConfig
-from ..models.attention import AttentionConfig, AttentionMetadata, allocate_kv_cache
+from ..attention_layout import AttentionConfig
+from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator
 from ..request import Request

@@ -3,7 +3,8 @@
 Importing this package needs torch; `core/` and `sim/` never import it.
 """
 
-from .attention import AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache
+from ..attention_layout import AttentionConfig
+from .attention import AttentionMetadata, PagedAttention, allocate_kv_cache
 from .config import SUPPORTED_ARCHITECTURES, ModelLoadError, load_model_config
 from .llama import CausalLM
 from .loader import load_model

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..attention_layout import AttentionConfig, decode_groups
 from ..model_config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -31,19 +32,6 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
         with sdpa_kernel(_CUDA_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """Knobs of this attention backend, set on the executor."""
-
-    decode_bucket_ratio: float = 0.7
-    """Decode rows share a padded call while their context is at least this fraction of the call's longest:
-    higher pads less but makes more calls."""
-
-    def __post_init__(self) -> None:
-        if not 0 < self.decode_bucket_ratio <= 1:
-            raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
 
 
 @dataclass
@@ -106,22 +94,6 @@ def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
     return mask
 
 
-def _length_buckets(decodes: list[int], ctx: list[int], ratio: float) -> list[list[int]]:
-    """Decode rows grouped by context length, longest first; a group's shortest row is >= ratio x its longest.
-
-    Each group is padded to its longest row, so grouping bounds the padding (gathered and attended
-    for nothing) to 1 / ratio of the real keys instead of max/mean of the whole batch; on a CPU the
-    K/V gather of one padded batch of 256 mixed-length decodes was 57% of the step.
-    """
-    buckets: list[list[int]] = []
-    for i in sorted(decodes, key=lambda i: -ctx[i]):
-        if buckets and ctx[i] + 1 >= ratio * (ctx[buckets[-1][0]] + 1):
-            buckets[-1].append(i)
-        else:
-            buckets.append([i])
-    return buckets
-
-
 def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
     qsl, ctx, tables = meta.query_start_loc, meta.context_lens, meta.block_tables
     if not len(qsl) == len(ctx) + 1 == len(tables) + 1:
@@ -130,7 +102,8 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
     device = meta.slot_mapping.device
     decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
     decode_plans = []
-    for bucket in _length_buckets(decodes, ctx, meta.config.decode_bucket_ratio):
+    for group in decode_groups([ctx[i] + 1 for i in decodes], meta.config.decode_bucket_ratio):
+        bucket = [decodes[j] for j in group]
         lens = [ctx[i] + 1 for i in bucket]
         slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding

@@ -31,7 +31,11 @@ class Efficiency:
     attention_flops: float = 0.50
     """Prefill attention (flash-style kernels) reaches this fraction of peak FLOP/s."""
     memory_bandwidth: float = 0.85
-    """Streaming weights and KV reaches this fraction of peak memory bandwidth."""
+    """Streaming weights and activations reaches this fraction of peak memory bandwidth."""
+    kv_read_bandwidth: float = 0.85
+    """Attention reads cached K/V at this fraction of peak memory bandwidth. A paged kernel reads in
+    place near the streaming rate; the plain-torch backend first gathers K/V into padded tensors, which
+    on a CPU runs at a few percent of it, so `calibrate` fits this apart from `memory_bandwidth`."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -67,6 +71,9 @@ class StepShape(NamedTuple):
     decode_context_tokens: int = 0
     num_sampling: int = 0
     num_prefill_seqs: int = 0
+    decode_key_tokens: int = 0
+    """Keys the decodes' attention reads: `decode_context_tokens` (each row's keys, its new token
+    included) plus the padding of the executor's decode groups (`executors.decode_groups`)."""
 
 
 class CostModel:
@@ -83,6 +90,7 @@ class CostModel:
         attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
         self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
+        self.kv_bandwidth = hw.memory_bandwidth * eff.kv_read_bandwidth
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -126,14 +134,16 @@ class CostModel:
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
         flops = 4.0 * self.head_dim * self.heads * attended_pairs
-        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_tokens * self.heads * self.head_dim * self.ab
-        return max(flops / self.attn_flops, nbytes / self.bandwidth)
+        kv_s = context_tokens * self.kv_bytes_per_token / self.kv_bandwidth
+        activation_s = 2 * num_tokens * self.heads * self.head_dim * self.ab / self.bandwidth
+        return max(flops / self.attn_flops, kv_s + activation_s)
 
-    def decode_attention_time(self, num_decodes: int, context_tokens):
-        """One query token per request against `context_tokens` cached tokens in all; numpy-friendly."""
-        flops = 4.0 * self.head_dim * self.heads * context_tokens
-        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
-        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
+    def decode_attention_time(self, num_decodes: int, key_tokens):
+        """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly."""
+        flops = 4.0 * self.head_dim * self.heads * key_tokens
+        kv_s = key_tokens * self.kv_bytes_per_token / self.kv_bandwidth
+        activation_s = 2 * num_decodes * self.heads * self.head_dim * self.ab / self.bandwidth
+        return np.maximum(flops / self.attn_flops, kv_s + activation_s)
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
@@ -167,8 +177,12 @@ class CostModel:
         decode_context_tokens: int = 0,
         num_sampling: int = 0,
         num_prefill_seqs: int = 0,
+        decode_key_tokens: int = 0,
     ) -> float:
-        """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes."""
+        """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
+
+        `decode_key_tokens` (0: unknown) defaults to the unpadded keys, `decode_context_tokens`.
+        """
         tokens = num_prefill_tokens + num_decodes
         if tokens == 0:
             return 0.0
@@ -176,7 +190,8 @@ class CostModel:
         if num_prefill_tokens:
             attention += self.prefill_attention_time(num_prefill_tokens, prefill_attended_pairs, prefill_context_tokens)
         if num_decodes:
-            attention += float(self.decode_attention_time(num_decodes, decode_context_tokens))
+            keys = decode_key_tokens or decode_context_tokens
+            attention += float(self.decode_attention_time(num_decodes, keys))
         return (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
             + self.lm_head_time(num_sampling)
@@ -196,5 +211,5 @@ class CostModel:
             + self.overhead
             + (self.token_overhead + self.sequence_overhead) * num_decodes
         )
-        contexts = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
-        return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, contexts))
+        keys = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
+        return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, keys))

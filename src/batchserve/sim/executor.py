@@ -6,26 +6,28 @@ from typing import Protocol
 
 import numpy as np
 
+from ..attention_layout import AttentionConfig, padded_key_tokens
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
 
 
-def step_shape(batch: ScheduledBatch, num_lazy_decodes: int = 0, lazy_decode_context: int = 0) -> StepShape:
+def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
+               lazy_decode_context: int = 0) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
-    join the batch's listed requests (a SimBatch counts its cohort's decodes).
+    join the batch's listed requests (a SimBatch counts its cohort's decodes);
+    the listed decodes' keys are padded as `attention` groups them, while the
+    cohort keeps only its key total, so its rows count unpadded.
     """
-    num_decodes = num_lazy_decodes
-    decode_context = lazy_decode_context
     prefill_tokens = prefill_context = num_sampling = num_chunks = 0
     attended = 0.0
+    decode_keys: list[int] = []
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
         if n == 1:
-            num_decodes += 1
-            decode_context += c + 1
+            decode_keys.append(c + 1)
         else:
             prefill_tokens += n
             num_chunks += 1
@@ -33,8 +35,10 @@ def step_shape(batch: ScheduledBatch, num_lazy_decodes: int = 0, lazy_decode_con
             attended += n * (c + (n + 1) / 2)
             if c + n == req.num_tokens:
                 num_sampling += 1
-    return StepShape(prefill_tokens, attended, prefill_context, num_decodes, decode_context, num_sampling + num_decodes,
-                     num_chunks)
+    num_decodes = num_lazy_decodes + len(decode_keys)
+    padded = lazy_decode_context + padded_key_tokens(decode_keys, attention.decode_bucket_ratio)
+    return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
+                     num_sampling + num_decodes, num_chunks, padded)
 
 
 class DecodeRunExecutor(Executor, Protocol):
@@ -45,8 +49,9 @@ class DecodeRunExecutor(Executor, Protocol):
 
 
 class SimExecutor:
-    def __init__(self, cost_model: CostModel) -> None:
+    def __init__(self, cost_model: CostModel, attention: AttentionConfig = AttentionConfig()) -> None:
         self.cost_model = cost_model
+        self.attention = attention  # the engine's decode grouping, whose padding the step reads
 
     def execute(self, batch: SimBatch) -> StepResult:
         if batch.num_steps > 1:
@@ -54,7 +59,8 @@ class SimExecutor:
         return StepResult(self.step_time(batch))
 
     def step_time(self, batch: SimBatch) -> float:
-        return self.cost_model.step_time(*step_shape(batch, batch.num_lazy_decodes, batch.lazy_decode_context))
+        return self.cost_model.step_time(*step_shape(batch, self.attention, batch.num_lazy_decodes,
+                                                         batch.lazy_decode_context))
 
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""

@@ -1,0 +1,45 @@
+"""How the plain-torch attention backend lays out decodes: shared with the cost model (torch-free).
+
+The backend gathers each group of decode rows' K/V into one tensor padded to
+the group's longest row, so a step reads the padded key count, not the real
+one; the simulator counts the same padded keys, by the same rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Knobs of the attention backend, set on the executor."""
+
+    decode_bucket_ratio: float = 0.7
+    """Decode rows share a padded call while their key count is at least this fraction of the call's longest:
+    higher pads less but makes more calls."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decode_bucket_ratio <= 1:
+            raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
+
+
+def decode_groups(lengths: Sequence[int], ratio: float) -> list[list[int]]:
+    """Row indices grouped by key count, longest first; a group's shortest row is >= ratio x its longest.
+
+    Grouping bounds the padding (keys gathered and attended for nothing) to 1 / ratio of the real
+    keys instead of max/mean of the whole batch: on a CPU the K/V gather of one padded batch of
+    256 mixed-length decodes was 57% of the step.
+    """
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[i] >= ratio * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def padded_key_tokens(lengths: Sequence[int], ratio: float) -> int:
+    """Keys the grouped decode attention reads: each group's row count times its longest row."""
+    return sum(len(g) * lengths[g[0]] for g in decode_groups(lengths, ratio))

@@ -1,0 +1,23 @@
+"""Decode grouping: the rule the torch backend pads by and the cost model counts by."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchserve.attention_layout import decode_groups, padded_key_tokens
+
+
+@given(st.lists(st.integers(1, 5000), max_size=64), st.sampled_from([0.5, 0.7, 0.9, 1.0]))
+def test_groups_partition_the_rows_and_bound_the_padding(lengths: list[int], ratio: float) -> None:
+    groups = decode_groups(lengths, ratio)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        longest = lengths[g[0]]
+        assert all(ratio * longest <= lengths[i] <= longest for i in g)
+    assert sum(lengths) <= padded_key_tokens(lengths, ratio) <= sum(lengths) / ratio
+
+
+def test_equal_lengths_need_no_padding_and_a_spread_batch_pads_each_group_to_its_longest() -> None:
+    assert padded_key_tokens([300] * 16, 0.7) == 16 * 300
+    # 1000 and 800 share a group (800 >= 700); 500 starts one with 400 (400 >= 350); 100 is alone
+    assert decode_groups([100, 800, 1000, 400, 500], 0.7) == [[2, 1], [4, 3], [0]]
+    assert padded_key_tokens([100, 800, 1000, 400, 500], 0.7) == 2 * 1000 + 2 * 500 + 100
