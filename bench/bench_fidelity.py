@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--input-len", default="uniform:32:384")
     parser.add_argument("--output-len", default="uniform:16:160")
     parser.add_argument("--kv-cache-memory", default="2GiB")
+    parser.add_argument("--offline-requests", type=int, default=None,
+                        help="also replay this many requests offline (all at t=0), the run whose throughput tests "
+                             "the cost model (default: --num-requests; 0: skip)")
     parser.add_argument("--out", default=None, help="directory for the profile and the JSON result")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -82,13 +85,24 @@ def main() -> None:
         t = time.perf_counter()
         result = validate(llm, setup, lambda: synthetic_requests(replace(spec, rate=rate)))
         print(f"validated in {time.perf_counter() - t:.0f} s")
+        offline_n = args.num_requests if args.offline_requests is None else args.offline_requests
+        offline = None
+        if offline_n:
+            t = time.perf_counter()
+            offline = validate(llm, setup, lambda: synthetic_requests(replace(spec, num_requests=offline_n, seed=8)))
+            print(f"offline replay of {offline_n} requests in {time.perf_counter() - t:.0f} s")
+    print(f"open loop at {rate:.2f} req/s:")
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    if offline is not None:
+        print(f"offline, {offline_n} requests at t=0 (saturated):")
+        print(format_comparison(offline.metrics))
     if args.out:
         with open(os.path.join(args.out, "fidelity.json"), "w") as f:
             json.dump({"args": vars(args), "capacity": capacity, "rate": rate, "fit": cal.report,
-                       "metrics": result.metrics, "per_request_mape": mape}, f, indent=2)
+                       "metrics": result.metrics, "per_request_mape": mape,
+                       "offline_metrics": offline.metrics if offline is not None else None}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -39,23 +39,28 @@ Entry = tuple[list[int], int, int]  # prompt, output length, the step it arrives
 
 
 def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int, max_seqs: int,
-                       seed: int = 0) -> Iterator[tuple[str, list[Entry]]]:
+                       seed: int = 0, prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry]]]:
     """(label, requests) groups; each group runs to completion before the next.
 
     Requests of a group that share a prefix reuse it from the prefix cache, which
     is what makes long-context decode points cheap; late arrivals make mixed steps.
+    A prompt point is one step, so each is measured `prompt_repeats` times (fresh
+    tokens each, so no cache hit): on a shared VM single steps vary by +-15%, and
+    a fit through single samples moved the predicted TTFT by 40% between runs.
     """
     rng = np.random.default_rng(seed)
     longest = min(2048, max_model_len - 320)  # room for a 256-token chunk and outputs on top
     # Page in the weights and build the kernels of every step kind once, unrecorded.
     yield "warm-up", [(_prompt(rng, vocab, 256), 4, 0)] + [(_prompt(rng, vocab, 16), 4, 1) for _ in range(8)]
     for n in (16, 64, 256):
-        yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
+        for _ in range(prompt_repeats):
+            yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
     for context in (512, longest):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
         for n in (32, 256):
-            yield f"chunk {n} at context {context}", [(prefix + _prompt(rng, vocab, n), 1, 0)]
+            for _ in range(prompt_repeats):
+                yield f"chunk {n} at context {context}", [(prefix + _prompt(rng, vocab, n), 1, 0)]
         for batch in (1, 4, 16, 64):
             if batch <= max_seqs:
                 yield f"decode x{batch} at context {context}", [

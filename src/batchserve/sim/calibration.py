@@ -20,7 +20,7 @@ from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
-FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "kv_read_bandwidth")
+FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s")
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically

@@ -31,11 +31,7 @@ class Efficiency:
     attention_flops: float = 0.50
     """Prefill attention (flash-style kernels) reaches this fraction of peak FLOP/s."""
     memory_bandwidth: float = 0.85
-    """Streaming weights and activations reaches this fraction of peak memory bandwidth."""
-    kv_read_bandwidth: float = 0.85
-    """Attention reads cached K/V at this fraction of peak memory bandwidth. A paged kernel reads in
-    place near the streaming rate; the plain-torch backend first gathers K/V into padded tensors, which
-    on a CPU runs at a few percent of it, so `calibrate` fits this apart from `memory_bandwidth`."""
+    """Streaming weights and KV reaches this fraction of peak memory bandwidth."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -73,7 +69,7 @@ class StepShape(NamedTuple):
     num_prefill_seqs: int = 0
     decode_key_tokens: int = 0
     """Keys the decodes' attention reads: `decode_context_tokens` (each row's keys, its new token
-    included) plus the padding of the executor's decode groups (`executors.decode_groups`)."""
+    included) plus the padding of the engine's decode groups (`attention_layout.decode_groups`)."""
 
 
 class CostModel:
@@ -90,7 +86,6 @@ class CostModel:
         attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
         self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
-        self.kv_bandwidth = hw.memory_bandwidth * eff.kv_read_bandwidth
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -134,16 +129,17 @@ class CostModel:
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
         flops = 4.0 * self.head_dim * self.heads * attended_pairs
-        kv_s = context_tokens * self.kv_bytes_per_token / self.kv_bandwidth
-        activation_s = 2 * num_tokens * self.heads * self.head_dim * self.ab / self.bandwidth
-        return max(flops / self.attn_flops, kv_s + activation_s)
+        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_tokens * self.heads * self.head_dim * self.ab
+        return max(flops / self.attn_flops, nbytes / self.bandwidth)
 
     def decode_attention_time(self, num_decodes: int, key_tokens):
-        """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly."""
+        """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly.
+
+        Padded keys cost like real ones: the plain-torch backend gathers and attends them (masked).
+        """
         flops = 4.0 * self.head_dim * self.heads * key_tokens
-        kv_s = key_tokens * self.kv_bytes_per_token / self.kv_bandwidth
-        activation_s = 2 * num_decodes * self.heads * self.head_dim * self.ab / self.bandwidth
-        return np.maximum(flops / self.attn_flops, kv_s + activation_s)
+        nbytes = key_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
