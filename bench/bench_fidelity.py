@@ -1,6 +1,6 @@
 """Simulator fidelity: calibrate on the calibration grid, validate on a different, Poisson workload.
 
-A random-weight model of a real shape is calibrated (`batchserve calibrate`'s
+A random-weight model of a real shape (or a real checkpoint, `--model DIR`) is calibrated (`batchserve calibrate`'s
 grid of prompt chunks, decode batches and mixed steps), then a validation
 workload with other length distributions, prefix sharing on, and Poisson
 arrivals at `--load` (default 70%) of the saturation the calibrated simulator
@@ -8,6 +8,10 @@ predicts runs through both the real engine and the simulator.
 
     python bench/bench_fidelity.py --shape qwen0.5b --dtype float32 --num-requests 100
     python bench/bench_fidelity.py --shape llama3.2-1b --dtype bfloat16 --device cuda --num-requests 1000
+    python bench/bench_fidelity.py --model path/to/SmolLM2-135M-Instruct --num-requests 100
+
+An offline replay (every request at t=0) follows, since an open-loop run's throughput
+only echoes its arrival rate.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def build_model(shape: str, dtype: torch.dtype, path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
+    parser.add_argument("--model", help="a real HF model directory to use instead of a random-weight --shape")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--num-requests", type=int, default=100)
@@ -61,10 +66,12 @@ def main() -> None:
           f"device {args.device}")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        build_model(args.shape, dtype, tmp)
-        llm = LLMEngine(tmp, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
+        if args.model is None:
+            build_model(args.shape, dtype, tmp)
+        llm = LLMEngine(args.model or tmp, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
                         skip_tokenizer_init=True)
-        print(f"built {args.shape} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
+        name = args.model or args.shape
+        print(f"loaded {name} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
         t = time.perf_counter()
         cal = calibrate(llm, f"calibrated-{args.device}")
         print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps; fit: "
@@ -72,11 +79,11 @@ def main() -> None:
         profile = os.path.join(args.out or tmp, "profile.json")
         os.makedirs(os.path.dirname(profile), exist_ok=True)
         with open(profile, "w") as f:
-            json.dump(cal.profile_dict({"shape": args.shape, "dtype": args.dtype}), f, indent=2)
+            json.dump(cal.profile_dict({"shape": name, "dtype": args.dtype}), f, indent=2)
         if args.out:
             with open(os.path.join(args.out, "observations.jsonl"), "w") as f:
                 f.writelines(json.dumps(o.to_dict()) + "\n" for o in cal.observations)
-        setup = sim_setup(llm, profile, args.shape)
+        setup = sim_setup(llm, profile, os.path.basename(name.rstrip("/")))
         spec = WorkloadSpec(num_requests=args.num_requests, input_len=args.input_len, output_len=args.output_len,
                             num_prefix_groups=4, prefix_len=128, vocab_size=llm.model_config.vocab_size, seed=7)
         capacity = steady_throughput(simulate(setup, synthetic_requests(spec)).records)

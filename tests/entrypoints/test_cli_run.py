@@ -70,3 +70,13 @@ def test_estimate_keeps_n_completions_of_ids_with_any_characters(tmp_path, capsy
     assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(summary)]) == 0
     s = json.loads(summary.read_text())["summary"]
     assert s["num_ok"] == 2 and s["output_tokens"] == (2 + 3) * 4
+
+
+def test_estimate_computes_an_n_prompt_once_like_the_engine(tmp_path, capsys):
+    """n=4 on a 200-token prompt: the first completion computes it, the rest only the tail past 12 full blocks."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [completion("p", list(range(1, 201)), max_tokens=4, n=4, ignore_eos=True)])
+    real, estimate = tmp_path / "real.json", tmp_path / "estimate.json"
+    assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--json", str(real), "-q"]) == 0
+    assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(estimate), "-q"]) == 0
+    computed = [json.loads(p.read_text())["summary"]["computed_prompt_tokens"] for p in (real, estimate)]
+    assert computed == [200 + 3 * 8, 200 + 3 * 8]

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import CacheConfig, scheduler_config
+from ..engine.parallel_sampling import SiblingGate
 from ..model_config import ModelConfig
 from ..outputs import CompletionOutput, RequestOutput
 from ..request import Request
@@ -29,6 +30,7 @@ class SimBackend:
     def __init__(self, engine: SimEngine) -> None:
         self.engine = engine
         self.block_size = engine.scheduler.kv.block_size
+        self.siblings = SiblingGate(engine.scheduler.cache_config)  # n > 1 computes the prompt once, as in the engine
         self._live: dict[str, tuple[BatchRequest, list[Request]]] = {}
         self._parent: dict[Request, str] = {}  # each child's custom_id (ids may contain any character)
         self._computed_prompt_tokens = 0
@@ -46,12 +48,15 @@ class SimBackend:
         for child in children:
             self.engine.scheduler.check_request(child)
         for child in children:
-            self.engine.add_request(child)
             self._parent[child] = req.custom_id
+        for child in self.siblings.admit(children):
+            self.engine.add_request(child)
         self._live[req.custom_id] = (req, children)
 
     def step(self) -> list[Finished]:
         out = self.engine.step()
+        for sibling in self.siblings.release(out.batch):
+            self.engine.add_request(sibling)
         finished = {self._parent.pop(r) for r in out.finished}
         self._computed_prompt_tokens += out.batch.num_computed_prompt_tokens
         done = []
