@@ -193,4 +193,3 @@ def allocate_kv_cache(config: ModelConfig, num_blocks: int, block_size: int, dty
     shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
     return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(config.num_layers)]
-
