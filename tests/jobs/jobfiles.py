@@ -37,12 +37,14 @@ def shared_prefix_requests(num_prefixes: int, num_requests: int, prefix_len: int
 
 
 def read_results(path: Path) -> dict[str, dict]:
-    """Results by custom_id (malformed lines by 'line N'), with the wall-clock `created` removed."""
+    """Results by custom_id (malformed lines by 'line N'), without what depends on the run rather than the
+    request: the wall-clock `created` and how many prompt tokens the prefix cache served."""
     out = {}
     for line in path.read_text().splitlines():
         rec = json.loads(line)
         if rec["response"] is not None:
             del rec["response"]["body"]["created"]
+            del rec["response"]["body"]["usage"]["prompt_tokens_details"]
         key = rec["custom_id"] if rec["custom_id"] is not None else f"line {rec['error']['line']}"
         assert key not in out, f"{key} appears twice"
         out[key] = rec

@@ -9,7 +9,9 @@ import pytest
 from batchserve.jobs.batch_io import (
     OPENAI, PLAIN, BadLine, BatchRequest, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
-from batchserve.jobs.openai_format import derived_seed, prepare
+from batchserve.jobs.openai_format import derived_seed, job_context, prepare
+from batchserve.openai import ServingContext
+from batchserve.request import SamplingParams
 from batchserve.tokenizer import ByteTokenizer
 
 from jobfiles import chat, completion, write_jsonl
@@ -59,30 +61,38 @@ def test_duplicate_custom_ids_are_rejected_with_their_line_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"prompt": "x", "max_tokens": "5"}, "'max_tokens' must be int, got '5'"),
-    ({"prompt": "x", "temperature": -1}, "temperature must be >= 0"),
-    ({"prompt": "x", "logit_bias": {}}, "unsupported field(s) 'logit_bias'"),
-    ({"prompt": ["a", "b"]}, "one prompt per request"),
+    ({"prompt": "x", "max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
+    ({"prompt": "x", "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
+    ({"prompt": "x", "tools": []}, "tools: tool calling is not supported yet"),
+    ({"prompt": ["a", "b"]}, "a batch line holds one prompt, got 2"),
     ({"prompt": [1, 999]}, "outside the vocabulary"),
-    ({"prompt": "x", "stream": True}, "'stream' must be false"),
+    ({"prompt": "x", "stream": True}, "stream must be false"),
+    ({"prompt": "x", "model": "gpt-4o-mini"}, "the model 'gpt-4o-mini' does not exist"),
 ])
 def test_invalid_bodies_become_bad_lines(body, message):
     req = BatchRequest(0, 4, "r", "/v1/completions", body)
-    bad = prepare(req, ByteTokenizer(), {}, 0)
+    bad = prepare(req, context(), 0)
     assert isinstance(bad, BadLine) and bad.message.startswith("line 4: ") and message in bad.message
+
+
+def context(**overrides) -> ServingContext:
+    return job_context(["tiny"], ByteTokenizer(), 2048, 259, SamplingParams(), overrides)
 
 
 def test_prepare_fills_params_with_defaults_and_a_custom_id_seed():
     tok = ByteTokenizer()
     req = prepare(BatchRequest(0, 1, "r", "/v1/chat/completions",
                                {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5,
-                                "logprobs": True, "top_logprobs": 2}), tok, {"max_tokens": 9, "temperature": 0.5}, 3)
+                                "logprobs": True, "top_logprobs": 2}), context(max_tokens=9, temperature=0.5), 3)
     assert req.params.max_tokens == 5 and req.params.temperature == 0.5 and req.params.logprobs == 2
     assert req.params.seed == derived_seed("r", 3) != derived_seed("r", 4)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}])
     assert req.prompt_token_ids == tok.encode(text, add_special_tokens=False)
-    seeded = prepare(BatchRequest(0, 1, "s", "/v1/completions", {"prompt": "x", "seed": 11}), tok, {}, 3)
+    seeded = prepare(BatchRequest(0, 1, "s", "/v1/completions", {"prompt": "x", "seed": 11}), context(), 3)
     assert seeded.params.seed == 11
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert prepare(BatchRequest(0, 1, "c", "/v1/chat/completions", chat), context(), 0).params.max_tokens == \
+        2048 - len(req.prompt_token_ids)  # OpenAI's default for chat: the rest of the context
 
 
 def test_scan_output_cuts_a_torn_last_line_and_collects_done_ids(tmp_path):

@@ -41,7 +41,7 @@ def test_bad_lines_get_error_entries_and_the_job_goes_on(tmp_path):
     assert len(res["ok2"]["response"]["body"]["choices"][0]["message"]["content"]) > 0
     errors = {k: r["error"]["message"] for k, r in res.items() if r["error"]}
     assert errors["line 2"].startswith("line 2: not valid JSON")
-    assert errors["neg"] == "line 3: temperature must be >= 0, got -1"
+    assert errors["neg"] == "line 3: temperature: Input should be greater than or equal to 0"
     assert "unsupported url '/v1/images'" in errors["url"]
     assert errors["long"].startswith("line 5: ") and "exceeds max_model_len=2048" in errors["long"]
 

@@ -48,9 +48,9 @@ def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
 
 def served_model_names(args: argparse.Namespace) -> list[str]:
     """--served-model-name, else the model's own name (a directory's or file's stem, or 'tiny')."""
-    if args.served_model_name:
-        return list(args.served_model_name)
-    return ["tiny" if args.model == "tiny" else Path(args.model).name]
+    from ..jobs.openai_format import model_name
+
+    return list(args.served_model_name or [model_name(args.model)])
 
 
 def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ..openai import ResponseSpec
 from ..request import SamplingParams
 
 OPENAI, PLAIN = "openai", "plain"
@@ -25,7 +26,7 @@ CHAT_URL, COMPLETIONS_URL = "/v1/chat/completions", "/v1/completions"
 
 @dataclass
 class BatchRequest:
-    """One valid input line; `prompt_token_ids` and `params` are filled by `openai_format.prepare`."""
+    """One valid input line; `prompt_token_ids`, `params` and `response` are filled by `openai_format.prepare`."""
 
     seq: int
     """Position among the input's non-blank lines: the output order under --preserve-order."""
@@ -37,6 +38,7 @@ class BatchRequest:
     params: SamplingParams | None = None
     anchor: str | None = None
     """custom_id of the earlier request whose prompt computes this one's shared prefix (set by ordering)."""
+    response: ResponseSpec | None = None
 
 
 @dataclass
@@ -47,6 +49,8 @@ class BadLine:
     line_no: int
     custom_id: str | None
     message: str
+    param: str | None = None
+    """The body field at fault, as in the server's 400s."""
 
 
 Entry = BatchRequest | BadLine
@@ -64,8 +68,8 @@ def detect_format(path: str | os.PathLike) -> str:
     """OPENAI if the first non-blank line is a JSON object with a custom_id, else PLAIN."""
     for _, text in _lines(path):
         try:
-            first = json.loads(text)
-        except json.JSONDecodeError:
+            first = _load_json(text)
+        except ValueError:
             return PLAIN
         return OPENAI if isinstance(first, dict) and "custom_id" in first else PLAIN
     return PLAIN
@@ -78,11 +82,21 @@ def read_entries(path: str | os.PathLike, fmt: str) -> Iterator[Entry]:
         yield parse(seq, line_no, text)
 
 
+def _load_json(text: str) -> Any:
+    """The line's JSON value; ValueError with a clear message for bad JSON or JSON nested too deep to parse."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
+
+
 def _parse_openai(seq: int, line_no: int, text: str) -> Entry:
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        return BadLine(seq, line_no, None, f"line {line_no}: not valid JSON ({err.msg} at column {err.colno})")
+        obj = _load_json(text)
+    except ValueError as err:
+        return BadLine(seq, line_no, None, f"line {line_no}: {err}")
     if not isinstance(obj, dict):
         return BadLine(seq, line_no, None, f"line {line_no}: expected a JSON object, got {type(obj).__name__}")
     cid = obj.get("custom_id")
@@ -103,9 +117,9 @@ def _parse_plain(seq: int, line_no: int, text: str) -> Entry:
     if not text.lstrip().startswith("{"):
         return BatchRequest(seq, line_no, cid, COMPLETIONS_URL, {"prompt": text})
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError as err:
-        return BadLine(seq, line_no, cid, f"line {line_no}: not valid JSON ({err.msg} at column {err.colno})")
+        body = _load_json(text)
+    except ValueError as err:
+        return BadLine(seq, line_no, cid, f"line {line_no}: {err}")
     if not isinstance(body, dict) or "prompt" not in body:
         return BadLine(seq, line_no, cid, f"line {line_no}: a JSON line of the plain form needs a 'prompt' field")
     return BatchRequest(seq, line_no, cid, COMPLETIONS_URL, body)

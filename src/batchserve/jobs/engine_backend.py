@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine.llm_engine import LLMEngine
-from ..tokenizer import load_tokenizer
+from ..openai import ServingContext
+from ..tokenizer import Tokenizer, load_tokenizer
 from .batch_io import BatchRequest
+from .openai_format import job_context, model_name
 from .runner import Finished, JobConfig, Summary, run_job
 
 
@@ -49,10 +51,17 @@ class EngineBackend:
         }
 
 
+def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: JobConfig) -> ServingContext:
+    """The job's serving context from the engine that runs it: its context length, vocabulary and defaults."""
+    mc = engine.model_config
+    return job_context(list(config.served_model_names) or [model_name(model)], tokenizer, mc.max_model_len,
+                       mc.vocab_size, engine.default_sampling_params, config.defaults)
+
+
 def local_job(
     input_path: str, output_path: str, model: str, engine_args: dict[str, Any], config: JobConfig, quiet: bool = False,
 ) -> Summary:
     """Run (or resume) a job on one engine in this process."""
     tokenizer = load_tokenizer(model)
-    return run_job(input_path, output_path, lambda: EngineBackend(LLMEngine(model, **engine_args)), tokenizer,
-                   model, config, quiet)
+    return run_job(input_path, output_path, lambda: EngineBackend(LLMEngine(model, **engine_args)),
+                   lambda backend: engine_context(backend.engine, tokenizer, model, config), config, quiet)

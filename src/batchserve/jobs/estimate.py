@@ -8,9 +8,11 @@ upper bound on work when outputs often stop early.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..config import CacheConfig, scheduler_config
+from ..engine.input_processor import generation_defaults
 from ..engine.parallel_sampling import SiblingGate
 from ..model_config import ModelConfig
 from ..outputs import CompletionOutput, RequestOutput
@@ -20,6 +22,7 @@ from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
+from .openai_format import job_context, model_name
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Recorder, Summary, feed, plan
 
@@ -146,8 +149,12 @@ def estimate_job(
     )
     backend = SimReplicas([SimBackend(engine) for engine in build_cluster(setup).replicas],
                           JobRouter(replicas, config.window, router))
-    recorder = Recorder(None, model, preserve_order=False, total=total)
-    entries = plan(input_path, fmt, Done(), load_tokenizer(model), config, backend.block_size)
+    recorder = Recorder(None, preserve_order=False, total=total)
+    shape = setup.deployment.model
+    context = job_context(list(config.served_model_names) or [model_name(model)], load_tokenizer(model),
+                          shape.max_model_len, shape.vocab_size, generation_defaults(Path(model) if Path(model).is_dir() else None),
+                          config.defaults)
+    entries = plan(input_path, fmt, Done(), context, config, backend.block_size)
     feed(backend, entries, recorder.emit, config.max_inflight * replicas)
     summary = recorder.finish(backend.counters())
     summary.wall_s = backend.now

@@ -14,10 +14,13 @@ from collections import deque
 from typing import Any
 
 from ..engine.llm_engine import LLMEngine
+from ..openai import ServingContext
+from ..request import SamplingParams
 from ..sim.router import RouterConfig
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
 from .engine_backend import EngineBackend
+from .openai_format import job_context, model_name
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Summary, admit, run_job
 
@@ -33,6 +36,11 @@ class ReplicaWorker:
 
     def block_size(self) -> int:
         return self.backend.block_size
+
+    def limits(self) -> tuple[int, int, SamplingParams]:
+        """Context length, vocabulary size and generation defaults, for the driver's serving context."""
+        engine = self.backend.engine
+        return engine.model_config.max_model_len, engine.model_config.vocab_size, engine.default_sampling_params
 
     def advance(self, new: list[BatchRequest]) -> tuple[list[Finished], dict[str, int]]:
         """Queue `new`, then step until something finished and a moment passed, or nothing is left."""
@@ -110,4 +118,11 @@ def run_ray_job(
                   for _ in range(replicas)]
         return RayBackend(actors, ray.get(actors[0].block_size.remote()), JobRouter(replicas, config.window, router))
 
-    return run_job(input_path, output_path, make_backend, load_tokenizer(model), model, config, quiet)
+    tokenizer = load_tokenizer(model)
+
+    def make_context(backend: RayBackend) -> ServingContext:
+        max_model_len, vocab_size, defaults = ray.get(backend.actors[0].limits.remote())
+        names = list(config.served_model_names) or [model_name(model)]
+        return job_context(names, tokenizer, max_model_len, vocab_size, defaults, config.defaults)
+
+    return run_job(input_path, output_path, make_backend, make_context, config, quiet)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ..outputs import RequestOutput
 from ..progress import Progress
-from ..tokenizer import Tokenizer
+from ..openai import ServingContext
 from .batch_io import (
     BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
@@ -40,6 +40,8 @@ class JobConfig:
     """Job seed: requests without a body seed get one derived from it and their custom_id."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
+    served_model_names: tuple[str, ...] = ()
+    """Names a line's `model` may give (the server's rule); empty: the model's own name."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256
@@ -68,7 +70,7 @@ class Backend(Protocol):
 
 
 def plan(
-    path: str, fmt: str, done: Done, tokenizer: Tokenizer, config: JobConfig, block_size: int,
+    path: str, fmt: str, done: Done, context: ServingContext, config: JobConfig, block_size: int,
     on_skip: Callable[[Entry], None] = lambda e: None,
 ) -> Iterator[Entry]:
     """The input's entries not yet done, tokenized, in the order they will run."""
@@ -80,7 +82,7 @@ def plan(
             elif isinstance(entry, BadLine):
                 yield entry
             else:
-                yield prepare(entry, tokenizer, config.defaults, config.seed)
+                yield prepare(entry, context, config.seed)
 
     if not config.prefix_aware:
         return prepared()
@@ -182,10 +184,9 @@ class Recorder:
     """Turns finished entries into result lines, counts them and reports progress."""
 
     def __init__(
-        self, writer: ResultWriter | None, model: str, preserve_order: bool, total: int,
+        self, writer: ResultWriter | None, preserve_order: bool, total: int,
         progress: Callable[[Summary, int], None] | None = None,
     ) -> None:
-        self.model = model
         self.summary = Summary(num_requests=total)
         self._t0 = time.perf_counter()
         self._progress = progress
@@ -205,7 +206,7 @@ class Recorder:
             s.num_failed += 1
         else:
             assert out is not None
-            record = result_record(entry, out, self.model)
+            record = result_record(entry, out)
             usage = record["response"]["body"]["usage"]
             s.num_ok += 1
             s.prompt_tokens += usage["prompt_tokens"]
@@ -228,8 +229,8 @@ class Recorder:
 
 
 def run_job(
-    input_path: str, output_path: str, make_backend: Callable[[], Backend], tokenizer: Tokenizer, model: str,
-    config: JobConfig, quiet: bool = False,
+    input_path: str, output_path: str, make_backend: Callable[[], Backend],
+    make_context: Callable[[Backend], ServingContext], config: JobConfig, quiet: bool = False,
 ) -> Summary:
     """Run (or resume) a job: check the input, skip what the output holds, write the rest as it finishes.
 
@@ -239,6 +240,7 @@ def run_job(
     total = check_unique_ids(input_path, fmt)
     done = scan_output(output_path)
     backend = make_backend()
+    context = make_context(backend)
     with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
 
         def show(s: Summary, num_done: int) -> None:
@@ -248,7 +250,7 @@ def run_job(
             eta = f"{(total - num_done) / rate:.0f} s" if rate else "?"
             progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, ETA {eta}")
 
-        recorder = Recorder(writer, model, config.preserve_order, total, show)
-        entries = plan(input_path, fmt, done, tokenizer, config, backend.block_size, on_skip=recorder.skip)
+        recorder = Recorder(writer, config.preserve_order, total, show)
+        entries = plan(input_path, fmt, done, context, config, backend.block_size, on_skip=recorder.skip)
         feed(backend, entries, recorder.emit, config.max_inflight)
     return recorder.finish(backend.counters())
