@@ -116,3 +116,14 @@ def test_llm_is_exported_lazily_from_the_package() -> None:
     code = ("import sys, batchserve; assert 'torch' not in sys.modules; "
             "from batchserve import LLM; assert 'torch' in sys.modules and LLM.__name__ == 'LLM'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_numbers_fail_at_the_params_and_the_llm_stays_healthy():
+    llm = LLM("tiny", kv_cache_memory="4MiB")
+    for bad in ({"seed": 2**70}, {"temperature": float("nan")}, {"top_p": float("inf")},
+                {"logit_bias": {3: float("nan")}}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SamplingParams(**bad)
+    with pytest.raises(ValueError, match="logit_bias token ids"):
+        llm.generate("x", SamplingParams(logit_bias={10**6: 1.0}), use_tqdm=False)
+    assert len(llm.generate("x", SamplingParams(max_tokens=3, seed=2**63 - 1, n=2), use_tqdm=False)[0].outputs) == 2

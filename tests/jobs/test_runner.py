@@ -99,3 +99,20 @@ def test_resumed_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{written}" in resumed.stdout  # the summary counts the results it skipped
     assert read_results(out) == reference
+
+
+def test_lines_that_crashed_jobs_before_are_error_entries(tmp_path):
+    """A line nested too deep to parse, a huge seed, NaN: each its own error entry, and the job goes on."""
+    deep = '{"custom_id": "deep", "method": "POST", "url": "/v1/completions", "body": {"prompt": ' + \
+        "[" * 5000 + "]" * 5000 + "}}"
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        completion("ok1", "hello", max_tokens=2), deep,
+        completion("seed", "x", max_tokens=2, seed=2**70),
+        '{"custom_id": "nan", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "temperature": NaN}}',
+        completion("ok2", "bye", max_tokens=2),
+    ])
+    summary, results = run(inp, tmp_path / "out.jsonl")
+    assert (summary.num_ok, summary.num_failed) == (2, 3)
+    assert "nested too deeply" in results["line 2"]["error"]["message"]
+    assert "seed" in results["seed"]["error"]["message"] and results["seed"]["error"]["param"] == "seed"
+    assert "finite" in results["nan"]["error"]["message"]

@@ -82,8 +82,8 @@ def validation_error(errors: Sequence[Any]) -> APIError:
 
 def _clean_loc(loc: Sequence[Any]) -> list[str]:
     """Field names and list indexes only: union members add their type to the location ("prompt.str")."""
-    return [str(x) for x in loc if x != "body" and (isinstance(x, int) or _FIELD_NAME.match(str(x)))
-            and x not in _TYPE_TAGS]
+    return [str(x) for x in loc if x != "body" and x not in _TYPE_TAGS
+            and (isinstance(x, int) or str(x).isdigit() or _FIELD_NAME.match(str(x)))]
 
 
 def _message(err: dict) -> str:
