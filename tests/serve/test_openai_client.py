@@ -138,3 +138,33 @@ def test_prompt_longer_than_the_context_states_both_lengths(oa, server):
 
 def test_defaults_are_the_models_generation_defaults(server):
     assert server.llm.default_sampling_params == SamplingParams()
+
+
+def test_logit_bias_bans_a_token(oa):
+    kw = dict(model="tiny", prompt="Once upon a time", max_tokens=16, temperature=0)
+    free = oa.completions.create(**kw).choices[0].text
+    banned = ord(free[0])  # the tiny model's tokens are bytes: the first character is a token id
+    biased = oa.completions.create(**kw, logit_bias={str(banned): -100}).choices[0].text
+    assert chr(banned) not in biased
+    sampled = oa.completions.create(**{**kw, "temperature": 1.0}, seed=3, n=4, logit_bias={str(banned): -100})
+    assert all(chr(banned) not in c.text for c in sampled.choices)
+
+
+def test_completions_echo_returns_the_prompt_and_its_logprobs(oa):
+    resp = oa.completions.create(model="tiny", prompt="Echo me", max_tokens=3, temperature=0, echo=True, logprobs=2)
+    (choice,) = resp.choices
+    assert choice.text.startswith("Echo me")
+    lp = choice.logprobs
+    prompt_len = resp.usage.prompt_tokens
+    assert len(lp.tokens) == prompt_len + resp.usage.completion_tokens
+    assert lp.token_logprobs[0] is None and all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+    assert "".join(lp.tokens[prompt_len:]) == choice.text[len("Echo me"):]
+    texts, _, _ = _streamed_completion(oa, model="tiny", prompt="Echo me", max_tokens=3, temperature=0, echo=True)
+    assert texts[0] == choice.text
+
+
+def test_continuous_usage_stats_put_usage_in_every_chunk(oa):
+    chunks = list(oa.completions.create(model="tiny", prompt="hi", max_tokens=4, temperature=0, stream=True,
+                                        stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    assert chunks and all(c.usage is not None for c in chunks)
+    assert chunks[-1].usage.completion_tokens == 4
