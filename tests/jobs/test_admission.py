@@ -19,6 +19,8 @@ class FakeBackend:
     def add(self, req: BatchRequest) -> None:
         if req.custom_id == "too-long":
             raise ValueError("prompt too long")
+        if req.custom_id == "buggy":
+            raise RuntimeError("a bug")
         self.added.append(req.custom_id)
         self.prefilling.add(req.custom_id)
 
@@ -35,11 +37,12 @@ def req(cid: str, anchor: str | None = None) -> BatchRequest:
 
 def test_a_request_waits_until_its_anchor_has_computed_the_shared_prefix():
     backend, emitted = FakeBackend(), []
-    pending: deque[Entry] = deque([BadLine(5, 9, None, "bad"), req("too-long"), req("a1"), req("a2", "a1"),
-                                   req("b1")])
+    pending: deque[Entry] = deque([BadLine(5, 9, None, "bad"), req("too-long"), req("buggy"), req("a1"),
+                                   req("a2", "a1"), req("b1")])
     admit(backend, pending, lambda entry, out: emitted.append(entry), max_inflight=100)
     assert backend.added == ["a1"]  # a2 waits for a1's prompt; b1 stays behind it, keeping the working set small
-    assert [e.custom_id for e in emitted] == [None, "too-long"] and "prompt too long" in emitted[1].message
+    assert [e.custom_id for e in emitted] == [None, "too-long", "buggy"] and "prompt too long" in emitted[1].message
+    assert "a bug" in emitted[2].message  # an unexpected error fails its line alone
     backend.prefilling.discard("a1")
     admit(backend, pending, lambda entry, out: emitted.append(entry), max_inflight=100)
     assert backend.added == ["a1", "a2", "b1"] and not pending

@@ -148,3 +148,21 @@ def test_engine_failure_is_a_503_and_health_says_so(start_server):
         assert c.post("/v1/completions", json=body).status_code == 503
         with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
             assert s.status_code == 503
+
+
+def test_a_request_that_breaks_while_being_added_fails_alone(start_server):
+    with start_server() as server:
+        add = server.llm.add_request
+
+        def flaky(request_id, prompt, params, **kw):
+            if params.max_tokens == 7:
+                raise RuntimeError("boom")
+            return add(request_id, prompt, params, **kw)
+
+        server.llm.add_request = flaky
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            bad = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 7})
+            assert bad.status_code == 400 and "boom" in bad.json()["error"]["message"]
+            ok = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
+            assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
+            assert c.get("/health").status_code == 200

@@ -100,8 +100,9 @@ def admit(
                 return
             try:
                 backend.add(nxt)
-            except ValueError as err:
-                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {err}"), None)
+            except Exception as err:  # this line alone fails (a ValueError says why; anything else is a bug)
+                message = str(err) if isinstance(err, ValueError) else f"the request could not be added: {err!r}"
+                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {message}"), None)
         else:
             emit(nxt, None)
         pending.popleft()

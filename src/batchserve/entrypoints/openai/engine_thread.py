@@ -225,5 +225,8 @@ class AsyncEngine:
                                     deadline_s=cmd.deadline_s)
         except (ValueError, TypeError) as err:
             return ValueError(str(err))
+        except Exception as err:  # a bug met by this request alone: it fails, the engine goes on
+            logger.exception("adding request %s failed", cmd.request_id)
+            return ValueError(f"the request could not be prepared: {err!r}")
         return None
 
