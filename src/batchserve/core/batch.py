@@ -52,3 +52,6 @@ class StepResult:
     duration: float
     sampled_token_ids: list[list[int]] | None = None
     logprobs: list[dict[int, float] | None] | None = None  # per request, for those that asked
+    stop_rows: frozenset[int] = frozenset()
+    """Rows whose sampled token completes their output (a structured-output grammar allows nothing
+    after it): the scheduler finishes them as stopped."""
