@@ -63,7 +63,7 @@ CASES = {  # constraint, its language as a check, outputs drawn
     "regex": (StructuredOutputsParams(regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), full_match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
               16),
     "gbnf": (StructuredOutputsParams(grammar=GBNF), full_match(r"(hello|hi) [a-z]{1,4}!"), 16),
-    "json": (StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True), is_json_for(SCHEMA), 40),
+    "json": (StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True), is_json_for(SCHEMA), 32),
 }
 
 

@@ -107,7 +107,7 @@ class TorchExecutor:
             grammar = bitmask.result() if bitmask is not None else None
             if grammar is not None:
                 # Before the sampler, so logprobs are over the tokens the grammar allows (as in vLLM).
-                apply_token_bitmask(logits, torch.from_numpy(grammar.bitmask), grammar.rows)
+                apply_token_bitmask(logits, grammar.bitmask, grammar.rows)
             out = self.sampler(
                 logits,
                 [r.sampling_params for r in reqs],
