@@ -19,7 +19,9 @@ GrammarKey = tuple[str, str, bool]
 
 
 def grammar_spec(params: StructuredOutputsParams) -> GrammarKey:
-    """The normalized spec of a constraint: JSON schemas re-serialized with sorted keys, choices as JSON.
+    """The normalized spec of a constraint: JSON schemas re-serialized compactly, choices as JSON.
+
+    Keys keep their order: a schema's property order is the order the output writes them in.
 
     Raises ValueError for a JSON schema that is not a JSON object.
     """
@@ -33,7 +35,7 @@ def grammar_spec(params: StructuredOutputsParams) -> GrammarKey:
                 raise ValueError(f"structured_outputs.json is not valid JSON: {err}") from None
         if not isinstance(schema, dict):
             raise ValueError(f"structured_outputs.json must be a JSON schema object, got {type(schema).__name__}")
-        text = json.dumps(schema, sort_keys=True)
+        text = json.dumps(schema, separators=(",", ":"))
     elif kind == "json_object":
         kind, text = "json", '{"type": "object"}'
     elif kind == "choice":
