@@ -55,3 +55,5 @@ class RequestOutput:
     finished: bool = True
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     metrics: RequestMetrics | None = None
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    """With `SamplingParams.prompt_logprobs`: None for the first prompt token, then one dict per token."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -72,6 +73,11 @@ class StructuredOutputsParams:
 _CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
 
 
+MAX_SEED = 2**63 - 1
+"""Seeds are stored in a signed 64-bit integer by the generators that use them."""
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+
+
 @dataclass
 class SamplingParams:
     """How to pick tokens and when to stop; names follow vLLM/OpenAI so scripts move over."""
@@ -97,6 +103,11 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     """Return this many top log-probabilities per generated token (plus the sampled one)."""
+    prompt_logprobs: int | None = None
+    """Return this many top log-probabilities per prompt token (plus the prompt's own); such a request
+    computes its whole prompt instead of reading the prefix cache, since cached positions have no logits."""
+    logit_bias: dict[int, float] | None = None
+    """Added to these token ids' logits before any other processing (OpenAI's range: -100 bans, 100 forces)."""
     skip_special_tokens: bool = True
     structured_outputs: StructuredOutputsParams | None = None
     """Constrain the output to a JSON schema, regex, choice or grammar; None: free text."""
@@ -104,6 +115,11 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        for name in _FLOAT_FIELDS:  # NaN passes every range check below, so rule it out first
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2^63 - 1], got {self.seed}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.max_tokens < 1:
@@ -126,8 +142,13 @@ class SamplingParams:
             raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError(f"logprobs must be in [0, 20], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            raise ValueError(f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        for token, bias in (self.logit_bias or {}).items():
+            if not math.isfinite(bias) or not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias of token {token} must be in [-100, 100], got {bias}")
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             raise TypeError(
                 f"structured_outputs must be a StructuredOutputsParams, got {type(self.structured_outputs).__name__}"

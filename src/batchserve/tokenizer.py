@@ -222,14 +222,26 @@ def load_tokenizer(model: str | os.PathLike) -> Tokenizer:
     return HFTokenizer(path)
 
 
-def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
-    """A conversation as prompt token ids, ready for the assistant's turn.
+def chat_prompt_ids(
+    tokenizer: Tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
+    continue_final_message: bool = False, add_special_tokens: bool = False, **template_kwargs: Any,
+) -> list[int]:
+    """A conversation as prompt token ids, ready for the assistant's turn (or to continue the last message).
 
-    The rendered template already holds its special tokens (BOS), so the text is
+    The rendered template already holds its special tokens (BOS), so by default the text is
     encoded without adding them again: one place for that rule, for every front end.
+    `continue_final_message` cuts the rendering right after the last message's content, so the
+    model continues that message instead of closing it (as transformers does).
     """
-    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
-                            add_special_tokens=False)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
+    if continue_final_message:
+        final = str(messages[-1].get("content") or "").strip()
+        end = text.rfind(final) if final else -1
+        if end < 0:
+            raise ValueError("continue_final_message: the chat template does not render the last message's "
+                             "content verbatim, so it cannot be continued")
+        text = text[: end + len(final)]
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 class IncrementalDetokenizer:

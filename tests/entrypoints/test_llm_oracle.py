@@ -106,3 +106,35 @@ def test_generation_config_supplies_default_sampling(hf_model, tmp_path) -> None
     assert (d.temperature, d.top_p, d.top_k) == (0.6, 0.8, 20)
     (local / "generation_config.json").write_text(json.dumps({"do_sample": False}))
     assert LLM(str(local), skip_tokenizer_init=True, kv_cache_memory="1MiB").default_sampling_params.temperature == 0.0
+
+
+def test_prompt_logprobs_match_transformers(hf_model) -> None:
+    """Every prompt token's logprob equals transformers' log_softmax, also chunked and with a shared prefix."""
+    model, path = hf_model
+    batch = prompts(n=4, shared=37, seed=2)
+    llm = LLM(str(path), skip_tokenizer_init=True, kv_cache_memory="64MiB", max_num_batched_tokens=16,
+              max_num_seqs=8)
+    outs = llm.generate(batch, SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=3), use_tqdm=False)
+    for prompt, out in zip(batch, outs):
+        with torch.no_grad():
+            expected = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+        got = out.prompt_logprobs
+        assert got[0] is None and len(got) == len(prompt)
+        for pos in range(1, len(prompt)):
+            entry = got[pos]
+            assert entry[prompt[pos]].logprob == pytest.approx(expected[pos - 1, prompt[pos]].item(), abs=1e-4)
+            top = expected[pos - 1].topk(3).indices.tolist()
+            assert set(top) <= set(entry)
+    assert llm.scheduler.kv.num_hits == 0  # prompt logprobs need every position computed
+
+
+def test_logit_bias_bans_and_forces_tokens(hf_model) -> None:
+    _, path = hf_model
+    batch = prompts(n=3, seed=3)
+    greedy, llm = ours(path, batch)
+    banned = {t: -100.0 for toks in greedy for t in toks}
+    params = SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True, logit_bias=banned)
+    for out in llm.generate(batch, params, use_tqdm=False):
+        assert not set(out.outputs[0].token_ids) & set(banned)
+    forced = SamplingParams(max_tokens=4, temperature=1.0, seed=1, ignore_eos=True, logit_bias={7: 100.0})
+    assert all(o.outputs[0].token_ids == [7] * 4 for o in llm.generate(batch, forced, use_tqdm=False))

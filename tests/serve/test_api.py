@@ -28,7 +28,7 @@ CHAT = [{"role": "user", "content": "hi"}]
     ("/v1/completions", {"prompt": [65, 300]}, "prompt", "outside the vocabulary [0, 259)"),
     ("/v1/completions", {"prompt": ["ok", [1]]}, "prompt", "prompt"),
     ("/v1/completions", {"prompt": "x", "seed": -1}, "seed", "greater than or equal to 0"),
-    ("/v1/completions", {"prompt": "x", "stop_token_ids": [7, -3]}, "stop_token_ids", "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "x", "stop_token_ids": [7, -3]}, "stop_token_ids", "greater than or equal to 0"),
     ("/v1/chat/completions", {"messages": []}, "messages", "at least 1 item"),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, "messages", "messages.0.role"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages",

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchserve.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest
+from batchserve.openai import ChatCompletionRequest, CompletionRequest
 
 JUNK = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),

@@ -48,9 +48,10 @@ class KVCacheManager:
     def get_computed_blocks(self, req: Request) -> list[int]:
         """Longest run of cached full blocks at the start of the request's tokens.
 
-        At least one token is always left to compute, since its logits are needed.
+        At least one token is always left to compute, since its logits are needed; a request that
+        wants its prompt's logprobs computes every position.
         """
-        if not self.enable_caching:
+        if not self.enable_caching or req.sampling_params.prompt_logprobs is not None:
             return []
         num_full = (req.num_tokens - 1) // self.block_size
         hits: list[int] = []

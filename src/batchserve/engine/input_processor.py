@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from ..request import Request, SamplingParams
+from ..request import MAX_SEED, Request, SamplingParams
 from ..tokenizer import Tokenizer
 
 if TYPE_CHECKING:  # llguidance stays out of the torch-free engine import
@@ -88,6 +88,7 @@ class InputProcessor:
         """Tokenize and check a prompt, then fan it out into `params.n` child requests (each with its grammar)."""
         ids = self.encode(prompt)
         self._check_vocab("stop_token_ids", params.stop_token_ids)  # the sampler indexes logits with them
+        self._check_vocab("logit_bias token ids", list(params.logit_bias or ()))
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
         children = self._fan_out(request_id, ids, params, arrival_time, priority, deadline)
         if params.structured_outputs is not None:
@@ -107,7 +108,7 @@ class InputProcessor:
             stop_ids += [t for t in self.eos_token_ids if t not in stop_ids]
         children = []
         for k in range(params.n):
-            seed = None if params.seed is None else params.seed + k
+            seed = None if params.seed is None else (params.seed + k) % (MAX_SEED + 1)
             child_params = replace(params, stop_token_ids=stop_ids, seed=seed, n=1)
             children.append(Request(
                 request_id if params.n == 1 else f"{request_id}#{k}", prompt_ids, child_params,

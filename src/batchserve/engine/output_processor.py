@@ -40,6 +40,8 @@ class _Prompt:
     prompt: str | None
     prompt_token_ids: list[int]
     completions: list[_Completion]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+    """vLLM's shape: None for the first token (nothing predicts it), then one dict per prompt token."""
     num_unfinished: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +70,8 @@ class OutputProcessor:
     def add(self, processed: ProcessedPrompt) -> None:
         completions = [self._completion(req, k, processed.prompt_token_ids) for k, req in enumerate(processed.children)]
         prompt = _Prompt(processed.request_id, processed.prompt, processed.prompt_token_ids, completions)
+        if processed.children[0].sampling_params.prompt_logprobs is not None:
+            prompt.prompt_logprobs = [None]
         self._prompts[prompt.request_id] = prompt
         for c in completions:
             self._by_request[c.request] = (prompt, c)
@@ -101,6 +105,8 @@ class OutputProcessor:
         """Outputs of the prompts that got tokens or finished in this step (by the scheduler or a stop string)."""
         touched: dict[str, _Prompt] = {}
         finished = list(step.finished)
+        if step.result is not None and step.result.prompt_logprobs is not None:
+            self._on_prompt_logprobs(step)
         if step.result is not None:
             for req, toks, lp in zip(step.batch.requests, step.result.sampled_token_ids, step.result.logprobs):
                 if toks:
@@ -118,15 +124,28 @@ class OutputProcessor:
                 del self._prompts[prompt.request_id]
         return [self._output(p) for p in touched.values()]
 
+    def _on_prompt_logprobs(self, step: StepOutput) -> None:
+        """Append the prompt positions a chunk scored; a recomputation after preemption repeats known ones."""
+        for req, c, entries in zip(step.batch.requests, step.batch.num_computed, step.result.prompt_logprobs):
+            prompt, completion = self._by_request.get(req, (None, None))
+            if entries is None or prompt is None or completion.index != 0 or prompt.prompt_logprobs is None:
+                continue
+            known = len(prompt.prompt_logprobs)  # positions 0 .. known-1 are in
+            for position, entry in enumerate(entries, c + 1):
+                if position == known:
+                    prompt.prompt_logprobs.append(self._ranked(entry))
+                    known += 1
+
+    def _ranked(self, logprobs: dict[int, float]) -> dict[int, Logprob]:
+        ranked = sorted(logprobs.items(), key=lambda kv: -kv[1])
+        return {tok: Logprob(lp, rank, None if self.tokenizer is None else self.tokenizer.decode([tok], False))
+                for rank, (tok, lp) in enumerate(ranked, 1)}
+
     def _on_tokens(self, completion: _Completion, tokens: list[int], logprobs: dict[int, float] | None) -> bool:
         """Detokenize, collect logprobs, apply stop strings; True if a stop string just finished the request."""
         req = completion.request
         if completion.logprobs is not None and logprobs is not None:
-            ranked = sorted(logprobs.items(), key=lambda kv: -kv[1])
-            completion.logprobs.append({
-                tok: Logprob(lp, rank, None if self.tokenizer is None else self.tokenizer.decode([tok], False))
-                for rank, (tok, lp) in enumerate(ranked, 1)
-            })
+            completion.logprobs.append(self._ranked(logprobs))
             completion.cumulative_logprob += logprobs.get(tokens[-1], 0.0)
         if req.status == RequestStatus.FINISHED_STOPPED and tokens[-1] in req.sampling_params.stop_token_ids:
             completion.stop_reason = tokens[-1]
@@ -170,4 +189,5 @@ class OutputProcessor:
             finished=all(c.request.is_finished for c in prompt.completions),
             num_cached_tokens=first.num_cached_tokens,
             metrics=RequestMetrics.of(first),
+            prompt_logprobs=prompt.prompt_logprobs,
         )

@@ -40,6 +40,19 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
 
 
+def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                   help="the name(s) requests give as 'model'; the first is the one responses carry "
+                   "(default: the model directory's name)")
+
+
+def served_model_names(args: argparse.Namespace) -> list[str]:
+    """--served-model-name, else the model's own name (a directory's or file's stem, or 'tiny')."""
+    if args.served_model_name:
+        return list(args.served_model_name)
+    return ["tiny" if args.model == "tiny" else Path(args.model).name]
+
+
 def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The shared vocabulary: --config, --scheduler, --workload, --slo and one flag per config field.
 

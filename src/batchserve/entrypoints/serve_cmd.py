@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from pathlib import Path
 
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
 from ..metrics import SLO, format_table, summarize, write_per_request
 from ..workload import WorkloadSpec
-from .common import add_engine_flags, resolve_values, run_simulation, write_json
+from .common import (
+    add_engine_flags, add_served_model_name, resolve_values, run_simulation, served_model_names, write_json,
+)
 from .options import ConfigError, add_dataclass_flags, given
 
 DEFAULT_MAX_WAITING = 1024
@@ -33,7 +34,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "and /metrics (Prometheus). Every scheduler field is a flag of the same name.",
     )
     add_engine_flags(p)
-    p.add_argument("--served-model-name", help="the name clients send as 'model' (default: the directory name)")
+    add_served_model_name(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
@@ -62,9 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
                     **given(args, SchedulerConfig),
                     **given(args, CacheConfig))
-    name = args.served_model_name or ("tiny" if args.model == "tiny" else Path(args.model).name)
-    app = build_app(llm, name, max_waiting=args.max_waiting)
-    print(f"serving {name!r} on http://{args.host}:{args.port}/v1 (policy={llm.scheduler.config.policy}, "
+    names = served_model_names(args)
+    app = build_app(llm, names, max_waiting=args.max_waiting)
+    print(f"serving {names[0]!r} on http://{args.host}:{args.port}/v1 (policy={llm.scheduler.config.policy}, "
           f"max_num_batched_tokens={llm.scheduler.config.max_num_batched_tokens}, max_waiting={args.max_waiting})",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -23,7 +23,7 @@ from ..model_config import ModelConfig
 from ..attention_layout import AttentionConfig
 from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
-from ..models.sampler import Sampler, make_generator
+from ..models.sampler import Sampler, make_generator, prompt_logprobs
 from ..request import Request
 from ..structured_output import GrammarBitmask, StructuredOutputManager
 from ..structured_output.bitmask import apply_token_bitmask
@@ -75,12 +75,16 @@ class TorchExecutor:
         query_start = [0]
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
+        scored: list[tuple[int, int, int]] = []  # (batch index, flat start, prompt positions) of prompt_logprobs
         for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
             end = c + n
             input_ids += req.tokens(c, end)
             positions += range(c, end)
             table = req.block_ids
             slots += [table[p // bs] * bs + p % bs for p in range(c, end)]
+            num_scored = min(end, req.num_prompt_tokens - 1) - c  # positions whose next token is a prompt token
+            if req.sampling_params.prompt_logprobs is not None and num_scored > 0:
+                scored.append((i, query_start[-1], num_scored))
             query_start.append(query_start[-1] + n)
             if end == req.num_tokens:
                 sample_rows.append(i)
@@ -122,10 +126,22 @@ class TorchExecutor:
             if grammar is not None:
                 complete = self.structured_output.accept_tokens(reqs, out.token_ids)
                 stop_rows = frozenset(sample_rows[i] for i in complete)
+        prompt_lps = self._prompt_logprobs(batch, hidden, scored) if scored else None
         end = time.perf_counter()
         self.prepare_s += prepared - start
         self.model_s += end - prepared
-        return StepResult(end - start, sampled, logprobs, stop_rows)
+        return StepResult(end - start, sampled, logprobs, prompt_lps, stop_rows)
+
+    def _prompt_logprobs(
+        self, batch: ScheduledBatch, hidden: torch.Tensor, scored: list[tuple[int, int, int]]
+    ) -> list[list[dict[int, float]] | None]:
+        """Log-probabilities of the prompt tokens this step's chunks predict, for requests that asked."""
+        out: list[list[dict[int, float]] | None] = [None] * len(batch.requests)
+        for i, flat_start, num in scored:
+            req, c = batch.requests[i], batch.num_computed[i]
+            logits = self.model.compute_logits(hidden[flat_start:flat_start + num])
+            out[i] = prompt_logprobs(logits, req.tokens(c + 1, c + 1 + num), req.sampling_params.prompt_logprobs)
+        return out
 
     def _start_bitmask(self, reqs: list[Request]) -> Future[GrammarBitmask | None] | None:
         """Start filling the sampling rows' grammar bitmasks, to overlap the forward pass; None if none is constrained."""

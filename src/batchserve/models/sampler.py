@@ -67,6 +67,7 @@ class Sampler:
             raise ValueError(f"sampler got {num_rows} logit rows but per-row lists of other lengths")
         raw = logits.float()
         logits = apply_penalties(raw, params, prompt_token_ids, output_token_ids)
+        logits = apply_logit_bias(logits, params, inplace=logits is not raw)
         logits = mask_min_tokens(logits, params, output_token_ids, min_tokens_eos, inplace=logits is not raw)
 
         greedy = [p.temperature < GREEDY_EPS for p in params]
@@ -154,6 +155,26 @@ def _token_counts(seqs: Sequence[Sequence[int]], vocab: int, device: torch.devic
     counts = torch.zeros(len(seqs), vocab + 1, device=device)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
     return counts[:, :vocab]
+
+
+def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams], inplace: bool = False) -> torch.Tensor:
+    """Add each row's `logit_bias` to its token ids' logits (after penalties, before temperature, as vLLM does)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    bias: list[float] = []
+    for i, p in enumerate(params):
+        for token, b in (p.logit_bias or {}).items():
+            rows.append(i)
+            cols.append(token)
+            bias.append(b)
+    if not rows:
+        return logits
+    if not inplace:
+        logits = logits.clone()
+    device = logits.device
+    logits.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
+                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    return logits
 
 
 def mask_min_tokens(
@@ -257,4 +278,17 @@ def raw_logprobs(
         entry = dict(zip(top_ids[j][:n], top_lp[j][:n]))
         entry[tokens[i]] = sampled_lp[j]
         out[i] = entry
+    return out
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: Sequence[int], num_top: int) -> list[dict[int, float]]:
+    """Per row: the top-`num_top` log-probabilities and the target token's (the next prompt token)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    target_lp = logprobs.gather(1, torch.tensor(targets, device=logits.device).unsqueeze(1)).squeeze(1).tolist()
+    top_lp, top_ids = logprobs.topk(min(num_top, logprobs.shape[1]), dim=-1)
+    out = []
+    for ids, lps, target, lp in zip(top_ids.tolist(), top_lp.tolist(), targets, target_lp):
+        entry = dict(zip(ids, lps))
+        entry[target] = lp
+        out.append(entry)
     return out

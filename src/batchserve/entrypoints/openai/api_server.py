@@ -18,16 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...engine import PromptType
 from ...engine.llm_engine import LLMEngine
-from ...request import SamplingParams
-from ...tokenizer import chat_prompt_ids
+from ...openai import (
+    AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, EngineInputs, ResponseBuilder, ServingContext,
+    engine_inputs, new_id, response_body, sampling_error, sse_event, sse_stream, validation_error,
+)
+from ...outputs import RequestOutput
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import (
-    AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, sampling_error, validation_error,
-)
-from .serving import ChatFormat, CompletionFormat, Format, Job, full_response, new_id, sse_event, sse_stream
 
 RETRY_AFTER_S = 1
 _REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to the client
@@ -55,88 +53,58 @@ def _error_response(err: APIError) -> JSONResponse:
 
 
 class OpenAIServer:
-    """The routes' logic over one `AsyncEngine`, served under one model name."""
+    """The routes' logic over one `AsyncEngine`, served under one or more model names."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str) -> None:
-        self.engine, self.model_name = engine, model_name
+    def __init__(self, engine: AsyncEngine, model_names: Sequence[str]) -> None:
+        self.engine = engine
         llm = engine.engine
-        self.max_model_len = llm.model_config.max_model_len
-        self.vocab_size = llm.model_config.vocab_size
-        self.defaults = llm.default_sampling_params
-        self.tokenizer = llm.tokenizer  # None with skip_tokenizer_init: token-id prompts only, no text out
+        self.context = ServingContext(
+            model_names=tuple(model_names), tokenizer=llm.tokenizer, max_model_len=llm.model_config.max_model_len,
+            vocab_size=llm.model_config.vocab_size, defaults=llm.default_sampling_params,
+        )
         self.created = int(time.time())
 
     def models(self) -> dict:
-        card = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "batchserve",
-                "max_model_len": self.max_model_len, "vocab_size": self.vocab_size}
-        return {"object": "list", "data": [card]}
+        cards = [{"id": name, "object": "model", "created": self.created, "owned_by": "batchserve",
+                  "max_model_len": self.context.max_model_len, "vocab_size": self.context.vocab_size}
+                 for name in self.context.model_names]
+        return {"object": "list", "data": cards}
 
-    def _check_model(self, req: AnyRequest) -> None:
-        if req.model is not None and req.model != self.model_name:
-            raise APIError(404, f"the model {req.model!r} does not exist; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
+    async def generate(self, req: AnyRequest, raw: Request) -> Response:
+        """Convert and check the body (off the event loop: chat templates and tokenizing take time), then run it."""
+        inputs = await asyncio.to_thread(engine_inputs, req, self.context)
+        return await self._run(inputs, req, raw, "messages" if inputs.response.chat else "prompt")
 
-    def _require_tokenizer(self, param: str, needed: bool = True) -> None:
-        """A 400 when `param` needs text handling and the server runs without a tokenizer."""
-        if needed and self.tokenizer is None:
-            raise APIError(400, f"{param} needs a tokenizer, and this server runs without one "
-                                "(--skip-tokenizer-init): send token ids and no stop strings", param=param)
-
-    async def completions(self, req: CompletionRequest, raw: Request) -> Response:
-        self._check_model(req)
-        self._require_tokenizer("stop", bool(req.stop))
-        self._require_tokenizer("prompt", any(isinstance(p, str) for p in req.prompts()))
-        params = req.sampling_params(self.defaults, req.requested_max_tokens, req.logprobs)
-        return await self._run(CompletionFormat, req, raw, req.prompts(), params, req.logprobs, "prompt")
-
-    async def chat(self, req: ChatCompletionRequest, raw: Request) -> Response:
-        self._check_model(req)
-        self._require_tokenizer("messages")
-        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
-                    for m in req.messages]
-        try:
-            ids = await asyncio.to_thread(chat_prompt_ids, self.tokenizer, messages)
-        except Exception as err:  # a template's raise_exception (e.g. roles must alternate), or a jinja error
-            raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
-                           param="messages") from None
-        max_tokens = req.requested_max_tokens
-        if max_tokens is None:
-            if len(ids) >= self.max_model_len:
-                raise APIError(400, f"the prompt is {len(ids)} tokens, longer than the model's context of "
-                                    f"{self.max_model_len} tokens", param="messages")
-            max_tokens = self.max_model_len - len(ids)
-        params = req.sampling_params(self.defaults, max_tokens, req.num_logprobs)
-        return await self._run(ChatFormat, req, raw, [{"prompt_token_ids": ids}], params, req.num_logprobs,
-                               "messages")
-
-    async def _run(self, fmt: Format, req: AnyRequest, raw: Request, prompts: Sequence[PromptType],
-                   params: SamplingParams, num_logprobs: int | None, prompt_field: str) -> Response:
+    async def _run(self, inputs: EngineInputs, req: AnyRequest, raw: Request, prompt_field: str) -> Response:
         """Queue every prompt (all or none), then answer as a JSON body or as server-sent events."""
-        job = Job(model=self.model_name, prompt_index={}, n=params.n, num_logprobs=num_logprobs, stop=params.stop,
-                  include_stop_str_in_output=params.include_stop_str_in_output, include_usage=req.include_usage,
-                  id=new_id(fmt))
+        job_id = new_id(inputs.response)
+        prompt_index = {f"{job_id}-{i}": i for i in range(len(inputs.prompts))}
+        builder = ResponseBuilder(inputs.response, prompt_index, streaming=req.stream, id=job_id)
         stream = self.engine.stream()
         try:
-            for i, prompt in enumerate(prompts):
-                rid = f"{job.id}-{i}"
-                job.prompt_index[rid] = i
-                await stream.add(rid, prompt, params, priority=req.priority, deadline_s=req.ttft_slo)
+            for (rid, i), prompt in zip(prompt_index.items(), inputs.prompts):
+                await stream.add(rid, {"prompt_token_ids": prompt}, inputs.params, priority=req.priority,
+                                 deadline_s=req.ttft_slo)
         except BaseException as err:
             stream.abort()
-            raise _add_error(err, prompt_field, i, len(prompts)) from None
+            raise _add_error(err, prompt_field, i, len(inputs.prompts)) from None
         if req.stream:
-            return StreamingResponse(self._sse(fmt, job, stream, raw), media_type="text/event-stream")
+            return StreamingResponse(self._sse(builder, stream, raw), media_type="text/event-stream")
         async with _abort_on_disconnect(raw, stream):
             try:
-                return JSONResponse(await full_response(fmt, job, stream))
+                last: dict[str, RequestOutput] = {}
+                async for out in stream:
+                    last[out.request_id] = out
             except EngineDead as err:
                 raise APIError(503, str(err), type="server_error") from None
+        outputs = sorted(last.values(), key=lambda o: builder.prompt_index[o.request_id])
+        return JSONResponse(response_body(inputs.response, outputs, id=builder.id, created=builder.created))
 
     @staticmethod
-    async def _sse(fmt: Format, job: Job, stream: RequestStream, raw: Request) -> AsyncIterator[str]:
+    async def _sse(builder: ResponseBuilder, stream: RequestStream, raw: Request) -> AsyncIterator[str]:
         async with _abort_on_disconnect(raw, stream):
             try:
-                async for chunk in sse_stream(fmt, job, stream):
+                async for chunk in sse_stream(builder, stream):
                     yield chunk
             except EngineDead as err:  # headers are sent: the error travels as an event
                 yield sse_event(APIError(503, str(err), type="server_error").body())
@@ -161,12 +129,16 @@ def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: i
     return err
 
 
-def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None) -> FastAPI:
-    """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`)."""
+def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int | None = None) -> FastAPI:
+    """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`).
+
+    `model_name` may be several names (aliases); the first is the one metrics and responses use by default.
+    """
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
     engine = AsyncEngine(llm, max_waiting=max_waiting)
-    metrics = ServerMetrics(model_name, engine)
+    metrics = ServerMetrics(names[0], engine)
     engine.on_step = metrics.observe
-    server = OpenAIServer(engine, model_name)
+    server = OpenAIServer(engine, names)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -206,10 +178,10 @@ def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None) -
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request) -> Response:
-        return await server.completions(req, raw)
+        return await server.generate(req, raw)
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, raw: Request) -> Response:
-        return await server.chat(req, raw)
+        return await server.generate(req, raw)
 
     return app

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..hardware import get_hardware
 from .evaluate import Capacity, Probe, Workload, capacity_search, offline_throughput, run_probe
 from .runner import Call, Dispatcher
-from .slo import LatencySLO, min_margin, worst
+from .slo import LatencySLO, min_margin
 from .space import Base, Pruned, ReplicaConfig, SearchSpace, enumerate_space
 
 FRAGILE_MARGIN = 0.10

@@ -113,12 +113,6 @@ class Base:
         return resolve(cluster, sched, self.cache, self.efficiency)
 
 
-@dataclass(frozen=True)
-class Pruned:
-    config: ReplicaConfig
-    reason: str
-
-
 def enumerate_space(space: SearchSpace, base: Base) -> tuple[list[ReplicaConfig], list[Pruned]]:
     """Replica configs that fit in memory, and the others with why (no simulation runs here).
 
