@@ -36,7 +36,9 @@ class StructuredOutputsParams:
     """A constraint on the output's language (vLLM's `StructuredOutputsParams`): exactly one field is set.
 
     Checked for shape here; compiled (and so checked for meaning: schema keywords, regex features,
-    grammar syntax) when the request is added, so a bad one fails that request alone.
+    grammar syntax) when the request is added, so a bad one fails that request alone. A constrained
+    request's `logprobs` are over the tokens its grammar allows: the bitmask goes on the logits
+    before the sampler, as in vLLM.
     """
 
     json: str | dict | None = None
