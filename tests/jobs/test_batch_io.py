@@ -63,7 +63,7 @@ def test_duplicate_custom_ids_are_rejected_with_their_line_numbers(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ({"prompt": "x", "max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
     ({"prompt": "x", "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
-    ({"prompt": "x", "tools": []}, "tools: tool calling is not supported yet"),
+    ({"prompt": "x", "tools": []}, "tools: tools need /v1/chat/completions"),
     ({"prompt": ["a", "b"]}, "a batch line holds one prompt, got 2"),
     ({"prompt": [1, 999]}, "outside the vocabulary"),
     ({"prompt": "x", "stream": True}, "stream must be false"),

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 from ..outputs import RequestOutput
 from ..progress import Progress
-from ..openai import ServingContext
+from ..openai import ServingContext, engine_error
 from .batch_io import (
-    BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
+    CHAT_URL, BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries,
+    scan_output,
 )
 from .openai_format import error_record, prepare, result_record
 from .ordering import prefix_order
@@ -101,8 +102,10 @@ def admit(
             try:
                 backend.add(nxt)
             except Exception as err:  # this line alone fails (a ValueError says why; anything else is a bug)
-                message = str(err) if isinstance(err, ValueError) else f"the request could not be added: {err!r}"
-                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {message}"), None)
+                bad = err if isinstance(err, ValueError) else ValueError(f"the request could not be added: {err!r}")
+                api = engine_error(bad, "messages" if nxt.url == CHAT_URL else "prompt")
+                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {api.message}", api.param),
+                     None)
         else:
             emit(nxt, None)
         pending.popleft()

@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..request import SamplingParams
+from ..request import SamplingParams, StructuredOutputsParams
 from ..tokenizer import Tokenizer, chat_prompt_ids
 from .errors import APIError, sampling_error
 from .protocol import DEFAULT_COMPLETION_MAX_TOKENS, AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
+from .structured import DEFAULT_TOOL_PARSER, ToolCalling, output_constraint, template_tools, tool_calling
 
 _PASSED_THROUGH = ("n", "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "seed", "include_stop_str_in_output", "ignore_eos", "min_tokens",
@@ -36,6 +37,8 @@ class ServingContext:
     default_max_tokens: int | None = None
     """max_tokens for a body that gives none; None: OpenAI's (16 for completions, the rest of the context
     for chat)."""
+    tool_parser: str = DEFAULT_TOOL_PARSER
+    """How `tool_choice: auto` finds calls in the output (`--tool-call-parser`)."""
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ResponseSpec:
     echo: list[str] | None = None
     """Per prompt, text the response starts with (completions' prompt, chat's continued message)."""
     prompt_logprobs: bool = False
+    tool_calling: ToolCalling | None = None
 
 
 @dataclass
@@ -65,6 +69,8 @@ class EngineInputs:
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     """Check and convert a parsed body; raises `APIError` saying what is wrong."""
     model = _model_name(req, ctx)
+    tools = tool_calling(req, ctx.tool_parser)
+    constraint = output_constraint(req, tools)
     if isinstance(req, ChatCompletionRequest):
         prompts, echo = _chat_prompt(req, ctx)
     else:
@@ -72,11 +78,16 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     if req.truncate_prompt_tokens is not None:
         prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
     params = _sampling_params(req, ctx, max(map(len, prompts)))
+    if constraint is not None:
+        try:
+            params = replace(params, structured_outputs=StructuredOutputsParams(**constraint))
+        except ValueError as err:
+            raise APIError(400, str(err), param="structured_outputs") from None
     spec = ResponseSpec(
         chat=isinstance(req, ChatCompletionRequest), model=model, n=req.n, num_logprobs=req.num_logprobs,
         stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
         include_usage=req.include_usage, continuous_usage=req.continuous_usage, echo=echo,
-        prompt_logprobs=req.prompt_logprobs is not None,
+        prompt_logprobs=req.prompt_logprobs is not None, tool_calling=tools,
     )
     if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
         params = replace(params, prompt_logprobs=params.prompt_logprobs or req.logprobs)
@@ -123,6 +134,8 @@ def _chat_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> tuple[list[
     kwargs = dict(req.chat_template_kwargs or {})
     if req.reasoning_effort is not None:
         kwargs.setdefault("reasoning_effort", req.reasoning_effort)
+    if req.tools:
+        kwargs["tools"] = template_tools(req)
     try:
         ids = chat_prompt_ids(tok, messages, add_generation_prompt=req.add_generation_prompt,
                               continue_final_message=req.continue_final_message,

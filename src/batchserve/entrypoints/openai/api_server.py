@@ -8,7 +8,6 @@ Every failure a client can cause becomes a 4xx with OpenAI's error body
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,14 +20,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...engine.llm_engine import LLMEngine
 from ...openai import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, EngineInputs, ResponseBuilder, ServingContext,
-    engine_inputs, new_id, response_body, sampling_error, sse_event, sse_stream, validation_error,
+    engine_error, engine_inputs, new_id, response_body, sse_event, sse_stream, validation_error,
 )
 from ...outputs import RequestOutput
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
 from .metrics import CONTENT_TYPE, ServerMetrics
 
 RETRY_AFTER_S = 1
-_REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to the client
 
 
 async def _watch_disconnect(raw: Request, stream: RequestStream) -> None:
@@ -121,8 +119,7 @@ def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: i
     if isinstance(err, EngineDead):
         return APIError(503, str(err), type="server_error")
     if isinstance(err, ValueError):
-        api = sampling_error(ValueError(_REQUEST_PREFIX.sub("", str(err))))
-        api.param = api.param or prompt_field
+        api = engine_error(err, prompt_field)
         if num_prompts > 1:
             api.message = f"prompt {index}: {api.message}"
         return api
