@@ -18,16 +18,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ... import __version__
 from ...engine import PromptType
 from ...engine.llm_engine import LLMEngine
 from ...request import SamplingParams
 from ...tokenizer import chat_prompt_ids
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .limits import DEFAULT_MAX_REQUEST_BYTES
+from .middleware import APIKeyMiddleware, RequestSizeLimitMiddleware
 from .protocol import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, sampling_error, validation_error,
 )
 from .serving import ChatFormat, CompletionFormat, Format, Job, full_response, new_id, sse_event, sse_stream
+from .tokenize_api import DetokenizeRequest, Tokenization, TokenizeRequest, model_not_found
 
 RETRY_AFTER_S = 1
 _REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to the client
@@ -161,8 +165,13 @@ def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: i
     return err
 
 
-def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None) -> FastAPI:
-    """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`)."""
+def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None, *, api_key: str | None = None,
+              max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> FastAPI:
+    """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`).
+
+    With `api_key`, every route but the probes (`middleware.OPEN_PATHS`) needs it as a bearer token; bodies
+    over `max_request_bytes` get 413 before they are parsed.
+    """
     engine = AsyncEngine(llm, max_waiting=max_waiting)
     metrics = ServerMetrics(model_name, engine)
     engine.on_step = metrics.observe
@@ -178,6 +187,10 @@ def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None) -
 
     app = FastAPI(title="batchserve", lifespan=lifespan)
     app.state.engine = engine
+    app.add_middleware(RequestSizeLimitMiddleware, max_bytes=max_request_bytes)
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)  # added last, so it runs first
+    tokenization = Tokenization(server.tokenizer, model_name, server.max_model_len)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError) -> JSONResponse:
@@ -196,9 +209,33 @@ def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None) -
     async def health() -> Response:
         return Response(status_code=200 if engine.alive else 503)
 
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> Response:
+        """vLLM's (and SageMaker's) liveness probe: /health by another name."""
+        return await health()
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": __version__}
+
     @app.get("/v1/models")
     async def models() -> dict:
         return server.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_card(model_id: str) -> dict:
+        card = server.models()["data"][0]
+        if model_id != card["id"]:
+            raise model_not_found(model_id, card["id"])
+        return card
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict:
+        return await tokenization.tokenize(req)
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict:
+        return await tokenization.detokenize(req)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
