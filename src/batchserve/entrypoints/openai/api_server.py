@@ -209,7 +209,8 @@ def build_app(llm: LLMEngine, model_name: str, max_waiting: int | None = None, *
     async def health() -> Response:
         return Response(status_code=200 if engine.alive else 503)
 
-    @app.api_route("/ping", methods=["GET", "POST"])
+    @app.get("/ping")
+    @app.post("/ping")
     async def ping() -> Response:
         """vLLM's (and SageMaker's) liveness probe: /health by another name."""
         return await health()
