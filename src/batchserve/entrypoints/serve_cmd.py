@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
@@ -64,6 +65,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def resolve_api_key(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """--api-key, else the first non-empty of `API_KEY_ENV_VARS`, else None (no key required)."""
+    if flag == "":
+        raise ConfigError("--api-key must be non-empty")
+    return flag or next((environ[v] for v in API_KEY_ENV_VARS if environ.get(v)), None)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -76,9 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for flag in ("max_request_bytes", "timeout_keep_alive", "timeout_header"):
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
-    if args.api_key == "":
-        raise ConfigError("--api-key must be non-empty")
-    api_key = args.api_key or next((os.environ[v] for v in API_KEY_ENV_VARS if os.environ.get(v)), None)
+    api_key = resolve_api_key(args.api_key, os.environ)
     llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                     scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
                     **given(args, SchedulerConfig),
