@@ -24,9 +24,9 @@ import pytest
 import uvicorn
 
 import batchserve
+from batchserve.engine.llm_engine import LLMEngine
 from batchserve.entrypoints.openai.api_server import build_app
 from batchserve.entrypoints.serve_cmd import API_KEY_ENV_VARS
-from batchserve.engine.llm_engine import LLMEngine
 
 
 class LiveServer:

@@ -56,7 +56,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                    help="larger request bodies get 413 before they are read (default: 16 MiB)")
     p.add_argument("--timeout-keep-alive", type=float, default=DEFAULT_TIMEOUT_KEEP_ALIVE_S,
-                   help=f"seconds an idle connection is kept between requests (default: {DEFAULT_TIMEOUT_KEEP_ALIVE_S:g})")
+                   help="seconds an idle connection is kept open between requests "
+                   f"(default: {DEFAULT_TIMEOUT_KEEP_ALIVE_S:g})")
     p.add_argument("--timeout-header", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
                    help="seconds a connection gets to send a request's headers before it is closed; guards against "
                    f"idle and slow (slowloris) clients (default: {DEFAULT_HEADER_TIMEOUT_S:g})")

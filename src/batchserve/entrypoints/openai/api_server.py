@@ -24,8 +24,8 @@ from ...engine.llm_engine import LLMEngine
 from ...request import SamplingParams
 from ...tokenizer import chat_prompt_ids
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
-from .metrics import CONTENT_TYPE, ServerMetrics
 from .limits import DEFAULT_MAX_REQUEST_BYTES
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .middleware import APIKeyMiddleware, RequestSizeLimitMiddleware
 from .protocol import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, sampling_error, validation_error,
