@@ -64,17 +64,21 @@ def test_idle_and_slowloris_sockets_are_closed_while_health_answers(server):
     try:
         for s in socks[::10]:  # slowloris: headers begun, never finished
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-        start = time.monotonic()
+        probed_at = time.monotonic()  # fresh sockets: none may close before probed_at + TIMEOUT_S
+        probes = [_connect(server.url) for _ in range(5)]
+        socks += probes
         health_s = []
         with httpx.Client(base_url=server.url, timeout=5) as client:
-            while time.monotonic() - start < TIMEOUT_S + 0.5:
+            while time.monotonic() - probed_at < TIMEOUT_S + 0.5:
                 t = time.monotonic()
                 assert client.get("/health").status_code == 200
                 health_s.append(time.monotonic() - t)
-                if t - start < TIMEOUT_S / 2:
-                    assert all(_is_open(s) for s in socks[::50]), "closed before the header timeout"
+                if TIMEOUT_S / 2 < t - probed_at < TIMEOUT_S:
+                    still_open = [_is_open(s) for s in probes]
+                    if time.monotonic() - probed_at < TIMEOUT_S:  # else a heavily loaded machine made us late
+                        assert all(still_open), "closed before the header timeout"
                 time.sleep(0.05)
-        assert max(health_s) < 0.5, health_s
+        assert max(health_s) < 1.0, health_s
         assert all(_closed_by_server(s, 3.0) for s in socks)
     finally:
         for s in socks:
