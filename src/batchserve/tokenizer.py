@@ -217,14 +217,16 @@ def load_tokenizer(model: str | os.PathLike) -> Tokenizer:
     return HFTokenizer(path)
 
 
-def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict]) -> list[int]:
-    """A conversation as prompt token ids, ready for the assistant's turn.
+def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
+                    add_special_tokens: bool = False) -> list[int]:
+    """A conversation as prompt token ids, by default ready for the assistant's turn.
 
     The rendered template already holds its special tokens (BOS), so the text is
-    encoded without adding them again: one place for that rule, for every front end.
+    encoded without adding them again: one place for that rule, for every front end
+    (`/tokenize` lets a client ask for them anyway, as vLLM's does).
     """
-    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True),
-                            add_special_tokens=False)
+    return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt),
+                            add_special_tokens=add_special_tokens)
 
 
 class IncrementalDetokenizer:

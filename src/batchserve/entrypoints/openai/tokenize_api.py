@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ...tokenizer import Tokenizer
+from ...tokenizer import Tokenizer, chat_prompt_ids
 from .protocol import APIError, ChatMessage
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -85,8 +85,8 @@ class Tokenization:
         messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
                     for m in req.messages or ()]
         try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=req.add_generation_prompt is not False)
+            return chat_prompt_ids(tokenizer, messages, add_generation_prompt=req.add_generation_prompt is not False,
+                                   add_special_tokens=bool(req.add_special_tokens))
         except Exception as err:  # a template's raise_exception, or a jinja error
             raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
                            param="messages") from None
-        return tokenizer.encode(text, add_special_tokens=bool(req.add_special_tokens))
