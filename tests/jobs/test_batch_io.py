@@ -10,6 +10,7 @@ from batchserve.jobs.batch_io import (
     OPENAI, PLAIN, BadLine, BatchRequest, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
 from batchserve.jobs.openai_format import derived_seed, job_context, prepare
+from batchserve.jobs.runner import JobConfig
 from batchserve.openai import ServingContext
 from batchserve.request import SamplingParams
 from batchserve.tokenizer import ByteTokenizer
@@ -76,7 +77,7 @@ def test_invalid_bodies_become_bad_lines(body, message):
 
 
 def context(**overrides) -> ServingContext:
-    return job_context(["tiny"], ByteTokenizer(), 2048, 259, SamplingParams(), overrides)
+    return job_context("tiny", JobConfig(defaults=overrides), ByteTokenizer(), 2048, 259, SamplingParams())
 
 
 def test_prepare_fills_params_with_defaults_and_a_custom_id_seed():

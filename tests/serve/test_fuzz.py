@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 from batchserve.jobs.batch_io import BadLine, BatchRequest
 from batchserve.jobs.openai_format import job_context, prepare
+from batchserve.jobs.runner import JobConfig
 from batchserve.openai import ChatCompletionRequest, CompletionRequest
 from batchserve.request import SamplingParams
 from batchserve.tokenizer import ByteTokenizer
 
-JOB_CONTEXT = job_context(["tiny"], ByteTokenizer(), 2048, 259, SamplingParams(), {})
+JOB_CONTEXT = job_context("tiny", JobConfig(), ByteTokenizer(), 2048, 259, SamplingParams())
 
 JUNK = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from ..outputs import RequestOutput
 from ..progress import Progress
 from ..openai import ServingContext, engine_error
+from ..openai.structured import DEFAULT_TOOL_PARSER
 from .batch_io import (
     CHAT_URL, BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries,
     scan_output,
@@ -43,6 +44,8 @@ class JobConfig:
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
     served_model_names: tuple[str, ...] = ()
     """Names a line's `model` may give (the server's rule); empty: the model's own name."""
+    tool_call_parser: str = DEFAULT_TOOL_PARSER
+    """How `tool_choice: auto` finds calls in the output (the model family's format)."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256

@@ -68,7 +68,7 @@ class EngineInputs:
 
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     """Check and convert a parsed body; raises `APIError` saying what is wrong."""
-    model = _model_name(req, ctx)
+    model = model_name(req.model, ctx)
     tools = tool_calling(req, ctx.tool_parser)
     constraint = output_constraint(req, tools)
     if isinstance(req, ChatCompletionRequest):
@@ -94,14 +94,16 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     return EngineInputs(prompts, params, spec)
 
 
-def _model_name(req: AnyRequest, ctx: ServingContext) -> str:
-    if req.model is None:
+def model_name(requested: str | None, ctx: ServingContext) -> str:
+    """The name a response carries: the one requested if served (an alias included), else the first; 404 for
+    a name this server does not serve."""
+    if requested is None:
         return ctx.model_names[0]
-    if req.model not in ctx.model_names:
+    if requested not in ctx.model_names:
         names = ", ".join(map(repr, ctx.model_names))
-        raise APIError(404, f"the model {req.model!r} does not exist; this server serves {names}", param="model",
+        raise APIError(404, f"the model {requested!r} does not exist; this server serves {names}", param="model",
                        code="model_not_found")
-    return req.model
+    return requested
 
 
 def _tokenizer(ctx: ServingContext, param: str) -> Tokenizer:
@@ -136,16 +138,21 @@ def _chat_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> tuple[list[
         kwargs.setdefault("reasoning_effort", req.reasoning_effort)
     if req.tools:
         kwargs["tools"] = template_tools(req)
-    try:
-        ids = chat_prompt_ids(tok, messages, add_generation_prompt=req.add_generation_prompt,
-                              continue_final_message=req.continue_final_message,
-                              add_special_tokens=req.add_special_tokens, **kwargs)
-    except Exception as err:  # a template's raise_exception (e.g. roles must alternate), or a jinja error
-        raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
-                       param="messages") from None
+    ids = render_chat(tok, messages, add_generation_prompt=req.add_generation_prompt,
+                      continue_final_message=req.continue_final_message, add_special_tokens=req.add_special_tokens,
+                      **kwargs)
     last = req.messages[-1]
     echo = [last.text()] if req.echo and last.role == "assistant" else None
     return [ids], echo
+
+
+def render_chat(tokenizer: Tokenizer, messages: list[dict[str, Any]], **options: Any) -> list[int]:
+    """`chat_prompt_ids` with a template's failure (its raise_exception, a jinja error) as a 400."""
+    try:
+        return chat_prompt_ids(tokenizer, messages, **options)
+    except Exception as err:
+        raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
+                       param="messages") from None
 
 
 def template_message(m: ChatMessage) -> dict[str, Any]:
