@@ -58,9 +58,6 @@ def served(serve_process):
         yield url
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the protocol rejects stream_options.continuous_usage_stats, which guidellm always sends "
-                   "(issue 13); drop this mark once it is accepted")
 def test_guidellm_completes_a_synthetic_streaming_chat_run(served, tmp_path):
     """Chat, guidellm's default; its /v1/completions requests differ only in `prompt` and `max_tokens`."""
     out = tmp_path / "report.json"

@@ -53,8 +53,9 @@ def engine_error(err: ValueError, prompt_field: str) -> APIError:
     """A 400 for a ValueError the engine raised adding a request: about the sampling field its first words
     name (`temperature must be ...`, `invalid structured_outputs.json: ...`), else about the prompt."""
     message = _REQUEST_PREFIX.sub("", str(err))
-    words = re.findall(r"[a-z_]+", message)[:3]
-    return APIError(400, message, param=next((w for w in words if w in _SAMPLING_FIELDS), prompt_field))
+    words = re.findall(r"[a-z_]+", message)[:2]
+    named = words[1] if words[:1] == ["invalid"] and len(words) > 1 else words[0] if words else None
+    return APIError(400, message, param=named if named in _SAMPLING_FIELDS else prompt_field)
 
 
 def validation_error(errors: Sequence[Any]) -> APIError:

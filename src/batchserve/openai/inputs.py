@@ -68,7 +68,7 @@ class EngineInputs:
 
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     """Check and convert a parsed body; raises `APIError` saying what is wrong."""
-    model = model_name(req.model, ctx)
+    model = resolve_model_name(req.model, ctx)
     tools = tool_calling(req, ctx.tool_parser)
     constraint = output_constraint(req, tools)
     if isinstance(req, ChatCompletionRequest):
@@ -94,7 +94,7 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     return EngineInputs(prompts, params, spec)
 
 
-def model_name(requested: str | None, ctx: ServingContext) -> str:
+def resolve_model_name(requested: str | None, ctx: ServingContext) -> str:
     """The name a response carries: the one requested if served (an alias included), else the first; 404 for
     a name this server does not serve."""
     if requested is None:

@@ -21,7 +21,7 @@ from ... import __version__
 from ...engine.llm_engine import LLMEngine
 from ...openai import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, EngineInputs, ResponseBuilder, ServingContext,
-    engine_error, engine_inputs, model_name, new_id, response_body, sse_event, sse_stream, validation_error,
+    engine_error, engine_inputs, new_id, resolve_model_name, response_body, sse_event, sse_stream, validation_error,
 )
 from ...openai.structured import DEFAULT_TOOL_PARSER
 from ...outputs import RequestOutput
@@ -196,7 +196,7 @@ def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int 
     @app.get("/v1/models/{model_id:path}")
     async def model_card(model_id: str) -> dict:
         cards = {card["id"]: card for card in server.models()["data"]}
-        return cards[model_name(model_id, server.context)]
+        return cards[resolve_model_name(model_id, server.context)]
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> dict:

@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .protocol import APIError
+from ...openai import APIError
 
 OPEN_PATHS = frozenset({"/health", "/ping", "/metrics", "/version"})
 """Probes and scrapers that never send a key (as with vLLM); every other route needs it."""

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ...openai import APIError, ChatMessage, ServingContext, model_name, render_chat, template_message
+from ...openai import APIError, ChatMessage, ServingContext, render_chat, resolve_model_name, template_message
 from ...tokenizer import Tokenizer
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -70,7 +70,7 @@ class Tokenization:
         return {"prompt": await asyncio.to_thread(tokenizer.decode, req.tokens, skip_special_tokens=False)}
 
     def _check(self, model: str | None, route: str) -> Tokenizer:
-        model_name(model, self.context)
+        resolve_model_name(model, self.context)
         if self.context.tokenizer is None:
             raise APIError(400, f"{route} needs a tokenizer, and this server runs without one "
                                 "(--skip-tokenizer-init)")
