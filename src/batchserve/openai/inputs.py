@@ -39,6 +39,9 @@ class ServingContext:
     for chat)."""
     tool_parser: str = DEFAULT_TOOL_PARSER
     """How `tool_choice: auto` finds calls in the output (`--tool-call-parser`)."""
+    compact_json: bool = True
+    """JSON constraints allow no whitespace between tokens (vLLM's `disable_any_whitespace`): valid JSON all
+    the same, and a small model cannot spend its tokens on indentation and blank lines."""
 
 
 @dataclass
@@ -80,6 +83,8 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     params = _sampling_params(req, ctx, max(map(len, prompts)))
     if constraint is not None:
         try:
+            if ctx.compact_json and ("json" in constraint or "json_object" in constraint):
+                constraint = {**constraint, "disable_any_whitespace": True}
             params = replace(params, structured_outputs=StructuredOutputsParams(**constraint))
         except ValueError as err:
             raise APIError(400, str(err), param="structured_outputs") from None

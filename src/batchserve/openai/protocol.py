@@ -27,8 +27,7 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_PROMPTS = 256
-IGNORED_FIELDS = ("store", "metadata", "service_tier", "user", "parallel_tool_calls", "modalities")
-# parallel_tool_calls: every parser returns all the calls the model writes, as vLLM does.
+IGNORED_FIELDS = ("store", "metadata", "service_tier", "user", "modalities")
 """Accepted and ignored: they do not change what is generated (as in vLLM)."""
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -264,6 +263,8 @@ class ChatCompletionRequest(_SamplingRequest):
     """Passed to the chat template (reasoning models' templates read it); others ignore it."""
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    """False: at most one call (`required` constrains the list to one; `auto` keeps the first)."""
 
     @field_validator("top_logprobs")
     @classmethod

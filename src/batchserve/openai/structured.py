@@ -31,9 +31,17 @@ class ToolCalling:
     parser: str = DEFAULT_TOOL_PARSER
     function: str | None = None
     """The one function a named tool_choice calls."""
+    parallel: bool = True
+    """False: keep only the first call (`parallel_tool_calls: false`)."""
 
     def extract(self, text: str) -> ParsedOutput:
         """The user-facing content and the calls of a finished output."""
+        parsed = self._parse(text)
+        if not self.parallel:
+            parsed.calls = parsed.calls[:1]
+        return parsed
+
+    def _parse(self, text: str) -> ParsedOutput:
         if self.mode == "auto":
             return TOOL_PARSERS[self.parser](text)
         try:
@@ -59,8 +67,8 @@ def tool_calling(req: AnyRequest, parser: str) -> ToolCalling | None:
         if choice.function.name not in names:
             raise APIError(400, f"tool_choice names the function {choice.function.name!r}, which is not in tools "
                                 f"({', '.join(sorted(names))})", param="tool_choice")
-        return ToolCalling("named", parser, choice.function.name)
-    return ToolCalling(choice, parser)
+        return ToolCalling("named", parser, choice.function.name, req.parallel_tool_calls)
+    return ToolCalling(choice, parser, parallel=req.parallel_tool_calls)
 
 
 def template_tools(req: AnyRequest) -> list[dict[str, Any]] | None:
@@ -112,4 +120,5 @@ def _tool_schema(req: ChatCompletionRequest, tools: ToolCalling) -> dict[str, An
     calls = [{"type": "object", "properties": {"name": {"const": t.function.name},
                                                "parameters": _parameters(t.function)},
               "required": ["name", "parameters"], "additionalProperties": False} for t in req.tools]
-    return {"type": "array", "minItems": 1, "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+    schema = {"type": "array", "minItems": 1, "items": calls[0] if len(calls) == 1 else {"anyOf": calls}}
+    return schema if tools.parallel else {**schema, "maxItems": 1}
