@@ -36,7 +36,7 @@ from .stats import EngineStats, StatsCollector
 class LLMEngine:
     """A model with a paged KV cache, continuous batching, prefix caching and chunked prefill.
 
-    `model` is a local Hugging Face directory or "tiny" (built-in random weights,
+    `model` is a local Hugging Face directory, a .gguf file or "tiny" (built-in random weights,
     byte tokenizer: its text is noise, for smoke tests and benchmarks).
     `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
@@ -62,10 +62,11 @@ class LLMEngine:
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
-                                                                    prepack=weight_prepack)
+        # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
+        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
+                                                                    prepack=weight_prepack)
         self.device = device
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))

@@ -33,7 +33,8 @@ SKIPPED_FIELDS = ("vocab_size",)
 
 def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The real-engine flags every model-running command shares: which model, where, in which dtype, KV size."""
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    p.add_argument("--model", default="tiny",
+                   help="HF model directory, .gguf file or 'tiny' (random weights, text is noise)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", default=None,
