@@ -77,6 +77,15 @@ def test_generation_defaults_come_from_generation_config(tmp_path) -> None:
     assert generation_defaults(tmp_path).temperature == 0.0
 
 
+def test_max_new_tokens_becomes_the_default_max_tokens(tmp_path) -> None:
+    for sampled in (True, False):
+        (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": sampled, "max_new_tokens": 7}))
+        assert generation_defaults(tmp_path).max_tokens == 7
+    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": None}))
+    assert generation_defaults(tmp_path).max_tokens == SamplingParams().max_tokens
+    assert generation_defaults(tmp_path / "model.gguf") == SamplingParams()  # a GGUF carries no generation config
+
+
 def test_the_engine_package_imports_without_torch() -> None:
     code = ("import sys, batchserve.engine; from batchserve.engine import Engine, PromptType, parse_memory; "
             "assert 'torch' not in sys.modules")

@@ -23,15 +23,20 @@ _GENERATION_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_pena
 
 
 def generation_defaults(model_path: Path | None) -> SamplingParams:
-    """The checkpoint's generation_config.json sampling fields, used when no SamplingParams is given."""
+    """The checkpoint's generation_config.json sampling fields and max_new_tokens, used when no SamplingParams is given.
+
+    `model_path` is a checkpoint directory; a GGUF file or None (tiny) has no generation config.
+    """
     path = None if model_path is None else model_path / "generation_config.json"
     if path is None or not path.is_file():
         return SamplingParams()
     with open(path) as f:
         config = json.load(f)
+    # max_new_tokens becomes the default max_tokens, as in vLLM; a request that sets max_tokens wins.
+    max_tokens = {"max_tokens": config["max_new_tokens"]} if config.get("max_new_tokens") is not None else {}
     if config.get("do_sample") is False:
-        return SamplingParams(temperature=0.0)
-    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None})
+        return SamplingParams(temperature=0.0, **max_tokens)
+    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None}, **max_tokens)
 
 
 @dataclass(frozen=True)
