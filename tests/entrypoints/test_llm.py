@@ -116,3 +116,13 @@ def test_llm_is_exported_lazily_from_the_package() -> None:
     code = ("import sys, batchserve; assert 'torch' not in sys.modules; "
             "from batchserve import LLM; assert 'torch' in sys.modules and LLM.__name__ == 'LLM'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generation_configs_max_new_tokens_is_the_default_max_tokens(monkeypatch) -> None:
+    import batchserve.engine.llm_engine as llm_engine
+
+    monkeypatch.setattr(llm_engine, "read_generation_config", lambda path: {"max_new_tokens": 3, "do_sample": False})
+    llm = LLM("tiny", device="cpu", kv_cache_memory="4MiB")
+    (out,) = llm.generate([[1, 2, 3]], use_tqdm=False)  # no SamplingParams: the checkpoint's defaults
+    assert len(out.outputs[0].token_ids) == 3 and out.outputs[0].finish_reason == "length"
+    assert llm.default_sampling_params == SamplingParams(temperature=0.0, max_tokens=3)

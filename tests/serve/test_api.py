@@ -148,3 +148,14 @@ def test_engine_failure_is_a_503_and_health_says_so(start_server):
         assert c.post("/v1/completions", json=body).status_code == 503
         with c.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
             assert s.status_code == 503
+
+
+def test_the_checkpoints_max_new_tokens_caps_a_chat_without_max_tokens(start_server, monkeypatch):
+    import batchserve.engine.llm_engine as llm_engine
+
+    monkeypatch.setattr(llm_engine, "read_generation_config", lambda path: {"max_new_tokens": 3})
+    with start_server() as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        body = {"model": "tiny", "messages": CHAT, "ignore_eos": True}
+        assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 3
+        r = c.post("/v1/chat/completions", json={**body, "max_tokens": 5}).json()
+        assert r["usage"]["completion_tokens"] == 5  # the request's own max_tokens wins

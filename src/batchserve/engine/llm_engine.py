@@ -26,7 +26,7 @@ from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
 from ..tokenizer import Tokenizer, load_tokenizer
 from .core import Engine
-from .input_processor import InputProcessor, PromptType, generation_defaults
+from .input_processor import InputProcessor, PromptType, generation_defaults, read_generation_config
 from .memory import num_kv_blocks
 from .output_processor import OutputProcessor
 from .parallel_sampling import SiblingGate
@@ -80,7 +80,10 @@ class LLMEngine:
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
                                       attention)
         self.engine = Engine(self.scheduler, self.executor)
-        self.default_sampling_params = generation_defaults(self.model_path)
+        generation_config = read_generation_config(self.model_path)
+        self.default_sampling_params = generation_defaults(generation_config)
+        # The checkpoint's max_new_tokens also caps a chat request that sets no max_tokens (vLLM's rule).
+        self.default_max_tokens: int | None = generation_config.get("max_new_tokens")
         self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,
                                               self.model_config.eos_token_ids)
         self.siblings = SiblingGate(cache_cfg)

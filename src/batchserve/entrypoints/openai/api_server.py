@@ -63,6 +63,7 @@ class OpenAIServer:
         self.max_model_len = llm.model_config.max_model_len
         self.vocab_size = llm.model_config.vocab_size
         self.defaults = llm.default_sampling_params
+        self.default_max_tokens = llm.default_max_tokens
         self.tokenizer = llm.tokenizer  # None with skip_tokenizer_init: token-id prompts only, no text out
         self.created = int(time.time())
 
@@ -104,7 +105,7 @@ class OpenAIServer:
             if len(ids) >= self.max_model_len:
                 raise APIError(400, f"the prompt is {len(ids)} tokens, longer than the model's context of "
                                     f"{self.max_model_len} tokens", param="messages")
-            max_tokens = self.max_model_len - len(ids)
+            max_tokens = min(self.max_model_len - len(ids), self.default_max_tokens or self.max_model_len)
         params = req.sampling_params(self.defaults, max_tokens, req.num_logprobs)
         return await self._run(ChatFormat, req, raw, [{"prompt_token_ids": ids}], params, req.num_logprobs,
                                "messages")
