@@ -45,6 +45,7 @@ class GGUFFile:
         except Exception as e:  # gguf raises ValueError, IndexError, struct errors... on a damaged file
             raise GGUFError(f"{self.path} is not a readable GGUF file (truncated or corrupt?): "
                             f"{type(e).__name__}: {e}") from None
+        self._values: dict[str, Any] = {}  # metadata converted so far (the vocabulary takes a while)
 
     @functools.cached_property
     def architecture(self) -> str:
@@ -58,23 +59,24 @@ class GGUFFile:
         """The value of a metadata key (int, float, bool, str or list of them), or `default` if absent."""
         return self._value(key) if key in self._reader.fields else default
 
-    @functools.cache
     def _value(self, key: str) -> Any:
-        try:
-            return self._reader.fields[key].contents()
-        except Exception as e:
-            raise GGUFError(f"{self.path}: metadata {key!r} cannot be read: {e}") from None
+        if key not in self._values:
+            try:
+                self._values[key] = self._reader.fields[key].contents()
+            except Exception as e:
+                raise GGUFError(f"{self.path}: metadata {key!r} cannot be read: {e}") from None
+        return self._values[key]
 
-    def metadata(self, skip_arrays: bool = True) -> dict[str, Any]:
-        """Every metadata value by key; long arrays (the vocabulary) are left out unless asked for."""
+    def scalars(self) -> dict[str, Any]:
+        """Every metadata value but the arrays (the vocabulary, merges: slow to convert, read them by key)."""
         import gguf
 
         return {k: self._value(k) for k, f in self._reader.fields.items()
-                if not (skip_arrays and f.types and f.types[0] == gguf.GGUFValueType.ARRAY)}
+                if not (f.types and f.types[0] == gguf.GGUFValueType.ARRAY)}
 
     def model_config(self) -> ModelConfig:
         """The model this file describes, named after the file."""
-        metadata = self.metadata()
+        metadata = self.scalars()
         if f"{self.architecture}.vocab_size" not in metadata and "tokenizer.ggml.tokens" in self:
             metadata["tokenizer.ggml.tokens"] = self.get("tokenizer.ggml.tokens")
         return from_gguf_metadata(metadata, self.tensor_names, name=self.path.stem)

@@ -1,4 +1,4 @@
-"""One torch-free description of a model, read from HF config.json or GGUF metadata, for the engine and the simulator."""
+"""One torch-free description of a model, from HF config.json or GGUF metadata, for the engine and the simulator."""
 
 from .context_length import max_model_len, rope_parameters
 from .gguf_reader import GGUF_ARCHITECTURES, from_gguf_metadata

@@ -165,7 +165,7 @@ def _catalog_key(name: str) -> str:
 
 
 def get_model(name_or_path: str) -> ModelConfig:
-    """Resolve a catalog key or HF id (case-insensitive), a config.json path, a directory holding one, or a GGUF file."""
+    """Resolve a catalog key or HF id (case-insensitive), a config.json path or its directory, or a GGUF file."""
     text = str(name_or_path).strip()
     if is_gguf(text):
         return open_gguf(text).model_config()
