@@ -73,8 +73,11 @@ def _gguf_name(hf: str) -> str:
 
 
 def write_gguf(path: Path, architecture: str = "llama", tensor_type: str = "F32", tokenizer_model: str = "gpt2",
-               truncate: bool = False) -> Path:
-    """A one-layer model's metadata and two tensors of `tensor_type`; `truncate` cuts the file inside its data."""
+               vocab: list[tuple[str, float, int]] | None = None, truncate: bool = False) -> Path:
+    """A one-layer model's metadata and two tensors of `tensor_type`; `truncate` cuts the file inside its data.
+
+    `vocab`: (token, score, llama.cpp token type) triples; token 0 is <unk>, 1 <s>, 2 </s>.
+    """
     import gguf
 
     writer = gguf.GGUFWriter(str(path), architecture)
@@ -87,7 +90,15 @@ def write_gguf(path: Path, architecture: str = "llama", tensor_type: str = "F32"
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_vocab_size(8)
     writer.add_tokenizer_model(tokenizer_model)
-    writer.add_token_list([f"t{i}" for i in range(8)])
+    if vocab is None:
+        writer.add_token_list([f"t{i}" for i in range(8)])
+    else:
+        writer.add_token_list([t for t, _, _ in vocab])
+        writer.add_token_scores([score for _, score, _ in vocab])
+        writer.add_token_types([kind for _, _, kind in vocab])
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
     kind = gguf.GGMLQuantizationType[tensor_type]
     block, size = gguf.GGML_QUANT_SIZES[kind]
     for name in ("token_embd.weight", "blk.0.attn_norm.weight"):
