@@ -109,6 +109,15 @@ def test_generate_command(tmp_path, capsys) -> None:
     assert out.exists()
 
 
+def test_quantization_flag_reaches_the_engine(capsys) -> None:
+    assert main(["generate", "--prompt", "hello", "--max-tokens", "2", "--quantization", "int8",
+                 "--kv-cache-memory", "4MiB"]) == 0
+    assert "completion 0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "hello", "--quantization", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_llm_is_exported_lazily_from_the_package() -> None:
     import subprocess
     import sys

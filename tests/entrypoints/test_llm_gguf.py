@@ -69,3 +69,13 @@ def test_greedy_tokens_match_transformers_on_the_same_file(llm, hf):
         top2 = logits.topk(2).values
         assert top2[0] - top2[1] < TIE_GAP, f"diverged at step {step} without a near tie: {top2.tolist()}"
     assert equal >= len(QUESTIONS) - 1
+
+
+def test_int8_greedy_answers_mostly_match_the_unquantized_model(llm, smollm2_gguf):
+    int8 = LLM(str(smollm2_gguf), device="cpu", kv_cache_memory="256MiB", quantization="int8")
+    params = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    full = [o.outputs[0].token_ids for o in llm.chat(chats, params, use_tqdm=False)]
+    quantized = [o.outputs[0].token_ids for o in int8.chat(chats, params, use_tqdm=False)]
+    assert sum(a == b for a, b in zip(full, quantized)) >= 6  # measured 7 of 10; the rest part at steps 2-5
+    assert sum(a[0] == b[0] for a, b in zip(full, quantized)) == len(QUESTIONS)

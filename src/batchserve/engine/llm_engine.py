@@ -40,6 +40,8 @@ class LLMEngine:
     byte tokenizer: its text is noise, for smoke tests and benchmarks).
     `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
+    `quantization`: "int8" stores the decoder's projection weights as int8 with
+    one scale per output channel (models/quantization.py); None keeps `dtype`.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LLMEngine:
         seed: int = 0,
         skip_tokenizer_init: bool = False,
         weight_prepack: bool = True,
+        quantization: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
         **scheduler_fields: Any,
     ) -> None:
@@ -66,7 +69,7 @@ class LLMEngine:
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
-                                                                    prepack=weight_prepack)
+                                                                    prepack=weight_prepack, quantization=quantization)
         self.device = device
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))

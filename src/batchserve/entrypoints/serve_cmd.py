@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
 from ..metrics import SLO, format_table, summarize, write_per_request
 from ..workload import WorkloadSpec
-from .common import add_engine_flags, resolve_values, run_simulation, write_json
+from .common import add_engine_flags, engine_args, resolve_values, run_simulation, write_json
 from .options import ConfigError, add_dataclass_flags, given
 
 DEFAULT_MAX_WAITING = 1024
@@ -58,9 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_waiting < 1:
         raise ConfigError(f"--max-waiting must be >= 1, got {args.max_waiting}")
-    llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                    scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
-                    **given(args, SchedulerConfig),
+    llm = LLMEngine(args.model, **engine_args(args), scheduler=args.scheduler, seed=args.seed,
+                    skip_tokenizer_init=args.skip_tokenizer_init, **given(args, SchedulerConfig),
                     **given(args, CacheConfig))
     name = args.served_model_name or ("tiny" if args.model == "tiny" else Path(args.model).name)
     app = build_app(llm, name, max_waiting=args.max_waiting)

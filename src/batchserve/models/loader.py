@@ -14,12 +14,14 @@ from typing import Any, Iterator
 
 import torch
 
+from ..config import QUANTIZATION_METHODS
 from ..gguf_file import is_gguf, open_gguf
 from ..model_config import ModelConfig
 from .config import SUPPORTED_DTYPES, ModelLoadError, check_model_config, load_model_config
 from .gguf_weights import gguf_tensors
 from .linear import prepack_supported
 from .llama import CausalLM
+from .quantization import quantize_linears
 from .tiny import build_tiny, tiny_config
 
 TINY = "tiny"
@@ -27,15 +29,22 @@ _INDEX = "model.safetensors.index.json"
 
 
 def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               prepack: bool = True) -> tuple[CausalLM, ModelConfig, Path | None]:
+               prepack: bool = True, quantization: str | None = None) -> tuple[CausalLM, ModelConfig, Path | None]:
     """(model in eval mode without grad, its config, its directory or GGUF file, or None for tiny).
 
     prepack: on CPU, pack the projection weights for oneDNN where this build
     supports it (models/linear.py); False keeps torch's default linear.
+    quantization: "int8" quantizes the decoder layers' projections at load
+    (models/quantization.py); the embeddings and LM head stay in `dtype`.
     """
+    if quantization is not None and quantization not in QUANTIZATION_METHODS:
+        raise ModelLoadError(f"quantization {quantization!r} is not supported; use None or one of "
+                             f"{', '.join(QUANTIZATION_METHODS)}")
     net, config, path = _build(model, dtype, device)
+    if quantization == "int8":
+        quantize_linears(net.model)
     if prepack and prepack_supported(net.dtype, net.device):
-        net.prepack_weights()
+        net.prepack_weights()  # what quantization left as nn.Linear: the LM head
     return net, config, path
 
 
