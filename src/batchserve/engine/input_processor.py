@@ -10,10 +10,10 @@ about the model and, for structured outputs, a grammar manager.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..request import MAX_SEED, Request, SamplingParams
 from ..tokenizer import Tokenizer
@@ -27,16 +27,24 @@ PromptType = Union[str, Sequence[int], dict]
 _GENERATION_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def generation_defaults(model_path: Path | None) -> SamplingParams:
-    """The checkpoint's generation_config.json sampling fields, used when no SamplingParams is given."""
+def read_generation_config(model_path: Path | None) -> dict[str, Any]:
+    """A checkpoint directory's generation_config.json; {} for none (tiny, a GGUF file, a directory without one)."""
     path = None if model_path is None else model_path / "generation_config.json"
     if path is None or not path.is_file():
-        return SamplingParams()
+        return {}
     with open(path) as f:
-        config = json.load(f)
+        return json.load(f)
+
+
+def generation_defaults(config: Mapping[str, Any]) -> SamplingParams:
+    """The params used when a request gives none: generation_config's sampling fields and max_new_tokens.
+
+    max_new_tokens becomes max_tokens, as in vLLM; a request that sets max_tokens wins.
+    """
+    max_tokens = {"max_tokens": config["max_new_tokens"]} if config.get("max_new_tokens") is not None else {}
     if config.get("do_sample") is False:
-        return SamplingParams(temperature=0.0)
-    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None})
+        return SamplingParams(temperature=0.0, **max_tokens)
+    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None}, **max_tokens)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ from typing import Any
 from ..jobs.runner import JobConfig, Summary
 from ..sim.router import RouterConfig
 from ..tables import REPORT_WIDTH, render_table
-from .common import add_engine_flags, add_served_model_name, add_tool_call_parser, served_model_names, write_json
+from .common import (
+    add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, served_model_names, write_json,
+)
 from .options import add_dataclass_flags, given
 
 
@@ -72,8 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--price-per-hour is only used with --estimate")
     config = _job_config(args)
     router = RouterConfig(**given(args, RouterConfig))
-    engine_args = dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                       max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+    engine_kwargs = dict(**engine_args(args), max_num_batched_tokens=args.max_num_batched_tokens,
+                         max_num_seqs=args.max_num_seqs)
     if args.estimate:
         return _estimate(args, config, router)
     if not args.output:
@@ -81,12 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.replicas > 1 or args.ray_address:
         from ..jobs.ray_runner import run_ray_job
 
-        summary = run_ray_job(args.input, args.output, args.model, engine_args, config, args.replicas,
+        summary = run_ray_job(args.input, args.output, args.model, engine_kwargs, config, args.replicas,
                               args.ray_address, args.quiet, router)
     else:
         from ..jobs.engine_backend import local_job
 
-        summary = local_job(args.input, args.output, args.model, engine_args, config, args.quiet)
+        summary = local_job(args.input, args.output, args.model, engine_kwargs, config, args.quiet)
     print(summary_table(summary, f"batch job: {args.model}, {args.replicas} replica(s)"))
     if args.json:
         write_json(args.json, {"input": args.input, "output": args.output, "model": args.model,

@@ -11,7 +11,8 @@ from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
 from ..metrics import SLO, format_table, summarize, write_per_request
 from ..workload import WorkloadSpec
 from .common import (
-    add_engine_flags, add_served_model_name, add_tool_call_parser, resolve_values, run_simulation, served_model_names, write_json,
+    add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, resolve_values, run_simulation,
+    served_model_names, write_json,
 )
 from .openai.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_TIMEOUT_KEEP_ALIVE_S
 from .options import ConfigError, add_dataclass_flags, given
@@ -88,9 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     api_key = resolve_api_key(args.api_key, os.environ)
-    llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                    scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
-                    **given(args, SchedulerConfig),
+    llm = LLMEngine(args.model, **engine_args(args), scheduler=args.scheduler, seed=args.seed,
+                    skip_tokenizer_init=args.skip_tokenizer_init, **given(args, SchedulerConfig),
                     **given(args, CacheConfig))
     names = served_model_names(args)
     app = build_app(llm, names, max_waiting=args.max_waiting, api_key=api_key,

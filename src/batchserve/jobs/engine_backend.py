@@ -54,7 +54,8 @@ class EngineBackend:
 def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: JobConfig) -> ServingContext:
     """The job's serving context from the engine that runs it: its context length, vocabulary and defaults."""
     mc = engine.model_config
-    return job_context(model, config, tokenizer, mc.max_model_len, mc.vocab_size, engine.default_sampling_params)
+    return job_context(model, config, tokenizer, mc.max_model_len, mc.vocab_size, engine.default_sampling_params,
+                       engine.default_max_tokens)
 
 
 def local_job(

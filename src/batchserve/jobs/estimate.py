@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CacheConfig, scheduler_config
-from ..engine.input_processor import generation_defaults
+from ..engine.input_processor import generation_defaults, read_generation_config
 from ..engine.parallel_sampling import SiblingGate
 from ..model_config import ModelConfig
 from ..outputs import CompletionOutput, RequestOutput
@@ -151,8 +151,9 @@ def estimate_job(
                           JobRouter(replicas, config.window, router))
     recorder = Recorder(None, preserve_order=False, total=total)
     shape = setup.deployment.model
-    defaults = generation_defaults(Path(model) if Path(model).is_dir() else None)
-    context = job_context(model, config, load_tokenizer(model), shape.max_model_len, shape.vocab_size, defaults)
+    generation = read_generation_config(Path(model) if Path(model).is_dir() else None)
+    context = job_context(model, config, load_tokenizer(model), shape.max_model_len, shape.vocab_size,
+                          generation_defaults(generation), generation.get("max_new_tokens"))
     entries = plan(input_path, fmt, Done(), context, config, backend.block_size)
     feed(backend, entries, recorder.emit, config.max_inflight * replicas)
     summary = recorder.finish(backend.counters())

@@ -39,7 +39,7 @@ def model_name(model: str) -> str:
 
 def job_context(
     model: str, config: JobConfig, tokenizer: Tokenizer, max_model_len: int, vocab_size: int,
-    generation_defaults: SamplingParams,
+    generation_defaults: SamplingParams, max_new_tokens: int | None = None,
 ) -> ServingContext:
     """The serving context of a job: the model's limits and defaults under the job's flags (--max-tokens, ...)."""
     overrides = config.defaults
@@ -47,7 +47,8 @@ def job_context(
     return ServingContext(
         model_names=config.served_model_names or (model_name(model),), tokenizer=tokenizer,
         max_model_len=max_model_len, vocab_size=vocab_size, defaults=replace(generation_defaults, **sampling),
-        default_max_tokens=overrides.get("max_tokens"), tool_parser=config.tool_call_parser,
+        default_max_tokens=overrides.get("max_tokens"), max_new_tokens=max_new_tokens,
+        tool_parser=config.tool_call_parser,
     )
 
 

@@ -37,6 +37,8 @@ class ServingContext:
     default_max_tokens: int | None = None
     """max_tokens for a body that gives none; None: OpenAI's (16 for completions, the rest of the context
     for chat)."""
+    max_new_tokens: int | None = None
+    """The checkpoint's generation_config `max_new_tokens`: it caps a chat request's default (vLLM's rule)."""
     tool_parser: str = DEFAULT_TOOL_PARSER
     """How `tool_choice: auto` finds calls in the output (`--tool-call-parser`)."""
     compact_json: bool = True
@@ -207,7 +209,7 @@ def _max_tokens(req: AnyRequest, ctx: ServingContext, prompt_len: int) -> int:
     if prompt_len >= ctx.max_model_len:
         raise APIError(400, f"the prompt is {prompt_len} tokens, longer than the model's context of "
                             f"{ctx.max_model_len} tokens", param="messages")
-    return ctx.max_model_len - prompt_len
+    return min(ctx.max_model_len - prompt_len, ctx.max_new_tokens or ctx.max_model_len)
 
 
 def _sampling_params(req: AnyRequest, ctx: ServingContext, prompt_len: int) -> SamplingParams:

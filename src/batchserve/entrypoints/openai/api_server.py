@@ -65,6 +65,7 @@ class OpenAIServer:
             model_names=tuple(model_names), tokenizer=llm.tokenizer, max_model_len=llm.model_config.max_model_len,
             vocab_size=llm.model_config.vocab_size, defaults=llm.default_sampling_params,
             tool_parser=tool_call_parser,
+            max_new_tokens=llm.default_max_tokens,
         )
         self.created = int(time.time())
 
