@@ -97,7 +97,7 @@ def test_repeated_prompt_hits_the_prefix_cache(client):
 
 @pytest.mark.parametrize("policy, urgent, relaxed", [
     ("priority", {"priority": -1}, {"priority": 5}),
-    ("edf", {"ttft_slo": 0.5}, {"ttft_slo": 60}),
+    ("edf", {"ttft_slo": 30}, {"ttft_slo": 600}),  # no deadline near enough to preempt the blocker, even on a loaded machine
 ])
 def test_policy_serves_the_urgent_request_first(start_server, policy, urgent, relaxed):
     body = {"model": "tiny", "max_tokens": 5, "ignore_eos": True}

@@ -42,7 +42,7 @@ def test_hf_tokenizer_is_read_whole(tmp_path: Path) -> None:
     fast.add_special_tokens(["<eos>"])
     fast.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "<eos>"}')
-    hf = HFTokenizer(tmp_path)
+    hf = HFTokenizer.from_directory(tmp_path)
     model_vocab = hf.vocab_size + 5  # a padded embedding: the extra ids are never allowed
     compiler = GrammarCompiler(ll_tokenizer(hf, model_vocab, [0]))
     matcher = compiler.compile(StructuredOutputsParams(choice=["yes", "no"])).deep_copy()
