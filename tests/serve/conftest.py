@@ -60,10 +60,11 @@ class LiveServer:
 
 @contextmanager
 def live_server(max_waiting: int | None = None, app_args: dict[str, Any] | None = None,
-                uvicorn_args: dict[str, Any] | None = None, **engine_args: Any) -> Iterator[LiveServer]:
-    """The tiny model served on a free port; `app_args` go to build_app, `uvicorn_args` to uvicorn.Config,
-    extra keyword args to LLMEngine."""
-    server = LiveServer(LLMEngine("tiny", kv_cache_memory="64MiB", **engine_args), max_waiting, app_args,
+                uvicorn_args: dict[str, Any] | None = None, model: str = "tiny",
+                **engine_args: Any) -> Iterator[LiveServer]:
+    """`model` (the tiny one by default) served on a free port as "tiny"; `app_args` go to build_app,
+    `uvicorn_args` to uvicorn.Config, extra keyword args to LLMEngine."""
+    server = LiveServer(LLMEngine(model, kv_cache_memory="64MiB", **engine_args), max_waiting, app_args,
                         uvicorn_args)
     server.start()
     try:

@@ -12,7 +12,7 @@ from typing import Literal
 import httpx
 import openai
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 langchain_openai = pytest.importorskip("langchain_openai")
 
@@ -105,3 +105,61 @@ def test_named_tool_choice_and_streaming_tool_calls(oa):
         for ch in chunk.choices:
             streamed += ch.delta.tool_calls or []
     assert [(c.function.name, c.function.arguments) for c in streamed] == [("get_weather", call.function.arguments)]
+
+
+class Capital(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    country: str = Field(max_length=30)
+    city: str = Field(max_length=30)
+
+
+@pytest.fixture(scope="module")
+def real_server(smollm2_gguf):
+    from conftest import live_server
+
+    with live_server(model=str(smollm2_gguf)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def real_oa(real_server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=real_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_real_model_parse_answers_in_the_schema(real_oa):
+    q = [{"role": "user", "content": "What is the capital of France? Answer in JSON with country and city."}]
+    resp = real_oa.chat.completions.parse(model="tiny", messages=q, response_format=Capital, max_tokens=40,
+                                          temperature=0)
+    parsed = resp.choices[0].message.parsed
+    assert isinstance(parsed, Capital) and "Paris" in parsed.city
+
+
+@pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
+def test_real_model_langchain_with_structured_output(real_server, method):
+    model = langchain_openai.ChatOpenAI(base_url=real_server.url + "/v1", api_key="unused", model="tiny",
+                                        max_retries=0, max_tokens=60, temperature=0)
+    prompt = "What is the capital of France? Answer in JSON with the keys country and city."
+    if method == "json_mode":
+        out = model.with_structured_output(method="json_mode").invoke(prompt)
+        assert isinstance(out, dict) and out
+    else:
+        assert isinstance(model.with_structured_output(Capital, method=method).invoke(prompt), Capital)
+
+
+def test_real_model_bind_tools_and_the_tool_round_trip(real_server, real_oa):
+    model = langchain_openai.ChatOpenAI(base_url=real_server.url + "/v1", api_key="unused", model="tiny",
+                                        max_retries=0, max_tokens=60, temperature=0)
+    msg = model.bind_tools([get_weather, get_time], tool_choice="required", parallel_tool_calls=False).invoke(
+        "What is the weather in Rome?")
+    (call,) = msg.tool_calls
+    assert call["name"] in ("get_weather", "get_time")
+    follow = [{"role": "user", "content": "What is the weather in Rome?"},
+              {"role": "assistant", "content": None, "tool_calls": [
+                  {"id": call["id"], "type": "function",
+                   "function": {"name": call["name"], "arguments": json.dumps(call["args"])}}]},
+              {"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 24 degrees."}]
+    answer = real_oa.chat.completions.create(model="tiny", messages=follow, max_tokens=30, temperature=0)
+    tokens = httpx.post(real_server.url + "/tokenize", json={"messages": follow}).json()["tokens"]
+    tok = real_server.llm.get_tokenizer()
+    assert "Sunny, 24 degrees." in tok.decode(tokens, skip_special_tokens=False)
+    assert answer.usage.prompt_tokens == len(tokens) and answer.choices[0].message.content

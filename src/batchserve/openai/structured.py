@@ -110,7 +110,12 @@ def _structured_outputs(spec: StructuredOutputs) -> dict[str, Any]:
 
 
 def _parameters(function: Any) -> dict[str, Any]:
-    return function.parameters or {"type": "object", "properties": {}}
+    """A function's parameters schema for the grammar: arguments it does not declare are not allowed (unless the
+    schema says so), since the function cannot take them and a small model would fill its tokens with them."""
+    params = function.parameters or {"type": "object", "properties": {}}
+    if params.get("type") == "object" and "additionalProperties" not in params:
+        params = {**params, "additionalProperties": False}
+    return params
 
 
 def _tool_schema(req: ChatCompletionRequest, tools: ToolCalling) -> dict[str, Any]:
