@@ -177,3 +177,10 @@ def test_the_checkpoints_max_new_tokens_caps_a_chat_without_max_tokens(start_ser
         assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 3
         r = c.post("/v1/chat/completions", json={**body, "max_tokens": 5}).json()
         assert r["usage"]["completion_tokens"] == 5  # the request's own max_tokens wins
+
+
+def test_a_body_nested_too_deep_to_parse_is_a_400_and_the_server_goes_on(client):
+    body = '{"prompt": ' + "[" * 5000 + "]" * 5000 + ', "max_tokens": 2}'
+    r = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).status_code == 200
