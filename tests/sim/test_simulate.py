@@ -259,3 +259,15 @@ def test_edf_serves_tight_ttft_targets_first(tmp_path) -> None:
     fcfs, edf = mean_ttft("fcfs"), mean_ttft("edf")
     assert edf["t"] < 0.5 * fcfs["t"]
     assert edf["l"] > fcfs["l"]
+
+
+def test_router_config_reaches_the_simulated_router():
+    from batchserve.config import CacheConfig, scheduler_config
+    from batchserve.sim.router import RouterConfig
+    from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve
+
+    config = RouterConfig(balance_ratio=1.1, balance_slack_tokens=64)
+    setup = resolve(ClusterConfig(model="qwen2.5-0.5b", replicas=2, router="prefix-affinity"),
+                    scheduler_config("sarathi"), CacheConfig(), router=config)
+    assert build_cluster(setup).router.affinity.config == config
+    assert setup.to_dict()["router_config"] == {"balance_ratio": 1.1, "balance_slack_tokens": 64}

@@ -20,11 +20,12 @@ from ..progress import Progress
 from ..request import Request
 from ..sim.cluster import SimResult
 from ..sim.cost_model import Efficiency
+from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..workload import WorkloadSpec, synthetic_requests, trace_requests
 from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
 
-CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec)
+CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec, RouterConfig)
 EXTRA_KEYS = ("scheduler", "slo", "workload")
 DEFAULT_PRESET = "sarathi"
 # The workload's vocabulary comes from the model, not from a flag.
@@ -92,6 +93,7 @@ def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=skip)
     add_dataclass_flags(p, WorkloadSpec, "synthetic workload", skip=SKIPPED_FIELDS + skip)
     add_dataclass_flags(p, Efficiency, "cost-model efficiency", skip=skip)
+    add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --router prefix-affinity)", skip=skip)
 
 
 def layered_values(args: argparse.Namespace, classes: tuple[type, ...] = CONFIG_CLASSES) -> dict[str, Any]:
@@ -136,7 +138,8 @@ def resolve_values(values: dict[str, Any]) -> Resolved:
     preset = values.get("scheduler", DEFAULT_PRESET)
     cluster = ClusterConfig(**pick(values, ClusterConfig))
     sched = scheduler_config(preset, **pick(values, SchedulerConfig))
-    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), pick(values, Efficiency))
+    setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), pick(values, Efficiency),
+                    router=RouterConfig(**pick(values, RouterConfig)))
     spec_values = pick(values, WorkloadSpec)
     spec_values["vocab_size"] = setup.deployment.model.vocab_size
     slo = SLO.parse(values["slo"]) if values.get("slo") else None

@@ -18,6 +18,7 @@ from ..sim.plan.runner import DiskCache, Dispatcher, InlineRunner, ProcessRunner
 from ..sim.plan.search import PlanRequest, PlanResult, plan
 from ..sim.plan.slo import LatencySLO
 from ..sim.plan.space import Base, SearchSpace
+from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig
 from ..workload import WorkloadSpec
 from .common import add_simulation_flags, layered_values, write_json
@@ -119,6 +120,7 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
         scheduler_overrides=tuple(sorted(pick(values, SchedulerConfig).items())),
         cache=CacheConfig(**pick(values, CacheConfig)),
         efficiency=Efficiency(**pick(values, Efficiency)),
+        router=RouterConfig(**pick(values, RouterConfig)),
     )
     space = SearchSpace(model=model, max_gpus=args.max_gpus, **searched)
     return PlanRequest(space, base, workload, slo, parse_prices(args.price), rate, args.objective, args.runner_ups,

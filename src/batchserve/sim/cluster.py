@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..metrics import RequestRecord
 from ..request import Request
 from .engine import SimEngine
-from .router import make_router
+from .router import RouterConfig, make_router
 
 
 @dataclass
@@ -32,11 +32,12 @@ class Cluster:
     only up to the next arrival, since the router may send it there.
     """
 
-    def __init__(self, replicas: Sequence[SimEngine], router: str = "round-robin") -> None:
+    def __init__(self, replicas: Sequence[SimEngine], router: str = "round-robin",
+                 router_config: RouterConfig = RouterConfig()) -> None:
         if not replicas:
             raise ValueError("a cluster needs at least one replica")
         self.replicas = list(replicas)
-        self.router = make_router(router, self.replicas)
+        self.router = make_router(router, self.replicas, router_config)
 
     def run(
         self,

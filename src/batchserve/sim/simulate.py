@@ -15,7 +15,7 @@ from .engine import SimEngine
 from .executor import SimExecutor
 from .hardware import CatalogError, Hardware, get_hardware
 from .models import get_model
-from .router import ROUTERS
+from .router import ROUTERS, RouterConfig
 from .scheduler import SimScheduler
 
 
@@ -58,6 +58,8 @@ class SimSetup:
     scheduler: SchedulerConfig
     cache: CacheConfig
     efficiency: Efficiency
+    router: RouterConfig = RouterConfig()
+    """Prefix affinity's balance rule (with `cluster.router` prefix-affinity)."""
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +70,7 @@ class SimSetup:
             "scheduler": asdict(self.scheduler),
             "cache": asdict(self.cache),
             "efficiency": self.efficiency.to_dict(),
+            "router_config": asdict(self.router),
         }
 
 
@@ -88,6 +91,7 @@ def resolve(
     cache: CacheConfig,
     efficiency: Efficiency | Mapping[str, float] | None = None,
     model: ModelConfig | None = None,
+    router: RouterConfig = RouterConfig(),
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
@@ -109,7 +113,7 @@ def resolve(
     )
     if cache.num_blocks is None:
         cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
-    return SimSetup(cluster, deployment, scheduler, cache, efficiency)
+    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router)
 
 
 def build_cluster(setup: SimSetup) -> Cluster:
@@ -122,7 +126,7 @@ def build_cluster(setup: SimSetup) -> Cluster:
         )
         for _ in range(setup.cluster.replicas)
     ]
-    return Cluster(engines, setup.cluster.router)
+    return Cluster(engines, setup.cluster.router, setup.router)
 
 
 def simulate(

@@ -11,7 +11,7 @@ from ..cost_model import Efficiency
 from ..deployment import DoesNotFitError
 from ..hardware import get_hardware
 from ..models import get_model
-from ..router import ROUTERS
+from ..router import ROUTERS, RouterConfig
 from ..simulate import ClusterConfig, SimSetup, resolve
 
 WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4")
@@ -98,6 +98,8 @@ class Base:
     """Scheduler fields fixed by the user (e.g. policy); the searched ones come from the ReplicaConfig."""
     cache: CacheConfig = CacheConfig()
     efficiency: Efficiency = Efficiency()
+    router: RouterConfig = RouterConfig()
+    """Prefix affinity's balance rule, for candidates that route by prefix."""
 
     def setup(self, config: ReplicaConfig, replicas: int = 1, router: str = "round-robin") -> SimSetup:
         """The simulator's setup; raises DoesNotFitError when the replica does not fit in memory."""
@@ -110,7 +112,7 @@ class Base:
             **dict(self.scheduler_overrides),
             "max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs,
         })
-        return resolve(cluster, sched, self.cache, self.efficiency)
+        return resolve(cluster, sched, self.cache, self.efficiency, router=self.router)
 
 
 def enumerate_space(space: SearchSpace, base: Base) -> tuple[list[ReplicaConfig], list[Pruned]]:
