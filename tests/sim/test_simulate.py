@@ -12,6 +12,7 @@ from batchserve.request import Request, SamplingParams
 from batchserve.sim.cost_model import Efficiency
 from batchserve.sim.executor import SimExecutor
 from batchserve.sim.hardware import CatalogError
+from batchserve.sim.router import RouterConfig
 from batchserve.sim.simulate import ClusterConfig, SimResult, build_cluster, resolve, simulate
 from batchserve.workload import WorkloadSpec, synthetic_requests
 
@@ -262,10 +263,6 @@ def test_edf_serves_tight_ttft_targets_first(tmp_path) -> None:
 
 
 def test_router_config_reaches_the_simulated_router():
-    from batchserve.config import CacheConfig, scheduler_config
-    from batchserve.sim.router import RouterConfig
-    from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve
-
     config = RouterConfig(balance_ratio=1.1, balance_slack_tokens=64)
     setup = resolve(ClusterConfig(model="qwen2.5-0.5b", replicas=2, router="prefix-affinity"),
                     scheduler_config("sarathi"), CacheConfig(), router=config)
