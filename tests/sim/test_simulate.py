@@ -268,3 +268,12 @@ def test_router_config_reaches_the_simulated_router():
                     scheduler_config("sarathi"), CacheConfig(), router=config)
     assert build_cluster(setup).router.affinity.config == config
     assert setup.to_dict()["router_config"] == {"balance_ratio": 1.1, "balance_slack_tokens": 64}
+
+
+def test_the_engines_attention_grouping_reaches_the_simulated_executor():
+    from batchserve.attention_layout import AttentionConfig
+
+    attention = AttentionConfig(decode_bucket_ratio=0.9)
+    setup = resolve(ClusterConfig(model="qwen2.5-0.5b"), scheduler_config("sarathi"), CacheConfig(),
+                    attention=attention)
+    assert build_cluster(setup).replicas[0].executor.attention == attention

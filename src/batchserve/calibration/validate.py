@@ -80,7 +80,8 @@ def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
-    return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name))
+    return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name),
+                   attention=llm.executor.attention)
 
 
 def is_offline(records: Sequence[RequestRecord]) -> bool:

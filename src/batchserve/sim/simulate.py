@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
+from ..attention_layout import AttentionConfig
 from ..config import CacheConfig, SchedulerConfig
 from ..model_config import ModelConfig
 from ..request import Request
@@ -60,6 +61,8 @@ class SimSetup:
     efficiency: Efficiency
     router: RouterConfig = RouterConfig()
     """Prefix affinity's balance rule (with `cluster.router` prefix-affinity)."""
+    attention: AttentionConfig = AttentionConfig()
+    """How the engine groups decode attention: its padding is what the cost model charges."""
 
     def to_dict(self) -> dict:
         return {
@@ -71,6 +74,7 @@ class SimSetup:
             "cache": asdict(self.cache),
             "efficiency": self.efficiency.to_dict(),
             "router_config": asdict(self.router),
+            "attention": asdict(self.attention),
         }
 
 
@@ -92,6 +96,7 @@ def resolve(
     efficiency: Efficiency | Mapping[str, float] | None = None,
     model: ModelConfig | None = None,
     router: RouterConfig = RouterConfig(),
+    attention: AttentionConfig = AttentionConfig(),
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
@@ -113,7 +118,7 @@ def resolve(
     )
     if cache.num_blocks is None:
         cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
-    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router)
+    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention)
 
 
 def build_cluster(setup: SimSetup) -> Cluster:
@@ -121,7 +126,7 @@ def build_cluster(setup: SimSetup) -> Cluster:
     engines = [
         SimEngine(
             SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len),
-            SimExecutor(cost_model),
+            SimExecutor(cost_model, setup.attention),
             track_token_times=setup.cluster.track_token_times,
         )
         for _ in range(setup.cluster.replicas)
