@@ -19,7 +19,7 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
     hw = get_hardware(str(profile))
-    assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s"}
+    assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s"}
     assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", str(profile), "-q",
                  "--kv-cache-memory", "64MiB", "--num-requests", "40", "--rate", "8",
                  "--input-len", "uniform:16:200", "--output-len", "uniform:8:48", "--json", str(result),

@@ -101,3 +101,17 @@ def test_a_profile_with_an_unknown_efficiency_field_says_which(tmp_path) -> None
     with pytest.raises(CatalogError, match="gemm_flop"):
         resolve(ClusterConfig(model="qwen2.5-0.5b", hardware=str(profile), weight_dtype="fp32"),
                 SchedulerConfig(), CacheConfig())
+
+
+def test_the_structured_output_term_is_fitted_only_from_steps_that_ran_a_grammar(deployment: Deployment) -> None:
+    shapes = _grid()
+    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
+        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    assert plain.structured_overhead_s == 0.0  # no grammar ran: nothing to fit, the term stays off
+    truth = Efficiency(**{**TRUE.to_dict(), "structured_overhead_s": 4e-4})
+    constrained = [s._replace(num_constrained=s.num_sampling) for s in shapes if s.num_decodes and not s.num_prefill_tokens]
+    shapes += constrained
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fitted.structured_overhead_s == pytest.approx(4e-4, rel=0.25)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02

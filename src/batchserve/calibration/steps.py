@@ -20,12 +20,13 @@ import numpy as np
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
 from ..progress import Progress
-from ..request import Request, SamplingParams
+from ..request import Request, SamplingParams, StructuredOutputsParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
 from ..sim.executor import step_shape
 from ..sim.hardware import Hardware
+from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
 _ids = itertools.count()
@@ -78,16 +79,33 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     yield "steady", [(system + _prompt(rng, vocab, 32), 12, i // 6) for i in range(min(64, max_seqs))]
 
 
-def record_steps(engine: Engine, entries: list[Entry], keep: bool = True) -> list[Observation]:
-    """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included)."""
+def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tuple[int, list[Entry]]]:
+    """Decode batches whose every row runs a grammar: beside the unconstrained ones of the same sizes, they
+    fit `structured_overhead_s`."""
+    rng = np.random.default_rng(seed)
+    for batch in (1, 8, 32):
+        if batch <= max_seqs:
+            yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
+
+
+def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
+                 grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None) -> list[Observation]:
+    """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included).
+
+    With `grammar`, every request runs under that constraint (registered with the engine's manager).
+    """
     arrivals = sorted(((start, i) for i, (_, _, start) in enumerate(entries)), reverse=True)
     observations = []
     step = 0
     while arrivals or engine.has_unfinished():
         while arrivals and arrivals[-1][0] <= step:
             prompt, out, _ = entries[arrivals.pop()[1]]
-            engine.add_request(Request(f"calibrate-{next(_ids)}", prompt,
-                                       SamplingParams(max_tokens=out, ignore_eos=True)))
+            params = SamplingParams(max_tokens=out, ignore_eos=True,
+                                    structured_outputs=grammar[1] if grammar else None)
+            req = Request(f"calibrate-{next(_ids)}", prompt, params)
+            if grammar:
+                grammar[0].add_request(req)
+            engine.add_request(req)
         t = time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
@@ -137,6 +155,10 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
         for i, (phase, entries) in enumerate(phases):
             observations += record_steps(llm.engine, entries, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")
+    if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
+        grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
+        for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
+            observations += record_steps(llm.engine, entries, grammar=grammar)
     efficiency = fit_efficiency(deployment, observations)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)

@@ -21,7 +21,7 @@ from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
-OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s")
+OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s")
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
@@ -53,39 +53,47 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
     return np.array([model.step_time(*o.shape) for o in observations])
 
 
-def _decode(x: np.ndarray, base: Efficiency) -> Efficiency:
+def fitted_fields(observations: Sequence[Observation]) -> tuple[str, ...]:
+    """The fields these steps can pin down: the structured-output term only when some step ran a grammar
+    (with no such step it has no effect on the loss, and the fit would leave it anywhere)."""
+    constrained = any(o.shape.num_constrained for o in observations)
+    return FRACTIONS + tuple(n for n in OVERHEADS if n != "structured_overhead_s" or constrained)
+
+
+def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
     x = np.clip(x, np.log(_TINY) - 1, 2.0)
-    values = {name: float(min(1.0, np.exp(v))) for name, v in zip(FRACTIONS, x)}
-    values.update({name: float(np.exp(v)) if v > np.log(_TINY) else 0.0 for name, v in zip(OVERHEADS, x[len(FRACTIONS):])})
+    values = {name: float(min(1.0, np.exp(v))) if name in FRACTIONS else float(np.exp(v)) if v > np.log(_TINY)
+              else 0.0 for name, v in zip(names, x)}
     return replace(base, **values)
 
 
-def _encode(eff: Efficiency) -> np.ndarray:
-    return np.log([max(getattr(eff, n), _TINY) for n in FRACTIONS + OVERHEADS])
+def _encode(eff: Efficiency, names: Sequence[str]) -> np.ndarray:
+    return np.log([max(getattr(eff, n), _TINY) for n in names])
 
 
 def fit_efficiency(
     deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
 ) -> Efficiency:
     """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
-    if len(observations) < len(FRACTIONS) + len(OVERHEADS):
-        raise ValueError(f"need at least {len(FRACTIONS) + len(OVERHEADS)} measured steps to fit, got {len(observations)}")
+    names = fitted_fields(observations)
+    if len(observations) < len(names):
+        raise ValueError(f"need at least {len(names)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
 
     def loss(x: np.ndarray) -> float:
-        predicted = predict(deployment, _decode(x, start), observations)
+        predicted = predict(deployment, _decode(x, start, names), observations)
         return float(np.mean(np.log1p(((np.log(predicted) - measured) / _SCALE) ** 2)))
 
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
-                         token_overhead_s=1e-6))
+                         token_overhead_s=1e-6, structured_overhead_s=1e-5), names)
     best = x0
     for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
         previous = loss(best)
         best = nelder_mead(loss, best, step=0.5)
         if previous - loss(best) < 1e-6:
             break
-    return _decode(best, start)
+    return _decode(best, start, names)
 
 
 def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 1000,

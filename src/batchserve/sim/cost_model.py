@@ -43,6 +43,8 @@ class Efficiency:
     """Cost per sequence sampled in a step (sampling over the vocabulary, per-request bookkeeping)."""
     chunk_overhead_s: float = 0.0
     """Cost per prompt chunk in a step beyond its tokens (e.g. its own attention launch in every layer)."""
+    structured_overhead_s: float = 0.0
+    """Cost per sampled row under a structured-output grammar: filling its token bitmask and applying it."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,6 +72,8 @@ class StepShape(NamedTuple):
     decode_key_tokens: int = 0
     """Keys the decodes' attention reads: `decode_context_tokens` (each row's keys, its new token
     included) plus the padding of the engine's decode groups (`attention_layout.decode_groups`)."""
+    num_constrained: int = 0
+    """Sampled rows under a structured-output grammar."""
 
 
 class CostModel:
@@ -106,6 +110,7 @@ class CostModel:
         self.token_overhead = eff.token_overhead_s
         self.sequence_overhead = eff.sequence_overhead_s
         self.chunk_overhead = eff.chunk_overhead_s
+        self.structured_overhead = eff.structured_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -174,6 +179,7 @@ class CostModel:
         num_sampling: int = 0,
         num_prefill_seqs: int = 0,
         decode_key_tokens: int = 0,
+        num_constrained: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -196,6 +202,7 @@ class CostModel:
             + self.token_overhead * tokens
             + self.sequence_overhead * num_sampling
             + self.chunk_overhead * num_prefill_seqs
+            + self.structured_overhead * num_constrained
         )
 
     def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:

@@ -20,12 +20,14 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
     join the batch's listed requests (a SimBatch counts its cohort's decodes);
     the listed decodes' keys are padded as `attention` groups them, while the
-    cohort keeps only its key total, so its rows count unpadded.
+    cohort keeps only its key total, so its rows count unpadded. Constrained rows
+    are always listed (the scheduler keeps them out of the cohort).
     """
-    prefill_tokens = prefill_context = num_sampling = num_chunks = 0
+    prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
     decode_keys: list[int] = []
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
+        samples = c + n == req.num_tokens
         if n == 1:
             decode_keys.append(c + 1)
         else:
@@ -33,12 +35,12 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             num_chunks += 1
             prefill_context += c + n
             attended += n * (c + (n + 1) / 2)
-            if c + n == req.num_tokens:
-                num_sampling += 1
+            num_sampling += samples
+        num_constrained += samples and req.sampling_params.structured_outputs is not None
     num_decodes = num_lazy_decodes + len(decode_keys)
     padded = lazy_decode_context + padded_key_tokens(decode_keys, attention.decode_bucket_ratio)
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
-                     num_sampling + num_decodes, num_chunks, padded)
+                     num_sampling + num_decodes, num_chunks, padded, num_constrained)
 
 
 class DecodeRunExecutor(Executor, Protocol):

@@ -45,9 +45,12 @@ class SimScheduler(Scheduler):
         return self._explicit
 
     def _append_token(self, req: Request, token: int, complete: bool = False) -> bool:
-        """A request that sampled a token and goes on decoding joins the cohort."""
+        """A request that sampled a token and goes on decoding joins the cohort, unless a grammar constrains
+        it: its steps cost more (`structured_overhead_s`), so it stays listed where the cost model counts it."""
         if super()._append_token(req, token, complete):
             return True
+        if req.sampling_params.structured_outputs is not None:
+            return False
         del self._explicit[req]
         self.cohort.join(req)
         return False
