@@ -11,6 +11,7 @@ loading: the module swap below replaces `nn.Linear` with `PackedLinear`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -59,10 +60,15 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def prepack_linears(module: nn.Module) -> None:
-    """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
+def replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
+    """Replace every nn.Linear under `module` by `make(linear)` (a packed or quantized form of its weights)."""
     for name, child in module.named_children():
         if isinstance(child, nn.Linear):
-            setattr(module, name, PackedLinear(child.weight, child.bias))
+            setattr(module, name, make(child))
         else:
-            prepack_linears(child)
+            replace_linears(child, make)
+
+
+def prepack_linears(module: nn.Module) -> None:
+    """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
+    replace_linears(module, lambda linear: PackedLinear(linear.weight, linear.bias))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .linear import replace_linears
+
 _ACTIVATION_DTYPE = torch.bfloat16
 
 
@@ -43,8 +45,4 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def quantize_linears(module: nn.Module) -> None:
     """Replace every nn.Linear under `module` by an Int8Linear of its weights."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(module, name, Int8Linear(child.weight, child.bias))
-        else:
-            quantize_linears(child)
+    replace_linears(module, lambda linear: Int8Linear(linear.weight, linear.bias))
