@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator, prompt_logprobs
 from ..request import Request
+
+if TYPE_CHECKING:
+    from ..lora.manager import LoRAManager
 
 
 class TorchExecutor:
@@ -32,8 +36,10 @@ class TorchExecutor:
         device: torch.device,
         seed: int = 0,
         attention: AttentionConfig = AttentionConfig(),
+        lora: LoRAManager | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora  # adds each row's adapter delta; None serves the base model only
         self.attention = attention
         self.config = config
         self.block_size = block_size
@@ -86,6 +92,8 @@ class TorchExecutor:
             block_size=bs,
             config=self.attention,
         )
+        if self.lora is not None:
+            self.lora.prepare(batch.requests, query_start)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         prepared = time.perf_counter()
