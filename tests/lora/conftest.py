@@ -104,3 +104,40 @@ def hf_greedy(model: torch.nn.Module, prompt: list[int], max_new: int) -> list[i
 @pytest.fixture(name="hf_greedy")
 def _hf_greedy():
     return hf_greedy
+
+
+def write_adapter(path: Path, rank: int, targets: list[str], seed: int) -> Path:
+    """A random PEFT-format LoRA adapter for the built-in `tiny` model, written without PEFT."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from batchserve.models.tiny import tiny_config
+
+    c = tiny_config()
+    shapes = {"q_proj": (c.hidden_size, c.q_size), "k_proj": (c.hidden_size, c.kv_size),
+              "v_proj": (c.hidden_size, c.kv_size), "o_proj": (c.q_size, c.hidden_size),
+              "gate_proj": (c.hidden_size, c.intermediate_size), "up_proj": (c.hidden_size, c.intermediate_size),
+              "down_proj": (c.intermediate_size, c.hidden_size)}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(c.num_layers):
+        for name in targets:
+            n_in, n_out = shapes[name]
+            group = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
+            key = f"base_model.model.model.layers.{layer}.{group}.{name}"
+            tensors[f"{key}.lora_A.weight"] = torch.randn(rank, n_in, generator=g)
+            tensors[f"{key}.lora_B.weight"] = torch.randn(n_out, rank, generator=g)
+    path.mkdir(parents=True)
+    save_file(tensors, path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": targets, "bias": "none"}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory) -> dict[str, LoRARequest]:
+    """Two adapters of the built-in `tiny` model (which has a tokenizer, so front-ends return text)."""
+    root = tmp_path_factory.mktemp("tiny-adapters")
+    return {"sql": LoRARequest("sql", 1, str(write_adapter(root / "sql", 8, ["q_proj", "v_proj", "down_proj"], 1))),
+            "chat": LoRARequest("chat", 2, str(write_adapter(root / "chat", 4, ["o_proj", "up_proj"], 2)))}

@@ -11,6 +11,7 @@ from ..workload import WorkloadSpec
 from .common import (
     add_engine_flags, add_served_model_name, resolve_values, run_simulation, served_model_names, write_json,
 )
+from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .options import ConfigError, add_dataclass_flags, given
 
 DEFAULT_MAX_WAITING = 1024
@@ -48,6 +49,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="warning", help="uvicorn log level (info logs every request)")
     add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=("num_blocks",))
+    add_lora_flags(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -59,12 +61,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_waiting < 1:
         raise ConfigError(f"--max-waiting must be >= 1, got {args.max_waiting}")
+    adapters = lora_modules(args)
     llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                     scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
                     **given(args, SchedulerConfig),
-                    **given(args, CacheConfig))
+                    **given(args, CacheConfig), **lora_engine_args(args))
+    for adapter in adapters:  # a broken adapter stops the server at startup, not its first request
+        llm.lora_manager.add(adapter)
     names = served_model_names(args)
-    app = build_app(llm, names, max_waiting=args.max_waiting)
+    app = build_app(llm, names, max_waiting=args.max_waiting, lora_modules=adapters)
     print(f"serving {names[0]!r} on http://{args.host}:{args.port}/v1 (policy={llm.scheduler.config.policy}, "
           f"max_num_batched_tokens={llm.scheduler.config.max_num_batched_tokens}, max_waiting={args.max_waiting})",
           flush=True)

@@ -22,7 +22,7 @@ class EngineBackend:
         self._prefilling: set[str] = set()
 
     def add(self, req: BatchRequest) -> None:
-        self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params)
+        self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params, lora_request=req.lora_request)
         self._live[req.custom_id] = req
         self._prefilling.add(req.custom_id)
 
@@ -55,7 +55,7 @@ def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: 
     """The job's serving context from the engine that runs it: its context length, vocabulary and defaults."""
     mc = engine.model_config
     return job_context(list(config.served_model_names) or [model_name(model)], tokenizer, mc.max_model_len,
-                       mc.vocab_size, engine.default_sampling_params, config.defaults)
+                       mc.vocab_size, engine.default_sampling_params, config.defaults, config.lora_modules)
 
 
 def local_job(

@@ -16,6 +16,7 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Any
 
+from ..lora.request import LoRARequest
 from ..openai import APIError, ServingContext, engine_inputs, parse_request, response_body
 from ..outputs import RequestOutput
 from ..request import SamplingParams
@@ -36,13 +37,14 @@ def model_name(model: str) -> str:
 
 def job_context(
     model_names: list[str], tokenizer: Tokenizer, max_model_len: int, vocab_size: int,
-    generation_defaults: SamplingParams, overrides: dict[str, Any],
+    generation_defaults: SamplingParams, overrides: dict[str, Any], lora_modules: tuple[LoRARequest, ...] = (),
 ) -> ServingContext:
     """The serving context of a job: the model's limits and defaults under the job's flags (--max-tokens, ...)."""
     sampling = {k: v for k, v in overrides.items() if k != "max_tokens"}
     return ServingContext(
         model_names=tuple(model_names), tokenizer=tokenizer, max_model_len=max_model_len, vocab_size=vocab_size,
         defaults=replace(generation_defaults, **sampling), default_max_tokens=overrides.get("max_tokens"),
+        lora_modules={lora.lora_name: lora for lora in lora_modules},
     )
 
 
@@ -62,6 +64,7 @@ def prepare(req: BatchRequest, context: ServingContext, job_seed: int) -> BatchR
     if req.params.seed is None:
         req.params = replace(req.params, seed=derived_seed(req.custom_id, job_seed))
     req.response = inputs.response
+    req.lora_request = inputs.lora_request
     return req
 
 

@@ -123,6 +123,6 @@ def run_ray_job(
     def make_context(backend: RayBackend) -> ServingContext:
         max_model_len, vocab_size, defaults = ray.get(backend.actors[0].limits.remote())
         names = list(config.served_model_names) or [model_name(model)]
-        return job_context(names, tokenizer, max_model_len, vocab_size, defaults, config.defaults)
+        return job_context(names, tokenizer, max_model_len, vocab_size, defaults, config.defaults, config.lora_modules)
 
     return run_job(input_path, output_path, make_backend, make_context, config, quiet)

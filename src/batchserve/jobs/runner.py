@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..lora.request import LoRARequest
 from ..outputs import RequestOutput
 from ..progress import Progress
 from ..openai import ServingContext
@@ -42,6 +43,8 @@ class JobConfig:
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
     served_model_names: tuple[str, ...] = ()
     """Names a line's `model` may give (the server's rule); empty: the model's own name."""
+    lora_modules: tuple[LoRARequest, ...] = ()
+    """Adapters a line's `model` may name instead (--lora-modules); the engine needs enable_lora."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256

@@ -8,9 +8,11 @@ here, before anything is queued.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..lora.request import LoRARequest
 from ..request import SamplingParams
 from ..tokenizer import Tokenizer, chat_prompt_ids
 from .errors import APIError, sampling_error
@@ -36,6 +38,8 @@ class ServingContext:
     default_max_tokens: int | None = None
     """max_tokens for a body that gives none; None: OpenAI's (16 for completions, the rest of the context
     for chat)."""
+    lora_modules: Mapping[str, LoRARequest] = field(default_factory=dict)
+    """Adapter name -> adapter: a body whose `model` names one runs under it (--lora-modules)."""
 
 
 @dataclass
@@ -60,6 +64,8 @@ class EngineInputs:
     prompts: list[list[int]]
     params: SamplingParams
     response: ResponseSpec
+    lora_request: LoRARequest | None = None
+    """The adapter the body's `model` names; None runs the base model."""
 
 
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
@@ -80,14 +86,14 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     )
     if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
         params = replace(params, prompt_logprobs=params.prompt_logprobs or req.logprobs)
-    return EngineInputs(prompts, params, spec)
+    return EngineInputs(prompts, params, spec, ctx.lora_modules.get(model))
 
 
 def _model_name(req: AnyRequest, ctx: ServingContext) -> str:
     if req.model is None:
         return ctx.model_names[0]
-    if req.model not in ctx.model_names:
-        names = ", ".join(map(repr, ctx.model_names))
+    if req.model not in ctx.model_names and req.model not in ctx.lora_modules:
+        names = ", ".join(map(repr, [*ctx.model_names, *ctx.lora_modules]))
         raise APIError(404, f"the model {req.model!r} does not exist; this server serves {names}", param="model",
                        code="model_not_found")
     return req.model
