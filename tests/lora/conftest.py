@@ -43,6 +43,7 @@ class Family:
     base: torch.nn.Module
     path: Path
     adapters: dict[str, tuple[LoRARequest, torch.nn.Module]]
+    vocab: int = VOCAB
 
     def lora(self, name: str | None) -> LoRARequest | None:
         return None if name is None else self.adapters[name][0]

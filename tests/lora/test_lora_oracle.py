@@ -9,16 +9,14 @@ import pytest
 from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
 
-from conftest import VOCAB  # noqa: E402  (tests/lora/conftest.py)
-
 MAX_NEW = 8
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0, ignore_eos=True)
 MIXED = ["r4-qv", "r8-all", None, "r16-mlp", "r4-qv", "r8-all", None, "r16-mlp"]  # interleaved: split segments
 
 
-def prompts(n: int, seed: int) -> list[list[int]]:
+def prompts(n: int, seed: int, vocab: int) -> list[list[int]]:
     rng = random.Random(seed)
-    return [[rng.randrange(VOCAB) for _ in range(rng.randint(3, 30))] for _ in range(n)]
+    return [[rng.randrange(vocab) for _ in range(rng.randint(3, 30))] for _ in range(n)]
 
 
 def llm(family, **args) -> LLM:
@@ -29,7 +27,7 @@ def llm(family, **args) -> LLM:
 @pytest.mark.parametrize("engine_args", [{}, {"max_num_batched_tokens": 16, "max_num_seqs": 8}],
                          ids=["default", "chunked"])
 def test_mixed_batch_matches_peft_and_each_request_alone(family, hf_greedy, engine_args) -> None:
-    batch = prompts(len(MIXED), seed=0)
+    batch = prompts(len(MIXED), seed=0, vocab=family.vocab)
     expected = [hf_greedy(family.reference(name), p, MAX_NEW) for name, p in zip(MIXED, batch)]
     engine = llm(family, **engine_args)
     loras = [family.lora(name) for name in MIXED]
@@ -42,7 +40,7 @@ def test_mixed_batch_matches_peft_and_each_request_alone(family, hf_greedy, engi
 
 
 def test_base_rows_of_a_mixed_batch_equal_the_base_model_alone(family) -> None:
-    batch = prompts(len(MIXED), seed=1)
+    batch = prompts(len(MIXED), seed=1, vocab=family.vocab)
     base_only = LLM(str(family.path), skip_tokenizer_init=True, kv_cache_memory="16MiB")
     expected = [o.outputs[0].token_ids for o in base_only.generate(batch, GREEDY, use_tqdm=False)]
     outs = llm(family).generate(batch, GREEDY, use_tqdm=False, lora_request=[family.lora(n) for n in MIXED])

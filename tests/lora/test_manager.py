@@ -8,14 +8,12 @@ from batchserve import SamplingParams
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.entrypoints.llm import LLM
 
-from conftest import ADAPTERS, VOCAB  # noqa: E402  (tests/lora/conftest.py)
-
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
 
 def test_prefix_cache_is_shared_within_an_adapter_never_across(llama_family) -> None:
     rng = random.Random(0)
-    prompt = [rng.randrange(VOCAB) for _ in range(40)]  # two full blocks of 16 before the last token
+    prompt = [rng.randrange(llama_family.vocab) for _ in range(40)]  # two full blocks of 16 before the last token
     llm = LLM(str(llama_family.path), skip_tokenizer_init=True, kv_cache_memory="16MiB", enable_lora=True,
               max_loras=2)
     kv = llm.scheduler.kv
@@ -34,9 +32,9 @@ def test_prefix_cache_is_shared_within_an_adapter_never_across(llama_family) -> 
 
 
 def test_five_adapters_through_two_slots_all_complete_and_match_peft(llama_family, hf_greedy) -> None:
-    names = list(ADAPTERS) * 2  # 10 requests, 5 adapters, interleaved
+    names = list(llama_family.adapters) * 2  # 10 requests, 5 adapters, interleaved
     rng = random.Random(1)
-    batch = [[rng.randrange(VOCAB) for _ in range(rng.randint(4, 20))] for _ in names]
+    batch = [[rng.randrange(llama_family.vocab) for _ in range(rng.randint(4, 20))] for _ in names]
     engine = LLMEngine(str(llama_family.path), skip_tokenizer_init=True, kv_cache_memory="16MiB", enable_lora=True,
                        max_loras=2, max_cpu_loras=3, max_lora_rank=16)
     for i, (name, prompt) in enumerate(zip(names, batch)):
@@ -53,5 +51,5 @@ def test_five_adapters_through_two_slots_all_complete_and_match_peft(llama_famil
     for i, (name, prompt) in enumerate(zip(names, batch)):
         assert done[str(i)] == hf_greedy(llama_family.reference(name), prompt, GREEDY.max_tokens)
     assert manager.num_slot_loads > 2  # slots were reused for other adapters
-    assert manager.num_disk_loads > len(ADAPTERS)  # the host LRU (3) dropped some and they were re-read
+    assert manager.num_disk_loads > len(llama_family.adapters)  # the host LRU (3) dropped some and they were re-read
     assert len(manager.cached) <= 3

@@ -71,7 +71,10 @@ class TorchExecutor:
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
         scored: list[tuple[int, int, int]] = []  # (batch index, flat start, prompt positions) of prompt_logprobs
-        for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
+        # flat-batch order of the requests: batch order, or grouped by adapter so each adapter's rows are one slice
+        order = range(len(batch.requests)) if self.lora is None else self.lora.row_order(batch.requests)
+        for i in order:
+            req, n, c = batch.requests[i], batch.num_tokens[i], batch.num_computed[i]
             end = c + n
             input_ids += req.tokens(c, end)
             positions += range(c, end)
@@ -87,13 +90,13 @@ class TorchExecutor:
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             query_start_loc=query_start,
-            context_lens=list(batch.num_computed),
-            block_tables=[req.block_ids for req in batch.requests],
+            context_lens=[batch.num_computed[i] for i in order],
+            block_tables=[batch.requests[i].block_ids for i in order],
             block_size=bs,
             config=self.attention,
         )
         if self.lora is not None:
-            self.lora.prepare(batch.requests, query_start)
+            self.lora.prepare([batch.requests[i] for i in order], query_start)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         prepared = time.perf_counter()

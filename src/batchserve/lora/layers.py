@@ -1,8 +1,9 @@
 """LoRALinear: a base projection plus per-segment adapter deltas (the SGMV idea, one matmul pair per adapter).
 
-The step's rows are grouped by adapter slot once (`LoRAStep.segments`, set by
-the manager before the forward); every wrapped projection then adds, for each
-segment, `x_seg A_slot^T B_slot^T` on top of the shared base GEMM. Rows of the
+The executor lays the step's rows out grouped by adapter, so each adapter's
+rows are one contiguous slice (`LoRAStep.segments`, set by the manager before
+the forward); every wrapped projection then adds, for each segment,
+`x_seg A_slot^T B_slot^T` on top of the shared base GEMM. Rows of the
 base model are in no segment and pay nothing. Slots are sized for
 `max_lora_rank`; a smaller adapter's extra rows and columns are zeros.
 
@@ -23,7 +24,6 @@ from torch import nn
 from ..model_config import ModelConfig
 from ..models.llama import CausalLM, fused_rows
 
-Rows = slice | torch.Tensor
 # (parent module, attribute) of each projection LoRA wraps, in every decoder layer
 TARGETS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"), ("mlp", "gate_up_proj"), ("mlp", "down_proj"))
 
@@ -32,7 +32,7 @@ TARGETS = (("self_attn", "qkv_proj"), ("self_attn", "o_proj"), ("mlp", "gate_up_
 class LoRAStep:
     """This step's (slot, rows) segments: the flat-batch rows that run under each resident adapter."""
 
-    segments: list[tuple[int, Rows]] = field(default_factory=list)
+    segments: list[tuple[int, slice]] = field(default_factory=list)
 
 
 class LoRALinear(nn.Module):
@@ -54,12 +54,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        for slot, rows in self.step.segments:
-            delta = (x[rows] @ self.lora_a[slot].T) @ self.lora_b[slot].T
-            if isinstance(rows, slice):
-                y[rows] += delta
-            else:
-                y.index_add_(0, rows, delta)
+        for slot, rows in self.step.segments:  # contiguous rows: the expand GEMM accumulates into y in place
+            y[rows].addmm_(x[rows] @ self.lora_a[slot].T, self.lora_b[slot].T)
         return y
 
     def set_slot(self, slot: int, weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:

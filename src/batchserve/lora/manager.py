@@ -22,7 +22,7 @@ from ..models.llama import CausalLM
 from ..request import Request
 from .adapter import LoRAAdapter, LoRAError, load_adapter
 from .config import LoRAConfig
-from .layers import LoRAStep, Rows, wrap_model
+from .layers import LoRAStep, wrap_model
 from .request import LoRARequest
 
 
@@ -63,22 +63,30 @@ class LoRAManager:
         self._cache(self._load(request))
         self.registry[request.lora_int_id] = request
 
-    def prepare(self, requests: Sequence[Request], query_start: Sequence[int]) -> None:
-        """Make the batch's adapters resident and group its rows by slot for the forward pass."""
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        for i, req in enumerate(requests):
-            if req.adapter_id is not None:
-                ranges.setdefault(req.adapter_id, []).append((query_start[i], query_start[i + 1]))
-        needed = set(ranges)
-        if len(needed) > self.config.max_loras:
-            raise RuntimeError(f"a step needs {len(needed)} adapters but max_loras={self.config.max_loras}; "
-                               "the scheduler's LoRAAdmission should have prevented this")
-        self.step.segments = [(self._activate(aid, needed), self._rows(spans)) for aid, spans in ranges.items()]
+    @staticmethod
+    def row_order(requests: Sequence[Request]) -> list[int]:
+        """Batch indices grouped by adapter (base rows first, stable): each adapter's rows become one slice,
+        so a segment is a contiguous view and its delta an in-place GEMM, with no gather or scatter."""
+        return sorted(range(len(requests)), key=lambda i: (requests[i].adapter_id is not None,
+                                                           requests[i].adapter_id or 0))
 
-    def _rows(self, spans: list[tuple[int, int]]) -> Rows:
-        if len(spans) == 1:
-            return slice(*spans[0])
-        return torch.cat([torch.arange(a, b) for a, b in spans]).to(self.device)
+    def prepare(self, requests: Sequence[Request], query_start: Sequence[int]) -> None:
+        """Make the batch's adapters resident and give each its slice of the flat batch for the forward pass.
+
+        `requests` are in flat-batch order, grouped by adapter (`row_order`).
+        """
+        spans: dict[int, slice] = {}
+        for i, req in enumerate(requests):
+            aid = req.adapter_id
+            if aid is None:
+                continue
+            if aid in spans and spans[aid].stop != query_start[i]:
+                raise ValueError(f"adapter {aid}'s rows are not contiguous; order the batch with row_order")
+            spans[aid] = slice(spans[aid].start if aid in spans else query_start[i], query_start[i + 1])
+        if len(spans) > self.config.max_loras:
+            raise RuntimeError(f"a step needs {len(spans)} adapters but max_loras={self.config.max_loras}; "
+                               "the scheduler's LoRAAdmission should have prevented this")
+        self.step.segments = [(self._activate(aid, set(spans)), rows) for aid, rows in spans.items()]
 
     def _activate(self, adapter_id: int, needed: set[int]) -> int:
         """The adapter's slot, loading it into a free or least recently used unneeded slot if absent."""
