@@ -91,8 +91,10 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--input-len", type=int, nargs=2, default=(32, 256), metavar=("MIN", "MAX"))
     parser.add_argument("--output-len", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--json", metavar="FILE", help="write the setup and results as JSON")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rng = random.Random(0)
     vocab = SHAPES[args.shape][2]["vocab_size"]
     prompts = [[rng.randrange(vocab) for _ in range(rng.randint(*args.input_len))] for _ in range(args.num_requests)]
