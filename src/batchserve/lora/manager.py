@@ -81,7 +81,7 @@ class LoRAManager:
             if aid is None:
                 continue
             if aid in spans and spans[aid].stop != query_start[i]:
-                raise ValueError(f"adapter {aid}'s rows are not contiguous; order the batch with row_order")
+                raise RuntimeError(f"adapter {aid}'s rows are not contiguous; order the batch with row_order")
             spans[aid] = slice(spans[aid].start if aid in spans else query_start[i], query_start[i + 1])
         if len(spans) > self.config.max_loras:
             raise RuntimeError(f"a step needs {len(spans)} adapters but max_loras={self.config.max_loras}; "
