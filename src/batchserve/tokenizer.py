@@ -65,6 +65,11 @@ class HFTokenizer:
         ) | frozenset(i for i in (self.bos_token_id, self.eos_token_id) if i is not None)
         self.chat_template = _find_chat_template(self.path, config)
 
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer` underneath (transformers' name), for libraries that read the whole vocabulary."""
+        return self._tok
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
         if not add_special_tokens or self.bos_token_id is None or self.add_bos_token is None:

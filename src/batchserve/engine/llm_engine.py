@@ -2,7 +2,7 @@
 
 `Engine` works on token-level `Request`s; `LLMEngine` wires a model to it
 and adds what users see, each job in its own module: the input processor
-(tokenization, checks, `n` fan-out), the sibling gate (`n` completions
+(tokenization, checks, `n` fan-out, grammars), the sibling gate (`n` completions
 compute the prompt once), the output processor (detokenization, stop
 strings, logprobs, outputs) and the stats. `LLM.generate`, batch jobs and
 the server all drive one of these with `add_request` / `step` /
@@ -11,6 +11,7 @@ the server all drive one of these with `add_request` / `step` /
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..attention_layout import AttentionConfig
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
+from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
 from .core import Engine
 from .input_processor import InputProcessor, PromptType, generation_defaults
@@ -89,12 +91,16 @@ class LLMEngine:
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
         if enable_lora:
             self.scheduler.admission_check = LoRAAdmission(max_loras)
+        self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
+            functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
+                              self.model_config.eos_token_ids)
+        )
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
-                                      attention, self.lora_manager)
+                                      attention, self.structured_output, self.lora_manager)
         self.engine = Engine(self.scheduler, self.executor)
         self.default_sampling_params = generation_defaults(self.model_path)
         self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,
-                                              self.model_config.eos_token_ids)
+                                              self.model_config.eos_token_ids, self.structured_output)
         self.siblings = SiblingGate(cache_cfg)
         self.output_processor = OutputProcessor(self.tokenizer, self._stop)
         self._stats = StatsCollector(self.scheduler, self.siblings)

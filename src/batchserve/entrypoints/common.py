@@ -46,6 +46,15 @@ def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
                    "(default: the model directory's name)")
 
 
+def add_tool_call_parser(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from ..openai.structured import DEFAULT_TOOL_PARSER
+    from ..openai.tool_parsers import TOOL_PARSERS
+
+    p.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=DEFAULT_TOOL_PARSER,
+                   help="how tool_choice auto finds calls in the model's text: the model family's format "
+                   f"(default: {DEFAULT_TOOL_PARSER})")
+
+
 def served_model_names(args: argparse.Namespace) -> list[str]:
     """--served-model-name, else the model's own name (a directory's or file's stem, or 'tiny')."""
     from ..jobs.openai_format import model_name

@@ -8,7 +8,7 @@ from typing import Any
 from ..jobs.runner import JobConfig, Summary
 from ..sim.router import RouterConfig
 from ..tables import REPORT_WIDTH, render_table
-from .common import add_engine_flags, add_served_model_name, served_model_names, write_json
+from .common import add_engine_flags, add_served_model_name, add_tool_call_parser, served_model_names, write_json
 from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .options import add_dataclass_flags, given
 
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="max_tokens for bodies that do not set it (default: OpenAI's, 16 for completions and the "
                    "rest of the context for chat)")
     add_served_model_name(g)
+    add_tool_call_parser(g)
     g.add_argument("--temperature", type=float, default=None,
                    help="temperature for bodies that do not set it (default 1.0, as in the OpenAI API)")
     g.add_argument("--json", metavar="FILE", help="write the summary as JSON")
@@ -63,7 +64,7 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
     return JobConfig(prefix_aware=args.prefix_aware, window=args.window, preserve_order=args.preserve_order,
                      seed=args.seed, defaults=defaults, served_model_names=tuple(served_model_names(args)),
-                     lora_modules=tuple(lora_modules(args)))
+                     tool_call_parser=args.tool_call_parser, lora_modules=tuple(lora_modules(args)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from ..engine.llm_engine import LLMEngine
 from ..openai import ServingContext
 from ..tokenizer import Tokenizer, load_tokenizer
 from .batch_io import BatchRequest
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .runner import Finished, JobConfig, Summary, run_job
 
 
@@ -54,8 +54,7 @@ class EngineBackend:
 def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: JobConfig) -> ServingContext:
     """The job's serving context from the engine that runs it: its context length, vocabulary and defaults."""
     mc = engine.model_config
-    return job_context(list(config.served_model_names) or [model_name(model)], tokenizer, mc.max_model_len,
-                       mc.vocab_size, engine.default_sampling_params, config.defaults, config.lora_modules)
+    return job_context(model, config, tokenizer, mc.max_model_len, mc.vocab_size, engine.default_sampling_params)
 
 
 def local_job(

@@ -22,7 +22,7 @@ from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, build_cluster, resolve
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Recorder, Summary, feed, plan
 
@@ -151,9 +151,8 @@ def estimate_job(
                           JobRouter(replicas, config.window, router))
     recorder = Recorder(None, preserve_order=False, total=total)
     shape = setup.deployment.model
-    context = job_context(list(config.served_model_names) or [model_name(model)], load_tokenizer(model),
-                          shape.max_model_len, shape.vocab_size, generation_defaults(Path(model) if Path(model).is_dir() else None),
-                          config.defaults)
+    defaults = generation_defaults(Path(model) if Path(model).is_dir() else None)
+    context = job_context(model, config, load_tokenizer(model), shape.max_model_len, shape.vocab_size, defaults)
     entries = plan(input_path, fmt, Done(), context, config, backend.block_size)
     feed(backend, entries, recorder.emit, config.max_inflight * replicas)
     summary = recorder.finish(backend.counters())

@@ -20,7 +20,7 @@ from ..sim.router import RouterConfig
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
 from .engine_backend import EngineBackend
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Summary, admit, run_job
 
@@ -122,7 +122,6 @@ def run_ray_job(
 
     def make_context(backend: RayBackend) -> ServingContext:
         max_model_len, vocab_size, defaults = ray.get(backend.actors[0].limits.remote())
-        names = list(config.served_model_names) or [model_name(model)]
-        return job_context(names, tokenizer, max_model_len, vocab_size, defaults, config.defaults, config.lora_modules)
+        return job_context(model, config, tokenizer, max_model_len, vocab_size, defaults)
 
     return run_job(input_path, output_path, make_backend, make_context, config, quiet)
