@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from batchserve import LoRARequest  # noqa: E402
+from batchserve import LoRARequest
 
 torch.set_num_threads(1)  # tiny models: extra threads only add sync overhead on a shared 2-core machine
 

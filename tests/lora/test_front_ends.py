@@ -14,7 +14,7 @@ from batchserve.entrypoints.llm import LLM
 from batchserve.openai import APIError, ServingContext, engine_inputs, parse_request
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
-from jobfiles import completion, read_results, write_jsonl  # noqa: E402
+from jobfiles import completion, read_results, write_jsonl
 
 PROMPT = [72, 101, 108, 108, 111]  # "Hello" in the tiny model's byte vocabulary
 MAX_TOKENS = 8
