@@ -39,7 +39,6 @@ class LoRAAdapter:
     """One loaded adapter: (layer, HF module name) -> (A [r, in], B [out, r] with the scaling folded in)."""
 
     request: LoRARequest
-    rank: int
     weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -81,7 +80,7 @@ def load_adapter(request: LoRARequest, shapes: dict[str, tuple[int, int]], num_l
             raise LoRAError(f"{where}: layer {layer} {module}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
                             f"do not fit rank {rank} and the base model's {n_in} -> {n_out} projection")
         weights[layer, module] = (a.to(dtype), (b.float() * scaling).to(dtype))
-    return LoRAAdapter(request, rank, weights)
+    return LoRAAdapter(request, weights)
 
 
 def _read_config(path: Path, where: str) -> dict:

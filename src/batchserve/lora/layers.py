@@ -44,7 +44,6 @@ class LoRALinear(nn.Module):
         self.base = base
         self.parts = parts
         """(HF projection name, output rows) of each part, in row order."""
-        self.max_rank = max_rank
         self.step = step
         n_parts, n_in, n_out = len(parts), base.in_features, base.out_features
         offsets = [sum(n for _, n in parts[:j]) for j in range(n_parts)]
