@@ -3,11 +3,12 @@
 from typing import Any
 
 from .config import CacheConfig, SchedulerConfig, scheduler_config
+from .lora import LoRARequest
 from .request import Request, RequestStatus, SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "LLMEngine", "CacheConfig", "Request", "RequestStatus", "SamplingParams", "SchedulerConfig",
-           "StructuredOutputsParams", "scheduler_config"]
+__all__ = ["LLM", "LLMEngine", "CacheConfig", "LoRARequest", "Request", "RequestStatus", "SamplingParams",
+           "SchedulerConfig", "StructuredOutputsParams", "scheduler_config"]
 
 
 def __getattr__(name: str) -> Any:

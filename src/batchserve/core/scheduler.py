@@ -18,7 +18,7 @@ lazily, with the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..config import CacheConfig, SchedulerConfig
 from ..request import Request, RequestStatus
@@ -51,6 +51,8 @@ class Scheduler:
         self.running: dict[Request, None] = {}  # every running request, in admission order
         self._reserve = int(config.watermark * cache_config.num_blocks)
         self.num_preemptions = 0
+        self.admission_check: Callable[[Request, Iterable[Request]], bool] | None = None
+        """An extra admission constraint (e.g. LoRA slots): may `req` join these running requests now?"""
 
     # ---- requests in and out -------------------------------------------------
 
@@ -188,6 +190,8 @@ class Scheduler:
             if budget <= 0 or len(self.running) >= cfg.max_num_seqs:
                 return
             req = waiting.peek()
+            if self.admission_check is not None and not self.admission_check(req, self.running):
+                return
             computed = kv.get_computed_blocks(req)
             num_cached = len(computed) * kv.block_size
             n = req.num_tokens - num_cached

@@ -91,14 +91,14 @@ class InputProcessor:
 
     def process(
         self, request_id: str, prompt: PromptType, params: SamplingParams, *, arrival_time: float, priority: int = 0,
-        deadline: float | None = None,
+        deadline: float | None = None, adapter_id: int | None = None,
     ) -> ProcessedPrompt:
         """Tokenize and check a prompt, then fan it out into `params.n` child requests (each with its grammar)."""
         ids = self.encode(prompt)
         self._check_vocab("stop_token_ids", params.stop_token_ids)  # the sampler indexes logits with them
         self._check_vocab("logit_bias token ids", list(params.logit_bias or ()))
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
-        children = self._fan_out(request_id, ids, params, arrival_time, priority, deadline)
+        children = self._fan_out(request_id, ids, params, arrival_time, priority, deadline, adapter_id)
         if params.structured_outputs is not None:
             if self.structured_output is None:
                 raise ValueError("structured_outputs need a tokenizer; this engine has none (skip_tokenizer_init)")
@@ -108,7 +108,7 @@ class InputProcessor:
 
     def _fan_out(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, arrival_time: float, priority: int,
-        deadline: float | None,
+        deadline: float | None, adapter_id: int | None,
     ) -> list[Request]:
         """One request per completion: ids `id#k` when n > 1, seed + k each, the model's EOS as stop tokens."""
         stop_ids = list(params.stop_token_ids)
@@ -120,7 +120,7 @@ class InputProcessor:
             child_params = replace(params, stop_token_ids=stop_ids, seed=seed, n=1)
             children.append(Request(
                 request_id if params.n == 1 else f"{request_id}#{k}", prompt_ids, child_params,
-                arrival_time=arrival_time, priority=priority, deadline=deadline,
+                arrival_time=arrival_time, priority=priority, deadline=deadline, adapter_id=adapter_id,
             ))
         return children
 

@@ -20,6 +20,8 @@ import torch
 from ..config import CacheConfig, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
+from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
+from ..lora.manager import LoRAManager
 from ..model_config import kv_bytes_per_block
 from ..attention_layout import AttentionConfig
 from ..models.loader import load_model
@@ -44,6 +46,8 @@ class LLMEngine:
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
     `quantization`: "int8" stores the decoder's projection weights as int8 with
     one scale per output channel (models/quantization.py); None keeps `dtype`.
+    `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
+    adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     """
 
     def __init__(
@@ -64,6 +68,10 @@ class LLMEngine:
         weight_prepack: bool = True,
         quantization: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
+        enable_lora: bool = False,
+        max_loras: int = LoRAConfig.max_loras,
+        max_lora_rank: int = LoRAConfig.max_lora_rank,
+        max_cpu_loras: int | None = LoRAConfig.max_cpu_loras,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -73,6 +81,9 @@ class LLMEngine:
         self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
                                                                     prepack=weight_prepack, quantization=quantization)
         self.device = device
+        lora_config = LoRAConfig(enable_lora, max_loras, max_lora_rank, max_cpu_loras)
+        # before sizing the KV cache: on a GPU the adapter slots take memory the cache must not count on
+        self.lora_manager = LoRAManager(self.model, self.model_config, lora_config) if enable_lora else None
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
@@ -82,12 +93,14 @@ class LLMEngine:
         )
         cache_cfg = CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=enable_prefix_caching)
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
+        if enable_lora:
+            self.scheduler.admission_check = LoRAAdmission(max_loras)
         self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
                               self.model_config.eos_token_ids)
         )
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
-                                      attention, self.structured_output)
+                                      attention, self.structured_output, self.lora_manager)
         self.engine = Engine(self.scheduler, self.executor)
         generation_config = read_generation_config(self.model_path)
         self.default_sampling_params = generation_defaults(generation_config)
@@ -122,23 +135,33 @@ class LLMEngine:
         *,
         priority: int = 0,
         deadline_s: float | None = None,
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queue a prompt; raises ValueError (nothing queued) if it cannot run, e.g. longer than the context.
 
-        `deadline_s` is a TTFT target in seconds from now, for the `edf` policy.
+        `deadline_s` is a TTFT target in seconds from now, for the `edf` policy. `lora_request` runs
+        it under that adapter (loaded and checked here the first time it is named).
         """
         if request_id in self.output_processor:
             raise ValueError(f"request id {request_id!r} is already running; ids must be unique")
         params = self.default_sampling_params if params is None else params
         now = self.now
         deadline = None if deadline_s is None else now + deadline_s
+        adapter_id = None if lora_request is None else self._add_lora(lora_request)
         processed = self.input_processor.process(request_id, prompt, params, arrival_time=now, priority=priority,
-                                                 deadline=deadline)
+                                                 deadline=deadline, adapter_id=adapter_id)
         for child in processed.children:  # validate everything before queueing anything
             self.scheduler.check_request(child)
         self.output_processor.add(processed)
         for child in self.siblings.admit(processed.children):
             self.engine.add_request(child)
+
+    def _add_lora(self, lora_request: LoRARequest) -> int:
+        if self.lora_manager is None:
+            raise ValueError(f"LoRA adapter {lora_request.lora_name!r} requested, but LoRA is off: build the engine "
+                             "with enable_lora=True (--enable-lora)")
+        self.lora_manager.add(lora_request)
+        return lora_request.lora_int_id
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request now; its KV blocks return to the pool at once. Unknown or finished ids are a no-op."""

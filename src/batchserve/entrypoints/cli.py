@@ -13,7 +13,11 @@ from ..sim.models import MODELS
 from ..sim.simulate import SimSetup
 from ..tables import render_table
 from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
-from .common import Resolved, add_engine_flags, engine_args, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
+from .common import (
+    Resolved, add_engine_flags, add_simulation_flags, engine_args, layered_values, resolve_values, run_simulation,
+    write_json,
+)
+from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .options import ConfigError
 
 def _parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -149,6 +153,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1, help="completions per prompt")
     p.add_argument("--stop", action="append", default=[], help="stop string; repeat for several")
     p.add_argument("--json", metavar="FILE", help="write prompts, outputs and token ids as JSON")
+    add_lora_flags(p)
+    p.add_argument("--lora", metavar="NAME", help="run every prompt under this adapter of --lora-modules")
     p.set_defaults(func=cmd_generate)
 
 
@@ -158,11 +164,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, n=args.n, stop=args.stop)
-    llm = LLM(args.model, **engine_args(args))
+    adapters = {a.lora_name: a for a in lora_modules(args)}
+    if args.lora is not None and args.lora not in adapters:
+        raise ConfigError(f"--lora {args.lora!r} is not one of --lora-modules ({', '.join(adapters) or 'none given'})")
+    lora = adapters.get(args.lora)
+    llm = LLM(args.model, **engine_args(args), **lora_engine_args(args))
     if args.chat:
-        outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False)
+        outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False,
+                           lora_request=lora)
     else:
-        outputs = llm.generate(args.prompt, params, use_tqdm=False)
+        outputs = llm.generate(args.prompt, params, use_tqdm=False, lora_request=lora)
     records = []
     for prompt, out in zip(args.prompt, outputs):
         for c in out.outputs:

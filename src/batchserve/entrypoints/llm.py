@@ -8,6 +8,7 @@ from typing import Any
 
 from ..engine import PromptType
 from ..engine.llm_engine import LLMEngine
+from ..lora import LoRARequest
 from ..outputs import RequestOutput
 from ..progress import Progress
 from ..request import SamplingParams
@@ -39,8 +40,12 @@ class LLM:
         prompts: PromptType | Sequence[PromptType],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """One result per prompt, in order. Prompts are strings, token-id lists or {"prompt_token_ids": [...]}."""
+        """One result per prompt, in order. Prompts are strings, token-id lists or {"prompt_token_ids": [...]}.
+
+        `lora_request`: one adapter for every prompt, or one per prompt (None runs that prompt on the base model).
+        """
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -52,14 +57,15 @@ class LLM:
             params_list = list(sampling_params)
             if len(params_list) != len(prompts):
                 raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts; give one or one each")
+        loras = _per_prompt(lora_request, len(prompts))
         engine = self.llm_engine
         ids = []
         try:
-            for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            for i, (prompt, params, lora) in enumerate(zip(prompts, params_list, loras)):
                 self._counter += 1
                 ids.append(str(self._counter))
                 try:
-                    engine.add_request(ids[-1], prompt, params)
+                    engine.add_request(ids[-1], prompt, params, lora_request=lora)
                 except ValueError as err:
                     raise ValueError(f"prompt {i}: {err}") from None
         except BaseException:
@@ -74,12 +80,13 @@ class LLM:
         messages: list[dict] | list[list[dict]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
         """Render each conversation with the model's own chat template, then generate."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         tokenizer = self.get_tokenizer()
         prompts = [{"prompt_token_ids": chat_prompt_ids(tokenizer, conv)} for conv in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request)
 
     def _run(self, ids: set[str], use_tqdm: bool) -> dict[str, RequestOutput]:
         engine = self.llm_engine
@@ -95,3 +102,13 @@ class LLM:
                 elapsed = time.perf_counter() - t0
                 progress.update(len(results), f"{tokens / max(elapsed, 1e-9):.0f} output tok/s")
         return results
+
+
+def _per_prompt(lora_request: LoRARequest | Sequence[LoRARequest | None] | None,
+                num_prompts: int) -> list[LoRARequest | None]:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * num_prompts
+    loras = list(lora_request)
+    if len(loras) != num_prompts:
+        raise ValueError(f"got {len(loras)} LoRARequests for {num_prompts} prompts; give one or one each")
+    return loras

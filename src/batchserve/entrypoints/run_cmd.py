@@ -11,6 +11,7 @@ from ..tables import REPORT_WIDTH, render_table
 from .common import (
     add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, served_model_names, write_json,
 )
+from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .options import add_dataclass_flags, given
 
 
@@ -57,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "predicted wall time and throughput; assumes every request generates its max_tokens")
     r.add_argument("--price-per-hour", type=float, default=None, help="with --estimate: price of one GPU-hour")
     add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --replicas > 1 or --estimate)")
+    add_lora_flags(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -64,7 +66,7 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
     return JobConfig(prefix_aware=args.prefix_aware, window=args.window, preserve_order=args.preserve_order,
                      seed=args.seed, defaults=defaults, served_model_names=tuple(served_model_names(args)),
-                     tool_call_parser=args.tool_call_parser)
+                     tool_call_parser=args.tool_call_parser, lora_modules=tuple(lora_modules(args)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -75,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _job_config(args)
     router = RouterConfig(**given(args, RouterConfig))
     engine_kwargs = dict(**engine_args(args), max_num_batched_tokens=args.max_num_batched_tokens,
-                         max_num_seqs=args.max_num_seqs)
+                         max_num_seqs=args.max_num_seqs, **lora_engine_args(args))
     if args.estimate:
         return _estimate(args, config, router)
     if not args.output:

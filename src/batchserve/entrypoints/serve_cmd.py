@@ -14,6 +14,7 @@ from .common import (
     add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, resolve_values, run_simulation,
     served_model_names, write_json,
 )
+from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .openai.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_TIMEOUT_KEEP_ALIVE_S
 from .options import ConfigError, add_dataclass_flags, given
 
@@ -66,6 +67,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    f"idle and slow (slowloris) clients (default: {DEFAULT_HEADER_TIMEOUT_S:g})")
     add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=("num_blocks",))
+    add_lora_flags(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -89,12 +91,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, flag) <= 0:
             raise ConfigError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     api_key = resolve_api_key(args.api_key, os.environ)
+    adapters = lora_modules(args)
     llm = LLMEngine(args.model, **engine_args(args), scheduler=args.scheduler, seed=args.seed,
                     skip_tokenizer_init=args.skip_tokenizer_init, **given(args, SchedulerConfig),
-                    **given(args, CacheConfig))
+                    **given(args, CacheConfig), **lora_engine_args(args))
+    for adapter in adapters:  # a broken adapter stops the server at startup, not its first request
+        llm.lora_manager.add(adapter)
     names = served_model_names(args)
     app = build_app(llm, names, max_waiting=args.max_waiting, api_key=api_key,
-                    max_request_bytes=args.max_request_bytes, tool_call_parser=args.tool_call_parser)
+                    max_request_bytes=args.max_request_bytes, tool_call_parser=args.tool_call_parser,
+                    lora_modules=adapters)
     print(f"serving {names[0]!r} on http://{args.host}:{args.port}/v1 (policy={llm.scheduler.config.policy}, "
           f"max_num_batched_tokens={llm.scheduler.config.max_num_batched_tokens}, max_waiting={args.max_waiting}, "
           f"api key {'required' if api_key else 'off'})", flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from ..models.sampler import Sampler, make_generator, prompt_logprobs
 from ..request import Request
 from ..structured_output import GrammarBitmask, StructuredOutputManager
 from ..structured_output.bitmask import apply_token_bitmask
+
+if TYPE_CHECKING:
+    from ..lora.manager import LoRAManager
 
 
 class TorchExecutor:
@@ -41,10 +45,12 @@ class TorchExecutor:
         seed: int = 0,
         attention: AttentionConfig = AttentionConfig(),
         structured_output: StructuredOutputManager | None = None,
+        lora: LoRAManager | None = None,
     ) -> None:
         self.model = model
         self.structured_output = structured_output
         self._bitmask_filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-bitmask")
+        self.lora = lora  # adds each row's adapter delta; None serves the base model only
         self.attention = attention
         self.config = config
         self.block_size = block_size
@@ -76,7 +82,10 @@ class TorchExecutor:
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
         scored: list[tuple[int, int, int]] = []  # (batch index, flat start, prompt positions) of prompt_logprobs
-        for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
+        # flat-batch order of the requests: batch order, or grouped by adapter so each adapter's rows are one slice
+        order = range(len(batch.requests)) if self.lora is None else self.lora.row_order(batch.requests)
+        for i in order:
+            req, n, c = batch.requests[i], batch.num_tokens[i], batch.num_computed[i]
             end = c + n
             input_ids += req.tokens(c, end)
             positions += range(c, end)
@@ -92,11 +101,13 @@ class TorchExecutor:
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
             query_start_loc=query_start,
-            context_lens=list(batch.num_computed),
-            block_tables=[req.block_ids for req in batch.requests],
+            context_lens=[batch.num_computed[i] for i in order],
+            block_tables=[batch.requests[i].block_ids for i in order],
             block_size=bs,
             config=self.attention,
         )
+        if self.lora is not None:
+            self.lora.prepare([batch.requests[i] for i in order], query_start)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         reqs = [batch.requests[i] for i in sample_rows]

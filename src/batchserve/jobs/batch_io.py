@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ..lora.request import LoRARequest
 from ..openai import ResponseSpec
 from ..request import SamplingParams
 
@@ -39,6 +40,8 @@ class BatchRequest:
     anchor: str | None = None
     """custom_id of the earlier request whose prompt computes this one's shared prefix (set by ordering)."""
     response: ResponseSpec | None = None
+    lora_request: LoRARequest | None = None
+    """The adapter the line's `model` names (--lora-modules); None runs the base model."""
 
 
 @dataclass

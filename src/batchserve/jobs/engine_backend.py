@@ -22,7 +22,7 @@ class EngineBackend:
         self._prefilling: set[str] = set()
 
     def add(self, req: BatchRequest) -> None:
-        self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params)
+        self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params, lora_request=req.lora_request)
         self._live[req.custom_id] = req
         self._prefilling.add(req.custom_id)
 

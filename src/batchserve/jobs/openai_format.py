@@ -48,7 +48,7 @@ def job_context(
         model_names=config.served_model_names or (model_name(model),), tokenizer=tokenizer,
         max_model_len=max_model_len, vocab_size=vocab_size, defaults=replace(generation_defaults, **sampling),
         default_max_tokens=overrides.get("max_tokens"), max_new_tokens=max_new_tokens,
-        tool_parser=config.tool_call_parser,
+        tool_parser=config.tool_call_parser, lora_modules={lora.lora_name: lora for lora in config.lora_modules},
     )
 
 
@@ -68,6 +68,7 @@ def prepare(req: BatchRequest, context: ServingContext, job_seed: int) -> BatchR
     if req.params.seed is None:
         req.params = replace(req.params, seed=derived_seed(req.custom_id, job_seed))
     req.response = inputs.response
+    req.lora_request = inputs.lora_request
     return req
 
 

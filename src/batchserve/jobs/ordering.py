@@ -34,13 +34,19 @@ def prefix_order(entries: Iterable[Entry], window: int, block_size: int) -> Iter
     yield from _order_window(buf, block_size)
 
 
+def _adapter_id(req: BatchRequest) -> int:
+    return 0 if req.lora_request is None else req.lora_request.lora_int_id
+
+
 def _order_window(reqs: list[BatchRequest], block_size: int) -> list[BatchRequest]:
-    reqs = sorted(reqs, key=lambda r: r.prompt_token_ids)  # stable: identical prompts keep input order
+    # by adapter first: KV blocks are only shared under one adapter. Stable: identical prompts keep input order
+    reqs = sorted(reqs, key=lambda r: (_adapter_id(r), r.prompt_token_ids))
     # stack of (shared blocks with predecessor, index), strictly increasing in shared blocks:
     # the top entry with fewer shared blocks than k starts the run that holds k's prefix.
     stack: list[tuple[int, int]] = [(-1, 0)]
     for k in range(1, len(reqs)):
-        shared = shared_blocks(reqs[k - 1].prompt_token_ids, reqs[k].prompt_token_ids, block_size)
+        same_adapter = _adapter_id(reqs[k - 1]) == _adapter_id(reqs[k])
+        shared = shared_blocks(reqs[k - 1].prompt_token_ids, reqs[k].prompt_token_ids, block_size) if same_adapter else 0
         while stack[-1][0] >= shared:
             stack.pop()
         if shared > 0:

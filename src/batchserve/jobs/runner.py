@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..lora.request import LoRARequest
 from ..outputs import RequestOutput
 from ..progress import Progress
 from ..openai import ServingContext, engine_error
@@ -46,6 +47,8 @@ class JobConfig:
     """Names a line's `model` may give (the server's rule); empty: the model's own name."""
     tool_call_parser: str = DEFAULT_TOOL_PARSER
     """How `tool_choice: auto` finds calls in the output (the model family's format)."""
+    lora_modules: tuple[LoRARequest, ...] = ()
+    """Adapters a line's `model` may name instead (--lora-modules); the engine needs enable_lora."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256

@@ -22,9 +22,14 @@ from .config import ModelLoadError
 from .linear import PackedLinear, prepack_linears
 from .rope import RotaryEmbedding
 
-# our fused module -> the HF projections stacked in it, in row order
-_FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
+
+
+def fused_rows(config: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Our fused module -> the HF projections stacked in it and their rows, in row order (loading, LoRA)."""
+    c = config
+    return {"qkv_proj": (("q_proj", c.q_size), ("k_proj", c.kv_size), ("v_proj", c.kv_size)),
+            "gate_up_proj": (("gate_proj", c.intermediate_size), ("up_proj", c.intermediate_size))}
 
 
 def _linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> nn.Linear:
@@ -199,16 +204,15 @@ class CausalLM(nn.Module):
 
     def _hf_targets(self) -> dict[str, tuple[str, int | None, int | None]]:
         """HF weight name -> (our parameter, row offset, rows) for every tensor a checkpoint must hold."""
-        c = self.config
-        rows = {"qkv_proj": (c.q_size, c.kv_size, c.kv_size), "gate_up_proj": (c.intermediate_size,) * 2}
+        fused = fused_rows(self.config)
         targets: dict[str, tuple[str, int | None, int | None]] = {}
         for name, _ in self.named_parameters():
             module = name.split(".")[-2]
-            if module not in _FUSED:
+            if module not in fused:
                 targets[name] = (name, None, None)
                 continue
             start = 0
-            for hf, n in zip(_FUSED[module], rows[module]):
+            for hf, n in fused[module]:
                 targets[name.replace(f".{module}.", f".{hf}.")] = (name, start, n)
                 start += n
         return targets

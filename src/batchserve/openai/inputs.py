@@ -8,9 +8,11 @@ here, before anything is queued.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..lora.request import LoRARequest
 from ..request import SamplingParams, StructuredOutputsParams
 from ..tokenizer import Tokenizer, chat_prompt_ids
 from .errors import APIError, sampling_error
@@ -44,6 +46,8 @@ class ServingContext:
     compact_json: bool = True
     """JSON constraints allow no whitespace between tokens (vLLM's `disable_any_whitespace`): valid JSON all
     the same, and a small model cannot spend its tokens on indentation and blank lines."""
+    lora_modules: Mapping[str, LoRARequest] = field(default_factory=dict)
+    """Adapter name -> adapter: a body whose `model` names one runs under it (--lora-modules)."""
 
 
 @dataclass
@@ -69,6 +73,8 @@ class EngineInputs:
     prompts: list[list[int]]
     params: SamplingParams
     response: ResponseSpec
+    lora_request: LoRARequest | None = None
+    """The adapter the body's `model` names; None runs the base model."""
 
 
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
@@ -98,7 +104,7 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     )
     if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
         params = replace(params, prompt_logprobs=params.prompt_logprobs or req.logprobs)
-    return EngineInputs(prompts, params, spec)
+    return EngineInputs(prompts, params, spec, ctx.lora_modules.get(model))
 
 
 def resolve_model_name(requested: str | None, ctx: ServingContext) -> str:
@@ -106,8 +112,8 @@ def resolve_model_name(requested: str | None, ctx: ServingContext) -> str:
     a name this server does not serve."""
     if requested is None:
         return ctx.model_names[0]
-    if requested not in ctx.model_names:
-        names = ", ".join(map(repr, ctx.model_names))
+    if requested not in ctx.model_names and requested not in ctx.lora_modules:
+        names = ", ".join(map(repr, [*ctx.model_names, *ctx.lora_modules]))
         raise APIError(404, f"the model {requested!r} does not exist; this server serves {names}", param="model",
                        code="model_not_found")
     return requested

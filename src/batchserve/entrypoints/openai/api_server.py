@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ... import __version__
 from ...engine.llm_engine import LLMEngine
+from ...lora import LoRARequest
 from ...openai import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, EngineInputs, ResponseBuilder, ServingContext,
     engine_error, engine_inputs, new_id, resolve_model_name, response_body, sse_event, sse_stream, validation_error,
@@ -58,14 +59,15 @@ def _error_response(err: APIError) -> JSONResponse:
 class OpenAIServer:
     """The routes' logic over one `AsyncEngine`, served under one or more model names."""
 
-    def __init__(self, engine: AsyncEngine, model_names: Sequence[str], tool_call_parser: str) -> None:
+    def __init__(self, engine: AsyncEngine, model_names: Sequence[str], tool_call_parser: str,
+                 lora_modules: Sequence[LoRARequest] = ()) -> None:
         self.engine = engine
         llm = engine.engine
         self.context = ServingContext(
             model_names=tuple(model_names), tokenizer=llm.tokenizer, max_model_len=llm.model_config.max_model_len,
             vocab_size=llm.model_config.vocab_size, defaults=llm.default_sampling_params,
-            tool_parser=tool_call_parser,
-            max_new_tokens=llm.default_max_tokens,
+            tool_parser=tool_call_parser, max_new_tokens=llm.default_max_tokens,
+            lora_modules={lora.lora_name: lora for lora in lora_modules},
         )
         self.created = int(time.time())
 
@@ -73,6 +75,10 @@ class OpenAIServer:
         cards = [{"id": name, "object": "model", "created": self.created, "owned_by": "batchserve",
                   "max_model_len": self.context.max_model_len, "vocab_size": self.context.vocab_size}
                  for name in self.context.model_names]
+        cards += [{"id": name, "object": "model", "created": self.created, "owned_by": "batchserve",
+                   "root": lora.lora_path, "parent": self.context.model_names[0],
+                   "max_model_len": self.context.max_model_len, "vocab_size": self.context.vocab_size}
+                  for name, lora in self.context.lora_modules.items()]
         return {"object": "list", "data": cards}
 
     async def generate(self, req: AnyRequest, raw: Request) -> Response:
@@ -89,7 +95,7 @@ class OpenAIServer:
         try:
             for (rid, i), prompt in zip(prompt_index.items(), inputs.prompts):
                 await stream.add(rid, {"prompt_token_ids": prompt}, inputs.params, priority=req.priority,
-                                 deadline_s=req.ttft_slo)
+                                 deadline_s=req.ttft_slo, lora_request=inputs.lora_request)
         except BaseException as err:
             stream.abort()
             raise _add_error(err, prompt_field, i, len(inputs.prompts)) from None
@@ -135,18 +141,19 @@ def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: i
 
 def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int | None = None, *,
               api_key: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-              tool_call_parser: str = DEFAULT_TOOL_PARSER) -> FastAPI:
+              tool_call_parser: str = DEFAULT_TOOL_PARSER, lora_modules: Sequence[LoRARequest] = ()) -> FastAPI:
     """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`).
 
     `model_name` may be several names (aliases); the first is the one metrics and responses use by default.
     With `api_key`, every route but the probes (`middleware.OPEN_PATHS`) needs it as a bearer token; bodies
-    over `max_request_bytes` get 413 before they are parsed.
+    over `max_request_bytes` get 413 before they are parsed. `lora_modules`: adapters listed in /v1/models and
+    run when a body's `model` names one.
     """
     names = [model_name] if isinstance(model_name, str) else list(model_name)
     engine = AsyncEngine(llm, max_waiting=max_waiting)
     metrics = ServerMetrics(names[0], engine)
     engine.on_step = metrics.observe
-    server = OpenAIServer(engine, names, tool_call_parser)
+    server = OpenAIServer(engine, names, tool_call_parser, lora_modules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ...engine import EngineStats, PromptType
 from ...engine.llm_engine import LLMEngine
+from ...lora import LoRARequest
 from ...outputs import RequestOutput
 from ...request import SamplingParams
 
@@ -40,6 +41,7 @@ class _Add:
     priority: int
     deadline_s: float | None
     done: asyncio.Future
+    lora_request: LoRARequest | None = None
 
 
 @dataclass
@@ -56,11 +58,11 @@ class RequestStream:
         self._live: set[str] = set()
 
     async def add(self, request_id: str, prompt: PromptType, params: SamplingParams, *, priority: int = 0,
-                  deadline_s: float | None = None) -> None:
+                  deadline_s: float | None = None, lora_request: LoRARequest | None = None) -> None:
         """Queue a prompt; raises ValueError (invalid), Overloaded or EngineDead and then queues nothing."""
         self._live.add(request_id)
         try:
-            await self._engine._add(self, request_id, prompt, params, priority, deadline_s)
+            await self._engine._add(self, request_id, prompt, params, priority, deadline_s, lora_request)
         except BaseException:
             self._live.discard(request_id)
             raise
@@ -126,12 +128,12 @@ class AsyncEngine:
     # ---- event-loop side ------------------------------------------------------------------
 
     async def _add(self, stream: RequestStream, request_id: str, prompt: PromptType, params: SamplingParams,
-                   priority: int, deadline_s: float | None) -> None:
+                   priority: int, deadline_s: float | None, lora_request: LoRARequest | None = None) -> None:
         if not self.alive:
             raise EngineDead(f"the engine is not running: {self.error!r}")
         done = self._loop.create_future()
         self._streams[request_id] = stream
-        self._commands.put(_Add(request_id, prompt, params, priority, deadline_s, done))
+        self._commands.put(_Add(request_id, prompt, params, priority, deadline_s, done, lora_request))
         try:
             await done
         except BaseException:
@@ -222,7 +224,7 @@ class AsyncEngine:
                               f"{self.max_waiting}); retry later")
         try:
             self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, priority=cmd.priority,
-                                    deadline_s=cmd.deadline_s)
+                                    deadline_s=cmd.deadline_s, lora_request=cmd.lora_request)
         except (ValueError, TypeError) as err:
             return ValueError(str(err))
         except Exception as err:  # a bug met by this request alone: it fails, the engine goes on
