@@ -132,10 +132,19 @@ def test_valid_bodies_get_identical_choices(served, ran, i):
     assert status == 200, body
     assert record["error"] is None, record["error"]
     job_body = record["response"]["body"]
-    assert json.dumps(rounded(job_body["choices"])) == json.dumps(rounded(body["choices"]))
+    assert json.dumps(comparable(job_body["choices"])) == json.dumps(comparable(body["choices"]))
     for key in ("prompt_tokens", "completion_tokens"):
         assert job_body["usage"][key] == body["usage"][key]
     assert rounded(job_body.get("prompt_logprobs")) == rounded(body.get("prompt_logprobs"))
+
+
+def comparable(choices: list[dict]) -> list[dict]:
+    """Choices without what names the response rather than its content: tool call ids derive from the response
+    id (random in serve, the custom_id's hash in run)."""
+    for choice in choices:
+        for k, call in enumerate(choice.get("message", {}).get("tool_calls") or ()):
+            call["id"] = f"call {k}"
+    return rounded(choices)
 
 
 def rounded(value):
