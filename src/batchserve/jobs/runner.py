@@ -256,6 +256,8 @@ def run_job(
     with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
 
         def show(s: Summary, num_done: int) -> None:
+            if not progress.enabled:
+                return
             c = backend.counters()
             hit = c["prefix_cache_hits"] / c["prefix_cache_queries"] if c["prefix_cache_queries"] else 0.0
             if eta is not None:

@@ -7,6 +7,7 @@ generates the length it is given (learned from evidence), else its max_tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -33,16 +34,20 @@ class SimBackend:
         self._parent: dict[Request, str] = {}  # each child's custom_id (ids may contain any character)
         self._computed_prompt_tokens = 0
         self._generation_tokens = 0
+        self._last_arrival = -math.inf
 
     def add(self, req: BatchRequest) -> None:
         params = req.params
         assert params is not None
         n = params.n
         limits = self.lengths.get(req.custom_id, [params.max_tokens] * n)
+        # Strictly increasing arrivals, as the engine's wall clock gives: FCFS then ranks an n > 1 prompt's held
+        # siblings by their parent's arrival, ahead of requests added after it in the same admission burst.
+        self._last_arrival = max(self.engine.now, math.nextafter(self._last_arrival, math.inf))
         children = [
             Request(req.custom_id if n == 1 else f"{req.custom_id}#{k}", req.prompt_token_ids,
                     replace(params, n=1, max_tokens=limits[k], min_tokens=min(params.min_tokens, limits[k])),
-                    arrival_time=self.engine.now)
+                    arrival_time=self._last_arrival)
             for k in range(n)
         ]
         for child in children:
@@ -72,7 +77,8 @@ class SimBackend:
 
     def prefix_ready(self, custom_id: str) -> bool:
         live = self._live.get(custom_id)
-        return live is None or all(c.num_output_tokens > 0 or c.is_finished for c in live[1])
+        # as the engine's backend: ready once any completion has sampled (the prompt is computed then)
+        return live is None or any(c.num_output_tokens > 0 or c.is_finished for c in live[1])
 
     def num_unfinished(self) -> int:
         return len(self._live)
