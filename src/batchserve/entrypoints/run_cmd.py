@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..jobs.batch_io import Done
     from ..jobs.engine_backend import EngineBackend
     from ..jobs.estimate import Estimate
+    from ..jobs.eta import LiveEta
 
 ETA_HARDWARE = "cpu-local"
 """The ETA's twin hardware for a CPU run without --estimate: the placeholder, scaled by the run's measured steps."""
@@ -156,7 +157,7 @@ def _backend_factory(setup: RunSetup) -> Callable[[], EngineBackend]:
 
 
 def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
-                 est: EstimateConfig, estimate: Estimate | None) -> Callable | None:
+                 est: EstimateConfig, estimate: Estimate | None) -> Callable[[EngineBackend, Done], LiveEta] | None:
     """The live ETA's twin: on the estimate's hardware, else on the CPU placeholder (scaled by measured steps)."""
     hardware = args.estimate or (ETA_HARDWARE if (setup.device or default_device()) == "cpu" else None)
     if hardware is None:

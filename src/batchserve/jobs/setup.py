@@ -57,9 +57,9 @@ class RunSetup:
 
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
-        return dict(dtype=self.dtype, device=self.device, kv_cache_memory=self.kv_cache_memory,
-                    scheduler=self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
-                    max_num_seqs=self.max_num_seqs, block_size=self.block_size)
+        return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
+                "scheduler": self.scheduler, "max_num_batched_tokens": self.max_num_batched_tokens,
+                "max_num_seqs": self.max_num_seqs, "block_size": self.block_size}
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
         """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
