@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--real-model", default=None, help="a SmolLM2-135M-Instruct HF directory (skipped if absent)")
     parser.add_argument("--real-requests", type=int, default=64, help="requests of the real model's chat job")
     parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
-    parser.add_argument("--kv-cache-memory", default="64MiB")
+    parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "

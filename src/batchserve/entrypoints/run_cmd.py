@@ -205,17 +205,19 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
 
 
 def _versus(estimate: Estimate, actual: Summary) -> dict[str, str]:
-    """Estimated vs actual rows for the whole job (the sample's time counts, as it ran in this command)."""
-    sample_s = estimate.info.get("sample", {}).get("wall_s", 0.0)
-    wall = actual.wall_s + sample_s
-    predicted = estimate.summary.wall_s
+    """Estimated vs actual rows for the whole job (the sample ran in this command, so its time and tokens count)."""
+    sample = estimate.info.get("sample", {})
+    wall = actual.wall_s + sample.get("wall_s", 0.0)
+    tokens = actual.output_tokens + sample.get("output_tokens", 0)
+    predicted = estimate.summary
     lo, hi = estimate.wall_s_range
-    rows = {
-        "Estimated wall time, job (s):": f"{predicted:.2f} (p10-p90 {lo:.2f} - {hi:.2f})",
-        "Actual wall time, job (s):": f"{wall:.2f} ({wall / predicted - 1:+.1%} vs estimate)" if predicted else f"{wall:.2f}",
-        "Estimated output tok/s:": f"{estimate.summary.output_token_throughput:.1f}",
+    error = f" ({wall / predicted.wall_s - 1:+.1%} vs estimate)" if predicted.wall_s else ""
+    return {
+        "Estimated wall time, job (s):": f"{predicted.wall_s:.2f} (p10-p90 {lo:.2f} - {hi:.2f})",
+        "Actual wall time, job (s):": f"{wall:.2f}{error}",
+        "Estimated output tok/s, job:": f"{predicted.output_token_throughput:.1f}",
+        "Actual output tok/s, job:": f"{tokens / wall:.1f}" if wall else "-",
     }
-    return rows
 
 
 def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", extra: dict[str, str] | None = None) -> str:
