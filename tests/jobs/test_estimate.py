@@ -103,8 +103,8 @@ def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
     assert elsewhere.info["time_scale"] == 1.0  # a sample here says nothing of an H100's step costs
 
 
-def test_live_eta_resimulates_the_unfinished_requests_every_n_completions(tmp_path, monkeypatch):
-    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(20))
+def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within_its_budget(tmp_path, monkeypatch):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(12))
     calls: list[int] = []
     simulate = LiveEta._simulate
 
@@ -115,16 +115,19 @@ def test_live_eta_resimulates_the_unfinished_requests_every_n_completions(tmp_pa
     monkeypatch.setattr(LiveEta, "_simulate", counted)
     etas: list[LiveEta] = []
 
-    def make_eta(b, done):
-        eta = LiveEta(plan_job(str(inp), done, SETUP, JobConfig()), SETUP.sim_setup("cpu-local"), JobConfig(),
-                      RouterConfig(), EstimateConfig(eta_every=8), b.log)
-        etas.append(eta)
-        return eta
+    def run(name: str, quiet: bool, **est) -> None:
+        def make_eta(b, done):
+            etas.append(LiveEta(plan_job(str(inp), done, SETUP, JobConfig()), SETUP.sim_setup("cpu-local"),
+                                JobConfig(), RouterConfig(), EstimateConfig(eta_every=4, **est), b.log))
+            return etas[-1]
 
-    local_job(str(inp), str(tmp_path / "out.jsonl"), "tiny", SETUP.engine_args(), JobConfig(), True,
-              make_eta=make_eta)
-    assert calls == []  # quiet: no progress line, no ETA asked
-    local_job(str(inp), str(tmp_path / "out2.jsonl"), "tiny", SETUP.engine_args(), JobConfig(), False,
-              make_eta=make_eta)
-    assert calls[0] == 19 and calls[1:] == [11, 3]  # after 1, then every 8 completions, on what is left
+        calls.clear()
+        local_job(str(inp), str(tmp_path / name), "tiny", SETUP.engine_args(), JobConfig(), quiet, make_eta=make_eta)
+
+    run("quiet.jsonl", True)
+    assert calls == []  # no progress line, no ETA asked
+    run("every8.jsonl", False, eta_max_overhead=1.0)
+    assert calls == [11, 7, 3]  # after the first completion, then every 4, on what is left
     assert etas[-1].seconds_left(1e9) == 0.0
+    run("starved.jsonl", False, eta_max_overhead=1e-9)
+    assert calls == [11]  # re-simulating may not cost more than its share of the run: it counts down instead

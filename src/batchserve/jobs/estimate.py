@@ -55,6 +55,9 @@ class EstimateConfig:
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
+    eta_max_overhead: float = 0.02
+    """Largest fraction of a run's wall time its ETA re-simulations may take (a long job's twin is not free);
+    past it the ETA counts down until the run catches up."""
 
     def __post_init__(self) -> None:
         if self.sample < 0:
@@ -64,6 +67,8 @@ class EstimateConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.eta_max_overhead <= 1:
+            raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
 
 
 @dataclass

@@ -3,14 +3,16 @@
 A rate extrapolation is wrong whenever the rest of the job differs from its
 start (longer prompts last, shared prefixes already cached, a tail of a few
 long outputs); the twin knows the remaining requests. Every `eta_every`
-completions it simulates the unfinished ones with output lengths learned
-from the finished ones and the step-cost scale of the steps run so far;
-between re-simulations the ETA counts down. Requests in flight restart in
+completions (as long as re-simulating stays a small share of the run) it
+simulates the unfinished ones with output lengths learned from the finished
+ones and the step-cost scale of the steps run so far; between
+re-simulations the ETA counts down. Requests in flight restart in
 the twin, so the ETA leans high by their progress.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -37,6 +39,7 @@ class LiveEta:
         self._since = 0
         self._left: float | None = None
         self._at = 0.0
+        self._spent = 0.0  # seconds spent re-simulating
 
     def finished(self, entry: Entry) -> None:
         if isinstance(entry, BatchRequest) and self.pending.pop(entry.custom_id, None) is not None:
@@ -45,9 +48,12 @@ class LiveEta:
 
     def seconds_left(self, elapsed: float) -> float:
         """The ETA at `elapsed` seconds into the run."""
-        if self._left is None or self._since >= self.est.eta_every:
+        affordable = self._spent <= self.est.eta_max_overhead * elapsed
+        if self._left is None or (self._since >= self.est.eta_every and affordable):
             self._since = 0
+            t = time.perf_counter()
             self._left, self._at = self._simulate(elapsed), elapsed
+            self._spent += time.perf_counter() - t
         return max(0.0, self._left - (elapsed - self._at))
 
     def _simulate(self, elapsed: float) -> float:
