@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,8 +116,7 @@ class Evidence:
         if steps_from:
             steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
             efficiency = replace(efficiency, time_scale=time_scale(sim.deployment, efficiency, steps, skip=0))
-            overhead = sum(m.loop_overhead_s * m.num_requests for m in steps_from) / sum(
-                m.num_requests for m in steps_from) if any(m.num_requests for m in steps_from) else 0.0
+            overhead = reduce(Measurements.merged, steps_from).loop_overhead_s
         return cls(model, efficiency, overhead)
 
     def lengths_for(self, requests: Sequence[BatchRequest], dists: list[LengthDistribution],
