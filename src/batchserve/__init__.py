@@ -3,10 +3,11 @@
 from typing import Any
 
 from .config import CacheConfig, SchedulerConfig, scheduler_config
-from .request import Request, RequestStatus, SamplingParams
+from .request import Request, RequestStatus, SamplingParams, StructuredOutputsParams
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "LLMEngine", "CacheConfig", "Request", "RequestStatus", "SamplingParams", "SchedulerConfig", "scheduler_config"]
+__all__ = ["LLM", "LLMEngine", "CacheConfig", "Request", "RequestStatus", "SamplingParams", "SchedulerConfig",
+           "StructuredOutputsParams", "scheduler_config"]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 POLICIES = ("fcfs", "priority", "edf", "lpm")
+QUANTIZATION_METHODS = ("int8",)
+"""Weight quantizations a model can be loaded with (models/quantization.py); None loads the weights as they are."""
 
 
 @dataclass(frozen=True)

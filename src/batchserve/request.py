@@ -31,6 +31,50 @@ _FINISH_REASONS = {
 }
 
 
+@dataclass(frozen=True)
+class StructuredOutputsParams:
+    """A constraint on the output's language (vLLM's `StructuredOutputsParams`): exactly one field is set.
+
+    Checked for shape here; compiled (and so checked for meaning: schema keywords, regex features,
+    grammar syntax) when the request is added, so a bad one fails that request alone. A constrained
+    request's `logprobs` are over the tokens its grammar allows: the bitmask goes on the logits
+    before the sampler, as in vLLM.
+    """
+
+    json: str | dict | None = None
+    """A JSON schema, as a dict or a JSON string: the output is one JSON value that validates against it."""
+    regex: str | None = None
+    """The output matches this regular expression in full (Rust `regex` syntax: no look-around, no backrefs)."""
+    choice: list[str] | None = None
+    """The output is exactly one of these strings."""
+    grammar: str | None = None
+    """A context-free grammar in GBNF (llama.cpp, `root ::= ...`) or Lark (`start: ...`) syntax."""
+    json_object: bool | None = None
+    """True: the output is any JSON object (OpenAI's `response_format={"type": "json_object"}`)."""
+    disable_any_whitespace: bool = False
+    """JSON without whitespace between tokens: a small model cannot ramble in indentation."""
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in _CONSTRAINT_KINDS if getattr(self, k) not in (None, False)]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"structured_outputs needs exactly one of {', '.join(_CONSTRAINT_KINDS)}; got {kinds or 'none'}"
+            )
+        if self.choice is not None and (
+            not isinstance(self.choice, (list, tuple)) or not self.choice
+            or not all(isinstance(c, str) for c in self.choice)
+        ):
+            raise ValueError(f"structured_outputs.choice must be a non-empty list of strings, got {self.choice!r}")
+
+    @property
+    def kind(self) -> str:
+        """Which constraint is set: "json", "regex", "choice", "grammar" or "json_object"."""
+        return next(k for k in _CONSTRAINT_KINDS if getattr(self, k) not in (None, False))
+
+
+_CONSTRAINT_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
 MAX_SEED = 2**63 - 1
 """Seeds are stored in a signed 64-bit integer by the generators that use them."""
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -67,6 +111,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     """Added to these token ids' logits before any other processing (OpenAI's range: -100 bans, 100 forces)."""
     skip_special_tokens: bool = True
+    structured_outputs: StructuredOutputsParams | None = None
+    """Constrain the output to a JSON schema, regex, choice or grammar; None: free text."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -105,6 +151,10 @@ class SamplingParams:
         for token, bias in (self.logit_bias or {}).items():
             if not math.isfinite(bias) or not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias of token {token} must be in [-100, 100], got {bias}")
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise TypeError(
+                f"structured_outputs must be a StructuredOutputsParams, got {type(self.structured_outputs).__name__}"
+            )
 
 
 class Request:

@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .gguf_file import is_gguf
+
 _REPLACEMENT = "\ufffd"  # what a decoder emits for bytes that are not (yet) a whole UTF-8 character
 
 
@@ -40,20 +42,15 @@ class Tokenizer(Protocol):
 
 
 class HFTokenizer:
-    """A Hugging Face model directory's fast tokenizer plus its tokenizer_config.json."""
+    """A `tokenizers`-library tokenizer plus the tokenizer_config.json facts transformers adds to it.
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        from tokenizers import Tokenizer as _FastTokenizer
+    Built from a Hugging Face model directory (`from_directory`) or from a GGUF
+    file's metadata (batchserve.gguf_tokenizer); `source` names it in errors.
+    """
 
-        self.path = Path(path)
-        tokenizer_file = self.path / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise FileNotFoundError(
-                f"{tokenizer_file} not found: batchserve supports only fast tokenizers (tokenizer.json); "
-                "convert a slow/sentencepiece tokenizer with transformers and save it with save_pretrained"
-            )
-        self._tok = _FastTokenizer.from_file(str(tokenizer_file))
-        config = _read_json(self.path / "tokenizer_config.json")
+    def __init__(self, tokenizer: Any, config: dict, source: Path, chat_template: str | None) -> None:
+        self.path = source
+        self._tok = tokenizer
         self.bos_token = _token_content(config.get("bos_token"))
         self.eos_token = _token_content(config.get("eos_token"))
         self.bos_token_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
@@ -63,7 +60,31 @@ class HFTokenizer:
         self.all_special_ids = frozenset(
             i for i, tok in self._tok.get_added_tokens_decoder().items() if tok.special
         ) | frozenset(i for i in (self.bos_token_id, self.eos_token_id) if i is not None)
-        self.chat_template = _find_chat_template(self.path, config)
+        self.chat_template = chat_template
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> HFTokenizer:
+        """The directory's tokenizer.json, tokenizer_config.json and chat template."""
+        from tokenizers import Tokenizer as _FastTokenizer
+
+        path = Path(path)
+        tokenizer_file = path / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(
+                f"{tokenizer_file} not found: batchserve supports only fast tokenizers (tokenizer.json); "
+                "convert a slow/sentencepiece tokenizer with transformers and save it with save_pretrained"
+            )
+        try:
+            fast = _FastTokenizer.from_file(str(tokenizer_file))
+            config = _read_json(path / "tokenizer_config.json")
+        except Exception as e:  # tokenizers raises a bare Exception on a damaged file
+            raise ValueError(f"cannot load the tokenizer {tokenizer_file}: {e}") from None
+        return cls(fast, config, path, _find_chat_template(path, config))
+
+    @property
+    def backend_tokenizer(self) -> Any:
+        """The `tokenizers.Tokenizer` underneath (transformers' name), for libraries that read the whole vocabulary."""
+        return self._tok
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
@@ -208,13 +229,17 @@ class ByteTokenizer:
 
 
 def load_tokenizer(model: str | os.PathLike) -> Tokenizer:
-    """`tiny` gives the built-in byte tokenizer; a directory gives its fast tokenizer."""
+    """`tiny` gives the built-in byte tokenizer; a directory its fast tokenizer; a .gguf file the one it describes."""
     if str(model) == "tiny":
         return ByteTokenizer()
+    if is_gguf(model):
+        from .gguf_tokenizer import gguf_tokenizer
+
+        return gguf_tokenizer(model)
     path = Path(model)
     if not path.is_dir():
         raise FileNotFoundError(f"model directory {path} not found (or use the built-in model 'tiny')")
-    return HFTokenizer(path)
+    return HFTokenizer.from_directory(path)
 
 
 def chat_prompt_ids(

@@ -101,3 +101,16 @@ def test_empty_engine_step_is_a_no_op() -> None:
     out = engine.step()
     assert out.result is None and out.finished == [] and out.batch.is_empty
     assert engine.now == 0.0 and engine.num_steps == 0
+
+
+def test_a_row_the_executor_marks_complete_finishes_as_stopped() -> None:
+    """A finished grammar (`StepResult.stop_rows`) stops its request, also on the token that reaches max_tokens."""
+    engine = make_engine()
+    first = req("first", [1, 2], max_tokens=4)
+    at_limit = req("at_limit", [3, 4], max_tokens=1)
+    engine.add_request(first)
+    engine.add_request(at_limit)
+    engine.executor.execute = lambda batch: StepResult(1.0, [[7]] * len(batch.requests), stop_rows=frozenset({0, 1}))
+    assert engine.step().finished == [first, at_limit]
+    assert [r.status for r in (first, at_limit)] == [RequestStatus.FINISHED_STOPPED] * 2
+    assert first.output_token_ids == [7] and engine.outstanding_tokens == 0

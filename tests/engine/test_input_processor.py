@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from batchserve.engine.input_processor import InputProcessor, generation_defaults
+from batchserve.engine.input_processor import InputProcessor, generation_defaults, read_generation_config
 from batchserve.request import SamplingParams
 from batchserve.tokenizer import ByteTokenizer
 
@@ -68,13 +68,19 @@ def test_one_completion_keeps_the_request_id_and_ignore_eos_drops_eos(processor:
 
 
 def test_generation_defaults_come_from_generation_config(tmp_path) -> None:
-    assert generation_defaults(None) == SamplingParams()
-    assert generation_defaults(tmp_path) == SamplingParams()
+    assert read_generation_config(None) == read_generation_config(tmp_path) == {}
+    assert read_generation_config(tmp_path / "model.gguf") == {}  # a GGUF carries no generation config
+    assert generation_defaults({}) == SamplingParams()
     (tmp_path / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_k": 20, "top_p": None}))
-    d = generation_defaults(tmp_path)
+    d = generation_defaults(read_generation_config(tmp_path))
     assert (d.temperature, d.top_k, d.top_p) == (0.6, 20, 1.0)
-    (tmp_path / "generation_config.json").write_text(json.dumps({"do_sample": False, "temperature": 0.6}))
-    assert generation_defaults(tmp_path).temperature == 0.0
+    assert generation_defaults({"do_sample": False, "temperature": 0.6}).temperature == 0.0
+
+
+def test_max_new_tokens_becomes_the_default_max_tokens() -> None:
+    for sampled in (True, False):
+        assert generation_defaults({"do_sample": sampled, "max_new_tokens": 7}).max_tokens == 7
+    assert generation_defaults({"max_new_tokens": None}).max_tokens == SamplingParams().max_tokens
 
 
 def test_the_engine_package_imports_without_torch() -> None:

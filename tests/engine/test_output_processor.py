@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from batchserve.core.batch import ScheduledBatch, StepResult
 from batchserve.engine.core import StepOutput
 from batchserve.engine.input_processor import InputProcessor, ProcessedPrompt
@@ -87,3 +89,19 @@ def test_abort_ends_every_completion_and_forgets_the_prompt() -> None:
     out = h.processor.abort("p", now=4.0)
     assert out.finished and [c.finish_reason for c in out.outputs] == ["abort", "abort"]
     assert all(r.finish_time == 4.0 for r in h.prompt.children) and h.processor.requests("p") is None
+
+
+def test_the_stop_token_text_is_left_out_unless_asked_for() -> None:
+    # A special token shown as text (skip_special_tokens=False) and a plain byte used as a stop token id.
+    for params, stop_token, kept in [
+        (SamplingParams(max_tokens=9, skip_special_tokens=False), TOK.EOS, "<|eos|>"),
+        (SamplingParams(max_tokens=9, stop_token_ids=[ord("!")]), ord("!"), "!"),
+    ]:
+        for include in (False, True):
+            h = Harness("x", replace(params, include_stop_str_in_output=include))
+            (req,) = h.prompt.children
+            h.step({req: ord("h")})
+            (out,) = h.step({req: stop_token}, finish=RequestStatus.FINISHED_STOPPED)
+            assert out.finished and out.outputs[0].token_ids == [ord("h"), stop_token]
+            assert out.outputs[0].stop_reason == stop_token
+            assert out.outputs[0].text == ("h" + kept if include else "h")

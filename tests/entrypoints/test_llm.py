@@ -109,6 +109,15 @@ def test_generate_command(tmp_path, capsys) -> None:
     assert out.exists()
 
 
+def test_quantization_flag_reaches_the_engine(capsys) -> None:
+    assert main(["generate", "--prompt", "hello", "--max-tokens", "2", "--quantization", "int8",
+                 "--kv-cache-memory", "4MiB"]) == 0
+    assert "completion 0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "hello", "--quantization", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
 def test_llm_is_exported_lazily_from_the_package() -> None:
     import subprocess
     import sys
@@ -127,3 +136,13 @@ def test_bad_numbers_fail_at_the_params_and_the_llm_stays_healthy():
     with pytest.raises(ValueError, match="logit_bias token ids"):
         llm.generate("x", SamplingParams(logit_bias={10**6: 1.0}), use_tqdm=False)
     assert len(llm.generate("x", SamplingParams(max_tokens=3, seed=2**63 - 1, n=2), use_tqdm=False)[0].outputs) == 2
+
+
+def test_generation_configs_max_new_tokens_is_the_default_max_tokens(monkeypatch) -> None:
+    import batchserve.engine.llm_engine as llm_engine
+
+    monkeypatch.setattr(llm_engine, "read_generation_config", lambda path: {"max_new_tokens": 3, "do_sample": False})
+    llm = LLM("tiny", device="cpu", kv_cache_memory="4MiB")
+    (out,) = llm.generate([[1, 2, 3]], use_tqdm=False)  # no SamplingParams: the checkpoint's defaults
+    assert len(out.outputs[0].token_ids) == 3 and out.outputs[0].finish_reason == "length"
+    assert llm.default_sampling_params == SamplingParams(temperature=0.0, max_tokens=3)

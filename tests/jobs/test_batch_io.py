@@ -10,6 +10,7 @@ from batchserve.jobs.batch_io import (
     OPENAI, PLAIN, BadLine, BatchRequest, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
 )
 from batchserve.jobs.openai_format import derived_seed, job_context, prepare
+from batchserve.jobs.runner import JobConfig
 from batchserve.openai import ServingContext
 from batchserve.request import SamplingParams
 from batchserve.tokenizer import ByteTokenizer
@@ -63,7 +64,7 @@ def test_duplicate_custom_ids_are_rejected_with_their_line_numbers(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ({"prompt": "x", "max_tokens": "5"}, "max_tokens: Input should be a valid integer"),
     ({"prompt": "x", "temperature": -1}, "temperature: Input should be greater than or equal to 0"),
-    ({"prompt": "x", "tools": []}, "tools: tool calling is not supported yet"),
+    ({"prompt": "x", "tools": []}, "tools: tools need /v1/chat/completions"),
     ({"prompt": ["a", "b"]}, "a batch line holds one prompt, got 2"),
     ({"prompt": [1, 999]}, "outside the vocabulary"),
     ({"prompt": "x", "stream": True}, "stream must be false"),
@@ -76,7 +77,7 @@ def test_invalid_bodies_become_bad_lines(body, message):
 
 
 def context(**overrides) -> ServingContext:
-    return job_context(["tiny"], ByteTokenizer(), 2048, 259, SamplingParams(), overrides)
+    return job_context("tiny", JobConfig(defaults=overrides), ByteTokenizer(), 2048, 259, SamplingParams())
 
 
 def test_prepare_fills_params_with_defaults_and_a_custom_id_seed():

@@ -24,6 +24,11 @@ TOOL_TURNS = [
      "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get", "arguments": "{\"city\": \"Oslo\"}"}}]},
     {"role": "tool", "tool_call_id": "c1", "content": "12 C"},
 ]
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"]}}},
+    {"type": "function", "function": {"name": "get_time", "description": "the time now"}},
+]
 VALID = [
     (COMPLETIONS, {"prompt": "Hello", "max_tokens": 5, "seed": 1}),
     (COMPLETIONS, {"prompt": [72, 101, 108], "max_tokens": 4, "seed": 2, "temperature": 0.7}),
@@ -51,6 +56,15 @@ VALID = [
     (CHAT, {"messages": HI, "max_tokens": 3, "seed": 19, "parallel_tool_calls": False, "user": "x"}),
     (CHAT, {"messages": HI, "seed": 20, "logit_bias": {"10": 100}, "stop": ["\n"]}),  # default max_tokens
     (CHAT, {"messages": HI, "model": "tiny", "max_tokens": 2, "seed": 21, "prompt_logprobs": 2}),
+    (CHAT, {"messages": HI, "max_tokens": 60, "seed": 22, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "p", "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}}}),
+    (CHAT, {"messages": HI, "max_tokens": 20, "seed": 23, "response_format": {"type": "json_object"}}),
+    (COMPLETIONS, {"prompt": "pick", "max_tokens": 8, "seed": 24, "guided_choice": ["red", "green"]}),
+    (COMPLETIONS, {"prompt": "date", "max_tokens": 12, "seed": 25, "structured_outputs": {"regex": "[0-9]{4}-[0-9]{2}"}}),
+    (CHAT, {"messages": HI, "max_tokens": 40, "seed": 26, "tools": TOOLS, "tool_choice": "required"}),
+    (CHAT, {"messages": HI, "max_tokens": 40, "seed": 27, "tools": TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    (CHAT, {"messages": TOOL_TURNS, "max_tokens": 3, "seed": 28, "tools": TOOLS}),
 ]
 INVALID = [
     (COMPLETIONS, {"prompt": "x", "temperature": float("nan")}),
@@ -78,6 +92,12 @@ INVALID = [
     (CHAT, {"messages": HI, "continue_final_message": True}),
     (CHAT, {"messages": HI, "response_format": {"type": "json_object"}, "tool_choice": "auto"}),
     (CHAT, {"messages": HI, "reasoning_effort": "extreme"}),
+    (CHAT, {"messages": HI, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}),
+    (COMPLETIONS, {"prompt": "x", "guided_regex": "(?<=a)b"}),
+    (COMPLETIONS, {"prompt": "x", "guided_grammar": "root ::= ("}),
+    (CHAT, {"messages": HI, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+    (COMPLETIONS, {"prompt": "x", "guided_choice": ["a"], "guided_regex": "a"}),
+    (CHAT, {"messages": HI, "response_format": {"type": "json_schema"}}),
 ]
 ENGINE = dict(device="cpu", kv_cache_memory="16MiB", max_num_batched_tokens=512, max_num_seqs=32)
 

@@ -97,7 +97,7 @@ def test_repeated_prompt_hits_the_prefix_cache(client):
 
 @pytest.mark.parametrize("policy, urgent, relaxed", [
     ("priority", {"priority": -1}, {"priority": 5}),
-    ("edf", {"ttft_slo": 0.5}, {"ttft_slo": 60}),
+    ("edf", {"ttft_slo": 30}, {"ttft_slo": 600}),  # no deadline near enough to preempt the blocker, even on a loaded machine
 ])
 def test_policy_serves_the_urgent_request_first(start_server, policy, urgent, relaxed):
     body = {"model": "tiny", "max_tokens": 5, "ignore_eos": True}
@@ -166,3 +166,14 @@ def test_a_request_that_breaks_while_being_added_fails_alone(start_server):
             ok = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 3})
             assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] >= 1
             assert c.get("/health").status_code == 200
+
+
+def test_the_checkpoints_max_new_tokens_caps_a_chat_without_max_tokens(start_server, monkeypatch):
+    import batchserve.engine.llm_engine as llm_engine
+
+    monkeypatch.setattr(llm_engine, "read_generation_config", lambda path: {"max_new_tokens": 3})
+    with start_server() as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        body = {"model": "tiny", "messages": CHAT, "ignore_eos": True}
+        assert c.post("/v1/chat/completions", json=body).json()["usage"]["completion_tokens"] == 3
+        r = c.post("/v1/chat/completions", json={**body, "max_tokens": 5}).json()
+        assert r["usage"]["completion_tokens"] == 5  # the request's own max_tokens wins

@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchserve.jobs.batch_io import BadLine, BatchRequest
+from batchserve.jobs.openai_format import job_context, prepare
+from batchserve.jobs.runner import JobConfig
 from batchserve.openai import ChatCompletionRequest, CompletionRequest
+from batchserve.request import SamplingParams
+from batchserve.tokenizer import ByteTokenizer
+
+JOB_CONTEXT = job_context("tiny", JobConfig(), ByteTokenizer(), 2048, 259, SamplingParams())
 
 JUNK = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
@@ -40,7 +47,12 @@ VALID = {
     "stop_token_ids": st.lists(st.integers(0, 258), max_size=3), "stream": st.booleans(),
     "priority": st.integers(-100, 100), "ttft_slo": st.floats(0.01, 100),
     "ignore_eos": st.booleans(), "include_stop_str_in_output": st.booleans(), "skip_special_tokens": st.booleans(),
-    "user": st.text(max_size=5),
+    "user": st.text(max_size=5), "store": st.booleans(), "metadata": st.dictionaries(st.text(max_size=4), st.text()),
+    "logit_bias": st.dictionaries(st.integers(0, 258).map(str), st.floats(-100, 100), max_size=3),
+    "echo": st.booleans(), "prompt_logprobs": st.integers(0, 3), "truncate_prompt_tokens": st.integers(1, 10),
+    "add_generation_prompt": st.booleans(), "chat_template_kwargs": st.dictionaries(st.text(max_size=4), JUNK),
+    "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans(),
+                                                          "continuous_usage_stats": st.booleans()}),
 }
 VALID_LOGPROBS = {CompletionRequest: st.integers(0, 5), ChatCompletionRequest: st.booleans()}
 # Out-of-range and wrong-shaped values, one or two of which replace a field of a valid body.
@@ -49,10 +61,16 @@ MUTANT = {
     "prompt": st.lists(st.integers(-5, 300), max_size=8) | st.lists(st.lists(st.integers(-1, 300), max_size=4),
                                                                       max_size=3),
     "messages": st.lists(st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "tool", "bot"])},
+        {"role": st.sampled_from(["user", "tool", "bot", "assistant"])},
         optional={"content": st.lists(st.fixed_dictionaries(
             {"type": st.sampled_from(["text", "image_url"]), "text": st.text(max_size=8)}), max_size=2),
-            "name": st.text(max_size=5)}), max_size=3),
+            "name": st.text(max_size=5), "tool_call_id": st.text(max_size=4),
+            "tool_calls": st.lists(st.fixed_dictionaries({"id": st.text(max_size=3), "type": st.just("function"),
+                                                          "function": st.fixed_dictionaries(
+                                                              {"name": st.text(max_size=3),
+                                                               "arguments": st.text(max_size=10)})}),
+                                   max_size=2)}), max_size=3),
+    "logit_bias": st.dictionaries(st.text(max_size=4), JUNK, max_size=2), "truncate_prompt_tokens": st.integers(),
     "max_tokens": st.integers(-2, 3000) | st.integers(), "n": st.integers(-2, 200), "logprobs": SMALL_INT,
     "temperature": st.floats(), "top_p": st.floats(), "seed": st.integers(-3, 2**64),
     "stop": st.lists(st.text(max_size=2), max_size=3), "stop_token_ids": st.lists(st.integers(), max_size=3),
@@ -110,6 +128,14 @@ def test_completion_bodies_never_get_a_5xx(fuzz_client, body):
 @given(body=bodies(ChatCompletionRequest))
 def test_chat_bodies_never_get_a_5xx(fuzz_client, body):
     _check(fuzz_client, "/v1/chat/completions", body)
+
+
+@FUZZ
+@given(body=bodies(CompletionRequest) | bodies(ChatCompletionRequest), chat=st.booleans())
+def test_batch_lines_only_ever_fail_as_error_entries(body, chat):
+    """`run` prepares a line through the same layer: any body is a request or a BadLine, never an exception."""
+    line = BatchRequest(0, 1, "r", "/v1/chat/completions" if chat else "/v1/completions", body)
+    assert isinstance(prepare(line, JOB_CONTEXT, 0), (BatchRequest, BadLine))
 
 
 @settings(max_examples=40, deadline=None, database=None)

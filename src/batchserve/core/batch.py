@@ -54,3 +54,6 @@ class StepResult:
     logprobs: list[dict[int, float] | None] | None = None  # per request, for those that asked
     prompt_logprobs: list[list[dict[int, float]] | None] | None = None
     """Per request that asked: one entry per prompt token this step's chunk predicts, in order."""
+    stop_rows: frozenset[int] = frozenset()
+    """Rows whose sampled token completes their output (a structured-output grammar allows nothing
+    after it): the scheduler finishes them as stopped."""

@@ -239,18 +239,26 @@ class Scheduler:
                 req.first_token_time = end_time
             if req.token_times is not None:
                 req.token_times.append(end_time)
-            if self._append_token(req, SYNTHETIC_TOKEN if sampled is None else sampled[i][0]):
+            token = SYNTHETIC_TOKEN if sampled is None else sampled[i][0]
+            if self._append_token(req, token, i in result.stop_rows):
                 finished.append(req)
         for req in finished:
             self._remove_running(req)
             req.finish_time = end_time
         return finished
 
-    def _append_token(self, req: Request, token: int) -> bool:
-        """Append a sampled token, stopping at max_tokens or a stop token; True if the request finished."""
+    def _append_token(self, req: Request, token: int, complete: bool = False) -> bool:
+        """Append a sampled token, stopping at max_tokens or a stop token; True if the request finished.
+
+        `complete`: the executor says the token completes the output (a finished grammar); that is a
+        stop even at max_tokens, since nothing was cut off.
+        """
         params = req.sampling_params
         req.append_output(token)
         num_out = req.num_tokens - len(req.prompt_token_ids)
+        if complete:
+            self._finish(req, RequestStatus.FINISHED_STOPPED)
+            return True
         if num_out >= params.max_tokens:
             self._finish(req, RequestStatus.FINISHED_LENGTH)
             return True

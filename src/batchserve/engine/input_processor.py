@@ -2,19 +2,24 @@
 
 Everything a prompt needs before the scheduler sees it happens here, so the
 engine below works on token ids and typed `Request`s only (vLLM v1's input
-processor). Torch-free: it needs a tokenizer and two facts about the model.
+processor), and each constrained request gets its compiled grammar here, so
+a bad schema fails at add time. Torch-free: it needs a tokenizer, two facts
+about the model and, for structured outputs, a grammar manager.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..request import MAX_SEED, Request, SamplingParams
 from ..tokenizer import Tokenizer
+
+if TYPE_CHECKING:  # llguidance stays out of the torch-free engine import
+    from ..structured_output import StructuredOutputManager
 
 PromptType = Union[str, Sequence[int], dict]
 """A string, a list of token ids, or a {"prompt": ...} / {"prompt_token_ids": [...]} dict."""
@@ -22,16 +27,24 @@ PromptType = Union[str, Sequence[int], dict]
 _GENERATION_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-def generation_defaults(model_path: Path | None) -> SamplingParams:
-    """The checkpoint's generation_config.json sampling fields, used when no SamplingParams is given."""
+def read_generation_config(model_path: Path | None) -> dict[str, Any]:
+    """A checkpoint directory's generation_config.json; {} for none (tiny, a GGUF file, a directory without one)."""
     path = None if model_path is None else model_path / "generation_config.json"
     if path is None or not path.is_file():
-        return SamplingParams()
+        return {}
     with open(path) as f:
-        config = json.load(f)
+        return json.load(f)
+
+
+def generation_defaults(config: Mapping[str, Any]) -> SamplingParams:
+    """The params used when a request gives none: generation_config's sampling fields and max_new_tokens.
+
+    max_new_tokens becomes max_tokens, as in vLLM; a request that sets max_tokens wins.
+    """
+    max_tokens = {"max_tokens": config["max_new_tokens"]} if config.get("max_new_tokens") is not None else {}
     if config.get("do_sample") is False:
-        return SamplingParams(temperature=0.0)
-    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None})
+        return SamplingParams(temperature=0.0, **max_tokens)
+    return SamplingParams(**{k: config[k] for k in _GENERATION_FIELDS if config.get(k) is not None}, **max_tokens)
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,14 @@ class ProcessedPrompt:
 class InputProcessor:
     """Turns (prompt, params) into validated child requests; without a tokenizer prompts must be token ids."""
 
-    def __init__(self, tokenizer: Tokenizer | None, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer | None, vocab_size: int, eos_token_ids: Sequence[int],
+        structured_output: StructuredOutputManager | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
+        self.structured_output = structured_output
 
     def get_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -76,12 +93,17 @@ class InputProcessor:
         self, request_id: str, prompt: PromptType, params: SamplingParams, *, arrival_time: float, priority: int = 0,
         deadline: float | None = None,
     ) -> ProcessedPrompt:
-        """Tokenize and check a prompt, then fan it out into `params.n` child requests."""
+        """Tokenize and check a prompt, then fan it out into `params.n` child requests (each with its grammar)."""
         ids = self.encode(prompt)
         self._check_vocab("stop_token_ids", params.stop_token_ids)  # the sampler indexes logits with them
         self._check_vocab("logit_bias token ids", list(params.logit_bias or ()))
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
         children = self._fan_out(request_id, ids, params, arrival_time, priority, deadline)
+        if params.structured_outputs is not None:
+            if self.structured_output is None:
+                raise ValueError("structured_outputs need a tokenizer; this engine has none (skip_tokenizer_init)")
+            for child in children:
+                self.structured_output.add_request(child)
         return ProcessedPrompt(request_id, text, ids, children)
 
     def _fan_out(

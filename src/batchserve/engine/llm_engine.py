@@ -2,7 +2,7 @@
 
 `Engine` works on token-level `Request`s; `LLMEngine` wires a model to it
 and adds what users see, each job in its own module: the input processor
-(tokenization, checks, `n` fan-out), the sibling gate (`n` completions
+(tokenization, checks, `n` fan-out, grammars), the sibling gate (`n` completions
 compute the prompt once), the output processor (detokenization, stop
 strings, logprobs, outputs) and the stats. `LLM.generate`, batch jobs and
 the server all drive one of these with `add_request` / `step` /
@@ -11,6 +11,7 @@ the server all drive one of these with `add_request` / `step` /
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,10 @@ from ..attention_layout import AttentionConfig
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
+from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
 from .core import Engine, StepOutput
-from .input_processor import InputProcessor, PromptType, generation_defaults
+from .input_processor import InputProcessor, PromptType, generation_defaults, read_generation_config
 from .memory import num_kv_blocks
 from .output_processor import OutputProcessor
 from .parallel_sampling import SiblingGate
@@ -37,10 +39,12 @@ from .stats import EngineStats, StatsCollector
 class LLMEngine:
     """A model with a paged KV cache, continuous batching, prefix caching and chunked prefill.
 
-    `model` is a local Hugging Face directory or "tiny" (built-in random weights,
+    `model` is a local Hugging Face directory, a .gguf file or "tiny" (built-in random weights,
     byte tokenizer: its text is noise, for smoke tests and benchmarks).
     `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
+    `quantization`: "int8" stores the decoder's projection weights as int8 with
+    one scale per output channel (models/quantization.py); None keeps `dtype`.
     """
 
     def __init__(
@@ -59,14 +63,16 @@ class LLMEngine:
         seed: int = 0,
         skip_tokenizer_init: bool = False,
         weight_prepack: bool = True,
+        quantization: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
-                                                                    prepack=weight_prepack)
+        # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
+        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
+                                                                    prepack=weight_prepack, quantization=quantization)
         self.device = device
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
@@ -77,12 +83,19 @@ class LLMEngine:
         )
         cache_cfg = CacheConfig(block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=enable_prefix_caching)
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
+        self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
+            functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
+                              self.model_config.eos_token_ids)
+        )
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
-                                      attention)
+                                      attention, self.structured_output)
         self.engine = Engine(self.scheduler, self.executor)
-        self.default_sampling_params = generation_defaults(self.model_path)
+        generation_config = read_generation_config(self.model_path)
+        self.default_sampling_params = generation_defaults(generation_config)
+        # The checkpoint's max_new_tokens also caps a chat request that sets no max_tokens (vLLM's rule).
+        self.default_max_tokens: int | None = generation_config.get("max_new_tokens")
         self.input_processor = InputProcessor(self.tokenizer, self.model_config.vocab_size,
-                                              self.model_config.eos_token_ids)
+                                              self.model_config.eos_token_ids, self.structured_output)
         self.siblings = SiblingGate(cache_cfg)
         self.output_processor = OutputProcessor(self.tokenizer, self._stop)
         self._stats = StatsCollector(self.scheduler, self.siblings)

@@ -147,11 +147,15 @@ class OutputProcessor:
         if completion.logprobs is not None and logprobs is not None:
             completion.logprobs.append(self._ranked(logprobs))
             completion.cumulative_logprob += logprobs.get(tokens[-1], 0.0)
-        if req.status == RequestStatus.FINISHED_STOPPED and tokens[-1] in req.sampling_params.stop_token_ids:
+        params = req.sampling_params
+        stop_token = req.status == RequestStatus.FINISHED_STOPPED and tokens[-1] in params.stop_token_ids
+        if stop_token:
             completion.stop_reason = tokens[-1]
         if completion.detokenizer is None:
             return False
-        new_text = completion.detokenizer.add(tokens)
+        # The stop token (EOS or a stop_token_id) ends the text, it is not part of it (vLLM's rule).
+        text_tokens = tokens[:-1] if stop_token and not params.include_stop_str_in_output else tokens
+        new_text = completion.detokenizer.add(text_tokens)
         completion.text += new_text
         if completion.stop_checker is None:
             return False

@@ -12,13 +12,12 @@ from ..calibration.device import WEIGHT_DTYPES, device_name
 from ..calibration.steps import calibrate
 from ..engine.llm_engine import LLMEngine
 from ..tables import render_table
-from .common import write_json
+from .common import engine_args, write_json
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    llm = LLMEngine(args.model, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-                    max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                    skip_tokenizer_init=True)
+    llm = LLMEngine(args.model, **engine_args(args), max_num_batched_tokens=args.max_num_batched_tokens,
+                    max_num_seqs=args.max_num_seqs, skip_tokenizer_init=True)
     name = args.name or f"calibrated-{llm.device.type}"
     t = time.perf_counter()
     result = calibrate(llm, name, quiet=args.quiet)

@@ -13,7 +13,7 @@ from ..sim.models import MODELS
 from ..sim.simulate import SimSetup
 from ..tables import render_table
 from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
-from .common import Resolved, add_engine_flags, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
+from .common import Resolved, add_engine_flags, engine_args, add_simulation_flags, layered_values, resolve_values, run_simulation, write_json
 from .options import ConfigError
 
 def _parse_sweep(spec: str) -> tuple[str, list[float]]:
@@ -158,7 +158,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.seed, n=args.n, stop=args.stop)
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory)
+    llm = LLM(args.model, **engine_args(args))
     if args.chat:
         outputs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], params, use_tqdm=False)
     else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
+from ..config import QUANTIZATION_METHODS, SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
 from ..metrics import SLO, summarize
 from ..progress import Progress
 from ..request import Request
@@ -33,17 +33,35 @@ SKIPPED_FIELDS = ("vocab_size",)
 
 def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The real-engine flags every model-running command shares: which model, where, in which dtype, KV size."""
-    p.add_argument("--model", default="tiny", help="HF model directory or 'tiny' (random weights, text is noise)")
+    p.add_argument("--model", default="tiny",
+                   help="HF model directory, .gguf file or 'tiny' (random weights, text is noise)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", default=None,
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
+    p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
+                   help="quantize the decoder's linear layers at load: int8 = weight-only, per output channel")
+
+
+def engine_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
+    return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
+                quantization=args.quantization)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--served-model-name", nargs="+", metavar="NAME",
                    help="the name(s) requests give as 'model'; the first is the one responses carry "
                    "(default: the model directory's name)")
+
+
+def add_tool_call_parser(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from ..openai.structured import DEFAULT_TOOL_PARSER
+    from ..openai.tool_parsers import TOOL_PARSERS
+
+    p.add_argument("--tool-call-parser", choices=sorted(TOOL_PARSERS), default=DEFAULT_TOOL_PARSER,
+                   help="how tool_choice auto finds calls in the model's text: the model family's format "
+                   f"(default: {DEFAULT_TOOL_PARSER})")
 
 
 def served_model_names(args: argparse.Namespace) -> list[str]:

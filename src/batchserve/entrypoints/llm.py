@@ -14,11 +14,10 @@ from ..request import SamplingParams
 from ..tokenizer import Tokenizer, chat_prompt_ids
 
 
-
 class LLM:
     """A model with a paged KV cache, continuous batching, prefix caching and chunked prefill.
 
-    `model` is a local Hugging Face directory or "tiny" (built-in random weights,
+    `model` is a local Hugging Face directory, a .gguf file or "tiny" (built-in random weights,
     byte tokenizer: its text is noise, for smoke tests and benchmarks). Keyword
     arguments are those of `LLMEngine`.
     """

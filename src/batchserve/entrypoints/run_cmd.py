@@ -13,7 +13,14 @@ from ..jobs.runner import JobConfig, Summary
 from ..jobs.setup import RunSetup, default_device
 from ..sim.router import RouterConfig
 from ..tables import REPORT_WIDTH, render_table
-from .common import add_engine_flags, add_served_model_name, served_model_names, write_json
+from .common import (
+    add_engine_flags,
+    add_served_model_name,
+    add_tool_call_parser,
+    engine_args,
+    served_model_names,
+    write_json,
+)
 from .options import add_dataclass_flags, given
 
 if TYPE_CHECKING:
@@ -52,6 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="max_tokens for bodies that do not set it (default: OpenAI's, 16 for completions and the "
                    "rest of the context for chat)")
     add_served_model_name(g)
+    add_tool_call_parser(g)
     g.add_argument("--temperature", type=float, default=None,
                    help="temperature for bodies that do not set it (default 1.0, as in the OpenAI API)")
     g.add_argument("--json", metavar="FILE", help="write the summary as JSON")
@@ -85,14 +93,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _job_config(args: argparse.Namespace) -> JobConfig:
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
     return JobConfig(prefix_aware=args.prefix_aware, window=args.window, preserve_order=args.preserve_order,
-                     seed=args.seed, defaults=defaults, served_model_names=tuple(served_model_names(args)))
+                     seed=args.seed, defaults=defaults, served_model_names=tuple(served_model_names(args)),
+                     tool_call_parser=args.tool_call_parser)
 
 
 def run_setup(args: argparse.Namespace) -> RunSetup:
     """The one place run's engine flags become values: the engine and the estimate's twin both read it."""
-    return RunSetup(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                    scheduler=args.scheduler, max_num_batched_tokens=args.max_num_batched_tokens,
-                    max_num_seqs=args.max_num_seqs, replicas=args.replicas)
+    return RunSetup(model=args.model, **engine_args(args), scheduler=args.scheduler,
+                    max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                    replicas=args.replicas)
 
 
 def _check(args: argparse.Namespace, est: EstimateConfig) -> None:
@@ -160,7 +169,11 @@ def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, r
                  est: EstimateConfig, estimate: Estimate | None) -> Callable[[EngineBackend, Done], LiveEta] | None:
     """The live ETA's twin: on the estimate's hardware, else on the CPU placeholder (scaled by measured steps)."""
     hardware = args.estimate or (ETA_HARDWARE if (setup.device or default_device()) == "cpu" else None)
-    if hardware is None:
+    try:
+        sim = setup.sim_setup(hardware) if hardware is not None else None
+    except ValueError:  # a setup the twin does not model (e.g. --quantization): the progress line says "at this rate"
+        sim = None
+    if sim is None:
         return None
     from ..jobs.estimate import plan_job
     from ..jobs.eta import LiveEta
@@ -169,7 +182,7 @@ def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, r
 
     def make(backend: EngineBackend, done: Done) -> LiveEta:
         job = plan_job(args.input, done, setup, config)
-        return LiveEta(job, setup.sim_setup(hardware), config, router, est, backend.log, prior)
+        return LiveEta(job, sim, config, router, est, backend.log, prior)
 
     return make
 

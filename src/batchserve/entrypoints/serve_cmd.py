@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+from collections.abc import Mapping
 
 from ..config import SCHEDULER_PRESETS, CacheConfig, SchedulerConfig
 from ..metrics import SLO, format_table, summarize, write_per_request
 from ..workload import WorkloadSpec
 from .common import (
-    add_engine_flags, add_served_model_name, resolve_values, run_simulation, served_model_names, write_json,
+    add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, resolve_values, run_simulation,
+    served_model_names, write_json,
 )
+from .openai.limits import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_TIMEOUT_KEEP_ALIVE_S
 from .options import ConfigError, add_dataclass_flags, given
 
 DEFAULT_MAX_WAITING = 1024
+API_KEY_ENV_VARS = ("BATCHSERVE_API_KEY", "VLLM_API_KEY")
+"""Read when --api-key is not given; vLLM's name too, so a deployment moved over from vLLM stays protected."""
 # A short workload by default: the bench runs against real models on whatever machine is at hand.
 BENCH_DEFAULTS = {"num_requests": 100, "input_len": "256", "output_len": "64"}
 
@@ -30,11 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API",
-        description="POST /v1/completions and /v1/chat/completions (streaming or not), GET /v1/models, /health "
-        "and /metrics (Prometheus). Every scheduler field is a flag of the same name.",
+        description="POST /v1/completions and /v1/chat/completions (streaming or not), /tokenize and /detokenize; "
+        "GET /v1/models[/ID], /health, /ping, /version and /metrics (Prometheus). Every scheduler field is a flag "
+        "of the same name.",
     )
     add_engine_flags(p)
     add_served_model_name(p)
+    add_tool_call_parser(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
@@ -46,9 +54,26 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-tokenizer-init", action="store_true",
                    help="load no tokenizer (e.g. random-weight benchmark models): prompts must be token ids")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (info logs every request)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health, /ping, "
+                   f"/metrics and /version (default: ${API_KEY_ENV_VARS[0]}, else ${API_KEY_ENV_VARS[1]}, else none)")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="larger request bodies get 413 before they are read (default: 16 MiB)")
+    p.add_argument("--timeout-keep-alive", type=float, default=DEFAULT_TIMEOUT_KEEP_ALIVE_S,
+                   help="seconds an idle connection is kept open between requests "
+                   f"(default: {DEFAULT_TIMEOUT_KEEP_ALIVE_S:g})")
+    p.add_argument("--timeout-header", type=float, default=DEFAULT_HEADER_TIMEOUT_S,
+                   help="seconds a connection gets to send a request's headers before it is closed; guards against "
+                   f"idle and slow (slowloris) clients (default: {DEFAULT_HEADER_TIMEOUT_S:g})")
     add_dataclass_flags(p, SchedulerConfig, "scheduler (defaults come from --scheduler)")
     add_dataclass_flags(p, CacheConfig, "KV cache", skip=("num_blocks",))
     p.set_defaults(func=cmd_serve)
+
+
+def resolve_api_key(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """--api-key, else the first non-empty of `API_KEY_ENV_VARS`, else None (no key required)."""
+    if flag == "":
+        raise ConfigError("--api-key must be non-empty")
+    return flag or next((environ[v] for v in API_KEY_ENV_VARS if environ.get(v)), None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -56,19 +81,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..engine.llm_engine import LLMEngine
     from .openai.api_server import build_app
+    from .openai.connections import header_deadline_protocol
 
     if args.max_waiting < 1:
         raise ConfigError(f"--max-waiting must be >= 1, got {args.max_waiting}")
-    llm = LLMEngine(args.model, dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                    scheduler=args.scheduler, seed=args.seed, skip_tokenizer_init=args.skip_tokenizer_init,
-                    **given(args, SchedulerConfig),
+    for flag in ("max_request_bytes", "timeout_keep_alive", "timeout_header"):
+        if getattr(args, flag) <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
+    api_key = resolve_api_key(args.api_key, os.environ)
+    llm = LLMEngine(args.model, **engine_args(args), scheduler=args.scheduler, seed=args.seed,
+                    skip_tokenizer_init=args.skip_tokenizer_init, **given(args, SchedulerConfig),
                     **given(args, CacheConfig))
     names = served_model_names(args)
-    app = build_app(llm, names, max_waiting=args.max_waiting)
+    app = build_app(llm, names, max_waiting=args.max_waiting, api_key=api_key,
+                    max_request_bytes=args.max_request_bytes, tool_call_parser=args.tool_call_parser)
     print(f"serving {names[0]!r} on http://{args.host}:{args.port}/v1 (policy={llm.scheduler.config.policy}, "
-          f"max_num_batched_tokens={llm.scheduler.config.max_num_batched_tokens}, max_waiting={args.max_waiting})",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+          f"max_num_batched_tokens={llm.scheduler.config.max_num_batched_tokens}, max_waiting={args.max_waiting}, "
+          f"api key {'required' if api_key else 'off'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                http=header_deadline_protocol(args.timeout_header), timeout_keep_alive=args.timeout_keep_alive)
     return 0
 
 

@@ -9,7 +9,7 @@ from ..config import CacheConfig, SchedulerConfig
 from ..engine.llm_engine import LLMEngine
 from ..metrics import SLO
 from ..workload import WorkloadSpec
-from .common import DEFAULT_PRESET, Resolved, layered_values, write_json
+from .common import DEFAULT_PRESET, Resolved, engine_args, layered_values, write_json
 from .options import ConfigError, pick
 
 
@@ -19,8 +19,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError("validate needs --hardware PROFILE.json, the profile `batchserve calibrate` wrote")
     preset = values.get("scheduler", DEFAULT_PRESET)
     cache = pick(values, CacheConfig)
-    llm = LLMEngine(args.model, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-                    skip_tokenizer_init=True, scheduler=preset, **cache, **pick(values, SchedulerConfig))
+    llm = LLMEngine(args.model, **engine_args(args), skip_tokenizer_init=True, scheduler=preset, **cache,
+                    **pick(values, SchedulerConfig))
     setup = sim_setup(llm, values["hardware"], args.model)
     spec = WorkloadSpec(**{**pick(values, WorkloadSpec), "vocab_size": llm.model_config.vocab_size})
     slo = SLO.parse(values["slo"]) if values.get("slo") else None

@@ -3,12 +3,18 @@
 All scheduled tokens of a step (prompt chunks and decodes of many requests)
 are packed into one flat batch with no padding; positions and slot mappings
 come from each request's computed-token count and block table.
+
+Rows under a structured-output constraint get their grammar's token bitmask
+applied to the logits before sampling; the bitmask is filled in a thread while
+the forward pass runs (llguidance releases the GIL), and the sampled tokens
+advance the matchers right after sampling.
 """
 
 from __future__ import annotations
 
 import time
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -19,6 +25,8 @@ from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator, prompt_logprobs
 from ..request import Request
+from ..structured_output import GrammarBitmask, StructuredOutputManager
+from ..structured_output.bitmask import apply_token_bitmask
 
 
 class TorchExecutor:
@@ -32,8 +40,11 @@ class TorchExecutor:
         device: torch.device,
         seed: int = 0,
         attention: AttentionConfig = AttentionConfig(),
+        structured_output: StructuredOutputManager | None = None,
     ) -> None:
         self.model = model
+        self.structured_output = structured_output
+        self._bitmask_filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-bitmask")
         self.attention = attention
         self.config = config
         self.block_size = block_size
@@ -88,13 +99,19 @@ class TorchExecutor:
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        reqs = [batch.requests[i] for i in sample_rows]
+        bitmask = self._start_bitmask(reqs)
         prepared = time.perf_counter()
         hidden = self.model(ids, pos, self.kv_caches, meta)
         sampled: list[list[int]] = [[] for _ in batch.requests]
         logprobs: list[dict[int, float] | None] = [None] * len(batch.requests)
+        stop_rows: frozenset[int] = frozenset()
         if sample_rows:
             logits = self.model.compute_logits(hidden[sample_tokens])
-            reqs = [batch.requests[i] for i in sample_rows]
+            grammar = bitmask.result() if bitmask is not None else None
+            if grammar is not None:
+                # Before the sampler, so logprobs are over the tokens the grammar allows (as in vLLM).
+                apply_token_bitmask(logits, grammar.bitmask, grammar.rows)
             out = self.sampler(
                 logits,
                 [r.sampling_params for r in reqs],
@@ -106,11 +123,14 @@ class TorchExecutor:
             for row, tok, lp in zip(sample_rows, out.token_ids, out.logprobs):
                 sampled[row] = [tok]
                 logprobs[row] = lp
+            if grammar is not None:
+                complete = self.structured_output.accept_tokens(reqs, out.token_ids)
+                stop_rows = frozenset(sample_rows[i] for i in complete)
         prompt_lps = self._prompt_logprobs(batch, hidden, scored) if scored else None
         end = time.perf_counter()
         self.prepare_s += prepared - start
         self.model_s += end - prepared
-        return StepResult(end - start, sampled, logprobs, prompt_lps)
+        return StepResult(end - start, sampled, logprobs, prompt_lps, stop_rows)
 
     def _prompt_logprobs(
         self, batch: ScheduledBatch, hidden: torch.Tensor, scored: list[tuple[int, int, int]]
@@ -122,3 +142,10 @@ class TorchExecutor:
             logits = self.model.compute_logits(hidden[flat_start:flat_start + num])
             out[i] = prompt_logprobs(logits, req.tokens(c + 1, c + 1 + num), req.sampling_params.prompt_logprobs)
         return out
+
+    def _start_bitmask(self, reqs: list[Request]) -> Future[GrammarBitmask | None] | None:
+        """Start filling the sampling rows' grammar bitmasks, to overlap the forward pass; None if none is constrained."""
+        so = self.structured_output
+        if so is None or not any(so.is_constrained(r) for r in reqs):
+            return None
+        return self._bitmask_filler.submit(so.grammar_bitmask, reqs)

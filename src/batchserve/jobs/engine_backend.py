@@ -12,7 +12,7 @@ from ..openai import ServingContext
 from ..tokenizer import Tokenizer, load_tokenizer
 from .batch_io import BatchRequest, Done
 from .measurements import StepLog
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .runner import Backend, Eta, Finished, JobConfig, Summary, run_job
 
 
@@ -66,8 +66,8 @@ class EngineBackend:
 def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: JobConfig) -> ServingContext:
     """The job's serving context from the engine that runs it: its context length, vocabulary and defaults."""
     mc = engine.model_config
-    return job_context(list(config.served_model_names) or [model_name(model)], tokenizer, mc.max_model_len,
-                       mc.vocab_size, engine.default_sampling_params, config.defaults)
+    return job_context(model, config, tokenizer, mc.max_model_len, mc.vocab_size, engine.default_sampling_params,
+                       engine.default_max_tokens)
 
 
 def local_job(

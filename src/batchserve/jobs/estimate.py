@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine.input_processor import generation_defaults
+from ..engine.input_processor import generation_defaults, read_generation_config
 from ..outputs import RequestOutput
 from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
@@ -30,7 +30,7 @@ from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
 from .lengths import LengthDistribution, LengthModel
 from .measurements import Measurements, device_label, time_scale
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
 from .setup import RunSetup, model_shape
 from .twin import simulate_entries
@@ -88,9 +88,9 @@ def plan_job(input_path: str, done: Done, setup: RunSetup, config: JobConfig) ->
     """Read, tokenize and order what the job has left to run, as the real run will (no model loaded)."""
     fmt = detect_format(input_path)
     shape = model_shape(setup.model)
-    directory = Path(setup.model) if Path(setup.model).is_dir() else None
-    context = job_context(list(config.served_model_names) or [model_name(setup.model)], load_tokenizer(setup.model),
-                          shape.max_model_len, shape.vocab_size, generation_defaults(directory), config.defaults)
+    generation = read_generation_config(Path(setup.model) if Path(setup.model).is_dir() else None)
+    context = job_context(setup.model, config, load_tokenizer(setup.model), shape.max_model_len, shape.vocab_size,
+                          generation_defaults(generation), generation.get("max_new_tokens"))
     t = time.perf_counter()
     entries = list(plan(input_path, fmt, done, context, config, setup.block_size))
     return JobPlan(entries, time.perf_counter() - t)

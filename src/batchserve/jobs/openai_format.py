@@ -14,13 +14,16 @@ import hashlib
 import time
 from pathlib import Path
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..openai import APIError, ServingContext, engine_inputs, parse_request, response_body
 from ..outputs import RequestOutput
 from ..request import SamplingParams
 from ..tokenizer import Tokenizer
 from .batch_io import CHAT_URL, BadLine, BatchRequest
+
+if TYPE_CHECKING:
+    from .runner import JobConfig
 
 
 def derived_seed(custom_id: str, job_seed: int) -> int:
@@ -35,14 +38,17 @@ def model_name(model: str) -> str:
 
 
 def job_context(
-    model_names: list[str], tokenizer: Tokenizer, max_model_len: int, vocab_size: int,
-    generation_defaults: SamplingParams, overrides: dict[str, Any],
+    model: str, config: JobConfig, tokenizer: Tokenizer, max_model_len: int, vocab_size: int,
+    generation_defaults: SamplingParams, max_new_tokens: int | None = None,
 ) -> ServingContext:
     """The serving context of a job: the model's limits and defaults under the job's flags (--max-tokens, ...)."""
+    overrides = config.defaults
     sampling = {k: v for k, v in overrides.items() if k != "max_tokens"}
     return ServingContext(
-        model_names=tuple(model_names), tokenizer=tokenizer, max_model_len=max_model_len, vocab_size=vocab_size,
-        defaults=replace(generation_defaults, **sampling), default_max_tokens=overrides.get("max_tokens"),
+        model_names=config.served_model_names or (model_name(model),), tokenizer=tokenizer,
+        max_model_len=max_model_len, vocab_size=vocab_size, defaults=replace(generation_defaults, **sampling),
+        default_max_tokens=overrides.get("max_tokens"), max_new_tokens=max_new_tokens,
+        tool_parser=config.tool_call_parser,
     )
 
 

@@ -20,7 +20,7 @@ from ..sim.router import RouterConfig
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
 from .engine_backend import EngineBackend
-from .openai_format import job_context, model_name
+from .openai_format import job_context
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Summary, admit, run_job
 
@@ -37,10 +37,11 @@ class ReplicaWorker:
     def block_size(self) -> int:
         return self.backend.block_size
 
-    def limits(self) -> tuple[int, int, SamplingParams]:
+    def limits(self) -> tuple[int, int, SamplingParams, int | None]:
         """Context length, vocabulary size and generation defaults, for the driver's serving context."""
         engine = self.backend.engine
-        return engine.model_config.max_model_len, engine.model_config.vocab_size, engine.default_sampling_params
+        return (engine.model_config.max_model_len, engine.model_config.vocab_size, engine.default_sampling_params,
+                engine.default_max_tokens)
 
     def advance(self, new: list[BatchRequest]) -> tuple[list[Finished], dict[str, int]]:
         """Queue `new`, then step until something finished and a moment passed, or nothing is left."""
@@ -121,8 +122,6 @@ def run_ray_job(
     tokenizer = load_tokenizer(model)
 
     def make_context(backend: RayBackend) -> ServingContext:
-        max_model_len, vocab_size, defaults = ray.get(backend.actors[0].limits.remote())
-        names = list(config.served_model_names) or [model_name(model)]
-        return job_context(names, tokenizer, max_model_len, vocab_size, defaults, config.defaults)
+        return job_context(model, config, tokenizer, *ray.get(backend.actors[0].limits.remote()))
 
     return run_job(input_path, output_path, make_backend, make_context, config, quiet)

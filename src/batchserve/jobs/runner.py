@@ -16,9 +16,11 @@ from typing import Any, Protocol
 
 from ..outputs import RequestOutput
 from ..progress import Progress
-from ..openai import ServingContext
+from ..openai import ServingContext, engine_error
+from ..openai.structured import DEFAULT_TOOL_PARSER
 from .batch_io import (
-    BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries, scan_output,
+    CHAT_URL, BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries,
+    scan_output,
 )
 from .openai_format import error_record, prepare, result_record
 from .ordering import prefix_order
@@ -42,6 +44,8 @@ class JobConfig:
     """SamplingParams fields for bodies that do not set them (e.g. max_tokens)."""
     served_model_names: tuple[str, ...] = ()
     """Names a line's `model` may give (the server's rule); empty: the model's own name."""
+    tool_call_parser: str = DEFAULT_TOOL_PARSER
+    """How `tool_choice: auto` finds calls in the output (the model family's format)."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256
@@ -109,8 +113,10 @@ def admit(
             try:
                 backend.add(nxt)
             except Exception as err:  # this line alone fails (a ValueError says why; anything else is a bug)
-                message = str(err) if isinstance(err, ValueError) else f"the request could not be added: {err!r}"
-                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {message}"), None)
+                bad = err if isinstance(err, ValueError) else ValueError(f"the request could not be added: {err!r}")
+                api = engine_error(bad, "messages" if nxt.url == CHAT_URL else "prompt")
+                emit(BadLine(nxt.seq, nxt.line_no, nxt.custom_id, f"line {nxt.line_no}: {api.message}", api.param),
+                     None)
         else:
             emit(nxt, None)
         pending.popleft()

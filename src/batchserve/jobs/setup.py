@@ -49,6 +49,7 @@ class RunSetup:
     dtype: str = "auto"
     device: str | None = None
     kv_cache_memory: str | None = None
+    quantization: str | None = None
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -58,11 +59,14 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "scheduler": self.scheduler, "max_num_batched_tokens": self.max_num_batched_tokens,
+                "quantization": self.quantization, "scheduler": self.scheduler, "max_num_batched_tokens": self.max_num_batched_tokens,
                 "max_num_seqs": self.max_num_seqs, "block_size": self.block_size}
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
         """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
+        if self.quantization is not None:
+            raise ValueError(f"the estimate does not model --quantization {self.quantization} yet (the cost model's "
+                             "int8 is W8A8 on tensor cores, not CPU weight-only int8); estimate without it")
         shape = shape or model_shape(self.model)
         name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
         if name not in _DTYPE_BYTES:

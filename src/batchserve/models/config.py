@@ -1,4 +1,4 @@
-"""What the torch engine supports of a model description, and its config.json reader.
+"""What the torch engine supports of a model description (from config.json or GGUF), and its config.json reader.
 
 The shared reader (batchserve.model_config) says what a config.json means;
 this module refuses what the torch model code cannot run, with a message
@@ -30,8 +30,13 @@ def load_model_config(config: Mapping[str, Any], generation_config: Mapping[str,
     """Read config.json (and generation_config.json) for the torch engine; ModelLoadError if it cannot run it."""
     if isinstance(config, Mapping):  # the reader names any other type
         _check_architecture(architecture_of(config))  # before any field: other families lack Llama's names
-    model = from_hf_config(config, name, generation_config)
-    where = f"config.json ({model.architecture})"
+    return check_model_config(from_hf_config(config, name, generation_config), "config.json")
+
+
+def check_model_config(model: ModelConfig, source: str) -> ModelConfig:
+    """`model` if the torch engine runs it, else ModelLoadError naming `source` and what is unsupported."""
+    _check_architecture(model.architecture)
+    where = f"{source} ({model.architecture})"
     if model.hidden_act != "silu":
         raise ModelLoadError(f"{where}: hidden_act {model.hidden_act!r} is not supported (only 'silu')")
     if model.dtype not in SUPPORTED_DTYPES:

@@ -1,7 +1,7 @@
-"""load_model: a local Hugging Face checkpoint directory (or "tiny") to a ready CausalLM.
+"""load_model: a local Hugging Face checkpoint directory, a GGUF file (or "tiny") to a ready CausalLM.
 
-Only safetensors are read: they load without executing pickled code and can
-be read tensor by tensor, so a sharded checkpoint never sits in memory twice.
+Only safetensors and GGUF are read: they load without executing pickled code
+and can be read tensor by tensor, so a checkpoint never sits in memory twice.
 There is no hub download here; pass a directory that holds the files.
 """
 
@@ -14,10 +14,14 @@ from typing import Any, Iterator
 
 import torch
 
+from ..config import QUANTIZATION_METHODS
+from ..gguf_file import is_gguf, open_gguf
 from ..model_config import ModelConfig
-from .config import SUPPORTED_DTYPES, ModelLoadError, load_model_config
+from .config import SUPPORTED_DTYPES, ModelLoadError, check_model_config, load_model_config
+from .gguf_weights import gguf_tensors
 from .linear import prepack_supported
 from .llama import CausalLM
+from .quantization import quantize_linears
 from .tiny import build_tiny, tiny_config
 
 TINY = "tiny"
@@ -25,15 +29,22 @@ _INDEX = "model.safetensors.index.json"
 
 
 def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               prepack: bool = True) -> tuple[CausalLM, ModelConfig, Path | None]:
-    """(model in eval mode without grad, its config, its directory or None for tiny).
+               prepack: bool = True, quantization: str | None = None) -> tuple[CausalLM, ModelConfig, Path | None]:
+    """(model in eval mode without grad, its config, its directory or GGUF file, or None for tiny).
 
     prepack: on CPU, pack the projection weights for oneDNN where this build
     supports it (models/linear.py); False keeps torch's default linear.
+    quantization: "int8" quantizes the decoder layers' projections at load
+    (models/quantization.py); the embeddings and LM head stay in `dtype`.
     """
+    if quantization is not None and quantization not in QUANTIZATION_METHODS:
+        raise ModelLoadError(f"quantization {quantization!r} is not supported; use None or one of "
+                             f"{', '.join(QUANTIZATION_METHODS)}")
     net, config, path = _build(model, dtype, device)
+    if quantization == "int8":
+        quantize_linears(net.model)
     if prepack and prepack_supported(net.dtype, net.device):
-        net.prepack_weights()
+        net.prepack_weights()  # what quantization left as nn.Linear: the LM head
     return net, config, path
 
 
@@ -42,12 +53,14 @@ def _build(model: str | os.PathLike, dtype: str | torch.dtype,
     if str(model) == TINY:
         config = tiny_config()
         return build_tiny(resolve_dtype(dtype, config), device), config, None
+    if is_gguf(model):
+        return _build_gguf(Path(model).expanduser(), dtype, device)
     path = Path(model).expanduser()
     if not path.is_dir():
         hint = (f" Hub names are not downloaded here: fetch it first, e.g. `huggingface-cli download {model} "
                 f"--local-dir DIR`, and pass DIR." if str(model).count("/") == 1 and not path.is_absolute() else "")
         raise ModelLoadError(f"model {str(model)!r}: no such directory; pass a local Hugging Face checkpoint "
-                             f"directory (config.json + *.safetensors) or {TINY!r}.{hint}")
+                             f"directory (config.json + *.safetensors), a .gguf file or {TINY!r}.{hint}")
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"model directory {path} has no config.json")
     generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else None
@@ -55,6 +68,16 @@ def _build(model: str | os.PathLike, dtype: str | torch.dtype,
     shards = safetensors_files(path)
     net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
     net.load_weights(_read_tensors(shards))
+    return net.eval().requires_grad_(False), config, path
+
+
+def _build_gguf(path: Path, dtype: str | torch.dtype,
+                device: str | torch.device) -> tuple[CausalLM, ModelConfig, Path]:
+    """Config from the file's metadata, weights dequantized from its tensors (quantized files load as float32)."""
+    file = open_gguf(path)
+    config = check_model_config(file.model_config(), str(path))
+    net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
+    net.load_weights(gguf_tensors(file, config.num_attention_heads, config.num_kv_heads, net.dtype))
     return net.eval().requires_grad_(False), config, path
 
 
@@ -90,12 +113,15 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def _read_tensors(shards: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     for shard in shards:
-        with safe_open(shard, framework="pt", device="cpu") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        try:
+            with safe_open(shard, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except SafetensorError as e:  # a truncated or corrupt file; not a ValueError, so name it here
+            raise ModelLoadError(f"{shard} cannot be read (truncated or corrupt?): {e}") from None
 
 
 def _read_json(path: Path) -> Any:

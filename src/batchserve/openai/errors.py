@@ -14,11 +14,10 @@ _FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 UNSUPPORTED_FIELDS = {
-    "tools": "tool calling is not supported yet",
-    "tool_choice": "tool calling is not supported yet",
-    "functions": "function calling is not supported",
-    "function_call": "function calling is not supported",
-    "response_format": "structured output is not supported yet",
+    "tools": "tools need /v1/chat/completions",
+    "tool_choice": "tools need /v1/chat/completions",
+    "functions": "the deprecated functions field is not supported; send tools",
+    "function_call": "the deprecated function_call field is not supported; send tool_choice",
     "suffix": "suffix (insertion) is not supported",
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",
@@ -45,6 +44,18 @@ def sampling_error(err: ValueError) -> APIError:
     """A 400 for a SamplingParams or engine ValueError; its messages start with the offending field's name."""
     first = str(err).split(" ", 1)[0]
     return APIError(400, str(err), param=first if first in _SAMPLING_FIELDS else None)
+
+
+_REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to a client
+
+
+def engine_error(err: ValueError, prompt_field: str) -> APIError:
+    """A 400 for a ValueError the engine raised adding a request: about the sampling field its first words
+    name (`temperature must be ...`, `invalid structured_outputs.json: ...`), else about the prompt."""
+    message = _REQUEST_PREFIX.sub("", str(err))
+    words = re.findall(r"[a-z_]+", message)[:2]
+    named = words[1] if words[:1] == ["invalid"] and len(words) > 1 else words[0] if words else None
+    return APIError(400, message, param=named if named in _SAMPLING_FIELDS else prompt_field)
 
 
 def validation_error(errors: Sequence[Any]) -> APIError:

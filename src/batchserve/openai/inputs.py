@@ -11,10 +11,11 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..request import SamplingParams
+from ..request import SamplingParams, StructuredOutputsParams
 from ..tokenizer import Tokenizer, chat_prompt_ids
 from .errors import APIError, sampling_error
 from .protocol import DEFAULT_COMPLETION_MAX_TOKENS, AnyRequest, ChatCompletionRequest, ChatMessage, CompletionRequest
+from .structured import DEFAULT_TOOL_PARSER, ToolCalling, output_constraint, template_tools, tool_calling
 
 _PASSED_THROUGH = ("n", "temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "seed", "include_stop_str_in_output", "ignore_eos", "min_tokens",
@@ -36,6 +37,13 @@ class ServingContext:
     default_max_tokens: int | None = None
     """max_tokens for a body that gives none; None: OpenAI's (16 for completions, the rest of the context
     for chat)."""
+    max_new_tokens: int | None = None
+    """The checkpoint's generation_config `max_new_tokens`: it caps a chat request's default (vLLM's rule)."""
+    tool_parser: str = DEFAULT_TOOL_PARSER
+    """How `tool_choice: auto` finds calls in the output (`--tool-call-parser`)."""
+    compact_json: bool = True
+    """JSON constraints allow no whitespace between tokens (vLLM's `disable_any_whitespace`): valid JSON all
+    the same, and a small model cannot spend its tokens on indentation and blank lines."""
 
 
 @dataclass
@@ -53,6 +61,7 @@ class ResponseSpec:
     echo: list[str] | None = None
     """Per prompt, text the response starts with (completions' prompt, chat's continued message)."""
     prompt_logprobs: bool = False
+    tool_calling: ToolCalling | None = None
 
 
 @dataclass
@@ -64,7 +73,9 @@ class EngineInputs:
 
 def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     """Check and convert a parsed body; raises `APIError` saying what is wrong."""
-    model = _model_name(req, ctx)
+    model = resolve_model_name(req.model, ctx)
+    tools = tool_calling(req, ctx.tool_parser)
+    constraint = output_constraint(req, tools)
     if isinstance(req, ChatCompletionRequest):
         prompts, echo = _chat_prompt(req, ctx)
     else:
@@ -72,25 +83,34 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
     if req.truncate_prompt_tokens is not None:
         prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
     params = _sampling_params(req, ctx, max(map(len, prompts)))
+    if constraint is not None:
+        try:
+            if ctx.compact_json and ("json" in constraint or "json_object" in constraint):
+                constraint = {**constraint, "disable_any_whitespace": True}
+            params = replace(params, structured_outputs=StructuredOutputsParams(**constraint))
+        except ValueError as err:
+            raise APIError(400, str(err), param="structured_outputs") from None
     spec = ResponseSpec(
         chat=isinstance(req, ChatCompletionRequest), model=model, n=req.n, num_logprobs=req.num_logprobs,
         stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
         include_usage=req.include_usage, continuous_usage=req.continuous_usage, echo=echo,
-        prompt_logprobs=req.prompt_logprobs is not None,
+        prompt_logprobs=req.prompt_logprobs is not None, tool_calling=tools,
     )
     if isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
         params = replace(params, prompt_logprobs=params.prompt_logprobs or req.logprobs)
     return EngineInputs(prompts, params, spec)
 
 
-def _model_name(req: AnyRequest, ctx: ServingContext) -> str:
-    if req.model is None:
+def resolve_model_name(requested: str | None, ctx: ServingContext) -> str:
+    """The name a response carries: the one requested if served (an alias included), else the first; 404 for
+    a name this server does not serve."""
+    if requested is None:
         return ctx.model_names[0]
-    if req.model not in ctx.model_names:
+    if requested not in ctx.model_names:
         names = ", ".join(map(repr, ctx.model_names))
-        raise APIError(404, f"the model {req.model!r} does not exist; this server serves {names}", param="model",
+        raise APIError(404, f"the model {requested!r} does not exist; this server serves {names}", param="model",
                        code="model_not_found")
-    return req.model
+    return requested
 
 
 def _tokenizer(ctx: ServingContext, param: str) -> Tokenizer:
@@ -123,16 +143,23 @@ def _chat_prompt(req: ChatCompletionRequest, ctx: ServingContext) -> tuple[list[
     kwargs = dict(req.chat_template_kwargs or {})
     if req.reasoning_effort is not None:
         kwargs.setdefault("reasoning_effort", req.reasoning_effort)
-    try:
-        ids = chat_prompt_ids(tok, messages, add_generation_prompt=req.add_generation_prompt,
-                              continue_final_message=req.continue_final_message,
-                              add_special_tokens=req.add_special_tokens, **kwargs)
-    except Exception as err:  # a template's raise_exception (e.g. roles must alternate), or a jinja error
-        raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
-                       param="messages") from None
+    if req.tools:
+        kwargs["tools"] = template_tools(req)
+    ids = render_chat(tok, messages, add_generation_prompt=req.add_generation_prompt,
+                      continue_final_message=req.continue_final_message, add_special_tokens=req.add_special_tokens,
+                      **kwargs)
     last = req.messages[-1]
     echo = [last.text()] if req.echo and last.role == "assistant" else None
     return [ids], echo
+
+
+def render_chat(tokenizer: Tokenizer, messages: list[dict[str, Any]], **options: Any) -> list[int]:
+    """`chat_prompt_ids` with a template's failure (its raise_exception, a jinja error) as a 400."""
+    try:
+        return chat_prompt_ids(tokenizer, messages, **options)
+    except Exception as err:
+        raise APIError(400, f"messages cannot be rendered with the model's chat template: {err}",
+                       param="messages") from None
 
 
 def template_message(m: ChatMessage) -> dict[str, Any]:
@@ -182,7 +209,7 @@ def _max_tokens(req: AnyRequest, ctx: ServingContext, prompt_len: int) -> int:
     if prompt_len >= ctx.max_model_len:
         raise APIError(400, f"the prompt is {prompt_len} tokens, longer than the model's context of "
                             f"{ctx.max_model_len} tokens", param="messages")
-    return ctx.max_model_len - prompt_len
+    return min(ctx.max_model_len - prompt_len, ctx.max_new_tokens or ctx.max_model_len)
 
 
 def _sampling_params(req: AnyRequest, ctx: ServingContext, prompt_len: int) -> SamplingParams:

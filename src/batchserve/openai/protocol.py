@@ -27,7 +27,7 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 MAX_N = 128
 MAX_LOGPROBS = 20
 MAX_PROMPTS = 256
-IGNORED_FIELDS = ("store", "metadata", "service_tier", "user", "parallel_tool_calls", "modalities")
+IGNORED_FIELDS = ("store", "metadata", "service_tier", "user", "modalities")
 """Accepted and ignored: they do not change what is generated (as in vLLM)."""
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -42,6 +42,39 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
     continuous_usage_stats: StrictBool = False
     """vLLM's: usage in every chunk, not only the last."""
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[StrictStr, Field(max_length=64)] = "response"
+    description: StrictStr | None = None
+    schema_: dict[StrictStr, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON that fits a schema."""
+
+    model_config = _STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_for_json_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("type json_schema needs json_schema.schema")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs`: exactly one constraint on the output's language."""
+
+    model_config = _STRICT
+    json_: dict[StrictStr, Any] | StrictStr | None = Field(None, alias="json")
+    regex: StrictStr | None = None
+    choice: Annotated[list[StrictStr], Field(min_length=1)] | None = None
+    grammar: StrictStr | None = None
+    json_object: StrictBool | None = None
 
 
 class _SamplingRequest(BaseModel):
@@ -71,6 +104,12 @@ class _SamplingRequest(BaseModel):
     echo: StrictBool = False
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[StrictStr, Any] | StrictStr | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: Annotated[list[StrictStr], Field(min_length=1)] | None = None
+    guided_grammar: StrictStr | None = None
     priority: StrictInt = Field(0, ge=-(2**31), le=2**31 - 1, description="lower runs first, with --policy priority")
     ttft_slo: Number | None = Field(None, gt=0, le=86400, description="seconds to first token, for --policy edf")
 
@@ -183,6 +222,31 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "\n".join(p.text or "" for p in self.content)
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict[StrictStr, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = _STRICT
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions: a conversation, rendered with the model's chat template."""
 
@@ -197,6 +261,10 @@ class ChatCompletionRequest(_SamplingRequest):
     chat_template_kwargs: dict[StrictStr, Any] | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     """Passed to the chat template (reasoning models' templates read it); others ignore it."""
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    """False: at most one call (`required` constrains the list to one; `auto` keeps the first)."""
 
     @field_validator("top_logprobs")
     @classmethod

@@ -10,6 +10,7 @@ body gets the same choices from both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -43,10 +44,13 @@ class _Choice:
     text_offset: int = 0
     done: bool = False
 
-    def advance(self, c: CompletionOutput, streaming: bool) -> tuple[str, range]:
-        """New text (minus a possible stop-string start while streaming) and the range of new token indices."""
+    def advance(self, c: CompletionOutput, streaming: bool, hold_all: bool = False) -> tuple[str, range]:
+        """New text (minus a possible stop-string start while streaming; all of it while `hold_all` and
+        unfinished: tool calls are parsed from the whole text) and the range of new token indices."""
         end = len(c.text)
-        if streaming and c.finish_reason is None and self.hold is not None:
+        if streaming and c.finish_reason is None and hold_all:
+            end = self.sent_text
+        elif streaming and c.finish_reason is None and self.hold is not None:
             end -= self.hold.hold_back(c.text)
         delta = c.text[self.sent_text:end] if end > self.sent_text else ""
         self.sent_text = max(self.sent_text, end)
@@ -54,6 +58,11 @@ class _Choice:
         self.sent_tokens = len(c.token_ids)
         delta, self.echo = self.echo + delta, ""
         return delta, new
+
+
+def _call_id(response_id: str, choice: int, call: int) -> str:
+    """A tool call id that is a function of the response: a resumed batch job writes the same ids."""
+    return "call_" + hashlib.sha256(f"{response_id}:{choice}:{call}".encode()).hexdigest()[:24]
 
 
 def _top(entry: dict[int, Logprob], token: int, k: int) -> tuple[float, list[tuple[str, float]]]:
@@ -183,7 +192,7 @@ class ResponseBuilder:
             if choice.done:
                 continue
             first = choice.sent_tokens == 0 and choice.sent_text == 0
-            text, new = choice.advance(c, self.streaming)
+            text, new = choice.advance(c, self.streaming, hold_all=self.spec.tool_calling is not None)
             choice.done = c.finish_reason is not None
             if self.streaming and not (text or new or choice.done):
                 continue
@@ -192,10 +201,27 @@ class ResponseBuilder:
                 prompt = self._echoed_prompt_logprobs(out) if first else []
                 lps = self.fmt.logprobs(c, new, self.spec.num_logprobs, choice, prompt)
             body = self.fmt.choice(choice.index, text, lps, c, self.streaming)
+            if self.spec.tool_calling is not None and choice.done:
+                self._add_tool_calls(body, text, choice.index)
             if not self.spec.chat and self.spec.prompt_logprobs and choice.done:
                 body["prompt_logprobs"] = prompt_logprobs_json(out)
             result.append(body)
         return result
+
+    def _add_tool_calls(self, body: dict[str, Any], text: str, index: int) -> None:
+        """Split a finished choice's text into content and `tool_calls` (ids derived from the response's id)."""
+        parsed = self.spec.tool_calling.extract(text)
+        if not parsed.calls:
+            return
+        message = body["delta" if self.streaming else "message"]
+        message["content"] = parsed.content
+        message["tool_calls"] = [
+            {**({"index": k} if self.streaming else {}), "id": _call_id(self.id, index, k), "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+            for k, (name, arguments) in enumerate(parsed.calls)
+        ]
+        if body["finish_reason"] == "stop" and self.spec.tool_calling.mode != "named":
+            body["finish_reason"] = "tool_calls"  # OpenAI keeps "stop" when the request named the function
 
     def _echoed_prompt_logprobs(self, out: RequestOutput) -> list[tuple[int, dict[int, Logprob] | None]]:
         if self.spec.chat or not self.spec.echo or out.prompt_logprobs is None:

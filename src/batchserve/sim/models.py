@@ -18,6 +18,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from ..gguf_file import is_gguf, open_gguf
 from ..model_config import ModelConfig, from_hf_config
 from .hardware import CatalogError
 
@@ -164,8 +165,10 @@ def _catalog_key(name: str) -> str:
 
 
 def get_model(name_or_path: str) -> ModelConfig:
-    """Resolve a catalog key or HF id (case-insensitive), a config.json path, or a directory holding one."""
+    """Resolve a catalog key or HF id (case-insensitive), a config.json path or its directory, or a GGUF file."""
     text = str(name_or_path).strip()
+    if is_gguf(text):
+        return open_gguf(text).model_config()
     if os.path.isfile(os.path.join(text, "config.json")):
         return load_model_file(os.path.join(text, "config.json"))
     if text.lower().endswith(".json") or os.path.isfile(text):

@@ -44,9 +44,9 @@ class SimScheduler(Scheduler):
     def _requests_to_schedule(self) -> Iterable[Request]:
         return self._explicit
 
-    def _append_token(self, req: Request, token: int) -> bool:
+    def _append_token(self, req: Request, token: int, complete: bool = False) -> bool:
         """A request that sampled a token and goes on decoding joins the cohort."""
-        if super()._append_token(req, token):
+        if super()._append_token(req, token, complete):
             return True
         del self._explicit[req]
         self.cohort.join(req)

@@ -8,7 +8,6 @@ Every failure a client can cause becomes a 4xx with OpenAI's error body
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,17 +17,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ... import __version__
 from ...engine.llm_engine import LLMEngine
 from ...openai import (
     AnyRequest, APIError, ChatCompletionRequest, CompletionRequest, EngineInputs, ResponseBuilder, ServingContext,
-    engine_inputs, new_id, response_body, sampling_error, sse_event, sse_stream, validation_error,
+    engine_error, engine_inputs, new_id, resolve_model_name, response_body, sse_event, sse_stream, validation_error,
 )
+from ...openai.structured import DEFAULT_TOOL_PARSER
 from ...outputs import RequestOutput
 from .engine_thread import AsyncEngine, EngineDead, Overloaded, RequestStream
+from .limits import DEFAULT_MAX_REQUEST_BYTES
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .middleware import APIKeyMiddleware, RequestSizeLimitMiddleware
+from .tokenize_api import DetokenizeRequest, Tokenization, TokenizeRequest
 
 RETRY_AFTER_S = 1
-_REQUEST_PREFIX = re.compile(r"^request \S+: ")  # the engine's internal request id means nothing to the client
 
 
 async def _watch_disconnect(raw: Request, stream: RequestStream) -> None:
@@ -55,12 +58,14 @@ def _error_response(err: APIError) -> JSONResponse:
 class OpenAIServer:
     """The routes' logic over one `AsyncEngine`, served under one or more model names."""
 
-    def __init__(self, engine: AsyncEngine, model_names: Sequence[str]) -> None:
+    def __init__(self, engine: AsyncEngine, model_names: Sequence[str], tool_call_parser: str) -> None:
         self.engine = engine
         llm = engine.engine
         self.context = ServingContext(
             model_names=tuple(model_names), tokenizer=llm.tokenizer, max_model_len=llm.model_config.max_model_len,
             vocab_size=llm.model_config.vocab_size, defaults=llm.default_sampling_params,
+            tool_parser=tool_call_parser,
+            max_new_tokens=llm.default_max_tokens,
         )
         self.created = int(time.time())
 
@@ -121,24 +126,27 @@ def _add_error(err: BaseException, prompt_field: str, index: int, num_prompts: i
     if isinstance(err, EngineDead):
         return APIError(503, str(err), type="server_error")
     if isinstance(err, ValueError):
-        api = sampling_error(ValueError(_REQUEST_PREFIX.sub("", str(err))))
-        api.param = api.param or prompt_field
+        api = engine_error(err, prompt_field)
         if num_prompts > 1:
             api.message = f"prompt {index}: {api.message}"
         return api
     return err
 
 
-def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int | None = None) -> FastAPI:
+def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int | None = None, *,
+              api_key: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+              tool_call_parser: str = DEFAULT_TOOL_PARSER) -> FastAPI:
     """The FastAPI app over `llm`; its lifespan starts and stops the engine thread (`app.state.engine`).
 
     `model_name` may be several names (aliases); the first is the one metrics and responses use by default.
+    With `api_key`, every route but the probes (`middleware.OPEN_PATHS`) needs it as a bearer token; bodies
+    over `max_request_bytes` get 413 before they are parsed.
     """
     names = [model_name] if isinstance(model_name, str) else list(model_name)
     engine = AsyncEngine(llm, max_waiting=max_waiting)
     metrics = ServerMetrics(names[0], engine)
     engine.on_step = metrics.observe
-    server = OpenAIServer(engine, names)
+    server = OpenAIServer(engine, names, tool_call_parser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -150,6 +158,10 @@ def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int 
 
     app = FastAPI(title="batchserve", lifespan=lifespan)
     app.state.engine = engine
+    app.add_middleware(RequestSizeLimitMiddleware, max_bytes=max_request_bytes)
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)  # added last, so it runs first
+    tokenization = Tokenization(server.context)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, err: APIError) -> JSONResponse:
@@ -168,9 +180,32 @@ def build_app(llm: LLMEngine, model_name: str | Sequence[str], max_waiting: int 
     async def health() -> Response:
         return Response(status_code=200 if engine.alive else 503)
 
+    @app.get("/ping")
+    @app.post("/ping")
+    async def ping() -> Response:
+        """vLLM's (and SageMaker's) liveness probe: /health by another name."""
+        return await health()
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": __version__}
+
     @app.get("/v1/models")
     async def models() -> dict:
         return server.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_card(model_id: str) -> dict:
+        cards = {card["id"]: card for card in server.models()["data"]}
+        return cards[resolve_model_name(model_id, server.context)]
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> dict:
+        return await tokenization.tokenize(req)
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> dict:
+        return await tokenization.detokenize(req)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
