@@ -200,7 +200,8 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         "Output tokens p10-p90:": f"{estimate.output_tokens_range[0]:.0f} - {estimate.output_tokens_range[1]:.0f}",
         "Weight dtype:": info["weight_dtype"],
         "GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"]),
-        "Step time scale (measured):": f"{info['time_scale']:.3g}",
+        "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
+        if info["steps_measured"] else "1 (the profile's costs as they are)",
     }
     if "sample" in info:
         rows["Sample run (requests, s):"] = f"{info['sample']['num_requests']}, {info['sample']['wall_s']:.2f}"

@@ -238,7 +238,9 @@ def estimate_job(
         "num_kv_blocks": sim.cache.num_blocks, "predicted_wall_s": median.wall_s,
         "predicted_wall_s_p10": p10, "predicted_wall_s_p90": p90,
         "output_tokens_p10": t10, "output_tokens_p90": t90, "num_draws": len(draws),
-        "time_scale": evidence.efficiency.time_scale, "loop_overhead_s_per_request": evidence.overhead_s,
+        "time_scale": evidence.efficiency.time_scale,
+        "steps_measured": sum(len(m.steps[est.warmup_steps:]) for m in steps_from),
+        "loop_overhead_s_per_request": evidence.overhead_s,
         "assumes": _assumption(evidence, est),
     }
     if sampled is not None:
