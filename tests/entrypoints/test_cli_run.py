@@ -131,6 +131,9 @@ def test_estimate_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "no requests to estimate" in one_line_error(capsys)
     assert main(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--sample", "1", *ENGINE]) == 2
     assert "only used with --estimate" in one_line_error(capsys)
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--estimate", "cpu-local", "--sample", "1",
+                 "--preserve-order", *ENGINE]) == 2
+    assert "out of input order" in one_line_error(capsys)
 
     run_json = tmp_path / "run.json"
     assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--json", str(run_json), *ENGINE]) == 0

@@ -114,6 +114,8 @@ def _check(args: argparse.Namespace, est: EstimateConfig) -> None:
                 raise ValueError(f"{flag} is only used with --estimate HARDWARE")
     if (args.and_run or not args.estimate) and not args.output:
         raise ValueError("give -o/--output for the results (or --estimate HARDWARE to only predict)")
+    if est.sample and args.output and args.preserve_order:
+        raise ValueError("--sample writes its results to -o first, out of input order; drop --preserve-order or -o")
     if est.sample and (args.replicas > 1 or args.ray_address):
         raise ValueError("--sample runs on this machine's engine; estimate with --replicas 1, then scale the run out")
 
