@@ -14,7 +14,6 @@ from typing import Any
 from ..config import CacheConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..model_config import ModelConfig, kv_bytes_per_block
-from ..sim.cost_model import Efficiency
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
 from ..sim.simulate import ClusterConfig, SimSetup, resolve
@@ -59,8 +58,9 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "quantization": self.quantization, "scheduler": self.scheduler, "max_num_batched_tokens": self.max_num_batched_tokens,
-                "max_num_seqs": self.max_num_seqs, "block_size": self.block_size}
+                "quantization": self.quantization, "scheduler": self.scheduler,
+                "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
+                "block_size": self.block_size}
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
         """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
@@ -80,17 +80,17 @@ class RunSetup:
         if self.kv_cache_memory is None and device != "cpu":
             return None
         per_block = int(kv_bytes_per_block(shape, self.block_size, _DTYPE_BYTES[self.weight_dtype(shape)]))
-        return num_kv_blocks(self.kv_cache_memory, 0.9, per_block, None)
+        # the engine's rule with no GPU memory to share (its gpu_memory_utilization then plays no part)
+        return num_kv_blocks(self.kv_cache_memory, gpu_memory_utilization=1.0, bytes_per_block=per_block,
+                             gpu_memory=None)
 
-    def sim_setup(self, hardware: str, efficiency: Efficiency | None = None) -> SimSetup:
-        """The simulated twin on `hardware`: same model shape, dtype, scheduler, KV blocks and replicas.
-
-        `efficiency`: the cost model's factors (e.g. with a measured time scale); None takes the hardware's.
-        """
+    def sim_setup(self, hardware: str) -> SimSetup:
+        """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
+        KV blocks and replicas."""
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, efficiency, model=shape)
+        return resolve(cluster, sched, cache, model=shape)
