@@ -50,8 +50,8 @@ class SimBackend:
                     arrival_time=self._last_arrival)
             for k in range(n)
         ]
-        for child in children:
-            self.engine.scheduler.check_request(child)
+        # what the engine accepts depends on max_tokens, not on the length this completion is given
+        self.engine.scheduler.check_request(Request(req.custom_id, req.prompt_token_ids, replace(params, n=1)))
         for child in children:
             self._parent[child] = req.custom_id
         for child in self.siblings.admit(children):
