@@ -131,3 +131,10 @@ def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within
     assert etas[-1].seconds_left(1e9) == 0.0
     run("starved.jsonl", False, eta_max_overhead=1e-9)
     assert calls == [11]  # re-simulating may not cost more than its share of the run: it counts down instead
+
+
+def test_a_request_the_engine_refuses_fails_in_the_twin_whatever_length_it_draws(tmp_path):
+    """351 prompt tokens + max_tokens 64 exceed the 400-token cache, though a drawn length of ~20 would fit."""
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(8) + [completion("big", "x" * 350, max_tokens=64)])
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=4), make_backend=backend)
+    assert (est.summary.num_ok, est.summary.num_failed) == (8, 1)
