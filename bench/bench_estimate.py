@@ -83,13 +83,17 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     upper = estimate_job(str(inp), None, setup, profile, config)
     backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
     est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k), make_backend=lambda: backend)
+    sampled = tmp / f"{name}-sample.json"
+    sampled.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
+    lengths_only = estimate_job(str(inp), None, setup, profile, config, EstimateConfig(fit_step_costs=False),
+                                profile_from=str(sampled))
     rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
     actual = rest.wall_s + est.info["sample"]["wall_s"]
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lo, hi = est.wall_s_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
             "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
-            "error": est.summary.wall_s / actual - 1, "est_tokens": est.summary.output_tokens, "tokens": tokens,
+            "error": est.summary.wall_s / actual - 1, "lengths_only_s": lengths_only.summary.wall_s, "est_tokens": est.summary.output_tokens, "tokens": tokens,
             "time_scale": est.info["time_scale"]}
 
 
@@ -123,7 +127,8 @@ def main() -> None:
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
-                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; no-sample upper bound "
+                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; unscaled step costs "
+                      f"{r['lengths_only_s']:6.2f} s; no-sample upper bound "
                       f"{r['upper_bound_s']:6.2f} s; output tokens est {r['est_tokens']} / real {r['tokens']}; "
                       f"time scale {r['time_scale']:.2f}", flush=True)
 

@@ -98,6 +98,14 @@ def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
     sim = SETUP.sim_setup(here)
     assert est.info["time_scale"] == pytest.approx(time_scale(sim.deployment, sim.efficiency, steps, skip=1))
     assert est.info["time_scale"] != 1.0 and est.info["loop_overhead_s_per_request"] > 0
+    record = tmp_path / "sample.json"
+    record.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
+    reused = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(warmup_steps=1),
+                          profile_from=str(record))
+    assert reused.info["time_scale"] == pytest.approx(est.info["time_scale"])
+    lengths_only = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(fit_step_costs=False),
+                                profile_from=str(record))
+    assert lengths_only.info["time_scale"] == 1.0 and "learned from 6 completions" in lengths_only.info["assumes"]
     elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=6),
                              make_backend=backend)
     assert elsewhere.info["time_scale"] == 1.0  # a sample here says nothing of an H100's step costs

@@ -52,6 +52,8 @@ class EstimateConfig:
     """A bucket with fewer observed completions uses all buckets' lengths pooled."""
     num_draws: int = 10
     """Simulations of the job under bootstrap draws of the length model; the range is their p10-p90."""
+    fit_step_costs: bool = True
+    """Scale the profile's step costs to steps measured on its device (False: learn output lengths only)."""
     warmup_steps: int = 2
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
     eta_every: int = 16
@@ -215,7 +217,7 @@ def estimate_job(
         sampled, known = run_sample(chosen, make_backend(), output_path, config,
                                     job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
-    steps_from = [m for m in records if (m.device, m.dtype) == (target, dtype)]
+    steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
     evidence = Evidence.of(sim, records, steps_from, job, est)
     if evidence.lengths is None:
         draws = [evidence.simulate(job.entries, sim, config, router, None)]
