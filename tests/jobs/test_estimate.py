@@ -15,7 +15,7 @@ from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job
 from batchserve.jobs.eta import LiveEta
-from batchserve.jobs.measurements import time_scale
+from batchserve.jobs.measurements import fit_step_costs
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.sim.hardware import get_hardware
@@ -96,7 +96,9 @@ def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
                        make_backend=backend)
     steps = est.measurements.steps
     sim = SETUP.sim_setup(here)
-    assert est.info["time_scale"] == pytest.approx(time_scale(sim.deployment, sim.efficiency, steps, skip=1))
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, steps[1:])
+    assert est.info["time_scale"] == pytest.approx(fitted.time_scale)
+    assert est.info["sequence_overhead_s"] == pytest.approx(fitted.sequence_overhead_s)
     assert est.info["time_scale"] != 1.0 and est.info["loop_overhead_s_per_request"] > 0
     record = tmp_path / "sample.json"
     record.write_text(json.dumps({"measurements": est.measurements.to_dict()}))

@@ -29,7 +29,7 @@ from ..sim.simulate import SimSetup
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
 from .lengths import LengthDistribution, LengthModel
-from .measurements import Measurements, device_label, time_scale
+from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
 from .setup import RunSetup, model_shape
@@ -117,7 +117,7 @@ class Evidence:
         efficiency, overhead = sim.efficiency, 0.0
         if steps_from:
             steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
-            efficiency = replace(efficiency, time_scale=time_scale(sim.deployment, efficiency, steps, skip=0))
+            efficiency = fit_step_costs(sim.deployment, efficiency, steps)
             overhead = reduce(Measurements.merged, steps_from).loop_overhead_s
         return cls(model, efficiency, overhead)
 
@@ -241,6 +241,7 @@ def estimate_job(
         "predicted_wall_s_p10": p10, "predicted_wall_s_p90": p90,
         "output_tokens_p10": t10, "output_tokens_p90": t90, "num_draws": len(draws),
         "time_scale": evidence.efficiency.time_scale,
+        "sequence_overhead_s": evidence.efficiency.sequence_overhead_s,
         "steps_measured": sum(len(m.steps[est.warmup_steps:]) for m in steps_from),
         "loop_overhead_s_per_request": evidence.overhead_s,
         "assumes": _assumption(evidence, est),

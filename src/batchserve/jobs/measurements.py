@@ -85,13 +85,23 @@ class Measurements:
                              f"{device!r} in {dtype}: profile the job on that device and dtype")
 
 
-def time_scale(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation], skip: int) -> float:
-    """Measured over predicted time of the steps after the first `skip` (warm-up); 1.0 with none left."""
-    kept = list(steps[skip:])
-    if not kept:
-        return 1.0
-    predicted = float(np.sum(predict(deployment, replace(efficiency, time_scale=1.0), kept)))
-    return sum(o.seconds for o in kept) / predicted if predicted > 0 else 1.0
+def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation]) -> Efficiency:
+    """The profile's efficiency with a time scale and an added cost per sampled sequence fitted (least squares,
+    both >= 0) to measured steps: the machine's state now, and per-request sampler work (seeded generators,
+    logit biases) that grows with the batch, which a scale alone cannot follow. Unchanged with no steps."""
+    if not steps:
+        return efficiency
+    base = predict(deployment, replace(efficiency, time_scale=1.0), steps)
+    rows = np.array([o.shape.num_sampling for o in steps], dtype=np.float64)
+    measured = np.array([o.seconds for o in steps])
+    scale, per_seq = np.linalg.lstsq(np.column_stack([base, rows]), measured, rcond=None)[0]
+    if scale <= 0 or per_seq < 0:  # a bound is active: the better of the one-term fits
+        only_scale = (measured @ base / (base @ base), 0.0)
+        only_seq = (0.0, measured @ rows / (rows @ rows) if rows.any() else 0.0)
+        scale, per_seq = min(only_scale, only_seq,
+                             key=lambda f: float(np.sum((f[0] * base + f[1] * rows - measured) ** 2)))
+    scale = max(float(scale), 1e-3)  # the cost model's shape stays in play, if faintly
+    return replace(efficiency, time_scale=scale, sequence_overhead_s=efficiency.sequence_overhead_s + per_seq / scale)
 
 
 class StepLog:
