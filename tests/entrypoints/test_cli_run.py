@@ -80,3 +80,94 @@ def test_estimate_computes_an_n_prompt_once_like_the_engine(tmp_path, capsys):
     assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(estimate), "-q"]) == 0
     computed = [json.loads(p.read_text())["summary"]["computed_prompt_tokens"] for p in (real, estimate)]
     assert computed == [200 + 3 * 8, 200 + 3 * 8]
+
+
+def profile(tmp_path: Path, name: str, peak_flops: dict[str, float], here: bool = True) -> str:
+    """A hardware profile JSON; `here`: described as `calibrate` describes this machine's CPU."""
+    import torch
+
+    from batchserve.calibration.device import device_name
+
+    description = f"{device_name(torch.device('cpu'))}, calibrated 2026-01-01" if here else name
+    data = {"name": name, "description": description, "peak_flops": peak_flops, "memory_bandwidth": 10e9,
+            "memory_bytes": 2**34, "interconnect_bandwidth": 1e9, "max_gpus_per_node": 1}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("batchserve run: error: ") and "\n" not in err
+    return err
+
+
+def test_estimate_runs_in_the_dtype_the_run_would_use(tmp_path, capsys):
+    """A float32 run is estimated with fp32 costs: an fp32-only profile (as `calibrate --dtype float32` writes)
+    works, and on a profile with both, fp32's lower peak predicts a longer job than bf16's."""
+    inp = write_jsonl(tmp_path / "in.jsonl", shared_prefix_requests(2, 16, prefix_len=100, max_tokens=8))
+    fp32_only = profile(tmp_path, "fp32-only", {"fp32": 50e9})
+    both = profile(tmp_path, "both", {"fp32": 5e9, "bf16": 500e9})
+
+    def predicted(hardware: str, dtype: str) -> dict:
+        out = tmp_path / f"{Path(hardware).stem}-{dtype}.json"
+        assert main(["run", str(inp), "--estimate", hardware, "--dtype", dtype, "--json", str(out), *ENGINE]) == 0
+        return json.loads(out.read_text())["estimate"]
+
+    assert predicted(fp32_only, "float32")["weight_dtype"] == "fp32"
+    assert predicted(fp32_only, "auto")["weight_dtype"] == "fp32"  # tiny's checkpoint dtype
+    assert predicted(both, "float32")["predicted_wall_s"] > 2 * predicted(both, "bfloat16")["predicted_wall_s"]
+    capsys.readouterr()
+    assert main(["run", str(inp), "--estimate", fp32_only, "--dtype", "bfloat16", *ENGINE]) == 2
+    assert "no bf16" in one_line_error(capsys)
+
+
+def test_estimate_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", [completion("a", "x", max_tokens=2), completion("b", "y", max_tokens=2)])
+    assert main(["run", str(inp), "--estimate", "cpu-local", "--sample", "3", *ENGINE]) == 2
+    assert "--sample 3 exceeds the job's 2 requests" in one_line_error(capsys)
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    assert main(["run", str(empty), "--estimate", "cpu-local", *ENGINE]) == 2
+    assert "no requests to estimate" in one_line_error(capsys)
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--sample", "1", *ENGINE]) == 2
+    assert "only used with --estimate" in one_line_error(capsys)
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "--estimate", "cpu-local", "--sample", "1",
+                 "--preserve-order", *ENGINE]) == 2
+    assert "out of input order" in one_line_error(capsys)
+
+    run_json = tmp_path / "run.json"
+    assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--json", str(run_json), *ENGINE]) == 0
+    capsys.readouterr()
+    assert main(["run", str(inp), "--estimate", "h100-sxm", "--profile-from", str(run_json), *ENGINE]) == 2
+    err = one_line_error(capsys)
+    assert json.loads(run_json.read_text())["measurements"]["device"] in err
+    assert "'NVIDIA H100 SXM5 80GB' in fp32" in err
+    here = profile(tmp_path, "here", {"fp32": 50e9, "bf16": 50e9})
+    assert main(["run", str(inp), "--estimate", here, "--dtype", "bfloat16", "--profile-from", str(run_json),
+                 *ENGINE]) == 2
+    assert "in fp32; this estimate is for" in (err := one_line_error(capsys)) and err.endswith(
+        "profile the job on that device and dtype") and "in bf16" in err
+    assert main(["run", str(inp), "--estimate", here, "--profile-from", str(tmp_path / "nope.json"), *ENGINE]) == 2
+    assert "no such file" in one_line_error(capsys)
+
+
+def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estimate(tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "in.jsonl", shared_prefix_requests(2, 12, prefix_len=60, max_tokens=6))
+    here = profile(tmp_path, "here", {"fp32": 50e9})
+    out, run_json = tmp_path / "out.jsonl", tmp_path / "run.json"
+    assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--sample", "2", "--and-run",
+                 "--json", str(run_json), *ENGINE]) == 0
+    text = capsys.readouterr().out
+    assert "Estimated wall time, job (s):" in text and "Actual wall time, job (s):" in text
+    assert len(out.read_text().splitlines()) == 12
+    data = json.loads(run_json.read_text())
+    assert data["summary"]["num_skipped"] == 2 and data["estimate"]["sample"]["num_requests"] == 2
+    measured = data["measurements"]
+    assert measured["dtype"] == "fp32" and measured["num_requests"] == 10 and len(measured["completions"]) == 10
+    assert {"num_prefill_tokens", "num_decodes", "seconds"} <= set(measured["steps"][0])
+
+    again = tmp_path / "again.json"
+    assert main(["run", str(inp), "--estimate", here, "--profile-from", str(run_json), "--json", str(again),
+                 *ENGINE]) == 0
+    info = json.loads(again.read_text())["estimate"]
+    assert "learned from 10 completions" in info["assumes"] and info["time_scale"] != 1.0

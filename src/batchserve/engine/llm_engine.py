@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
 from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
-from .core import Engine
+from .core import Engine, StepOutput
 from .input_processor import InputProcessor, PromptType, generation_defaults, read_generation_config
 from .memory import num_kv_blocks
 from .output_processor import OutputProcessor
@@ -111,6 +112,8 @@ class LLMEngine:
         self.siblings = SiblingGate(cache_cfg)
         self.output_processor = OutputProcessor(self.tokenizer, self._stop)
         self._stats = StatsCollector(self.scheduler, self.siblings)
+        self.step_observer: Callable[[StepOutput], None] | None = None
+        """Called with every step that ran a batch (e.g. a job recording step shapes for its estimates)."""
         self._t0 = time.perf_counter()
 
     @property
@@ -193,6 +196,8 @@ class LLMEngine:
         outputs = self.output_processor.process(step)
         if step.result is not None:
             self._stats.record(step.batch, step.result)
+            if self.step_observer is not None:
+                self.step_observer(step)
             for sibling in self.siblings.release(step.batch):
                 engine.add_request(sibling)
         return outputs

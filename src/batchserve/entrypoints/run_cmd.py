@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
+from ..config import SCHEDULER_PRESETS
+from ..jobs.estimate import EstimateConfig
 from ..jobs.runner import JobConfig, Summary
+from ..jobs.setup import RunSetup, default_device
 from ..sim.router import RouterConfig
 from ..tables import REPORT_WIDTH, render_table
 from .common import (
-    add_engine_flags, add_served_model_name, add_tool_call_parser, engine_args, served_model_names, write_json,
+    add_engine_flags,
+    add_served_model_name,
+    add_tool_call_parser,
+    engine_args,
+    served_model_names,
+    write_json,
 )
 from .lora_options import add_lora_flags, lora_engine_args, lora_modules
 from .options import add_dataclass_flags, given
+
+if TYPE_CHECKING:
+    from ..jobs.batch_io import Done
+    from ..jobs.engine_backend import EngineBackend
+    from ..jobs.estimate import Estimate
+    from ..jobs.eta import LiveEta
+
+ETA_HARDWARE = "cpu-local"
+"""The ETA's twin hardware for a CPU run without --estimate: the placeholder, scaled by the run's measured steps."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,15 +67,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e = p.add_argument_group("engine")
     add_engine_flags(e)
-    e.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one step")
-    e.add_argument("--max-num-seqs", type=int, default=256, help="requests running at once")
+    e.add_argument("--scheduler", choices=sorted(SCHEDULER_PRESETS), default=RunSetup.scheduler,
+                   help=f"scheduler preset (default: {RunSetup.scheduler})")
+    e.add_argument("--max-num-batched-tokens", type=int, default=RunSetup.max_num_batched_tokens,
+                   help="token budget of one step")
+    e.add_argument("--max-num-seqs", type=int, default=RunSetup.max_num_seqs, help="requests running at once")
     r = p.add_argument_group("scale out and estimate")
     r.add_argument("--replicas", type=int, default=1, help="engine replicas as Ray actors (needs the [ray] extra)")
     r.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     r.add_argument("--estimate", metavar="HARDWARE",
-                   help="do not run: simulate the job on this hardware (catalog name or profile JSON) and print "
-                   "predicted wall time and throughput; assumes every request generates its max_tokens")
+                   help="do not run: simulate the job on this hardware (catalog name or profile JSON) with the run's "
+                   "dtype, scheduler, KV cache and replicas, and print predicted wall time and throughput; without "
+                   "--sample or --profile-from it assumes every request generates its max_tokens (an upper bound)")
+    r.add_argument("--profile-from", metavar="RUN_JSON",
+                   help="with --estimate: output lengths and step costs measured by an earlier `run --json` "
+                   "(refused if measured on another device or dtype than the estimate's)")
+    r.add_argument("--and-run", action="store_true",
+                   help="with --estimate: then run the job (-o), with the estimate's ETA and an estimated-vs-actual "
+                   "summary")
     r.add_argument("--price-per-hour", type=float, default=None, help="with --estimate: price of one GPU-hour")
+    add_dataclass_flags(p, EstimateConfig, "estimate from evidence (with --estimate)")
     add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --replicas > 1 or --estimate)")
     add_lora_flags(p)
     p.set_defaults(func=cmd_run)
@@ -69,50 +99,143 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
                      tool_call_parser=args.tool_call_parser, lora_modules=tuple(lora_modules(args)))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_setup(args: argparse.Namespace) -> RunSetup:
+    """The one place run's engine flags become values: the engine and the estimate's twin both read it."""
+    return RunSetup(model=args.model, **engine_args(args), scheduler=args.scheduler,
+                    max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                    replicas=args.replicas, lora=tuple(sorted(lora_engine_args(args).items())))
+
+
+def _check(args: argparse.Namespace, est: EstimateConfig) -> None:
     if args.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
-    if args.price_per_hour is not None and not args.estimate:
-        raise ValueError("--price-per-hour is only used with --estimate")
+    if not args.estimate:
+        for flag, value in (("--price-per-hour", args.price_per_hour is not None), ("--sample", est.sample),
+                            ("--profile-from", args.profile_from), ("--and-run", args.and_run)):
+            if value:
+                raise ValueError(f"{flag} is only used with --estimate HARDWARE")
+    if (args.and_run or not args.estimate) and not args.output:
+        raise ValueError("give -o/--output for the results (or --estimate HARDWARE to only predict)")
+    if est.sample and args.output and args.preserve_order:
+        raise ValueError("--sample writes its results to -o first, out of input order; drop --preserve-order or -o")
+    if est.sample and (args.replicas > 1 or args.ray_address):
+        raise ValueError("--sample runs on this machine's engine; estimate with --replicas 1, then scale the run out")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    est = EstimateConfig(**given(args, EstimateConfig))
+    _check(args, est)
     config = _job_config(args)
     router = RouterConfig(**given(args, RouterConfig))
-    engine_kwargs = dict(**engine_args(args), max_num_batched_tokens=args.max_num_batched_tokens,
-                         max_num_seqs=args.max_num_seqs, **lora_engine_args(args))
-    if args.estimate:
-        return _estimate(args, config, router)
-    if not args.output:
-        raise ValueError("give -o/--output for the results (or --estimate HARDWARE to only predict)")
-    if args.replicas > 1 or args.ray_address:
+    setup = run_setup(args)
+    local = args.replicas == 1 and not args.ray_address
+    make_backend = _backend_factory(setup)
+    estimate = _estimate(args, setup, config, router, est, make_backend) if args.estimate else None
+    if args.estimate and not args.and_run:
+        return 0
+    if not local:
         from ..jobs.ray_runner import run_ray_job
 
-        summary = run_ray_job(args.input, args.output, args.model, engine_kwargs, config, args.replicas,
+        summary = run_ray_job(args.input, args.output, args.model, setup.engine_args(), config, args.replicas,
                               args.ray_address, args.quiet, router)
+        measurements = None
     else:
         from ..jobs.engine_backend import local_job
 
-        summary = local_job(args.input, args.output, args.model, engine_kwargs, config, args.quiet)
-    print(summary_table(summary, f"batch job: {args.model}, {args.replicas} replica(s)"))
+        summary = local_job(args.input, args.output, args.model, setup.engine_args(), config, args.quiet,
+                            make_backend, _eta_factory(args, setup, config, router, est, estimate))
+        measurements = make_backend().log.take()
+        measurements.wall_s, measurements.num_requests = summary.wall_s, summary.num_ok
+    extra = _versus(estimate, summary) if estimate is not None else None
+    print(summary_table(summary, f"batch job: {args.model}, {args.replicas} replica(s)", extra=extra))
     if args.json:
         write_json(args.json, {"input": args.input, "output": args.output, "model": args.model,
-                               "replicas": args.replicas, "summary": summary.to_dict()})
+                               "replicas": args.replicas, "summary": summary.to_dict(),
+                               "estimate": estimate.info if estimate is not None else None,
+                               "measurements": measurements.to_dict() if measurements is not None else None})
     return 0
 
 
-def _estimate(args: argparse.Namespace, config: JobConfig, router: RouterConfig) -> int:
+def _backend_factory(setup: RunSetup) -> Callable[[], EngineBackend]:
+    """One engine for the whole command, loaded on first use (a sample and the run that follows share it)."""
+
+    @cache
+    def make() -> EngineBackend:
+        from ..engine.llm_engine import LLMEngine
+        from ..jobs.engine_backend import EngineBackend
+
+        return EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
+
+    return make
+
+
+def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
+                 est: EstimateConfig, estimate: Estimate | None) -> Callable[[EngineBackend, Done], LiveEta] | None:
+    """The live ETA's twin: on the estimate's hardware, else on the CPU placeholder (scaled by measured steps)."""
+    hardware = args.estimate or (ETA_HARDWARE if (setup.device or default_device()) == "cpu" else None)
+    try:
+        sim = setup.sim_setup(hardware) if hardware is not None else None
+    except ValueError:  # a setup the twin does not model (e.g. --quantization): the progress line says "at this rate"
+        sim = None
+    if sim is None:
+        return None
+    from ..jobs.estimate import plan_job
+    from ..jobs.eta import LiveEta
+
+    prior = [estimate.measurements] if estimate is not None and estimate.measurements is not None else []
+
+    def make(backend: EngineBackend, done: Done) -> LiveEta:
+        job = plan_job(args.input, done, setup, config)
+        return LiveEta(job, sim, config, router, est, backend.log, prior)
+
+    return make
+
+
+def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
+              est: EstimateConfig, make_backend: Callable[[], EngineBackend]) -> Estimate:
     from ..jobs.estimate import estimate_job
 
-    summary, info = estimate_job(args.input, args.model, args.estimate, config, args.max_num_batched_tokens,
-                                 args.max_num_seqs, args.replicas, router)
-    rows: dict[str, Any] = {"GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"])}
+    estimate = estimate_job(args.input, args.output, setup, args.estimate, config, est, router, args.profile_from,
+                            make_backend)
+    summary, info = estimate.summary, estimate.info
+    lo, hi = estimate.wall_s_range
+    rows: dict[str, Any] = {
+        "Predicted wall time p10-p90 (s):": f"{lo:.2f} - {hi:.2f}",
+        "Output tokens p10-p90:": f"{estimate.output_tokens_range[0]:.0f} - {estimate.output_tokens_range[1]:.0f}",
+        "Weight dtype:": info["weight_dtype"],
+        "GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"]),
+        "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
+        if info["steps_measured"] else "1 (the profile's costs as they are)",
+    }
+    if "sample" in info:
+        rows["Sample run (requests, s):"] = f"{info['sample']['num_requests']}, {info['sample']['wall_s']:.2f}"
     if args.price_per_hour is not None:
         info["cost"] = summary.wall_s / 3600 * info["num_gpus"] * args.price_per_hour
         rows["Predicted cost:"] = f"{info['cost']:.4g}"
     print(summary_table(summary, f"estimate: {info['model']} on {args.replicas} x {info['hardware']}",
                         wall_label="Predicted wall time (s):", extra=rows))
-    if args.json:
+    print(f"assumes {info['assumes']}")
+    if args.json and not args.and_run:
         write_json(args.json, {"input": args.input, "model": args.model, "estimate": info,
-                               "summary": summary.to_dict()})
-    return 0
+                               "summary": summary.to_dict(),
+                               "measurements": estimate.measurements.to_dict() if estimate.measurements else None})
+    return estimate
+
+
+def _versus(estimate: Estimate, actual: Summary) -> dict[str, str]:
+    """Estimated vs actual rows for the whole job (the sample ran in this command, so its time and tokens count)."""
+    sample = estimate.info.get("sample", {})
+    wall = actual.wall_s + sample.get("wall_s", 0.0)
+    tokens = actual.output_tokens + sample.get("output_tokens", 0)
+    predicted = estimate.summary
+    lo, hi = estimate.wall_s_range
+    error = f" ({wall / predicted.wall_s - 1:+.1%} vs estimate)" if predicted.wall_s else ""
+    return {
+        "Estimated wall time, job (s):": f"{predicted.wall_s:.2f} (p10-p90 {lo:.2f} - {hi:.2f})",
+        "Actual wall time, job (s):": f"{wall:.2f}{error}",
+        "Estimated output tok/s, job:": f"{predicted.output_token_throughput:.1f}",
+        "Actual output tok/s, job:": f"{tokens / wall:.1f}" if wall else "-",
+    }
 
 
 def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", extra: dict[str, str] | None = None) -> str:

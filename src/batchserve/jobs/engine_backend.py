@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
+from ..calibration.device import WEIGHT_DTYPES, device_name
 from ..engine.llm_engine import LLMEngine
 from ..openai import ServingContext
 from ..tokenizer import Tokenizer, load_tokenizer
-from .batch_io import BatchRequest
+from .batch_io import BatchRequest, Done
+from .measurements import StepLog
 from .openai_format import job_context
-from .runner import Finished, JobConfig, Summary, run_job
+from .runner import Backend, Eta, Finished, JobConfig, Summary, run_job
 
 
 class EngineBackend:
-    """Tracks which queued requests have computed their prompt, for the runner's prefix gating."""
+    """Tracks which queued requests have computed their prompt, for the runner's prefix gating, and logs
+    every step and completion for estimates (`log`)."""
 
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.block_size = engine.scheduler.kv.block_size
         self._live: dict[str, BatchRequest] = {}
         self._prefilling: set[str] = set()
+        self.log = StepLog(device_name(engine.device), WEIGHT_DTYPES[engine.model.dtype], engine.executor.attention)
+        engine.step_observer = self.log.observe
 
     def add(self, req: BatchRequest) -> None:
         self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params, lora_request=req.lora_request)
@@ -28,11 +35,16 @@ class EngineBackend:
 
     def step(self) -> list[Finished]:
         finished = []
-        for out in self.engine.step():
+        t = time.perf_counter()
+        outputs = self.engine.step()
+        self.log.timed(time.perf_counter() - t)
+        for out in outputs:
             if out.finished or any(c.token_ids for c in out.outputs):
                 self._prefilling.discard(out.request_id)
             if out.finished:
-                finished.append((self._live.pop(out.request_id), out))
+                req = self._live.pop(out.request_id)
+                self.log.finished(req, out)
+                finished.append((req, out))
         return finished
 
     def prefix_ready(self, custom_id: str) -> bool:
@@ -60,8 +72,12 @@ def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: 
 
 def local_job(
     input_path: str, output_path: str, model: str, engine_args: dict[str, Any], config: JobConfig, quiet: bool = False,
+    make_backend: Callable[[], EngineBackend] | None = None, make_eta: Callable[[Backend, Done], Eta] | None = None,
 ) -> Summary:
-    """Run (or resume) a job on one engine in this process."""
+    """Run (or resume) a job on one engine in this process.
+
+    `make_backend`: the engine to use (e.g. one an estimate's sample already loaded); default: a new one.
+    """
     tokenizer = load_tokenizer(model)
-    return run_job(input_path, output_path, lambda: EngineBackend(LLMEngine(model, **engine_args)),
-                   lambda backend: engine_context(backend.engine, tokenizer, model, config), config, quiet)
+    return run_job(input_path, output_path, make_backend or (lambda: EngineBackend(LLMEngine(model, **engine_args))),
+                   lambda backend: engine_context(backend.engine, tokenizer, model, config), config, quiet, make_eta)

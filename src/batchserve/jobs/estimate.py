@@ -1,166 +1,262 @@
-"""`run --estimate`: the job through the simulator, same scheduler, same ordering and gating, no model.
+"""`run --estimate`: the job through its simulated twin, with output lengths and step costs from evidence.
 
-The simulator has no real tokens: every request is assumed to generate its
-max_tokens (stop strings and EOS cannot end it early), so the prediction is an
-upper bound on work when outputs often stop early.
+Without evidence every request is assumed to generate its max_tokens (an
+upper bound: real outputs stop at EOS). Evidence comes from a stratified
+sample of the job run on the real engine first (`--sample K`, whose results
+count as done) and from an earlier run's measurements (`--profile-from`):
+completions teach a censored length model per prompt-length bucket; steps
+measured on the estimate's own device scale its cost model. The job is then
+simulated under several draws of the length model, giving a p10-p90 range.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import CacheConfig, scheduler_config
+import numpy as np
+
 from ..engine.input_processor import generation_defaults, read_generation_config
-from ..engine.parallel_sampling import SiblingGate
-from ..model_config import ModelConfig
-from ..outputs import CompletionOutput, RequestOutput
-from ..request import Request
-from ..sim.engine import SimEngine
+from ..outputs import RequestOutput
+from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
-from ..sim.simulate import ClusterConfig, build_cluster, resolve
+from ..sim.simulate import SimSetup
 from ..tokenizer import load_tokenizer
-from .batch_io import BatchRequest, Done, check_unique_ids, detect_format
+from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
+from .lengths import LengthDistribution, LengthModel
+from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
-from .routing import JobRouter
-from .runner import Finished, JobConfig, Recorder, Summary, feed, plan
+from .runner import JobConfig, Recorder, Summary, feed, plan
+from .setup import RunSetup, model_shape
+from .twin import simulate_entries
+
+if TYPE_CHECKING:
+    from .engine_backend import EngineBackend
 
 
-class SimBackend:
-    """One simulated replica: requests become scheduler Requests stamped with the simulated clock."""
+@dataclass(frozen=True)
+class EstimateConfig:
+    """How an estimate learns from evidence and how wide it reports."""
 
-    def __init__(self, engine: SimEngine) -> None:
-        self.engine = engine
-        self.block_size = engine.scheduler.kv.block_size
-        self.siblings = SiblingGate(engine.scheduler.cache_config)  # n > 1 computes the prompt once, as in the engine
-        self._live: dict[str, tuple[BatchRequest, list[Request]]] = {}
-        self._parent: dict[Request, str] = {}  # each child's custom_id (ids may contain any character)
-        self._computed_prompt_tokens = 0
-        self._generation_tokens = 0
+    sample: int = 0
+    """Requests run on the real engine first (stratified by prompt length) to learn output lengths and, when the
+    estimate is for this machine, its step costs; 0: assume every request generates its max_tokens."""
+    num_buckets: int = 3
+    """Prompt-length buckets (at the job's quantiles) of the output-length model."""
+    min_bucket_samples: int = 4
+    """A bucket with fewer observed completions uses all buckets' lengths pooled."""
+    num_draws: int = 10
+    """Simulations of the job under bootstrap draws of the length model; the range is their p10-p90."""
+    fit_step_costs: bool = True
+    """Scale the profile's step costs to steps measured on its device (False: learn output lengths only)."""
+    warmup_steps: int = 2
+    """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
+    eta_every: int = 16
+    """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
+    eta_max_overhead: float = 0.02
+    """Largest fraction of a run's wall time its ETA re-simulations may take (a long job's twin is not free);
+    past it the ETA counts down until the run catches up."""
 
-    def add(self, req: BatchRequest) -> None:
-        params = req.params
-        assert params is not None
-        n = params.n
-        children = [
-            Request(req.custom_id if n == 1 else f"{req.custom_id}#{k}", req.prompt_token_ids, replace(params, n=1),
-                    arrival_time=self.engine.now)
-            for k in range(n)
-        ]
-        for child in children:
-            self.engine.scheduler.check_request(child)
-        for child in children:
-            self._parent[child] = req.custom_id
-        for child in self.siblings.admit(children):
-            self.engine.add_request(child)
-        self._live[req.custom_id] = (req, children)
-
-    def step(self) -> list[Finished]:
-        out = self.engine.step()
-        for sibling in self.siblings.release(out.batch):
-            self.engine.add_request(sibling)
-        finished = {self._parent.pop(r) for r in out.finished}
-        self._computed_prompt_tokens += out.batch.num_computed_prompt_tokens
-        done = []
-        for cid in finished:
-            req, children = self._live[cid]
-            if all(c.is_finished for c in children):
-                del self._live[cid]
-                outputs = [CompletionOutput(k, "", c.output_token_ids, finish_reason=c.status.finish_reason)
-                           for k, c in enumerate(children)]
-                self._generation_tokens += sum(len(o.token_ids) for o in outputs)
-                done.append((req, RequestOutput(cid, None, req.prompt_token_ids, outputs)))
-        return done
-
-    def prefix_ready(self, custom_id: str) -> bool:
-        live = self._live.get(custom_id)
-        return live is None or all(c.num_output_tokens > 0 or c.is_finished for c in live[1])
-
-    def num_unfinished(self) -> int:
-        return len(self._live)
-
-    def counters(self) -> dict[str, int]:
-        kv = self.engine.scheduler.kv
-        return {"prefix_cache_queries": kv.num_queries, "prefix_cache_hits": kv.num_hits,
-                "computed_prompt_tokens": self._computed_prompt_tokens, "generation_tokens": self._generation_tokens}
+    def __post_init__(self) -> None:
+        if self.sample < 0:
+            raise ValueError(f"--sample must be >= 0, got {self.sample}")
+        for name in ("num_buckets", "min_bucket_samples", "num_draws", "eta_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.eta_max_overhead <= 1:
+            raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
 
 
-class SimReplicas:
-    """Several simulated replicas behind the prefix-affinity routing of a Ray job; the one furthest behind
-    in simulated time steps next, so their clocks advance together."""
+@dataclass
+class JobPlan:
+    """The job's entries, tokenized and in run order, and what that took."""
 
-    def __init__(self, replicas: list[SimBackend], router: JobRouter) -> None:
-        self.replicas = replicas
-        self.block_size = replicas[0].block_size
-        self.router = router
-
-    def add(self, req: BatchRequest) -> None:
-        idx = self.router.route(req)
-        try:
-            self.replicas[idx].add(req)
-        except ValueError:
-            self.router.finished(idx, req)
-            raise
-
-    def step(self) -> list[Finished]:
-        busy = [r for r in self.replicas if r.num_unfinished()]
-        idx = self.replicas.index(min(busy, key=lambda r: r.engine.now))
-        done = self.replicas[idx].step()
-        for req, _ in done:
-            self.router.finished(idx, req)
-        return done
-
-    def prefix_ready(self, custom_id: str) -> bool:
-        return all(r.prefix_ready(custom_id) for r in self.replicas)  # only the replica running it can say no
-
-    def num_unfinished(self) -> int:
-        return sum(r.num_unfinished() for r in self.replicas)
-
-    def counters(self) -> dict[str, int]:
-        counts = [r.counters() for r in self.replicas]
-        return {k: sum(c[k] for c in counts) for k in counts[0]}
+    entries: list[Entry]
+    prep_s: float
 
     @property
-    def now(self) -> float:
-        return max(r.engine.now for r in self.replicas)
+    def requests(self) -> list[BatchRequest]:
+        return [e for e in self.entries if isinstance(e, BatchRequest)]
 
 
-def model_shape(model: str) -> ModelConfig | None:
-    """The built-in tiny model's shape; None: look `model` up as usual."""
-    if model != "tiny":
-        return None
-    from ..models.tiny import tiny_config
+def plan_job(input_path: str, done: Done, setup: RunSetup, config: JobConfig) -> JobPlan:
+    """Read, tokenize and order what the job has left to run, as the real run will (no model loaded)."""
+    fmt = detect_format(input_path)
+    shape = model_shape(setup.model)
+    generation = read_generation_config(Path(setup.model) if Path(setup.model).is_dir() else None)
+    context = job_context(setup.model, config, load_tokenizer(setup.model), shape.max_model_len, shape.vocab_size,
+                          generation_defaults(generation), generation.get("max_new_tokens"))
+    t = time.perf_counter()
+    entries = list(plan(input_path, fmt, done, context, config, setup.block_size))
+    return JobPlan(entries, time.perf_counter() - t)
 
-    return tiny_config()
+
+@dataclass
+class Evidence:
+    """What the twin takes from measurements: a length model, the cost model's factors, per-request loop cost."""
+
+    lengths: LengthModel | None
+    efficiency: Efficiency
+    overhead_s: float
+    """Wall time per request outside model steps (tokenizing, admitting, writing), added to simulated time."""
+
+    @classmethod
+    def of(cls, sim: SimSetup, lengths_from: Sequence[Measurements], steps_from: Sequence[Measurements],
+           plan: JobPlan, est: EstimateConfig) -> Evidence:
+        """Lengths from every record; step costs only from records of the sim's own device and dtype."""
+        completions = [c for m in lengths_from for c in m.completions]
+        model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
+                            est.min_bucket_samples) if completions else None
+        efficiency, overhead = sim.efficiency, 0.0
+        if steps_from:
+            steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
+            efficiency = fit_step_costs(sim.deployment, efficiency, steps)
+            overhead = reduce(Measurements.merged, steps_from).loop_overhead_s
+        return cls(model, efficiency, overhead)
+
+    def lengths_for(self, requests: Sequence[BatchRequest], dists: list[LengthDistribution],
+                    rng: np.random.Generator) -> dict[str, list[int]]:
+        """A drawn output length for each completion of each request."""
+        assert self.lengths is not None
+        prompt_lens, limits, owners = [], [], []
+        for r in requests:
+            assert r.params is not None
+            for _ in range(r.params.n):
+                prompt_lens.append(len(r.prompt_token_ids))
+                limits.append(r.params.max_tokens)
+                owners.append(r.custom_id)
+        out: dict[str, list[int]] = {}
+        for cid, length in zip(owners, self.lengths.draw(prompt_lens, limits, dists, rng).tolist()):
+            out.setdefault(cid, []).append(length)
+        return out
+
+    def simulate(self, entries: Sequence[Entry], sim: SimSetup, config: JobConfig, router: RouterConfig,
+                 lengths: dict[str, list[int]] | None) -> Summary:
+        summary = simulate_entries(entries, replace(sim, efficiency=self.efficiency), config, router, lengths)
+        summary.wall_s += self.overhead_s * summary.num_requests / sim.cluster.replicas
+        return summary
+
+
+@dataclass
+class Estimate:
+    """The predicted job: the median draw's summary, the p10-p90 ranges, and what it rests on."""
+
+    summary: Summary
+    wall_s_range: tuple[float, float]
+    output_tokens_range: tuple[float, float]
+    info: dict[str, Any]
+    measurements: Measurements | None
+    """The sample's measurements (for `--json`, reusable with --profile-from)."""
+
+
+def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> list[BatchRequest]:
+    """One request from each of k equal slices of the job sorted by prompt length, kept in run order."""
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_token_ids))
+    rng = np.random.default_rng(seed)
+    picks = sorted(int(rng.choice(group)) for group in np.array_split(np.array(order), k))
+    return [requests[i] for i in picks]
+
+
+def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: str | None, config: JobConfig,
+               prep_s: float) -> tuple[Measurements, dict[str, list[int]]]:
+    """Run the sample on the real engine, writing its results to `output_path` (so the run skips them).
+
+    Returns its measurements and each sampled request's output lengths.
+    """
+    lengths: dict[str, list[int]] = {}
+    with ResultWriter(output_path, config.fsync_every) if output_path else nullcontext() as writer:
+        recorder = Recorder(writer, preserve_order=False, total=len(chosen))
+
+        def emit(entry: Entry, out: RequestOutput | None) -> None:
+            if out is not None:
+                lengths[out.request_id] = [len(c.token_ids) for c in out.outputs]
+            recorder.emit(entry, out)
+
+        feed(backend, chosen, emit, config.max_inflight)
+        summary = recorder.finish(backend.counters())
+    record = backend.log.take()
+    record.wall_s, record.num_requests = summary.wall_s + prep_s, len(chosen)
+    return record, lengths
 
 
 def estimate_job(
-    input_path: str, model: str, hardware: str, config: JobConfig, max_num_batched_tokens: int, max_num_seqs: int,
-    replicas: int = 1, router: RouterConfig = RouterConfig(),
-) -> tuple[Summary, dict[str, Any]]:
-    """Simulate the whole input (nothing is skipped, nothing written); wall_s is predicted seconds."""
-    fmt = detect_format(input_path)
-    total = check_unique_ids(input_path, fmt)
-    setup = resolve(
-        ClusterConfig(model=model, hardware=hardware, replicas=replicas),
-        scheduler_config("sarathi", max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs),
-        CacheConfig(), model=model_shape(model),
-    )
-    backend = SimReplicas([SimBackend(engine) for engine in build_cluster(setup).replicas],
-                          JobRouter(replicas, config.window, router))
-    recorder = Recorder(None, preserve_order=False, total=total)
-    shape = setup.deployment.model
-    generation = read_generation_config(Path(model) if Path(model).is_dir() else None)
-    context = job_context(model, config, load_tokenizer(model), shape.max_model_len, shape.vocab_size,
-                          generation_defaults(generation), generation.get("max_new_tokens"))
-    entries = plan(input_path, fmt, Done(), context, config, backend.block_size)
-    feed(backend, entries, recorder.emit, config.max_inflight * replicas)
-    summary = recorder.finish(backend.counters())
-    summary.wall_s = backend.now
+    input_path: str, output_path: str | None, setup: RunSetup, hardware: str, config: JobConfig,
+    est: EstimateConfig = EstimateConfig(), router: RouterConfig = RouterConfig(), profile_from: str | None = None,
+    make_backend: Callable[[], EngineBackend] | None = None,
+) -> Estimate:
+    """Predict the job's requests not yet in `output_path` (all of them for a new job) on `hardware`.
+
+    With `est.sample`, `make_backend()` runs the sample first; its results go to `output_path` when given.
+    """
+    total = check_unique_ids(input_path, detect_format(input_path))
+    done = scan_output(output_path) if output_path else Done()
+    sim = setup.sim_setup(hardware)
+    target, dtype = device_label(sim.deployment.hardware), sim.deployment.weight_dtype
+    prior = Measurements.load(profile_from) if profile_from else None
+    if prior is not None:
+        prior.check_target(target, dtype, f"--profile-from {profile_from}")
+    job = plan_job(input_path, done, setup, config)
+    requests = job.requests
+    if not requests:
+        raise ValueError(f"{input_path}: no requests to estimate" + (f" ({total} already in {output_path})" if total else ""))
+    if est.sample > len(requests):
+        raise ValueError(f"--sample {est.sample} exceeds the job's {len(requests)} requests; give at most {len(requests)}")
+    records = [prior] if prior is not None else []
+    sampled: Measurements | None = None
+    known: dict[str, list[int]] = {}
+    if est.sample:
+        assert make_backend is not None, "a sample needs the real engine"
+        chosen = stratified_sample(requests, est.sample, config.seed)
+        sampled, known = run_sample(chosen, make_backend(), output_path, config,
+                                    job.prep_s * len(chosen) / len(requests))
+        records.append(sampled)
+    steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
+    evidence = Evidence.of(sim, records, steps_from, job, est)
+    if evidence.lengths is None:
+        draws = [evidence.simulate(job.entries, sim, config, router, None)]
+    else:
+        lengths_model = evidence.lengths
+        draws = []
+        for d in range(est.num_draws):
+            rng = np.random.default_rng([config.seed, d])
+            lengths = {**evidence.lengths_for(requests, lengths_model.resample(rng), rng), **known}
+            draws.append(evidence.simulate(job.entries, sim, config, router, lengths))
+    walls = np.array([s.wall_s for s in draws])
+    tokens = np.array([s.output_tokens for s in draws])
+    median = draws[int(np.argmin(np.abs(walls - np.median(walls))))]
+    p10, p90 = (float(x) for x in np.percentile(walls, [10, 90]))
+    t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
     info = {
-        "model": setup.deployment.model.name, "hardware": setup.deployment.hardware.name,
-        "num_gpus": replicas * setup.deployment.num_gpus, "num_kv_blocks": setup.cache.num_blocks,
-        "predicted_wall_s": backend.now, "assumes": "every request generates its max_tokens",
+        "model": sim.deployment.model.name, "hardware": sim.deployment.hardware.name, "device": target,
+        "weight_dtype": dtype, "scheduler": setup.scheduler, "max_num_batched_tokens": setup.max_num_batched_tokens,
+        "max_num_seqs": setup.max_num_seqs, "num_gpus": setup.replicas * sim.deployment.num_gpus,
+        "num_kv_blocks": sim.cache.num_blocks, "predicted_wall_s": median.wall_s,
+        "predicted_wall_s_p10": p10, "predicted_wall_s_p90": p90,
+        "output_tokens_p10": t10, "output_tokens_p90": t90, "num_draws": len(draws),
+        "time_scale": evidence.efficiency.time_scale,
+        "sequence_overhead_s": evidence.efficiency.sequence_overhead_s,
+        "steps_measured": sum(len(m.steps[est.warmup_steps:]) for m in steps_from),
+        "loop_overhead_s_per_request": evidence.overhead_s,
+        "assumes": _assumption(evidence, est),
     }
-    return summary, info
+    if sampled is not None:
+        info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
+                          "output_tokens": sum(c.length for c in sampled.completions),
+                          "written_to": output_path}
+    return Estimate(median, (p10, p90), (t10, t90), info, sampled)
+
+
+def _assumption(evidence: Evidence, est: EstimateConfig) -> str:
+    if evidence.lengths is None:
+        return "every request generates its max_tokens: an upper bound (--sample K learns real output lengths)"
+    obs = evidence.lengths.observations
+    capped = sum(c.censored for c in obs)
+    return (f"output lengths learned from {len(obs)} completions ({capped} stopped by max_tokens), "
+            f"{est.num_buckets} prompt-length buckets; range p10-p90 over {est.num_draws} draws")

@@ -58,6 +58,14 @@ class JobConfig:
     while the actor keeps stepping its batch in between."""
 
 
+class Eta(Protocol):
+    def finished(self, entry: Entry) -> None:
+        """An entry was emitted (done or failed)."""
+
+    def seconds_left(self, elapsed: float) -> float:
+        """The predicted time left, `elapsed` seconds into the run."""
+
+
 class Backend(Protocol):
     block_size: int
 
@@ -241,26 +249,39 @@ class Recorder:
 def run_job(
     input_path: str, output_path: str, make_backend: Callable[[], Backend],
     make_context: Callable[[Backend], ServingContext], config: JobConfig, quiet: bool = False,
+    make_eta: Callable[[Backend, Done], Eta] | None = None,
 ) -> Summary:
     """Run (or resume) a job: check the input, skip what the output holds, write the rest as it finishes.
 
-    Duplicate custom_ids and an unreadable output stop the job before the model loads.
+    Duplicate custom_ids and an unreadable output stop the job before the model loads. `make_eta`: the
+    progress line's ETA for the work left (the job's simulated twin); without one it extrapolates the rate.
     """
     fmt = detect_format(input_path)
     total = check_unique_ids(input_path, fmt)
     done = scan_output(output_path)
     backend = make_backend()
     context = make_context(backend)
+    eta = make_eta(backend, done) if make_eta is not None else None
     with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
 
         def show(s: Summary, num_done: int) -> None:
+            if not progress.enabled:
+                return
             c = backend.counters()
             hit = c["prefix_cache_hits"] / c["prefix_cache_queries"] if c["prefix_cache_queries"] else 0.0
-            rate = (s.num_ok + s.num_failed) / s.wall_s if s.wall_s else 0.0
-            eta = f"{(total - num_done) / rate:.0f} s" if rate else "?"
-            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, ETA {eta}")
+            if eta is not None:
+                left = f"ETA {eta.seconds_left(s.wall_s):.0f} s"
+            else:
+                rate = (s.num_ok + s.num_failed) / s.wall_s if s.wall_s else 0.0
+                left = f"ETA at this rate {(total - num_done) / rate:.0f} s" if rate else "ETA ?"
+            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, {left}")
+
+        def emit(entry: Entry, out: RequestOutput | None) -> None:
+            if eta is not None:
+                eta.finished(entry)
+            recorder.emit(entry, out)
 
         recorder = Recorder(writer, config.preserve_order, total, show)
         entries = plan(input_path, fmt, done, context, config, backend.block_size, on_skip=recorder.skip)
-        feed(backend, entries, recorder.emit, config.max_inflight)
+        feed(backend, entries, emit, config.max_inflight)
     return recorder.finish(backend.counters())

@@ -45,11 +45,17 @@ class Efficiency:
     """Cost per prompt chunk in a step beyond its tokens (e.g. its own attention launch in every layer)."""
     structured_overhead_s: float = 0.0
     """Cost per sampled row under a structured-output grammar: filling its token bitmask and applying it."""
+    time_scale: float = 1.0
+    """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
+    says, measured on a job's own steps (a shared machine, other threads, a different day)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith("overhead_s"):
+            if f.name == "time_scale":
+                if not value > 0:
+                    raise ValueError(f"time_scale must be > 0, got {value}")
+            elif f.name.endswith("overhead_s"):
                 if not value >= 0:
                     raise ValueError(f"{f.name} must be >= 0, got {value}")
             elif not 0 < value <= 1:
@@ -111,6 +117,7 @@ class CostModel:
         self.sequence_overhead = eff.sequence_overhead_s
         self.chunk_overhead = eff.chunk_overhead_s
         self.structured_overhead = eff.structured_overhead_s
+        self.time_scale = eff.time_scale
 
     # ---- operators ------------------------------------------------------------
 
@@ -194,7 +201,7 @@ class CostModel:
         if num_decodes:
             keys = decode_key_tokens or decode_context_tokens
             attention += float(self.decode_attention_time(num_decodes, keys))
-        return (
+        return self.time_scale * (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
             + self.lm_head_time(num_sampling)
             + self.communication_time(tokens)
@@ -215,4 +222,4 @@ class CostModel:
             + (self.token_overhead + self.sequence_overhead) * num_decodes
         )
         keys = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
-        return np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, keys))
+        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, keys))

@@ -1,0 +1,137 @@
+"""`run --estimate` against the run it predicts: estimated vs actual wall time for a few job shapes, fp32 on CPU.
+
+For each model (the built-in `tiny`, and a real SmolLM2-135M HF directory when
+--real-model names one), the bench calibrates this machine once, then per job
+shape: estimates with no evidence (every request to max_tokens: the upper
+bound), estimates with --sample K (K about 5% of the job: it runs those K,
+writing their results), runs the rest (which skips the sample by resuming),
+and compares the estimate with the whole job's actual wall time (sample plus
+rest, from the loaded model to the last result written).
+
+    python bench/bench_estimate.py
+    python bench/bench_estimate.py --real-model /path/to/SmolLM2-135M-Instruct-hf --sample-fraction 0.05
+
+Timings on a shared VM swing with other load; each line says what ran when.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from bench_run import cpu_model
+
+from batchserve.calibration.steps import calibrate
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.jobs.engine_backend import EngineBackend, local_job
+from batchserve.jobs.estimate import EstimateConfig, estimate_job
+from batchserve.jobs.runner import JobConfig
+from batchserve.jobs.setup import RunSetup
+
+WORDS = ["tea", "sky", "river", "stone", "lamp", "field", "cloud", "iron"]
+TOPICS = ["the moon", "rivers", "bread", "volcanoes", "chess", "bees", "glass", "winter", "maps", "clocks", "salt",
+          "trains", "owls", "paper", "rain", "copper"]
+ASKS = ["What is {}? Answer in one sentence.", "Write a short poem about {}.", "Give three facts about {}.",
+        "Explain how {} work, step by step.", "Name one word related to {}."]
+
+
+def completion(cid: str, prompt: str, **body) -> dict:
+    return {"custom_id": cid, "method": "POST", "url": "/v1/completions", "body": {"prompt": prompt, **body}}
+
+
+def tiny_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
+    """Job shapes on tiny (noise text): EOS forced by a bias after a floor that grows with the prompt."""
+
+    def prompt(words: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(words))
+
+    system = prompt(60)
+    early = []
+    for i in range(n):
+        words = rng.choice([3, 12, 40])
+        early.append(completion(f"e{i}", prompt(words), max_tokens=64, min_tokens=words // 2 + rng.randint(0, 8),
+                                logit_bias={"257": 5}))
+    shared = [completion(f"s{i}", system + " " + prompt(rng.randint(2, 10)), max_tokens=rng.choice([16, 32]),
+                         ignore_eos=True) for i in range(n)]
+    tail = [completion(f"t{i}", prompt(rng.randint(2, 30)), max_tokens=128, logit_bias={"257": 2.5})
+            for i in range(n)]
+    return {"early-stop": early, "shared-prefix-fixed": shared, "long-tail": tail}
+
+
+def chat_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
+    """A real chat job: one shared system prompt, questions of several kinds; outputs end at EOS."""
+    system = "You are a concise assistant. Answer accurately and keep answers short unless asked for detail."
+    rows = []
+    for i in range(n):
+        question = rng.choice(ASKS).format(rng.choice(TOPICS))
+        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                "max_tokens": 128}
+        rows.append({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    return {"chat-shared-system": rows}
+
+
+def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path) -> dict:
+    inp, out = tmp / f"{name}.jsonl", tmp / f"{name}-out.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = JobConfig()
+    upper = estimate_job(str(inp), None, setup, profile, config)
+    backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
+    est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k), make_backend=lambda: backend)
+    sampled = tmp / f"{name}-sample.json"
+    sampled.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
+    lengths_only = estimate_job(str(inp), None, setup, profile, config, EstimateConfig(fit_step_costs=False),
+                                profile_from=str(sampled))
+    rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
+    actual = rest.wall_s + est.info["sample"]["wall_s"]
+    tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
+    lo, hi = est.wall_s_range
+    return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
+            "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
+            "error": est.summary.wall_s / actual - 1, "lengths_only_s": lengths_only.summary.wall_s, "est_tokens": est.summary.output_tokens, "tokens": tokens,
+            "time_scale": est.info["time_scale"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-requests", type=int, default=96, help="requests per tiny job shape")
+    parser.add_argument("--real-model", default=None, help="a SmolLM2-135M-Instruct HF directory (skipped if absent)")
+    parser.add_argument("--real-requests", type=int, default=64, help="requests of the real model's chat job")
+    parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
+    parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
+    parser.add_argument("--no-tiny", action="store_true", help="only the real model")
+    args = parser.parse_args()
+    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
+          f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, fp32")
+    models = [] if args.no_tiny else [("tiny", tiny_shapes, args.num_requests)]
+    if args.real_model and Path(args.real_model, "config.json").is_file():
+        models.append((args.real_model, chat_shapes, args.real_requests))
+    elif args.real_model:
+        print(f"skipping the real model: {args.real_model} has no config.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for model, shapes, n in models:
+            setup = RunSetup(model=model, dtype="float32", device="cpu", kv_cache_memory=args.kv_cache_memory,
+                             max_num_batched_tokens=512, max_num_seqs=64)
+            llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
+            cal = calibrate(llm, "calibrated-cpu", quiet=True)
+            del llm
+            profile = Path(tmp) / f"{Path(model).name}-profile.json"
+            profile.write_text(json.dumps(cal.profile.to_dict()))
+            k = max(1, round(args.sample_fraction * n))
+            for name, rows in shapes(n, random.Random(0)).items():
+                r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
+                print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
+                      f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
+                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; unscaled step costs "
+                      f"{r['lengths_only_s']:6.2f} s; no-sample upper bound "
+                      f"{r['upper_bound_s']:6.2f} s; output tokens est {r['est_tokens']} / real {r['tokens']}; "
+                      f"time scale {r['time_scale']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

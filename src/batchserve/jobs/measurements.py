@@ -1,0 +1,135 @@
+"""What a real job measured, kept for the next estimate: each step's shape and time, each completion's length.
+
+A run (`run --json`) or an estimate's sample records them; `--profile-from`
+reads them back. Step times only describe the device and dtype they ran on,
+so a record names both and is refused for another. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..attention_layout import AttentionConfig
+from ..engine import StepOutput
+from ..outputs import RequestOutput
+from ..sim.calibration import Observation, predict
+from ..sim.cost_model import Efficiency
+from ..sim.deployment import Deployment
+from ..sim.executor import step_shape
+from ..sim.hardware import Hardware
+from .batch_io import BatchRequest
+from .lengths import Completion
+
+_CALIBRATED = ", calibrated "  # how `calibrate` ends a profile's description, before the date
+
+
+def device_label(hardware: Hardware) -> str:
+    """The device a profile describes: a calibrated profile's measured device, else the catalog description."""
+    return hardware.description.split(_CALIBRATED, 1)[0]
+
+
+@dataclass
+class Measurements:
+    """Steps and completions measured on one device in one dtype."""
+
+    device: str
+    dtype: str
+    steps: list[Observation] = field(default_factory=list)
+    completions: list[Completion] = field(default_factory=list)
+    wall_s: float = 0.0
+    """The job loop's wall time over these steps (steps plus planning, admission and writing)."""
+    num_requests: int = 0
+
+    @property
+    def loop_overhead_s(self) -> float:
+        """Wall time per request outside the model steps: tokenizing, admitting, formatting and writing results."""
+        steps = sum(o.seconds for o in self.steps)
+        return max(0.0, self.wall_s - steps) / self.num_requests if self.num_requests else 0.0
+
+    def merged(self, other: Measurements) -> Measurements:
+        """Both records as one (same device and dtype)."""
+        return replace(self, steps=self.steps + other.steps, completions=self.completions + other.completions,
+                       wall_s=self.wall_s + other.wall_s, num_requests=self.num_requests + other.num_requests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "wall_s": self.wall_s, "num_requests": self.num_requests,
+                "steps": [o.to_dict() for o in self.steps],
+                "completions": [c.to_list() for c in self.completions]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurements:
+        return cls(str(d["device"]), str(d["dtype"]), [Observation.from_dict(o) for o in d["steps"]],
+                   [Completion.from_list(c) for c in d["completions"]], float(d["wall_s"]), int(d["num_requests"]))
+
+    @classmethod
+    def load(cls, path: str) -> Measurements:
+        """The measurements of a `run --json` (or an estimate's) file; a clear error if it holds none."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls.from_dict(data["measurements"])
+        except FileNotFoundError:
+            raise ValueError(f"--profile-from {path}: no such file") from None
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"--profile-from {path}: not a `run --json` file with measurements ({err!r})") from None
+
+    def check_target(self, device: str, dtype: str, source: str) -> None:
+        """Refuse step costs of another device or dtype than the one the estimate is for."""
+        if (self.device, self.dtype) != (device, dtype):
+            raise ValueError(f"{source} was measured on {self.device!r} in {self.dtype}; this estimate is for "
+                             f"{device!r} in {dtype}: profile the job on that device and dtype")
+
+
+def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation]) -> Efficiency:
+    """The profile's efficiency with a time scale and an added cost per sampled sequence fitted (least squares,
+    both >= 0) to measured steps: the machine's state now, and per-request sampler work (seeded generators,
+    logit biases) that grows with the batch, which a scale alone cannot follow. Unchanged with no steps."""
+    if not steps:
+        return efficiency
+    base = predict(deployment, replace(efficiency, time_scale=1.0), steps)
+    rows = np.array([o.shape.num_sampling for o in steps], dtype=np.float64)
+    measured = np.array([o.seconds for o in steps])
+    scale, per_seq = np.linalg.lstsq(np.column_stack([base, rows]), measured, rcond=None)[0]
+    if scale <= 0 or per_seq < 0:  # a bound is active: the better of the one-term fits
+        only_scale = (measured @ base / (base @ base), 0.0)
+        only_seq = (0.0, measured @ rows / (rows @ rows) if rows.any() else 0.0)
+        scale, per_seq = min(only_scale, only_seq,
+                             key=lambda f: float(np.sum((f[0] * base + f[1] * rows - measured) ** 2)))
+    scale = max(float(scale), 1e-3)  # the cost model's shape stays in play, if faintly
+    return replace(efficiency, time_scale=scale, sequence_overhead_s=efficiency.sequence_overhead_s + per_seq / scale)
+
+
+class StepLog:
+    """Records a real engine's steps (shape and wall time, scheduling and output processing included)
+    and its finished completions, as `Measurements`."""
+
+    def __init__(self, device: str, dtype: str, attention: AttentionConfig) -> None:
+        self.record = Measurements(device, dtype)
+        self.attention = attention
+        self._batch: StepOutput | None = None
+
+    def observe(self, step: StepOutput) -> None:
+        """The engine's step observer: remember the batch until its wall time is known."""
+        self._batch = step
+
+    def timed(self, seconds: float) -> None:
+        """The wall time of the step just observed (a step that scheduled nothing is not recorded)."""
+        if self._batch is not None:
+            self.record.steps.append(Observation(step_shape(self._batch.batch, self.attention), seconds))
+        self._batch = None
+
+    def take(self) -> Measurements:
+        """What was recorded so far; recording goes on into a fresh record."""
+        record, self.record = self.record, Measurements(self.record.device, self.record.dtype)
+        return record
+
+    def finished(self, req: BatchRequest, out: RequestOutput) -> None:
+        assert req.params is not None
+        for c in out.outputs:
+            self.record.completions.append(Completion(len(req.prompt_token_ids), req.params.max_tokens,
+                                                      len(c.token_ids), c.finish_reason == "length"))

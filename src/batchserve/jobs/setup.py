@@ -1,0 +1,98 @@
+"""What a job runs on, from one set of values: the real engine's arguments and its simulated twin.
+
+`run` turns its flags into one `RunSetup`; the engine that runs the job and
+the simulator that estimates it both read it, so the twin has the same dtype,
+scheduler, KV cache size and replicas as the run and cannot drift from it.
+Torch-free: the default device is looked up only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import CacheConfig, scheduler_config
+from ..engine.memory import num_kv_blocks
+from ..model_config import ModelConfig, kv_bytes_per_block
+from ..sim.hardware import normalize_dtype
+from ..sim.models import get_model
+from ..sim.simulate import ClusterConfig, SimSetup, resolve
+
+# Bytes of a KV element per engine dtype (the engine's cache has the model's dtype).
+_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def default_device() -> str:
+    """The engine's default: cuda when torch sees one, else cpu (cpu also when torch is absent)."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_shape(model: str) -> ModelConfig:
+    """The model's shape without loading weights: the built-in tiny, or a HF directory's config.json."""
+    if model == "tiny":
+        from ..models.tiny import tiny_config
+
+        return tiny_config()
+    return get_model(model)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """The engine-side values of a job: each is one `run` flag, read by both the engine and its twin."""
+
+    model: str = "tiny"
+    dtype: str = "auto"
+    device: str | None = None
+    kv_cache_memory: str | None = None
+    quantization: str | None = None
+    scheduler: str = "sarathi"
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    block_size: int = 16
+    replicas: int = 1
+    lora: tuple[tuple[str, Any], ...] = ()
+    """LLMEngine's LoRA arguments (enable_lora, max_loras, ...) as (name, value) pairs."""
+
+    def engine_args(self) -> dict[str, Any]:
+        """Keyword arguments of `LLMEngine` for one replica."""
+        return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
+                "quantization": self.quantization, "scheduler": self.scheduler,
+                "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
+                "block_size": self.block_size, **dict(self.lora)}
+
+    def weight_dtype(self, shape: ModelConfig | None = None) -> str:
+        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
+        if self.quantization is not None:
+            raise ValueError(f"the estimate does not model --quantization {self.quantization} yet (the cost model's "
+                             "int8 is W8A8 on tensor cores, not CPU weight-only int8); estimate without it")
+        shape = shape or model_shape(self.model)
+        name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
+        if name not in _DTYPE_BYTES:
+            raise ValueError(f"dtype {self.dtype!r} is not one the engine runs; use auto, float32, bfloat16 or float16")
+        return name
+
+    def num_kv_blocks(self, shape: ModelConfig) -> int | None:
+        """The engine's KV block count where it does not depend on a GPU's free memory, else None
+        (the simulator then sizes the cache from the hardware's memory, as the engine would on it)."""
+        device = self.device or default_device()
+        if self.kv_cache_memory is None and device != "cpu":
+            return None
+        per_block = int(kv_bytes_per_block(shape, self.block_size, _DTYPE_BYTES[self.weight_dtype(shape)]))
+        # the engine's rule with no GPU memory to share (its gpu_memory_utilization then plays no part)
+        return num_kv_blocks(self.kv_cache_memory, gpu_memory_utilization=1.0, bytes_per_block=per_block,
+                             gpu_memory=None)
+
+    def sim_setup(self, hardware: str) -> SimSetup:
+        """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
+        KV blocks and replicas."""
+        shape = model_shape(self.model)
+        cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
+                                weight_dtype=self.weight_dtype(shape))
+        sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
+                                 max_num_seqs=self.max_num_seqs)
+        cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
+        return resolve(cluster, sched, cache, model=shape)

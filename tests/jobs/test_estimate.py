@@ -1,0 +1,150 @@
+"""`run --estimate` is the run's twin: the same token work exactly, output lengths and step costs from evidence."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from jobfiles import completion, read_results, write_jsonl
+
+from batchserve.calibration.device import device_name
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.jobs.engine_backend import EngineBackend, local_job
+from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job
+from batchserve.jobs.eta import LiveEta
+from batchserve.jobs.measurements import fit_step_costs
+from batchserve.jobs.runner import JobConfig
+from batchserve.jobs.setup import RunSetup
+from batchserve.sim.hardware import get_hardware
+from batchserve.sim.router import RouterConfig
+
+SETUP = RunSetup(device="cpu", kv_cache_memory="200KiB", max_num_batched_tokens=128, max_num_seqs=16)
+
+
+def backend(setup: RunSetup = SETUP) -> EngineBackend:
+    return EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
+
+
+def this_machine_profile(tmp_path: Path) -> str:
+    """A profile of this CPU as `calibrate` names it (the catalog placeholder's figures), so estimates target here."""
+    hw = get_hardware("cpu-local").to_dict()
+    hw.update(name="calibrated-cpu", description=f"{device_name(torch.device('cpu'))}, calibrated 2026-01-01")
+    path = tmp_path / "here.json"
+    path.write_text(json.dumps(hw))
+    return str(path)
+
+
+def test_twin_computes_the_prompt_and_output_tokens_the_run_computes(tmp_path):
+    """Shared prefixes, n > 1 and a KV cache small enough to preempt: token counts agree exactly."""
+    rng = random.Random(1)
+    prefixes = ["".join(rng.choice("abcdefghij ") for _ in range(100)) for _ in range(3)]
+    rows = [completion(f"q{i}", rng.choice(prefixes) + f" question {i}?", max_tokens=rng.choice([8, 24, 40]),
+                       n=rng.choice([1, 1, 3]), ignore_eos=True) for i in range(30)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    real_backend = backend()
+    real = local_job(str(inp), str(tmp_path / "out.jsonl"), "tiny", SETUP.engine_args(), JobConfig(), True,
+                     lambda: real_backend)
+    assert real_backend.engine.stats().num_preemptions > 0
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig()).summary
+    assert (est.prompt_tokens, est.computed_prompt_tokens, est.output_tokens, est.prefix_cache_hit_rate) == (
+        real.prompt_tokens, real.computed_prompt_tokens, real.output_tokens, real.prefix_cache_hit_rate)
+
+
+def early_stop_job(num: int, seed: int = 0) -> list[dict]:
+    """Outputs that end at EOS long before max_tokens=64, longer for longer prompts (as answers to longer
+    questions are): min_tokens sets a floor per prompt, then a bias on EOS (id 257) ends it within a few tokens."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(num):
+        words = rng.choice([3, 12, 40])
+        prompt = " ".join(rng.choice(["tea", "sky", "river", "stone"]) for _ in range(words))
+        floor = words // 2 + rng.randint(0, 8)
+        rows.append(completion(f"r{i}", prompt, max_tokens=64, min_tokens=floor, logit_bias={"257": 5}))
+    return rows
+
+
+def test_a_sample_learns_outputs_that_stop_early_and_its_results_count_as_done(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(60))
+    config = JobConfig()
+    full = local_job(str(inp), str(tmp_path / "full.jsonl"), "tiny", SETUP.engine_args(), config, True)
+    assert full.output_tokens < 0.5 * 60 * 64  # EOS ends outputs far before max_tokens
+
+    upper = estimate_job(str(inp), None, SETUP, "cpu-local", config)
+    assert upper.summary.output_tokens == 60 * 64
+    assert "max_tokens" in upper.info["assumes"] and "upper bound" in upper.info["assumes"]
+
+    out = tmp_path / "out.jsonl"
+    est = estimate_job(str(inp), str(out), SETUP, "cpu-local", config, EstimateConfig(sample=10),
+                       make_backend=backend)
+    assert abs(est.summary.output_tokens / full.output_tokens - 1) < 0.15
+    lo, hi = est.output_tokens_range
+    assert lo < hi and est.wall_s_range[0] <= est.summary.wall_s <= est.wall_s_range[1]
+    assert "learned from 10 completions" in est.info["assumes"]
+    assert len(out.read_text().splitlines()) == 10
+    rest = local_job(str(inp), str(out), "tiny", SETUP.engine_args(), config, True)
+    assert (rest.num_skipped, rest.num_ok) == (10, 50)
+    assert read_results(out) == read_results(tmp_path / "full.jsonl")  # the sample wrote what the run would
+
+
+def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
+    here = this_machine_profile(tmp_path)
+    est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                       make_backend=backend)
+    steps = est.measurements.steps
+    sim = SETUP.sim_setup(here)
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, steps[1:])
+    assert est.info["time_scale"] == pytest.approx(fitted.time_scale)
+    assert est.info["sequence_overhead_s"] == pytest.approx(fitted.sequence_overhead_s)
+    assert est.info["time_scale"] != 1.0 and est.info["loop_overhead_s_per_request"] > 0
+    record = tmp_path / "sample.json"
+    record.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
+    reused = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(warmup_steps=1),
+                          profile_from=str(record))
+    assert reused.info["time_scale"] == pytest.approx(est.info["time_scale"])
+    lengths_only = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(fit_step_costs=False),
+                                profile_from=str(record))
+    assert lengths_only.info["time_scale"] == 1.0 and "learned from 6 completions" in lengths_only.info["assumes"]
+    elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=6),
+                             make_backend=backend)
+    assert elsewhere.info["time_scale"] == 1.0  # a sample here says nothing of an H100's step costs
+
+
+def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within_its_budget(tmp_path, monkeypatch):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(12))
+    calls: list[int] = []
+    simulate = LiveEta._simulate
+
+    def counted(self: LiveEta, elapsed: float) -> float:
+        calls.append(len(self.pending))
+        return simulate(self, elapsed)
+
+    monkeypatch.setattr(LiveEta, "_simulate", counted)
+    etas: list[LiveEta] = []
+
+    def run(name: str, quiet: bool, **est) -> None:
+        def make_eta(b, done):
+            etas.append(LiveEta(plan_job(str(inp), done, SETUP, JobConfig()), SETUP.sim_setup("cpu-local"),
+                                JobConfig(), RouterConfig(), EstimateConfig(eta_every=4, **est), b.log))
+            return etas[-1]
+
+        calls.clear()
+        local_job(str(inp), str(tmp_path / name), "tiny", SETUP.engine_args(), JobConfig(), quiet, make_eta=make_eta)
+
+    run("quiet.jsonl", True)
+    assert calls == []  # no progress line, no ETA asked
+    run("every8.jsonl", False, eta_max_overhead=1.0)
+    assert calls == [11, 7, 3]  # after the first completion, then every 4, on what is left
+    assert etas[-1].seconds_left(1e9) == 0.0
+    run("starved.jsonl", False, eta_max_overhead=1e-9)
+    assert calls == [11]  # re-simulating may not cost more than its share of the run: it counts down instead
+
+
+def test_a_request_the_engine_refuses_fails_in_the_twin_whatever_length_it_draws(tmp_path):
+    """351 prompt tokens + max_tokens 64 exceed the 400-token cache, though a drawn length of ~20 would fit."""
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(8) + [completion("big", "x" * 350, max_tokens=64)])
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=4), make_backend=backend)
+    assert (est.summary.num_ok, est.summary.num_failed) == (8, 1)

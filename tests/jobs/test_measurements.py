@@ -1,0 +1,41 @@
+"""Step costs measured on this machine: the scale and per-sequence cost fitted to them, and who may reuse them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from batchserve.jobs.measurements import Measurements, fit_step_costs
+from batchserve.jobs.setup import RunSetup
+from batchserve.sim.calibration import Observation, predict
+from batchserve.sim.cost_model import StepShape
+
+
+def observations(scale: float, per_seq: float) -> tuple[list[Observation], object]:
+    """Decode steps of 1..64 sequences timed as `scale` x the profile plus `per_seq` per sampled sequence."""
+    sim = RunSetup(device="cpu").sim_setup("cpu-local")
+    shapes = [StepShape(num_decodes=b, decode_context_tokens=100 * b, num_sampling=b) for b in (1, 2, 4, 8, 16, 64)]
+    base = predict(sim.deployment, sim.efficiency, [Observation(s, 1.0) for s in shapes])
+    return [Observation(s, scale * t + per_seq * s.num_sampling) for s, t in zip(shapes, base)], sim
+
+
+def test_the_fit_recovers_a_scale_and_a_per_sequence_cost():
+    obs, sim = observations(scale=2.5, per_seq=0.001)
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, obs)
+    assert fitted.time_scale == pytest.approx(2.5, rel=1e-6)
+    assert np.allclose(predict(sim.deployment, fitted, obs), [o.seconds for o in obs], rtol=1e-6)
+
+
+def test_a_machine_faster_than_its_profile_costs_nothing_extra_per_sequence():
+    obs, sim = observations(scale=0.5, per_seq=0.0)
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, obs)
+    assert fitted.time_scale == pytest.approx(0.5) and fitted.sequence_overhead_s == pytest.approx(0.0, abs=1e-12)
+    assert fit_step_costs(sim.deployment, sim.efficiency, []) == sim.efficiency
+
+
+def test_measurements_of_another_device_or_dtype_are_refused_naming_both():
+    m = Measurements("AMD EPYC (2 threads)", "fp32")
+    m.check_target("AMD EPYC (2 threads)", "fp32", "x.json")
+    with pytest.raises(ValueError, match=r"x.json was measured on 'AMD EPYC \(2 threads\)' in fp32; this estimate "
+                                         r"is for 'NVIDIA H100 SXM5 80GB' in bf16"):
+        m.check_target("NVIDIA H100 SXM5 80GB", "bf16", "x.json")

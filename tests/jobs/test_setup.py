@@ -1,0 +1,30 @@
+"""One RunSetup feeds the engine and its twin: same KV blocks, dtype and scheduler."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.jobs.setup import RunSetup
+
+
+@pytest.mark.parametrize("kv, dtype, scheduler", [("300KiB", "auto", "sarathi"), ("1MiB", "bfloat16", "vllm")])
+def test_the_twin_has_the_engines_cache_scheduler_and_dtype(kv, dtype, scheduler):
+    setup = RunSetup(device="cpu", kv_cache_memory=kv, dtype=dtype, scheduler=scheduler, max_num_batched_tokens=512,
+                     max_num_seqs=8)
+    engine = LLMEngine(setup.model, **setup.engine_args())
+    sim = setup.sim_setup("cpu-local")
+    assert sim.cache.num_blocks == engine.scheduler.kv.num_blocks
+    assert sim.cache.block_size == engine.scheduler.kv.block_size
+    assert sim.scheduler == engine.scheduler.config
+    assert sim.deployment.weight_dtype == {"auto": "fp32", "bfloat16": "bf16"}[dtype]
+
+
+def test_cpu_without_a_kv_size_gets_the_engines_cpu_default():
+    setup = RunSetup(device="cpu")
+    assert setup.sim_setup("cpu-local").cache.num_blocks == LLMEngine("tiny", **setup.engine_args()).scheduler.kv.num_blocks
+
+
+def test_a_dtype_the_engine_does_not_run_is_refused():
+    with pytest.raises(ValueError, match="dtype 'int8' is not one the engine runs"):
+        RunSetup(dtype="int8").sim_setup("cpu-local")
