@@ -59,10 +59,10 @@ def full_match(pattern: str) -> Callable[[str], bool]:
 
 
 CASES = {  # constraint, its language as a check, outputs drawn
-    "choice": (StructuredOutputsParams(choice=["yes", "no", "maybe"]), lambda t: t in ("yes", "no", "maybe"), 16),
+    "choice": (StructuredOutputsParams(choice=["yes", "no", "maybe"]), lambda t: t in ("yes", "no", "maybe"), 100),
     "regex": (StructuredOutputsParams(regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), full_match(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
-              16),
-    "gbnf": (StructuredOutputsParams(grammar=GBNF), full_match(r"(hello|hi) [a-z]{1,4}!"), 16),
+              100),
+    "gbnf": (StructuredOutputsParams(grammar=GBNF), full_match(r"(hello|hi) [a-z]{1,4}!"), 100),
     "json": (StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True), is_json_for(SCHEMA), 32),
 }
 
