@@ -40,14 +40,8 @@ import transformers
 
 from batchserve import LoRARequest, SamplingParams
 from batchserve.entrypoints.llm import LLM
+from bench_engine import SHAPES  # the same model shapes as the engine benchmark
 
-SHAPES = {
-    "small": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
-                                                       num_key_value_heads=2, intermediate_size=1408, vocab_size=32000)),
-    "qwen0.5b": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                                                          num_key_value_heads=2, intermediate_size=4864,
-                                                          vocab_size=151936, tie_word_embeddings=True)),
-}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -22,7 +22,6 @@ import os
 import platform
 import random
 import tempfile
-import time
 from pathlib import Path
 
 import torch

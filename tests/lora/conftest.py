@@ -17,6 +17,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from random_weights import randomize
+
 from batchserve import LoRARequest
 
 torch.set_num_threads(1)  # tiny models: extra threads only add sync overhead on a shared 2-core machine
@@ -52,25 +54,11 @@ class Family:
         return self.base if name is None else self.adapters[name][1]
 
 
-def _randomize(model: torch.nn.Module, only: str | None = None) -> None:
-    """Weights large enough that logits and attention are far from uniform (HF's init makes a weak oracle)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if only is not None and only not in name:
-                continue
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif p.dim() == 2:
-                p.normal_(0, p.shape[1] ** -0.5)
-            else:
-                p.normal_(0, 0.2)
-
-
 def build_family(arch: str, root: Path) -> Family:
     config_cls, model_cls, extra = ARCHS[arch]
     torch.manual_seed(0)
     base = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**SHAPE, **extra)).eval()
-    _randomize(base)
+    randomize(base)
     base.save_pretrained(root / "base")
     adapters = {}
     for i, (name, (rank, alpha, rslora, targets)) in enumerate(ADAPTERS.items(), 1):
@@ -78,7 +66,7 @@ def build_family(arch: str, root: Path) -> Family:
         config = peft.LoraConfig(r=rank, lora_alpha=alpha, use_rslora=rslora, target_modules=targets,
                                  lora_dropout=0.0)
         model = peft.get_peft_model(copy.deepcopy(base), config).eval()
-        _randomize(model, only="lora_")
+        randomize(model, only="lora_")
         model.save_pretrained(root / name)
         adapters[name] = (LoRARequest(name, i, str(root / name)), model)
     return Family(base, root / "base", adapters)

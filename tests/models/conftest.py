@@ -9,6 +9,8 @@ from typing import Callable, Hashable
 import pytest
 import torch
 
+from random_weights import randomize
+
 from batchserve.models import AttentionMetadata, CausalLM, allocate_kv_cache
 
 # The models here are tiny: intra-op threads only add sync overhead, and on a busy 2-core machine
@@ -35,15 +37,7 @@ def make_hf_model(architecture: str, **overrides) -> torch.nn.Module:
     config = config_cls(**kwargs)
     torch.manual_seed(0)
     model = getattr(transformers, architecture)._from_config(config, attn_implementation="eager")
-    # HF's init (std 0.02, unit norms) makes logits ~0 and attention ~uniform: a weak oracle.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            elif p.dim() == 2:
-                p.normal_(0, p.shape[1] ** -0.5)
-            else:
-                p.normal_(0, 0.2)
+    randomize(model)
     return model.eval()
 
 
