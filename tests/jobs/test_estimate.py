@@ -148,3 +148,18 @@ def test_a_request_the_engine_refuses_fails_in_the_twin_whatever_length_it_draws
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(8) + [completion("big", "x" * 350, max_tokens=64)])
     est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=4), make_backend=backend)
     assert (est.summary.num_ok, est.summary.num_failed) == (8, 1)
+
+
+def test_the_estimate_charges_each_grammar_constrained_row_per_step(tmp_path):
+    """Constrained lines cost the profile's structured_overhead_s per row per step; free lines do not."""
+    rows = [completion(f"r{i}", "x" * 20, max_tokens=30, ignore_eos=True, guided_regex="[a-z]{30}")
+            for i in range(8)] + [completion(f"f{i}", "y" * 20, max_tokens=30, ignore_eos=True) for i in range(8)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    wall = {}
+    for overhead in (0.0, 0.01):
+        hw = get_hardware("cpu-local").to_dict()
+        hw["efficiency"] = {**(hw.get("efficiency") or {}), "structured_overhead_s": overhead}
+        profile = tmp_path / f"p{overhead}.json"
+        profile.write_text(json.dumps(hw))
+        wall[overhead] = estimate_job(str(inp), None, SETUP, str(profile), JobConfig()).summary.wall_s
+    assert wall[0.01] - wall[0.0] == pytest.approx(8 * 30 * 0.01, rel=0.1)  # 8 rows sample 30 times each
