@@ -100,7 +100,8 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-requests", type=int, default=96, help="requests per tiny job shape")
-    parser.add_argument("--real-model", default=None, help="a SmolLM2-135M-Instruct HF directory (skipped if absent)")
+    parser.add_argument("--real-model", default=None,
+                        help="SmolLM2-135M-Instruct: its GGUF file or a HF directory (skipped if absent)")
     parser.add_argument("--real-requests", type=int, default=64, help="requests of the real model's chat job")
     parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
     parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
@@ -109,10 +110,11 @@ def main() -> None:
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
           f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, fp32")
     models = [] if args.no_tiny else [("tiny", tiny_shapes, args.num_requests)]
-    if args.real_model and Path(args.real_model, "config.json").is_file():
+    real = Path(args.real_model) if args.real_model else None
+    if real is not None and (real.suffix == ".gguf" or (real / "config.json").is_file()):
         models.append((args.real_model, chat_shapes, args.real_requests))
-    elif args.real_model:
-        print(f"skipping the real model: {args.real_model} has no config.json")
+    elif real is not None:
+        print(f"skipping the real model: {real} is neither a GGUF file nor a directory with a config.json")
     with tempfile.TemporaryDirectory() as tmp:
         for model, shapes, n in models:
             setup = RunSetup(model=model, dtype="float32", device="cpu", kv_cache_memory=args.kv_cache_memory,
