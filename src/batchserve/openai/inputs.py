@@ -90,9 +90,9 @@ def engine_inputs(req: AnyRequest, ctx: ServingContext) -> EngineInputs:
         prompts = [p[-req.truncate_prompt_tokens:] for p in prompts]
     params = _sampling_params(req, ctx, max(map(len, prompts)))
     if constraint is not None:
+        if ctx.compact_json and ("json" in constraint or "json_object" in constraint):
+            constraint = {**constraint, "disable_any_whitespace": True}
         try:
-            if ctx.compact_json and ("json" in constraint or "json_object" in constraint):
-                constraint = {**constraint, "disable_any_whitespace": True}
             params = replace(params, structured_outputs=StructuredOutputsParams(**constraint))
         except ValueError as err:
             raise APIError(400, str(err), param="structured_outputs") from None

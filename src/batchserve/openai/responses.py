@@ -237,8 +237,8 @@ class ResponseBuilder:
         if not self.streaming or self.spec.include_usage:
             wanted = not self.streaming or final or self.spec.continuous_usage
             body["usage"] = usage(self.latest.values()) if wanted else None
-        if self.spec.chat and self.spec.prompt_logprobs and not self.streaming:
-            body["prompt_logprobs"] = [prompt_logprobs_json(o) for o in self.latest.values()][0]
+        if self.spec.chat and self.spec.prompt_logprobs and not self.streaming:  # a chat has one prompt
+            body["prompt_logprobs"] = prompt_logprobs_json(next(iter(self.latest.values())))
         return body
 
 

@@ -55,8 +55,10 @@ class ToolCalling:
 
 def tool_calling(req: AnyRequest, parser: str) -> ToolCalling | None:
     """The request's tool-calling mode; None when its output is plain content."""
-    if not isinstance(req, ChatCompletionRequest) or not req.tools:
-        if isinstance(req, ChatCompletionRequest) and req.tool_choice not in (None, "none"):
+    if not isinstance(req, ChatCompletionRequest):
+        return None
+    if not req.tools:
+        if req.tool_choice not in (None, "none"):
             raise APIError(400, "tool_choice needs tools", param="tool_choice")
         return None
     choice = req.tool_choice or "auto"
