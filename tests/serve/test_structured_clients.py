@@ -114,10 +114,8 @@ class Capital(BaseModel):
 
 
 @pytest.fixture(scope="module")
-def real_server(smollm2_gguf):
-    from conftest import live_server
-
-    with live_server(model=str(smollm2_gguf)) as server:
+def real_server(smollm2_gguf, start_server):
+    with start_server(model=str(smollm2_gguf)) as server:
         yield server
 
 

@@ -72,13 +72,14 @@ class OpenAIServer:
         self.created = int(time.time())
 
     def models(self) -> dict:
-        cards = [{"id": name, "object": "model", "created": self.created, "owned_by": "batchserve",
-                  "max_model_len": self.context.max_model_len, "vocab_size": self.context.vocab_size}
-                 for name in self.context.model_names]
-        cards += [{"id": name, "object": "model", "created": self.created, "owned_by": "batchserve",
-                   "root": lora.lora_path, "parent": self.context.model_names[0],
-                   "max_model_len": self.context.max_model_len, "vocab_size": self.context.vocab_size}
-                  for name, lora in self.context.lora_modules.items()]
+        ctx = self.context
+
+        def card(name: str, **extra: str) -> dict:
+            return {"id": name, "object": "model", "created": self.created, "owned_by": "batchserve", **extra,
+                    "max_model_len": ctx.max_model_len, "vocab_size": ctx.vocab_size}
+
+        cards = [card(name) for name in ctx.model_names]
+        cards += [card(name, root=lora.lora_path, parent=ctx.model_names[0]) for name, lora in ctx.lora_modules.items()]
         return {"object": "list", "data": cards}
 
     async def generate(self, req: AnyRequest, raw: Request) -> Response:
@@ -90,7 +91,6 @@ class OpenAIServer:
         """Queue every prompt (all or none), then answer as a JSON body or as server-sent events."""
         job_id = new_id(inputs.response)
         prompt_index = {f"{job_id}-{i}": i for i in range(len(inputs.prompts))}
-        builder = ResponseBuilder(inputs.response, prompt_index, streaming=req.stream, id=job_id)
         stream = self.engine.stream()
         try:
             for (rid, i), prompt in zip(prompt_index.items(), inputs.prompts):
@@ -100,6 +100,7 @@ class OpenAIServer:
             stream.abort()
             raise _add_error(err, prompt_field, i, len(inputs.prompts)) from None
         if req.stream:
+            builder = ResponseBuilder(inputs.response, prompt_index, streaming=True, id=job_id)
             return StreamingResponse(self._sse(builder, stream, raw), media_type="text/event-stream")
         async with _abort_on_disconnect(raw, stream):
             try:
@@ -108,8 +109,8 @@ class OpenAIServer:
                     last[out.request_id] = out
             except EngineDead as err:
                 raise APIError(503, str(err), type="server_error") from None
-        outputs = sorted(last.values(), key=lambda o: builder.prompt_index[o.request_id])
-        return JSONResponse(response_body(inputs.response, outputs, id=builder.id, created=builder.created))
+        outputs = sorted(last.values(), key=lambda o: prompt_index[o.request_id])
+        return JSONResponse(response_body(inputs.response, outputs, id=job_id))
 
     @staticmethod
     async def _sse(builder: ResponseBuilder, stream: RequestStream, raw: Request) -> AsyncIterator[str]:
