@@ -28,6 +28,7 @@ from ..attention_layout import AttentionConfig
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
+from ..spec_decode import SpeculativeConfig, Speculator
 from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
 from .core import Engine, StepOutput
@@ -49,6 +50,8 @@ class LLMEngine:
     one scale per output channel (models/quantization.py); None keeps `dtype`.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
+    `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
+    {"method": "ngram", "num_speculative_tokens": 4}; outputs keep the target model's distribution.
     """
 
     def __init__(
@@ -73,9 +76,11 @@ class LLMEngine:
         max_loras: int = LoRAConfig.max_loras,
         max_lora_rank: int = LoRAConfig.max_lora_rank,
         max_cpu_loras: int | None = LoRAConfig.max_cpu_loras,
+        speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        spec_config = SpeculativeConfig.of(speculative_config)  # a bad config fails before any loading
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
@@ -96,6 +101,8 @@ class LLMEngine:
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
         if enable_lora:
             self.scheduler.admission_check = LoRAAdmission(max_loras)
+        self.speculator = None if spec_config is None else Speculator(spec_config)
+        self.scheduler.speculator = self.speculator
         self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
                               self.model_config.eos_token_ids)
