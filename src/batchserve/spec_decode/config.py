@@ -51,7 +51,7 @@ class SpeculativeConfig:
                 raise ValueError(f"speculative config is not valid JSON ({err.msg}); give e.g. "
                                  '\'{"method": "ngram", "num_speculative_tokens": 4}\'') from None
         if not isinstance(value, dict):
-            raise ValueError(f"speculative config must be a JSON object, got {type(value).__name__}")
+            raise ValueError(f"speculative config must be a JSON object, got {type(value).__name__}")  # noqa: TRY004
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
