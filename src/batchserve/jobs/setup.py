@@ -49,6 +49,8 @@ class RunSetup:
     device: str | None = None
     kv_cache_memory: str | None = None
     quantization: str | None = None
+    speculative_config: str | None = None
+    """--speculative-config as given (a JSON object); None: off."""
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -60,7 +62,8 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "quantization": self.quantization, "scheduler": self.scheduler,
+                "quantization": self.quantization, "speculative_config": self.speculative_config,
+                "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
@@ -89,6 +92,9 @@ class RunSetup:
     def sim_setup(self, hardware: str) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
         KV blocks and replicas."""
+        if self.speculative_config is not None:
+            raise ValueError("the estimate does not model speculative decoding yet; estimate without "
+                             "--speculative-config")
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
