@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
-from jobfiles import write_jsonl  # noqa: E402
+from jobfiles import write_jsonl
 
-from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
-from batchserve.entrypoints.cli import main  # noqa: E402
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.entrypoints.cli import main
 
 NGRAM = '{"method": "ngram", "num_speculative_tokens": 3}'
 REPETITIVE = "abcdefabcdefabcdefabcdef"
@@ -44,7 +44,7 @@ def test_metrics_count_drafts_and_accepted_tokens():
                                                  "temperature": 0, "ignore_eos": True})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 24
         text = client.get("/metrics").text
-    values = {m[0]: float(m[1]) for m in re.findall(r"^batchserve:(spec_decode_\w+)_total\{[^}]*\} (\S+)$", text, re.M)}
+    values = {m[0]: float(m[1]) for m in re.findall(r"^batchserve:(spec_decode_\w+)_total\{[^}]*\} (\S+)$", text, re.MULTILINE)}
     assert 0 < values["spec_decode_num_accepted_tokens"] <= values["spec_decode_num_draft_tokens"]
     assert values["spec_decode_num_drafts"] > 0
 
