@@ -1,9 +1,10 @@
 """Which requests speculate this step and how far (k per request), and what their drafts achieved.
 
 The scheduler asks for drafts for its decoding requests each step and reports back how many tokens
-each verification accepted. k shrinks to 0 for the whole batch above `max_batch_size` (a large batch
-is compute-bound, so rejected drafts cost real time) and to 1 for a request whose recent drafts were
-mostly rejected; it never passes the tokens a request may still produce.
+each verification accepted. k shrinks linearly with the batch, from `num_speculative_tokens` for a
+lone request to 1 at `max_batch_size` and 0 above it (a large batch is compute-bound, so verifying
+rejected drafts costs real time), and to 1 for a request whose recent drafts were mostly rejected;
+it never passes the tokens a request may still produce.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class Speculator:
         if batch_size > cfg.max_batch_size or not can_speculate(req):
             return 0
         room = req.sampling_params.max_tokens - req.num_output_tokens - 1  # the bonus token takes one
-        k = cfg.num_speculative_tokens if self._acceptance.get(req, 1.0) >= cfg.min_acceptance_rate else 1
+        if self._acceptance.get(req, 1.0) < cfg.min_acceptance_rate:
+            k = 1
+        else:  # from the full k alone down to 1 at max_batch_size: each draft costs more as the batch grows
+            k = max(1, cfg.num_speculative_tokens * (cfg.max_batch_size + 1 - batch_size) // cfg.max_batch_size)
         return max(0, min(k, room))
 
     def propose(self, requests: Sequence[Request], batch_size: int) -> dict[Request, list[int]]:
