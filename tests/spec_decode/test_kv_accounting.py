@@ -30,6 +30,9 @@ class RandomProposer:
     def propose(self, requests: list[Request], k: list[int]) -> list[list[int]]:
         return [[self.rng.randrange(ALPHABET) for _ in range(self.rng.randint(0, n))] for n in k]
 
+    def release(self, request: Request) -> None:
+        pass
+
 
 class RandomVerifier:
     """Accepts a random prefix of each draft and adds one token; plain rows sample one token."""

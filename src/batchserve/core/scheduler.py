@@ -112,6 +112,8 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus) -> None:
         req.status = status
         self.kv.free(req)
+        if self.speculator is not None:
+            self.speculator.release(req)
 
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self.waiting)

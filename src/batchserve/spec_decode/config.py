@@ -6,13 +6,16 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "draft")
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    method: str = "ngram"
-    """How drafts are proposed: "ngram" looks the context's last tokens up earlier in the same context."""
+    method: str | None = None
+    """How drafts are proposed: "ngram" looks the context's last tokens up earlier in the same context;
+    "draft" runs `model`. None: "draft" when a model is given, else "ngram"."""
+    model: str | None = None
+    """The draft model (a HF directory or .gguf file, or "tiny"): smaller, with the target's tokenizer."""
     num_speculative_tokens: int = 4
     """Most draft tokens per request per step (k); each step verifies k + 1 positions per request."""
     prompt_lookup_max: int = 4
@@ -26,9 +29,13 @@ class SpeculativeConfig:
     """A request whose recent drafts were accepted at a lower rate proposes only one token until it recovers."""
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", "ngram" if self.model is None else "draft")
         if self.method not in SPECULATIVE_METHODS:
             raise ValueError(f"speculative method {self.method!r} is not supported; choose one of "
                              f"{', '.join(SPECULATIVE_METHODS)}")
+        if (self.method == "draft") != (self.model is not None):
+            raise ValueError('speculative method "draft" needs a "model" (the draft model) and "ngram" takes none')
         if self.num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {self.num_speculative_tokens}")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:

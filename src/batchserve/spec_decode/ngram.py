@@ -23,6 +23,9 @@ class NgramProposer:
     def propose(self, requests: Sequence[Request], k: Sequence[int]) -> list[list[int]]:
         return [self.propose_one(req.tokens(0, req.num_tokens), n) if n > 0 else [] for req, n in zip(requests, k)]
 
+    def release(self, request: Request) -> None:
+        """Nothing is kept per request."""
+
     def propose_one(self, tokens: list[int], k: int) -> list[int]:
         """The `k` tokens after the latest earlier match of the longest suffix n-gram (max_n down to min_n)."""
         length = len(tokens)

@@ -12,3 +12,7 @@ class Proposer(Protocol):
     def propose(self, requests: Sequence[Request], k: Sequence[int]) -> list[list[int]]:
         """Up to `k[i]` draft tokens to follow each request's known tokens (fewer, or none, when unsure)."""
         ...
+
+    def release(self, request: Request) -> None:
+        """Forget a finished request (a draft model frees its KV blocks)."""
+        ...

@@ -21,10 +21,6 @@ ACCEPTANCE_DECAY = 0.5
 """Weight of the past in a request's running acceptance rate: the last few steps dominate."""
 
 
-def build_proposer(config: SpeculativeConfig) -> Proposer:
-    return NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
-
-
 def can_speculate(req: Request) -> bool:
     """Speculation is off for rows whose sampling needs one step per token (grammars, logprobs per token)."""
     p = req.sampling_params
@@ -33,8 +29,13 @@ def can_speculate(req: Request) -> bool:
 
 class Speculator:
     def __init__(self, config: SpeculativeConfig, proposer: Proposer | None = None) -> None:
+        """`proposer`: the draft source; None builds the n-gram one (a draft model needs its engine to load it)."""
+        if proposer is None:
+            if config.method != "ngram":
+                raise ValueError(f"speculative method {config.method!r} needs its proposer built by the engine")
+            proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
         self.config = config
-        self.proposer = proposer if proposer is not None else build_proposer(config)
+        self.proposer = proposer
         self._acceptance: weakref.WeakKeyDictionary[Request, float] = weakref.WeakKeyDictionary()
         self.num_drafts = 0  # verification steps that carried a draft
         self.num_draft_tokens = 0
@@ -60,6 +61,10 @@ class Speculator:
             return {}
         drafts = self.proposer.propose([requests[i] for i in chosen], [ks[i] for i in chosen])
         return {requests[i]: d for i, d in zip(chosen, drafts) if d}
+
+    def release(self, req: Request) -> None:
+        """A request finished: its proposer state goes."""
+        self.proposer.release(req)
 
     def record(self, req: Request, num_draft: int, num_accepted: int) -> None:
         """A verification accepted `num_accepted` of `num_draft` draft tokens."""
