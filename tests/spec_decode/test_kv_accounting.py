@@ -107,3 +107,4 @@ def test_blocks_cover_accepted_tokens_after_every_step(
     for r in requests:
         assert r.num_output_tokens == r.sampling_params.max_tokens or r.output_token_ids[-1] in r.sampling_params.stop_token_ids
     assert scheduler.kv.num_free_blocks == num_blocks
+    assert engine.outstanding_tokens == 0  # rejected draft positions are not progress

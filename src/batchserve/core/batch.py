@@ -28,6 +28,7 @@ class ScheduledBatch:
     num_cached_tokens: int = 0  # tokens admitted requests took from the prefix cache instead of computing
     spec_token_ids: dict[Request, list[int]] = field(default_factory=dict)
     """Draft tokens per speculating request (speculative decoding); absent requests have none."""
+    num_rejected_tokens: int = 0  # scheduled draft positions the verification rejected (set by the update)
 
     @property
     def is_empty(self) -> bool:

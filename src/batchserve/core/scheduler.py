@@ -259,6 +259,7 @@ class Scheduler:
                 continue  # finished from outside while the step ran
             draft = batch.spec_token_ids.get(req) if batch.spec_token_ids else None
             if draft is not None:
+                batch.num_rejected_tokens += len(draft) + 1 - len(sampled[i])
                 if self._accept_verified(req, draft, sampled[i], end_time):
                     finished.append(req)
                 continue
