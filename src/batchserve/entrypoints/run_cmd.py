@@ -8,7 +8,8 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from ..config import SCHEDULER_PRESETS
-from ..jobs.estimate import EstimateConfig
+from ..jobs.estimate import LOCAL_CPU, EstimateConfig
+from ..jobs.openai_format import model_name
 from ..jobs.runner import JobConfig, Summary
 from ..jobs.setup import RunSetup, default_device
 from ..sim.router import RouterConfig
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from ..jobs.engine_backend import EngineBackend
     from ..jobs.estimate import Estimate
     from ..jobs.eta import LiveEta
-
-ETA_HARDWARE = "cpu-local"
-"""The ETA's twin hardware for a CPU run without --estimate: the placeholder, scaled by the run's measured steps."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -147,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         measurements = make_backend().log.take()
         measurements.wall_s, measurements.num_requests = summary.wall_s, summary.num_ok
     extra = _versus(estimate, summary) if estimate is not None else None
-    print(summary_table(summary, f"batch job: {args.model}, {args.replicas} replica(s)", extra=extra))
+    print(summary_table(summary, f"batch job: {model_name(args.model)}, {args.replicas} replica(s)", extra=extra))
     if args.json:
         write_json(args.json, {"input": args.input, "output": args.output, "model": args.model,
                                "replicas": args.replicas, "summary": summary.to_dict(),
@@ -172,7 +170,7 @@ def _backend_factory(setup: RunSetup) -> Callable[[], EngineBackend]:
 def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
                  est: EstimateConfig, estimate: Estimate | None) -> Callable[[EngineBackend, Done], LiveEta] | None:
     """The live ETA's twin: on the estimate's hardware, else on the CPU placeholder (scaled by measured steps)."""
-    hardware = args.estimate or (ETA_HARDWARE if (setup.device or default_device()) == "cpu" else None)
+    hardware = args.estimate or (LOCAL_CPU if (setup.device or default_device()) == "cpu" else None)
     try:
         sim = setup.sim_setup(hardware) if hardware is not None else None
     except ValueError:  # a setup the twin does not model (e.g. --quantization): the progress line says "at this rate"
@@ -245,6 +243,7 @@ def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", ex
         "Skipped (done by an earlier run):": str(s.num_skipped),
         "Prompt tokens:": str(s.prompt_tokens),
         "Prompt tokens computed:": str(s.computed_prompt_tokens),
+        "Prompt tokens saved by prefix reuse:": str(max(0, s.prompt_tokens - s.computed_prompt_tokens)),
         "Prefix cache hit rate:": f"{s.prefix_cache_hit_rate:.1%}",
         "Output tokens:": str(s.output_tokens),
         wall_label: f"{s.wall_s:.2f}",
