@@ -29,9 +29,9 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 """
 
 
-def format_value(value: float | int | str) -> str:
+def format_value(value: float | str) -> str:
     """A headline number as the page shows it: integers whole, the rest to 4 significant digits."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return str(value)
     if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e15:
         return f"{int(value):,}"
@@ -95,17 +95,6 @@ def _over_time_figure(runs: dict[str, Sequence[RequestRecord]]) -> Any:
     return fig
 
 
-def _versus_figure(rows: Sequence[tuple[str, float | None, float | None]]) -> Any:
-    import plotly.graph_objects as go
-
-    names = [name for name, _, _ in rows]
-    fig = go.Figure()
-    fig.add_bar(x=names, y=[p for _, p, _ in rows], name="predicted")
-    fig.add_bar(x=names, y=[m for _, _, m in rows], name="measured")
-    fig.update_layout(barmode="group", height=360, margin={"t": 20}, yaxis_type="log")
-    return fig
-
-
 def _versus_table(rows: Sequence[tuple[str, float | None, float | None]]) -> str:
     def cell(x: float | None) -> str:
         return "-" if x is None else format_value(x)
@@ -115,7 +104,7 @@ def _versus_table(rows: Sequence[tuple[str, float | None, float | None]]) -> str
         f"<td class='value'>{'-' if not p or not m else f'{p / m - 1:+.1%}'}</td></tr>"
         for name, p, m in rows
     )
-    return f"<table><tr><th></th><th>predicted</th><th>measured</th><th>error</th></tr>{body}</table>"
+    return f"<table><tr><th></th><th>predicted</th><th>measured</th><th>predicted / measured - 1</th></tr>{body}</table>"
 
 
 def _frontier_figure(frontier: Frontier) -> Any:
@@ -150,7 +139,6 @@ def render(report: Report) -> str:
         figures += [("Latency CDFs", _latency_figure(runs)), ("Throughput and queue over time", _over_time_figure(runs))]
     if report.versus and not report.problem:
         parts += ["<h2>Predicted vs measured</h2>", _versus_table(report.versus)]
-        figures.append(("Predicted vs measured", _versus_figure(report.versus)))
     if report.frontier is not None and report.frontier.points:
         figures.append(("Cost vs latency frontier", _frontier_figure(report.frontier)))
     for i, (title, fig) in enumerate(figures):
