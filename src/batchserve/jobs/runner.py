@@ -275,7 +275,7 @@ def run_job(
     """Run (or resume) a job: check the input, skip what the output holds, write the rest as it finishes.
 
     Duplicate custom_ids and an unreadable output stop the job before the model loads. `make_eta`: the
-    progress line's ETA for the work left (the job's simulated twin); without one it extrapolates the rate.
+    progress bar's ETA for the work left (the job's simulated twin); without one the bar extrapolates the rate.
     """
     fmt = detect_format(input_path)
     total = check_unique_ids(input_path, fmt)
@@ -283,19 +283,16 @@ def run_job(
     backend = make_backend()
     context = make_context(backend)
     eta = make_eta(backend, done) if make_eta is not None else None
-    with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
+    with (ResultWriter(output_path, config.fsync_every) as writer,
+          Progress("run", total, enabled=not quiet, own_eta=eta is not None) as progress):
 
         def show(s: Summary, num_done: int) -> None:
             if not progress.enabled:
                 return
             c = backend.counters()
             hit = c["prefix_cache_hits"] / c["prefix_cache_queries"] if c["prefix_cache_queries"] else 0.0
-            if eta is not None:
-                left = f"ETA {eta.seconds_left(s.wall_s):.0f} s"
-            else:
-                rate = (s.num_ok + s.num_failed) / s.wall_s if s.wall_s else 0.0
-                left = f"ETA at this rate {(total - num_done) / rate:.0f} s" if rate else "ETA ?"
-            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, {left}")
+            left = f", ETA {eta.seconds_left(s.wall_s):.0f} s" if eta is not None else ""  # else the bar's, by rate
+            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}{left}")
 
         def emit(entry: Entry, out: RequestOutput | None) -> None:
             if eta is not None:
