@@ -32,11 +32,14 @@ from .lengths import LengthDistribution, LengthModel
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
-from .setup import RunSetup, model_shape
+from .setup import RunSetup, default_device, model_shape
 from .twin import simulate_entries
 
 if TYPE_CHECKING:
     from .engine_backend import EngineBackend
+
+LOCAL_CPU = "cpu-local"
+"""The catalog's placeholder for this machine's CPU: a sample run here gives it this CPU's step costs."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,8 @@ def estimate_job(
         sampled, known = run_sample(chosen, make_backend(), output_path, config,
                                     job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
+        if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
+            target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
     steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
     evidence = Evidence.of(sim, records, steps_from, job, est)
     if evidence.lengths is None:
