@@ -171,3 +171,9 @@ def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estima
                  *ENGINE]) == 0
     info = json.loads(again.read_text())["estimate"]
     assert "learned from 10 completions" in info["assumes"] and info["time_scale"] != 1.0
+
+    # the same command again on the finished job: nothing to estimate or run, and that is not an error
+    assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--and-run", *ENGINE]) == 0
+    text = capsys.readouterr().out
+    assert f"every request of {inp} is already in {out}" in text
+    assert len(out.read_text().splitlines()) == 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     local = args.replicas == 1 and not args.ray_address
     make_backend = _backend_factory(setup)
     estimate = _estimate(args, setup, config, router, est, make_backend) if args.estimate else None
+    if args.estimate and estimate is None:  # --and-run on a finished job: nothing to predict, the run says so
+        print(f"nothing left to estimate: every request of {args.input} is already in {args.output}")
     if estimate is not None and not args.and_run:
         data = {"input": args.input, "model": args.model, "estimate": estimate.info,
                 "summary": estimate.summary.to_dict(),
@@ -217,11 +220,17 @@ def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, r
 
 
 def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
-              est: EstimateConfig, make_backend: Callable[[], EngineBackend]) -> Estimate:
-    from ..jobs.estimate import estimate_job
+              est: EstimateConfig, make_backend: Callable[[], EngineBackend]) -> Estimate | None:
+    """Print and return the job's estimate; None when --and-run finds every request already done."""
+    from ..jobs.estimate import NothingToEstimate, estimate_job
 
-    estimate = estimate_job(args.input, args.output, setup, args.estimate, config, est, router, args.profile_from,
-                            make_backend)
+    try:
+        estimate = estimate_job(args.input, args.output, setup, args.estimate, config, est, router,
+                                args.profile_from, make_backend)
+    except NothingToEstimate:
+        if args.and_run and args.output and os.path.exists(args.output):
+            return None
+        raise
     summary, info = estimate.summary, estimate.info
     lo, hi = estimate.wall_s_range
     rows: dict[str, Any] = {

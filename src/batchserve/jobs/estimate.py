@@ -189,6 +189,10 @@ def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: 
     return record, lengths
 
 
+class NothingToEstimate(ValueError):
+    """Every request of the job is already in its output (or the job is empty)."""
+
+
 def estimate_job(
     input_path: str, output_path: str | None, setup: RunSetup, hardware: str, config: JobConfig,
     est: EstimateConfig = EstimateConfig(), router: RouterConfig = RouterConfig(), profile_from: str | None = None,
@@ -208,7 +212,8 @@ def estimate_job(
     job = plan_job(input_path, done, setup, config)
     requests = job.requests
     if not requests:
-        raise ValueError(f"{input_path}: no requests to estimate" + (f" ({total} already in {output_path})" if total else ""))
+        raise NothingToEstimate(f"{input_path}: no requests to estimate"
+                                + (f" ({total} already in {output_path})" if total else ""))
     if est.sample > len(requests):
         raise ValueError(f"--sample {est.sample} exceeds the job's {len(requests)} requests; give at most {len(requests)}")
     records = [prior] if prior is not None else []
