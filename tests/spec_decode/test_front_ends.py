@@ -26,7 +26,7 @@ def test_run_reports_accepted_drafts(tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.txt", [REPETITIVE, REPETITIVE[::-1] * 2])
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
     args = ["run", str(inp), "-o", str(out), "--max-tokens", "24", "--temperature", "0", "--json", str(summary),
-            "--device", "cpu", "--kv-cache-memory", "4MiB", "-q", "--speculative-config", NGRAM]
+            "--model", "tiny", "--device", "cpu", "--kv-cache-memory", "4MiB", "-q", "--speculative-config", NGRAM]
     assert main(args) == 0
     assert "Draft tokens accepted / proposed:" in capsys.readouterr().out
     data = json.loads(summary.read_text())["summary"]
@@ -56,6 +56,6 @@ def test_metrics_count_drafts_and_accepted_tokens():
     ('{"num_speculative_tokens": 0}', "num_speculative_tokens must be >= 1"),
 ])
 def test_bad_speculative_config_is_one_line(config, words, capsys):
-    assert main(["generate", "--prompt", "x", "--speculative-config", config]) == 2
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--speculative-config", config]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
