@@ -50,7 +50,8 @@ def test_draft_model_greedy_matches_plain_decoding(checkpoints, kv_cache_memory)
                              stop_token_ids=[(11 * i) % VOCAB] if i % 3 == 0 else []) for i in range(32)]
     common = {"skip_tokenizer_init": True, "kv_cache_memory": kv_cache_memory, "max_num_seqs": 32}
     expected = LLM(target, **common).generate(prompts(), params, use_tqdm=False)
-    spec = LLM(target, **common, speculative_config={"model": draft, "num_speculative_tokens": 3})
+    spec = LLM(target, **common, speculative_config={"model": draft, "num_speculative_tokens": 3,
+                                                           "max_batch_size": 64})
     got = spec.generate(prompts(), params, use_tqdm=False)
     for a, b in zip(expected, got):
         assert (b.outputs[0].token_ids, b.outputs[0].finish_reason) == (a.outputs[0].token_ids,

@@ -15,7 +15,8 @@ from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
 from batchserve.outputs import RequestOutput
 
-NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1,
+         "max_batch_size": 64}  # every step speculates, even with all 32 requests running
 MAX_TOKENS = 24
 
 

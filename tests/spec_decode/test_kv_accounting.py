@@ -88,7 +88,7 @@ def test_blocks_cover_accepted_tokens_after_every_step(
     rng = random.Random(seed)
     scheduler = Scheduler(scheduler_config("sarathi", max_num_batched_tokens=budget, max_num_seqs=8),
                           CacheConfig(block_size, num_blocks, enable_prefix_caching=True))
-    scheduler.speculator = Speculator(SpeculativeConfig(num_speculative_tokens=k), RandomProposer(rng))
+    scheduler.speculator = Speculator(SpeculativeConfig(num_speculative_tokens=k, max_batch_size=8), RandomProposer(rng))
     engine = Engine(scheduler, RandomVerifier(rng))
     requests = []
     for i in range(num_requests):
