@@ -23,7 +23,14 @@ ARCH_CONFIGS = {
     "Qwen2ForCausalLM": {"tie_word_embeddings": True},
     # explicit head_dim that differs from hidden/heads, as in real Qwen3 checkpoints
     "Qwen3ForCausalLM": {"head_dim": 32},
+    # MoE: 8 experts, top-2; Qwen2-MoE with its shared expert and a dense layer, Qwen3-MoE renormalising its top-k
+    "MixtralForCausalLM": {"num_local_experts": 8, "num_experts_per_tok": 2},
+    "Qwen2MoeForCausalLM": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                            "shared_expert_intermediate_size": 48, "num_hidden_layers": 3, "mlp_only_layers": [1]},
+    "Qwen3MoeForCausalLM": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                            "norm_topk_prob": True, "num_hidden_layers": 3},
 }
+MOE_ARCHITECTURES = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, vocab_size=300, max_position_embeddings=256, rms_norm_eps=1e-6)
 

@@ -1,5 +1,7 @@
 """CausalLM over a paged KV cache matches transformers, logit for logit, for every supported architecture.
 
+The MoE families (Mixtral, Qwen2-MoE, Qwen3-MoE) run the same checks: 8 experts, top-2, random weights.
+
 Each sequence is compared with transformers running that sequence alone; ours
 runs several sequences packed into one flat batch over scattered blocks.
 """
@@ -13,7 +15,8 @@ import torch
 
 from batchserve.models import load_model
 
-ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                 "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 TOL = 1e-4
 
 
