@@ -119,6 +119,33 @@ def random_tokens(n: int, vocab: int, seed: int) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
+LOGIT_TOL = 1e-4  # fp32 logits against transformers
+
+
+def check_prefill_then_decode(hf: torch.nn.Module, model: CausalLM, lengths: tuple[int, ...] = (7, 19, 33),
+                              steps: int = 5) -> PagedRunner:
+    """One flat prefill of all prompts, then `steps` batched greedy decode steps; all logits vs HF."""
+    vocab = model.config.vocab_size
+    runner = PagedRunner(model, block_size=4)
+    prompts = [random_tokens(n, vocab, seed=n) for n in lengths]
+    outs = runner.step(list(enumerate(prompts)))
+    for prompt, out in zip(prompts, outs):
+        assert float((out - hf_logits(hf, prompt)).abs().max()) < LOGIT_TOL
+
+    decoded: list[list[torch.Tensor]] = [[] for _ in prompts]
+    last = [out[-1] for out in outs]
+    for _ in range(steps):
+        outs = runner.step([(i, [int(logits.argmax())]) for i, logits in enumerate(last)])
+        assert all(out.shape[0] == 1 for out in outs)
+        last = [out[-1] for out in outs]
+        for i, logits in enumerate(last):
+            decoded[i].append(logits)
+    for i, prompt in enumerate(prompts):
+        reference = hf_logits(hf, runner.tokens[i])[len(prompt):len(prompt) + steps]
+        assert float((torch.stack(decoded[i]) - reference).abs().max()) < LOGIT_TOL
+    return runner
+
+
 # Helpers reach tests as fixtures, which works under every pytest import mode.
 @pytest.fixture(name="hf_logits")
 def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
@@ -128,6 +155,11 @@ def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
 @pytest.fixture(name="paged_runner")
 def _paged_runner() -> type[PagedRunner]:
     return PagedRunner
+
+
+@pytest.fixture(name="prefill_then_decode")
+def _prefill_then_decode() -> Callable[..., PagedRunner]:
+    return check_prefill_then_decode
 
 
 @pytest.fixture(name="random_tokens")
