@@ -55,7 +55,7 @@ def test_an_architecture_of_another_family_is_named_before_its_fields():
     ({"architectures": ["Qwen2MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
       "mlp_only_layers": "1"}, "'mlp_only_layers' must be a list of layer indices"),
     ({"architectures": ["Qwen2MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
-      "mlp_only_layers": [40]}, "must lie in 0..31"),
+      "mlp_only_layers": [40]}, "layer indices in 0..31, got .40.$"),
 ])
 def test_malformed_configs_raise_the_readers_errors(change, message):
     with pytest.raises(ModelConfigError, match=message.replace("(", r"\(")):

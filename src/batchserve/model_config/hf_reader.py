@@ -138,8 +138,10 @@ def _dense_layers(config: Mapping[str, Any], where: str, num_layers: int) -> tup
     only = config.get("mlp_only_layers") or []
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ModelConfigError(f"{where}: field 'decoder_sparse_step' must be an integer >= 1, got {step!r}")
-    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in only):
-        raise ModelConfigError(f"{where}: field 'mlp_only_layers' must be a list of layer indices, got {only!r}")
+    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers
+                                         for i in only):
+        raise ModelConfigError(f"{where}: field 'mlp_only_layers' must be a list of layer indices in "
+                               f"0..{num_layers - 1}, got {only!r}")
     return tuple(i for i in range(num_layers) if i in only or (i + 1) % step)
 
 
