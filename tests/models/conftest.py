@@ -30,7 +30,6 @@ ARCH_CONFIGS = {
     "Qwen3MoeForCausalLM": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
                             "norm_topk_prob": True, "num_hidden_layers": 3},
 }
-MOE_ARCHITECTURES = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, vocab_size=300, max_position_embeddings=256, rms_norm_eps=1e-6)
 
@@ -155,6 +154,11 @@ def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
 @pytest.fixture(name="paged_runner")
 def _paged_runner() -> type[PagedRunner]:
     return PagedRunner
+
+
+@pytest.fixture(name="make_hf_model")
+def _make_hf_model() -> Callable[..., torch.nn.Module]:
+    return make_hf_model
 
 
 @pytest.fixture(name="prefill_then_decode")
