@@ -46,6 +46,12 @@ def test_an_unknown_architecture_is_named():
         from_gguf_metadata({"general.architecture": "gemma3"}, ())
 
 
+def test_a_moe_file_is_refused_by_name():
+    meta = LLAMA | {"llama.expert_count": 8, "llama.expert_used_count": 2}  # what Mixtral converts to
+    with pytest.raises(ModelConfigError, match="mixture-of-experts GGUF files .8 experts. are not supported yet"):
+        from_gguf_metadata(meta, TENSORS)
+
+
 def test_smollm2_reads_as_published(smollm2_gguf):
     """SmolLM2-135M-Instruct's published shape (its config.json on the HF Hub)."""
     pytest.importorskip("gguf")

@@ -50,6 +50,10 @@ def from_gguf_metadata(metadata: Mapping[str, Any], tensor_names: tuple[str, ...
     if arch not in GGUF_ARCHITECTURES:
         raise ModelConfigError(f"GGUF {label!r}: architecture {arch or 'unknown'!r} is not supported; "
                                f"supported: {', '.join(GGUF_ARCHITECTURES)}")
+    if metadata.get(f"{arch}.expert_count"):  # Mixtral converts to "llama" with experts
+        raise ModelConfigError(f"GGUF {label!r}: mixture-of-experts GGUF files ({metadata[f'{arch}.expert_count']} "
+                               f"experts) are not supported yet; load the model's Hugging Face safetensors "
+                               f"checkpoint directory instead")
     config: dict[str, Any] = {"architectures": [GGUF_ARCHITECTURES[arch]]}
     for key, field in _FIELDS.items():
         if f"{arch}.{key}" in metadata:
