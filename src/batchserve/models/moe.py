@@ -32,6 +32,11 @@ _MIXTRAL_RENAMES = ((re.compile(r"\.block_sparse_moe\."), ".mlp."),
                     (re.compile(r"(\.experts\.\d+\.)w2\."), r"\1down_proj."))
 
 
+# A stacked 3-D expert tensor: transformers 5's `experts.gate_up_proj` / `experts.down_proj`, or GGUF's
+# separate gate / up / down stacks (`ffn_gate_exps`, ... renamed by models/gguf_weights.py)
+_STACKED = re.compile(r"(.*\.experts)\.(gate_up_proj|gate_proj|up_proj|down_proj)(?:\.weight)?")
+
+
 class Experts(nn.Module):
     """num_experts gated-SiLU MLPs stacked [E, ...], run grouped over the tokens routed to each."""
 
@@ -126,20 +131,21 @@ def per_expert_tensors(weights: Iterable[tuple[str, torch.Tensor]],
 
     Mixtral's `block_sparse_moe.experts.N.w1/w3/w2` become `mlp.experts.N.gate_proj/up_proj/down_proj`; a
     stacked 3-D `experts.gate_up_proj` [E, 2I, H] or `experts.down_proj` [E, H, I] (transformers 5's
-    in-memory layout) is split into its experts.
+    in-memory layout), or GGUF's `experts.gate_proj` / `up_proj` [E, I, H], is split into its experts.
     """
     for name, tensor in weights:
         if architecture == "MixtralForCausalLM":
             for pattern, repl in _MIXTRAL_RENAMES:
                 name = pattern.sub(repl, name)
-        if tensor.dim() == 3 and name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            prefix, kind = name.rsplit(".", 1)
-            half = tensor.shape[1] // 2
-            for e, w in enumerate(tensor):
-                if kind == "down_proj":
-                    yield f"{prefix}.{e}.down_proj.weight", w
-                else:
-                    yield f"{prefix}.{e}.gate_proj.weight", w[:half]
-                    yield f"{prefix}.{e}.up_proj.weight", w[half:]
-        else:
+        stacked = _STACKED.fullmatch(name) if tensor.dim() == 3 else None
+        if stacked is None:
             yield name, tensor
+            continue
+        prefix, kind = stacked.group(1), stacked.group(2)
+        half = tensor.shape[1] // 2
+        for e, w in enumerate(tensor):
+            if kind == "gate_up_proj":
+                yield f"{prefix}.{e}.gate_proj.weight", w[:half]
+                yield f"{prefix}.{e}.up_proj.weight", w[half:]
+            else:
+                yield f"{prefix}.{e}.{kind}.weight", w
