@@ -34,9 +34,9 @@ from bench_engine import run_ours, run_transformers, workload, workload_flops
 from batchserve.calibration.device import matmul_flops
 from batchserve.models.linear import PackedLinear
 
-SHAPE = dict(hidden_size=1024, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=16,
-             num_key_value_heads=4, vocab_size=32000, num_local_experts=16, num_experts_per_tok=2,
-             max_position_embeddings=2048)
+SHAPE = {"hidden_size": 1024, "intermediate_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
+         "num_key_value_heads": 4, "vocab_size": 32000, "num_local_experts": 16, "num_experts_per_tok": 2,
+         "max_position_embeddings": 2048}
 EXPERT_ROWS = (1, 4, 16, 64, 256)
 
 
