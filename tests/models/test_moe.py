@@ -12,11 +12,14 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchserve.lora import LoRAConfig
 from batchserve.lora.adapter import LoRAError
 from batchserve.lora.manager import LoRAManager
 from batchserve.models import ModelLoadError, load_model
+from batchserve.models.linear import prepack_supported
 from batchserve.models.moe import Experts
 
 MOE_ARCHITECTURES = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
@@ -123,3 +126,29 @@ def test_int8_and_lora_refuse_moe_models(hf_checkpoint):
     model, config, _ = load_model(path)
     with pytest.raises(LoRAError, match="LoRA adapters on MoE models"):
         LoRAManager(model, config, LoRAConfig(enable_lora=True))
+
+
+@settings(max_examples=40, deadline=None)
+@given(tokens=st.integers(0, 12), top_k=st.integers(1, 4), seed=st.integers(0, 2**16), packed=st.booleans())
+def test_grouped_dispatch_equals_each_token_through_its_experts(tokens, top_k, seed, packed):
+    """Any routing (empty batch, experts without tokens, every token on the same experts): the grouped GEMMs
+    equal running each token through each of its experts alone."""
+    g = torch.Generator().manual_seed(seed)
+    num_experts, hidden, width = 6, 8, 5
+    experts = Experts(num_experts, hidden, width, torch.float32, "cpu")
+    with torch.no_grad():
+        experts.gate_up_proj.copy_(torch.randn(experts.gate_up_proj.shape, generator=g))
+        experts.down_proj.copy_(torch.randn(experts.down_proj.shape, generator=g))
+    gate_up, down = experts.gate_up_proj.detach().clone(), experts.down_proj.detach().clone()
+    if packed and prepack_supported(torch.float32, torch.device("cpu")):
+        experts.prepack()
+    x = torch.randn(tokens, hidden, generator=g)
+    ids = torch.rand(tokens, num_experts, generator=g).argsort(dim=1)[:, :top_k]  # distinct experts per token
+    weights = torch.rand(tokens, top_k, generator=g)
+    want = torch.zeros(tokens, hidden)
+    for t in range(tokens):
+        for j in range(top_k):
+            e = int(ids[t, j])
+            gate, up = (gate_up[e] @ x[t]).chunk(2)
+            want[t] += weights[t, j] * (down[e] @ (torch.nn.functional.silu(gate) * up))
+    torch.testing.assert_close(experts(x, weights, ids), want, rtol=1e-4, atol=1e-4)
