@@ -87,8 +87,9 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
     return total
 
 
-def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True) -> tuple[float, LLM]:
-    llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory="4GiB",
+def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True,
+             kv_cache_memory: str = "4GiB") -> tuple[float, LLM]:
+    llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory=kv_cache_memory,
               max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
