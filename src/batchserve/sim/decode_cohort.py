@@ -40,6 +40,7 @@ class DecodeCohort:
         self.clock = 0
         self.members: dict[Request, _Member] = {}
         self.context = 0  # sum of members' num_computed_tokens at the current clock
+        self.adapters: dict[int | str, int] = {}  # LoRA adapter id -> members decoding under it (base rows absent)
         self._finish: list[tuple[int, int, _Member]] = []  # (clock at which it finishes, seq, member)
         # tick -> members needing a new block then; a need is never more than block_size ticks away,
         # so buckets beat a heap. Entries of members that left are skipped on pop.
@@ -59,6 +60,8 @@ class DecodeCohort:
         """Add a request that just sampled a token and will decode from the next tick."""
         m = self.members[req] = _Member(req, self.clock)
         self.context += req.num_computed_tokens
+        if req.adapter_id is not None:
+            self.adapters[req.adapter_id] = self.adapters.get(req.adapter_id, 0) + 1
         outputs0 = m.computed0 + 1 - len(req.prompt_token_ids)
         heapq.heappush(self._finish, (m.clock0 + req.sampling_params.max_tokens - outputs0, next(self._seq), m))
         self.push_block_needs([req])
@@ -83,6 +86,11 @@ class DecodeCohort:
         self.sync(req)
         self.members.pop(req).active = False
         self.context -= req.num_computed_tokens
+        aid = req.adapter_id
+        if aid is not None:
+            left = self.adapters.pop(aid) - 1
+            if left:
+                self.adapters[aid] = left
 
     def _valid_top(self) -> tuple[int, int, _Member] | None:
         heap = self._finish
