@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import CacheConfig
 from ..engine.llm_engine import LLMEngine
+from ..lora import LoRAConfig
 from ..metrics import SLO, RequestRecord, summarize
 from ..progress import Progress
 from ..request import Request
@@ -75,13 +76,15 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
 
 
 def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
-    """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
+    """The simulator's twin of a real engine: same model shape, scheduler, cache size, adapter slots;
+    calibrated hardware."""
     weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
+    lora = llm.lora_manager.config if llm.lora_manager is not None else LoRAConfig()
     return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name),
-                   attention=llm.executor.attention)
+                   attention=llm.executor.attention, lora=lora)
 
 
 def is_offline(records: Sequence[RequestRecord]) -> bool:

@@ -7,7 +7,7 @@ simulator's executor (which charges the copy's time) make the same choices.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Set
+from collections.abc import Collection, Hashable
 
 
 class SlotTable:
@@ -22,7 +22,7 @@ class SlotTable:
         """Adapter ids now in slots, least recently used first."""
         return list(self._slots)
 
-    def activate(self, adapter_id: Hashable, needed: Set[Hashable]) -> tuple[int, bool]:
+    def activate(self, adapter_id: Hashable, needed: Collection[Hashable]) -> tuple[int, bool]:
         """The adapter's slot and whether it must be loaded there: a free slot, else that of the least
         recently used adapter not in `needed` (this step's adapters)."""
         slot = self._slots.get(adapter_id)
