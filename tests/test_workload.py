@@ -184,7 +184,8 @@ def test_to_dict_canonicalises_lengths_and_round_trips():
     d = spec.to_dict()
     assert d == {"num_requests": 1000, "rate": 5, "arrival": "gamma", "burstiness_cv": 2.0,
                  "input_len": "fixed:128", "output_len": "uniform:1:64", "num_prefix_groups": 3,
-                 "prefix_len": 32, "vocab_size": 32000, "seed": 9}
+                 "prefix_len": 32, "num_adapters": 0, "adapter_zipf_exponent": 1.0,
+                 "vocab_size": 32000, "seed": 9}
     assert WorkloadSpec(**d).to_dict() == d
 
 
