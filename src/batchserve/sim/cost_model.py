@@ -184,8 +184,11 @@ class CostModel:
             return 0.0
         elements = self.lora_layer_elements
         per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.wb / self.bandwidth)
-        loads = num_loads * self.num_layers * elements * self.wb / self.host_bandwidth
-        return self.num_layers * per_layer + loads + self.lora_segment_overhead * num_segments
+        return self.num_layers * per_layer + self.lora_load_time(num_loads) + self.lora_segment_overhead * num_segments
+
+    def lora_load_time(self, num_loads: int) -> float:
+        """Copying `num_loads` adapters into device slots (every layer's A and B, slot-sized)."""
+        return num_loads * self.num_layers * self.lora_layer_elements * self.wb / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
@@ -254,7 +257,7 @@ class CostModel:
                            num_lora_segments: int = 0) -> np.ndarray:
         """End times (from the run's start) of `num_steps` pure decode steps; context grows each step.
 
-        The run's adapters are resident from its first step on (they ran the step before), so no step loads.
+        Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
         fixed = (
             self.num_layers * self.layer_gemm_time(num_decodes)

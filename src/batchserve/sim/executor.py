@@ -78,7 +78,9 @@ class SimExecutor:
     def execute(self, batch: SimBatch) -> StepResult:
         loads = self._load_adapters(batch)
         if batch.num_steps > 1:
-            return DecodeRunResult.from_offsets(self._decode_run(batch, batch.num_steps).tolist())
+            cost = self.cost_model
+            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
+            return DecodeRunResult.from_offsets(offsets.tolist())
         return StepResult(self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads)))
 
