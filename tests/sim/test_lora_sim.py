@@ -138,14 +138,13 @@ class ExplicitScheduler(Scheduler):
     batch_type = SimBatch
 
 
-def _replay(lazy: bool, requests, max_loras: int, num_blocks: int, max_num_seqs: int) -> list[tuple]:
+def _replay(lazy: bool, requests, max_loras: int, num_blocks: int, max_num_seqs: int, ratio: float) -> list[tuple]:
     cost = CostModel(deployment(), Efficiency(lora_segment_overhead_s=1e-4))
     sched_cls, engine_cls = (SimScheduler, SimEngine) if lazy else (ExplicitScheduler, Engine)
     sched = sched_cls(scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
                       CacheConfig(block_size=4, num_blocks=num_blocks))
     sched.admission_check = LoRAAdmission(max_loras)
-    # ratio 1: no decode-group padding, which a cohort (keys counted in total) cannot see
-    engine = engine_cls(sched, SimExecutor(cost, AttentionConfig(decode_bucket_ratio=1.0), max_loras))
+    engine = engine_cls(sched, SimExecutor(cost, AttentionConfig(decode_bucket_ratio=ratio), max_loras))
     for r in requests:
         engine.add_request(r)
     while engine.has_unfinished():
@@ -155,15 +154,15 @@ def _replay(lazy: bool, requests, max_loras: int, num_blocks: int, max_num_seqs:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**16), max_loras=st.integers(1, 3), num_adapters=st.integers(1, 5),
-       num_blocks=st.integers(40, 200), max_num_seqs=st.integers(1, 12))
+       num_blocks=st.integers(40, 200), max_num_seqs=st.integers(1, 12), ratio=st.sampled_from([0.5, 0.7, 1.0]))
 def test_lazy_decodes_cost_what_listed_decodes_cost_under_adapters(seed, max_loras, num_adapters, num_blocks,
-                                                                   max_num_seqs) -> None:
-    """The cohort's per-adapter counts give every step the LoRA tokens and segments of the listed rows, and the
-    slot table the same loads: timelines of the lazy and explicit schedulers agree."""
+                                                                   max_num_seqs, ratio) -> None:
+    """The cohort's per-adapter counts give every step the LoRA tokens and segments of the listed rows, the slot
+    table the same loads, and its grouping the engine's padded decode keys: lazy and explicit timelines agree."""
     spec = WorkloadSpec(num_requests=30, input_len="uniform:1:60", output_len="uniform:1:30", vocab_size=50,
                         num_adapters=num_adapters, seed=seed)
-    lazy = _replay(True, list(synthetic_requests(spec)), max_loras, num_blocks, max_num_seqs)
-    explicit = _replay(False, list(synthetic_requests(spec)), max_loras, num_blocks, max_num_seqs)
+    lazy = _replay(True, list(synthetic_requests(spec)), max_loras, num_blocks, max_num_seqs, ratio)
+    explicit = _replay(False, list(synthetic_requests(spec)), max_loras, num_blocks, max_num_seqs, ratio)
     for a, b in zip(lazy, explicit):
         assert a[0] == b[0] and a[3] == b[3]
         assert a[1:3] == pytest.approx(b[1:3], rel=1e-9)

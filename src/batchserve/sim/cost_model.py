@@ -253,9 +253,9 @@ class CostModel:
             + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
         )
 
-    def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int, num_lora_tokens: int = 0,
+    def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
                            num_lora_segments: int = 0) -> np.ndarray:
-        """End times (from the run's start) of `num_steps` pure decode steps; context grows each step.
+        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys.
 
         Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
@@ -267,5 +267,4 @@ class CostModel:
             + (self.token_overhead + self.sequence_overhead) * num_decodes
             + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )
-        keys = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
-        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, keys))
+        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, key_tokens))

@@ -13,20 +13,21 @@ from ..executors.base import Executor
 from ..lora.slots import SlotTable
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
+from .decode_cohort import DecodeCohort
 
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
                lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
-               num_lora_loads: int = 0) -> StepShape:
+               num_lora_loads: int = 0, cohort: DecodeCohort | None = None) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
-    join the batch's listed requests (a SimBatch counts its cohort's decodes,
-    `lazy_adapters` of them per LoRA adapter); the listed decodes' keys are
-    padded as `attention` groups them, while the cohort keeps only its key
-    total, so its rows count unpadded. Constrained rows are always listed (the
-    scheduler keeps them out of the cohort). `num_lora_loads`: adapters copied
-    into a slot for this step (the slot table knows, not the batch).
+    join the batch's listed requests (a SimBatch counts its `cohort`'s decodes,
+    `lazy_adapters` of them per LoRA adapter); all decodes' keys are padded as
+    `attention` groups them (without the cohort, lazy rows count unpadded).
+    Constrained rows are always listed (the scheduler keeps them out of the
+    cohort). `num_lora_loads`: adapters copied into a slot for this step (the
+    slot table knows, not the batch).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
@@ -48,7 +49,11 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             lora_tokens += n
             adapters.add(req.adapter_id)
     num_decodes = num_lazy_decodes + len(decode_keys)
-    padded = lazy_decode_context + padded_key_tokens(decode_keys, attention.decode_bucket_ratio)
+    ratio = attention.decode_bucket_ratio
+    if cohort is not None and num_lazy_decodes:
+        padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
+    else:
+        padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
                      num_lora_loads)
@@ -82,7 +87,8 @@ class SimExecutor:
             offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
             return DecodeRunResult.from_offsets(offsets.tolist())
         return StepResult(self.cost_model.step_time(*step_shape(
-            batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads)))
+            batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
+            batch.cohort)))
 
     def _load_adapters(self, batch: SimBatch) -> int:
         """Make the step's adapters resident; returns how many had to be copied into a slot."""
@@ -96,8 +102,8 @@ class SimExecutor:
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
-        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, batch.lazy_decode_context, num_steps,
-                                                  sum(adapters.values()), len(adapters))
+        keys = batch.cohort.padded_keys(self.attention.decode_bucket_ratio, num_steps)
+        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters))
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):
