@@ -63,6 +63,7 @@ class DecodeCohort:
         self._seq = itertools.count()
         self._key_offsets: list[int] = []  # members' key offsets, sorted
         self._key_array: np.ndarray | None = None  # the same as an array, rebuilt after a join or leave
+        self._run_keys: tuple[tuple[int, float], np.ndarray] | None = None  # (clock, ratio) -> a run's padded keys
 
     def __len__(self) -> int:
         return len(self.members)
@@ -80,7 +81,7 @@ class DecodeCohort:
         if req.adapter_id is not None:
             self.adapters[req.adapter_id] = self.adapters.get(req.adapter_id, 0) + 1
         bisect.insort(self._key_offsets, m.key_offset)
-        self._key_array = None
+        self._key_array = self._run_keys = None
         outputs0 = m.computed0 + 1 - len(req.prompt_token_ids)
         heapq.heappush(self._finish, (m.clock0 + req.sampling_params.max_tokens - outputs0, next(self._seq), m))
         self.push_block_needs([req])
@@ -107,7 +108,7 @@ class DecodeCohort:
         m.active = False
         self.context -= req.num_computed_tokens
         del self._key_offsets[bisect.bisect_left(self._key_offsets, m.key_offset)]
-        self._key_array = None
+        self._key_array = self._run_keys = None
         aid = req.adapter_id
         if aid is not None:
             left = self.adapters.pop(aid) - 1
@@ -127,27 +128,44 @@ class DecodeCohort:
         """Keys the engine's grouped decode attention reads in each of the next `steps` ticks (from the clock).
 
         `extra`: key counts of decodes outside the cohort that share the first tick's grouping (then steps is 1).
+        A run's keys are kept until the cohort changes: a fast-forward asks for them twice (its length, its times).
         """
         if extra:
             lengths = [o + self.clock + 1 for o in self._key_offsets] + extra
             return np.array([padded_key_tokens(lengths, ratio)], dtype=np.float64)
+        if steps == 1:
+            return np.array([self._padded_at(ratio)], dtype=np.float64)
+        cached = self._run_keys
+        if cached is not None and cached[0] == (self.clock, ratio) and len(cached[1]) >= steps:
+            return cached[1][:steps]
         if self._key_array is None:
             self._key_array = np.array(self._key_offsets, dtype=np.float64)
         offsets = self._key_array
         shift = self.clock + 1 + np.arange(steps, dtype=np.float64)  # a member's keys are offset + shift
         padded = np.zeros(steps)
-        if not len(offsets):
-            return padded
         top = np.full(steps, len(offsets) - 1)  # each tick's longest member not yet in a group
-        while True:
+        while len(offsets):
             live = top >= 0
             if not live.any():
-                return padded
+                break
             longest = offsets[np.maximum(top, 0)] + shift
             # a row joins the group while its keys are >= ratio x the group's longest (decode_groups' rule)
             first = np.searchsorted(offsets, ratio * longest - shift, side="left")
             padded += np.where(live, (top - first + 1) * longest, 0.0)
             top = np.where(live, first - 1, -1)
+        self._run_keys = ((self.clock, ratio), padded)
+        return padded
+
+    def _padded_at(self, ratio: float) -> int:
+        """The current tick's padded keys, one bisection per group."""
+        offsets, shift = self._key_offsets, self.clock + 1
+        top, padded = len(offsets) - 1, 0
+        while top >= 0:
+            longest = offsets[top] + shift
+            first = bisect.bisect_left(offsets, ratio * longest - shift, 0, top)
+            padded += (top - first + 1) * longest
+            top = first - 1
+        return padded
 
     def pop_block_needs(self, tick: int) -> list[Request]:
         """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""
