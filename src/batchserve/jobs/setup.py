@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import CacheConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
+from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
@@ -88,11 +89,11 @@ class RunSetup:
 
     def sim_setup(self, hardware: str) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
-        KV blocks and replicas."""
+        KV blocks, replicas and LoRA slots."""
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape)
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))
