@@ -61,7 +61,7 @@ class AttentionMetadata:
 class _DecodePlan:
     """All one-token sequences as a padded batch of D rows and L key slots."""
 
-    token_idx: torch.Tensor  # [D] rows of q/out
+    token_idx: torch.Tensor | None  # [D] rows of q/out; None: every row of the batch, in order
     key_slots: torch.Tensor  # [D, L] flat cache slots; padding repeats a real slot
     key_mask: torch.Tensor  # [D, 1, 1, L] True where the query may attend
 
@@ -108,8 +108,10 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
         slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding
         mask = _visible(torch.tensor(lens)[:, None] - 1, torch.arange(max(lens))[None, :], window)
+        every_row = bucket == list(range(len(ctx)))  # a pure decode step in one group: no row selection
         decode_plans.append(_DecodePlan(
-            token_idx=torch.tensor([qsl[i] for i in bucket], dtype=torch.long).to(device, non_blocking=True),
+            token_idx=None if every_row else
+            torch.tensor([qsl[i] for i in bucket], dtype=torch.long).to(device, non_blocking=True),
             key_slots=slots,
             key_mask=mask[:, None, None, :].to(device, non_blocking=True),
         ))
@@ -150,6 +152,8 @@ class PagedAttention:
         if plans is None:
             plans = meta._plans[self.sliding_window] = _plan(meta, self.sliding_window)
         decodes, prefills = plans
+        if len(decodes) == 1 and decodes[0].token_idx is None:
+            return self._decode(q, k_cache, v_cache, decodes[0], scale)
         out = torch.empty_like(q)
         for decode in decodes:
             out.index_copy_(0, decode.token_idx, self._decode(q, k_cache, v_cache, decode, scale))
@@ -170,7 +174,8 @@ class PagedAttention:
         # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.
         keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        queries = q.index_select(0, plan.token_idx).view(d, self.num_kv_heads, self.group, self.head_dim)
+        rows = q if plan.token_idx is None else q.index_select(0, plan.token_idx)
+        queries = rows.reshape(d, self.num_kv_heads, self.group, self.head_dim)
         out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), plan.key_mask, scale)
         return out.reshape(d, self.num_heads, self.head_dim)
 
