@@ -58,6 +58,31 @@ class AttentionMetadata:
 
 
 @dataclass
+class DecodeMetadata:
+    """A pure decode step (one new token per sequence, all in one padded call) as tensors only.
+
+    What a compiled decode step takes: nothing in it is a Python list whose
+    values torch.compile would have to guard on, so one graph serves every
+    batch size and context length.
+    """
+
+    slot_mapping: torch.Tensor
+    """[B] cache slot where each sequence's new K/V is written."""
+    key_slots: torch.Tensor
+    """[B, L] cache slots of each sequence's keys; padding repeats a real slot."""
+    key_mask: torch.Tensor
+    """[B, 1, 1, L] True where the query may attend."""
+
+
+def decode_metadata(meta: AttentionMetadata, window: int | None) -> DecodeMetadata | None:
+    """meta as one padded decode call, or None when the step holds prompt chunks or several decode groups."""
+    decodes, prefills = _plans(meta, window)
+    if prefills or len(decodes) != 1 or decodes[0].token_idx is not None:
+        return None
+    return DecodeMetadata(meta.slot_mapping, decodes[0].key_slots, decodes[0].key_mask)
+
+
+@dataclass
 class _DecodePlan:
     """All one-token sequences as a padded batch of D rows and L key slots."""
 
@@ -92,6 +117,14 @@ def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
     if window is not None:
         mask &= k_pos > q_pos - window
     return mask
+
+
+def _plans(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
+    """The step's plans for this window, built by the first layer that asks and reused by the rest."""
+    plans = meta._plans.get(window)
+    if plans is None:
+        plans = meta._plans[window] = _plan(meta, window)
+    return plans
 
 
 def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
@@ -137,7 +170,7 @@ class PagedAttention:
         self.sliding_window = sliding_window
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                meta: AttentionMetadata | DecodeMetadata, scale: float) -> torch.Tensor:
         """Write k/v [T, kv_heads, head_dim] at meta.slot_mapping, then attend q [T, heads, head_dim].
 
         Returns [T, heads, head_dim]. Each sequence's new queries see all its cached keys up to
@@ -148,15 +181,15 @@ class PagedAttention:
         k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
 
-        plans = meta._plans.get(self.sliding_window)
-        if plans is None:
-            plans = meta._plans[self.sliding_window] = _plan(meta, self.sliding_window)
-        decodes, prefills = plans
-        if len(decodes) == 1 and decodes[0].token_idx is None:
-            return self._decode(q, k_cache, v_cache, decodes[0], scale)
+        if isinstance(meta, AttentionMetadata):
+            meta = decode_metadata(meta, self.sliding_window) or meta
+        if isinstance(meta, DecodeMetadata):  # a pure decode step: no row selection
+            return self._decode(q, k_cache, v_cache, meta.key_slots, meta.key_mask, scale)
+        decodes, prefills = _plans(meta, self.sliding_window)
         out = torch.empty_like(q)
-        for decode in decodes:
-            out.index_copy_(0, decode.token_idx, self._decode(q, k_cache, v_cache, decode, scale))
+        for d in decodes:
+            rows = q.index_select(0, d.token_idx)
+            out.index_copy_(0, d.token_idx, self._decode(rows, k_cache, v_cache, d.key_slots, d.key_mask, scale))
         for p in prefills:
             if p.key_slots is None:
                 keys, values = k[p.start:p.end], v[p.start:p.end]
@@ -168,15 +201,15 @@ class PagedAttention:
     __call__ = forward
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                plan: _DecodePlan, scale: float) -> torch.Tensor:
-        d, length = plan.key_slots.shape
-        flat = plan.key_slots.reshape(-1)
+                key_slots: torch.Tensor, key_mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [D, heads, head_dim]: one query per row against its keys at key_slots [D, L]."""
+        d, length = key_slots.shape
+        flat = key_slots.reshape(-1)
         # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.
         keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        rows = q if plan.token_idx is None else q.index_select(0, plan.token_idx)
-        queries = rows.reshape(d, self.num_kv_heads, self.group, self.head_dim)
-        out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), plan.key_mask, scale)
+        queries = q.reshape(d, self.num_kv_heads, self.group, self.head_dim)
+        out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), key_mask, scale)
         return out.reshape(d, self.num_heads, self.head_dim)
 
     def _prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

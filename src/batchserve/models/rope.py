@@ -124,13 +124,15 @@ class RotaryEmbedding(torch.nn.Module):
 
     def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows [T, 1, head_dim] of these positions, cached while the same tensor comes back."""
+        compiling = torch.compiler.is_compiling()  # a compiled step shares the gather by itself (CSE)
         step = self._step
-        if step is not None and step[0] is positions and step[1] == dtype:
+        if not compiling and step is not None and step[0] is positions and step[1] == dtype:
             return step[2], step[3]
         if self.cos.device != positions.device:
             self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
         cos = self.cos.index_select(0, positions)[:, None, :].to(dtype)
         sin = self.sin.index_select(0, positions)[:, None, :].to(dtype)
-        self._step = (positions, dtype, cos, sin)
+        if not compiling:
+            self._step = (positions, dtype, cos, sin)
         return cos, sin
 
