@@ -16,15 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from torch._dynamo.utils import counters  # noqa: E402
+from torch._dynamo.utils import counters
 
-from batchserve import SamplingParams  # noqa: E402
-from batchserve.entrypoints.llm import LLM  # noqa: E402
-from batchserve.model_config import kv_bytes_per_block  # noqa: E402
+from batchserve import SamplingParams
+from batchserve.entrypoints.llm import LLM
+from batchserve.model_config import kv_bytes_per_block
 
 VOCAB = 300
-SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=512)
+SHAPE = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 NUM_REQUESTS = 200
 MAX_GRAPHS = 2  # dynamic shapes: one graph for batch 1 (torch specializes size 1), one for every larger batch
 
@@ -82,6 +82,6 @@ def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_nu
         assert compiled[i] == hf_greedy(model, prompts[i], params[i].max_tokens)
 
 
-def test_the_cpu_default_is_eager(hf_model) -> None:
-    llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB", device="cpu")
+def test_the_default_is_eager(hf_model) -> None:
+    llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     assert llm.llm_engine.model.compiled_decode is None

@@ -42,9 +42,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
     p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
                    help="quantize the decoder's linear layers at load: int8 = weight-only, per output channel")
-    p.add_argument("--enforce-eager", default=None, action=argparse.BooleanOptionalAction,
-                   help="run every step eagerly; --no-enforce-eager compiles decode steps on any device "
-                   "(default: compiled on CUDA, eager on CPU)")
+    p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
+                   help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
+                   "torch.compile (minutes of compilation on a small CPU)")
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class RunSetup:
     device: str | None = None
     kv_cache_memory: str | None = None
     quantization: str | None = None
-    enforce_eager: bool | None = None
+    enforce_eager: bool = True
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
