@@ -30,6 +30,9 @@ class LoRAManager:
     """Wraps the model's projections at construction; owns the adapter registry, host LRU and device slots."""
 
     def __init__(self, model: CausalLM, model_config: ModelConfig, config: LoRAConfig) -> None:
+        if model_config.is_moe:  # adapters would need per-expert slots; the dense projections alone are a trap
+            raise LoRAError(f"LoRA adapters on MoE models ({model_config.architecture}) are not supported yet; "
+                            f"serve {model_config.name} without enable_lora")
         self.config = config
         self.device = model.device
         self.dtype = model.dtype

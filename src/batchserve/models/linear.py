@@ -17,8 +17,14 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def new_linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> nn.Linear:
+    """An uninitialised nn.Linear: load_weights overwrites it, and random init of a 7B model costs minutes."""
+    return skip_init(nn.Linear, n_in, n_out, bias=bias, dtype=dtype, device=device)
 
 
 def prepack_supported(dtype: torch.dtype, device: torch.device) -> bool:

@@ -41,6 +41,9 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
         raise ModelLoadError(f"quantization {quantization!r} is not supported; use None or one of "
                              f"{', '.join(QUANTIZATION_METHODS)}")
     net, config, path = _build(model, dtype, device)
+    if quantization is not None and config.is_moe:  # the experts' GEMMs have no int8 path yet
+        raise ModelLoadError(f"quantization {quantization!r} is not supported for MoE models "
+                             f"({config.architecture}) yet; load {config.name} unquantized")
     if quantization == "int8":
         quantize_linears(net.model)
     if prepack and prepack_supported(net.dtype, net.device):

@@ -104,6 +104,12 @@ class CostModel:
         self._mlp_gemms = [(h, 2 * inter / tp), (inter / tp, h)]
         self.wb, self.ab = wb, ab
         self.num_experts, self.top_k = m.num_experts, m.num_experts_per_tok
+        # MoE extras: Qwen2-MoE's always-on shared expert and its one-output gate, and the dense MLP of the
+        # layers an MoE model keeps dense (mlp_only_layers); a layer's cost is the average over its kinds
+        shared, dense_inter = m.shared_expert_intermediate_size, m.dense_intermediate_size or inter
+        self._shared_gemms = [(h, 2 * shared / tp), (shared / tp, h), (h, 1)] if shared else []
+        self._dense_mlp_gemms = [(h, 2 * dense_inter / tp), (dense_inter / tp, h)]
+        self.moe_layer_share = m.num_moe_layers / m.num_layers
         # Attention per layer on one rank.
         self.heads = m.num_attention_heads / tp
         self.head_dim = m.head_dim
@@ -128,15 +134,17 @@ class CostModel:
         return max(flops / self.flops, nbytes / self.bandwidth)
 
     def layer_gemm_time(self, tokens: int) -> float:
+        """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
         t = sum(self._gemm(tokens, k, n) for k, n in self._dense_gemms)
-        if self.num_experts:
-            e, top = self.num_experts, self.top_k
-            touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
-            t += sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
-            t += self._gemm(tokens, self.hidden, e / self.tp)  # router
-        else:
-            t += sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
-        return t
+        if not self.num_experts:
+            return t + sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
+        e, top = self.num_experts, self.top_k
+        touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
+        moe = sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
+        moe += self._gemm(tokens, self.hidden, e / self.tp)  # router
+        moe += sum(self._gemm(tokens, k, n) for k, n in self._shared_gemms)
+        dense = sum(self._gemm(tokens, k, n) for k, n in self._dense_mlp_gemms)
+        return t + self.moe_layer_share * moe + (1 - self.moe_layer_share) * dense
 
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
