@@ -46,12 +46,15 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
     p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
                    help="quantize the decoder's linear layers at load: int8 = weight-only, per output channel")
+    p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
+                   help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
+                   "torch.compile (minutes of compilation on a small CPU)")
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                quantization=args.quantization)
+                quantization=args.quantization, enforce_eager=args.enforce_eager)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

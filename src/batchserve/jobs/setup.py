@@ -50,6 +50,7 @@ class RunSetup:
     device: str | None = None
     kv_cache_memory: str | None = None
     quantization: str | None = None
+    enforce_eager: bool = True
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -61,7 +62,7 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "quantization": self.quantization, "scheduler": self.scheduler,
+                "quantization": self.quantization, "enforce_eager": self.enforce_eager, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
