@@ -179,7 +179,7 @@ def test_decode_run_offsets_are_cumulative_step_times(model: str, tp: int, num_d
     """Step j of a run attends context + j*num_decodes tokens; offsets are the running sum of step times."""
     cm = cost_model(model, tp=tp)
     steps = 40
-    offsets = cm.decode_run_offsets(num_decodes, context, steps)
+    offsets = cm.decode_run_offsets(num_decodes, context + num_decodes * np.arange(steps))
     assert offsets.shape == (steps,)
     expected = np.cumsum([
         cm.step_time(num_decodes=num_decodes, decode_context_tokens=context + j * num_decodes,

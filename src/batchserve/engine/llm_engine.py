@@ -49,6 +49,10 @@ class LLMEngine:
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
     `quantization`: "int8" stores the decoder's projection weights as int8 with
     one scale per output channel (models/quantization.py); None keeps `dtype`.
+    `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
+    steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
+    compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
+    on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -72,6 +76,7 @@ class LLMEngine:
         skip_tokenizer_init: bool = False,
         weight_prepack: bool = True,
         quantization: str | None = None,
+        enforce_eager: bool = True,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
@@ -91,6 +96,11 @@ class LLMEngine:
         lora_config = LoRAConfig(enable_lora, max_loras, max_lora_rank, max_cpu_loras)
         # before sizing the KV cache: on a GPU the adapter slots take memory the cache must not count on
         self.lora_manager = LoRAManager(self.model, self.model_config, lora_config) if enable_lora else None
+        if not enforce_eager and self.model_config.is_moe:
+            raise ValueError("compiled decode steps (enforce_eager=False, --no-enforce-eager) do not support MoE "
+                             "models yet: their expert dispatch is data-dependent; run them eagerly")
+        if not enforce_eager and not enable_lora:
+            self.model.compile_decode()
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import CacheConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
+from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
@@ -49,6 +50,7 @@ class RunSetup:
     device: str | None = None
     kv_cache_memory: str | None = None
     quantization: str | None = None
+    enforce_eager: bool = True
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
     scheduler: str = "sarathi"
@@ -62,8 +64,8 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "quantization": self.quantization, "speculative_config": self.speculative_config,
-                "scheduler": self.scheduler,
+                "quantization": self.quantization, "enforce_eager": self.enforce_eager,
+                "speculative_config": self.speculative_config, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
@@ -91,7 +93,7 @@ class RunSetup:
 
     def sim_setup(self, hardware: str) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
-        KV blocks and replicas."""
+        KV blocks, replicas and LoRA slots."""
         if self.speculative_config is not None:
             raise ValueError("the estimate does not model speculative decoding yet; estimate without "
                              "--speculative-config")
@@ -101,4 +103,4 @@ class RunSetup:
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape)
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))
