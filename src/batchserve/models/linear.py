@@ -60,15 +60,16 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
-    """Replace every nn.Linear under `module` by `make(linear)` (a packed or quantized form of its weights)."""
+def replace_linears(module: nn.Module, make: Callable[[str, nn.Linear], nn.Module], prefix: str = "") -> None:
+    """Replace every nn.Linear under `module` by `make(its dotted path, linear)` (a packed or quantized form)."""
     for name, child in module.named_children():
+        path = f"{prefix}{name}"
         if isinstance(child, nn.Linear):
-            setattr(module, name, make(child))
+            setattr(module, name, make(path, child))
         else:
-            replace_linears(child, make)
+            replace_linears(child, make, f"{path}.")
 
 
 def prepack_linears(module: nn.Module) -> None:
     """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
-    replace_linears(module, lambda linear: PackedLinear(linear.weight, linear.bias))
+    replace_linears(module, lambda _, linear: PackedLinear(linear.weight, linear.bias))
