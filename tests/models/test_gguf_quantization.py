@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 gguf = pytest.importorskip("gguf")
 
-from gguf_files import write_hf_model_as_gguf  # noqa: E402
+from gguf_files import write_hf_model_as_gguf
 
-from batchserve.models import ModelLoadError, load_model  # noqa: E402
-from batchserve.models.gguf_quantization import int4_blocks  # noqa: E402
-from batchserve.models.quantization import Int4Linear, Int8Linear  # noqa: E402
+from batchserve.models import ModelLoadError, load_model
+from batchserve.models.gguf_quantization import int4_blocks
+from batchserve.models.quantization import Int4Linear, Int8Linear
 
 
 def _random_blocks(kind: str, rows: int, cols: int) -> np.ndarray:

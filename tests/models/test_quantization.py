@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batchserve.models import ModelLoadError, load_model
 from batchserve.config import QuantizationConfig
+from batchserve.models import ModelLoadError, load_model
 from batchserve.models.quantization import Int4Linear, Int8Linear, quantize_per_channel, quantize_per_group
 from batchserve.tokenizer import chat_prompt_ids, load_tokenizer
 
