@@ -14,7 +14,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import QUANTIZATION_METHODS, SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
+from ..config import (
+    INT4_GROUP_SIZES,
+    QUANTIZATION_METHODS,
+    SCHEDULER_PRESETS,
+    CacheConfig,
+    QuantizationConfig,
+    SchedulerConfig,
+    scheduler_config,
+)
 from ..metrics import SLO, summarize
 from ..progress import Progress
 from ..request import Request
@@ -41,13 +49,19 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--kv-cache-memory", default=None,
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
     p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
-                   help="quantize the decoder's linear layers at load: int8 = weight-only, per output channel")
+                   help="weight-only quantization of the decoder's linear layers: int8 = per output channel, "
+                   "int4 = per group (--quantization-group-size), gguf = a GGUF file's own 4-bit blocks")
+    p.add_argument("--quantization-group-size", type=int, default=QuantizationConfig.group_size,
+                   choices=INT4_GROUP_SIZES, help=f"int4: weights per scale (default {QuantizationConfig.group_size})")
+    p.add_argument("--deterministic", action="store_true",
+                   help="batch-invariant numerics: a request's tokens do not depend on its batch-mates (slower)")
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                quantization=args.quantization)
+                quantization=args.quantization, quantization_group_size=args.quantization_group_size,
+                deterministic=args.deterministic)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
