@@ -52,7 +52,6 @@ def smollm2_path() -> str:
 def qwen_checkpoint(folder: str) -> str:
     """The Qwen2.5-0.5B shape with random weights, saved where the engine can load it."""
     import transformers
-
     from bench_engine import SHAPES
 
     _, _, shape = SHAPES["qwen0.5b"]

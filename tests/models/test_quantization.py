@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from real_prompts import QUESTIONS
 
 from batchserve.config import QuantizationConfig
 from batchserve.models import ModelLoadError, load_model
 from batchserve.models.quantization import Int4Linear, Int8Linear, quantize_per_channel, quantize_per_group
 from batchserve.tokenizer import chat_prompt_ids, load_tokenizer
-
-QUESTIONS = [
-    "What is the capital of France?", "Name three primary colors.", "Write a haiku about the sea.",
-    "Who wrote Romeo and Juliet?", "Explain photosynthesis in one sentence.", "What is 12 times 12?",
-    "Translate 'good morning' into Spanish.", "What is the boiling point of water in Celsius?",
-    "Give me a synonym for happy.", "What planet is known as the Red Planet?", "List two programming languages.",
-    "How many days are in a leap year?", "What is the largest ocean on Earth?", "Suggest a name for a pet cat.",
-    "What does a thermometer measure?", "Describe a rainbow in a few words.", "What is the opposite of cold?",
-    "Who painted the Mona Lisa?", "What language is spoken in Brazil?", "Give one tip for better sleep.",
-]
 
 
 def test_per_channel_values_are_within_half_a_step_of_the_weight():
