@@ -11,7 +11,7 @@ from jobfiles import completion, shared_prefix_requests, write_jsonl  # noqa: E4
 
 from batchserve.entrypoints.cli import main  # noqa: E402
 
-ENGINE = ["--device", "cpu", "--kv-cache-memory", "4MiB", "--max-num-batched-tokens", "512", "-q"]
+ENGINE = ["--model", "tiny", "--device", "cpu", "--kv-cache-memory", "4MiB", "--max-num-batched-tokens", "512", "-q"]
 
 
 def test_run_prints_a_summary_writes_json_and_resumes(tmp_path, capsys):
@@ -39,16 +39,16 @@ def test_duplicate_custom_ids_stop_the_job_before_it_writes(tmp_path, capsys):
 
 def test_errors_say_what_to_do(tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", [completion("x", "a")])
-    assert main(["run", str(inp), "-q"]) == 2
+    assert main(["run", str(inp), "-q", "--model", "tiny"]) == 2
     assert "give -o/--output" in capsys.readouterr().err
-    assert main(["run", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), "-q"]) == 2
+    assert main(["run", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), "-q", "--model", "tiny"]) == 2
     assert "No such file" in capsys.readouterr().err
 
 
 def test_estimate_predicts_without_running_and_prices_the_job(tmp_path, capsys):
     inp = write_jsonl(tmp_path / "in.jsonl", shared_prefix_requests(4, 64, prefix_len=200, max_tokens=8))
     summary = tmp_path / "estimate.json"
-    args = ["run", str(inp), "--estimate", "h100-sxm", "--price-per-hour", "3.6", "--json", str(summary)]
+    args = ["run", str(inp), "--model", "tiny", "--estimate", "h100-sxm", "--price-per-hour", "3.6", "--json", str(summary)]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "estimate: tiny on 1 x" in table and "Predicted cost:" in table
@@ -67,7 +67,7 @@ def test_estimate_keeps_n_completions_of_ids_with_any_characters(tmp_path, capsy
     rows = [completion("a#1", "first", max_tokens=4, n=2), completion("a", "second", max_tokens=4, n=3)]
     inp = write_jsonl(tmp_path / "in.jsonl", rows)
     summary = tmp_path / "estimate.json"
-    assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(summary)]) == 0
+    assert main(["run", str(inp), "--model", "tiny", "--estimate", "h100-sxm", "--json", str(summary)]) == 0
     s = json.loads(summary.read_text())["summary"]
     assert s["num_ok"] == 2 and s["output_tokens"] == (2 + 3) * 4
 
@@ -76,8 +76,8 @@ def test_estimate_computes_an_n_prompt_once_like_the_engine(tmp_path, capsys):
     """n=4 on a 200-token prompt: the first completion computes it, the rest only the tail past 12 full blocks."""
     inp = write_jsonl(tmp_path / "in.jsonl", [completion("p", list(range(1, 201)), max_tokens=4, n=4, ignore_eos=True)])
     real, estimate = tmp_path / "real.json", tmp_path / "estimate.json"
-    assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--json", str(real), "-q"]) == 0
-    assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(estimate), "-q"]) == 0
+    assert main(["run", str(inp), "-o", str(tmp_path / "out.jsonl"), "--json", str(real), "-q", "--model", "tiny"]) == 0
+    assert main(["run", str(inp), "--estimate", "h100-sxm", "--json", str(estimate), "-q", "--model", "tiny"]) == 0
     computed = [json.loads(p.read_text())["summary"]["computed_prompt_tokens"] for p in (real, estimate)]
     assert computed == [200 + 3 * 8, 200 + 3 * 8]
 
@@ -171,3 +171,9 @@ def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estima
                  *ENGINE]) == 0
     info = json.loads(again.read_text())["estimate"]
     assert "learned from 10 completions" in info["assumes"] and info["time_scale"] != 1.0
+
+    # the same command again on the finished job: nothing to estimate or run, and that is not an error
+    assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--and-run", *ENGINE]) == 0
+    text = capsys.readouterr().out
+    assert f"every request of {inp} is already in {out}" in text
+    assert len(out.read_text().splitlines()) == 12

@@ -104,17 +104,17 @@ def test_chat_uses_the_chat_template(llm: LLM) -> None:
 
 def test_generate_command(tmp_path, capsys) -> None:
     out = tmp_path / "gen.json"
-    assert main(["generate", "--prompt", "hello", "--max-tokens", "4", "--json", str(out)]) == 0
+    assert main(["generate", "--model", "tiny", "--prompt", "hello", "--max-tokens", "4", "--json", str(out)]) == 0
     assert "completion 0" in capsys.readouterr().out
     assert out.exists()
 
 
 def test_quantization_flag_reaches_the_engine(capsys) -> None:
-    assert main(["generate", "--prompt", "hello", "--max-tokens", "2", "--quantization", "int8",
+    assert main(["generate", "--model", "tiny", "--prompt", "hello", "--max-tokens", "2", "--quantization", "int8",
                  "--kv-cache-memory", "4MiB"]) == 0
     assert "completion 0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["generate", "--prompt", "hello", "--quantization", "int4"])
+        main(["generate", "--model", "tiny", "--prompt", "hello", "--quantization", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 

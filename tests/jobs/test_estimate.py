@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,11 @@ def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
     assert elsewhere.info["time_scale"] == 1.0  # a sample here says nothing of an H100's step costs
 
 
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within_its_budget(tmp_path, monkeypatch):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(12))
     calls: list[int] = []
@@ -123,6 +130,7 @@ def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within
         return simulate(self, elapsed)
 
     monkeypatch.setattr(LiveEta, "_simulate", counted)
+    monkeypatch.setattr(sys, "stderr", Terminal())  # progress (and so the ETA) is drawn on terminals only
     etas: list[LiveEta] = []
 
     def run(name: str, quiet: bool, **est) -> None:

@@ -80,7 +80,7 @@ def test_resumed_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", lines)
     _, reference = run(inp, tmp_path / "reference.jsonl", engine=dict(ENGINE, kv_cache_memory="16MiB"))
     out = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "batchserve", "run", str(inp), "-o", str(out), "-q", "--kv-cache-memory", "16MiB",
+    cmd = [sys.executable, "-m", "batchserve", "run", str(inp), "-o", str(out), "-q", "--model", "tiny", "--kv-cache-memory", "16MiB",
            "--max-num-batched-tokens", "512", "--max-num-seqs", "32", "--device", "cpu"]
     kill_after = rng.randint(1, 150)  # results on disk when the kill comes
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

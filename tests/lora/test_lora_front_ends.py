@@ -83,7 +83,7 @@ def test_run_lines_pick_the_adapter_by_model(tiny_adapters, expected, tmp_path) 
              for i in range(2) for m in expected]
     inp = write_jsonl(tmp_path / "in.jsonl", [*lines, completion("bad", PROMPT, model="nope")])
     out = tmp_path / "out.jsonl"
-    assert main(["run", str(inp), "-o", str(out), "--kv-cache-memory", "4MiB", "-q", *lora_flags(tiny_adapters)]) == 0
+    assert main(["run", str(inp), "-o", str(out), "--model", "tiny", "--kv-cache-memory", "4MiB", "-q", *lora_flags(tiny_adapters)]) == 0
     results = read_results(out)
     for line in lines:
         body = results[line["custom_id"]]["response"]["body"]
@@ -99,17 +99,17 @@ def test_generate_runs_the_chosen_adapter(llm, tiny_adapters, tmp_path, capsys) 
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
     want = llm.generate("Hello", params, use_tqdm=False, lora_request=tiny_adapters["sql"])[0].outputs[0]
     assert json.loads(out.read_text())["outputs"][0]["token_ids"] == want.token_ids
-    assert main(["generate", "--prompt", "x", "--lora", "nope", *lora_flags(tiny_adapters)]) == 2
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--lora", "nope", *lora_flags(tiny_adapters)]) == 2
     assert "--lora 'nope' is not one of --lora-modules (sql, chat)" in capsys.readouterr().err
 
 
 def test_bad_lora_flags_stop_before_loading(tiny_adapters, tmp_path, capsys) -> None:
     inp = write_jsonl(tmp_path / "in.jsonl", [completion("a", PROMPT)])
-    args = ["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "-q"]
+    args = ["run", str(inp), "-o", str(tmp_path / "o.jsonl"), "-q", "--model", "tiny"]
     assert main([*args, "--lora-modules", "sql"]) == 2
     assert "is not NAME=PATH" in capsys.readouterr().err
     assert main([*args, "--lora-modules", f"sql={tiny_adapters['sql'].lora_path}", "--max-loras", "4",
                  "--max-cpu-loras", "2"]) == 2
     assert "max_cpu_loras (2) must be >= max_loras (4)" in capsys.readouterr().err
-    assert main(["serve", "--kv-cache-memory", "4MiB", "--lora-modules", f"gone={tmp_path / 'gone'}"]) == 2
+    assert main(["serve", "--model", "tiny", "--kv-cache-memory", "4MiB", "--lora-modules", f"gone={tmp_path / 'gone'}"]) == 2
     assert "LoRA adapter 'gone'" in capsys.readouterr().err  # serve loads its adapters before it listens

@@ -10,11 +10,11 @@ from batchserve.entrypoints.serve_cmd import resolve_api_key
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["serve", "--max-waiting", "0"], "--max-waiting must be >= 1"),
-    (["serve", "--max-request-bytes", "0"], "--max-request-bytes must be > 0"),
-    (["serve", "--timeout-header", "-1"], "--timeout-header must be > 0"),
-    (["serve", "--api-key", ""], "--api-key must be non-empty"),
-    (["serve", "--policy", "random"], "unknown policy 'random'"),
+    (["serve", "--model", "tiny", "--max-waiting", "0"], "--max-waiting must be >= 1"),
+    (["serve", "--model", "tiny", "--max-request-bytes", "0"], "--max-request-bytes must be > 0"),
+    (["serve", "--model", "tiny", "--timeout-header", "-1"], "--timeout-header must be > 0"),
+    (["serve", "--model", "tiny", "--api-key", ""], "--api-key must be non-empty"),
+    (["serve", "--model", "tiny", "--policy", "random"], "unknown policy 'random'"),
     (["bench", "serve", "--simulate", "h100-sxm"], "--simulate needs --sim-model"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, words, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_engine_flags, add_simulation_flags
+from .common import add_engine_flags, add_report_flag, add_simulation_flags
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                   "balance_slack_tokens"))
     p.add_argument("--json", metavar="FILE", help="write measured, predicted and error of each metric as JSON")
     p.add_argument("--plot", metavar="PNG", help="write measured and predicted latency CDFs")
+    add_report_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run("validate", "cmd_validate"))
 

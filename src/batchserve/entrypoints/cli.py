@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from ..embedded_model import default_model
 from ..metrics import format_table, steady_throughput, write_per_request
 from ..sim.hardware import HARDWARE
 from ..sim.models import MODELS
@@ -14,7 +15,7 @@ from ..sim.simulate import SimSetup
 from ..tables import render_table
 from . import calibrate_cmd, plan_cmd, run_cmd, serve_cmd
 from .common import (
-    Resolved, add_engine_flags, add_simulation_flags, engine_args, layered_values, resolve_values, run_simulation,
+    Resolved, add_engine_flags, add_report_flag, add_simulation_flags, engine_args, layered_values, resolve_values, run_simulation,
     write_json,
 )
 from .lora_options import add_lora_flags, lora_engine_args, lora_modules
@@ -53,6 +54,7 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write config and metrics as JSON")
     p.add_argument("--plot", metavar="PNG", help="write latency CDFs and throughput/queue over time (sweep: latency vs throughput)")
     p.add_argument("--per-request", metavar="JSONL", help="write one record per request")
+    add_report_flag(p)
     p.add_argument("--list", action="store_true", help="list catalog models and hardware, then exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_simulate)
@@ -85,8 +87,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{result.wall_s:.2f} s wall: {sim_info['simulated_requests_per_wall_s']:.0f} requests/s"
         + (f"; {len(result.rejected)} rejected, e.g. {result.rejected[0][1]}" if result.rejected else "")
     )
+    data = {"config": run.config(), "metrics": summary, "simulation": sim_info}
     if args.json:
-        write_json(args.json, {"config": run.config(), "metrics": summary, "simulation": sim_info})
+        write_json(args.json, data)
+    if args.report:
+        from ..report import Report, write_report
+        from ..report.content import summary_headline
+
+        write_report(Report(_header(run.setup), "simulate", summary_headline(data, "metrics"), data["config"],
+                            runs={"simulated": result.records}), args.report)
     if args.per_request:
         write_per_request(result.records, args.per_request)
     if args.plot:
@@ -97,6 +106,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace, run: Resolved) -> int:
+    if args.report:
+        raise ConfigError("--report draws one run; drop --sweep for it (--plot draws the sweep)")
     if run.trace:
         raise ConfigError("--sweep rate=... needs a synthetic workload; a trace fixes its own arrival times")
     _, rates = _parse_sweep(args.sweep)
@@ -205,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "engine_model", False) and args.model is None:
+            args.model = default_model()
         return args.func(args)
     except (ValueError, OSError) as err:  # config, catalog, workload and fit errors all say what to do
         print(f"batchserve {args.command}: error: {err}", file=sys.stderr)

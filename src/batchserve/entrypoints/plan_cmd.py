@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import CacheConfig, SchedulerConfig
 from ..progress import Progress
@@ -21,8 +21,11 @@ from ..sim.plan.space import Base, SearchSpace
 from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig
 from ..workload import WorkloadSpec
-from .common import add_simulation_flags, layered_values, write_json
+from .common import add_report_flag, add_simulation_flags, layered_values, write_json
 from .options import ConfigError, pick
+
+if TYPE_CHECKING:
+    from ..report import Frontier, Report
 
 # Flag (= config field) -> (SearchSpace field, element type, default list). Each takes a comma list.
 SEARCHED = {
@@ -71,6 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     p.add_argument("--json", metavar="FILE", help="write best, runner-ups, rejected candidates and reasons as JSON")
     p.add_argument("--plot", metavar="PNG", help="plot cost vs latency of the verified candidates and the frontier")
+    add_report_flag(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_plan)
 
@@ -154,21 +158,59 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.__exit__()
     print(format_report(result))
+    data = to_json(result)
     if args.json:
-        write_json(args.json, to_json(result))
+        write_json(args.json, data)
     if args.plot:
         _plot(result, args.plot)
+    if args.report:
+        from ..report import write_report
+
+        write_report(_report(result, data), args.report)
     return 0 if result.best else 1
+
+
+def _frontier(result: PlanResult) -> Frontier:
+    """Verified candidates on cost vs the first SLO target's latency: what --plot and --report draw."""
+    from ..report import Frontier
+
+    verified = [c for c in result.accepted if c.probe and c.probe.checks]
+    target = next(iter(result.request.slo.targets))
+    return Frontier(target.name, target.seconds,
+                    [(c.cost_per_hour, latency_of(c), f"{c.replicas}x {c.config.label()}") for c in verified],
+                    [(c.cost_per_hour, latency_of(c)) for c in pareto(verified)])
 
 
 def _plot(result: PlanResult, path: str) -> None:
     from ..plots import plot_plan
 
-    verified = [c for c in result.accepted if c.probe and c.probe.checks]
-    target = next(iter(result.request.slo.targets))
-    plot_plan(
-        [(c.cost_per_hour, latency_of(c), f"{c.replicas}x {c.config.label()}") for c in verified],
-        [(c.cost_per_hour, latency_of(c)) for c in pareto(verified)],
-        target.name, target.seconds, path,
-        title=f"{result.request.base.model}: cost vs {target.name} at the target rate",
-    )
+    f = _frontier(result)
+    plot_plan(f.points, f.pareto, f.metric, f.target_s, path,
+              title=f"{result.request.base.model}: cost vs {f.metric} at the target rate")
+
+
+PLAN_HEADLINE = (
+    ("best.cost_per_hour", "Cost of the best plan ($/hour)"), ("best.num_gpus", "GPUs"),
+    ("best.replicas", "Replicas"), ("best.hardware", "Hardware"), ("best.tp", "Tensor parallel"),
+    ("best.pp", "Pipeline parallel"), ("best.capacity", "Capacity (req/s)"),
+    ("best.cost_per_million_output_tokens", "Cost per million output tokens ($)"), ("best.min_margin", "Min SLO margin"),
+    ("closest.cost_per_hour", "Closest candidate's cost ($/hour)"), ("search.simulations", "Simulations run"),
+)
+
+
+def _report(result: PlanResult, data: dict[str, Any]) -> Report:
+    """The plan's report: best plan, frontier; an infeasible plan says so first and why the closest missed."""
+    from ..report import Headline, Report
+
+    req = result.request
+    problem = None
+    if result.best is None:
+        closest = result.closest
+        problem = (f"Infeasible: no deployment within {req.space.max_gpus} GPUs meets the SLO {req.slo}"
+                   + (f" at {req.rate:g} req/s" if req.objective == "min-cost" else "")
+                   + (f"; closest: {closest.replicas}x {closest.config.label()} ({closest.why})" if closest else "")
+                   + ". Relax the SLO, raise --max-gpus or widen the search.")
+    frontier = _frontier(result)
+    config = {k: data[k] for k in ("objective", "model", "rate", "slo", "max_gpus", "prices")}
+    return Report(f"plan: {req.base.model}, {req.objective}, SLO {req.slo}", "plan", Headline.pick(data, PLAN_HEADLINE),
+                  config, problem=problem, frontier=frontier if frontier.points else None)

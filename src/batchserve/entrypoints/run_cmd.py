@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from ..config import SCHEDULER_PRESETS
-from ..jobs.estimate import EstimateConfig
+from ..jobs.estimate import LOCAL_CPU, EstimateConfig
+from ..jobs.openai_format import model_name
 from ..jobs.runner import JobConfig, Summary
 from ..jobs.setup import RunSetup, default_device
 from ..sim.router import RouterConfig
 from ..tables import REPORT_WIDTH, render_table
 from .common import (
     add_engine_flags,
+    add_report_flag,
     add_served_model_name,
     add_tool_call_parser,
     engine_args,
@@ -29,9 +32,7 @@ if TYPE_CHECKING:
     from ..jobs.engine_backend import EngineBackend
     from ..jobs.estimate import Estimate
     from ..jobs.eta import LiveEta
-
-ETA_HARDWARE = "cpu-local"
-"""The ETA's twin hardware for a CPU run without --estimate: the placeholder, scaled by the run's measured steps."""
+    from ..report import Report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--temperature", type=float, default=None,
                    help="temperature for bodies that do not set it (default 1.0, as in the OpenAI API)")
     g.add_argument("--json", metavar="FILE", help="write the summary as JSON")
+    add_report_flag(g)
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     e = p.add_argument_group("engine")
     add_engine_flags(e)
@@ -96,7 +98,8 @@ def _job_config(args: argparse.Namespace) -> JobConfig:
     defaults = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
     return JobConfig(prefix_aware=args.prefix_aware, window=args.window, preserve_order=args.preserve_order,
                      seed=args.seed, defaults=defaults, served_model_names=tuple(served_model_names(args)),
-                     tool_call_parser=args.tool_call_parser, lora_modules=tuple(lora_modules(args)))
+                     tool_call_parser=args.tool_call_parser, lora_modules=tuple(lora_modules(args)),
+                     keep_records=bool(args.report))
 
 
 def run_setup(args: argparse.Namespace) -> RunSetup:
@@ -131,29 +134,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     local = args.replicas == 1 and not args.ray_address
     make_backend = _backend_factory(setup)
     estimate = _estimate(args, setup, config, router, est, make_backend) if args.estimate else None
-    if args.estimate and not args.and_run:
+    if args.estimate and estimate is None:  # --and-run on a finished job: nothing to predict, the run says so
+        print(f"nothing left to estimate: every request of {args.input} is already in {args.output}")
+    if estimate is not None and not args.and_run:
+        data = {"input": args.input, "model": args.model, "estimate": estimate.info,
+                "summary": estimate.summary.to_dict(),
+                "measurements": estimate.measurements.to_dict() if estimate.measurements else None}
+        _write_outputs(args, data, {"predicted": estimate.summary.records})
         return 0
-    if not local:
-        from ..jobs.ray_runner import run_ray_job
+    try:
+        if not local:
+            from ..jobs.ray_runner import run_ray_job
 
-        summary = run_ray_job(args.input, args.output, args.model, setup.engine_args(), config, args.replicas,
-                              args.ray_address, args.quiet, router)
-        measurements = None
-    else:
-        from ..jobs.engine_backend import local_job
+            summary = run_ray_job(args.input, args.output, args.model, setup.engine_args(), config, args.replicas,
+                                  args.ray_address, args.quiet, router)
+            measurements = None
+        else:
+            from ..jobs.engine_backend import local_job
 
-        summary = local_job(args.input, args.output, args.model, setup.engine_args(), config, args.quiet,
-                            make_backend, _eta_factory(args, setup, config, router, est, estimate))
-        measurements = make_backend().log.take()
-        measurements.wall_s, measurements.num_requests = summary.wall_s, summary.num_ok
-    extra = _versus(estimate, summary) if estimate is not None else None
-    print(summary_table(summary, f"batch job: {args.model}, {args.replicas} replica(s)", extra=extra))
-    if args.json:
-        write_json(args.json, {"input": args.input, "output": args.output, "model": args.model,
-                               "replicas": args.replicas, "summary": summary.to_dict(),
-                               "estimate": estimate.info if estimate is not None else None,
-                               "measurements": measurements.to_dict() if measurements is not None else None})
+            summary = local_job(args.input, args.output, args.model, setup.engine_args(), config, args.quiet,
+                                make_backend, _eta_factory(args, setup, config, router, est, estimate))
+            measurements = make_backend().log.take()
+            measurements.wall_s, measurements.num_requests = summary.wall_s, summary.num_ok
+    except KeyboardInterrupt:
+        if args.report:
+            _interrupted_report(args, estimate)
+        raise
+    versus = _versus(estimate, summary) if estimate is not None else None
+    print(summary_table(summary, f"batch job: {model_name(args.model)}, {args.replicas} replica(s)",
+                        extra=_versus_rows(versus) if versus else None))
+    data = {"input": args.input, "output": args.output, "model": args.model, "replicas": args.replicas,
+            "summary": summary.to_dict(), "estimate": estimate.info if estimate is not None else None,
+            "estimated_vs_actual": versus,
+            "measurements": measurements.to_dict() if measurements is not None else None}
+    runs = {"measured": summary.records}
+    if estimate is not None:
+        runs["predicted"] = estimate.summary.records
+    _write_outputs(args, data, runs)
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, data: dict[str, Any], runs: dict[str, list]) -> None:
+    """--json and --report of one result, from the same dict so the two agree."""
+    if args.json:
+        write_json(args.json, data)
+    if args.report:
+        from ..report import write_report
+
+        write_report(run_report(args, data, runs), args.report)
 
 
 def _backend_factory(setup: RunSetup) -> Callable[[], EngineBackend]:
@@ -172,7 +200,7 @@ def _backend_factory(setup: RunSetup) -> Callable[[], EngineBackend]:
 def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
                  est: EstimateConfig, estimate: Estimate | None) -> Callable[[EngineBackend, Done], LiveEta] | None:
     """The live ETA's twin: on the estimate's hardware, else on the CPU placeholder (scaled by measured steps)."""
-    hardware = args.estimate or (ETA_HARDWARE if (setup.device or default_device()) == "cpu" else None)
+    hardware = args.estimate or (LOCAL_CPU if (setup.device or default_device()) == "cpu" else None)
     try:
         sim = setup.sim_setup(hardware) if hardware is not None else None
     except ValueError:  # a setup the twin does not model (e.g. --quantization): the progress line says "at this rate"
@@ -192,11 +220,17 @@ def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, r
 
 
 def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, router: RouterConfig,
-              est: EstimateConfig, make_backend: Callable[[], EngineBackend]) -> Estimate:
-    from ..jobs.estimate import estimate_job
+              est: EstimateConfig, make_backend: Callable[[], EngineBackend]) -> Estimate | None:
+    """Print and return the job's estimate; None when --and-run finds every request already done."""
+    from ..jobs.estimate import NothingToEstimate, estimate_job
 
-    estimate = estimate_job(args.input, args.output, setup, args.estimate, config, est, router, args.profile_from,
-                            make_backend)
+    try:
+        estimate = estimate_job(args.input, args.output, setup, args.estimate, config, est, router,
+                                args.profile_from, make_backend)
+    except NothingToEstimate:
+        if args.and_run and args.output and os.path.exists(args.output):
+            return None
+        raise
     summary, info = estimate.summary, estimate.info
     lo, hi = estimate.wall_s_range
     rows: dict[str, Any] = {
@@ -215,27 +249,81 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
     print(summary_table(summary, f"estimate: {info['model']} on {args.replicas} x {info['hardware']}",
                         wall_label="Predicted wall time (s):", extra=rows))
     print(f"assumes {info['assumes']}")
-    if args.json and not args.and_run:
-        write_json(args.json, {"input": args.input, "model": args.model, "estimate": info,
-                               "summary": summary.to_dict(),
-                               "measurements": estimate.measurements.to_dict() if estimate.measurements else None})
     return estimate
 
 
-def _versus(estimate: Estimate, actual: Summary) -> dict[str, str]:
-    """Estimated vs actual rows for the whole job (the sample ran in this command, so its time and tokens count)."""
+def _versus(estimate: Estimate, actual: Summary) -> dict[str, float]:
+    """Estimated vs actual for the whole job (the sample ran in this command, so its time and tokens count)."""
     sample = estimate.info.get("sample", {})
     wall = actual.wall_s + sample.get("wall_s", 0.0)
     tokens = actual.output_tokens + sample.get("output_tokens", 0)
     predicted = estimate.summary
     lo, hi = estimate.wall_s_range
-    error = f" ({wall / predicted.wall_s - 1:+.1%} vs estimate)" if predicted.wall_s else ""
+    return {"estimated_wall_s": predicted.wall_s, "estimated_wall_s_p10": lo, "estimated_wall_s_p90": hi,
+            "actual_wall_s": wall, "estimated_output_token_throughput": predicted.output_token_throughput,
+            "actual_output_token_throughput": tokens / wall if wall else 0.0}
+
+
+def _versus_rows(v: dict[str, float]) -> dict[str, str]:
+    wall, predicted = v["actual_wall_s"], v["estimated_wall_s"]
+    error = f" ({wall / predicted - 1:+.1%} vs estimate)" if predicted else ""
     return {
-        "Estimated wall time, job (s):": f"{predicted.wall_s:.2f} (p10-p90 {lo:.2f} - {hi:.2f})",
+        "Estimated wall time, job (s):":
+            f"{predicted:.2f} (p10-p90 {v['estimated_wall_s_p10']:.2f} - {v['estimated_wall_s_p90']:.2f})",
         "Actual wall time, job (s):": f"{wall:.2f}{error}",
-        "Estimated output tok/s, job:": f"{predicted.output_token_throughput:.1f}",
-        "Actual output tok/s, job:": f"{tokens / wall:.1f}" if wall else "-",
+        "Estimated output tok/s, job:": f"{v['estimated_output_token_throughput']:.1f}",
+        "Actual output tok/s, job:": f"{v['actual_output_token_throughput']:.1f}",
     }
+
+
+RUN_HEADLINE = (
+    ("summary.num_ok", "Requests ok"), ("summary.num_failed", "Requests failed"),
+    ("summary.num_skipped", "Skipped (done by an earlier run)"), ("summary.prompt_tokens", "Prompt tokens"),
+    ("summary.prompt_tokens_saved", "Prompt tokens saved by prefix reuse"),
+    ("summary.prefix_cache_hit_rate", "Prefix cache hit rate"), ("summary.output_tokens", "Output tokens"),
+    ("summary.wall_s", "Wall time (s)"), ("summary.output_token_throughput", "Output token throughput (tok/s)"),
+    ("summary.total_token_throughput", "Total token throughput (tok/s)"),
+    ("estimate.predicted_wall_s", "Predicted wall time (s)"), ("estimate.cost", "Predicted cost"),
+    ("estimated_vs_actual.estimated_wall_s", "Estimated wall time, job (s)"),
+    ("estimated_vs_actual.actual_wall_s", "Actual wall time, job (s)"),
+)
+
+
+def run_report(args: argparse.Namespace, data: dict[str, Any], runs: dict[str, list]) -> Report:
+    """The report of a run or of its estimate: what the summary table says, plus latency and queue charts."""
+    from ..report import Headline, Report
+
+    v = data.get("estimated_vs_actual")
+    versus = [] if not v else [
+        ("wall time, job (s)", v["estimated_wall_s"], v["actual_wall_s"]),
+        ("output tok/s, job", v["estimated_output_token_throughput"], v["actual_output_token_throughput"])]
+    estimate_only = "output" not in data
+    notes = []
+    if estimate_only:
+        notes.append(f"Estimate only: nothing ran. Assumes {data['estimate']['assumes']}.")
+    if data["summary"]["num_failed"]:
+        notes.append(f"{data['summary']['num_failed']} request(s) failed; their error lines are in {args.output}.")
+    if "predicted" in runs and "measured" in runs and data["estimate"].get("sample"):
+        notes.append("The predicted run covers the whole job; the measured one the requests after the sample.")
+    title = f"batch job {'estimate' if estimate_only else 'run'}: {model_name(args.model)} on {args.input}"
+    config = {"input": data["input"], "model": data["model"], "estimate": data["estimate"],
+              "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    return Report(title, "run", Headline.pick(data, RUN_HEADLINE), config, notes=notes, runs=runs, versus=versus)
+
+
+def _interrupted_report(args: argparse.Namespace, estimate: Estimate | None) -> None:
+    """An interrupted job's report says so first and how far it got, instead of charts of nothing."""
+    from ..jobs.batch_io import check_unique_ids, detect_format, scan_output
+    from ..report import Headline, Report, write_report
+
+    done, total = scan_output(args.output), check_unique_ids(args.input, detect_format(args.input))
+    data = {"done": done.num_ok + done.num_failed, "total": total}
+    problem = (f"Interrupted: {data['done']} of {total} requests have results in {args.output}. "
+               "Rerun the same command to finish the rest (finished results are kept).")
+    write_report(Report(f"batch job run (interrupted): {model_name(args.model)} on {args.input}", "run",
+                        Headline.pick(data, (("done", "Requests with results"), ("total", "Requests in the job"))),
+                        {"input": args.input, "model": args.model,
+                         "estimate": estimate.info if estimate is not None else None}, problem=problem), args.report)
 
 
 def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", extra: dict[str, str] | None = None) -> str:
@@ -245,6 +333,7 @@ def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", ex
         "Skipped (done by an earlier run):": str(s.num_skipped),
         "Prompt tokens:": str(s.prompt_tokens),
         "Prompt tokens computed:": str(s.computed_prompt_tokens),
+        "Prompt tokens saved by prefix reuse:": str(max(0, s.prompt_tokens - s.computed_prompt_tokens)),
         "Prefix cache hit rate:": f"{s.prefix_cache_hit_rate:.1%}",
         "Output tokens:": str(s.output_tokens),
         wall_label: f"{s.wall_s:.2f}",

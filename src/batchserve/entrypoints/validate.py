@@ -32,11 +32,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    flat = {f"{name}_{k}": v for name, row in result.metrics.items() for k, v in row.items()}
+    data = {"config": run.config(), **flat, "metrics": result.metrics, "per_request_mape": mape,
+            "measured": result.measured, "predicted": result.predicted}
     if args.json:
-        flat = {f"{name}_{k}": v for name, row in result.metrics.items() for k, v in row.items()}
-        write_json(args.json, {"config": run.config(), **flat, "metrics": result.metrics,
-                               "per_request_mape": mape, "measured": result.measured,
-                               "predicted": result.predicted})
+        write_json(args.json, data)
+    if args.report:
+        from ..report import Headline, Report, write_report
+
+        headline = Headline.pick(data, [(f"metrics.{name}.{side}", f"{name}, {side}") for name in result.metrics
+                                        for side in ("measured", "predicted")]
+                                 + [("per_request_mape.ttft", "per-request TTFT MAPE"),
+                                    ("per_request_mape.e2e", "per-request E2E MAPE")])
+        versus = [(name, row["predicted"], row["measured"]) for name, row in result.metrics.items()]
+        notes = [f"{name} is fixed by the arrivals in an open-loop run: its agreement tests nothing"
+                 for name, row in result.metrics.items() if not row["informative"]]
+        write_report(Report(f"{args.model}: measured vs predicted on {setup.deployment.hardware.name}", "validate",
+                            headline, data["config"], notes=notes,
+                            runs={"measured": result.real, "predicted": result.simulated}, versus=versus), args.report)
     if args.plot:
         from ..plots import plot_validation
 

@@ -32,11 +32,14 @@ from .lengths import LengthDistribution, LengthModel
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
-from .setup import RunSetup, model_shape
+from .setup import RunSetup, default_device, model_shape
 from .twin import simulate_entries
 
 if TYPE_CHECKING:
     from .engine_backend import EngineBackend
+
+LOCAL_CPU = "cpu-local"
+"""The catalog's placeholder for this machine's CPU: a sample run here gives it this CPU's step costs."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,10 @@ def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: 
     return record, lengths
 
 
+class NothingToEstimate(ValueError):
+    """Every request of the job is already in its output (or the job is empty)."""
+
+
 def estimate_job(
     input_path: str, output_path: str | None, setup: RunSetup, hardware: str, config: JobConfig,
     est: EstimateConfig = EstimateConfig(), router: RouterConfig = RouterConfig(), profile_from: str | None = None,
@@ -205,7 +212,8 @@ def estimate_job(
     job = plan_job(input_path, done, setup, config)
     requests = job.requests
     if not requests:
-        raise ValueError(f"{input_path}: no requests to estimate" + (f" ({total} already in {output_path})" if total else ""))
+        raise NothingToEstimate(f"{input_path}: no requests to estimate"
+                                + (f" ({total} already in {output_path})" if total else ""))
     if est.sample > len(requests):
         raise ValueError(f"--sample {est.sample} exceeds the job's {len(requests)} requests; give at most {len(requests)}")
     records = [prior] if prior is not None else []
@@ -217,6 +225,8 @@ def estimate_job(
         sampled, known = run_sample(chosen, make_backend(), output_path, config,
                                     job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
+        if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
+            target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
     steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
     evidence = Evidence.of(sim, records, steps_from, job, est)
     if evidence.lengths is None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from ..lora.request import LoRARequest
+from ..metrics import RequestRecord
 from ..outputs import RequestOutput
 from ..progress import Progress
 from ..openai import ServingContext, engine_error
@@ -49,6 +50,8 @@ class JobConfig:
     """How `tool_choice: auto` finds calls in the output (the model family's format)."""
     lora_modules: tuple[LoRARequest, ...] = ()
     """Adapters a line's `model` may name instead (--lora-modules); the engine needs enable_lora."""
+    keep_records: bool = False
+    """Keep each request's timings in the summary (for --report's latency charts); memory grows with the job."""
     max_inflight: int = 1024
     """Requests handed to an engine at once; the rest wait in the ordered stream."""
     fsync_every: int = 256
@@ -180,6 +183,8 @@ class Summary:
     computed_prompt_tokens: int = 0
     prefix_cache_hit_rate: float = 0.0
     wall_s: float = 0.0
+    records: list[RequestRecord] = field(default_factory=list, repr=False)
+    """Each request's timings, with JobConfig.keep_records (not in to_dict)."""
 
     @property
     def output_token_throughput(self) -> float:
@@ -191,11 +196,24 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **asdict(self),
+            **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"},
+            "prompt_tokens_saved": max(0, self.prompt_tokens - self.computed_prompt_tokens),
             "request_throughput": self.num_ok / self.wall_s if self.wall_s else 0.0,
             "output_token_throughput": self.output_token_throughput,
             "total_token_throughput": self.total_token_throughput,
         }
+
+
+def request_record(custom_id: str, out: RequestOutput) -> RequestRecord:
+    """A finished request's timings (of its first completion, as RequestMetrics keeps them) for reports."""
+    m = out.metrics
+    assert m is not None and m.finish_time is not None
+    nan = float("nan")
+    first = out.outputs[0]
+    return RequestRecord(custom_id, 0, m.arrival_time, nan if m.first_scheduled_time is None else m.first_scheduled_time,
+                         nan if m.first_token_time is None else m.first_token_time, m.finish_time,
+                         len(out.prompt_token_ids), len(first.token_ids), out.num_cached_tokens, m.num_preemptions,
+                         first.finish_reason or "unknown")
 
 
 class Recorder:
@@ -203,9 +221,10 @@ class Recorder:
 
     def __init__(
         self, writer: ResultWriter | None, preserve_order: bool, total: int,
-        progress: Callable[[Summary, int], None] | None = None,
+        progress: Callable[[Summary, int], None] | None = None, keep_records: bool = False,
     ) -> None:
         self.summary = Summary(num_requests=total)
+        self._keep_records = keep_records
         self._t0 = time.perf_counter()
         self._progress = progress
         write = writer.write if writer is not None else (lambda record: None)
@@ -229,6 +248,8 @@ class Recorder:
             s.num_ok += 1
             s.prompt_tokens += usage["prompt_tokens"]
             s.output_tokens += usage["completion_tokens"]
+            if self._keep_records and out.metrics is not None:
+                s.records.append(request_record(entry.custom_id, out))
         if self._order is not None:
             self._order.put(entry.seq, record)
         else:
@@ -254,7 +275,7 @@ def run_job(
     """Run (or resume) a job: check the input, skip what the output holds, write the rest as it finishes.
 
     Duplicate custom_ids and an unreadable output stop the job before the model loads. `make_eta`: the
-    progress line's ETA for the work left (the job's simulated twin); without one it extrapolates the rate.
+    progress bar's ETA for the work left (the job's simulated twin); without one the bar extrapolates the rate.
     """
     fmt = detect_format(input_path)
     total = check_unique_ids(input_path, fmt)
@@ -262,26 +283,23 @@ def run_job(
     backend = make_backend()
     context = make_context(backend)
     eta = make_eta(backend, done) if make_eta is not None else None
-    with ResultWriter(output_path, config.fsync_every) as writer, Progress("run", total, enabled=not quiet) as progress:
+    with (ResultWriter(output_path, config.fsync_every) as writer,
+          Progress("run", total, enabled=not quiet, own_eta=eta is not None) as progress):
 
         def show(s: Summary, num_done: int) -> None:
             if not progress.enabled:
                 return
             c = backend.counters()
             hit = c["prefix_cache_hits"] / c["prefix_cache_queries"] if c["prefix_cache_queries"] else 0.0
-            if eta is not None:
-                left = f"ETA {eta.seconds_left(s.wall_s):.0f} s"
-            else:
-                rate = (s.num_ok + s.num_failed) / s.wall_s if s.wall_s else 0.0
-                left = f"ETA at this rate {(total - num_done) / rate:.0f} s" if rate else "ETA ?"
-            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}, {left}")
+            left = f", ETA {eta.seconds_left(s.wall_s):.0f} s" if eta is not None else ""  # else the bar's, by rate
+            progress.update(num_done, f"{s.output_token_throughput:.0f} output tok/s, prefix hit {hit:.0%}{left}")
 
         def emit(entry: Entry, out: RequestOutput | None) -> None:
             if eta is not None:
                 eta.finished(entry)
             recorder.emit(entry, out)
 
-        recorder = Recorder(writer, config.preserve_order, total, show)
+        recorder = Recorder(writer, config.preserve_order, total, show, config.keep_records)
         entries = plan(input_path, fmt, done, context, config, backend.block_size, on_skip=recorder.skip)
         feed(backend, entries, emit, config.max_inflight)
     return recorder.finish(backend.counters())

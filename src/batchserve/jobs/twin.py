@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from ..engine.parallel_sampling import SiblingGate
-from ..outputs import CompletionOutput, RequestOutput
+from ..outputs import CompletionOutput, RequestMetrics, RequestOutput
 from ..request import Request
 from ..sim.engine import SimEngine
 from ..sim.router import RouterConfig
@@ -72,7 +72,8 @@ class SimBackend:
                 outputs = [CompletionOutput(k, "", c.output_token_ids, finish_reason=c.status.finish_reason)
                            for k, c in enumerate(children)]
                 self._generation_tokens += sum(len(o.token_ids) for o in outputs)
-                done.append((req, RequestOutput(cid, None, req.prompt_token_ids, outputs)))
+                done.append((req, RequestOutput(cid, None, req.prompt_token_ids, outputs,
+                                                       metrics=RequestMetrics.of(children[0]))))
         return done
 
     def prefix_ready(self, custom_id: str) -> bool:
@@ -137,7 +138,7 @@ def simulate_entries(
     replicas = sim.cluster.replicas
     backend = SimReplicas([SimBackend(engine, lengths) for engine in build_cluster(sim).replicas],
                           JobRouter(replicas, config.window, router))
-    recorder = Recorder(None, preserve_order=False, total=len(entries))
+    recorder = Recorder(None, preserve_order=False, total=len(entries), keep_records=config.keep_records)
     feed(backend, entries, recorder.emit, config.max_inflight * replicas)
     summary = recorder.finish(backend.counters())
     summary.wall_s = backend.now
