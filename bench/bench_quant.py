@@ -8,7 +8,8 @@ dequantize it) and "qwen0.5b" (the Qwen2.5-0.5B shape, random weights, saved as
 a bfloat16 HF checkpoint).
 
 Batch-1 decode: one 32-token prompt, --decode-tokens greedy tokens; the rate
-counts the tokens after the first (the prefill is excluded). Mixed: bench_engine's
+counts the tokens after the first (the prefill is excluded); the median of
+--rounds runs, interleaved across the variants. Mixed: bench_engine's
 workload (seed 0, prompts 32..512, outputs 16..256, ignore_eos), output tokens
 per second of the whole run.
 
@@ -23,6 +24,7 @@ import datetime
 import importlib.util
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--num-requests", type=int, default=64, help="requests of the mixed workload (0: skip it)")
+    parser.add_argument("--rounds", type=int, default=3, help="batch-1 decode runs per variant (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,17 +104,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = smollm2_path() if args.model == "smollm2" else qwen_checkpoint(tmp)
         variants = [v for v in args.variants if v != "gguf" or path.endswith(".gguf")]
-        rows = {}
-        for name in variants:
-            engine = LLMEngine(path, device="cpu", skip_tokenizer_init=True, kv_cache_memory="2GiB",
-                               max_num_batched_tokens=2048, **VARIANTS[name])
-            vocab = engine.model_config.vocab_size
+        engines = {name: LLMEngine(path, device="cpu", skip_tokenizer_init=True, kv_cache_memory="512MiB",
+                                   max_num_batched_tokens=2048, **VARIANTS[name]) for name in variants}
+        for engine in engines.values():
             decode_rate(engine, 8)  # warm-up: first-call allocations and oneDNN kernel creation
-            rows[name] = (decode_rate(engine, args.decode_tokens),
+        # rounds interleave the variants, so a burst of load on the shared machine hits them all alike
+        decodes: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, engine in engines.items():
+                decodes[name].append(decode_rate(engine, args.decode_tokens))
+        rows = {}
+        for name, engine in engines.items():
+            vocab = engine.model_config.vocab_size
+            rows[name] = (statistics.median(decodes[name]),
                           mixed_rate(engine, vocab, args.num_requests) if args.num_requests else float("nan"))
-            print(f"{name}: batch-1 decode {rows[name][0]:.1f} tok/s, mixed {rows[name][1]:.1f} output tok/s, "
+            print(f"{name}: batch-1 decode {rows[name][0]:.1f} tok/s (rounds: "
+                  f"{', '.join(f'{r:.1f}' for r in decodes[name])}), mixed {rows[name][1]:.1f} output tok/s, "
                   f"load average {os.getloadavg()[0]:.1f}", flush=True)
-            del engine
     base = rows.get("bfloat16")
     print(f"\n| variant | batch-1 decode tok/s | vs bf16 | {args.num_requests}-request mixed output tok/s | vs bf16 |")
     print("| --- | --- | --- | --- | --- |")
