@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from real_prompts import QUESTIONS
 
 from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
+from batchserve.tokenizer import chat_prompt_ids
 
 
 def _logprobs(out) -> list[float]:
@@ -39,3 +41,32 @@ def test_tiny_bf16_rows_do_not_depend_on_their_batch(tmp_path):
 def test_deterministic_mode_refuses_lora():
     with pytest.raises(ValueError, match="deterministic=True does not cover LoRA adapters yet"):
         LLM("tiny", device="cpu", deterministic=True, enable_lora=True)
+
+
+def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gguf):
+    """SmolLM2 in bfloat16 (where, without this mode, 10 of 20 answers changed with the batch): 20 chat prompts
+    alone, among 44 random prompts (63 batch-mates each), and again with a cache small enough to preempt."""
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+    def engine(cache: str) -> LLM:
+        return LLM(str(smollm2_gguf), dtype="bfloat16", device="cpu", kv_cache_memory=cache,
+                   max_num_batched_tokens=96, max_num_seqs=64, deterministic=True)
+
+    llm = engine("64MiB")
+    prompts = [chat_prompt_ids(llm.get_tokenizer(), [{"role": "user", "content": q}]) for q in QUESTIONS]
+    alone = [llm.generate([{"prompt_token_ids": p}], params, use_tqdm=False)[0].outputs[0].token_ids
+             for p in prompts]
+    rng = random.Random(0)
+    mates = [[rng.randrange(49152) for _ in range(rng.randint(5, 120))] for _ in range(44)]
+    batch = [{"prompt_token_ids": p} for p in prompts + mates]
+    rng.shuffle(batch)
+
+    def answers(outs) -> dict[tuple[int, ...], list[int]]:
+        return {tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs}
+
+    batched = answers(llm.generate(batch, params, use_tqdm=False))
+    small = engine("8MiB").generate(batch, params, use_tqdm=False)
+    assert sum(o.metrics.num_preemptions for o in small if o.prompt_token_ids in prompts) > 0
+    preempted = answers(small)
+    assert [batched[tuple(p)] for p in prompts] == alone
+    assert [preempted[tuple(p)] for p in prompts] == alone
