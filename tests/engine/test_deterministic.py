@@ -46,7 +46,7 @@ def test_deterministic_mode_refuses_lora():
 def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gguf):
     """SmolLM2 in bfloat16 (where, without this mode, 10 of 20 answers changed with the batch): 20 chat prompts
     alone, among 44 random prompts (63 batch-mates each), and again with a cache small enough to preempt."""
-    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
     def engine(cache: str) -> LLM:
         return LLM(str(smollm2_gguf), dtype="bfloat16", device="cpu", kv_cache_memory=cache,
@@ -57,7 +57,7 @@ def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gg
     alone = [llm.generate([{"prompt_token_ids": p}], params, use_tqdm=False)[0].outputs[0].token_ids
              for p in prompts]
     rng = random.Random(0)
-    mates = [[rng.randrange(49152) for _ in range(rng.randint(5, 120))] for _ in range(44)]
+    mates = [[rng.randrange(49152) for _ in range(rng.randint(4, 40))] for _ in range(44)]
     batch = [{"prompt_token_ids": p} for p in prompts + mates]
     rng.shuffle(batch)
 
