@@ -69,11 +69,14 @@ def workload(num: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]
 
 
 def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
-    """FLOPs of the useful work: every computed token through the linear layers and attention, LM head per output."""
+    """FLOPs of the useful work: every computed token through the linear layers (the active experts of an MoE
+    layer) and attention, LM head per output."""
     h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     q = cfg.num_attention_heads * (h // cfg.num_attention_heads)
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
-    linear_params = layers * (h * (q + 2 * kv) + q * h + 3 * h * inter)
+    # an MoE layer (Mixtral-style config) runs its router and each token's top-k experts, not all of them
+    top_k, experts = getattr(cfg, "num_experts_per_tok", 1), getattr(cfg, "num_local_experts", 0)
+    linear_params = layers * (h * (q + 2 * kv) + q * h + top_k * 3 * h * inter + h * experts)
     total = 0.0
     for prompt, out in reqs:
         computed = len(prompt) + out - 1  # the last sampled token is never fed back
@@ -84,8 +87,9 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
     return total
 
 
-def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True) -> tuple[float, LLM]:
-    llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory="4GiB",
+def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True,
+             kv_cache_memory: str = "4GiB") -> tuple[float, LLM]:
+    llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory=kv_cache_memory,
               max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()

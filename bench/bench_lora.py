@@ -14,6 +14,9 @@ and a cache hit in one would flatter the next):
 - sequential: the same engine, one generate call per adapter (its N/A requests),
   as a server that serves one fine-tune at a time would.
 Adapters are loaded (and slots filled) by a warm-up before timing. With
+--simulate, the LoRA engine is then calibrated in the same run (`calibrate`'s
+grid plus its LoRA steps under these adapters) and the simulator predicts the
+three runs' wall times on the same requests: simulated vs measured. With
 --repeats N the three runs alternate N times and each reports its fastest
 wall time (and all of them): on a shared machine, load that comes and goes
 would otherwise land on one configuration and not the others.
@@ -39,7 +42,11 @@ import torch
 import transformers
 
 from batchserve import LoRARequest, SamplingParams
+from batchserve.calibration.steps import calibrate
+from batchserve.calibration.validate import sim_setup
 from batchserve.entrypoints.llm import LLM
+from batchserve.request import Request
+from batchserve.sim.simulate import simulate
 from bench_engine import SHAPES  # the same model shapes as the engine benchmark
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -79,6 +86,21 @@ def timed(llm: LLM, batches: list[tuple[list[list[int]], LoRARequest | list[LoRA
     return time.perf_counter() - start
 
 
+def predicted_walls(llm: LLM, shape: str, prompts: list[list[int]], loras: list[LoRARequest], output_len: int,
+                    profile: Path) -> dict[str, float]:
+    """The simulator's wall time of each run on a profile calibrated on this engine: the last finish."""
+
+    def wall(pairs: list[tuple[list[int], LoRARequest | None]]) -> float:
+        requests = [Request(str(i), p, SamplingParams(max_tokens=output_len, ignore_eos=True),
+                            adapter_id=None if lora is None else lora.lora_int_id) for i, (p, lora) in enumerate(pairs)]
+        return max(r.finish_time for r in simulate(setup, requests).records)
+
+    setup = sim_setup(llm.llm_engine, str(profile), shape)
+    adapters = list(dict.fromkeys(loras))
+    return {"base": wall([(p, None) for p in prompts]), "mixed": wall(list(zip(prompts, loras))),
+            "sequential": sum(wall([(p, a) for p, a in zip(prompts, loras) if a is lora]) for lora in adapters)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
@@ -90,6 +112,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the three runs this many times")
+    parser.add_argument("--simulate", action="store_true",
+                        help="also calibrate the LoRA engine here and compare the simulator's wall times")
     parser.add_argument("--json", metavar="FILE", help="write the setup and results as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,14 +141,24 @@ def main() -> None:
             for name, (engine_llm, batches) in runs.items():
                 all_walls[name].append(timed(engine_llm, batches, params))
                 print(f"round {k + 1}: {name} {all_walls[name][-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+        predicted: dict[str, float] = {}
+        if args.simulate:
+            calibration = calibrate(llm.llm_engine, "bench-lora", quiet=True, adapters=adapters)
+            profile = Path(tmp) / "profile.json"
+            profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_lora"})))
+            predicted = predicted_walls(llm, args.shape, prompts, loras, args.output_len, profile)
+            print("calibrated: " + ", ".join(f"{k}={v:.3g}" for k, v in calibration.efficiency.to_dict().items()))
     walls = {name: min(w) for name, w in all_walls.items()}
     out_tokens = args.num_requests * args.output_len
     total_tokens = out_tokens + sum(map(len, prompts))
     rows = {name: {"wall_s": wall, "all_wall_s": all_walls[name], "output_tok_s": out_tokens / wall,
-                   "total_tok_s": total_tokens / wall, "vs_base": walls["base"] / wall} for name, wall in walls.items()}
-    print(f"\n{'run':<12}{'wall s':>9}{'out tok/s':>11}{'total tok/s':>13}{'speed vs base':>15}")
+                   "total_tok_s": total_tokens / wall, "vs_base": walls["base"] / wall,
+                   "predicted_wall_s": predicted.get(name)} for name, wall in walls.items()}
+    print(f"\n{'run':<12}{'wall s':>9}{'out tok/s':>11}{'total tok/s':>13}{'speed vs base':>15}{'simulated s':>13}")
     for name, r in rows.items():
-        print(f"{name:<12}{r['wall_s']:>9.1f}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['vs_base']:>14.2f}x")
+        sim = f"{r['predicted_wall_s']:>8.1f} ({r['predicted_wall_s'] / r['wall_s'] - 1:+.0%})" if predicted else ""
+        print(f"{name:<12}{r['wall_s']:>9.1f}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['vs_base']:>14.2f}x"
+              f"{sim:>16}")
     print(f"mixed is {walls['sequential'] / walls['mixed']:.2f}x as fast as sequential; loading {len(adapters)} "
           f"adapters took {load_s:.1f} s; load average at the end {os.getloadavg()}")
     if args.json:

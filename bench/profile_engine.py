@@ -1,6 +1,7 @@
-"""Where an engine step's time goes: torch profiler over decode-heavy steps of a random-weight model.
+"""Where an engine step's time goes: torch profiler over decode-heavy steps of a random-weight or real model.
 
     python bench/profile_engine.py --shape qwen0.5b --dtype bfloat16 --device cuda --num-requests 256
+    python bench/profile_engine.py --model SmolLM2-135M-Instruct.Q4_1.gguf --num-requests 1 --threads 2
 """
 
 from __future__ import annotations
@@ -22,15 +23,21 @@ from batchserve.request import SamplingParams
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
+    parser.add_argument("--model", help="a real model (HF directory or GGUF file) instead of a random-weight --shape")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10, help="profiled steps, after the prompts are in")
     args = parser.parse_args()
     rng = random.Random(0)
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        build_model(args.shape, getattr(torch, args.dtype), tmp)
-        llm = LLMEngine(tmp, device=args.device, dtype=args.dtype, kv_cache_memory="4GiB", skip_tokenizer_init=True)
+        if args.model is None:
+            build_model(args.shape, getattr(torch, args.dtype), tmp)
+        llm = LLMEngine(args.model or tmp, device=args.device, dtype=args.dtype, kv_cache_memory="4GiB",
+                        skip_tokenizer_init=True, enforce_eager=args.enforce_eager)
     vocab = llm.model_config.vocab_size
     for i in range(args.num_requests):
         llm.add_request(str(i), [rng.randrange(vocab) for _ in range(rng.randint(32, 512))],
@@ -45,7 +52,7 @@ def main() -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
     wall = (time.perf_counter() - t) / args.steps
-    print(f"{args.shape} {args.dtype} on {args.device}: {len(llm.scheduler.running)} decodes per step, "
+    print(f"{args.model or args.shape} {args.dtype} on {args.device}: {len(llm.scheduler.running)} decodes per step, "
           f"{wall * 1000:.1f} ms per step (profiled)")
     sort = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=50))

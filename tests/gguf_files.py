@@ -13,10 +13,14 @@ _LAYER_NAMES = {
     "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
     "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp", "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp", "mlp.shared_expert.down_proj": "ffn_down_shexp",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
 }
 _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
               "lm_head.weight": "output.weight"}
-_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+_ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                  "MixtralForCausalLM": "llama", "Qwen2MoeForCausalLM": "qwen2moe", "Qwen3MoeForCausalLM": "qwen3moe"}
 
 
 def llama_cpp_permute(rows: np.ndarray, num_heads: int) -> np.ndarray:
@@ -46,8 +50,15 @@ def write_hf_model_as_gguf(model: Any, path: Path, tensor_type: str = "F32") -> 
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
     writer.add_vocab_size(c.vocab_size)
+    if getattr(c, "num_experts", 0):
+        writer.add_expert_count(c.num_experts)
+        writer.add_expert_used_count(c.num_experts_per_tok)
+        if hasattr(c, "moe_intermediate_size"):
+            writer.add_expert_feed_forward_length(c.moe_intermediate_size)
+        if getattr(c, "shared_expert_intermediate_size", 0):
+            writer.add_expert_shared_feed_forward_length(c.shared_expert_intermediate_size)
     kind = gguf.GGMLQuantizationType[tensor_type]
-    for name, tensor in model.state_dict().items():
+    for name, tensor in _llama_cpp_tensors(model.state_dict()):
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue  # llama.cpp writes no output tensor for a tied head
         array = tensor.float().numpy()
@@ -64,9 +75,27 @@ def write_hf_model_as_gguf(model: Any, path: Path, tensor_type: str = "F32") -> 
     return path
 
 
+def _llama_cpp_tensors(state: dict[str, Any]):
+    """transformers 5's stacked experts as llama.cpp stores them: gate, up and down stacks [E, rows, cols];
+    the shared expert's one-row gate as a vector."""
+    for name, tensor in state.items():
+        if name.endswith("mlp.experts.gate_up_proj"):
+            gate, up = tensor.chunk(2, dim=1)
+            yield name.replace("gate_up_proj", "gate_exps"), gate
+            yield name.replace("gate_up_proj", "up_exps"), up
+        elif name.endswith("mlp.experts.down_proj"):
+            yield name.replace("down_proj", "down_exps"), tensor
+        elif name.endswith("shared_expert_gate.weight"):
+            yield name, tensor.reshape(-1)
+        else:
+            yield name, tensor
+
+
 def _gguf_name(hf: str) -> str:
     if hf in _TOP_NAMES:
         return _TOP_NAMES[hf]
+    if ".mlp.experts." in hf:  # model.layers.N.mlp.experts.<gate|up|down>_exps
+        return f"blk.{hf.split('.')[2]}.ffn_{hf.rsplit('.', 1)[1]}.weight"
     _, _, layer, rest = hf.split(".", 3)  # model.layers.N.<module>.<weight|bias>
     module, kind = rest.rsplit(".", 1)
     return f"blk.{layer}.{_LAYER_NAMES[module]}.{kind}"

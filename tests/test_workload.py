@@ -184,7 +184,8 @@ def test_to_dict_canonicalises_lengths_and_round_trips():
     d = spec.to_dict()
     assert d == {"num_requests": 1000, "rate": 5, "arrival": "gamma", "burstiness_cv": 2.0,
                  "input_len": "fixed:128", "output_len": "uniform:1:64", "num_prefix_groups": 3,
-                 "prefix_len": 32, "vocab_size": 32000, "seed": 9}
+                 "prefix_len": 32, "num_adapters": 0, "adapter_zipf_exponent": 1.0,
+                 "vocab_size": 32000, "seed": 9}
     assert WorkloadSpec(**d).to_dict() == d
 
 
@@ -205,6 +206,8 @@ def test_to_dict_canonicalises_lengths_and_round_trips():
     (dict(output_len="fixed:0"), "output_len: bad length spec"),
     (dict(vocab_size=0), "vocab_size"),
     (dict(seed=-1), "seed"),
+    (dict(num_adapters=-1), "num_adapters"),
+    (dict(num_adapters=4, adapter_zipf_exponent=-0.5), "adapter_zipf_exponent must be a number >= 0"),
 ])
 def test_spec_validation(kwargs, fragment):
     with pytest.raises(WorkloadError) as e:
@@ -213,6 +216,24 @@ def test_spec_validation(kwargs, fragment):
 
 
 # --------------------------------------------------------------------------- synthetic_requests
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0, 1.5])
+def test_adapters_are_drawn_with_zipf_popularity(exponent):
+    spec = WorkloadSpec(num_requests=20000, num_adapters=5, adapter_zipf_exponent=exponent, seed=1)
+    ids = np.array([r.adapter_id for r in synthetic_requests(spec)])
+    assert set(ids.tolist()) == {1, 2, 3, 4, 5}
+    want = np.arange(1, 6, dtype=float) ** -exponent
+    freq = np.bincount(ids, minlength=6)[1:] / len(ids)
+    np.testing.assert_allclose(freq, want / want.sum(), atol=0.01)
+
+
+def test_drawing_adapters_leaves_every_other_draw_unchanged():
+    plain = list(synthetic_requests(WorkloadSpec(num_requests=300, rate=5.0, seed=2)))
+    tuned = list(synthetic_requests(WorkloadSpec(num_requests=300, rate=5.0, seed=2, num_adapters=3)))
+    assert all(r.adapter_id is None for r in plain)
+    assert [(r.prompt_token_ids, r.arrival_time, r.sampling_params.max_tokens) for r in plain] == \
+        [(r.prompt_token_ids, r.arrival_time, r.sampling_params.max_tokens) for r in tuned]
 
 
 def test_requests_match_the_spec():

@@ -52,6 +52,9 @@ class SchedulerConfig:
     """Fraction of KV blocks kept free when admitting a waiting request, so running ones rarely preempt."""
     lpm_window: int = 256
     """`lpm` re-ranks only the first this-many waiting requests (by arrival) each step, bounding its cost."""
+    admission_lookahead: int = 256
+    """When an admission check (LoRA slots) refuses a waiting request, try up to this many behind it, as
+    vLLM skips such requests; 0 = strict head-of-line (one request for a non-resident adapter blocks all)."""
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -71,6 +74,8 @@ class SchedulerConfig:
             raise ValueError("long_prefill_token_threshold must be >= 0 (0 disables it)")
         if self.lpm_window < 1:
             raise ValueError(f"lpm_window must be >= 1, got {self.lpm_window}")
+        if self.admission_lookahead < 0:
+            raise ValueError(f"admission_lookahead must be >= 0, got {self.admission_lookahead}")
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,10 @@ class WorkloadSpec:
     """G groups; each request's prompt starts with its (random) group's shared prefix."""
     prefix_len: int = 0
     """Tokens of shared prefix per group (0 = no sharing)."""
+    num_adapters: int = 0
+    """N LoRA adapters (ids 1..N): each request runs under one, drawn by popularity (0: the base model only)."""
+    adapter_zipf_exponent: float = 1.0
+    """Adapter popularity skew: adapter k is drawn with probability proportional to k^-s (Zipf; 0 = uniform)."""
     vocab_size: int = 32000
     """Token ids are drawn uniformly from [0, vocab_size)."""
     seed: int = 0
@@ -223,6 +227,10 @@ class WorkloadSpec:
                 f"num_prefix_groups={self.num_prefix_groups} and prefix_len={self.prefix_len}: "
                 "set both > 0 to share prefixes, or both to 0 for none"
             )
+        _check_int("num_adapters", self.num_adapters, 0)
+        if not (_is_finite(self.adapter_zipf_exponent) and self.adapter_zipf_exponent >= 0):
+            raise WorkloadError(f"adapter_zipf_exponent must be a number >= 0 (0 = uniform popularity), "
+                                f"got {self.adapter_zipf_exponent!r}")
         _check_int("vocab_size", self.vocab_size, 1)
         _check_int("seed", self.seed, 0)
         for name in ("input_len", "output_len"):
@@ -236,6 +244,11 @@ class WorkloadSpec:
     def _process(self) -> str:
         """The arrival process in effect: no rate means offline whatever `arrival` says."""
         return "offline" if self.rate is None else self.arrival
+
+    def adapter_popularity(self) -> np.ndarray:
+        """Probability of each adapter (index k-1 for id k): Zipf with `adapter_zipf_exponent`."""
+        weights = np.arange(1, self.num_adapters + 1, dtype=np.float64) ** -self.adapter_zipf_exponent
+        return weights / weights.sum()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record of the spec: lengths canonical, arrival the process in effect."""
@@ -258,7 +271,9 @@ def synthetic_requests(spec: WorkloadSpec) -> Iterator[Request]:
 
 
 def _synthetic(spec: WorkloadSpec) -> Iterator[Request]:
-    arrival_rng, in_rng, out_rng, group_rng, prefix_rng, token_rng = _streams(spec.seed, 6)
+    # spawned streams are independent of how many are spawned: the adapter stream leaves the others unchanged
+    arrival_rng, in_rng, out_rng, group_rng, prefix_rng, token_rng, adapter_rng = _streams(spec.seed, 7)
+    popularity = spec.adapter_popularity() if spec.num_adapters else None
     vocab, groups = spec.vocab_size, spec.num_prefix_groups
     prefixes = prefix_rng.integers(0, vocab, size=(groups, spec.prefix_len)).tolist() if groups else []
     next_arrival = 0.0
@@ -268,6 +283,8 @@ def _synthetic(spec: WorkloadSpec) -> Iterator[Request]:
         in_lens = spec._input_len_dist.sample(in_rng, _CHUNK).tolist()
         out_lens = spec._output_len_dist.sample(out_rng, _CHUNK)[:m].tolist()
         group_ids = group_rng.integers(0, groups, size=_CHUNK)[:m].tolist() if groups else None
+        adapter_ids = (adapter_rng.choice(spec.num_adapters, size=_CHUNK, p=popularity)[:m] + 1).tolist() \
+            if popularity is not None else None
         gaps = _gaps(spec, arrival_rng)
         ends = np.cumsum(gaps) + next_arrival  # the first request of the run arrives at t=0
         arrivals = [next_arrival, *ends[: m - 1].tolist()]
@@ -283,7 +300,7 @@ def _synthetic(spec: WorkloadSpec) -> Iterator[Request]:
             offset += in_lens[j]
             prompt = prefixes[group_ids[j]] + suffix if group_ids else suffix
             yield Request(str(start + j), prompt, SamplingParams(max_tokens=out_lens[j], ignore_eos=True),
-                          arrival_time=arrivals[j])
+                          arrival_time=arrivals[j], adapter_id=adapter_ids[j] if adapter_ids else None)
 
 
 def _gaps(spec: WorkloadSpec, rng: np.random.Generator) -> np.ndarray:

@@ -39,7 +39,7 @@ def test_tiny_bf16_rows_do_not_depend_on_their_batch(tmp_path):
 
 
 def test_deterministic_mode_refuses_lora():
-    with pytest.raises(ValueError, match="deterministic=True does not cover LoRA adapters yet"):
+    with pytest.raises(ValueError, match="deterministic=True does not cover LoRA adapters or compiled decode steps yet"):
         LLM("tiny", device="cpu", deterministic=True, enable_lora=True)
 
 

@@ -13,9 +13,14 @@ from batchserve.sim.hardware import get_hardware  # noqa: E402
 
 
 def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None:
-    profile, result = tmp_path / "cpu.json", tmp_path / "validate.json"
+    profile, result, steps = tmp_path / "cpu.json", tmp_path / "validate.json", tmp_path / "steps.jsonl"
+    # with LoRA on, calibrate also times steps under random adapters (rank 8, two slots)
     assert main(["calibrate", "--model", "tiny", "--device", "cpu", "-o", str(profile), "-q",
-                 "--kv-cache-memory", "64MiB"]) == 0
+                 "--kv-cache-memory", "64MiB", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
+                 "--observations", str(steps)]) == 0
+    observed = [json.loads(line) for line in steps.read_text().splitlines()]
+    assert max(o["num_lora_segments"] for o in observed) == 2 and sum(o["num_lora_loads"] for o in observed) >= 2
+    assert any(o["num_lora_segments"] == 0 for o in observed)  # the base steps the LoRA terms are measured against
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
     hw = get_hardware(str(profile))
@@ -30,6 +35,16 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     assert abs(out["throughput_error"]) < 0.30
     assert out["metrics"]["ttft_p50"]["measured"] > 0 and (tmp_path / "cdf.png").stat().st_size > 0
     assert "per-request MAPE" in capsys.readouterr().out
+    # a workload over three adapters with two slots: the engine runs them, the simulator predicts them
+    assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", str(profile), "-q",
+                 "--kv-cache-memory", "64MiB", "--num-requests", "24", "--input-len", "uniform:16:200",
+                 "--output-len", "uniform:8:32", "--num-adapters", "3", "--max-loras", "2", "--max-lora-rank", "8",
+                 "--json", str(result)]) == 0
+    out = json.loads(result.read_text())
+    assert out["config"]["lora"]["max_loras"] == 2 and out["config"]["workload"]["num_adapters"] == 3
+    # the same work on both sides (how close their times are is measured in bench/, not asserted on a shared machine)
+    assert out["measured"]["num_requests"] == out["predicted"]["num_requests"] == 24
+    assert out["measured"]["total_output_tokens"] == out["predicted"]["total_output_tokens"]
 
 
 def test_validate_without_a_profile_says_what_to_pass(capsys) -> None:

@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from random_weights import randomize  # noqa: E402
+
 from batchserve import SamplingParams  # noqa: E402
 from batchserve.entrypoints.llm import LLM  # noqa: E402
 from batchserve.model_config import kv_bytes_per_block  # noqa: E402
@@ -29,15 +31,25 @@ ARCHS = {
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {"tie_word_embeddings": True}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    # MoE: 8 experts, top-2; Qwen2-MoE with its shared expert and a dense layer, Qwen3-MoE renormalising its top-k
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 8, "num_experts_per_tok": 2}),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 64, "num_hidden_layers": 3, "mlp_only_layers": [1]}),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16,
+                   "norm_topk_prob": True}),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
 def hf_model(request, tmp_path_factory):
     config_cls, model_cls, extra = ARCHS[request.param]
-    config = getattr(transformers, config_cls)(**SHAPE, **extra)
+    config = getattr(transformers, config_cls)(**{**SHAPE, **extra})
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(config).eval()
+    if getattr(config, "num_experts", 0):
+        randomize(model)  # HF's 0.02 init routes almost uniformly, which would hide router bugs
     path = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(path)
     return model, path

@@ -171,3 +171,24 @@ def test_the_estimate_charges_each_grammar_constrained_row_per_step(tmp_path):
         profile.write_text(json.dumps(hw))
         wall[overhead] = estimate_job(str(inp), None, SETUP, str(profile), JobConfig()).summary.wall_s
     assert wall[0.01] - wall[0.0] == pytest.approx(8 * 30 * 0.01, rel=0.1)  # 8 rows sample 30 times each
+
+
+def test_the_twin_runs_each_line_under_its_adapter(tmp_path):
+    """One prompt under three adapters and the base model: the prefix cache never shares across adapters, in the
+    run or in its twin, and one slot (max_loras=1) makes both wait for it; the token work agrees exactly."""
+    from batchserve.lora.random_adapters import write_random_adapters
+
+    setup = RunSetup(device="cpu", kv_cache_memory="200KiB", max_num_batched_tokens=128, max_num_seqs=16,
+                     lora=(("enable_lora", True), ("max_lora_rank", 4), ("max_loras", 1)))
+    probe = LLMEngine("tiny", **setup.engine_args()).lora_manager
+    adapters = tuple(write_random_adapters(probe.shapes, len(probe.layers), tmp_path, 3, rank=4))
+    shared = "a shared system prompt that fills a few blocks of the cache " * 2
+    rows = [completion(f"q{i}", shared + f"question {i}", max_tokens=12, ignore_eos=True,
+                       model=[a.lora_name for a in adapters][i % 4] if i % 4 < 3 else "tiny") for i in range(16)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    config = JobConfig(lora_modules=adapters)
+    real = local_job(str(inp), str(tmp_path / "out.jsonl"), "tiny", setup.engine_args(), config, True)
+    est = estimate_job(str(inp), None, setup, "cpu-local", config).summary
+    assert (est.prompt_tokens, est.computed_prompt_tokens, est.output_tokens, est.prefix_cache_hit_rate) == (
+        real.prompt_tokens, real.computed_prompt_tokens, real.output_tokens, real.prefix_cache_hit_rate)
+    assert 0 < real.prefix_cache_hit_rate < 0.75  # reuse within an adapter only (4 groups of 4 share a prompt)

@@ -46,6 +46,18 @@ def test_an_unknown_architecture_is_named():
         from_gguf_metadata({"general.architecture": "gemma3"}, ())
 
 
+def test_moe_keys():
+    mixtral = from_gguf_metadata(LLAMA | {"llama.expert_count": 8, "llama.expert_used_count": 2}, TENSORS)
+    assert mixtral.architecture == "MixtralForCausalLM" and mixtral.num_experts == 8
+    assert mixtral.num_experts_per_tok == 2 and mixtral.intermediate_size == 128 and mixtral.norm_topk_prob
+    qwen = {k.replace("llama.", "qwen2moe."): v for k, v in LLAMA.items()} | {
+        "general.architecture": "qwen2moe", "qwen2moe.expert_count": 60, "qwen2moe.expert_used_count": 4,
+        "qwen2moe.expert_feed_forward_length": 32, "qwen2moe.expert_shared_feed_forward_length": 256}
+    got = from_gguf_metadata(qwen, TENSORS)
+    assert got.architecture == "Qwen2MoeForCausalLM" and got.intermediate_size == 32
+    assert got.shared_expert_intermediate_size == 256 and not got.norm_topk_prob and not got.dense_layers
+
+
 def test_smollm2_reads_as_published(smollm2_gguf):
     """SmolLM2-135M-Instruct's published shape (its config.json on the HF Hub)."""
     pytest.importorskip("gguf")

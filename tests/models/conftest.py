@@ -23,6 +23,12 @@ ARCH_CONFIGS = {
     "Qwen2ForCausalLM": {"tie_word_embeddings": True},
     # explicit head_dim that differs from hidden/heads, as in real Qwen3 checkpoints
     "Qwen3ForCausalLM": {"head_dim": 32},
+    # MoE: 8 experts, top-2; Qwen2-MoE with its shared expert and a dense layer, Qwen3-MoE renormalising its top-k
+    "MixtralForCausalLM": {"num_local_experts": 8, "num_experts_per_tok": 2},
+    "Qwen2MoeForCausalLM": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                            "shared_expert_intermediate_size": 48, "num_hidden_layers": 3, "mlp_only_layers": [1]},
+    "Qwen3MoeForCausalLM": {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                            "norm_topk_prob": True, "num_hidden_layers": 3},
 }
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, vocab_size=300, max_position_embeddings=256, rms_norm_eps=1e-6)
@@ -112,6 +118,33 @@ def random_tokens(n: int, vocab: int, seed: int) -> list[int]:
     return torch.randint(0, vocab, (n,), generator=g).tolist()
 
 
+LOGIT_TOL = 1e-4  # fp32 logits against transformers
+
+
+def check_prefill_then_decode(hf: torch.nn.Module, model: CausalLM, lengths: tuple[int, ...] = (7, 19, 33),
+                              steps: int = 5) -> PagedRunner:
+    """One flat prefill of all prompts, then `steps` batched greedy decode steps; all logits vs HF."""
+    vocab = model.config.vocab_size
+    runner = PagedRunner(model, block_size=4)
+    prompts = [random_tokens(n, vocab, seed=n) for n in lengths]
+    outs = runner.step(list(enumerate(prompts)))
+    for prompt, out in zip(prompts, outs):
+        assert float((out - hf_logits(hf, prompt)).abs().max()) < LOGIT_TOL
+
+    decoded: list[list[torch.Tensor]] = [[] for _ in prompts]
+    last = [out[-1] for out in outs]
+    for _ in range(steps):
+        outs = runner.step([(i, [int(logits.argmax())]) for i, logits in enumerate(last)])
+        assert all(out.shape[0] == 1 for out in outs)
+        last = [out[-1] for out in outs]
+        for i, logits in enumerate(last):
+            decoded[i].append(logits)
+    for i, prompt in enumerate(prompts):
+        reference = hf_logits(hf, runner.tokens[i])[len(prompt):len(prompt) + steps]
+        assert float((torch.stack(decoded[i]) - reference).abs().max()) < LOGIT_TOL
+    return runner
+
+
 # Helpers reach tests as fixtures, which works under every pytest import mode.
 @pytest.fixture(name="hf_logits")
 def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
@@ -121,6 +154,16 @@ def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
 @pytest.fixture(name="paged_runner")
 def _paged_runner() -> type[PagedRunner]:
     return PagedRunner
+
+
+@pytest.fixture(name="make_hf_model")
+def _make_hf_model() -> Callable[..., torch.nn.Module]:
+    return make_hf_model
+
+
+@pytest.fixture(name="prefill_then_decode")
+def _prefill_then_decode() -> Callable[..., PagedRunner]:
+    return check_prefill_then_decode
 
 
 @pytest.fixture(name="random_tokens")

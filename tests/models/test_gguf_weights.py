@@ -25,11 +25,16 @@ def test_unpermute_undoes_the_converters_permutation(num_heads, head_dim):
     np.testing.assert_array_equal(unpermute_qk(llama_cpp_permute(bias, num_heads), num_heads), bias)
 
 
-@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
-def test_a_converted_hf_model_loads_with_the_same_logits(architecture, hf_checkpoint, hf_logits, paged_runner,
-                                                         random_tokens, tmp_path):
-    """F32 GGUF of a random HF model: names, q/k order (llama), biases and tied head (qwen2), q/k norms (qwen3)."""
-    hf, _ = hf_checkpoint(architecture)
+@pytest.mark.parametrize("architecture, overrides", [
+    ("LlamaForCausalLM", {}), ("Qwen2ForCausalLM", {}), ("Qwen3ForCausalLM", {}),
+    # MoE: llama.cpp runs every layer of a qwen2moe file as MoE, renormalises Mixtral's and Qwen3-MoE's top-k
+    ("MixtralForCausalLM", {}), ("Qwen2MoeForCausalLM", {"mlp_only_layers": []}), ("Qwen3MoeForCausalLM", {}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_converted_hf_model_loads_with_the_same_logits(architecture, overrides, hf_checkpoint, hf_logits,
+                                                         paged_runner, random_tokens, tmp_path):
+    """F32 GGUF of a random HF model: names, q/k order (llama), biases and tied head (qwen2), q/k norms (qwen3),
+    stacked experts, router and shared expert (MoE)."""
+    hf, _ = hf_checkpoint(architecture, **overrides)
     model, config, _ = load_model(write_hf_model_as_gguf(hf, tmp_path / "m.gguf"))
     assert config.architecture == architecture and config.tie_word_embeddings == hf.config.tie_word_embeddings
     tokens = random_tokens(13, 300, seed=5)

@@ -1,5 +1,7 @@
 """CausalLM over a paged KV cache matches transformers, logit for logit, for every supported architecture.
 
+The MoE families (Mixtral, Qwen2-MoE, Qwen3-MoE) run the same checks: 8 experts, top-2, random weights.
+
 Each sequence is compared with transformers running that sequence alone; ours
 runs several sequences packed into one flat batch over scattered blocks.
 """
@@ -13,7 +15,8 @@ import torch
 
 from batchserve.models import load_model
 
-ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+ARCHITECTURES = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                 "MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 TOL = 1e-4
 
 
@@ -22,36 +25,12 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def check_prefill_then_decode(hf, model, paged_runner, hf_logits, random_tokens, lengths=(7, 19, 33),
-                              steps=5) -> None:
-    """One flat prefill of all prompts, then `steps` batched greedy decode steps; all logits vs HF."""
-    vocab = model.config.vocab_size
-    runner = paged_runner(model, block_size=4)
-    prompts = [random_tokens(n, vocab, seed=n) for n in lengths]
-    outs = runner.step(list(enumerate(prompts)))
-    for prompt, out in zip(prompts, outs):
-        assert max_diff(out, hf_logits(hf, prompt)) < TOL
-
-    decoded: list[list[torch.Tensor]] = [[] for _ in prompts]
-    last = [out[-1] for out in outs]
-    for _ in range(steps):
-        outs = runner.step([(i, [int(logits.argmax())]) for i, logits in enumerate(last)])
-        assert all(out.shape[0] == 1 for out in outs)
-        last = [out[-1] for out in outs]
-        for i, logits in enumerate(last):
-            decoded[i].append(logits)
-    for i, prompt in enumerate(prompts):
-        reference = hf_logits(hf, runner.tokens[i])[len(prompt):len(prompt) + steps]
-        assert max_diff(torch.stack(decoded[i]), reference) < TOL
-
-
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-def test_batched_prefill_and_decode_match_transformers(architecture, hf_checkpoint, paged_runner, hf_logits,
-                                                       random_tokens):
+def test_batched_prefill_and_decode_match_transformers(architecture, hf_checkpoint, prefill_then_decode):
     hf, path = hf_checkpoint(architecture)
     model, config, where = load_model(path)
     assert config.architecture == architecture and where == path
-    check_prefill_then_decode(hf, model, paged_runner, hf_logits, random_tokens)
+    prefill_then_decode(hf, model)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -91,13 +70,13 @@ def test_prefix_cache_hit_reuses_shared_blocks(hf_checkpoint, paged_runner, hf_l
     {"rope_type": "linear", "factor": 2.0},
     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
 ], ids=lambda r: r["rope_type"])
-def test_rope_scaling_matches_transformers(rope, hf_checkpoint, paged_runner, hf_logits, random_tokens):
+def test_rope_scaling_matches_transformers(rope, hf_checkpoint, prefill_then_decode):
     # the trained length is 16 where the recipe names one, so the 33-38 token sequences reach the scaled range
     hf, path = hf_checkpoint("LlamaForCausalLM", max_position_embeddings=64,
                              rope_parameters={**rope, "rope_theta": 10000.0})
     model, config, _ = load_model(path)
     assert config.rope_scaling["rope_type"] == rope["rope_type"]
-    check_prefill_then_decode(hf, model, paged_runner, hf_logits, random_tokens)
+    prefill_then_decode(hf, model)
 
 
 def test_dynamic_ntk_matches_transformers_decoding_token_by_token(hf_checkpoint, paged_runner, random_tokens):
@@ -121,16 +100,15 @@ def test_dynamic_ntk_matches_transformers_decoding_token_by_token(hf_checkpoint,
     assert max_diff(ours, torch.cat(reference)) < TOL
 
 
-def test_mistral_sliding_window_matches_transformers(hf_checkpoint, paged_runner, hf_logits, random_tokens):
+def test_mistral_sliding_window_matches_transformers(hf_checkpoint, prefill_then_decode):
     hf, path = hf_checkpoint("MistralForCausalLM", sliding_window=8)
     model, config, _ = load_model(path)
     assert config.sliding_window == 8
-    check_prefill_then_decode(hf, model, paged_runner, hf_logits, random_tokens)
+    prefill_then_decode(hf, model)
 
 
-def test_llama_with_attention_and_mlp_bias_matches_transformers(hf_checkpoint, paged_runner, hf_logits,
-                                                                random_tokens):
+def test_llama_with_attention_and_mlp_bias_matches_transformers(hf_checkpoint, prefill_then_decode):
     hf, path = hf_checkpoint("LlamaForCausalLM", attention_bias=True, mlp_bias=True)
     model, config, _ = load_model(path)
     assert config.attention_bias and config.o_proj_bias and config.mlp_bias
-    check_prefill_then_decode(hf, model, paged_runner, hf_logits, random_tokens, lengths=(7, 19), steps=2)
+    prefill_then_decode(hf, model, lengths=(7, 19), steps=2)

@@ -27,8 +27,10 @@ def test_a_supported_config_reads_as_the_shared_reader_reads_it():
 @pytest.mark.parametrize("change, message", [
     ({"architectures": ["GPT2LMHeadModel"]}, "unsupported architecture GPT2LMHeadModel; supported: "
                                              + ", ".join(SUPPORTED_ARCHITECTURES)),
-    ({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8, "num_experts_per_tok": 2},
-     "unsupported architecture MixtralForCausalLM"),
+    ({"architectures": ["DeepseekV3ForCausalLM"], "n_routed_experts": 8, "num_experts_per_tok": 2},
+     "unsupported architecture DeepseekV3ForCausalLM"),
+    ({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8, "num_experts_per_tok": 2,
+      "scoring_func": "sigmoid"}, "MoE router scoring_func 'sigmoid' is not supported; supported: softmax"),
     ({"torch_dtype": "int8"}, "dtype 'int8' is not supported"),
     ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0]}}, "rope type 'longrope' is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
@@ -48,6 +50,12 @@ def test_an_architecture_of_another_family_is_named_before_its_fields():
     ({"rope_scaling": {"rope_type": "linear"}}, "needs factor"),
     ({"hidden_size": None}, "missing required field 'hidden_size'"),
     ({"num_key_value_heads": 5}, "not a multiple"),
+    ({"architectures": ["Qwen3MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
+      "decoder_sparse_step": 0}, "'decoder_sparse_step' must be an integer >= 1, got 0"),
+    ({"architectures": ["Qwen2MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
+      "mlp_only_layers": "1"}, "'mlp_only_layers' must be a list of layer indices"),
+    ({"architectures": ["Qwen2MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
+      "mlp_only_layers": [40]}, "layer indices in 0..31, got .40.$"),
 ])
 def test_malformed_configs_raise_the_readers_errors(change, message):
     with pytest.raises(ModelConfigError, match=message.replace("(", r"\(")):

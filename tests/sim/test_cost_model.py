@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from batchserve.model_config import from_hf_config
 from batchserve.sim.cost_model import CostModel, Efficiency
 from batchserve.sim.deployment import WEIGHT_BYTES, Deployment, DoesNotFitError, GiB
 from batchserve.sim.hardware import get_hardware
@@ -178,7 +179,7 @@ def test_decode_run_offsets_are_cumulative_step_times(model: str, tp: int, num_d
     """Step j of a run attends context + j*num_decodes tokens; offsets are the running sum of step times."""
     cm = cost_model(model, tp=tp)
     steps = 40
-    offsets = cm.decode_run_offsets(num_decodes, context, steps)
+    offsets = cm.decode_run_offsets(num_decodes, context + num_decodes * np.arange(steps))
     assert offsets.shape == (steps,)
     expected = np.cumsum([
         cm.step_time(num_decodes=num_decodes, decode_context_tokens=context + j * num_decodes,
@@ -204,6 +205,25 @@ def test_moe_batch1_decode_reads_two_of_eight_experts() -> None:
     # With many tokens, routing touches every expert: the whole layer is read.
     assert cm.layer_gemm_time(64) == pytest.approx(all_experts, rel=0.02)
     assert cm.layer_gemm_time(1) < cm.layer_gemm_time(4) < cm.layer_gemm_time(64)
+
+
+def test_shared_expert_and_dense_layers_add_their_weight_reads() -> None:
+    """Qwen2-MoE: at batch 1 a layer reads its top-k experts, the router, and the always-on shared expert with
+    its gate; a layer kept dense (mlp_only_layers) reads its dense MLP instead."""
+    qwen = {"architectures": ["Qwen2MoeForCausalLM"], "hidden_size": 2048, "intermediate_size": 5632,
+            "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "num_experts": 60,
+            "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+            "vocab_size": 151936, "max_position_embeddings": 8192}
+    m = from_hf_config(qwen)
+    h, q, kv = m.hidden_size, m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
+    attention = h * (q + 2 * kv) + q * h
+    moe = h * m.num_experts + 4 * 3 * h * 1408 + 3 * h * 5632 + h  # router, top-4, shared expert + gate
+    cm = CostModel(Deployment(model=m, hardware=H100), EFF)
+    assert cm.layer_gemm_time(1) == pytest.approx((attention + moe) * 2 / bandwidth(), rel=0.01)
+    half_dense = from_hf_config({**qwen, "mlp_only_layers": list(range(12))})
+    cm = CostModel(Deployment(model=half_dense, hardware=H100), EFF)
+    dense = 3 * h * 5632
+    assert cm.layer_gemm_time(1) == pytest.approx((attention + (moe + dense) / 2) * 2 / bandwidth(), rel=0.01)
 
 
 def test_moe_decode_is_cheaper_than_a_dense_model_of_the_same_size() -> None:

@@ -43,12 +43,15 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, packed: bool = False)
 
 def measure_peaks(device: torch.device, dtype: torch.dtype, packed: bool = False) -> tuple[float, float]:
     """(matmul FLOP/s, memory bytes/s): best of several large square products and large copies."""
-    flops = matmul_flops(device, dtype, packed)
+    return matmul_flops(device, dtype, packed), memory_bandwidth(device)
+
+
+def memory_bandwidth(device: torch.device) -> float:
+    """Best-of-5 bytes/s of a large copy (read + write), far beyond any cache."""
     numel = (1 << 30 if device.type == "cuda" else 1 << 26) // 4
     src = torch.empty(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    bandwidth = 2 * src.numel() * 4 / _best_time(lambda: dst.copy_(src), device, repeat=5)  # read + write
-    return flops, bandwidth
+    return 2 * src.numel() * 4 / _best_time(lambda: dst.copy_(src), device, repeat=5)
 
 
 def device_memory_bytes(device: torch.device) -> float:

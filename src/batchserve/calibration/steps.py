@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
+from ..lora import LoRARequest
+from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
 from ..request import Request, SamplingParams, StructuredOutputsParams
 from ..sim.calibration import Observation, fit_efficiency, fit_report
@@ -88,29 +92,54 @@ def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tup
             yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
 
 
+def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
+                prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry], list[int]]]:
+    """(label, requests, adapter ids: request i runs under ids[i % len]) groups of prompt chunks and decode
+    batches under one adapter and under `num_adapters`: beside the base steps of the same sizes, they fit
+    `lora_flops` and `lora_segment_overhead_s`. An adapter's first step also copies it into a slot."""
+    rng = np.random.default_rng(seed)
+    spreads = sorted({1, num_adapters})
+    for n in (64, 256):
+        for _ in range(prompt_repeats):
+            yield f"LoRA prefill {n}", [(_prompt(rng, vocab, n), 1, 0)], [1]
+    for batch in (8, 32):
+        for k in spreads:
+            if batch <= max_seqs:
+                yield f"LoRA decode x{batch}, {k} adapters", [(_prompt(rng, vocab, 16), 5, 0)
+                                                              for _ in range(batch)], list(range(1, k + 1))
+
+
 def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
-                 grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None) -> list[Observation]:
+                 grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
+                 adapters: Sequence[int] = ()) -> list[Observation]:
     """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included).
 
-    With `grammar`, every request runs under that constraint (registered with the engine's manager).
+    With `grammar`, every request runs under that constraint (registered with the engine's manager); with
+    `adapters` (LoRA ids the engine has registered), request i runs under adapters[i % len(adapters)].
     """
     arrivals = sorted(((start, i) for i, (_, _, start) in enumerate(entries)), reverse=True)
+    lora = getattr(engine.executor, "lora", None)  # counts the slot loads each step makes
     observations = []
     step = 0
     while arrivals or engine.has_unfinished():
         while arrivals and arrivals[-1][0] <= step:
-            prompt, out, _ = entries[arrivals.pop()[1]]
+            i = arrivals.pop()[1]
+            prompt, out, _ = entries[i]
             params = SamplingParams(max_tokens=out, ignore_eos=True,
                                     structured_outputs=grammar[1] if grammar else None)
-            req = Request(f"calibrate-{next(_ids)}", prompt, params)
+            req = Request(f"calibrate-{next(_ids)}", prompt, params,
+                          adapter_id=adapters[i % len(adapters)] if adapters else None)
             if grammar:
                 grammar[0].add_request(req)
             engine.add_request(req)
+        loads = lora.num_slot_loads if lora is not None else 0
         t = time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
         if keep and step_out.result is not None:
-            observations.append(Observation(step_shape(step_out.batch, engine.executor.attention), seconds))
+            loads = lora.num_slot_loads - loads if lora is not None else 0
+            observations.append(Observation(step_shape(step_out.batch, engine.executor.attention,
+                                                       num_lora_loads=loads), seconds))
         step += 1
     return observations
 
@@ -129,8 +158,12 @@ class Calibration:
         return {**self.profile.to_dict(), "_calibration": {**meta, "fit": self.report}}
 
 
-def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
-    """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps."""
+def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence[LoRARequest] = ()) -> Calibration:
+    """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps.
+
+    With LoRA on, steps under `adapters` (or, if none are given, random ones of `max_lora_rank`) fit the
+    LoRA terms too.
+    """
     device = llm.device
     dtype = llm.model.dtype
     # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
@@ -146,7 +179,9 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
         interconnect_latency_s=match.interconnect_latency_s if match else 5e-6,
         max_gpus_per_node=match.max_gpus_per_node if match else 1,
     )
-    deployment = Deployment(replace(llm.model_config, name="calibrated"), profile, weight_dtype=weight_dtype)
+    lora = llm.lora_manager
+    deployment = Deployment(replace(llm.model_config, name="calibrated"), profile, weight_dtype=weight_dtype,
+                            max_lora_rank=lora.config.max_lora_rank if lora else 0)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))
@@ -159,8 +194,27 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False) -> Calibration:
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
             observations += record_steps(llm.engine, entries, grammar=grammar)
+    if lora is not None:
+        observations += _lora_steps(llm, adapters)
     efficiency = fit_efficiency(deployment, observations)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
     return Calibration(profile, deployment, efficiency, observations, fit_report(deployment, efficiency, observations))
 
+
+
+def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest]) -> list[Observation]:
+    """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
+    lora, sched = llm.lora_manager, llm.scheduler.config
+    with tempfile.TemporaryDirectory() as root:
+        if not adapters:
+            adapters = write_random_adapters(lora.shapes, len(lora.layers), Path(root), lora.config.max_loras,
+                                             lora.config.max_lora_rank)
+        for adapter in adapters:
+            lora.add(adapter)
+        ids = [a.lora_int_id for a in adapters]
+        observations = []
+        for _, entries, which in lora_phases(llm.model_config.vocab_size, sched.max_num_seqs,
+                                             min(len(ids), lora.config.max_loras)):
+            observations += record_steps(llm.engine, entries, adapters=[ids[k - 1] for k in which])
+        return observations

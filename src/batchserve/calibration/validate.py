@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import CacheConfig
 from ..engine.llm_engine import LLMEngine
+from ..lora import LoRAConfig
 from ..metrics import SLO, RequestRecord, summarize
 from ..progress import Progress
 from ..request import Request
@@ -40,7 +41,8 @@ COMPARED = (
 Comparison = dict[str, dict[str, float | bool | None]]  # metric -> measured, predicted, error, informative
 ARRIVAL_BOUND = ("throughput", "request_throughput")
 """Metrics an open-loop run fixes by its arrivals: below capacity both sides finish requests as fast as they
-arrive, so their agreement proves nothing; only an offline (saturated) run tests them."""
+arrive, so their agreement proves nothing; only a saturated run (offline, or one the engine fell behind) tests
+them."""
 
 
 def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -> list[RequestRecord]:
@@ -75,13 +77,15 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
 
 
 def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
-    """The simulator's twin of a real engine: same model shape, scheduler, cache size; calibrated hardware."""
+    """The simulator's twin of a real engine: same model shape, scheduler, cache size, adapter slots;
+    calibrated hardware."""
     weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
+    lora = llm.lora_manager.config if llm.lora_manager is not None else LoRAConfig()
     return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name),
-                   attention=llm.executor.attention)
+                   attention=llm.executor.attention, lora=lora)
 
 
 def is_offline(records: Sequence[RequestRecord]) -> bool:
@@ -89,17 +93,29 @@ def is_offline(records: Sequence[RequestRecord]) -> bool:
     return len({r.arrival_time for r in records}) <= 1
 
 
-def compare(measured: dict, predicted: dict, offline: bool) -> Comparison:
+def is_saturated(records: Sequence[RequestRecord], keep_up: float = 0.9) -> bool:
+    """The engine could not keep up, so its throughput measures capacity, not the arrival rate: an offline run,
+    or one that finished requests at under `keep_up` x the rate they arrived (first arrival to last finish
+    against first to last arrival)."""
+    if is_offline(records):
+        return True
+    first = min(r.arrival_time for r in records)
+    arrived = max(r.arrival_time for r in records) - first
+    finished = max(r.finish_time for r in records) - first
+    return arrived < keep_up * finished
+
+
+def compare(measured: dict, predicted: dict, saturated: bool) -> Comparison:
     """Per metric: measured, predicted, relative error (predicted / measured - 1) and whether it tests the model.
 
-    Latencies always do; throughput only in an `offline` run (see ARRIVAL_BOUND).
+    Latencies always do; throughput only in a `saturated` run (see ARRIVAL_BOUND).
     """
     out = {}
     for name, key, stat in COMPARED:
         m = measured[key] if stat is None else measured[key][stat]
         p = predicted[key] if stat is None else predicted[key][stat]
         err = None if m is None or p is None or m == 0 else p / m - 1
-        out[name] = {"measured": m, "predicted": p, "error": err, "informative": offline or name not in ARRIVAL_BOUND}
+        out[name] = {"measured": m, "predicted": p, "error": err, "informative": saturated or name not in ARRIVAL_BOUND}
     return out
 
 
@@ -136,7 +152,7 @@ def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Re
     real = run_real(llm, requests(), quiet=quiet)
     sim = simulate(setup, requests()).records
     measured, predicted = summarize(real, slo=slo), summarize(sim, slo=slo)
-    metrics = compare(measured, predicted, offline=is_offline(real))
+    metrics = compare(measured, predicted, saturated=is_saturated(real))
     return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim)
 
 
@@ -157,4 +173,4 @@ def format_comparison(rows: Comparison) -> str:
     if all(r["informative"] for r in rows.values()):
         return table
     return (table + "\n(error): set by the arrival rate in this open-loop run, not a test of the cost model; "
-            "latency medians are, and so is throughput in an offline run (no --rate)")
+            "latency medians are, and so is throughput in a saturated run (no --rate, or more than the engine serves)")

@@ -52,6 +52,7 @@ class WaitingQueue:
         self._heap: list[tuple[tuple, int, Request]] = []
         self._seq = itertools.count()
         self._ranked: list[Request] | None = None  # lpm order for the current step
+        self._skipped: list[tuple[tuple, int, Request]] = []  # stepped over this step, entries kept for unskip
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -78,20 +79,41 @@ class WaitingQueue:
         return self._heap[0][2]
 
     def pop(self) -> Request:
+        return self._pop_entry()[2]
+
+    def _pop_entry(self) -> tuple[tuple, int, Request]:
         if self._ranked:
             req = self._ranked.pop(0)
-            self.remove(req)
             self._ranked = self._ranked or None
-            return req
-        return heapq.heappop(self._heap)[2]
+            return self._take(req)
+        return heapq.heappop(self._heap)
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self._skipped)
+
+    def skip(self) -> None:
+        """Step over the head for this step (an admission check refused it); `unskip` puts it back in place."""
+        self._skipped.append(self._pop_entry())
+
+    def unskip(self) -> None:
+        """Return the requests skipped this step to their places in the queue."""
+        for entry in self._skipped:
+            heapq.heappush(self._heap, entry)
+        if self._skipped:
+            self._skipped.clear()
+            self._ranked = None
 
     def remove(self, req: Request) -> None:
+        self._take(req)
+
+    def _take(self, req: Request) -> tuple[tuple, int, Request]:
         for i, entry in enumerate(self._heap):
             if entry[2] is req:
                 self._heap[i] = self._heap[-1]
                 self._heap.pop()
                 heapq.heapify(self._heap)
-                return
+                return entry
         raise KeyError(req.request_id)
 
     def victim(self, running: dict[Request, None]) -> Request:

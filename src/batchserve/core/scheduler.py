@@ -180,7 +180,17 @@ class Scheduler:
         return refund
 
     def _schedule_waiting(self, batch: ScheduledBatch, budget: int, now: float) -> None:
-        """Admit waiting requests in policy order until one does not fit (head-of-line)."""
+        """Admit waiting requests in policy order until one does not fit (head-of-line).
+
+        A request the admission check refuses (its adapter has no slot) is stepped over, up to
+        `admission_lookahead` of them, and keeps its place in the queue for the next step.
+        """
+        try:
+            self._admit(batch, budget, now)
+        finally:
+            self.waiting.unskip()
+
+    def _admit(self, batch: ScheduledBatch, budget: int, now: float) -> None:
         cfg = self.config
         kv = self.kv
         waiting = self.waiting
@@ -191,7 +201,10 @@ class Scheduler:
                 return
             req = waiting.peek()
             if self.admission_check is not None and not self.admission_check(req, self.running):
-                return
+                if waiting.num_skipped >= cfg.admission_lookahead:
+                    return
+                waiting.skip()
+                continue
             computed = kv.get_computed_blocks(req)
             num_cached = len(computed) * kv.block_size
             n = req.num_tokens - num_cached

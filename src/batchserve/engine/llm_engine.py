@@ -53,6 +53,10 @@ class LLMEngine:
     GGUF file's own 4-bit blocks (models/gguf_quantization.py); None keeps `dtype`.
     `deterministic`: batch-invariant numerics, so a request's tokens do not depend
     on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
+    `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
+    steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
+    compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
+    on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     """
@@ -76,6 +80,7 @@ class LLMEngine:
         quantization: str | None = None,
         quantization_group_size: int = QuantizationConfig.group_size,
         deterministic: bool = False,
+        enforce_eager: bool = True,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
@@ -87,8 +92,9 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
-        if deterministic and enable_lora:
-            raise ValueError("deterministic=True does not cover LoRA adapters yet; drop one of the two")
+        if deterministic and (enable_lora or not enforce_eager):
+            raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
+                             "drop enable_lora / enforce_eager=False, or deterministic")
         self.model, self.model_config, self.model_path = load_model(
             model, dtype=dtype, device=device, prepack=weight_prepack,
             quantization=QuantizationConfig(quantization, quantization_group_size))
@@ -99,6 +105,11 @@ class LLMEngine:
         lora_config = LoRAConfig(enable_lora, max_loras, max_lora_rank, max_cpu_loras)
         # before sizing the KV cache: on a GPU the adapter slots take memory the cache must not count on
         self.lora_manager = LoRAManager(self.model, self.model_config, lora_config) if enable_lora else None
+        if not enforce_eager and self.model_config.is_moe:
+            raise ValueError("compiled decode steps (enforce_eager=False, --no-enforce-eager) do not support MoE "
+                             "models yet: their expert dispatch is data-dependent; run them eagerly")
+        if not enforce_eager and not enable_lora:
+            self.model.compile_decode()
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None

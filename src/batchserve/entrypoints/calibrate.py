@@ -13,14 +13,15 @@ from ..calibration.steps import calibrate
 from ..engine.llm_engine import LLMEngine
 from ..tables import render_table
 from .common import engine_args, write_json
+from .lora_options import lora_engine_args, lora_modules
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     llm = LLMEngine(args.model, **engine_args(args), max_num_batched_tokens=args.max_num_batched_tokens,
-                    max_num_seqs=args.max_num_seqs, skip_tokenizer_init=True)
+                    max_num_seqs=args.max_num_seqs, skip_tokenizer_init=True, **lora_engine_args(args))
     name = args.name or f"calibrated-{llm.device.type}"
     t = time.perf_counter()
-    result = calibrate(llm, name, quiet=args.quiet)
+    result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args))
     wall = time.perf_counter() - t
     meta = {
         "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype],

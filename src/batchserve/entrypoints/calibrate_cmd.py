@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .common import add_engine_flags, add_report_flag, add_simulation_flags
+from .lora_options import add_lora_flags
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="profile name (default: calibrated-<device type>)")
     p.add_argument("--observations", metavar="JSONL", help="also write every measured step")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    add_lora_flags(p)  # with LoRA on, adapter steps (under --lora-modules, else random ones) fit the LoRA terms
     p.set_defaults(func=_run("calibrate", "cmd_calibrate"))
 
     p = sub.add_parser(

@@ -24,6 +24,7 @@ from ..config import (
     scheduler_config,
 )
 from ..embedded_model import INSTALL
+from ..lora import LoRAConfig
 from ..metrics import SLO, summarize
 from ..progress import Progress
 from ..request import Request
@@ -34,7 +35,7 @@ from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..workload import WorkloadSpec, synthetic_requests, trace_requests
 from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
 
-CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec, RouterConfig)
+CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec, RouterConfig, LoRAConfig)
 EXTRA_KEYS = ("scheduler", "slo", "workload")
 DEFAULT_PRESET = "sarathi"
 # The workload's vocabulary comes from the model, not from a flag.
@@ -58,13 +59,16 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    choices=INT4_GROUP_SIZES, help=f"int4: weights per scale (default {QuantizationConfig.group_size})")
     p.add_argument("--deterministic", action="store_true",
                    help="batch-invariant numerics: a request's tokens do not depend on its batch-mates (slower)")
+    p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
+                   help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
+                   "torch.compile (minutes of compilation on a small CPU)")
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
-                deterministic=args.deterministic)
+                deterministic=args.deterministic, enforce_eager=args.enforce_eager)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -111,6 +115,7 @@ def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     add_dataclass_flags(p, WorkloadSpec, "synthetic workload", skip=SKIPPED_FIELDS + skip)
     add_dataclass_flags(p, Efficiency, "cost-model efficiency", skip=skip)
     add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --router prefix-affinity)", skip=skip)
+    add_dataclass_flags(p, LoRAConfig, "LoRA adapters (with --num-adapters)", skip=skip)
 
 
 def layered_values(args: argparse.Namespace, classes: tuple[type, ...] = CONFIG_CLASSES) -> dict[str, Any]:
@@ -150,13 +155,23 @@ class Resolved:
         }
 
 
+def lora_config(values: dict[str, Any]) -> LoRAConfig:
+    """The LoRA flags; a workload that draws adapters (--num-adapters) turns LoRA on."""
+    lora = pick(values, LoRAConfig)
+    if values.get("num_adapters"):
+        if lora.get("enable_lora") is False:
+            raise ConfigError("--num-adapters draws LoRA adapters; drop --no-enable-lora")
+        lora["enable_lora"] = True
+    return LoRAConfig(**lora)
+
+
 def resolve_values(values: dict[str, Any]) -> Resolved:
     """Build configs from layered values; the workload's vocabulary comes from the model."""
     preset = values.get("scheduler", DEFAULT_PRESET)
     cluster = ClusterConfig(**pick(values, ClusterConfig))
     sched = scheduler_config(preset, **pick(values, SchedulerConfig))
     setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), pick(values, Efficiency),
-                    router=RouterConfig(**pick(values, RouterConfig)))
+                    router=RouterConfig(**pick(values, RouterConfig)), lora=lora_config(values))
     spec_values = pick(values, WorkloadSpec)
     spec_values["vocab_size"] = setup.deployment.model.vocab_size
     slo = SLO.parse(values["slo"]) if values.get("slo") else None

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
 
 from ..calibration.validate import format_comparison, sim_setup, validate
 from ..config import CacheConfig, SchedulerConfig
 from ..engine.llm_engine import LLMEngine
+from ..lora import LoRAConfig
+from ..lora.random_adapters import write_random_adapters
 from ..metrics import SLO
 from ..workload import WorkloadSpec
-from .common import DEFAULT_PRESET, Resolved, engine_args, layered_values, write_json
+from .common import DEFAULT_PRESET, Resolved, engine_args, layered_values, lora_config, write_json
 from .options import ConfigError, pick
 
 
@@ -19,8 +24,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError("validate needs --hardware PROFILE.json, the profile `batchserve calibrate` wrote")
     preset = values.get("scheduler", DEFAULT_PRESET)
     cache = pick(values, CacheConfig)
+    spec = WorkloadSpec(**pick(values, WorkloadSpec))  # checked before the model loads; the vocabulary comes later
+    lora = lora_config(values)
+    if spec.num_adapters and lora.max_cpu_loras is None:  # every adapter stays in host memory: no disk reloads
+        lora = LoRAConfig(**{**asdict(lora), "max_cpu_loras": max(spec.num_adapters, lora.max_loras)})
     llm = LLMEngine(args.model, **engine_args(args), skip_tokenizer_init=True, scheduler=preset, **cache,
-                    **pick(values, SchedulerConfig))
+                    **pick(values, SchedulerConfig), **asdict(lora))
     setup = sim_setup(llm, values["hardware"], args.model)
     spec = WorkloadSpec(**{**pick(values, WorkloadSpec), "vocab_size": llm.model_config.vocab_size})
     slo = SLO.parse(values["slo"]) if values.get("slo") else None
@@ -28,7 +37,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.model} on {llm.device} vs the simulator on {setup.deployment.hardware.description}; "
           f"{preset} scheduler, max_num_batched_tokens={setup.scheduler.max_num_batched_tokens}, "
           f"KV blocks={setup.cache.num_blocks}")
-    result = validate(llm, setup, run.requests, slo, quiet=args.quiet)
+    with tempfile.TemporaryDirectory() as root:
+        if spec.num_adapters:  # a step's cost depends on adapter shapes, not values: random adapters serve
+            manager = llm.lora_manager
+            for adapter in write_random_adapters(manager.shapes, len(manager.layers), Path(root), spec.num_adapters,
+                                                 lora.max_lora_rank):
+                manager.add(adapter)
+        result = validate(llm, setup, run.requests, slo, quiet=args.quiet)
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")

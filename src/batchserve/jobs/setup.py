@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import CacheConfig, QuantizationConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
+from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
@@ -51,6 +52,7 @@ class RunSetup:
     quantization: str | None = None
     quantization_group_size: int = QuantizationConfig.group_size
     deterministic: bool = False
+    enforce_eager: bool = True
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -63,7 +65,7 @@ class RunSetup:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
-                "deterministic": self.deterministic, "scheduler": self.scheduler,
+                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
@@ -91,11 +93,11 @@ class RunSetup:
 
     def sim_setup(self, hardware: str) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
-        KV blocks and replicas."""
+        KV blocks, replicas and LoRA slots."""
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape)
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))

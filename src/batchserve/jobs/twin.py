@@ -47,7 +47,8 @@ class SimBackend:
         children = [
             Request(req.custom_id if n == 1 else f"{req.custom_id}#{k}", req.prompt_token_ids,
                     replace(params, n=1, max_tokens=limits[k], min_tokens=min(params.min_tokens, limits[k])),
-                    arrival_time=self._last_arrival)
+                    arrival_time=self._last_arrival,
+                    adapter_id=None if req.lora_request is None else req.lora_request.lora_int_id)
             for k in range(n)
         ]
         # what the engine accepts depends on max_tokens, not on the length this completion is given

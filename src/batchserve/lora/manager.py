@@ -24,12 +24,16 @@ from .adapter import LoRAAdapter, LoRAError, load_adapter
 from .config import LoRAConfig
 from .layers import LoRAStep, wrap_model
 from .request import LoRARequest
+from .slots import SlotTable
 
 
 class LoRAManager:
     """Wraps the model's projections at construction; owns the adapter registry, host LRU and device slots."""
 
     def __init__(self, model: CausalLM, model_config: ModelConfig, config: LoRAConfig) -> None:
+        if model_config.is_moe:  # adapters would need per-expert slots; the dense projections alone are a trap
+            raise LoRAError(f"LoRA adapters on MoE models ({model_config.architecture}) are not supported yet; "
+                            f"serve {model_config.name} without enable_lora")
         self.config = config
         self.device = model.device
         self.dtype = model.dtype
@@ -38,14 +42,14 @@ class LoRAManager:
         self.shapes = {name: (lin.base.in_features, n_out) for lin in self.layers[0] for name, n_out in lin.parts}
         self.registry: dict[int, LoRARequest] = {}
         self._cpu: OrderedDict[int, LoRAAdapter] = OrderedDict()  # host LRU, oldest first
-        self._slots: OrderedDict[int, int] = OrderedDict()  # adapter id -> device slot, least recently used first
+        self.slots = SlotTable(config.max_loras)
         self.num_disk_loads = 0
         self.num_slot_loads = 0
 
     @property
     def resident(self) -> list[int]:
         """Adapter ids now in device slots."""
-        return list(self._slots)
+        return self.slots.resident
 
     @property
     def cached(self) -> list[int]:
@@ -90,14 +94,9 @@ class LoRAManager:
 
     def _activate(self, adapter_id: int, needed: set[int]) -> int:
         """The adapter's slot, loading it into a free or least recently used unneeded slot if absent."""
-        if adapter_id in self._slots:
-            self._slots.move_to_end(adapter_id)
-            return self._slots[adapter_id]
-        if len(self._slots) < self.config.max_loras:
-            slot = len(self._slots)
-        else:
-            victim = next(aid for aid in self._slots if aid not in needed)
-            slot = self._slots.pop(victim)
+        slot, load = self.slots.activate(adapter_id, needed)
+        if not load:
+            return slot
         adapter = self._adapter(adapter_id)
         by_module: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         for (layer, name), ab in adapter.weights.items():
@@ -105,7 +104,6 @@ class LoRAManager:
         for layer, wrapped in enumerate(self.layers):
             for lin in wrapped:
                 lin.set_slot(slot, by_module.get(layer, {}))
-        self._slots[adapter_id] = slot
         self.num_slot_loads += 1
         return slot
 

@@ -19,6 +19,8 @@ GGUF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen2moe": "Qwen2MoeForCausalLM",
+    "qwen3moe": "Qwen3MoeForCausalLM",
 }
 # llama.cpp key (after the architecture prefix) -> config.json field
 _FIELDS = {
@@ -32,7 +34,14 @@ _FIELDS = {
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "rope.freq_base": "rope_theta",
     "vocab_size": "vocab_size",
+    "expert_count": "num_experts",
+    "expert_used_count": "num_experts_per_tok",
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
 }
+# llama.cpp renormalises the top-k router weights of these architectures' MoE layers (norm_w in its graph
+# builders) unless the file says otherwise in `<arch>.expert_weights_norm`
+_NORM_TOPK_ARCHITECTURES = ("llama", "qwen3moe")
 # general.file_type (llama.cpp's LlamaFileType) of unquantized files -> their dtype; quantized ones load as float32
 _FILE_DTYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
 
@@ -50,7 +59,10 @@ def from_gguf_metadata(metadata: Mapping[str, Any], tensor_names: tuple[str, ...
     if arch not in GGUF_ARCHITECTURES:
         raise ModelConfigError(f"GGUF {label!r}: architecture {arch or 'unknown'!r} is not supported; "
                                f"supported: {', '.join(GGUF_ARCHITECTURES)}")
-    config: dict[str, Any] = {"architectures": [GGUF_ARCHITECTURES[arch]]}
+    moe = bool(metadata.get(f"{arch}.expert_count"))
+    # Mixtral converts to "llama" with experts
+    config: dict[str, Any] = {"architectures": ["MixtralForCausalLM" if moe and arch == "llama"
+                                                else GGUF_ARCHITECTURES[arch]]}
     for key, field in _FIELDS.items():
         if f"{arch}.{key}" in metadata:
             config[field] = metadata[f"{arch}.{key}"]
@@ -58,7 +70,10 @@ def from_gguf_metadata(metadata: Mapping[str, Any], tensor_names: tuple[str, ...
         config["vocab_size"] = len(metadata["tokenizer.ggml.tokens"])
     config.update(_rope_scaling(metadata, arch, config))
     config["tie_word_embeddings"] = "output.weight" not in tensor_names  # llama.cpp drops a tied head
-    config["attention_bias"] = "blk.0.attn_q.bias" in tensor_names
+    config["attention_bias"] = config["qkv_bias"] = "blk.0.attn_q.bias" in tensor_names
+    if moe:
+        config["norm_topk_prob"] = bool(metadata.get(f"{arch}.expert_weights_norm",
+                                                     arch in _NORM_TOPK_ARCHITECTURES))
     config["torch_dtype"] = _FILE_DTYPES.get(metadata.get("general.file_type", 0), "float32")
     config["bos_token_id"] = metadata.get("tokenizer.ggml.bos_token_id")
     config["eos_token_id"] = [metadata[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id")

@@ -20,7 +20,11 @@ _MODEL_TYPES = {
     "mixtral": "MixtralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
 }
+# Families whose sliding window is opt-in (use_sliding_window) and per layer (layer_types)
+_QWEN_WINDOWED = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 _DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "half": "float16", "fp16": "float16", "bf16": "bfloat16"}
 _REQUIRED = object()
 
@@ -70,6 +74,7 @@ def from_hf_config(config: Mapping[str, Any], name: str | None = None,
     # Mixtral says num_local_experts; Qwen MoE says num_experts and keeps the
     # expert width in moe_intermediate_size (intermediate_size is then a dense width).
     num_experts = get("num_local_experts", int, 0) or get("num_experts", int, 0)
+    dense_intermediate = get("intermediate_size", int, 0) if num_experts else 0
     if num_experts and config.get("moe_intermediate_size") is not None:
         intermediate = get("moe_intermediate_size", int)
     else:
@@ -95,6 +100,12 @@ def from_hf_config(config: Mapping[str, Any], name: str | None = None,
         qk_norm=arch.lower().startswith("qwen3"),
         num_experts=num_experts,
         num_experts_per_tok=get("num_experts_per_tok", int) if num_experts else 0,
+        # Mixtral always renormalises its top-k; Qwen MoE only when norm_topk_prob says so (default False)
+        norm_topk_prob=arch == "MixtralForCausalLM" or bool(config.get("norm_topk_prob", False)),
+        scoring_func=str(config.get("scoring_func") or "softmax"),
+        shared_expert_intermediate_size=get("shared_expert_intermediate_size", int, 0) if num_experts else 0,
+        dense_layers=_dense_layers(config, where, num_layers) if num_experts else (),
+        dense_intermediate_size=dense_intermediate,
         hidden_act=str(config.get("hidden_act") or "silu"),
         rms_norm_eps=get("rms_norm_eps", float, 1e-6),
         rope_theta=rope_theta,
@@ -111,6 +122,8 @@ def from_hf_config(config: Mapping[str, Any], name: str | None = None,
 
 def _attention_biases(config: Mapping[str, Any], arch: str) -> tuple[bool, bool]:
     """(q/k/v bias, output-projection bias): transformers hard-codes Qwen2's and Mistral's."""
+    if arch == "Qwen2MoeForCausalLM":
+        return bool(config.get("qkv_bias", True)), False
     if arch.startswith("Qwen2") or str(config.get("model_type") or "").startswith("qwen2"):
         return True, False
     if arch == "MistralForCausalLM":
@@ -119,17 +132,30 @@ def _attention_biases(config: Mapping[str, Any], arch: str) -> tuple[bool, bool]
     return bias, bias
 
 
+def _dense_layers(config: Mapping[str, Any], where: str, num_layers: int) -> tuple[int, ...]:
+    """Layers that keep a dense MLP: those in mlp_only_layers and those decoder_sparse_step skips (as HF's Qwen MoE)."""
+    step = config.get("decoder_sparse_step", 1)
+    only = config.get("mlp_only_layers") or []
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ModelConfigError(f"{where}: field 'decoder_sparse_step' must be an integer >= 1, got {step!r}")
+    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers
+                                         for i in only):
+        raise ModelConfigError(f"{where}: field 'mlp_only_layers' must be a list of layer indices in "
+                               f"0..{num_layers - 1}, got {only!r}")
+    return tuple(i for i in range(num_layers) if i in only or (i + 1) % step)
+
+
 def _dtype(config: Mapping[str, Any]) -> str:
     raw = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     return _DTYPE_ALIASES.get(raw, raw).removeprefix("torch.")
 
 
 def _sliding_window(config: Mapping[str, Any], where: str, arch: str, num_layers: int) -> int | None:
-    """Mistral's window covers every layer; Qwen's only the layers layer_types marks, if enabled."""
+    """Mistral's and Mixtral's window covers every layer; Qwen's only the layers layer_types marks, if enabled."""
     window = config.get("sliding_window")
-    if arch == "MistralForCausalLM":
+    if arch in ("MistralForCausalLM", "MixtralForCausalLM"):
         return int(window) if window else None
-    if arch not in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") or not config.get("use_sliding_window") or not window:
+    if arch not in _QWEN_WINDOWED or not config.get("use_sliding_window") or not window:
         return None
     kinds = config.get("layer_types") or [
         "sliding_attention" if i >= config.get("max_window_layers", 28) else "full_attention"

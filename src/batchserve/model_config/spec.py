@@ -45,6 +45,16 @@ class ModelConfig:
     num_experts: int = 0
     """0 = dense MLP."""
     num_experts_per_tok: int = 0
+    norm_topk_prob: bool = True
+    """Renormalise the top-k router probabilities to sum to 1 (Mixtral always; Qwen MoE when its config says)."""
+    scoring_func: str = "softmax"
+    """How the router turns logits into expert probabilities (DeepSeek's field name; these families use softmax)."""
+    shared_expert_intermediate_size: int = 0
+    """Width of an always-on shared expert beside the routed ones, scaled by a sigmoid gate (Qwen2-MoE); 0 = none."""
+    dense_layers: tuple[int, ...] = ()
+    """Layers of an MoE model that run a dense MLP instead (Qwen MoE's mlp_only_layers and decoder_sparse_step)."""
+    dense_intermediate_size: int = 0
+    """Width of those dense MLPs (Qwen MoE's intermediate_size); 0 = intermediate_size."""
     hidden_act: str = "silu"
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -79,6 +89,9 @@ class ModelConfig:
                                    f"between 1 and num_experts ({self.num_experts})")
         if not self.num_experts and self.num_experts_per_tok:
             raise ModelConfigError(f"{where}: num_experts_per_tok is set but num_experts is 0")
+        if any(not 0 <= i < self.num_layers for i in self.dense_layers):
+            raise ModelConfigError(f"{where}: dense layers {list(self.dense_layers)} must lie in "
+                                   f"0..{self.num_layers - 1}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields; `ModelConfig(**d)` rebuilds it."""
@@ -87,6 +100,14 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder layer `layer` routes its tokens to experts (else it runs a dense MLP)."""
+        return self.is_moe and layer not in self.dense_layers
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - len(self.dense_layers) if self.is_moe else 0
 
     @property
     def q_size(self) -> int:
@@ -112,16 +133,20 @@ class ModelConfig:
             n += 2 * self.head_dim
         return n
 
-    def expert_params(self) -> int:
-        """One gated MLP (gate, up, down, + biases); for a dense model, the layer's MLP."""
-        bias = 2 * self.intermediate_size + self.hidden_size if self.mlp_bias else 0
-        return 3 * self.hidden_size * self.intermediate_size + bias
+    def expert_params(self, width: int | None = None) -> int:
+        """One gated MLP (gate, up, down, + biases) of `width` (default: an expert's, or a dense model's MLP)."""
+        width = width or self.intermediate_size
+        bias = 2 * width + self.hidden_size if self.mlp_bias else 0
+        return 3 * self.hidden_size * width + bias
 
     def mlp_params_per_layer(self) -> int:
-        """Every expert plus the router for MoE; the single MLP otherwise."""
-        if self.is_moe:
-            return self.num_experts * self.expert_params() + self.hidden_size * self.num_experts
-        return self.expert_params()
+        """Every expert, the router and any shared expert with its gate on an MoE layer; the single MLP otherwise."""
+        if not self.is_moe:
+            return self.expert_params()
+        n = self.num_experts * self.expert_params() + self.hidden_size * self.num_experts
+        if self.shared_expert_intermediate_size:
+            n += self.expert_params(self.shared_expert_intermediate_size) + self.hidden_size
+        return n
 
     def embedding_params(self) -> int:
         """Input embedding plus a separate lm_head unless the two are tied."""
@@ -129,12 +154,15 @@ class ModelConfig:
 
     def num_params(self) -> int:
         """Exact parameter count from the shapes (embeddings, layers, norms)."""
-        per_layer = self.attention_params_per_layer() + self.mlp_params_per_layer() + 2 * self.hidden_size
-        return self.embedding_params() + self.num_layers * per_layer + self.hidden_size
+        per_layer = self.attention_params_per_layer() + 2 * self.hidden_size
+        num_dense = self.num_layers - self.num_moe_layers
+        mlps = (self.num_moe_layers * self.mlp_params_per_layer()
+                + num_dense * self.expert_params(self.dense_intermediate_size if self.is_moe else None))
+        return self.embedding_params() + self.num_layers * per_layer + mlps + self.hidden_size
 
     def num_active_params(self) -> int:
         """Parameters touched per token: only the top-k experts of an MoE layer; embeddings counted."""
         if not self.is_moe:
             return self.num_params()
         idle = (self.num_experts - self.num_experts_per_tok) * self.expert_params()
-        return self.num_params() - self.num_layers * idle
+        return self.num_params() - self.num_moe_layers * idle

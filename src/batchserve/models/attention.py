@@ -59,10 +59,35 @@ class AttentionMetadata:
 
 
 @dataclass
+class DecodeMetadata:
+    """A pure decode step (one new token per sequence, all in one padded call) as tensors only.
+
+    What a compiled decode step takes: nothing in it is a Python list whose
+    values torch.compile would have to guard on, so one graph serves every
+    batch size and context length.
+    """
+
+    slot_mapping: torch.Tensor
+    """[B] cache slot where each sequence's new K/V is written."""
+    key_slots: torch.Tensor
+    """[B, L] cache slots of each sequence's keys; padding repeats a real slot."""
+    key_mask: torch.Tensor
+    """[B, 1, 1, L] True where the query may attend."""
+
+
+def decode_metadata(meta: AttentionMetadata, window: int | None) -> DecodeMetadata | None:
+    """meta as one padded decode call, or None when the step holds prompt chunks or several decode groups."""
+    decodes, prefills = _plans(meta, window)
+    if prefills or len(decodes) != 1 or decodes[0].token_idx is not None:
+        return None
+    return DecodeMetadata(meta.slot_mapping, decodes[0].key_slots, decodes[0].key_mask)
+
+
+@dataclass
 class _DecodePlan:
     """All one-token sequences as a padded batch of D rows and L key slots."""
 
-    token_idx: torch.Tensor  # [D] rows of q/out
+    token_idx: torch.Tensor | None  # [D] rows of q/out; None: every row of the batch, in order
     key_slots: torch.Tensor  # [D, L] flat cache slots; padding repeats a real slot
     key_mask: torch.Tensor  # [D, 1, 1, L] True where the query may attend
 
@@ -106,6 +131,14 @@ def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> to
     return mask
 
 
+def _plans(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
+    """The step's plans for this window, built by the first layer that asks and reused by the rest."""
+    plans = meta._plans.get(window)
+    if plans is None:
+        plans = meta._plans[window] = _plan(meta, window)
+    return plans
+
+
 def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan], list[_PrefillPlan]]:
     qsl, ctx, tables = meta.query_start_loc, meta.context_lens, meta.block_tables
     if not len(qsl) == len(ctx) + 1 == len(tables) + 1:
@@ -120,8 +153,10 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
         slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding
         mask = _visible(torch.tensor(lens)[:, None] - 1, torch.arange(max(lens))[None, :], window)
+        every_row = bucket == list(range(len(ctx)))  # a pure decode step in one group: no row selection
         decode_plans.append(_DecodePlan(
-            token_idx=torch.tensor([qsl[i] for i in bucket], dtype=torch.long).to(device, non_blocking=True),
+            token_idx=None if every_row else
+            torch.tensor([qsl[i] for i in bucket], dtype=torch.long).to(device, non_blocking=True),
             key_slots=slots,
             key_mask=mask[:, None, None, :].to(device, non_blocking=True),
         ))
@@ -147,7 +182,7 @@ class PagedAttention:
         self.sliding_window = sliding_window
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                meta: AttentionMetadata | DecodeMetadata, scale: float) -> torch.Tensor:
         """Write k/v [T, kv_heads, head_dim] at meta.slot_mapping, then attend q [T, heads, head_dim].
 
         Returns [T, heads, head_dim]. Each sequence's new queries see all its cached keys up to
@@ -158,16 +193,18 @@ class PagedAttention:
         k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
 
-        if meta.config.batch_invariant:
+        if isinstance(meta, AttentionMetadata) and meta.config.batch_invariant:
             return per_token_attention(q, k_cache, v_cache, _sequence_slots(meta), meta.query_start_loc,
                                        meta.context_lens, self.sliding_window, scale)
-        plans = meta._plans.get(self.sliding_window)
-        if plans is None:
-            plans = meta._plans[self.sliding_window] = _plan(meta, self.sliding_window)
-        decodes, prefills = plans
+        if isinstance(meta, AttentionMetadata):
+            meta = decode_metadata(meta, self.sliding_window) or meta
+        if isinstance(meta, DecodeMetadata):  # a pure decode step: no row selection
+            return self._decode(q, k_cache, v_cache, meta.key_slots, meta.key_mask, scale)
+        decodes, prefills = _plans(meta, self.sliding_window)
         out = torch.empty_like(q)
-        for decode in decodes:
-            out.index_copy_(0, decode.token_idx, self._decode(q, k_cache, v_cache, decode, scale))
+        for d in decodes:
+            rows = q.index_select(0, d.token_idx)
+            out.index_copy_(0, d.token_idx, self._decode(rows, k_cache, v_cache, d.key_slots, d.key_mask, scale))
         for p in prefills:
             if p.key_slots is None:
                 keys, values = k[p.start:p.end], v[p.start:p.end]
@@ -179,14 +216,15 @@ class PagedAttention:
     __call__ = forward
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                plan: _DecodePlan, scale: float) -> torch.Tensor:
-        d, length = plan.key_slots.shape
-        flat = plan.key_slots.reshape(-1)
+                key_slots: torch.Tensor, key_mask: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [D, heads, head_dim]: one query per row against its keys at key_slots [D, L]."""
+        d, length = key_slots.shape
+        flat = key_slots.reshape(-1)
         # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.
         keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        queries = q.index_select(0, plan.token_idx).view(d, self.num_kv_heads, self.group, self.head_dim)
-        out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), plan.key_mask, scale)
+        queries = q.reshape(d, self.num_kv_heads, self.group, self.head_dim)
+        out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), key_mask, scale)
         return out.reshape(d, self.num_heads, self.head_dim)
 
     def _prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -16,9 +16,13 @@ SUPPORTED_ARCHITECTURES = (
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3MoeForCausalLM",
 )
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+SUPPORTED_SCORING_FUNCS = ("softmax",)
 
 
 class ModelLoadError(ValueError):
@@ -46,6 +50,9 @@ def check_model_config(model: ModelConfig, source: str) -> ModelConfig:
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ModelLoadError(f"{where}: rope type {rope_type!r} is not supported; supported: "
                              f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+    if model.is_moe and model.scoring_func not in SUPPORTED_SCORING_FUNCS:
+        raise ModelLoadError(f"{where}: MoE router scoring_func {model.scoring_func!r} is not supported; "
+                             f"supported: {', '.join(SUPPORTED_SCORING_FUNCS)}")
     if model.partial_rotary_factor != 1.0:
         raise ModelLoadError(f"{where}: partial_rotary_factor {model.partial_rotary_factor} is not supported")
     return model

@@ -39,6 +39,15 @@ _LAYER = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    # MoE: the router, experts stacked [E, ...] (split per expert by models/moe.py), Qwen2-MoE's shared expert
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_exps": "mlp.experts.gate_proj",
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
@@ -81,6 +90,8 @@ def gguf_tensors(file: GGUFFile, num_heads: int, num_kv_heads: int,
         heads = qk_permuted_heads(file, t.name, num_heads, num_kv_heads)
         if heads is not None:
             array = unpermute_qk(array, heads)
+        if t.name.endswith("ffn_gate_inp_shexp.weight"):
+            array = array.reshape(1, -1)  # llama.cpp keeps the shared expert's one-row gate as a vector
         # unquantized tensors are read-only views of the memory-mapped file: copy those only
         yield name, torch.from_numpy(np.require(array, requirements=("C", "W"))).to(dtype)
 

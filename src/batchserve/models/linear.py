@@ -17,8 +17,14 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def new_linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> nn.Linear:
+    """An uninitialised nn.Linear: load_weights overwrites it, and random init of a 7B model costs minutes."""
+    return skip_init(nn.Linear, n_in, n_out, bias=bias, dtype=dtype, device=device)
 
 
 def prepack_supported(dtype: torch.dtype, device: torch.device) -> bool:
@@ -52,12 +58,26 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # inductor cannot lower the oneDNN op itself; it calls ours opaquely
+            return packed_linear(x, self.packed_weight, self.bias, self.out_features)
         if x.shape[0] == 0:  # oneDNN rejects empty inputs
             return x.new_empty(0, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@torch.library.custom_op("batchserve::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None,
+                  out_features: int) -> torch.Tensor:
+    """PackedLinear's product as an op torch.compile keeps whole (a compiled decode step, models/decode_step.py)."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed_weight, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
 
 
 def replace_linears(module: nn.Module, make: Callable[[str, nn.Linear], nn.Module], prefix: str = "") -> None:

@@ -1,7 +1,8 @@
-"""The Llama-family decoder: Llama 2/3, Mistral, Qwen2 and Qwen3 from one set of classes.
+"""The Llama-family decoder: Llama 2/3, Mistral, Qwen2, Qwen3 and the MoE kin Mixtral, Qwen2-MoE, Qwen3-MoE.
 
 The variants differ only in config flags (QKV bias, tied embeddings, per-head
-q/k RMSNorm, sliding window), so one implementation serves them all. q/k/v and
+q/k RMSNorm, sliding window, experts), so one implementation serves them all;
+an MoE layer swaps its MLP for the sparse block of models/moe.py. q/k/v and
 gate/up are fused into one matmul each; load_weights takes HF names and fills
 the fused weights' slices. Numerics follow HF where it matters for parity:
 RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
@@ -9,7 +10,7 @@ RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -17,28 +18,31 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ..model_config import ModelConfig
-from .attention import AttentionMetadata, KVCache, PagedAttention
+from .attention import AttentionMetadata, DecodeMetadata, KVCache, PagedAttention, decode_metadata
 from .config import ModelLoadError
-from .linear import PackedLinear, prepack_linears
+from .linear import PackedLinear, new_linear, prepack_linears
+from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
 from .rope import RotaryEmbedding
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
 
 
-def fused_rows(config: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
-    """Our fused module -> the HF projections stacked in it and their rows, in row order (loading, LoRA)."""
-    c = config
+def fused_rows(config: ModelConfig, mlp_width: int | None = None) -> dict[str, tuple[tuple[str, int], ...]]:
+    """Our fused module -> the HF projections stacked in it and their rows, in row order (loading, LoRA).
+
+    mlp_width: the gate/up width of this MLP when it is not intermediate_size (a shared expert, a dense
+    layer of an MoE model).
+    """
+    c, width = config, mlp_width or config.intermediate_size
     return {"qkv_proj": (("q_proj", c.q_size), ("k_proj", c.kv_size), ("v_proj", c.kv_size)),
-            "gate_up_proj": (("gate_proj", c.intermediate_size), ("up_proj", c.intermediate_size))}
-
-
-def _linear(n_in: int, n_out: int, bias: bool, dtype: torch.dtype, device) -> nn.Linear:
-    # skip_init: random init of a 7B model costs minutes and is overwritten by load_weights anyway
-    return skip_init(nn.Linear, n_in, n_out, bias=bias, dtype=dtype, device=device)
+            "gate_up_proj": (("gate_proj", width), ("up_proj", width))}
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 and cast back before the weight, as HF Llama does."""
+    """RMSNorm computed in float32 and cast back before the weight, as HF Llama does.
+
+    torch's fused rms_norm kernel does the float32 part in one op instead of six.
+    """
 
     def __init__(self, size: int, eps: float, dtype: torch.dtype, device=None):
         super().__init__()
@@ -46,9 +50,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -58,8 +62,8 @@ class Attention(nn.Module):
         self.q_size, self.kv_size = c.q_size, c.kv_size
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_kv_heads, c.head_dim
         self.scale = c.head_dim ** -0.5
-        self.qkv_proj = _linear(c.hidden_size, c.q_size + 2 * c.kv_size, c.attention_bias, dtype, device)
-        self.o_proj = _linear(c.q_size, c.hidden_size, c.o_proj_bias, dtype, device)
+        self.qkv_proj = new_linear(c.hidden_size, c.q_size + 2 * c.kv_size, c.attention_bias, dtype, device)
+        self.o_proj = new_linear(c.q_size, c.hidden_size, c.o_proj_bias, dtype, device)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype, device)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype, device)
@@ -68,13 +72,16 @@ class Attention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
                 rope: RotaryEmbedding, attn: PagedAttention) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.num_heads, self.head_dim)
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)
-        v = v.reshape(t, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)
+        v = qkv[:, self.q_size + self.kv_size:].view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
+            q, k, _ = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self.q_norm(q.reshape(t, self.num_heads, self.head_dim))
+            k = self.k_norm(k.reshape(t, self.num_kv_heads, self.head_dim))
+            q, k = rope(positions, q, k)
+        else:  # q and k side by side in qkv: one rotation for both heads' sets
+            qk = rope.rotate(positions, qkv[:, :self.q_size + self.kv_size].view(t, -1, self.head_dim))
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         out = attn.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
 
@@ -82,22 +89,31 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Gated SiLU MLP: down(silu(gate(x)) * up(x)), gate and up in one matmul."""
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None, width: int | None = None):
         super().__init__()
-        c = config
-        self.gate_up_proj = _linear(c.hidden_size, 2 * c.intermediate_size, c.mlp_bias, dtype, device)
-        self.down_proj = _linear(c.intermediate_size, c.hidden_size, c.mlp_bias, dtype, device)
+        c, width = config, width or config.intermediate_size
+        self.gate_up_proj = new_linear(c.hidden_size, 2 * width, c.mlp_bias, dtype, device)
+        self.down_proj = new_linear(width, c.hidden_size, c.mlp_bias, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
+def _feed_forward(config: ModelConfig, layer: int, dtype: torch.dtype, device) -> nn.Module:
+    """Layer `layer`'s MLP: the sparse MoE block on MoE layers, else a dense MLP of the layer's width."""
+    c = config
+    if not c.is_moe_layer(layer):
+        return MLP(c, dtype, device, c.dense_intermediate_size if c.is_moe else None)
+    shared = MLP(c, dtype, device, c.shared_expert_intermediate_size) if c.shared_expert_intermediate_size else None
+    return SparseMoeBlock(c, shared, dtype, device)
+
+
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype, device=None):
         super().__init__()
         self.self_attn = Attention(config, dtype, device)
-        self.mlp = MLP(config, dtype, device)
+        self.mlp = _feed_forward(config, layer, dtype, device)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
 
@@ -113,7 +129,7 @@ class DecoderModel(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device=None):
         super().__init__()
         self.embed_tokens = skip_init(nn.Embedding, config.vocab_size, config.hidden_size, dtype=dtype, device=device)
-        self.layers = nn.ModuleList(DecoderLayer(config, dtype, device) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype, device) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
 
 
@@ -126,10 +142,12 @@ class CausalLM(nn.Module):
         device = torch.device(device) if device is not None else torch.get_default_device()  # skip_init needs one
         self.config = config
         self.model = DecoderModel(config, dtype, device)
-        self.lm_head = None if config.tie_word_embeddings else _linear(
+        self.lm_head = None if config.tie_word_embeddings else new_linear(
             config.hidden_size, config.vocab_size, False, dtype, device)
         self.rotary_emb = RotaryEmbedding(config, device)
         self.attn = PagedAttention(config.num_attention_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
+        self.compiled_decode: Callable[..., torch.Tensor] | None = None
+        """run_layers compiled for pure decode steps (compile_decode); None runs every step eagerly."""
 
     @property
     def dtype(self) -> torch.dtype:
@@ -149,6 +167,24 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] of the step's T new tokens; their K/V land in kv_caches."""
+        if self.compiled_decode is not None:
+            step = decode_metadata(meta, self.attn.sliding_window)
+            if step is not None:
+                return self.compiled_decode(input_ids, positions, kv_caches, step)
+        return self.run_layers(input_ids, positions, kv_caches, meta)
+
+    def compile_decode(self) -> None:
+        """Run pure decode steps through one torch.compile graph (inductor), every other step eagerly.
+
+        A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled, they fuse into
+        a few kernels with no per-op dispatch. Shapes are dynamic (batch size, key count), so the
+        graph compiles once for batch 1 and once for larger batches, not per shape.
+        """
+        self.compiled_decode = torch.compile(self.run_layers, dynamic=True, fullgraph=True)
+
+    def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
+                   meta: AttentionMetadata | DecodeMetadata) -> torch.Tensor:
+        """forward's body: embeddings, the decoder layers, the final norm."""
         x = self.model.embed_tokens(input_ids)
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
             x = layer(positions, x, kv_cache, meta, self.rotary_emb, self.attn)
@@ -167,9 +203,13 @@ class CausalLM(nn.Module):
 
         The last step of loading: packed weights are no longer parameters, so
         load_weights cannot fill them afterwards. A tied LM head gets its own
-        packed copy; the embedding lookup keeps the plain table.
+        packed copy; the embedding lookup keeps the plain table. Experts are
+        packed one by one (models/moe.py).
         """
         prepack_linears(self.model)
+        for module in self.model.modules():
+            if isinstance(module, Experts):
+                module.prepack()
         self.lm_head = PackedLinear(self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight,
                                     None)
 
@@ -180,14 +220,17 @@ class CausalLM(nn.Module):
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         unexpected: list[str] = []
+        if self.config.is_moe:
+            weights = per_expert_tensors(weights, self.config.architecture)
         for name, tensor in weights:
             if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and self.lm_head is None):
                 continue  # tied checkpoints sometimes keep a copy of the embedding as lm_head
             if name not in targets:
                 unexpected.append(name)
                 continue
-            param_name, start, size = targets[name]
-            dest = params[param_name] if start is None else params[param_name].narrow(0, start, size)
+            param_name, expert, start, size = targets[name]
+            dest = params[param_name] if expert is None else params[param_name][expert]
+            dest = dest if start is None else dest.narrow(0, start, size)
             if tuple(dest.shape) != tuple(tensor.shape):
                 raise ModelLoadError(f"weight {name} has shape {tuple(tensor.shape)}, the config implies "
                                      f"{tuple(dest.shape)}")
@@ -202,18 +245,21 @@ class CausalLM(nn.Module):
                 parts.append(f"unexpected weights ({len(unexpected)}): {_names(sorted(unexpected))}")
             raise ModelLoadError(f"checkpoint does not match {self.config.architecture}: " + "; ".join(parts))
 
-    def _hf_targets(self) -> dict[str, tuple[str, int | None, int | None]]:
-        """HF weight name -> (our parameter, row offset, rows) for every tensor a checkpoint must hold."""
-        fused = fused_rows(self.config)
-        targets: dict[str, tuple[str, int | None, int | None]] = {}
-        for name, _ in self.named_parameters():
+    def _hf_targets(self) -> dict[str, tuple[str, int | None, int | None, int | None]]:
+        """HF weight name -> (our parameter, expert, row offset, rows) for every tensor a checkpoint must hold."""
+        targets: dict[str, tuple[str, int | None, int | None, int | None]] = {}
+        for name, param in self.named_parameters():
             module = name.split(".")[-2]
+            if module == "experts":
+                targets.update(expert_targets(name, param))
+                continue
+            fused = fused_rows(self.config, param.shape[0] // 2 if module == "gate_up_proj" else None)
             if module not in fused:
-                targets[name] = (name, None, None)
+                targets[name] = (name, None, None, None)
                 continue
             start = 0
             for hf, n in fused[module]:
-                targets[name.replace(f".{module}.", f".{hf}.")] = (name, start, n)
+                targets[name.replace(f".{module}.", f".{hf}.")] = (name, None, start, n)
                 start += n
         return targets
 

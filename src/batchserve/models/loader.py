@@ -49,6 +49,9 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
         raise ModelLoadError(f"quantization 'gguf' runs a GGUF file's own quantized weights, and {str(model)!r} is "
                              "not a .gguf file; use int8 or int4 to quantize it at load")
     net, model_config, path = _build(model, dtype, device)
+    if config.method is not None and model_config.is_moe:  # the experts' GEMMs have no quantized path yet
+        raise ModelLoadError(f"quantization {config.method!r} is not supported for MoE models "
+                             f"({model_config.architecture}) yet; load {model_config.name} unquantized")
     if config.method == "gguf":
         gguf_quantized_linears(net.model, open_gguf(path), model_config)
     elif config.method is not None:

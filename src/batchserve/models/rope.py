@@ -90,7 +90,12 @@ def _dynamic_angles(head_dim: int, theta: float, factor: float, trained_len: int
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to q and k of a flat batch, by each token's position."""
+    """Applies RoPE to q and k of a flat batch, by each token's position.
+
+    Every layer of a step passes the same positions tensor; its cos/sin rows are
+    gathered (and laid out for rotation) once and reused, which on a batch-1
+    decode saves 4 of the ~40 small ops each layer runs.
+    """
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None):
         super().__init__()
@@ -101,19 +106,33 @@ class RotaryEmbedding(torch.nn.Module):
         else:
             inv_freq, attn = rope_frequencies(dim, theta, scaling)
             angles = torch.arange(config.max_model_len, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        # Plain attributes, not buffers: model.to(bfloat16) must not round them.
-        self.cos = (angles.cos() * attn).to(device)
-        self.sin = (angles.sin() * attn).to(device)
+        # Plain attributes, not buffers: model.to(bfloat16) must not round them. Rotate-half as one
+        # multiply-add: x * [cos, cos] + roll(x, half) * [-sin, sin] (the sign exact, so HF's numbers).
+        cos, sin = angles.cos() * attn, angles.sin() * attn
+        self.cos = torch.cat((cos, cos), dim=-1).to(device)
+        self.sin = torch.cat((-sin, sin), dim=-1).to(device)
+        self._step: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, heads, head_dim], k [T, kv_heads, head_dim] -> both rotated."""
+        return self.rotate(positions, q), self.rotate(positions, k)
+
+    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x [T, heads, head_dim] rotated by each token's position (rotate-half: i pairs with i + head_dim/2)."""
+        cos, sin = self._tables(positions, x.dtype)
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+    def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows [T, 1, head_dim] of these positions, cached while the same tensor comes back."""
+        compiling = torch.compiler.is_compiling()  # a compiled step shares the gather by itself (CSE)
+        step = self._step
+        if not compiling and step is not None and step[0] is positions and step[1] == dtype:
+            return step[2], step[3]
         if self.cos.device != positions.device:
             self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
-        cos = self.cos.index_select(0, positions)[:, None, :].to(q.dtype)
-        sin = self.sin.index_select(0, positions)[:, None, :].to(q.dtype)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        cos = self.cos.index_select(0, positions)[:, None, :].to(dtype)
+        sin = self.sin.index_select(0, positions)[:, None, :].to(dtype)
+        if not compiling:
+            self._step = (positions, dtype, cos, sin)
+        return cos, sin
 
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..core.batch import ScheduledBatch, StepResult
+from .decode_cohort import DecodeCohort
 
 
 @dataclass
@@ -12,12 +13,17 @@ class SimBatch(ScheduledBatch):
     """A ScheduledBatch plus the decodes a DecodeCohort tracks lazily, counted rather than listed.
 
     `num_lazy_decodes` requests each compute one token, attending to
-    `lazy_decode_context` tokens in all. With `num_steps > 1` the batch is a
+    `lazy_decode_context` tokens in all; `lazy_adapters` counts those under
+    each LoRA adapter. With `num_steps > 1` the batch is a
     run of identically shaped decode steps (fast-forward).
     """
 
     num_lazy_decodes: int = 0
     lazy_decode_context: int = 0
+    lazy_adapters: dict[int | str, int] = field(default_factory=dict)
+    """LoRA adapter id -> lazy decodes under it (the cohort's live count, read when the step runs)."""
+    cohort: DecodeCohort | None = None
+    """The cohort the lazy decodes belong to: it knows how the engine's attention groups (and pads) them."""
     num_steps: int = 1
     can_extend: bool = False  # a pure decode step whose successors would be identical
 

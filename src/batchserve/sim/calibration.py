@@ -20,8 +20,12 @@ from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
-FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth")
-OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s")
+FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops")
+OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
+             "lora_segment_overhead_s")
+# Terms that act only on some steps, and the StepShape field that says a step has them.
+CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
+               "lora_segment_overhead_s": "num_lora_segments"}
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
@@ -54,10 +58,11 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
 
 
 def fitted_fields(observations: Sequence[Observation]) -> tuple[str, ...]:
-    """The fields these steps can pin down: the structured-output term only when some step ran a grammar
-    (with no such step it has no effect on the loss, and the fit would leave it anywhere)."""
-    constrained = any(o.shape.num_constrained for o in observations)
-    return FRACTIONS + tuple(n for n in OVERHEADS if n != "structured_overhead_s" or constrained)
+    """The fields these steps can pin down: a term that acts only on some steps (a grammar's rows, adapter
+    segments) only when some step has it (with none it has no effect on the loss, and the fit would leave it
+    anywhere)."""
+    present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
+    return tuple(n for n in FRACTIONS + OVERHEADS if n not in CONDITIONAL or CONDITIONAL[n] in present)
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
@@ -86,7 +91,7 @@ def fit_efficiency(
 
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
-                         token_overhead_s=1e-6, structured_overhead_s=1e-5), names)
+                         token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4), names)
     best = x0
     for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
         previous = loss(best)

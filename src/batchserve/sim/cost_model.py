@@ -45,6 +45,12 @@ class Efficiency:
     """Cost per prompt chunk in a step beyond its tokens (e.g. its own attention launch in every layer)."""
     structured_overhead_s: float = 0.0
     """Cost per sampled row under a structured-output grammar: filling its token bitmask and applying it."""
+    lora_flops: float = 0.5
+    """LoRA delta GEMMs (each adapter segment's rank-r shrink and expand) reach this fraction of peak FLOP/s;
+    such thin GEMMs run well below the base GEMMs' rate."""
+    lora_segment_overhead_s: float = 0.0
+    """Cost per adapter segment in a step beyond its FLOPs and bytes: its shrink and expand launches in every
+    layer, the row slicing."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -80,6 +86,12 @@ class StepShape(NamedTuple):
     included) plus the padding of the engine's decode groups (`attention_layout.decode_groups`)."""
     num_constrained: int = 0
     """Sampled rows under a structured-output grammar."""
+    num_lora_tokens: int = 0
+    """Tokens of rows that run under a LoRA adapter (base rows pay no delta)."""
+    num_lora_segments: int = 0
+    """Distinct adapters in the step: each is one segment, whose A and B weights the step reads once."""
+    num_lora_loads: int = 0
+    """Adapters copied into a device slot before the step (not resident at the end of the previous one)."""
 
 
 class CostModel:
@@ -104,6 +116,12 @@ class CostModel:
         self._mlp_gemms = [(h, 2 * inter / tp), (inter / tp, h)]
         self.wb, self.ab = wb, ab
         self.num_experts, self.top_k = m.num_experts, m.num_experts_per_tok
+        # MoE extras: Qwen2-MoE's always-on shared expert and its one-output gate, and the dense MLP of the
+        # layers an MoE model keeps dense (mlp_only_layers); a layer's cost is the average over its kinds
+        shared, dense_inter = m.shared_expert_intermediate_size, m.dense_intermediate_size or inter
+        self._shared_gemms = [(h, 2 * shared / tp), (shared / tp, h), (h, 1)] if shared else []
+        self._dense_mlp_gemms = [(h, 2 * dense_inter / tp), (dense_inter / tp, h)]
+        self.moe_layer_share = m.num_moe_layers / m.num_layers
         # Attention per layer on one rank.
         self.heads = m.num_attention_heads / tp
         self.head_dim = m.head_dim
@@ -118,6 +136,15 @@ class CostModel:
         self.chunk_overhead = eff.chunk_overhead_s
         self.structured_overhead = eff.structured_overhead_s
         self.time_scale = eff.time_scale
+        # LoRA: slots are sized for max_lora_rank, so every adapter costs what a rank-R one does. Per layer, a
+        # projection with `parts` fused outputs holds R x (parts * in + out) slot elements, and each token
+        # under an adapter runs 2 FLOPs per element (shrink and expand).
+        rank = d.max_lora_rank
+        parts = (3, 1, 2, 1)  # qkv, o, gate_up, down: as the (in, out) pairs above
+        self.lora_layer_elements = rank * sum(p * k + n for p, (k, n) in zip(parts, self._dense_gemms + self._mlp_gemms))
+        self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
+        self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
+        self.lora_segment_overhead = eff.lora_segment_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -128,15 +155,17 @@ class CostModel:
         return max(flops / self.flops, nbytes / self.bandwidth)
 
     def layer_gemm_time(self, tokens: int) -> float:
+        """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
         t = sum(self._gemm(tokens, k, n) for k, n in self._dense_gemms)
-        if self.num_experts:
-            e, top = self.num_experts, self.top_k
-            touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
-            t += sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
-            t += self._gemm(tokens, self.hidden, e / self.tp)  # router
-        else:
-            t += sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
-        return t
+        if not self.num_experts:
+            return t + sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
+        e, top = self.num_experts, self.top_k
+        touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
+        moe = sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
+        moe += self._gemm(tokens, self.hidden, e / self.tp)  # router
+        moe += sum(self._gemm(tokens, k, n) for k, n in self._shared_gemms)
+        dense = sum(self._gemm(tokens, k, n) for k, n in self._dense_mlp_gemms)
+        return t + self.moe_layer_share * moe + (1 - self.moe_layer_share) * dense
 
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
@@ -152,6 +181,22 @@ class CostModel:
         flops = 4.0 * self.head_dim * self.heads * key_tokens
         nbytes = key_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
         return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
+
+    def lora_time(self, num_tokens: int, num_segments: int, num_loads: int) -> float:
+        """Adapter deltas of `num_tokens` rows in `num_segments` segments, after `num_loads` slot copies.
+
+        Each segment reads its adapter's A and B once per layer (a roofline with the delta FLOPs); a load
+        copies one adapter's slot from host memory at `host_bandwidth`.
+        """
+        if not num_segments:
+            return 0.0
+        elements = self.lora_layer_elements
+        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.wb / self.bandwidth)
+        return self.num_layers * per_layer + self.lora_load_time(num_loads) + self.lora_segment_overhead * num_segments
+
+    def lora_load_time(self, num_loads: int) -> float:
+        """Copying `num_loads` adapters into device slots (every layer's A and B, slot-sized)."""
+        return num_loads * self.num_layers * self.lora_layer_elements * self.wb / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
@@ -187,6 +232,9 @@ class CostModel:
         num_prefill_seqs: int = 0,
         decode_key_tokens: int = 0,
         num_constrained: int = 0,
+        num_lora_tokens: int = 0,
+        num_lora_segments: int = 0,
+        num_lora_loads: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -210,16 +258,21 @@ class CostModel:
             + self.sequence_overhead * num_sampling
             + self.chunk_overhead * num_prefill_seqs
             + self.structured_overhead * num_constrained
+            + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
         )
 
-    def decode_run_offsets(self, num_decodes: int, context_tokens: int, num_steps: int) -> np.ndarray:
-        """End times (from the run's start) of `num_steps` pure decode steps; context grows each step."""
+    def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
+                           num_lora_segments: int = 0) -> np.ndarray:
+        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys.
+
+        Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
+        """
         fixed = (
             self.num_layers * self.layer_gemm_time(num_decodes)
             + self.lm_head_time(num_decodes)
             + self.communication_time(num_decodes)
             + self.overhead
             + (self.token_overhead + self.sequence_overhead) * num_decodes
+            + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )
-        keys = context_tokens + num_decodes * np.arange(num_steps, dtype=np.float64)
-        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, keys))
+        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, key_tokens))

@@ -7,13 +7,23 @@ max_tokens. The cohort keeps a tick `clock` (decode steps run) and, per
 member, the clock and computed-token count at which it joined; `sync`
 materialises a member's state (computed tokens, synthetic outputs) on demand.
 This turns a step's cost from O(running requests) into O(events).
+
+The engine's decode attention groups rows by key count and pads each group to
+its longest row (`attention_layout.decode_groups`). Every member's key count
+grows by one per tick, so their order never changes: the cohort keeps the
+members' key offsets sorted and finds the groups of any tick by bisection, in
+O(groups x log members) rather than a pass over every member.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 
+import numpy as np
+
+from ..attention_layout import padded_key_tokens
 from ..core.batch import SYNTHETIC_TOKEN
 from ..request import Request
 
@@ -33,6 +43,11 @@ class _Member:
         self.computed0 = req.num_computed_tokens
         self.active = True
 
+    @property
+    def key_offset(self) -> int:
+        """Its keys at tick t (its computed tokens plus the one it computes) are key_offset + t + 1."""
+        return self.computed0 - self.clock0
+
 
 class DecodeCohort:
     def __init__(self, block_size: int) -> None:
@@ -40,11 +55,15 @@ class DecodeCohort:
         self.clock = 0
         self.members: dict[Request, _Member] = {}
         self.context = 0  # sum of members' num_computed_tokens at the current clock
+        self.adapters: dict[int | str, int] = {}  # LoRA adapter id -> members decoding under it (base rows absent)
         self._finish: list[tuple[int, int, _Member]] = []  # (clock at which it finishes, seq, member)
         # tick -> members needing a new block then; a need is never more than block_size ticks away,
         # so buckets beat a heap. Entries of members that left are skipped on pop.
         self._blocks: dict[int, list[_Member]] = {}
         self._seq = itertools.count()
+        self._key_offsets: list[int] = []  # members' key offsets, sorted
+        self._key_array: np.ndarray | None = None  # the same as an array, rebuilt after a join or leave
+        self._run_keys: tuple[tuple[int, float], np.ndarray] | None = None  # (clock, ratio) -> a run's padded keys
 
     def __len__(self) -> int:
         return len(self.members)
@@ -59,6 +78,10 @@ class DecodeCohort:
         """Add a request that just sampled a token and will decode from the next tick."""
         m = self.members[req] = _Member(req, self.clock)
         self.context += req.num_computed_tokens
+        if req.adapter_id is not None:
+            self.adapters[req.adapter_id] = self.adapters.get(req.adapter_id, 0) + 1
+        bisect.insort(self._key_offsets, m.key_offset)
+        self._key_array = self._run_keys = None
         outputs0 = m.computed0 + 1 - len(req.prompt_token_ids)
         heapq.heappush(self._finish, (m.clock0 + req.sampling_params.max_tokens - outputs0, next(self._seq), m))
         self.push_block_needs([req])
@@ -81,8 +104,16 @@ class DecodeCohort:
     def leave(self, req: Request) -> None:
         """Remove a member (finished, preempted or aborted), its state synced; its queue entries go stale."""
         self.sync(req)
-        self.members.pop(req).active = False
+        m = self.members.pop(req)
+        m.active = False
         self.context -= req.num_computed_tokens
+        del self._key_offsets[bisect.bisect_left(self._key_offsets, m.key_offset)]
+        self._key_array = self._run_keys = None
+        aid = req.adapter_id
+        if aid is not None:
+            left = self.adapters.pop(aid) - 1
+            if left:
+                self.adapters[aid] = left
 
     def _valid_top(self) -> tuple[int, int, _Member] | None:
         heap = self._finish
@@ -92,6 +123,49 @@ class DecodeCohort:
                 return entry
             heapq.heappop(heap)  # stale: the member left
         return None
+
+    def padded_keys(self, ratio: float, steps: int = 1, extra: list[int] | None = None) -> np.ndarray:
+        """Keys the engine's grouped decode attention reads in each of the next `steps` ticks (from the clock).
+
+        `extra`: key counts of decodes outside the cohort that share the first tick's grouping (then steps is 1).
+        A run's keys are kept until the cohort changes: a fast-forward asks for them twice (its length, its times).
+        """
+        if extra:
+            lengths = [o + self.clock + 1 for o in self._key_offsets] + extra
+            return np.array([padded_key_tokens(lengths, ratio)], dtype=np.float64)
+        if steps == 1:
+            return np.array([self._padded_at(ratio)], dtype=np.float64)
+        cached = self._run_keys
+        if cached is not None and cached[0] == (self.clock, ratio) and len(cached[1]) >= steps:
+            return cached[1][:steps]
+        if self._key_array is None:
+            self._key_array = np.array(self._key_offsets, dtype=np.float64)
+        offsets = self._key_array
+        shift = self.clock + 1 + np.arange(steps, dtype=np.float64)  # a member's keys are offset + shift
+        padded = np.zeros(steps)
+        top = np.full(steps, len(offsets) - 1)  # each tick's longest member not yet in a group
+        while len(offsets):
+            live = top >= 0
+            if not live.any():
+                break
+            longest = offsets[np.maximum(top, 0)] + shift
+            # a row joins the group while its keys are >= ratio x the group's longest (decode_groups' rule)
+            first = np.searchsorted(offsets, ratio * longest - shift, side="left")
+            padded += np.where(live, (top - first + 1) * longest, 0.0)
+            top = np.where(live, first - 1, -1)
+        self._run_keys = ((self.clock, ratio), padded)
+        return padded
+
+    def _padded_at(self, ratio: float) -> int:
+        """The current tick's padded keys, one bisection per group."""
+        offsets, shift = self._key_offsets, self.clock + 1
+        top, padded = len(offsets) - 1, 0
+        while top >= 0:
+            longest = offsets[top] + shift
+            first = bisect.bisect_left(offsets, ratio * longest - shift, 0, top)
+            padded += (top - first + 1) * longest
+            top = first - 1
+        return padded
 
     def pop_block_needs(self, tick: int) -> list[Request]:
         """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""

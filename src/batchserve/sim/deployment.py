@@ -33,6 +33,8 @@ class Deployment:
     kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = 0.9
     """Fraction of device memory the engine may use (weights, activations, KV), as in vLLM."""
+    max_lora_rank: int = 0
+    """Rank of the LoRA adapter slots (LoRA's `max_lora_rank`); 0: the replica serves no adapters."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -51,6 +53,8 @@ class Deployment:
             raise ValueError(f"pp={self.pp} exceeds the model's {self.model.num_layers} layers")
         if self.model.num_attention_heads % self.tp:
             raise ValueError(f"tp={self.tp} must divide the model's {self.model.num_attention_heads} attention heads")
+        if self.max_lora_rank < 0:
+            raise ValueError(f"max_lora_rank must be >= 0, got {self.max_lora_rank}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
 

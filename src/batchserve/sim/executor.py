@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -9,23 +10,30 @@ import numpy as np
 from ..attention_layout import AttentionConfig, padded_key_tokens
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
+from ..lora.slots import SlotTable
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
+from .decode_cohort import DecodeCohort
 
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
-               lazy_decode_context: int = 0) -> StepShape:
-    """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows.
+               lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
+               num_lora_loads: int = 0, cohort: DecodeCohort | None = None) -> StepShape:
+    """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
-    join the batch's listed requests (a SimBatch counts its cohort's decodes);
-    the listed decodes' keys are padded as `attention` groups them, while the
-    cohort keeps only its key total, so its rows count unpadded. Constrained rows
-    are always listed (the scheduler keeps them out of the cohort).
+    join the batch's listed requests (a SimBatch counts its `cohort`'s decodes,
+    `lazy_adapters` of them per LoRA adapter); all decodes' keys are padded as
+    `attention` groups them (without the cohort, lazy rows count unpadded).
+    Constrained rows are always listed (the scheduler keeps them out of the
+    cohort). `num_lora_loads`: adapters copied into a slot for this step (the
+    slot table knows, not the batch).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
     decode_keys: list[int] = []
+    lora_tokens = sum(lazy_adapters.values()) if lazy_adapters else 0
+    adapters = set(lazy_adapters or ())
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
         samples = c + n == req.num_tokens
         if n == 1:
@@ -37,10 +45,23 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             attended += n * (c + (n + 1) / 2)
             num_sampling += samples
         num_constrained += samples and req.sampling_params.structured_outputs is not None
+        if req.adapter_id is not None:
+            lora_tokens += n
+            adapters.add(req.adapter_id)
     num_decodes = num_lazy_decodes + len(decode_keys)
-    padded = lazy_decode_context + padded_key_tokens(decode_keys, attention.decode_bucket_ratio)
+    ratio = attention.decode_bucket_ratio
+    if cohort is not None and num_lazy_decodes:
+        padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
+    else:
+        padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
-                     num_sampling + num_decodes, num_chunks, padded, num_constrained)
+                     num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
+                     num_lora_loads)
+
+
+def step_adapters(batch: SimBatch) -> set[Hashable]:
+    """The LoRA adapters a step runs: its listed rows' and its lazy decodes'."""
+    return {r.adapter_id for r in batch.requests if r.adapter_id is not None} | set(batch.lazy_adapters)
 
 
 class DecodeRunExecutor(Executor, Protocol):
@@ -51,22 +72,38 @@ class DecodeRunExecutor(Executor, Protocol):
 
 
 class SimExecutor:
-    def __init__(self, cost_model: CostModel, attention: AttentionConfig = AttentionConfig()) -> None:
+    def __init__(self, cost_model: CostModel, attention: AttentionConfig = AttentionConfig(),
+                 max_loras: int = 0) -> None:
         self.cost_model = cost_model
         self.attention = attention  # the engine's decode grouping, whose padding the step reads
+        # which adapters the device slots hold, chosen as the engine's LoRAManager chooses; 0: no LoRA
+        self.slots = SlotTable(max_loras) if max_loras else None
+        self.num_lora_loads = 0
 
     def execute(self, batch: SimBatch) -> StepResult:
+        loads = self._load_adapters(batch)
         if batch.num_steps > 1:
-            return DecodeRunResult.from_offsets(self._decode_run(batch, batch.num_steps).tolist())
-        return StepResult(self.step_time(batch))
+            cost = self.cost_model
+            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
+            return DecodeRunResult.from_offsets(offsets.tolist())
+        return StepResult(self.cost_model.step_time(*step_shape(
+            batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
+            batch.cohort)))
 
-    def step_time(self, batch: SimBatch) -> float:
-        return self.cost_model.step_time(*step_shape(batch, self.attention, batch.num_lazy_decodes,
-                                                         batch.lazy_decode_context))
+    def _load_adapters(self, batch: SimBatch) -> int:
+        """Make the step's adapters resident; returns how many had to be copied into a slot."""
+        if self.slots is None:
+            return 0
+        needed = step_adapters(batch)
+        loads = sum(self.slots.activate(aid, needed)[1] for aid in needed)
+        self.num_lora_loads += loads
+        return loads
 
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
-        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, batch.lazy_decode_context, num_steps)
+        adapters = batch.lazy_adapters
+        keys = batch.cohort.padded_keys(self.attention.decode_bucket_ratio, num_steps)
+        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters))
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):

@@ -69,6 +69,9 @@ class Hardware:
     """Launch latency of one collective or point-to-point send."""
     max_gpus_per_node: int = 8
     """Largest group sharing the scale-up link, which bounds tensor parallelism."""
+    host_bandwidth: float | None = None
+    """Host-to-device copy bandwidth, bytes/s (PCIe or a chip-to-chip link): LoRA adapters loaded into device
+    slots. None: memory_bandwidth (a CPU, whose host memory is its device memory)."""
     efficiency: Mapping[str, float] | None = None
     """Cost-model efficiency fields fitted on this device by `calibrate`; they replace the defaults."""
 
@@ -93,6 +96,8 @@ class Hardware:
         object.__setattr__(self, "peak_flops", MappingProxyType(flops))
         for name in ("memory_bandwidth", "memory_bytes", "interconnect_bandwidth"):
             object.__setattr__(self, name, _positive(getattr(self, name), f"{where}: {name!r}"))
+        if self.host_bandwidth is not None:
+            object.__setattr__(self, "host_bandwidth", _positive(self.host_bandwidth, f"{where}: 'host_bandwidth'"))
         latency = self.interconnect_latency_s
         if not _is_number(latency) or latency < 0 or not math.isfinite(latency):
             raise CatalogError(f"{where}: 'interconnect_latency_s' must be a finite number >= 0, got {latency!r}")
@@ -187,6 +192,7 @@ _CATALOG = [
         memory_bandwidth=3.35e12,     # [H100] GPU memory bandwidth 3.35 TB/s
         memory_bytes=80 * GiB,        # [H100] 80GB HBM3 (binary: 5 x 16 GiB stacks)
         interconnect_bandwidth=450e9,  # [H100] NVLink 900 GB/s (total, both directions) -> 450 GB/s per direction
+        host_bandwidth=64e9,  # PCIe Gen5 x16: 64 GB/s per direction
         max_gpus_per_node=8,          # HGX H100 8-GPU baseboard
     ),
     Hardware(
@@ -202,6 +208,7 @@ _CATALOG = [
         memory_bandwidth=4.8e12,      # [H200] GPU memory bandwidth 4.8 TB/s
         memory_bytes=141 * GiB,       # [H200] 141GB HBM3e (binary; nvidia-smi shows 143771 MiB = 140.4 GiB)
         interconnect_bandwidth=450e9,  # [H200] NVLink 900 GB/s total -> 450 GB/s per direction
+        host_bandwidth=64e9,  # PCIe Gen5 x16: 64 GB/s per direction
         max_gpus_per_node=8,          # HGX H200 8-GPU baseboard
     ),
     Hardware(
@@ -216,6 +223,7 @@ _CATALOG = [
         memory_bandwidth=2.039e12,    # [A100] 80GB HBM2e: 2,039 GB/s (SXM)
         memory_bytes=80 * GiB,        # [A100] 80GB HBM2e (binary: nvidia-smi shows 81920 MiB)
         interconnect_bandwidth=300e9,  # [A100] NVLink 600 GB/s total -> 300 GB/s per direction
+        host_bandwidth=32e9,  # PCIe Gen4 x16: 32 GB/s per direction
         max_gpus_per_node=8,          # HGX A100 8-GPU baseboard
     ),
     Hardware(
@@ -230,6 +238,7 @@ _CATALOG = [
         memory_bandwidth=1.555e12,    # [A100] 40GB HBM2: 1,555 GB/s
         memory_bytes=40 * GiB,        # [A100] 40GB HBM2 (binary: nvidia-smi shows 40960 MiB)
         interconnect_bandwidth=300e9,  # [A100] NVLink 600 GB/s total -> 300 GB/s per direction
+        host_bandwidth=32e9,  # PCIe Gen4 x16: 32 GB/s per direction
         max_gpus_per_node=8,          # HGX A100 8-GPU baseboard
     ),
     Hardware(
@@ -245,6 +254,7 @@ _CATALOG = [
         memory_bandwidth=864e9,       # [L40S] GPU memory bandwidth 864 GB/s
         memory_bytes=48 * GiB,        # [L40S] 48GB GDDR6 with ECC (binary; ECC on leaves ~45 GiB usable)
         interconnect_bandwidth=32e9,  # [L40S] no NVLink; PCIe Gen4 x16 64 GB/s bidirectional -> 32 GB/s per direction
+        host_bandwidth=32e9,  # PCIe Gen4 x16: 32 GB/s per direction
         max_gpus_per_node=8,          # common 8-GPU PCIe servers
     ),
     Hardware(
@@ -262,6 +272,7 @@ _CATALOG = [
         # [MI300X] Infinity Fabric links at 128 GB/s peak bidirectional each; in the 8-GPU
         # platform each GPU uses 7 links to its peers: 7 x 64 GB/s = 448 GB/s per direction.
         interconnect_bandwidth=448e9,
+        host_bandwidth=64e9,  # PCIe Gen5 x16: 64 GB/s per direction
         max_gpus_per_node=8,          # AMD Instinct MI300X platform, 8 OAM GPUs
     ),
     Hardware(
@@ -277,6 +288,7 @@ _CATALOG = [
         memory_bandwidth=4.0e12,      # [GH200] 96GB HBM3 version: 4 TB/s
         memory_bytes=96 * GiB,        # [GH200] 96GB HBM3 (binary); the CPU's LPDDR5X is not counted
         interconnect_bandwidth=450e9,  # [GH200] GPU NVLink 900 GB/s total -> 450 GB/s per direction
+        host_bandwidth=450e9,  # [GH200] NVLink-C2C 900 GB/s total -> 450 GB/s per direction
         max_gpus_per_node=4,          # quad-GH200 nodes (e.g. HPE Cray EX254n) are the largest common node
     ),
     # PLACEHOLDER, not a measurement: a small 2-core x86 server CPU, so the

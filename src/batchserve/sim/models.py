@@ -6,8 +6,8 @@ reads a user's config.json and the engine's checkpoints, so the catalog, user
 files and the engine cannot drift apart.
 
 Scope: Llama-style decoders (RMSNorm, rotary, gated-SiLU MLP, GQA) and their
-Mixtral / Qwen MoE variants. Shared experts (Qwen1.5/2-MoE) and multi-latent
-attention (DeepSeek) are not modelled.
+Mixtral / Qwen MoE variants, Qwen2-MoE's shared expert and dense layers
+included. Multi-latent attention (DeepSeek) is not modelled.
 """
 
 from __future__ import annotations

@@ -88,6 +88,8 @@ class SimScheduler(Scheduler):
         n = len(cohort)
         batch.num_lazy_decodes = n
         batch.lazy_decode_context = cohort.context + n
+        batch.lazy_adapters = cohort.adapters  # live: a later preemption in this step updates it
+        batch.cohort = cohort
         batch.total_tokens += n
         return budget - n
 

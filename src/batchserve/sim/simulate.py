@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from ..attention_layout import AttentionConfig
 from ..config import CacheConfig, SchedulerConfig
+from ..lora import LoRAAdmission, LoRAConfig
 from ..model_config import ModelConfig
 from ..request import Request
 from .cluster import Cluster, SimResult
@@ -63,6 +64,8 @@ class SimSetup:
     """Prefix affinity's balance rule (with `cluster.router` prefix-affinity)."""
     attention: AttentionConfig = AttentionConfig()
     """How the engine groups decode attention: its padding is what the cost model charges."""
+    lora: LoRAConfig = LoRAConfig()
+    """Adapter slots: admission waits for a free one (as the engine's does), loads and deltas cost time."""
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class SimSetup:
             "efficiency": self.efficiency.to_dict(),
             "router_config": asdict(self.router),
             "attention": asdict(self.attention),
+            "lora": asdict(self.lora),
         }
 
 
@@ -97,6 +101,7 @@ def resolve(
     model: ModelConfig | None = None,
     router: RouterConfig = RouterConfig(),
     attention: AttentionConfig = AttentionConfig(),
+    lora: LoRAConfig = LoRAConfig(),
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
@@ -115,22 +120,23 @@ def resolve(
         weight_dtype=cluster.weight_dtype,
         kv_cache_dtype=cluster.kv_cache_dtype,
         gpu_memory_utilization=cluster.gpu_memory_utilization,
+        max_lora_rank=lora.max_lora_rank if lora.enable_lora else 0,
     )
     if cache.num_blocks is None:
         cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
-    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention)
+    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention, lora)
 
 
 def build_cluster(setup: SimSetup) -> Cluster:
     cost_model = CostModel(setup.deployment, setup.efficiency)
-    engines = [
-        SimEngine(
-            SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len),
-            SimExecutor(cost_model, setup.attention),
-            track_token_times=setup.cluster.track_token_times,
-        )
-        for _ in range(setup.cluster.replicas)
-    ]
+    max_loras = setup.lora.max_loras if setup.lora.enable_lora else 0
+    engines = []
+    for _ in range(setup.cluster.replicas):
+        scheduler = SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len)
+        if max_loras:
+            scheduler.admission_check = LoRAAdmission(max_loras)
+        executor = SimExecutor(cost_model, setup.attention, max_loras)
+        engines.append(SimEngine(scheduler, executor, track_token_times=setup.cluster.track_token_times))
     return Cluster(engines, setup.cluster.router, setup.router)
 
 

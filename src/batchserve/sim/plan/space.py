@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ...config import SCHEDULER_PRESETS, CacheConfig, scheduler_config
+from ...lora import LoRAConfig
 from ..cost_model import Efficiency
 from ..deployment import DoesNotFitError
 from ..hardware import get_hardware
@@ -100,6 +101,8 @@ class Base:
     efficiency: Efficiency = Efficiency()
     router: RouterConfig = RouterConfig()
     """Prefix affinity's balance rule, for candidates that route by prefix."""
+    lora: LoRAConfig = LoRAConfig()
+    """Adapter slots of every candidate (with a workload that draws adapters)."""
 
     def setup(self, config: ReplicaConfig, replicas: int = 1, router: str = "round-robin") -> SimSetup:
         """The simulator's setup; raises DoesNotFitError when the replica does not fit in memory."""
@@ -112,7 +115,7 @@ class Base:
             **dict(self.scheduler_overrides),
             "max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs,
         })
-        return resolve(cluster, sched, self.cache, self.efficiency, router=self.router)
+        return resolve(cluster, sched, self.cache, self.efficiency, router=self.router, lora=self.lora)
 
 
 def enumerate_space(space: SearchSpace, base: Base) -> tuple[list[ReplicaConfig], list[Pruned]]:

@@ -1,0 +1,127 @@
+"""MoE throughput: batchserve against transformers on a random-weight Mixtral shape sized for 2 CPU cores.
+
+Shape: Mixtral layout, hidden 1024, 8 layers, 16 heads / 4 KV heads, 16
+experts of width 1024, top-2, vocab 32000 (~430M parameters, ~75M active per
+token). Workload: bench_engine's mixed one (prompts 32..512, outputs 16..256,
+seed 0). In the same run it measures:
+
+- the matmul limit (large square products, plain and oneDNN-packed) and the
+  workload's active-parameter FLOPs (each token through its top-2 experts only);
+- expert GEMM efficiency by tokens per expert: one expert's gate/up and down
+  products at m = 1, 4, 16, 64, 256 rows, torch's linear and oneDNN-packed, as
+  GFLOP/s and as a share of the packed limit (what each expert GEMM of a step
+  reaches when the step routes m tokens to it);
+- batchserve (prepack on and off) and transformers' static-batching generate
+  at each --baseline-batch (its default experts implementation, grouped_mm).
+
+    python bench/bench_moe.py --num-requests 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+import transformers
+from bench_engine import run_ours, run_transformers, workload, workload_flops
+
+from batchserve.calibration.device import matmul_flops
+from batchserve.models.linear import PackedLinear
+
+SHAPE = {"hidden_size": 1024, "intermediate_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
+         "num_key_value_heads": 4, "vocab_size": 32000, "num_local_experts": 16, "num_experts_per_tok": 2,
+         "max_position_embeddings": 2048}
+EXPERT_ROWS = (1, 4, 16, 64, 256)
+KV_CACHE = "1GiB"  # holds the 64-request workload at once (16 KiB per token)
+
+
+def expert_gemm_rates(hidden: int, width: int, rows: tuple[int, ...]) -> dict[str, list[float]]:
+    """FLOP/s of one expert (gate/up then down) at each row count, with torch's linear and oneDNN-packed."""
+    gate_up, down = torch.randn(2 * width, hidden) / hidden ** 0.5, torch.randn(hidden, width) / width ** 0.5
+    kernels = {"torch linear": (lambda x: F.linear(x, gate_up), lambda a: F.linear(a, down)),
+               "oneDNN packed": (PackedLinear(gate_up, None), PackedLinear(down, None))}
+    rates: dict[str, list[float]] = {}
+    for name, (up_fn, down_fn) in kernels.items():
+        rates[name] = []
+        for m in rows:
+            x = torch.randn(m, hidden)
+            repeat = max(3, 256 // m)
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                for _ in range(repeat):
+                    g, u = up_fn(x).chunk(2, dim=-1)
+                    down_fn(F.silu(g) * u)
+                best = min(best, (time.perf_counter() - t) / repeat)
+            rates[name].append(2 * m * 3 * hidden * width / best)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--baseline-batch", type=int, action="append", help="transformers static batch sizes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = transformers.MixtralConfig(**SHAPE)
+    torch.manual_seed(0)
+    hf = transformers.MixtralForCausalLM(cfg).eval()
+    reqs = workload(args.num_requests, cfg.vocab_size)
+    flops = workload_flops(cfg, reqs)
+    cpu = torch.device("cpu")
+    peak, packed_peak = matmul_flops(cpu, torch.float32), matmul_flops(cpu, torch.float32, packed=True)
+    out_tokens = sum(out for _, out in reqs)
+    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
+          f"threads {args.threads}, cpu {platform.processor() or 'see lscpu'}, load {os.getloadavg()[0]:.1f}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model: Mixtral shape {SHAPE}, {sum(p.numel() for p in hf.parameters()) / 1e6:.0f}M params, float32; "
+          f"{args.num_requests} requests, {out_tokens} output tokens, {flops / 1e12:.2f} TFLOP of active work")
+    print(f"matmul limit {peak / 1e9:.0f} GFLOP/s (oneDNN packed {packed_peak / 1e9:.0f}) -> "
+          f"at best {flops / packed_peak:.1f} s")
+
+    print("\nexpert GEMM (gate/up + down of one expert) by tokens routed to it:")
+    print("| kernel | " + " | ".join(f"m={m}" for m in EXPERT_ROWS) + " |")
+    print("| --- |" + " --- |" * len(EXPERT_ROWS))
+    for name, rates in expert_gemm_rates(cfg.hidden_size, cfg.intermediate_size, EXPERT_ROWS).items():
+        print(f"| {name} | " + " | ".join(f"{r / 1e9:.1f} GFLOP/s ({r / packed_peak:.0%})" for r in rates) + " |")
+
+    def row(name: str, wall: float) -> str:
+        return (f"| {name} | {wall:.1f} s | {out_tokens / wall:.1f} | {flops / wall / packed_peak:.1%} |")
+
+    rows, walls, static = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        del hf  # one model in memory at a time: ~2 GB each in float32
+        gc.collect()
+        for prepack in (True, False):
+            wall, llm = run_ours(tmp, "float32", reqs, prepack=prepack, kv_cache_memory=KV_CACHE)
+            name = f"batchserve (prepack {'on' if prepack else 'off'})"
+            walls[name] = wall
+            rows.append(row(name, wall))
+            print(rows[-1], flush=True)
+            del llm
+            gc.collect()
+        hf = transformers.MixtralForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        for bsz in args.baseline_batch or [16, args.num_requests]:
+            static[bsz] = run_transformers(hf, reqs, bsz)
+            rows.append(row(f"transformers static batch {bsz} ({hf.config._experts_implementation})", static[bsz]))
+            print(rows[-1], flush=True)
+    best = min(static, key=static.get)
+    print(f"\nload after the runs {os.getloadavg()[0]:.1f}")
+    print("| run | wall | output tok/s | share of the packed matmul limit (active params) |")
+    print("| --- | --- | --- | --- |")
+    print("\n".join(rows))
+    for name, wall in walls.items():
+        print(f"{name} is {static[best] / wall:.2f}x as fast as transformers' best static batch ({best})")
+
+
+if __name__ == "__main__":
+    main()
