@@ -19,6 +19,10 @@ class AttentionConfig:
     """Decode rows share a padded call while their key count is at least this fraction of the call's longest:
     higher pads less but makes more calls."""
 
+    batch_invariant: bool = False
+    """One call per query token over exactly its visible keys, so a token's result never depends on its
+    batch-mates or on how its prompt was chunked (deterministic=True; models/batch_invariant.py)."""
+
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:
             raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")

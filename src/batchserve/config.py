@@ -11,8 +11,27 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 POLICIES = ("fcfs", "priority", "edf", "lpm")
-QUANTIZATION_METHODS = ("int8",)
+QUANTIZATION_METHODS = ("int8", "int4", "gguf")
 """Weight quantizations a model can be loaded with (models/quantization.py); None loads the weights as they are."""
+INT4_GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    method: str | None = None
+    """int8: per output channel; int4: per group of input weights; gguf: a GGUF file's own 4-bit blocks
+    as int4 (group 32), its other quantized tensors as int8; None: the weights as they are in `dtype`."""
+    group_size: int = 32
+    """int4: input weights per scale and offset (32, 64 or 128). 32 is GGUF's block, the most accurate,
+    divides every common hidden size (SmolLM2's 576 is not a multiple of 128) and measured as fast."""
+
+    def __post_init__(self) -> None:
+        if self.method is not None and self.method not in QUANTIZATION_METHODS:
+            raise ValueError(f"quantization {self.method!r} is not supported; use None or one of "
+                             f"{', '.join(QUANTIZATION_METHODS)}")
+        if self.group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"quantization group size {self.group_size} is not supported; use one of "
+                             f"{', '.join(map(str, INT4_GROUP_SIZES))}")
 
 
 @dataclass(frozen=True)

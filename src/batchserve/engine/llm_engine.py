@@ -11,6 +11,7 @@ the server all drive one of these with `add_request` / `step` /
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -18,13 +19,14 @@ from typing import Any
 
 import torch
 
-from ..config import CacheConfig, scheduler_config
+from ..attention_layout import AttentionConfig
+from ..config import CacheConfig, QuantizationConfig, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
 from ..lora.manager import LoRAManager
 from ..model_config import kv_bytes_per_block
-from ..attention_layout import AttentionConfig
+from ..models.batch_invariant import make_batch_invariant
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
@@ -48,7 +50,11 @@ class LLMEngine:
     `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
     `quantization`: "int8" stores the decoder's projection weights as int8 with
-    one scale per output channel (models/quantization.py); None keeps `dtype`.
+    one scale per output channel, "int4" as int4 with a scale and offset per
+    `quantization_group_size` weights (models/quantization.py), "gguf" runs a
+    GGUF file's own 4-bit blocks (models/gguf_quantization.py); None keeps `dtype`.
+    `deterministic`: batch-invariant numerics, so a request's tokens do not depend
+    on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
     `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
     steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
     compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
@@ -76,6 +82,8 @@ class LLMEngine:
         skip_tokenizer_init: bool = False,
         weight_prepack: bool = True,
         quantization: str | None = None,
+        quantization_group_size: int = QuantizationConfig.group_size,
+        deterministic: bool = False,
         enforce_eager: bool = True,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
@@ -90,8 +98,15 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
-        self.model, self.model_config, self.model_path = load_model(model, dtype=dtype, device=device,
-                                                                    prepack=weight_prepack, quantization=quantization)
+        if deterministic and (enable_lora or not enforce_eager):
+            raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
+                             "drop enable_lora / enforce_eager=False, or deterministic")
+        self.model, self.model_config, self.model_path = load_model(
+            model, dtype=dtype, device=device, prepack=weight_prepack,
+            quantization=QuantizationConfig(quantization, quantization_group_size))
+        if deterministic:
+            make_batch_invariant(self.model)
+            attention = dataclasses.replace(attention, batch_invariant=True)
         self.device = device
         lora_config = LoRAConfig(enable_lora, max_loras, max_lora_rank, max_cpu_loras)
         # before sizing the KV cache: on a GPU the adapter slots take memory the cache must not count on

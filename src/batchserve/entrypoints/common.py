@@ -14,7 +14,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import QUANTIZATION_METHODS, SCHEDULER_PRESETS, CacheConfig, SchedulerConfig, scheduler_config
+from ..config import (
+    INT4_GROUP_SIZES,
+    QUANTIZATION_METHODS,
+    SCHEDULER_PRESETS,
+    CacheConfig,
+    QuantizationConfig,
+    SchedulerConfig,
+    scheduler_config,
+)
 from ..embedded_model import INSTALL
 from ..lora import LoRAConfig
 from ..metrics import SLO, summarize
@@ -45,7 +53,12 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--kv-cache-memory", default=None,
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
     p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
-                   help="quantize the decoder's linear layers at load: int8 = weight-only, per output channel")
+                   help="weight-only quantization of the decoder's linear layers: int8 = per output channel, "
+                   "int4 = per group (--quantization-group-size), gguf = a GGUF file's own 4-bit blocks")
+    p.add_argument("--quantization-group-size", type=int, default=QuantizationConfig.group_size,
+                   choices=INT4_GROUP_SIZES, help=f"int4: weights per scale (default {QuantizationConfig.group_size})")
+    p.add_argument("--deterministic", action="store_true",
+                   help="batch-invariant numerics: a request's tokens do not depend on its batch-mates (slower)")
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
                    "torch.compile (minutes of compilation on a small CPU)")
@@ -57,7 +70,8 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
-                quantization=args.quantization, enforce_eager=args.enforce_eager,
+                quantization=args.quantization, quantization_group_size=args.quantization_group_size,
+                deterministic=args.deterministic, enforce_eager=args.enforce_eager,
                 speculative_config=args.speculative_config)
 
 

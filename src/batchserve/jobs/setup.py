@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import CacheConfig, scheduler_config
+from ..config import CacheConfig, QuantizationConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block
@@ -50,6 +50,8 @@ class RunSetup:
     device: str | None = None
     kv_cache_memory: str | None = None
     quantization: str | None = None
+    quantization_group_size: int = QuantizationConfig.group_size
+    deterministic: bool = False
     enforce_eager: bool = True
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
@@ -64,7 +66,8 @@ class RunSetup:
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
-                "quantization": self.quantization, "enforce_eager": self.enforce_eager,
+                "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
+                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
                 "speculative_config": self.speculative_config, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}

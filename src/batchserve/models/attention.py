@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..attention_layout import AttentionConfig, decode_groups
 from ..model_config import ModelConfig
+from .batch_invariant import per_token_attention
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -111,6 +112,17 @@ def _slots(block_tables: list[list[int]], lens: list[int], block_size: int, devi
     return slots.to(device, non_blocking=True)
 
 
+def _sequence_slots(meta: AttentionMetadata) -> list[torch.Tensor]:
+    """Each sequence's cache slots of keys 0..(its last new token), built by the first layer."""
+    slots = meta._plans.get("sequence_slots")
+    if slots is None:
+        qsl, device = meta.query_start_loc, meta.slot_mapping.device
+        slots = meta._plans["sequence_slots"] = [
+            _slots([table], [ctx + qsl[i + 1] - qsl[i]], meta.block_size, device)[0]
+            for i, (table, ctx) in enumerate(zip(meta.block_tables, meta.context_lens))]
+    return slots
+
+
 def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
     """Causal (and sliding-window) mask: a query sees keys at its position or before, within the window."""
     mask = k_pos <= q_pos
@@ -181,6 +193,9 @@ class PagedAttention:
         k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
 
+        if isinstance(meta, AttentionMetadata) and meta.config.batch_invariant:
+            return per_token_attention(q, k_cache, v_cache, _sequence_slots(meta), meta.query_start_loc,
+                                       meta.context_lens, self.sliding_window, scale)
         if isinstance(meta, AttentionMetadata):
             meta = decode_metadata(meta, self.sliding_window) or meta
         if isinstance(meta, DecodeMetadata):  # a pure decode step: no row selection

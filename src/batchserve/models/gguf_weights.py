@@ -81,19 +81,27 @@ def gguf_tensors(file: GGUFFile, num_heads: int, num_kv_heads: int,
     import gguf
 
     check_tensor_types(file)
-    permuted = file.architecture in _PERMUTED_QK
     for t in file.tensors:
         try:
             array = gguf.quants.dequantize(t.data, t.tensor_type)
         except Exception as e:  # a damaged block the header did not reveal
             raise GGUFError(f"{file.path}: tensor {t.name} ({t.tensor_type.name}) cannot be read: {e}") from None
         name = hf_name(t.name)
-        if permuted and t.name.endswith(("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
-            array = unpermute_qk(array, num_heads if ".attn_q." in t.name else num_kv_heads)
+        heads = qk_permuted_heads(file, t.name, num_heads, num_kv_heads)
+        if heads is not None:
+            array = unpermute_qk(array, heads)
         if t.name.endswith("ffn_gate_inp_shexp.weight"):
             array = array.reshape(1, -1)  # llama.cpp keeps the shared expert's one-row gate as a vector
         # unquantized tensors are read-only views of the memory-mapped file: copy those only
         yield name, torch.from_numpy(np.require(array, requirements=("C", "W"))).to(dtype)
+
+
+def qk_permuted_heads(file: GGUFFile, gguf_name: str, num_heads: int, num_kv_heads: int) -> int | None:
+    """The head count of a q/k tensor whose rows llama.cpp's converter permuted; None for every other tensor."""
+    if file.architecture not in _PERMUTED_QK or not gguf_name.endswith(
+            ("attn_q.weight", "attn_q.bias", "attn_k.weight", "attn_k.bias")):
+        return None
+    return num_heads if ".attn_q." in gguf_name else num_kv_heads
 
 
 def unpermute_qk(rows: np.ndarray, num_heads: int) -> np.ndarray:

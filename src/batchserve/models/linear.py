@@ -80,15 +80,16 @@ def _(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None, o
     return x.new_empty(x.shape[0], out_features)
 
 
-def replace_linears(module: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
-    """Replace every nn.Linear under `module` by `make(linear)` (a packed or quantized form of its weights)."""
+def replace_linears(module: nn.Module, make: Callable[[str, nn.Linear], nn.Module], prefix: str = "") -> None:
+    """Replace every nn.Linear under `module` by `make(its dotted path, linear)` (a packed or quantized form)."""
     for name, child in module.named_children():
+        path = f"{prefix}{name}"
         if isinstance(child, nn.Linear):
-            setattr(module, name, make(child))
+            setattr(module, name, make(path, child))
         else:
-            replace_linears(child, make)
+            replace_linears(child, make, f"{path}.")
 
 
 def prepack_linears(module: nn.Module) -> None:
     """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
-    replace_linears(module, lambda linear: PackedLinear(linear.weight, linear.bias))
+    replace_linears(module, lambda _, linear: PackedLinear(linear.weight, linear.bias))

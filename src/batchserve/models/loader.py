@@ -14,10 +14,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import QUANTIZATION_METHODS
+from ..config import QuantizationConfig
 from ..gguf_file import is_gguf, open_gguf
 from ..model_config import ModelConfig
 from .config import SUPPORTED_DTYPES, ModelLoadError, check_model_config, load_model_config
+from .gguf_quantization import gguf_quantized_linears
 from .gguf_weights import gguf_tensors
 from .linear import prepack_supported
 from .llama import CausalLM
@@ -29,26 +30,35 @@ _INDEX = "model.safetensors.index.json"
 
 
 def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               prepack: bool = True, quantization: str | None = None) -> tuple[CausalLM, ModelConfig, Path | None]:
+               prepack: bool = True, quantization: str | QuantizationConfig | None = None,
+               ) -> tuple[CausalLM, ModelConfig, Path | None]:
     """(model in eval mode without grad, its config, its directory or GGUF file, or None for tiny).
 
     prepack: on CPU, pack the projection weights for oneDNN where this build
     supports it (models/linear.py); False keeps torch's default linear.
-    quantization: "int8" quantizes the decoder layers' projections at load
-    (models/quantization.py); the embeddings and LM head stay in `dtype`.
+    quantization: a method name or a QuantizationConfig; "int8" / "int4"
+    quantize the decoder layers' projections at load (models/quantization.py),
+    "gguf" runs a GGUF file's quantized blocks (models/gguf_quantization.py);
+    the embeddings and LM head stay in `dtype`.
     """
-    if quantization is not None and quantization not in QUANTIZATION_METHODS:
-        raise ModelLoadError(f"quantization {quantization!r} is not supported; use None or one of "
-                             f"{', '.join(QUANTIZATION_METHODS)}")
-    net, config, path = _build(model, dtype, device)
-    if quantization is not None and config.is_moe:  # the experts' GEMMs have no int8 path yet
-        raise ModelLoadError(f"quantization {quantization!r} is not supported for MoE models "
-                             f"({config.architecture}) yet; load {config.name} unquantized")
-    if quantization == "int8":
-        quantize_linears(net.model)
+    try:
+        config = quantization if isinstance(quantization, QuantizationConfig) else QuantizationConfig(quantization)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    if config.method == "gguf" and not is_gguf(model):
+        raise ModelLoadError(f"quantization 'gguf' runs a GGUF file's own quantized weights, and {str(model)!r} is "
+                             "not a .gguf file; use int8 or int4 to quantize it at load")
+    net, model_config, path = _build(model, dtype, device)
+    if config.method is not None and model_config.is_moe:  # the experts' GEMMs have no quantized path yet
+        raise ModelLoadError(f"quantization {config.method!r} is not supported for MoE models "
+                             f"({model_config.architecture}) yet; load {model_config.name} unquantized")
+    if config.method == "gguf":
+        gguf_quantized_linears(net.model, open_gguf(path), model_config)
+    elif config.method is not None:
+        quantize_linears(net.model, config)
     if prepack and prepack_supported(net.dtype, net.device):
-        net.prepack_weights()  # what quantization left as nn.Linear: the LM head
-    return net, config, path
+        net.prepack_weights()  # what quantization left as nn.Linear: the LM head, GGUF's float projections
+    return net, model_config, path
 
 
 def _build(model: str | os.PathLike, dtype: str | torch.dtype,
