@@ -114,8 +114,8 @@ def test_quantization_flag_reaches_the_engine(capsys) -> None:
                  "--kv-cache-memory", "4MiB"]) == 0
     assert "completion 0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["generate", "--model", "tiny", "--prompt", "hello", "--quantization", "int4"])
-    assert "invalid choice: 'int4'" in capsys.readouterr().err
+        main(["generate", "--model", "tiny", "--prompt", "hello", "--quantization", "int3"])
+    assert "invalid choice: 'int3'" in capsys.readouterr().err
 
 
 def test_llm_is_exported_lazily_from_the_package() -> None:

@@ -151,7 +151,7 @@ def _hf_logits() -> Callable[[torch.nn.Module, list[int]], torch.Tensor]:
     return hf_logits
 
 
-@pytest.fixture(name="paged_runner")
+@pytest.fixture(name="paged_runner", scope="session")
 def _paged_runner() -> type[PagedRunner]:
     return PagedRunner
 

@@ -84,15 +84,13 @@ def real_prompts(smollm2_gguf) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def unquantized_log_probs(smollm2_gguf, real_prompts) -> torch.Tensor:
-    return _prompt_log_probs(load_model(smollm2_gguf)[0], real_prompts)
+def unquantized_log_probs(smollm2_gguf, real_prompts, paged_runner) -> torch.Tensor:
+    return _prompt_log_probs(load_model(smollm2_gguf)[0], real_prompts, paged_runner)
 
 
-def _prompt_log_probs(model, prompts: list[list[int]]) -> torch.Tensor:
+def _prompt_log_probs(model, prompts: list[list[int]], paged_runner) -> torch.Tensor:
     """Next-token log-probabilities at every position of the 20 prompts, run as one batch."""
-    from conftest import PagedRunner  # tests/models/conftest.py
-
-    runner = PagedRunner(model, block_size=16, num_blocks=sum(len(p) // 16 + 1 for p in prompts))
+    runner = paged_runner(model, block_size=16, num_blocks=sum(len(p) // 16 + 1 for p in prompts))
     return torch.cat(runner.step(list(enumerate(prompts)))).log_softmax(-1)
 
 
@@ -104,11 +102,11 @@ def _prompt_log_probs(model, prompts: list[list[int]]) -> torch.Tensor:
     ("gguf", Int4Linear, 0.1),  # the file's own blocks: measured 0.0013, agreement 1.0
 ])
 def test_quantized_models_stay_close_to_the_unquantized_model(method, layer_type, max_kl, smollm2_gguf, real_prompts,
-                                                              unquantized_log_probs):
+                                                              unquantized_log_probs, paged_runner):
     """Teacher-forced over 20 real chat prompts: mean next-token KL in nats, argmax agreement >= 95%."""
     model, _, _ = load_model(smollm2_gguf, quantization=method)
     assert isinstance(model.model.layers[0].mlp.down_proj, layer_type)
-    log_p, log_q = unquantized_log_probs, _prompt_log_probs(model, real_prompts)
+    log_p, log_q = unquantized_log_probs, _prompt_log_probs(model, real_prompts, paged_runner)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     assert kl.mean() < max_kl
     assert (log_p.argmax(-1) == log_q.argmax(-1)).float().mean() >= 0.95
