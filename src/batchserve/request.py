@@ -226,6 +226,11 @@ class Request:
         self.output_token_ids.extend(token_ids)
         self.num_tokens += len(token_ids)
 
+    def truncate_output(self, num_dropped: int) -> None:
+        """Drop the last output tokens (a stop string ended the output inside a speculated run)."""
+        del self.output_token_ids[len(self.output_token_ids) - num_dropped:]
+        self.num_tokens -= num_dropped
+
     def tokens(self, start: int, end: int) -> list[int]:
         """Token ids at positions [start, end) of prompt + output, without concatenating the two."""
         prompt, num_prompt = self.prompt_token_ids, len(self.prompt_token_ids)

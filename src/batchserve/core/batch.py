@@ -15,7 +15,8 @@ class ScheduledBatch:
     """One step's work, as the executor needs it.
 
     `requests[i]` computes `num_tokens[i]` new tokens starting at position
-    `num_computed[i]`.
+    `num_computed[i]`. A speculating request's last `len(spec_token_ids[req])`
+    of them are draft tokens to verify, after its one known uncomputed token.
     """
 
     requests: list[Request] = field(default_factory=list)
@@ -25,6 +26,9 @@ class ScheduledBatch:
     total_tokens: int = 0
     num_preempted_tokens: int = 0  # computed tokens thrown away by this step's preemptions
     num_cached_tokens: int = 0  # tokens admitted requests took from the prefix cache instead of computing
+    spec_token_ids: dict[Request, list[int]] = field(default_factory=dict)
+    """Draft tokens per speculating request (speculative decoding); absent requests have none."""
+    num_rejected_tokens: int = 0  # scheduled draft positions the verification rejected (set by the update)
 
     @property
     def is_empty(self) -> bool:
@@ -45,7 +49,8 @@ class StepResult:
     """What an executor returns: sampled tokens and how long the step took.
 
     `sampled_token_ids[i]` holds the tokens of `batch.requests[i]` (unused for
-    a prompt chunk that does not reach the end); `None` means synthetic tokens
+    a prompt chunk that does not reach the end): one, or for a speculating
+    request its accepted drafts plus one more; `None` means synthetic tokens
     (`SYNTHETIC_TOKEN`, for an executor that only predicts time).
     """
 

@@ -104,6 +104,13 @@ class KVCacheManager:
         self.pool.cache_blocks(req.block_ids[start:num_full], hashes[start:num_full])
         req.num_committed_blocks = num_full
 
+    def trim(self, req: Request) -> None:
+        """Give back blocks past the request's computed tokens (those only rejected draft tokens used)."""
+        keep = self.blocks_needed(req.num_computed_tokens)
+        if len(req.block_ids) > keep:
+            self.pool.free(reversed(req.block_ids[keep:]))
+            del req.block_ids[keep:]
+
     def free(self, req: Request) -> None:
         """Release the request's blocks; its computed full blocks stay cached until evicted."""
         self.commit(req)

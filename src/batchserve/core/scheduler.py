@@ -19,12 +19,16 @@ lazily, with the same decisions.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..config import CacheConfig, SchedulerConfig
 from ..request import Request, RequestStatus
 from .batch import SYNTHETIC_TOKEN, ScheduledBatch, StepResult
 from .kv_cache_manager import KVCacheManager
 from .policy import WaitingQueue
+
+if TYPE_CHECKING:
+    from ..spec_decode import Speculator
 
 __all__ = ["ScheduledBatch", "Scheduler", "StepResult"]
 
@@ -53,6 +57,8 @@ class Scheduler:
         self.num_preemptions = 0
         self.admission_check: Callable[[Request, Iterable[Request]], bool] | None = None
         """An extra admission constraint (e.g. LoRA slots): may `req` join these running requests now?"""
+        self.speculator: Speculator | None = None
+        """Speculative decoding: draft tokens for decoding requests, verified in the same step; None: off."""
 
     # ---- requests in and out -------------------------------------------------
 
@@ -106,6 +112,8 @@ class Scheduler:
     def _finish(self, req: Request, status: RequestStatus) -> None:
         req.status = status
         self.kv.free(req)
+        if self.speculator is not None:
+            self.speculator.release(req)
 
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self.waiting)
@@ -132,6 +140,7 @@ class Scheduler:
         kv = self.kv
         bs = kv.block_size
         order = sorted(self._requests_to_schedule(), key=lambda r: r.num_tokens - r.num_computed_tokens > 1)
+        drafts, spare = self._propose(order, budget)
         for req in order:
             if budget <= 0:
                 break
@@ -143,6 +152,14 @@ class Scheduler:
                 n = budget
             if threshold and n > threshold:
                 n = threshold
+            draft = drafts.get(req) if drafts else None
+            if draft is not None:
+                # verify what the spare budget and free blocks allow; short of blocks, decode plainly
+                draft = draft[:max(0, min(spare, budget - 1))]
+                if draft and (c + 1 + len(draft) <= len(req.block_ids) * bs or kv.allocate_slots(req, 1 + len(draft))):
+                    spare -= len(draft)
+                    n += len(draft)
+                    batch.spec_token_ids[req] = draft
             # fast path: the request's last block still has room (most decode steps)
             if c + n > len(req.block_ids) * bs and not kv.allocate_slots(req, n):
                 while True:
@@ -159,6 +176,13 @@ class Scheduler:
             budget -= n
         return budget
 
+    def _propose(self, order: list[Request], budget: int) -> tuple[dict[Request, list[int]], int]:
+        """Drafts for the decoding requests, and the budget left for them once every decode has its token."""
+        if self.speculator is None:
+            return {}, 0
+        decodes = [r for r in order if r.num_tokens - r.num_computed_tokens == 1]
+        return self.speculator.propose(decodes, len(self.running)), budget - len(decodes)
+
     def _preempt(self, victim: Request, batch: ScheduledBatch) -> int:
         """Free a running request's blocks and requeue it; returns budget it had taken this step."""
         refund = 0
@@ -169,6 +193,7 @@ class Scheduler:
                 del batch.requests[j], batch.num_tokens[j], batch.num_computed[j]
                 break
         batch.total_tokens -= refund
+        batch.spec_token_ids.pop(victim, None)
         self.kv.free(victim)
         batch.num_preempted_tokens += victim.num_computed_tokens
         victim.num_computed_tokens = 0
@@ -245,6 +270,12 @@ class Scheduler:
         for i, (req, n) in enumerate(zip(batch.requests, batch.num_tokens)):
             if req.status is not _RUNNING:
                 continue  # finished from outside while the step ran
+            draft = batch.spec_token_ids.get(req) if batch.spec_token_ids else None
+            if draft is not None:
+                batch.num_rejected_tokens += len(draft) + 1 - len(sampled[i])
+                if self._accept_verified(req, draft, sampled[i], end_time):
+                    finished.append(req)
+                continue
             c = req.num_computed_tokens = req.num_computed_tokens + n
             if c < req.num_tokens:
                 if c // bs > req.num_committed_blocks:
@@ -263,6 +294,25 @@ class Scheduler:
             self._remove_running(req)
             req.finish_time = end_time
         return finished
+
+    def _accept_verified(self, req: Request, draft: list[int], tokens: list[int], end_time: float) -> bool:
+        """Apply a verified draft: `tokens` are its accepted prefix plus one more; True if the request finished.
+
+        Only the accepted positions count as computed; blocks that held nothing but rejected drafts
+        go back to the pool. A stop inside the run cuts `tokens` there, so later layers see what was kept.
+        """
+        num_accepted = len(tokens) - 1
+        req.num_computed_tokens += 1 + num_accepted
+        self.speculator.record(req, len(draft), num_accepted)
+        for j, token in enumerate(tokens):
+            if req.token_times is not None:
+                req.token_times.append(end_time)
+            if self._append_token(req, token):
+                del tokens[j + 1:]
+                return True
+        self.kv.commit(req)
+        self.kv.trim(req)
+        return False
 
     def _append_token(self, req: Request, token: int, complete: bool = False) -> bool:
         """Append a sampled token, stopping at max_tokens or a stop token; True if the request finished.

@@ -70,7 +70,8 @@ class Engine:
         self.now = start + result.duration
         finished = scheduler.update(batch, result, start)
         self.num_steps += 1
-        self.outstanding_tokens += batch.num_preempted_tokens - batch.num_cached_tokens - batch.total_tokens
+        self.outstanding_tokens += (batch.num_preempted_tokens + batch.num_rejected_tokens - batch.num_cached_tokens
+                                    - batch.total_tokens)
         for req in finished:
             self.outstanding_tokens -= (
                 req.num_prompt_tokens + req.sampling_params.max_tokens - req.num_computed_tokens

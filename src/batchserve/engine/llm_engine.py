@@ -30,6 +30,8 @@ from ..models.batch_invariant import make_batch_invariant
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
+from ..spec_decode import SpeculativeConfig, Speculator
+from ..spec_decode.draft_model import DraftModelProposer, check_draft_tokenizer, check_draft_vocab
 from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
 from .core import Engine, StepOutput
@@ -59,6 +61,8 @@ class LLMEngine:
     on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
+    `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
+    {"method": "ngram", "num_speculative_tokens": 4}; outputs keep the target model's distribution.
     """
 
     def __init__(
@@ -86,9 +90,11 @@ class LLMEngine:
         max_loras: int = LoRAConfig.max_loras,
         max_lora_rank: int = LoRAConfig.max_lora_rank,
         max_cpu_loras: int | None = LoRAConfig.max_cpu_loras,
+        speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        spec_config = SpeculativeConfig.of(speculative_config)  # a bad config fails before any loading
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
@@ -121,6 +127,9 @@ class LLMEngine:
         self.scheduler = Scheduler(sched_cfg, cache_cfg, max_model_len=self.model_config.max_model_len)
         if enable_lora:
             self.scheduler.admission_check = LoRAAdmission(max_loras)
+        self.speculator = None if spec_config is None else Speculator(
+            spec_config, self._draft_proposer(spec_config, dtype, num_blocks, block_size, weight_prepack, attention))
+        self.scheduler.speculator = self.speculator
         self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
                               self.model_config.eos_token_ids)
@@ -140,6 +149,17 @@ class LLMEngine:
         self.step_observer: Callable[[StepOutput], None] | None = None
         """Called with every step that ran a batch (e.g. a job recording step shapes for its estimates)."""
         self._t0 = time.perf_counter()
+
+    def _draft_proposer(self, spec: SpeculativeConfig, dtype: str, num_blocks: int, block_size: int, prepack: bool,
+                        attention: AttentionConfig) -> DraftModelProposer | None:
+        """The draft model with its own KV cache (as many blocks as the target's), checked against the target."""
+        if spec.method != "draft":
+            return None
+        if self.tokenizer is not None:
+            check_draft_tokenizer(self.tokenizer, load_tokenizer(spec.model), spec.model)
+        model, config, _ = load_model(spec.model, dtype=dtype, device=self.device, prepack=prepack)
+        check_draft_vocab(self.model_config, config, spec.model)
+        return DraftModelProposer(model, config, num_blocks, block_size, self.device, attention)
 
     @property
     def now(self) -> float:

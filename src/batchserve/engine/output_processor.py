@@ -155,13 +155,21 @@ class OutputProcessor:
             return False
         # The stop token (EOS or a stop_token_id) ends the text, it is not part of it (vLLM's rule).
         text_tokens = tokens[:-1] if stop_token and not params.include_stop_str_in_output else tokens
-        new_text = completion.detokenizer.add(text_tokens)
-        completion.text += new_text
         if completion.stop_checker is None:
+            completion.text += completion.detokenizer.add(text_tokens)
             return False
-        cut = completion.stop_checker.check(completion.text, len(new_text))
-        if cut is None:
+        # token by token: a stop string inside a speculated run ends the output at the token that completed it
+        for j, token in enumerate(text_tokens):
+            new_text = completion.detokenizer.add([token])
+            completion.text += new_text
+            cut = completion.stop_checker.check(completion.text, len(new_text))
+            if cut is not None:
+                break
+        else:
             return False
+        if j + 1 < len(tokens):
+            req.truncate_output(len(tokens) - j - 1)
+            del tokens[j + 1:]
         completion.stop_reason = completion.stop_checker.matched
         completion.text = completion.text[:cut]
         if req.is_finished:  # it also hit max_tokens or EOS this step: the stop string wins, as in vLLM

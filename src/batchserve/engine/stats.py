@@ -25,6 +25,10 @@ class EngineStats:
     """Prompt tokens actually run through the model (recomputation after preemption included)."""
     generation_tokens: int
     num_preemptions: int
+    spec_decode_num_drafts: int = 0
+    """Speculative decoding: verification steps that carried a draft (vLLM's counter names)."""
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
 
 
 class StatsCollector:
@@ -45,6 +49,7 @@ class StatsCollector:
     def snapshot(self) -> EngineStats:
         scheduler = self.scheduler
         kv = scheduler.kv
+        spec = scheduler.speculator
         return EngineStats(
             num_running=len(scheduler.running),
             num_waiting=len(scheduler.waiting) + self.siblings.num_held,
@@ -54,4 +59,7 @@ class StatsCollector:
             computed_prompt_tokens=self.computed_prompt_tokens,
             generation_tokens=self.generation_tokens,
             num_preemptions=self.num_preemptions,
+            spec_decode_num_drafts=spec.num_drafts if spec else 0,
+            spec_decode_num_draft_tokens=spec.num_draft_tokens if spec else 0,
+            spec_decode_num_accepted_tokens=spec.num_accepted_tokens if spec else 0,
         )

@@ -62,13 +62,17 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
                    "torch.compile (minutes of compilation on a small CPU)")
+    p.add_argument("--speculative-config", default=None, metavar="JSON",
+                   help='speculative decoding, vLLM\'s keys, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
+                   '"prompt_lookup_max": 4, "prompt_lookup_min": 1}\' (default: off)')
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
-                deterministic=args.deterministic, enforce_eager=args.enforce_eager)
+                deterministic=args.deterministic, enforce_eager=args.enforce_eager,
+                speculative_config=args.speculative_config)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

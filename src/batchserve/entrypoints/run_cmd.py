@@ -336,6 +336,8 @@ def summary_table(s: Summary, title: str, wall_label: str = "Wall time (s):", ex
         "Prompt tokens saved by prefix reuse:": str(max(0, s.prompt_tokens - s.computed_prompt_tokens)),
         "Prefix cache hit rate:": f"{s.prefix_cache_hit_rate:.1%}",
         "Output tokens:": str(s.output_tokens),
+        **({"Draft tokens accepted / proposed:": f"{s.spec_accepted_tokens} / {s.spec_draft_tokens} "
+            f"({s.spec_accepted_tokens / s.spec_draft_tokens:.1%})"} if s.spec_draft_tokens else {}),
         wall_label: f"{s.wall_s:.2f}",
         "Request throughput (req/s):": f"{s.to_dict()['request_throughput']:.2f}",
         "Output token throughput (tok/s):": f"{s.output_token_throughput:.1f}",

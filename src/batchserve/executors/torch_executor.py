@@ -2,7 +2,9 @@
 
 All scheduled tokens of a step (prompt chunks and decodes of many requests)
 are packed into one flat batch with no padding; positions and slot mappings
-come from each request's computed-token count and block table.
+come from each request's computed-token count and block table. A speculating
+request's draft tokens ride along after its known token and are verified from
+the same forward pass (spec_decode.rejection_sampler).
 
 Rows under a structured-output constraint get their grammar's token bitmask
 applied to the logits before sampling; the bitmask is filled in a thread while
@@ -26,6 +28,7 @@ from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
 from ..models.sampler import Sampler, make_generator, prompt_logprobs
 from ..request import Request
+from ..spec_decode.rejection_sampler import verify
 from ..structured_output import GrammarBitmask, StructuredOutputManager
 from ..structured_output.bitmask import apply_token_bitmask
 
@@ -82,12 +85,16 @@ class TorchExecutor:
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
         scored: list[tuple[int, int, int]] = []  # (batch index, flat start, prompt positions) of prompt_logprobs
+        verify_rows: list[int] = []  # batch index of each speculating request
+        verify_tokens: list[int] = []  # flat indices of their k + 1 verified positions, requests in order
+        drafts = batch.spec_token_ids
         # flat-batch order of the requests: batch order, or grouped by adapter so each adapter's rows are one slice
         order = range(len(batch.requests)) if self.lora is None else self.lora.row_order(batch.requests)
         for i in order:
             req, n, c = batch.requests[i], batch.num_tokens[i], batch.num_computed[i]
             end = c + n
-            input_ids += req.tokens(c, end)
+            draft = drafts.get(req) if drafts else None
+            input_ids += req.tokens(c, end) if draft is None else req.tokens(c, end - len(draft)) + draft
             positions += range(c, end)
             table = req.block_ids
             slots += [table[p // bs] * bs + p % bs for p in range(c, end)]
@@ -95,7 +102,10 @@ class TorchExecutor:
             if req.sampling_params.prompt_logprobs is not None and num_scored > 0:
                 scored.append((i, query_start[-1], num_scored))
             query_start.append(query_start[-1] + n)
-            if end == req.num_tokens:
+            if draft is not None:
+                verify_rows.append(i)
+                verify_tokens += range(query_start[-1] - len(draft) - 1, query_start[-1])
+            elif end == req.num_tokens:
                 sample_rows.append(i)
                 sample_tokens.append(query_start[-1] - 1)
         meta = AttentionMetadata(
@@ -137,6 +147,12 @@ class TorchExecutor:
             if grammar is not None:
                 complete = self.structured_output.accept_tokens(reqs, out.token_ids)
                 stop_rows = frozenset(sample_rows[i] for i in complete)
+        if verify_rows:
+            spec_reqs = [batch.requests[i] for i in verify_rows]
+            kept = verify(self.sampler, self.model.compute_logits(hidden[verify_tokens]), spec_reqs,
+                          [drafts[r] for r in spec_reqs], [self._generator(r) for r in spec_reqs])
+            for row, tokens in zip(verify_rows, kept):
+                sampled[row] = tokens
         prompt_lps = self._prompt_logprobs(batch, hidden, scored) if scored else None
         end = time.perf_counter()
         self.prepare_s += prepared - start

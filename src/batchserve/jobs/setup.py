@@ -53,6 +53,8 @@ class RunSetup:
     quantization_group_size: int = QuantizationConfig.group_size
     deterministic: bool = False
     enforce_eager: bool = True
+    speculative_config: str | None = None
+    """--speculative-config as given (a JSON object); None: off."""
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -65,7 +67,8 @@ class RunSetup:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
-                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager, "scheduler": self.scheduler,
+                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
+                "speculative_config": self.speculative_config, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
@@ -94,6 +97,9 @@ class RunSetup:
     def sim_setup(self, hardware: str) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
         KV blocks, replicas and LoRA slots."""
+        if self.speculative_config is not None:
+            raise ValueError("the estimate does not model speculative decoding yet; estimate without "
+                             "--speculative-config")
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))

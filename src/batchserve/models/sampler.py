@@ -66,10 +66,7 @@ class Sampler:
         if lengths != {num_rows}:
             raise ValueError(f"sampler got {num_rows} logit rows but per-row lists of other lengths")
         raw = logits.float()
-        logits = apply_penalties(raw, params, prompt_token_ids, output_token_ids)
-        logits = apply_logit_bias(logits, params, inplace=logits is not raw)
-        logits = mask_min_tokens(logits, params, output_token_ids, min_tokens_eos, inplace=logits is not raw)
-
+        logits = process_logits(raw, params, prompt_token_ids, output_token_ids, min_tokens_eos)
         greedy = [p.temperature < GREEDY_EPS for p in params]
         if all(greedy):
             token_ids = logits.argmax(dim=-1)  # first maximum wins: ties go to the lowest id
@@ -91,17 +88,10 @@ class Sampler:
     def _sample(
         self, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
     ) -> torch.Tensor:
-        device, vocab = logits.device, logits.shape[1]
-        temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
-        logits = logits / temperature.unsqueeze(1)
-        logits = apply_top_k_top_p(
-            logits, [p.top_k if 0 < p.top_k < vocab else 0 for p in params], [p.top_p for p in params]
-        )
-        logits = apply_min_p(logits, [p.min_p for p in params])
-        uniforms = self._draw_uniforms(generators).to(device)
-        return sample_inverse_cdf(logits.softmax(dim=-1), uniforms)
+        uniforms = self.draw_uniforms(generators).to(logits.device)
+        return sample_inverse_cdf(sampling_probs(logits, params), uniforms)
 
-    def _draw_uniforms(self, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    def draw_uniforms(self, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
         """One uniform in [0, 1) per row: from the row's own generator, else from the shared one."""
         shared_rows = [i for i, g in enumerate(generators) if g is None]
         u = torch.empty(len(generators), dtype=torch.float64)
@@ -111,6 +101,31 @@ class Sampler:
             if g is not None:
                 u[i] = torch.rand(1, dtype=torch.float64, generator=g)
         return u
+
+
+def process_logits(
+    raw: torch.Tensor,
+    params: Sequence[SamplingParams],
+    prompt_token_ids: Sequence[Sequence[int]],
+    output_token_ids: Sequence[Sequence[int]],
+    min_tokens_eos: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Penalties, logit bias and the min_tokens mask: the logits greedy takes the argmax of (`raw` if none apply)."""
+    logits = apply_penalties(raw, params, prompt_token_ids, output_token_ids)
+    logits = apply_logit_bias(logits, params, inplace=logits is not raw)
+    return mask_min_tokens(logits, params, output_token_ids, min_tokens_eos, inplace=logits is not raw)
+
+
+def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """The distribution a non-greedy row draws from: temperature, then top-k/top-p, then min-p."""
+    device, vocab = logits.device, logits.shape[1]
+    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
+    logits = logits / temperature.unsqueeze(1)
+    logits = apply_top_k_top_p(
+        logits, [p.top_k if 0 < p.top_k < vocab else 0 for p in params], [p.top_p for p in params]
+    )
+    logits = apply_min_p(logits, [p.min_p for p in params])
+    return logits.softmax(dim=-1)
 
 
 def apply_penalties(

@@ -89,6 +89,12 @@ class ServerMetrics:
             (CounterMetricFamily, "generation_tokens", "Tokens generated.", s.generation_tokens),
             (CounterMetricFamily, "num_preemptions", "Preemptions (a running request's blocks freed to make room).",
              s.num_preemptions),
+            (CounterMetricFamily, "spec_decode_num_drafts", "Speculative verification steps that carried a draft.",
+             s.spec_decode_num_drafts),
+            (CounterMetricFamily, "spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
+             s.spec_decode_num_draft_tokens),
+            (CounterMetricFamily, "spec_decode_num_accepted_tokens", "Draft tokens the target model accepted.",
+             s.spec_decode_num_accepted_tokens),
         ):
             metric = family(_PREFIX + name, doc, labels=["model_name"])
             metric.add_metric([self.model_name], value)
