@@ -236,3 +236,14 @@ def test_num_evictable_in_counts_unreferenced_blocks() -> None:
     pool.free([b])
     assert pool.num_evictable_in([a, b, c, 3]) == 2  # b and the never-used block 3
     assert pool.num_evictable_in([]) == 0
+
+
+def test_would_evict_any_looks_past_never_used_blocks_in_lru_order() -> None:
+    pool = BlockPool(4)
+    a, b, c = pool.allocate(3)
+    pool.free([b])
+    pool.free([a])  # free queue: b, a; block 3 never used
+    assert not pool.would_evict_any(1, [a, b])  # the never-used block goes first
+    assert pool.would_evict_any(2, [b]) and not pool.would_evict_any(2, [a, c])
+    assert pool.would_evict_any(3, [a])
+    assert not pool.would_evict_any(0, [a, b])

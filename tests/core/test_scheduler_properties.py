@@ -449,3 +449,31 @@ def test_lazy_decodes_match_explicit_scheduling(w: Workload) -> None:
     _, explicit = run_workload(w, "explicit")
     _, lazy = run_workload(w, "lazy-horizon")
     assert outcome(lazy) == outcome(explicit)
+
+
+def test_decode_run_stops_before_evicting_a_refused_requests_prefix_hit() -> None:
+    """A decode run must stop where its new blocks would evict a refused waiting request's prefix hit.
+
+    Cached-but-free hits consume free blocks, so B (prompt P + 6 tokens, all of P cached) does not
+    fit while D decodes. D's next block evicts E's block (harmless), the one after evicts C's copy of
+    P[3], the coldest block of B's hit chain: B's hit drops to 3 blocks, and it needs so few free blocks
+    that it is admitted there. A fast-forward over D's decodes once ran past that step (hypothesis
+    found this; B then waited for D to finish).
+    """
+    prefix = list(range(100, 120))
+
+    def req(rid: str, prompt: list[int], max_tokens: int, arrival: float) -> Request:
+        return Request(rid, prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True), arrival_time=arrival)
+
+    # E and C finish (freed first: coldest) before A, so C's copy of P[:4] holds the hash, not A's.
+    requests = [req("D", [1, 2, 3, 4], 20, 0.0), req("E", [5], 1, 0.0), req("C", prefix[:4], 1, 0.0),
+                req("A", prefix, 1, 0.0), req("B", prefix + [7] * 6, 1, 2251.0)]  # B arrives as A finishes
+    w = Workload(requests, scheduler_config("sarathi", policy="fcfs", max_num_batched_tokens=16, max_num_seqs=4,
+                                            watermark=0.0),
+                 CacheConfig(block_size=1, num_blocks=31, enable_prefix_caching=True))
+    _, explicit = run_workload(w, "explicit")
+    b = explicit[-1]
+    assert b.arrival_time < b.first_scheduled_time < explicit[0].finish_time  # refused, then admitted mid-decode
+    for mode in ("lazy-off", "lazy-limit", "lazy-horizon"):
+        _, lazy = run_workload(w, mode)
+        assert outcome(lazy) == outcome(explicit), mode

@@ -11,6 +11,7 @@ a queue of every id would give), so a pool of any size is O(1) to create.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -112,6 +113,14 @@ class BlockPool:
             if block.block_hash is None and block_hash not in cached:
                 cached[block_hash] = bid
                 block.block_hash = block_hash
+
+    def would_evict_any(self, n: int, block_ids: Iterable[int]) -> bool:
+        """Whether the next `n` allocations would take any of these blocks, evicting its cached content."""
+        num_reused = n - self.num_unused_blocks  # never-used blocks go first
+        if num_reused <= 0:
+            return False
+        taken = set(itertools.islice(self._free, num_reused))
+        return any(bid in taken for bid in block_ids)
 
     def num_evictable_in(self, block_ids: Iterable[int]) -> int:
         """How many of these blocks sit on the free queue (a hit on them consumes a free block)."""

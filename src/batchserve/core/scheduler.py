@@ -12,8 +12,8 @@ freed and it recomputes later.
 Every running request is scheduled explicitly, as a real executor needs. The
 simulator's scheduler (`sim.scheduler.SimScheduler`) overrides the small
 hooks below (`_requests_to_schedule`, `_add_running`, `_remove_running`,
-`_schedule_running`, `_preempt`, `_append_token`) to track steady decodes
-lazily, with the same decisions.
+`_schedule_running`, `_preempt`, `_append_token`, `_refused_for_blocks`) to
+track steady decodes lazily, with the same decisions.
 """
 
 from __future__ import annotations
@@ -242,6 +242,7 @@ class Scheduler:
             # the watermark only guards running requests; an empty engine admits whatever fits
             reserve = self._reserve if self.running else 0
             if not kv.allocate_slots(req, n, computed, reserve=reserve):
+                self._refused_for_blocks(computed)
                 return
             waiting.pop()
             if req.status == RequestStatus.WAITING:
@@ -257,6 +258,9 @@ class Scheduler:
             batch.num_computed.append(req.num_computed_tokens)
             batch.total_tokens += n
             budget -= n
+
+    def _refused_for_blocks(self, computed_blocks: list[int]) -> None:
+        """Hook: the next waiting request did not fit the free blocks; `computed_blocks` are its prefix hits."""
 
     # ---- results -------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class SimScheduler(Scheduler):
         super().__init__(config, cache_config, max_model_len)
         self.cohort = DecodeCohort(cache_config.block_size)
         self._explicit: dict[Request, None] = {}  # running requests scheduled one by one
+        # The prefix hits of the waiting request this step refused for lack of blocks: a run that
+        # evicted one would shorten its hit, and so the free blocks it needs, and might admit it.
+        self._refused_hits: list[int] = []
 
     # ---- who is scheduled how --------------------------------------------------
 
@@ -58,9 +61,11 @@ class SimScheduler(Scheduler):
     # ---- scheduling ----------------------------------------------------------
 
     def schedule(self, now: float = 0.0) -> SimBatch:
+        self._refused_hits = []
         batch = super().schedule(now)
-        # Whatever left a waiting request waiting (budget, max_num_seqs, blocks) stays
-        # so through a run of decode steps, except for `lpm`, which re-ranks each step.
+        # Whatever left a waiting request waiting (budget, max_num_seqs, blocks) stays so through
+        # a run of decode steps (`extend_decode_run` keeps its prefix hits cached), except for
+        # `lpm`, which re-ranks each step.
         batch.can_extend = (
             batch.num_lazy_decodes > 0
             and not batch.requests
@@ -69,6 +74,9 @@ class SimScheduler(Scheduler):
             and not (self.config.policy == "lpm" and self.waiting)
         )
         return batch
+
+    def _refused_for_blocks(self, computed_blocks: list[int]) -> None:
+        self._refused_hits = computed_blocks
 
     def _schedule_running(self, batch: SimBatch, budget: int) -> int:
         """The cohort's decodes first (one token each), then the explicit requests."""
@@ -111,7 +119,8 @@ class SimScheduler(Scheduler):
         A run is valid only while nothing could change between its steps: no
         request finishes before the run's last step, and no waiting request
         could be admitted (whatever blocked it - budget, max_num_seqs, blocks -
-        stays so while the same requests decode).
+        stays so while the same requests decode; fewer free blocks never admit
+        it, but a shorter prefix hit may, see `extend_decode_run`).
         """
         if not batch.can_extend:
             return 1
@@ -121,7 +130,9 @@ class SimScheduler(Scheduler):
         """Turn a pure decode step into a run of up to `max_steps` steps (at most `decode_run_limit`).
 
         The run stops before the first tick whose block need finds no free
-        block, so no step of it would preempt. Returns the steps granted.
+        block, so no step of it would preempt, or would evict a prefix hit of
+        the waiting request refused for lack of blocks, so none would admit
+        it. Returns the steps granted.
         """
         if max_steps <= 1:
             return 1
@@ -130,8 +141,10 @@ class SimScheduler(Scheduler):
         steps = max_steps
         for tick in range(start + 1, start + max_steps):
             needs = cohort.pop_block_needs(tick)
-            if len(needs) > pool.num_free_blocks:
-                steps = tick - start  # the run ends before the tick that would preempt
+            if len(needs) > pool.num_free_blocks or (
+                self._refused_hits and pool.would_evict_any(len(needs), self._refused_hits)
+            ):
+                steps = tick - start  # the run ends before the tick that would preempt or admit
                 cohort.push_block_needs(needs)
                 break
             for req in needs:
