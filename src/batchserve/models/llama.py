@@ -22,7 +22,7 @@ from .attention import AttentionMetadata, DecodeMetadata, KVCache, PagedAttentio
 from .config import ModelLoadError
 from .linear import PackedLinear, new_linear, prepack_linears
 from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
-from .rope import RotaryEmbedding
+from .rope import RopeTables, RotaryEmbedding, apply_rope
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
 
@@ -69,8 +69,8 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, dtype, device)
         self.qk_norm = c.qk_norm
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
-                rope: RotaryEmbedding, attn: PagedAttention) -> torch.Tensor:
+    def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+                attn: PagedAttention) -> torch.Tensor:
         t = x.shape[0]
         qkv = self.qkv_proj(x)
         v = qkv[:, self.q_size + self.kv_size:].view(t, self.num_kv_heads, self.head_dim)
@@ -78,9 +78,9 @@ class Attention(nn.Module):
             q, k, _ = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = self.q_norm(q.reshape(t, self.num_heads, self.head_dim))
             k = self.k_norm(k.reshape(t, self.num_kv_heads, self.head_dim))
-            q, k = rope(positions, q, k)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         else:  # q and k side by side in qkv: one rotation for both heads' sets
-            qk = rope.rotate(positions, qkv[:, :self.q_size + self.kv_size].view(t, -1, self.head_dim))
+            qk = apply_rope(qkv[:, :self.q_size + self.kv_size].view(t, -1, self.head_dim), rope)
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         out = attn.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
@@ -117,9 +117,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, device)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
-                rope: RotaryEmbedding, attn: PagedAttention) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), kv_cache, meta, rope, attn)
+    def forward(self, rope: RopeTables, x: torch.Tensor, kv_cache: KVCache, meta: AttentionMetadata,
+                attn: PagedAttention) -> torch.Tensor:
+        x = x + self.self_attn(rope, self.input_layernorm(x), kv_cache, meta, attn)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -186,8 +186,9 @@ class CausalLM(nn.Module):
                    meta: AttentionMetadata | DecodeMetadata) -> torch.Tensor:
         """forward's body: embeddings, the decoder layers, the final norm."""
         x = self.model.embed_tokens(input_ids)
+        rope = self.rotary_emb(positions, x.dtype)  # gathered once per step, applied by every layer
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(positions, x, kv_cache, meta, self.rotary_emb, self.attn)
+            x = layer(rope, x, kv_cache, meta, self.attn)
         return self.model.norm(x)
 
     @torch.inference_mode()

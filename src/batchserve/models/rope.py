@@ -89,13 +89,12 @@ def _dynamic_angles(head_dim: int, theta: float, factor: float, trained_len: int
     return positions[:, None] * inv_freq
 
 
-class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE to q and k of a flat batch, by each token's position.
+RopeTables = tuple[torch.Tensor, torch.Tensor]
+"""A step's cos and sin rows [T, 1, head_dim], in rotation layout: what `apply_rope` takes."""
 
-    Every layer of a step passes the same positions tensor; its cos/sin rows are
-    gathered (and laid out for rotation) once and reused, which on a batch-1
-    decode saves 4 of the ~40 small ops each layer runs.
-    """
+
+class RotaryEmbedding(torch.nn.Module):
+    """RoPE's cos/sin tables; `forward` gathers a step's rows once, and every layer applies them."""
 
     def __init__(self, config: ModelConfig, device: torch.device | str | None = None):
         super().__init__()
@@ -111,28 +110,17 @@ class RotaryEmbedding(torch.nn.Module):
         cos, sin = angles.cos() * attn, angles.sin() * attn
         self.cos = torch.cat((cos, cos), dim=-1).to(device)
         self.sin = torch.cat((-sin, sin), dim=-1).to(device)
-        self._step: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [T, heads, head_dim], k [T, kv_heads, head_dim] -> both rotated."""
-        return self.rotate(positions, q), self.rotate(positions, k)
-
-    def rotate(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x [T, heads, head_dim] rotated by each token's position (rotate-half: i pairs with i + head_dim/2)."""
-        cos, sin = self._tables(positions, x.dtype)
-        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
-
-    def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin rows [T, 1, head_dim] of these positions, cached while the same tensor comes back."""
-        compiling = torch.compiler.is_compiling()  # a compiled step shares the gather by itself (CSE)
-        step = self._step
-        if not compiling and step is not None and step[0] is positions and step[1] == dtype:
-            return step[2], step[3]
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeTables:
+        """cos/sin rows of these positions [T, 1, head_dim], cast to the activation dtype."""
         if self.cos.device != positions.device:
             self.cos, self.sin = self.cos.to(positions.device), self.sin.to(positions.device)
         cos = self.cos.index_select(0, positions)[:, None, :].to(dtype)
         sin = self.sin.index_select(0, positions)[:, None, :].to(dtype)
-        if not compiling:
-            self._step = (positions, dtype, cos, sin)
         return cos, sin
 
+
+def apply_rope(x: torch.Tensor, tables: RopeTables) -> torch.Tensor:
+    """x [T, heads, head_dim] rotated by each token's position (rotate-half: i pairs with i + head_dim/2)."""
+    cos, sin = tables
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
