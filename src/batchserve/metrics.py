@@ -47,6 +47,7 @@ __all__ = [
     "write_per_request",
     "read_per_request",
     "timeseries",
+    "empirical_cdf",
 ]
 
 _NAN = float("nan")
@@ -429,6 +430,20 @@ def _spread_uniform(a: np.ndarray, b: np.ndarray, m: np.ndarray, t0: float, bin_
     diff -= np.bincount(ib[has_mid], weights=per, minlength=nbins + 1)
     mass += np.cumsum(diff)[:nbins]
     return mass
+
+
+MAX_CDF_POINTS = 2000
+"""Points an empirical CDF is thinned to: a smooth curve, and small, fast plots of 100k-request runs."""
+
+
+def empirical_cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted finite values, fraction of them at or below each), thinned to at most MAX_CDF_POINTS."""
+    x = np.sort(values[np.isfinite(values)])
+    y = np.arange(1, x.size + 1) / max(x.size, 1)
+    if x.size > MAX_CDF_POINTS:
+        idx = np.unique(np.linspace(0, x.size - 1, MAX_CDF_POINTS).astype(np.int64))
+        x, y = x[idx], y[idx]
+    return x, y
 
 
 def timeseries(records: Sequence[RequestRecord], bin_s: float | None = None) -> dict[str, np.ndarray]:

@@ -12,11 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import RequestRecord, timeseries
+from ..metrics import RequestRecord, empirical_cdf, timeseries
 from .content import Frontier, Headline, Report
-
-MAX_CDF_POINTS = 2000
-"""Points per CDF trace: smooth enough to read, small enough that a 100k-request report stays light."""
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -47,15 +44,6 @@ def _headline_table(rows: Sequence[Headline]) -> str:
     return f'<table id="headline">{cells}</table>'
 
 
-def _cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.sort(values[np.isfinite(values)])
-    y = np.arange(1, x.size + 1) / max(x.size, 1)
-    if x.size > MAX_CDF_POINTS:
-        idx = np.unique(np.linspace(0, x.size - 1, MAX_CDF_POINTS).astype(np.int64))
-        x, y = x[idx], y[idx]
-    return x, y
-
-
 def _latency_figure(runs: dict[str, Sequence[RequestRecord]]) -> Any:
     from plotly.subplots import make_subplots
 
@@ -63,7 +51,7 @@ def _latency_figure(runs: dict[str, Sequence[RequestRecord]]) -> Any:
     for i, (name, records) in enumerate(runs.items()):
         for col, metric in enumerate(("ttft_s", "tpot_s", "e2e_s"), start=1):
             values = np.array([getattr(r, metric) for r in records], dtype=np.float64)  # None (tpot) -> nan
-            x, y = _cdf(values)
+            x, y = empirical_cdf(values)
             fig.add_scatter(x=x, y=y, mode="lines", line_shape="hv", name=name, legendgroup=name,
                             showlegend=col == 1, line_color=_COLORS[i % len(_COLORS)], row=1, col=col,
                             hovertemplate="%{x:.4g} s: %{y:.1%} of requests<extra>" + name + "</extra>")
