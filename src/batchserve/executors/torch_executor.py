@@ -77,11 +77,7 @@ class TorchExecutor:
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepResult:
         start = time.perf_counter()
-        bs = self.block_size
         input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
         sample_rows: list[int] = []  # batch index of each request that samples
         sample_tokens: list[int] = []  # its last token's index in the flat batch
         scored: list[tuple[int, int, int]] = []  # (batch index, flat start, prompt positions) of prompt_logprobs
@@ -90,36 +86,26 @@ class TorchExecutor:
         drafts = batch.spec_token_ids
         # flat-batch order of the requests: batch order, or grouped by adapter so each adapter's rows are one slice
         order = range(len(batch.requests)) if self.lora is None else self.lora.row_order(batch.requests)
-        for i in order:
-            req, n, c = batch.requests[i], batch.num_tokens[i], batch.num_computed[i]
-            end = c + n
+        pos, meta = AttentionMetadata.of_rows(
+            [batch.requests[i].block_ids for i in order], [batch.num_computed[i] for i in order],
+            [batch.num_tokens[i] for i in order], self.block_size, self.device, self.attention)
+        for i, flat_start, flat_end in zip(order, meta.query_start_loc, meta.query_start_loc[1:]):
+            req, c = batch.requests[i], batch.num_computed[i]
+            end = c + flat_end - flat_start
             draft = drafts.get(req) if drafts else None
             input_ids += req.tokens(c, end) if draft is None else req.tokens(c, end - len(draft)) + draft
-            positions += range(c, end)
-            table = req.block_ids
-            slots += [table[p // bs] * bs + p % bs for p in range(c, end)]
             num_scored = min(end, req.num_prompt_tokens - 1) - c  # positions whose next token is a prompt token
             if req.sampling_params.prompt_logprobs is not None and num_scored > 0:
-                scored.append((i, query_start[-1], num_scored))
-            query_start.append(query_start[-1] + n)
+                scored.append((i, flat_start, num_scored))
             if draft is not None:
                 verify_rows.append(i)
-                verify_tokens += range(query_start[-1] - len(draft) - 1, query_start[-1])
+                verify_tokens += range(flat_end - len(draft) - 1, flat_end)
             elif end == req.num_tokens:
                 sample_rows.append(i)
-                sample_tokens.append(query_start[-1] - 1)
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
-            query_start_loc=query_start,
-            context_lens=[batch.num_computed[i] for i in order],
-            block_tables=[batch.requests[i].block_ids for i in order],
-            block_size=bs,
-            config=self.attention,
-        )
+                sample_tokens.append(flat_end - 1)
         if self.lora is not None:
-            self.lora.prepare([batch.requests[i] for i in order], query_start)
+            self.lora.prepare([batch.requests[i] for i in order], meta.query_start_loc)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         reqs = [batch.requests[i] for i in sample_rows]
         bitmask = self._start_bitmask(reqs)
         prepared = time.perf_counter()

@@ -57,6 +57,21 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return len(self.context_lens)
 
+    @classmethod
+    def of_rows(cls, block_tables: list[list[int]], context_lens: list[int], num_new: list[int], block_size: int,
+                device: torch.device | str, config: AttentionConfig) -> tuple[torch.Tensor, AttentionMetadata]:
+        """Positions [T] and the layout of a flat batch whose row i is num_new[i] tokens after context_lens[i]."""
+        positions: list[int] = []
+        slots: list[int] = []
+        query_start = [0]
+        for table, c, n in zip(block_tables, context_lens, num_new, strict=True):
+            positions += range(c, c + n)
+            slots += [table[p // block_size] * block_size + p % block_size for p in range(c, c + n)]
+            query_start.append(query_start[-1] + n)
+        meta = cls(torch.tensor(slots, dtype=torch.long, device=device), query_start, list(context_lens),
+                   block_tables, block_size, config)
+        return torch.tensor(positions, dtype=torch.long, device=device), meta
+
 
 @dataclass
 class DecodeMetadata:

@@ -91,28 +91,12 @@ class DraftModelProposer:
 
     def _forward(self, seqs: list[_DraftSequence], feeds: list[list[int]]) -> list[int]:
         """Run the draft over each sequence's new tokens; the argmax after each one's last token."""
-        bs = self.block_size
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        for seq, fed in zip(seqs, feeds):
-            start = len(seq.computed)
-            ids += fed
-            positions += range(start, start + len(fed))
-            slots += [seq.block_ids[p // bs] * bs + p % bs for p in range(start, start + len(fed))]
-            query_start.append(query_start[-1] + len(fed))
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
-            query_start_loc=query_start,
-            context_lens=[len(seq.computed) for seq in seqs],
-            block_tables=[seq.block_ids for seq in seqs],
-            block_size=bs,
-            config=self.attention,
-        )
-        hidden = self.model(torch.tensor(ids, dtype=torch.long, device=self.device),
-                            torch.tensor(positions, dtype=torch.long, device=self.device), self.kv_caches, meta)
-        last = [q - 1 for q in query_start[1:]]
+        positions, meta = AttentionMetadata.of_rows([seq.block_ids for seq in seqs], [len(seq.computed) for seq in seqs],
+                                                    [len(fed) for fed in feeds], self.block_size, self.device,
+                                                    self.attention)
+        ids = [token for fed in feeds for token in fed]
+        hidden = self.model(torch.tensor(ids, dtype=torch.long, device=self.device), positions, self.kv_caches, meta)
+        last = [q - 1 for q in meta.query_start_loc[1:]]
         return self.model.compute_logits(hidden[last]).argmax(dim=-1).tolist()
 
     def _fit(self, seq: _DraftSequence, num_tokens: int) -> bool:
