@@ -51,6 +51,9 @@ class Efficiency:
     lora_segment_overhead_s: float = 0.0
     """Cost per adapter segment in a step beyond its FLOPs and bytes: its shrink and expand launches in every
     layer, the row slicing."""
+    proposer_overhead_s: float = 0.0
+    """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
+    model's input preparation beyond its forward steps, which the draft's own shape prices)."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -135,6 +138,7 @@ class CostModel:
         self.sequence_overhead = eff.sequence_overhead_s
         self.chunk_overhead = eff.chunk_overhead_s
         self.structured_overhead = eff.structured_overhead_s
+        self.proposer_overhead = eff.proposer_overhead_s
         self.time_scale = eff.time_scale
         # LoRA: slots are sized for max_lora_rank, so every adapter costs what a rank-R one does. Per layer, a
         # projection with `parts` fused outputs holds R x (parts * in + out) slot elements, and each token

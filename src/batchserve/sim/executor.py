@@ -14,6 +14,7 @@ from ..lora.slots import SlotTable
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
 from .decode_cohort import DecodeCohort
+from .speculation import SimSpeculation
 
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
@@ -25,8 +26,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     join the batch's listed requests (a SimBatch counts its `cohort`'s decodes,
     `lazy_adapters` of them per LoRA adapter); all decodes' keys are padded as
     `attention` groups them (without the cohort, lazy rows count unpadded).
-    Constrained rows are always listed (the scheduler keeps them out of the
-    cohort). `num_lora_loads`: adapters copied into a slot for this step (the
+    Constrained and speculating rows are always listed (the scheduler keeps them
+    out of the cohort); a verification of k drafts is a k + 1 token chunk. `num_lora_loads`: adapters copied into a slot for this step (the
     slot table knows, not the batch).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
@@ -34,8 +35,10 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     decode_keys: list[int] = []
     lora_tokens = sum(lazy_adapters.values()) if lazy_adapters else 0
     adapters = set(lazy_adapters or ())
+    drafts = batch.spec_token_ids
     for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
         samples = c + n == req.num_tokens
+        verifies = bool(drafts) and req in drafts
         if n == 1:
             decode_keys.append(c + 1)
         else:
@@ -43,7 +46,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             num_chunks += 1
             prefill_context += c + n
             attended += n * (c + (n + 1) / 2)
-            num_sampling += samples
+            # a verification (speculative decoding) runs as a prompt chunk and takes logits at all its rows
+            num_sampling += n if verifies else samples
         num_constrained += samples and req.sampling_params.structured_outputs is not None
         if req.adapter_id is not None:
             lora_tokens += n
@@ -73,8 +77,9 @@ class DecodeRunExecutor(Executor, Protocol):
 
 class SimExecutor:
     def __init__(self, cost_model: CostModel, attention: AttentionConfig = AttentionConfig(),
-                 max_loras: int = 0) -> None:
+                 max_loras: int = 0, speculation: SimSpeculation | None = None) -> None:
         self.cost_model = cost_model
+        self.speculation = speculation  # speculative decoding: drafting cost and acceptance draws; None: off
         self.attention = attention  # the engine's decode grouping, whose padding the step reads
         # which adapters the device slots hold, chosen as the engine's LoRAManager chooses; 0: no LoRA
         self.slots = SlotTable(max_loras) if max_loras else None
@@ -86,9 +91,13 @@ class SimExecutor:
             cost = self.cost_model
             offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
             return DecodeRunResult.from_offsets(offsets.tolist())
-        return StepResult(self.cost_model.step_time(*step_shape(
+        duration = self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
-            batch.cohort)))
+            batch.cohort))
+        spec = self.speculation
+        if spec is None:
+            return StepResult(duration)
+        return StepResult(duration + spec.drafting_time(), spec.sampled_tokens(batch))
 
     def _load_adapters(self, batch: SimBatch) -> int:
         """Make the step's adapters resident; returns how many had to be copied into a slot."""

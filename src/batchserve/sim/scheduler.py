@@ -49,10 +49,12 @@ class SimScheduler(Scheduler):
 
     def _append_token(self, req: Request, token: int, complete: bool = False) -> bool:
         """A request that sampled a token and goes on decoding joins the cohort, unless a grammar constrains
-        it: its steps cost more (`structured_overhead_s`), so it stays listed where the cost model counts it."""
+        it (its steps cost more, `structured_overhead_s`) or speculative decoding is on: a verification takes
+        blocks for its drafts in running order, short of them it decodes plainly, so cohort decodes served
+        first would change who verifies; every request stays listed, as the core scheduler serves it."""
         if super()._append_token(req, token, complete):
             return True
-        if req.sampling_params.structured_outputs is not None:
+        if req.sampling_params.structured_outputs is not None or self.speculator is not None:
             return False
         del self._explicit[req]
         self.cohort.join(req)

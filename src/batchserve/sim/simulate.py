@@ -10,6 +10,7 @@ from ..config import CacheConfig, SchedulerConfig
 from ..lora import LoRAAdmission, LoRAConfig
 from ..model_config import ModelConfig
 from ..request import Request
+from ..spec_decode import SpeculativeConfig, Speculator
 from .cluster import Cluster, SimResult
 from .cost_model import CostModel, Efficiency
 from .deployment import Deployment
@@ -19,6 +20,7 @@ from .hardware import CatalogError, Hardware, get_hardware
 from .models import get_model
 from .router import ROUTERS, RouterConfig
 from .scheduler import SimScheduler
+from .speculation import SimSpeculation, SpecAcceptance
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ class SimSetup:
     """How the engine groups decode attention: its padding is what the cost model charges."""
     lora: LoRAConfig = LoRAConfig()
     """Adapter slots: admission waits for a free one (as the engine's does), loads and deltas cost time."""
+    speculative: SpeculativeConfig | None = None
+    """Speculative decoding as the engine runs it (its `--speculative-config`); None: off."""
+    spec_acceptance: SpecAcceptance = SpecAcceptance()
+    """How often the target accepts drafts (used only with `speculative`)."""
+    draft_model: ModelConfig | None = None
+    """The draft model's shape (with a "draft" `speculative` config)."""
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +87,8 @@ class SimSetup:
             "router_config": asdict(self.router),
             "attention": asdict(self.attention),
             "lora": asdict(self.lora),
+            **({"speculative_config": asdict(self.speculative), "spec_acceptance": asdict(self.spec_acceptance)}
+               if self.speculative is not None else {}),
         }
 
 
@@ -102,12 +112,16 @@ def resolve(
     router: RouterConfig = RouterConfig(),
     attention: AttentionConfig = AttentionConfig(),
     lora: LoRAConfig = LoRAConfig(),
+    speculative: SpeculativeConfig | None = None,
+    spec_acceptance: SpecAcceptance = SpecAcceptance(),
+    draft_model: ModelConfig | None = None,
 ) -> SimSetup:
     """Look up model and hardware, check the plan, size the KV cache from memory.
 
     `efficiency`: an Efficiency is used as given; a mapping overrides some fields
     of the hardware's own (calibrated profiles carry one); None takes the hardware's.
-    `model`: a shape built elsewhere (e.g. the built-in `tiny`) instead of looking up `cluster.model`.
+    `model`: a shape built elsewhere (e.g. the built-in `tiny`) instead of looking up `cluster.model`;
+    `draft_model` likewise for a draft-model `speculative` config (None: look up its `model`).
     """
     hardware = get_hardware(cluster.hardware)
     if not isinstance(efficiency, Efficiency):
@@ -124,7 +138,10 @@ def resolve(
     )
     if cache.num_blocks is None:
         cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
-    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention, lora)
+    if speculative is not None and speculative.method == "draft" and draft_model is None:
+        draft_model = get_model(speculative.model)
+    return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention, lora, speculative,
+                    spec_acceptance, draft_model if speculative is not None else None)
 
 
 def build_cluster(setup: SimSetup) -> Cluster:
@@ -135,9 +152,21 @@ def build_cluster(setup: SimSetup) -> Cluster:
         scheduler = SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len)
         if max_loras:
             scheduler.admission_check = LoRAAdmission(max_loras)
-        executor = SimExecutor(cost_model, setup.attention, max_loras)
+        speculation = _speculation(setup, cost_model)
+        if speculation is not None:
+            scheduler.speculator = Speculator(setup.speculative, speculation.proposer)
+        executor = SimExecutor(cost_model, setup.attention, max_loras, speculation)
         engines.append(SimEngine(scheduler, executor, track_token_times=setup.cluster.track_token_times))
     return Cluster(engines, setup.cluster.router, setup.router)
+
+
+def _speculation(setup: SimSetup, cost_model: CostModel) -> SimSpeculation | None:
+    """One replica's simulated speculation; the draft model runs on the target's deployment, at its efficiency."""
+    if setup.speculative is None:
+        return None
+    draft = setup.draft_model
+    draft_cost = None if draft is None else CostModel(replace(setup.deployment, model=draft, pp=1, max_lora_rank=0), setup.efficiency)
+    return SimSpeculation(setup.spec_acceptance, cost_model, draft_cost)
 
 
 def simulate(

@@ -1,0 +1,153 @@
+"""Speculative decoding in the simulator: synthetic drafts, a seeded acceptance model, the proposer's cost.
+
+The engine's own `Speculator` picks k per request per step (the scheduler asks it, as in the engine);
+here a `SimProposer` proposes the k synthetic tokens asked for and remembers what the engine's proposer
+would have computed for them, and an `AcceptanceModel` draws how many of them the target accepts: each
+draft token independently with probability alpha, up to the first rejection (Leviathan et al. 2023, whose
+expected tokens per verification, bonus included, is (1 - alpha^(k+1)) / (1 - alpha)).
+"""
+
+from __future__ import annotations
+
+import weakref
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.batch import SYNTHETIC_TOKEN, ScheduledBatch
+from ..request import Request
+from .cost_model import CostModel
+
+
+@dataclass(frozen=True)
+class SpecAcceptance:
+    """The workload's side of speculation: how often the target model agrees with the drafts."""
+
+    acceptance_rate: float = 0.7
+    """alpha: the probability that the target accepts a draft token (given it accepted the ones before);
+    measure it on a sample (`run --sample`) or take it from a benchmark of the same task and proposer."""
+    seed: int = 0
+    """Seed of the acceptance draws; each request draws from its own stream, so batch order does not matter."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.acceptance_rate <= 1:
+            raise ValueError(f"speculative acceptance rate must be in [0, 1], got {self.acceptance_rate}")
+
+
+def expected_tokens_per_verification(alpha: float, k: int) -> float:
+    """Tokens a verification of k drafts yields on average, the bonus token included."""
+    return float(k + 1) if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
+
+
+class AcceptanceModel:
+    """Draws each verification's accepted drafts from a per-request seeded stream."""
+
+    def __init__(self, acceptance: SpecAcceptance) -> None:
+        self.alpha = acceptance.acceptance_rate
+        self.seed = acceptance.seed
+        self._streams: weakref.WeakKeyDictionary[Request, np.random.Generator] = weakref.WeakKeyDictionary()
+
+    def num_accepted(self, req: Request, k: int) -> int:
+        """Drafts accepted of `k`: the leading run of k uniform draws below alpha."""
+        stream = self._streams.get(req)
+        if stream is None:
+            stream = self._streams[req] = np.random.default_rng([self.seed, zlib.crc32(req.request_id.encode())])
+        return int(np.cumprod(stream.random(k) < self.alpha).sum())
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the engine's proposer computes for one request in one step."""
+
+    num_drafts: int
+    context: int
+    """Tokens the draft model already holds in its KV cache before this step's feed."""
+    num_fed: int
+    """Tokens its first forward step takes (the tokens it has not seen yet); the other steps take one each."""
+
+
+class SimProposer:
+    """The `Proposer` of a simulated replica: synthetic drafts of the asked length, their work recorded.
+
+    It tracks what a draft model's KV cache would hold, as `DraftModelProposer` does: the tokens it was
+    fed, of which those past a rejected draft are stale (token values are synthetic here, so a rejected
+    draft is taken to differ from the target's token).
+    """
+
+    def __init__(self) -> None:
+        self._fed: weakref.WeakKeyDictionary[Request, int] = weakref.WeakKeyDictionary()
+        self.proposals: list[Proposal] = []
+        """This step's proposals, drafts later cut or dropped by the scheduler included (their cost was paid)."""
+
+    def propose(self, requests: Sequence[Request], k: Sequence[int]) -> list[list[int]]:
+        drafts: list[list[int]] = []
+        for req, n in zip(requests, k):
+            if n > 0:
+                keep = min(self._fed.get(req, 0), req.num_tokens - 1)  # the last token is always fed
+                self.proposals.append(Proposal(n, keep, req.num_tokens - keep))
+                self._fed[req] = req.num_tokens + n - 1  # every draft but the last is fed back
+            drafts.append([SYNTHETIC_TOKEN] * n)
+        return drafts
+
+    def release(self, request: Request) -> None:
+        self._fed.pop(request, None)
+
+    def take_proposals(self) -> list[Proposal]:
+        """This step's proposals, cleared for the next step."""
+        proposals, self.proposals = self.proposals, []
+        return proposals
+
+
+def proposer_time(cost_model: CostModel, draft_cost_model: CostModel | None, proposals: list[Proposal]) -> float:
+    """A step's drafting: a host overhead per proposing request, plus, for a draft model, its forward steps.
+
+    Forward step j runs every request proposing more than j drafts: the first takes each one's unseen
+    tokens (a prompt chunk after a prefill, one or two tokens after a verification), the later ones one
+    token each; each is a step of the draft model's shape through the same cost model.
+    """
+    if not proposals:
+        return 0.0
+    t = cost_model.time_scale * cost_model.proposer_overhead * len(proposals)
+    if draft_cost_model is None:
+        return t
+    for j in range(max(p.num_drafts for p in proposals)):
+        rows = [p for p in proposals if p.num_drafts > j]
+        decodes = [p.context + p.num_fed + j for p in rows if j or p.num_fed == 1]
+        chunks = [p for p in rows if not j and p.num_fed > 1]
+        t += draft_cost_model.step_time(
+            num_prefill_tokens=sum(p.num_fed for p in chunks),
+            prefill_attended_pairs=sum(p.num_fed * (p.context + (p.num_fed + 1) / 2) for p in chunks),
+            prefill_context_tokens=sum(p.context + p.num_fed for p in chunks),
+            num_decodes=len(decodes),
+            decode_context_tokens=sum(decodes),
+            num_sampling=len(rows),
+            num_prefill_seqs=len(chunks),
+        )
+    return t
+
+
+class SimSpeculation:
+    """A simulated replica's speculation: its proposer (given to the scheduler's `Speculator`), the acceptance
+    draws of each verification, and the drafting cost of each step."""
+
+    def __init__(self, acceptance: SpecAcceptance, cost_model: CostModel,
+                 draft_cost_model: CostModel | None = None) -> None:
+        """`draft_cost_model`: the draft model's shape on the target's deployment; None: n-gram proposals."""
+        self.proposer = SimProposer()
+        self.acceptance = AcceptanceModel(acceptance)
+        self.cost_model = cost_model
+        self.draft_cost_model = draft_cost_model
+
+    def drafting_time(self) -> float:
+        """What proposing this step's drafts cost (before the target's forward pass)."""
+        return proposer_time(self.cost_model, self.draft_cost_model, self.proposer.take_proposals())
+
+    def sampled_tokens(self, batch: ScheduledBatch) -> list[list[int]] | None:
+        """Per row: one synthetic token, or a verification's accepted drafts plus one; None without drafts."""
+        drafts = batch.spec_token_ids
+        if not drafts:
+            return None
+        return [[SYNTHETIC_TOKEN] * (1 + (self.acceptance.num_accepted(req, len(drafts[req])) if req in drafts else 0))
+                for req in batch.requests]

@@ -1,0 +1,243 @@
+"""Speculative decoding in the simulator: the acceptance model against its closed form, plain decoding as
+its alpha = 0 limit, speculation off untouched, lazy scheduling equal to explicit, and the drafting cost."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchserve.config import CacheConfig, scheduler_config
+from batchserve.core.scheduler import Scheduler
+from batchserve.engine import Engine
+from batchserve.request import Request, SamplingParams
+from batchserve.sim.batch import SimBatch
+from batchserve.sim.cost_model import CostModel, Efficiency
+from batchserve.sim.engine import SimEngine
+from batchserve.sim.executor import SimExecutor
+from batchserve.sim.models import get_model
+from batchserve.sim.scheduler import SimScheduler
+from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve, simulate
+from batchserve.sim.speculation import (
+    Proposal,
+    SimProposer,
+    SimSpeculation,
+    SpecAcceptance,
+    expected_tokens_per_verification,
+    proposer_time,
+)
+from batchserve.spec_decode import SpeculativeConfig, Speculator
+
+K = 4
+ALWAYS_K = SpeculativeConfig(num_speculative_tokens=K, min_acceptance_rate=0.0)  # a lone request always asks k
+
+
+def setup_for(spec: SpeculativeConfig | None, alpha: float = 0.7, model: str = "qwen2.5-0.5b", **sched):
+    return resolve(ClusterConfig(model=model), scheduler_config("sarathi", **sched), CacheConfig(), Efficiency(),
+                   speculative=spec, spec_acceptance=SpecAcceptance(alpha))
+
+
+def requests(num: int, max_tokens: int, prompt_len: int = 32, spacing: float = 0.0, **params) -> list[Request]:
+    return [Request(f"r{i}", list(range(1, prompt_len + 1)),
+                    SamplingParams(max_tokens=max_tokens, ignore_eos=True, **params), arrival_time=i * spacing)
+            for i in range(num)]
+
+
+def verifications(setup, reqs) -> list[tuple[int, int]]:
+    """(drafts, accepted) of every verification of a one-replica simulation."""
+    cluster = build_cluster(setup)
+    speculator = cluster.replicas[0].scheduler.speculator
+    seen: list[tuple[int, int]] = []
+    record = speculator.record
+    speculator.record = lambda req, n, a: (seen.append((n, a)), record(req, n, a))
+    cluster.run(reqs)
+    return seen
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.6, 0.9])
+def test_mean_tokens_per_verification_match_the_closed_form(alpha: float) -> None:
+    """E[tokens per verification of k drafts] = (1 - alpha^(k+1)) / (1 - alpha) (Leviathan et al. 2023).
+
+    One request at a time, so every verification not cut by max_tokens carries k drafts. The test fails
+    when the simulated mean is more than 5 standard errors off: a false-alarm rate below 1e-6."""
+    seen = verifications(setup_for(ALWAYS_K, alpha, max_num_seqs=1), requests(8, 400))
+    tokens = np.array([a + 1 for n, a in seen if n == K])
+    assert len(tokens) > 500
+    expected = expected_tokens_per_verification(alpha, K)
+    assert abs(tokens.mean() - expected) < 5 * tokens.std(ddof=1) / np.sqrt(len(tokens))
+
+
+def test_closed_form_limits() -> None:
+    assert expected_tokens_per_verification(0.0, K) == 1.0
+    assert expected_tokens_per_verification(1.0, K) == K + 1
+    assert expected_tokens_per_verification(0.5, 1) == pytest.approx(1.5)
+
+
+def test_alpha_zero_decodes_one_token_per_step_as_plain_decoding() -> None:
+    """Every draft rejected: each verification keeps one token, so the steps and outputs are plain decoding's."""
+    reqs_spec, reqs_plain = requests(6, 50), requests(6, 50)  # all at once: batching does not depend on time
+    spec_cluster, plain_cluster = build_cluster(setup_for(ALWAYS_K, 0.0)), build_cluster(setup_for(None))
+    spec, plain = spec_cluster.run(reqs_spec), plain_cluster.run(reqs_plain)
+    assert [r.num_output_tokens for r in reqs_spec] == [r.num_output_tokens for r in reqs_plain] == [50] * 6
+    assert spec.num_steps == plain.num_steps
+    speculator = spec_cluster.replicas[0].scheduler.speculator
+    assert speculator.num_drafts > 0 and speculator.num_accepted_tokens == 0
+    # verifying rejected drafts costs time: never faster than plain decoding
+    assert all(s.finish_time >= p.finish_time for s, p in zip(spec.records, plain.records))
+
+
+def test_alpha_one_takes_k_plus_one_tokens_per_step() -> None:
+    (req,) = reqs = requests(1, 1 + 5 * (K + 1))  # the prompt's step, then five full verifications
+    result = simulate(setup_for(ALWAYS_K, 1.0), reqs)
+    assert req.num_output_tokens == 1 + 5 * (K + 1) and result.num_steps == 6
+
+
+def test_speculation_that_never_proposes_changes_nothing() -> None:
+    """Rows that cannot speculate (per-token logprobs) decode as without speculation (listed, not in the lazy
+    cohort, which sums the same step times in another order): the same records up to rounding."""
+    def run(spec):
+        return simulate(setup_for(spec), requests(12, 40, spacing=0.003, logprobs=1)).records
+
+    for a, b in zip(run(ALWAYS_K), run(None), strict=True):
+        assert (a.request_id, a.num_output_tokens) == (b.request_id, b.num_output_tokens)
+        assert (a.first_token_time, a.finish_time) == pytest.approx((b.first_token_time, b.finish_time), rel=1e-12)
+
+
+def test_speculation_speeds_up_a_memory_bound_lone_request() -> None:
+    """A lone decode streams all weights for one token; verifying k + 1 costs about the same, so high
+    acceptance shortens the request by roughly the tokens per verification."""
+    plain = simulate(setup_for(None), requests(1, 200)).records[0].e2e_s
+    fast = simulate(setup_for(ALWAYS_K, 0.8), requests(1, 200)).records[0].e2e_s
+    assert 2.0 < plain / fast <= expected_tokens_per_verification(0.8, K) * 1.05
+
+
+def test_results_record_the_speculative_config_and_acceptance_rate() -> None:
+    d = setup_for(ALWAYS_K, 0.55).to_dict()
+    assert d["speculative_config"]["num_speculative_tokens"] == K and d["spec_acceptance"]["acceptance_rate"] == 0.55
+    assert "speculative_config" not in setup_for(None).to_dict()
+
+
+def test_bad_acceptance_rate_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"acceptance rate must be in \[0, 1\]"):
+        SpecAcceptance(1.5)
+
+
+# ---------------------------------------------------------------------------- lazy vs explicit
+
+
+class ExplicitScheduler(Scheduler):
+    """The core Scheduler's decisions in the simulator's batch type (no lazy decodes)."""
+
+    batch_type = SimBatch
+
+
+def run_explicit_and_lazy(reqs_a: list[Request], reqs_b: list[Request], spec: SpeculativeConfig, alpha: float,
+                          num_blocks: int, max_num_seqs: int) -> None:
+    """The core Scheduler (every request listed) and the SimScheduler (cohort, fast-forward), one SimExecutor each."""
+    setup = setup_for(spec, alpha, max_num_seqs=max_num_seqs)
+    cache = replace(setup.cache, block_size=4, num_blocks=num_blocks)
+    cost = CostModel(setup.deployment, setup.efficiency)
+    for reqs, lazy in ((reqs_a, False), (reqs_b, True)):
+        sched = (SimScheduler if lazy else ExplicitScheduler)(setup.scheduler, cache)
+        speculation = SimSpeculation(setup.spec_acceptance, cost)
+        sched.speculator = Speculator(spec, speculation.proposer)
+        engine = (SimEngine if lazy else Engine)(sched, SimExecutor(cost, setup.attention, 0, speculation))
+        pending = sorted(reqs, key=lambda r: r.arrival_time)
+        while pending or engine.has_unfinished():
+            t_next = pending[0].arrival_time if pending else float("inf")
+            if engine.has_unfinished() and engine.now < t_next:
+                if lazy:
+                    engine.step(until=t_next)  # a decode run stops at the next arrival, as in a Cluster
+                else:
+                    engine.step()
+                continue
+            r = pending.pop(0)
+            if not engine.has_unfinished():
+                engine.now = max(engine.now, r.arrival_time)
+            engine.add_request(r)
+        assert sched.kv.pool.num_free_blocks == sched.kv.pool.num_blocks, "blocks leaked"
+
+
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 24), st.booleans()), min_size=1, max_size=8),
+       alpha=st.sampled_from([0.0, 0.5, 0.9]), num_blocks=st.integers(25, 60), max_num_seqs=st.integers(1, 6),
+       max_batch_size=st.integers(1, 8))
+def test_lazy_simulation_matches_explicit_scheduling_under_speculation(lengths, alpha, num_blocks, max_num_seqs,
+                                                                       max_batch_size) -> None:
+    """Same times, outputs and preemptions (small pools force them), requests with logprobs riding the cohort."""
+    spec = SpeculativeConfig(num_speculative_tokens=3, max_batch_size=max_batch_size)
+
+    def fresh() -> list[Request]:
+        return [Request(f"r{i}", [1 + (i + j) % 5 for j in range(p)],
+                        SamplingParams(max_tokens=m, ignore_eos=True, logprobs=1 if lp else None),
+                        arrival_time=0.002 * i) for i, (p, m, lp) in enumerate(lengths)]
+
+    explicit, lazy = fresh(), fresh()
+    run_explicit_and_lazy(explicit, lazy, spec, alpha, num_blocks, max_num_seqs)
+
+    # a fast-forwarded run sums its step times in another order: equal up to rounding
+    assert [(r.num_output_tokens, r.num_preemptions) for r in lazy] == [(r.num_output_tokens, r.num_preemptions)
+                                                                        for r in explicit]
+    for a, b in zip(lazy, explicit):
+        assert (a.first_token_time, a.finish_time) == pytest.approx((b.first_token_time, b.finish_time), rel=1e-12)
+    assert all(r.num_output_tokens == m for r, (_, m, _) in zip(lazy, lengths))
+
+
+# ---------------------------------------------------------------------------- drafting cost
+
+
+def test_draft_model_first_feeds_the_prompt_then_what_it_has_not_seen() -> None:
+    """As DraftModelProposer: the whole context at first, then the tokens past the last accepted draft."""
+    proposer = SimProposer()
+    (req,) = requests(1, 100)
+    req.num_computed_tokens = 32
+    req.append_output(0)  # 33 tokens known, the prompt computed
+    proposer.propose([req], [4])
+    for _ in range(2 + 1):  # two drafts accepted, plus the target's token
+        req.append_output(0)
+    proposer.propose([req], [4])  # it holds 33 + 3 fed drafts; valid are 33 + 2 accepted
+    for _ in range(4 + 1):  # all four accepted: the last draft (never fed) and the bonus are new
+        req.append_output(0)
+    proposer.propose([req], [2])
+    assert proposer.take_proposals() == [Proposal(4, 0, 33), Proposal(4, 35, 1), Proposal(2, 39, 2)]
+    assert proposer.take_proposals() == []
+
+
+def test_ngram_drafting_costs_its_overhead_per_proposing_request() -> None:
+    setup = setup_for(ALWAYS_K)
+    cost = CostModel(setup.deployment, Efficiency(proposer_overhead_s=0.002, time_scale=2.0))
+    assert proposer_time(cost, None, [Proposal(4, 10, 1)] * 3) == pytest.approx(2.0 * 3 * 0.002)
+
+
+def test_draft_model_steps_cost_the_drafts_forward_passes() -> None:
+    """k draft decode steps of a lone request cost k steps of the draft's shape; a 2-layer draft saves the other layers."""
+    setup = setup_for(ALWAYS_K)
+    target = CostModel(setup.deployment, setup.efficiency)
+    same = proposer_time(target, target, [Proposal(K, 99, 1)])
+    assert same == pytest.approx(sum(target.step_time(num_decodes=1, decode_context_tokens=100 + j, num_sampling=1)
+                                     for j in range(K)))
+    draft_shape = replace(get_model("qwen2.5-0.5b"), num_layers=2)
+    small = CostModel(replace(setup.deployment, model=draft_shape), setup.efficiency)
+    drafted = proposer_time(target, small, [Proposal(K, 99, 1)])
+    # fewer layers, but each step still pays its fixed cost and the full-vocabulary LM head
+    layers = K * 22 * (target.layer_gemm_time(1) + target.decode_attention_time(1, 101))
+    assert drafted < same - 0.9 * layers and drafted > K * (target.overhead + target.lm_head_time(1))
+
+
+def test_simulated_draft_model_slows_each_round_by_its_steps() -> None:
+    """With a draft model, each round pays the draft's k steps: slower than n-gram drafts at the same alpha."""
+    draft = SpeculativeConfig(model="qwen2.5-0.5b", num_speculative_tokens=K, min_acceptance_rate=0.0)
+    ngram = simulate(setup_for(ALWAYS_K, 0.8), requests(1, 100)).records[0].e2e_s
+    drafted = simulate(setup_for(draft, 0.8), requests(1, 100)).records[0].e2e_s
+    assert drafted > ngram * 1.5
+
+
+def test_simulator_stays_torch_free() -> None:
+    import subprocess
+
+    code = "import sys, batchserve.sim.simulate, batchserve.sim.speculation; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
