@@ -63,3 +63,21 @@ def test_nothing_fits_says_so(capsys) -> None:
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "nothing fits" in err and "GiB missing per GPU" in err
+
+
+def test_plan_simulates_speculative_decoding(tmp_path) -> None:
+    """The same search with drafts the target mostly accepts: the JSON records them, and TPOT drops."""
+    def best(*extra: str) -> dict:
+        out = tmp_path / "plan.json"
+        assert main(["plan", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--tp", "1", "--pp", "1",
+                     "--weight-dtype", "bf16", "--max-num-batched-tokens", "512", "--num-requests", "100",
+                     "--workers", "1", "--no-cache", "-q", "--max-gpus", "1", "--rate", "2",
+                     "--slo", "tpot_p90=60ms", "--price", "h100-sxm=4", "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())
+
+    plain = best()
+    spec = best("--speculative-config", '{"num_speculative_tokens": 4}', "--spec-acceptance-rate", "0.9")
+    assert "speculative_config" not in plain
+    assert spec["speculative_config"]["num_speculative_tokens"] == 4
+    assert spec["spec_acceptance"]["spec_acceptance_rate"] == 0.9
+    assert spec["best"]["slo"]["tpot_p90"]["value_s"] < plain["best"]["slo"]["tpot_p90"]["value_s"]

@@ -126,3 +126,33 @@ def test_trace_replay_runs(tmp_path) -> None:
 def test_console_script_and_core_need_no_torch() -> None:
     code = "import sys, batchserve.sim.simulate, batchserve.entrypoints.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_speculative_decoding_is_simulated_and_recorded(tmp_path, capsys) -> None:
+    """A lone-request workload (memory-bound decodes) speeds up with drafts; the JSON says what was assumed."""
+    lone = ["--max-num-seqs", "1", "--num-requests", "20", "--output-len", "200"]
+    plain = run_json(tmp_path, *lone)
+    spec = run_json(tmp_path, *lone, "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}',
+                    "--spec-acceptance-rate", "0.8")
+    assert "speculative_config" not in plain["config"]
+    assert spec["config"]["speculative_config"]["num_speculative_tokens"] == 4
+    assert spec["config"]["spec_acceptance"]["spec_acceptance_rate"] == 0.8
+    sim = spec["simulation"]
+    assert 0 < sim["spec_accepted_tokens"] < sim["spec_draft_tokens"]
+    assert spec["metrics"]["tpot_s"]["mean"] < plain["metrics"]["tpot_s"]["mean"] / 2
+    assert "draft tokens accepted / proposed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--speculative-config", "{ngram}"], "--speculative-config: speculative config is not valid JSON"),
+        (["--speculative-config", '{"num_speculative": 4}'], "unknown speculative config key(s) ['num_speculative']"),
+        (["--speculative-config", '{"model": "nope"}'], "unknown model 'nope'"),
+        (["--speculative-config", "{}", "--spec-acceptance-rate", "2"], "--spec-acceptance-rate must be in [0, 1]"),
+    ],
+)
+def test_bad_speculative_input_is_one_clear_line(args, message, capsys) -> None:
+    assert main(["simulate", *SMALL, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -117,12 +117,12 @@ def test_speculation_speeds_up_a_memory_bound_lone_request() -> None:
 
 def test_results_record_the_speculative_config_and_acceptance_rate() -> None:
     d = setup_for(ALWAYS_K, 0.55).to_dict()
-    assert d["speculative_config"]["num_speculative_tokens"] == K and d["spec_acceptance"]["acceptance_rate"] == 0.55
+    assert d["speculative_config"]["num_speculative_tokens"] == K and d["spec_acceptance"]["spec_acceptance_rate"] == 0.55
     assert "speculative_config" not in setup_for(None).to_dict()
 
 
 def test_bad_acceptance_rate_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"acceptance rate must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"--spec-acceptance-rate must be in \[0, 1\]"):
         SpecAcceptance(1.5)
 
 

@@ -87,6 +87,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         f"{result.wall_s:.2f} s wall: {sim_info['simulated_requests_per_wall_s']:.0f} requests/s"
         + (f"; {len(result.rejected)} rejected, e.g. {result.rejected[0][1]}" if result.rejected else "")
     )
+    if result.spec_draft_tokens:
+        print(f"draft tokens accepted / proposed: {result.spec_accepted_tokens} / {result.spec_draft_tokens} "
+              f"({result.spec_accepted_tokens / result.spec_draft_tokens:.1%}; "
+              f"--spec-acceptance-rate {run.setup.spec_acceptance.spec_acceptance_rate})")
     data = {"config": run.config(), "metrics": summary, "simulation": sim_info}
     if args.json:
         write_json(args.json, data)

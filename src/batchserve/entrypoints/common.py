@@ -32,11 +32,14 @@ from ..sim.cluster import SimResult
 from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..sim.speculation import SpecAcceptance
+from ..spec_decode import SpeculativeConfig
 from ..workload import WorkloadSpec, synthetic_requests, trace_requests
 from .options import ConfigError, add_dataclass_flags, given, load_toml, pick
 
-CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec, RouterConfig, LoRAConfig)
-EXTRA_KEYS = ("scheduler", "slo", "workload")
+CONFIG_CLASSES = (ClusterConfig, SchedulerConfig, CacheConfig, Efficiency, WorkloadSpec, RouterConfig, LoRAConfig,
+                  SpecAcceptance)
+EXTRA_KEYS = ("scheduler", "slo", "workload", "speculative_config")
 DEFAULT_PRESET = "sarathi"
 # The workload's vocabulary comes from the model, not from a flag.
 SKIPPED_FIELDS = ("vocab_size",)
@@ -62,6 +65,10 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
                    "torch.compile (minutes of compilation on a small CPU)")
+    add_speculative_flag(p)
+
+
+def add_speculative_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, vLLM\'s keys, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
                    '"prompt_lookup_max": 4, "prompt_lookup_min": 1}\' (default: off)')
@@ -100,7 +107,7 @@ def served_model_names(args: argparse.Namespace) -> list[str]:
 def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """The shared vocabulary: --config, --scheduler, --workload, --slo and one flag per config field.
 
-    `skip` drops fields (and "scheduler", "slo") a subcommand defines itself (e.g. `plan` searches over
+    `skip` drops fields (and "scheduler", "slo", "speculative_config") a subcommand defines itself (e.g. `plan` searches over
     tp and presets, and reads percentile SLOs).
     """
     p.add_argument("--config", metavar="TOML", help="TOML file of field = value (flags override it)")
@@ -120,6 +127,9 @@ def add_simulation_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     add_dataclass_flags(p, Efficiency, "cost-model efficiency", skip=skip)
     add_dataclass_flags(p, RouterConfig, "prefix-affinity routing (with --router prefix-affinity)", skip=skip)
     add_dataclass_flags(p, LoRAConfig, "LoRA adapters (with --num-adapters)", skip=skip)
+    if "speculative_config" not in skip:  # a subcommand with engine flags has it already
+        add_speculative_flag(p.add_argument_group("speculative decoding"))
+    add_dataclass_flags(p, SpecAcceptance, "speculative decoding: the workload's acceptance", skip=skip)
 
 
 def layered_values(args: argparse.Namespace, classes: tuple[type, ...] = CONFIG_CLASSES) -> dict[str, Any]:
@@ -169,13 +179,23 @@ def lora_config(values: dict[str, Any]) -> LoRAConfig:
     return LoRAConfig(**lora)
 
 
+def speculation_config(values: dict[str, Any]) -> dict[str, Any]:
+    """`speculative` and `spec_acceptance` for `resolve`, from --speculative-config (JSON, or a TOML table)."""
+    try:
+        speculative = SpeculativeConfig.of(values.get("speculative_config"))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--speculative-config: {err}") from None
+    return {"speculative": speculative, "spec_acceptance": SpecAcceptance(**pick(values, SpecAcceptance))}
+
+
 def resolve_values(values: dict[str, Any]) -> Resolved:
     """Build configs from layered values; the workload's vocabulary comes from the model."""
     preset = values.get("scheduler", DEFAULT_PRESET)
     cluster = ClusterConfig(**pick(values, ClusterConfig))
     sched = scheduler_config(preset, **pick(values, SchedulerConfig))
     setup = resolve(cluster, sched, CacheConfig(**pick(values, CacheConfig)), pick(values, Efficiency),
-                    router=RouterConfig(**pick(values, RouterConfig)), lora=lora_config(values))
+                    router=RouterConfig(**pick(values, RouterConfig)), lora=lora_config(values),
+                    **speculation_config(values))
     spec_values = pick(values, WorkloadSpec)
     spec_values["vocab_size"] = setup.deployment.model.vocab_size
     slo = SLO.parse(values["slo"]) if values.get("slo") else None
@@ -201,6 +221,9 @@ def run_simulation(run: Resolved, quiet: bool, label: str = "") -> tuple[SimResu
         "num_rejected": len(result.rejected),
         "rejected": [{"request_id": rid, "reason": why} for rid, why in result.rejected[:20]],
     }
+    if run.setup.speculative is not None:
+        sim_info["spec_draft_tokens"] = result.spec_draft_tokens
+        sim_info["spec_accepted_tokens"] = result.spec_accepted_tokens
     return result, summary, sim_info
 
 

@@ -21,7 +21,7 @@ from ..sim.plan.space import Base, SearchSpace
 from ..sim.router import RouterConfig
 from ..sim.simulate import ClusterConfig
 from ..workload import WorkloadSpec
-from .common import add_report_flag, add_simulation_flags, layered_values, lora_config, write_json
+from .common import add_report_flag, add_simulation_flags, layered_values, lora_config, speculation_config, write_json
 from .options import ConfigError, pick
 
 if TYPE_CHECKING:
@@ -126,6 +126,7 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
         efficiency=Efficiency(**pick(values, Efficiency)),
         router=RouterConfig(**pick(values, RouterConfig)),
         lora=lora_config(values),
+        **speculation_config(values),
     )
     space = SearchSpace(model=model, max_gpus=args.max_gpus, **searched)
     return PlanRequest(space, base, workload, slo, parse_prices(args.price), rate, args.objective, args.runner_ups,

@@ -21,6 +21,9 @@ class SimResult:
     num_iterations: int = 0  # engine.step() calls: steps minus the fast-forwarded ones
     simulated_s: float = 0.0
     wall_s: float = 0.0
+    spec_draft_tokens: int = 0
+    """Speculative decoding: draft tokens verified, and of them accepted (0 with speculation off)."""
+    spec_accepted_tokens: int = 0
 
 
 class Cluster:
@@ -93,4 +96,7 @@ class Cluster:
             num_iterations=sum(e.num_iterations for e in replicas),
             simulated_s=max(e.now for e in replicas),
             wall_s=time.perf_counter() - t0,
+            spec_draft_tokens=sum(e.scheduler.speculator.num_draft_tokens for e in replicas if e.scheduler.speculator),
+            spec_accepted_tokens=sum(e.scheduler.speculator.num_accepted_tokens for e in replicas
+                                     if e.scheduler.speculator),
         )

@@ -25,15 +25,16 @@ from .cost_model import CostModel
 class SpecAcceptance:
     """The workload's side of speculation: how often the target model agrees with the drafts."""
 
-    acceptance_rate: float = 0.7
-    """alpha: the probability that the target accepts a draft token (given it accepted the ones before);
-    measure it on a sample (`run --sample`) or take it from a benchmark of the same task and proposer."""
-    seed: int = 0
+    spec_acceptance_rate: float = 0.7
+    """Speculative decoding (with --speculative-config): alpha, the probability that the target accepts a draft
+    token (given it accepted the ones before); measure it on a sample (`run --sample`, the run summary's draft
+    tokens accepted / proposed) or in a benchmark of the same task and proposer."""
+    spec_seed: int = 0
     """Seed of the acceptance draws; each request draws from its own stream, so batch order does not matter."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.acceptance_rate <= 1:
-            raise ValueError(f"speculative acceptance rate must be in [0, 1], got {self.acceptance_rate}")
+        if not 0 <= self.spec_acceptance_rate <= 1:
+            raise ValueError(f"--spec-acceptance-rate must be in [0, 1], got {self.spec_acceptance_rate}")
 
 
 def expected_tokens_per_verification(alpha: float, k: int) -> float:
@@ -45,8 +46,8 @@ class AcceptanceModel:
     """Draws each verification's accepted drafts from a per-request seeded stream."""
 
     def __init__(self, acceptance: SpecAcceptance) -> None:
-        self.alpha = acceptance.acceptance_rate
-        self.seed = acceptance.seed
+        self.alpha = acceptance.spec_acceptance_rate
+        self.seed = acceptance.spec_seed
         self._streams: weakref.WeakKeyDictionary[Request, np.random.Generator] = weakref.WeakKeyDictionary()
 
     def num_accepted(self, req: Request, k: int) -> int:

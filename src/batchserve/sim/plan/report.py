@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from .search import Candidate, PlanResult
@@ -53,6 +54,8 @@ def to_json(result: PlanResult) -> dict[str, Any]:
         "slo": req.slo.to_dict(),
         "max_gpus": req.space.max_gpus,
         "prices": req.prices,
+        **({"speculative_config": asdict(req.base.speculative), "spec_acceptance": asdict(req.base.spec_acceptance)}
+           if req.base.speculative is not None else {}),
         "best": candidate_dict(result.best) if result.best else None,
         "feasible": result.best is not None,
         "closest": candidate_dict(result.closest) if result.closest else None,

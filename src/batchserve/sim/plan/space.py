@@ -8,12 +8,14 @@ from typing import Any
 
 from ...config import SCHEDULER_PRESETS, CacheConfig, scheduler_config
 from ...lora import LoRAConfig
+from ...spec_decode import SpeculativeConfig
 from ..cost_model import Efficiency
 from ..deployment import DoesNotFitError
 from ..hardware import get_hardware
 from ..models import get_model
 from ..router import ROUTERS, RouterConfig
 from ..simulate import ClusterConfig, SimSetup, resolve
+from ..speculation import SpecAcceptance
 
 WEIGHT_DTYPES = ("bf16", "fp8", "int8", "int4")
 
@@ -103,6 +105,9 @@ class Base:
     """Prefix affinity's balance rule, for candidates that route by prefix."""
     lora: LoRAConfig = LoRAConfig()
     """Adapter slots of every candidate (with a workload that draws adapters)."""
+    speculative: SpeculativeConfig | None = None
+    """Speculative decoding in every candidate; None: off."""
+    spec_acceptance: SpecAcceptance = SpecAcceptance()
 
     def setup(self, config: ReplicaConfig, replicas: int = 1, router: str = "round-robin") -> SimSetup:
         """The simulator's setup; raises DoesNotFitError when the replica does not fit in memory."""
@@ -115,7 +120,8 @@ class Base:
             **dict(self.scheduler_overrides),
             "max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs,
         })
-        return resolve(cluster, sched, self.cache, self.efficiency, router=self.router, lora=self.lora)
+        return resolve(cluster, sched, self.cache, self.efficiency, router=self.router, lora=self.lora,
+                       speculative=self.speculative, spec_acceptance=self.spec_acceptance)
 
 
 def enumerate_space(space: SearchSpace, base: Base) -> tuple[list[ReplicaConfig], list[Pruned]]:
