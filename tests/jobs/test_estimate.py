@@ -192,3 +192,28 @@ def test_the_twin_runs_each_line_under_its_adapter(tmp_path):
     assert (est.prompt_tokens, est.computed_prompt_tokens, est.output_tokens, est.prefix_cache_hit_rate) == (
         real.prompt_tokens, real.computed_prompt_tokens, real.output_tokens, real.prefix_cache_hit_rate)
     assert 0 < real.prefix_cache_hit_rate < 0.75  # reuse within an adapter only (4 groups of 4 share a prompt)
+
+
+def test_the_estimate_simulates_speculation_at_the_acceptance_its_sample_measured(tmp_path):
+    """With --speculative-config the twin speculates too: at an assumed alpha without a sample, at the one the
+    sample's verifications imply with one; the token work stays the run's."""
+    from dataclasses import replace
+
+    from batchserve.sim.speculation import SpecAcceptance, acceptance_rate_from_counts
+
+    spec_setup = replace(SETUP, speculative_config='{"method": "ngram", "num_speculative_tokens": 3}')
+    rows = [completion(f"c{i}", "the cat sat on the mat. " * 6, max_tokens=24, ignore_eos=True) for i in range(12)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    assumed = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig())
+    assert assumed.info["spec_acceptance_rate"] == SpecAcceptance.spec_acceptance_rate
+    assert assumed.info["spec_acceptance_from"].startswith("assumed")
+    assert assumed.summary.output_tokens == 12 * 24
+    sample_backend = backend(spec_setup)
+    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4),
+                       make_backend=lambda: sample_backend)
+    s = sample_backend.engine.stats()
+    assert s.spec_decode_num_drafts > 0
+    assert est.info["spec_acceptance_rate"] == acceptance_rate_from_counts(
+        s.spec_decode_num_drafts, s.spec_decode_num_draft_tokens, s.spec_decode_num_accepted_tokens)
+    assert f"{s.spec_decode_num_drafts} verifications" in est.info["spec_acceptance_from"]
+    assert est.summary.output_tokens == 12 * 24

@@ -27,6 +27,7 @@ from batchserve.sim.speculation import (
     SimProposer,
     SimSpeculation,
     SpecAcceptance,
+    acceptance_rate_from_counts,
     expected_tokens_per_verification,
     proposer_time,
 )
@@ -241,3 +242,22 @@ def test_simulator_stays_torch_free() -> None:
 
     code = "import sys, batchserve.sim.simulate, batchserve.sim.speculation; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.6, 0.95])
+def test_acceptance_rate_recovered_from_a_runs_counters(alpha: float) -> None:
+    """vLLM's three counters of a simulated run (ragged k: the batch and max_tokens cut it) give back its alpha."""
+    spec = SpeculativeConfig(num_speculative_tokens=5, min_acceptance_rate=0.0, max_batch_size=4)
+    cluster = build_cluster(setup_for(spec, alpha, max_num_seqs=3))
+    cluster.run(requests(12, 150))
+    s = cluster.replicas[0].scheduler.speculator
+    assert acceptance_rate_from_counts(s.num_drafts, s.num_draft_tokens, s.num_accepted_tokens) == pytest.approx(
+        alpha, abs=0.03)
+
+
+def test_acceptance_rate_inverts_the_closed_form() -> None:
+    for alpha in (0.0, 0.3, 0.8, 0.99):
+        accepted = expected_tokens_per_verification(alpha, 4) - 1
+        assert acceptance_rate_from_counts(1000, 4000, round(1000 * accepted)) == pytest.approx(alpha, abs=1e-3)
+    with pytest.raises(ValueError, match="no verification was measured"):
+        acceptance_rate_from_counts(0, 0, 0)

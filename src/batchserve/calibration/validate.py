@@ -21,6 +21,8 @@ from ..metrics import SLO, RequestRecord, summarize
 from ..progress import Progress
 from ..request import Request
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
+from ..sim.speculation import SpecAcceptance
+from ..spec_decode.draft_model import DraftModelProposer
 from ..tables import render_table
 from .device import WEIGHT_DTYPES
 
@@ -76,16 +78,20 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
     return records
 
 
-def sim_setup(llm: LLMEngine, hardware: str, model_name: str) -> SimSetup:
-    """The simulator's twin of a real engine: same model shape, scheduler, cache size, adapter slots;
-    calibrated hardware."""
+def sim_setup(llm: LLMEngine, hardware: str, model_name: str,
+              spec_acceptance: SpecAcceptance = SpecAcceptance()) -> SimSetup:
+    """The simulator's twin of a real engine: same model shape, scheduler, cache size, adapter slots and
+    speculative decoding (its drafts accepted as `spec_acceptance` says); calibrated hardware."""
     weight_dtype = WEIGHT_DTYPES[llm.model.dtype]
     kv = llm.scheduler.kv
     cache = CacheConfig(block_size=kv.block_size, num_blocks=kv.num_blocks, enable_prefix_caching=kv.enable_caching)
     cluster = ClusterConfig(model=model_name, hardware=hardware, weight_dtype=weight_dtype)
     lora = llm.lora_manager.config if llm.lora_manager is not None else LoRAConfig()
+    spec = llm.speculator
+    draft = spec.proposer.config if spec is not None and isinstance(spec.proposer, DraftModelProposer) else None
     return resolve(cluster, llm.scheduler.config, cache, model=replace(llm.model_config, name=model_name),
-                   attention=llm.executor.attention, lora=lora)
+                   attention=llm.executor.attention, lora=lora, speculative=spec.config if spec else None,
+                   spec_acceptance=spec_acceptance, draft_model=draft)
 
 
 def is_offline(records: Sequence[RequestRecord]) -> bool:

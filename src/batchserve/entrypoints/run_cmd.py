@@ -241,6 +241,8 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
         if info["steps_measured"] else "1 (the profile's costs as they are)",
     }
+    if "spec_acceptance_rate" in info:
+        rows["Draft acceptance (alpha):"] = f"{info['spec_acceptance_rate']:.3g} from {info['spec_acceptance_from']}"
     if "sample" in info:
         rows["Sample run (requests, s):"] = f"{info['sample']['num_requests']}, {info['sample']['wall_s']:.2f}"
     if args.price_per_hour is not None:

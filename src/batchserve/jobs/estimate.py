@@ -26,6 +26,7 @@ from ..outputs import RequestOutput
 from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
 from ..sim.simulate import SimSetup
+from ..sim.speculation import SpecAcceptance, acceptance_rate_from_counts
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
 from .lengths import LengthDistribution, LengthModel
@@ -168,10 +169,11 @@ def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> li
 
 
 def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: str | None, config: JobConfig,
-               prep_s: float) -> tuple[Measurements, dict[str, list[int]]]:
+               prep_s: float) -> tuple[Measurements, dict[str, list[int]], Summary]:
     """Run the sample on the real engine, writing its results to `output_path` (so the run skips them).
 
-    Returns its measurements and each sampled request's output lengths.
+    Returns its measurements, each sampled request's output lengths, and its summary (speculative decoding's
+    counters among them).
     """
     lengths: dict[str, list[int]] = {}
     with ResultWriter(output_path, config.fsync_every) if output_path else nullcontext() as writer:
@@ -186,7 +188,7 @@ def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: 
         summary = recorder.finish(backend.counters())
     record = backend.log.take()
     record.wall_s, record.num_requests = summary.wall_s + prep_s, len(chosen)
-    return record, lengths
+    return record, lengths, summary
 
 
 class NothingToEstimate(ValueError):
@@ -219,12 +221,18 @@ def estimate_job(
     records = [prior] if prior is not None else []
     sampled: Measurements | None = None
     known: dict[str, list[int]] = {}
+    spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}; --sample K measures it)"
     if est.sample:
         assert make_backend is not None, "a sample needs the real engine"
         chosen = stratified_sample(requests, est.sample, config.seed)
-        sampled, known = run_sample(chosen, make_backend(), output_path, config,
-                                    job.prep_s * len(chosen) / len(requests))
+        sampled, known, counters = run_sample(chosen, make_backend(), output_path, config,
+                                              job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
+        if sim.speculative is not None and counters.spec_drafts:
+            sim = replace(sim, spec_acceptance=SpecAcceptance(acceptance_rate_from_counts(
+                counters.spec_drafts, counters.spec_draft_tokens, counters.spec_accepted_tokens)))
+            spec_from = (f"the sample's {counters.spec_drafts} verifications ({counters.spec_accepted_tokens} of "
+                         f"{counters.spec_draft_tokens} draft tokens accepted)")
         if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
             target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
     steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
@@ -256,6 +264,9 @@ def estimate_job(
         "loop_overhead_s_per_request": evidence.overhead_s,
         "assumes": _assumption(evidence, est),
     }
+    if sim.speculative is not None:
+        info["spec_acceptance_rate"] = sim.spec_acceptance.spec_acceptance_rate
+        info["spec_acceptance_from"] = spec_from
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),

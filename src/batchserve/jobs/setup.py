@@ -18,6 +18,8 @@ from ..model_config import ModelConfig, kv_bytes_per_block
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
 from ..sim.simulate import ClusterConfig, SimSetup, resolve
+from ..sim.speculation import SpecAcceptance
+from ..spec_decode import SpeculativeConfig
 
 # Bytes of a KV element per engine dtype (the engine's cache has the model's dtype).
 _DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -94,16 +96,16 @@ class RunSetup:
         return num_kv_blocks(self.kv_cache_memory, gpu_memory_utilization=1.0, bytes_per_block=per_block,
                              gpu_memory=None)
 
-    def sim_setup(self, hardware: str) -> SimSetup:
+    def sim_setup(self, hardware: str, spec_acceptance: SpecAcceptance = SpecAcceptance()) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
-        KV blocks, replicas and LoRA slots."""
-        if self.speculative_config is not None:
-            raise ValueError("the estimate does not model speculative decoding yet; estimate without "
-                             "--speculative-config")
+        KV blocks, replicas, LoRA slots and speculative decoding (whose drafts `spec_acceptance` accepts)."""
         shape = model_shape(self.model)
+        speculative = SpeculativeConfig.of(self.speculative_config)
+        draft = model_shape(speculative.model) if speculative is not None and speculative.model else None
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)), speculative=speculative,
+                       spec_acceptance=spec_acceptance, draft_model=draft)

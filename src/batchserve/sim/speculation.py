@@ -37,7 +37,7 @@ class SpecAcceptance:
             raise ValueError(f"--spec-acceptance-rate must be in [0, 1], got {self.spec_acceptance_rate}")
 
 
-def expected_tokens_per_verification(alpha: float, k: int) -> float:
+def expected_tokens_per_verification(alpha: float, k: float) -> float:
     """Tokens a verification of k drafts yields on average, the bonus token included."""
     return float(k + 1) if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
@@ -152,3 +152,24 @@ class SimSpeculation:
             return None
         return [[SYNTHETIC_TOKEN] * (1 + (self.acceptance.num_accepted(req, len(drafts[req])) if req in drafts else 0))
                 for req in batch.requests]
+
+
+def acceptance_rate_from_counts(num_drafts: int, num_draft_tokens: int, num_accepted_tokens: int) -> float:
+    """The alpha under which verifications of the measured mean length accept the measured mean drafts.
+
+    From vLLM's counters (verifications, draft tokens, accepted tokens): solves
+    alpha (1 - alpha^k) / (1 - alpha) = accepted / verifications at k = draft tokens / verifications, the
+    mean draft length standing in for each one's (a moment match; the acceptance rate per draft token,
+    accepted / proposed, is lower than alpha, since drafts past a rejection are never accepted).
+    """
+    if num_drafts <= 0 or num_draft_tokens <= 0:
+        raise ValueError("no verification was measured: the acceptance rate is unknown")
+    k, target = num_draft_tokens / num_drafts, num_accepted_tokens / num_drafts
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # the mean accepted drafts grows with alpha: bisect
+        mid = (lo + hi) / 2
+        if expected_tokens_per_verification(mid, k) - 1 < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

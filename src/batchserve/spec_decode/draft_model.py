@@ -55,6 +55,7 @@ class DraftModelProposer:
     def __init__(self, model: CausalLM, config: ModelConfig, num_blocks: int, block_size: int,
                  device: torch.device, attention: AttentionConfig) -> None:
         self.model = model
+        self.config = config  # its shape, for the simulated twin's cost of drafting
         self.block_size = block_size
         self.device = device
         self.attention = attention
