@@ -115,3 +115,18 @@ def test_the_structured_output_term_is_fitted_only_from_steps_that_ran_a_grammar
     fitted = fit_efficiency(deployment, observations)
     assert fitted.structured_overhead_s == pytest.approx(4e-4, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+
+def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment: Deployment) -> None:
+    """calibrate --speculative-config: small decode batches look drafts up for every row, large ones for none
+    (above max_batch_size), so the per-proposal overhead separates from the per-row one."""
+    shapes = _grid()
+    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
+        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    assert plain.proposer_overhead_s == 0.0
+    truth = Efficiency(**{**TRUE.to_dict(), "proposer_overhead_s": 5e-4})
+    shapes += [s._replace(num_proposals=s.num_decodes) for s in shapes if 0 < s.num_decodes <= 8]
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fitted.proposer_overhead_s == pytest.approx(5e-4, rel=0.25)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02

@@ -29,7 +29,7 @@ from batchserve.sim.speculation import (
     SpecAcceptance,
     acceptance_rate_from_counts,
     expected_tokens_per_verification,
-    proposer_time,
+    draft_model_time,
 )
 from batchserve.spec_decode import SpeculativeConfig, Speculator
 
@@ -144,7 +144,7 @@ def run_explicit_and_lazy(reqs_a: list[Request], reqs_b: list[Request], spec: Sp
     cost = CostModel(setup.deployment, setup.efficiency)
     for reqs, lazy in ((reqs_a, False), (reqs_b, True)):
         sched = (SimScheduler if lazy else ExplicitScheduler)(setup.scheduler, cache)
-        speculation = SimSpeculation(setup.spec_acceptance, cost)
+        speculation = SimSpeculation(setup.spec_acceptance)
         sched.speculator = Speculator(spec, speculation.proposer)
         engine = (SimEngine if lazy else Engine)(sched, SimExecutor(cost, setup.attention, 0, speculation))
         pending = sorted(reqs, key=lambda r: r.arrival_time)
@@ -209,24 +209,41 @@ def test_draft_model_first_feeds_the_prompt_then_what_it_has_not_seen() -> None:
 
 
 def test_ngram_drafting_costs_its_overhead_per_proposing_request() -> None:
-    setup = setup_for(ALWAYS_K)
-    cost = CostModel(setup.deployment, Efficiency(proposer_overhead_s=0.002, time_scale=2.0))
-    assert proposer_time(cost, None, [Proposal(4, 10, 1)] * 3) == pytest.approx(2.0 * 3 * 0.002)
+    """Each proposal adds proposer_overhead_s (times time_scale) to its step, and nothing else changes."""
+    def run(overhead: float):
+        setup = resolve(ClusterConfig(model="qwen2.5-0.5b"), scheduler_config("sarathi"), CacheConfig(),
+                        Efficiency(proposer_overhead_s=overhead, time_scale=2.0), speculative=ALWAYS_K,
+                        spec_acceptance=SpecAcceptance(0.6))
+        cluster = build_cluster(setup)
+        result = cluster.run(requests(1, 120))
+        return result.records[0].e2e_s, cluster.replicas[0].scheduler.speculator.num_drafts
+
+    (base, n), (slow, n_slow) = run(0.0), run(0.002)
+    assert n == n_slow > 20 and slow - base == pytest.approx(2.0 * n * 0.002, rel=1e-6)
 
 
 def test_draft_model_steps_cost_the_drafts_forward_passes() -> None:
     """k draft decode steps of a lone request cost k steps of the draft's shape; a 2-layer draft saves the other layers."""
     setup = setup_for(ALWAYS_K)
     target = CostModel(setup.deployment, setup.efficiency)
-    same = proposer_time(target, target, [Proposal(K, 99, 1)])
+    same = draft_model_time(target, [Proposal(K, 99, 1)])
     assert same == pytest.approx(sum(target.step_time(num_decodes=1, decode_context_tokens=100 + j, num_sampling=1)
                                      for j in range(K)))
     draft_shape = replace(get_model("qwen2.5-0.5b"), num_layers=2)
     small = CostModel(replace(setup.deployment, model=draft_shape), setup.efficiency)
-    drafted = proposer_time(target, small, [Proposal(K, 99, 1)])
+    drafted = draft_model_time(small, [Proposal(K, 99, 1)])
     # fewer layers, but each step still pays its fixed cost and the full-vocabulary LM head
     layers = K * 22 * (target.layer_gemm_time(1) + target.decode_attention_time(1, 101))
     assert drafted < same - 0.9 * layers and drafted > K * (target.overhead + target.lm_head_time(1))
+
+
+def test_a_draft_models_first_step_after_a_prompt_is_a_chunk() -> None:
+    """After the prefill, the draft has seen nothing: its first forward step runs the whole prompt."""
+    setup = setup_for(ALWAYS_K)
+    target = CostModel(setup.deployment, setup.efficiency)
+    first = draft_model_time(target, [Proposal(1, 0, 33)])
+    assert first == pytest.approx(target.step_time(num_prefill_tokens=33, prefill_attended_pairs=33 * 17,
+                                                   prefill_context_tokens=33, num_sampling=1, num_prefill_seqs=1))
 
 
 def test_simulated_draft_model_slows_each_round_by_its_steps() -> None:

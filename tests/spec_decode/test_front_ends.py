@@ -59,3 +59,22 @@ def test_bad_speculative_config_is_one_line(config, words, capsys):
     assert main(["generate", "--model", "tiny", "--prompt", "x", "--speculative-config", config]) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_calibration_steps_count_the_requests_that_proposed_drafts():
+    """Each measured decode step records how many requests the n-gram proposer looked up (the proposer term's data)."""
+    from batchserve.calibration.steps import record_steps
+
+    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config=NGRAM, skip_tokenizer_init=True)
+    observations = record_steps(llm.engine, [([5, 6, 7, 5, 6, 7, 5, 6], 6, 0), ([9, 8, 9, 8, 9, 8], 6, 0)])
+    # the prompts' step looks nothing up; the next one looks up both requests' drafts
+    assert [o.shape.num_proposals for o in observations[:2]] == [0, 2]
+    assert sum(o.shape.num_proposals for o in observations) == llm.speculator.num_proposals
+
+
+def test_calibrate_refuses_a_draft_model_config():
+    from batchserve.calibration.steps import calibrate
+
+    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config={"model": "tiny"}, skip_tokenizer_init=True)
+    with pytest.raises(ValueError, match="calibrate --speculative-config fits the n-gram proposer's overhead"):
+        calibrate(llm, "x", quiet=True)

@@ -119,6 +119,7 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
     """
     arrivals = sorted(((start, i) for i, (_, _, start) in enumerate(entries)), reverse=True)
     lora = getattr(engine.executor, "lora", None)  # counts the slot loads each step makes
+    speculator = engine.scheduler.speculator  # counts the requests it proposed drafts for
     observations = []
     step = 0
     while arrivals or engine.has_unfinished():
@@ -133,13 +134,15 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
                 grammar[0].add_request(req)
             engine.add_request(req)
         loads = lora.num_slot_loads if lora is not None else 0
+        proposals = speculator.num_proposals if speculator is not None else 0
         t = time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
         if keep and step_out.result is not None:
             loads = lora.num_slot_loads - loads if lora is not None else 0
+            proposals = speculator.num_proposals - proposals if speculator is not None else 0
             observations.append(Observation(step_shape(step_out.batch, engine.executor.attention,
-                                                       num_lora_loads=loads), seconds))
+                                                       num_lora_loads=loads, num_proposals=proposals), seconds))
         step += 1
     return observations
 
@@ -164,6 +167,9 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     With LoRA on, steps under `adapters` (or, if none are given, random ones of `max_lora_rank`) fit the
     LoRA terms too.
     """
+    if llm.speculator is not None and llm.speculator.config.method != "ngram":
+        raise ValueError("calibrate --speculative-config fits the n-gram proposer's overhead; the simulator prices a "
+                         "draft model's steps on its own shape: calibrate without the draft model's config")
     device = llm.device
     dtype = llm.model.dtype
     # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it

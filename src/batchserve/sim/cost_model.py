@@ -95,6 +95,8 @@ class StepShape(NamedTuple):
     """Distinct adapters in the step: each is one segment, whose A and B weights the step reads once."""
     num_lora_loads: int = 0
     """Adapters copied into a device slot before the step (not resident at the end of the previous one)."""
+    num_proposals: int = 0
+    """Speculative decoding: requests whose drafts were proposed this step (`proposer_overhead_s` each)."""
 
 
 class CostModel:
@@ -239,6 +241,7 @@ class CostModel:
         num_lora_tokens: int = 0,
         num_lora_segments: int = 0,
         num_lora_loads: int = 0,
+        num_proposals: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -263,6 +266,7 @@ class CostModel:
             + self.chunk_overhead * num_prefill_seqs
             + self.structured_overhead * num_constrained
             + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
+            + self.proposer_overhead * num_proposals
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,

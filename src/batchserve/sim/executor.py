@@ -19,7 +19,7 @@ from .speculation import SimSpeculation
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
                lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
-               num_lora_loads: int = 0, cohort: DecodeCohort | None = None) -> StepShape:
+               num_lora_loads: int = 0, cohort: DecodeCohort | None = None, num_proposals: int = 0) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
@@ -27,8 +27,10 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     `lazy_adapters` of them per LoRA adapter); all decodes' keys are padded as
     `attention` groups them (without the cohort, lazy rows count unpadded).
     Constrained and speculating rows are always listed (the scheduler keeps them
-    out of the cohort); a verification of k drafts is a k + 1 token chunk. `num_lora_loads`: adapters copied into a slot for this step (the
-    slot table knows, not the batch).
+    out of the cohort); a verification of k drafts is a k + 1 token chunk.
+    `num_lora_loads`: adapters copied into a slot for this step (the slot table
+    knows, not the batch); `num_proposals`: requests whose drafts were looked up
+    this step (the speculator knows: some found none).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
@@ -60,7 +62,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
         padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads)
+                     num_lora_loads, num_proposals)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -91,13 +93,14 @@ class SimExecutor:
             cost = self.cost_model
             offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
             return DecodeRunResult.from_offsets(offsets.tolist())
+        spec = self.speculation
+        proposals = spec.proposer.take_proposals() if spec is not None else []
         duration = self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
-            batch.cohort))
-        spec = self.speculation
+            batch.cohort, len(proposals)))
         if spec is None:
             return StepResult(duration)
-        return StepResult(duration + spec.drafting_time(), spec.sampled_tokens(batch))
+        return StepResult(duration + spec.draft_model_time(proposals), spec.sampled_tokens(batch))
 
     def _load_adapters(self, batch: SimBatch) -> int:
         """Make the step's adapters resident; returns how many had to be copied into a slot."""

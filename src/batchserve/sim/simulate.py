@@ -152,7 +152,7 @@ def build_cluster(setup: SimSetup) -> Cluster:
         scheduler = SimScheduler(setup.scheduler, setup.cache, max_model_len=setup.deployment.model.max_model_len)
         if max_loras:
             scheduler.admission_check = LoRAAdmission(max_loras)
-        speculation = _speculation(setup, cost_model)
+        speculation = _speculation(setup)
         if speculation is not None:
             scheduler.speculator = Speculator(setup.speculative, speculation.proposer)
         executor = SimExecutor(cost_model, setup.attention, max_loras, speculation)
@@ -160,13 +160,13 @@ def build_cluster(setup: SimSetup) -> Cluster:
     return Cluster(engines, setup.cluster.router, setup.router)
 
 
-def _speculation(setup: SimSetup, cost_model: CostModel) -> SimSpeculation | None:
+def _speculation(setup: SimSetup) -> SimSpeculation | None:
     """One replica's simulated speculation; the draft model runs on the target's deployment, at its efficiency."""
     if setup.speculative is None:
         return None
     draft = setup.draft_model
     draft_cost = None if draft is None else CostModel(replace(setup.deployment, model=draft, pp=1, max_lora_rank=0), setup.efficiency)
-    return SimSpeculation(setup.spec_acceptance, cost_model, draft_cost)
+    return SimSpeculation(setup.spec_acceptance, draft_cost)
 
 
 def simulate(

@@ -101,19 +101,15 @@ class SimProposer:
         return proposals
 
 
-def proposer_time(cost_model: CostModel, draft_cost_model: CostModel | None, proposals: list[Proposal]) -> float:
-    """A step's drafting: a host overhead per proposing request, plus, for a draft model, its forward steps.
+def draft_model_time(draft_cost_model: CostModel, proposals: list[Proposal]) -> float:
+    """A draft model's forward steps for a step's proposals (their host overhead is the target step's).
 
     Forward step j runs every request proposing more than j drafts: the first takes each one's unseen
     tokens (a prompt chunk after a prefill, one or two tokens after a verification), the later ones one
-    token each; each is a step of the draft model's shape through the same cost model.
+    token each; each is a step of the draft model's shape through the same cost model (the target's efficiency).
     """
-    if not proposals:
-        return 0.0
-    t = cost_model.time_scale * cost_model.proposer_overhead * len(proposals)
-    if draft_cost_model is None:
-        return t
-    for j in range(max(p.num_drafts for p in proposals)):
+    t = 0.0
+    for j in range(max((p.num_drafts for p in proposals), default=0)):
         rows = [p for p in proposals if p.num_drafts > j]
         decodes = [p.context + p.num_fed + j for p in rows if j or p.num_fed == 1]
         chunks = [p for p in rows if not j and p.num_fed > 1]
@@ -133,17 +129,15 @@ class SimSpeculation:
     """A simulated replica's speculation: its proposer (given to the scheduler's `Speculator`), the acceptance
     draws of each verification, and the drafting cost of each step."""
 
-    def __init__(self, acceptance: SpecAcceptance, cost_model: CostModel,
-                 draft_cost_model: CostModel | None = None) -> None:
+    def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None) -> None:
         """`draft_cost_model`: the draft model's shape on the target's deployment; None: n-gram proposals."""
         self.proposer = SimProposer()
         self.acceptance = AcceptanceModel(acceptance)
-        self.cost_model = cost_model
         self.draft_cost_model = draft_cost_model
 
-    def drafting_time(self) -> float:
-        """What proposing this step's drafts cost (before the target's forward pass)."""
-        return proposer_time(self.cost_model, self.draft_cost_model, self.proposer.take_proposals())
+    def draft_model_time(self, proposals: list[Proposal]) -> float:
+        """The draft model's forward steps for this step's proposals (0 for n-gram lookups)."""
+        return 0.0 if self.draft_cost_model is None else draft_model_time(self.draft_cost_model, proposals)
 
     def sampled_tokens(self, batch: ScheduledBatch) -> list[list[int]] | None:
         """Per row: one synthetic token, or a verification's accepted drafts plus one; None without drafts."""

@@ -37,6 +37,7 @@ class Speculator:
         self.config = config
         self.proposer = proposer
         self._acceptance: weakref.WeakKeyDictionary[Request, float] = weakref.WeakKeyDictionary()
+        self.num_proposals = 0  # requests the proposer was asked for drafts (some found none)
         self.num_drafts = 0  # verification steps that carried a draft
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
@@ -59,6 +60,7 @@ class Speculator:
         chosen = [i for i, k in enumerate(ks) if k > 0]
         if not chosen:
             return {}
+        self.num_proposals += len(chosen)
         drafts = self.proposer.propose([requests[i] for i in chosen], [ks[i] for i in chosen])
         return {requests[i]: d for i, d in zip(chosen, drafts) if d}
 
