@@ -28,8 +28,8 @@ from batchserve.sim.speculation import (
     SimSpeculation,
     SpecAcceptance,
     acceptance_rate_from_counts,
-    expected_tokens_per_verification,
     draft_model_time,
+    expected_tokens_per_verification,
 )
 from batchserve.spec_decode import SpeculativeConfig, Speculator
 
