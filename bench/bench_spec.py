@@ -16,9 +16,8 @@ each one's fastest run (other work on a shared machine only ever slows a run dow
 
 With `--simulate`, the plain engine is calibrated in the same run (`calibrate`'s grid) and, per batch size,
 the simulator runs the same requests (their prompt lengths and the output lengths measured) with speculation
-off and on, the on run at the acceptance rate (alpha) the engine's verifications at that batch size imply:
-the predicted speedup beside the measured one. The simulator assumes a draft at every step of a speculating
-request; an n-gram lookup that misses proposes none, so where lookups miss it predicts too much.
+off and on, the on run at the acceptance rate (alpha) the engine's verifications at that batch size imply
+and the fraction of its lookups that found a draft: the predicted speedup beside the measured one.
 
     python bench/bench_spec.py --simulate                       # SmolLM2, batch 1 4 16 64
     python bench/bench_spec.py --pair qwen0.5b --simulate       # random Qwen2.5-0.5B shape, 2-layer draft
@@ -135,16 +134,16 @@ def timed(llm: LLM, work: Workload, batch: int, params: SamplingParams) -> tuple
     return time.perf_counter() - t0, outs
 
 
-def predicted_speedup(plain: LLM, spec: LLM, profile: str, outs: list, alpha: float) -> float:
+def predicted_speedup(plain: LLM, spec: LLM, profile: str, outs: list, acceptance: SpecAcceptance) -> float:
     """The simulator's wall time off / on for these requests (their prompts, their output lengths)."""
-    def wall(llm: LLM, acceptance: SpecAcceptance) -> float:
+    def wall(llm: LLM, assumed: SpecAcceptance) -> float:
         requests = [Request(str(i), list(o.prompt_token_ids),
                             SamplingParams(max_tokens=max(1, len(o.outputs[0].token_ids)), ignore_eos=True))
                     for i, o in enumerate(outs)]
-        return max(r.finish_time for r in simulate(sim_setup(llm.llm_engine, profile, "bench", acceptance),
+        return max(r.finish_time for r in simulate(sim_setup(llm.llm_engine, profile, "bench", assumed),
                                                    requests).records)
 
-    return wall(plain, SpecAcceptance()) / wall(spec, SpecAcceptance(alpha))
+    return wall(plain, SpecAcceptance()) / wall(spec, acceptance)
 
 
 def main() -> None:
@@ -184,20 +183,22 @@ def main() -> None:
         speculator = spec.llm_engine.speculator
         for batch in args.batch_sizes:
             best = {"off": float("inf"), "on": float("inf")}
-            counts0 = speculator.num_drafts, speculator.num_draft_tokens, speculator.num_accepted_tokens
+            counters = ("num_proposals", "num_drafts", "num_draft_tokens", "num_accepted_tokens")
+            counts0 = [getattr(speculator, name) for name in counters]
             for _ in range(args.repeats):
                 wall_off, ref = timed(plain, work, batch, params)
                 wall_on, got = timed(spec, work, batch, params)
                 assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in ref], \
                     "greedy speculative output differs from plain decoding"
                 best["off"], best["on"] = min(best["off"], wall_off), min(best["on"], wall_on)
-            verifications, drafts, accepted = (now - then for now, then in zip(
-                (speculator.num_drafts, speculator.num_draft_tokens, speculator.num_accepted_tokens), counts0))
+            lookups, verifications, drafts, accepted = (getattr(speculator, name) - then
+                                                        for name, then in zip(counters, counts0))
             tokens = sum(len(o.outputs[0].token_ids) for o in ref)
             row = {"batch": batch, "output_tokens": tokens, "off_tok_s": tokens / best["off"],
                    "on_tok_s": tokens / best["on"], "speedup": best["off"] / best["on"],
                    "acceptance": accepted / drafts if drafts else 0.0,
                    "alpha": acceptance_rate_from_counts(verifications, drafts, accepted) if drafts else None,
+                   "draft_rate": verifications / lookups if lookups else None,
                    "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
             rows.append(row)
             outputs.append(ref)
@@ -211,10 +212,12 @@ def main() -> None:
             profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_spec"})))
             print(f"calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
             for row, outs in zip(rows, outputs):
-                # no verification measured: the speculator proposed nothing (batch above max_batch_size)
-                row["predicted_speedup"] = predicted_speedup(plain, spec, str(profile), outs, row["alpha"] or 0.0)
+                # nothing verified: no lookup (batch above max_batch_size) or none found a draft
+                acceptance = SpecAcceptance(row["alpha"] or 0.0, spec_draft_rate=row["draft_rate"] or 0.0)
+                row["predicted_speedup"] = predicted_speedup(plain, spec, str(profile), outs, acceptance)
                 print(f"batch {row['batch']:3d}: measured {row['speedup']:.2f}x, predicted {row['predicted_speedup']:.2f}x"
-                      + (f" at alpha {row['alpha']:.2f}" if row["alpha"] is not None else ""), flush=True)
+                      + (f" at alpha {row['alpha']:.2f}, drafts found {row['draft_rate']:.0%}"
+                         if row["alpha"] is not None else ""), flush=True)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "machine": start, "pair": args.pair, "model": Path(model).name, "max_tokens": max_tokens,
               "speculative_config": json.loads(spec_config), "rows": rows}

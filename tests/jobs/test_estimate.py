@@ -215,5 +215,6 @@ def test_the_estimate_simulates_speculation_at_the_acceptance_its_sample_measure
     assert s.spec_decode_num_drafts > 0
     assert est.info["spec_acceptance_rate"] == acceptance_rate_from_counts(
         s.spec_decode_num_drafts, s.spec_decode_num_draft_tokens, s.spec_decode_num_accepted_tokens)
+    assert est.info["spec_draft_rate"] == s.spec_decode_num_drafts / s.spec_decode_num_proposals
     assert f"{s.spec_decode_num_drafts} verifications" in est.info["spec_acceptance_from"]
     assert est.summary.output_tokens == 12 * 24

@@ -278,3 +278,18 @@ def test_acceptance_rate_inverts_the_closed_form() -> None:
         assert acceptance_rate_from_counts(1000, 4000, round(1000 * accepted)) == pytest.approx(alpha, abs=1e-3)
     with pytest.raises(ValueError, match="no verification was measured"):
         acceptance_rate_from_counts(0, 0, 0)
+
+
+def test_lookups_that_find_no_draft_decode_one_token() -> None:
+    """With spec_draft_rate r, about r of the lookups carry drafts to verify (5 binomial standard errors: a
+    false alarm below 1e-6); at r = 0 the steps are plain decoding's."""
+    setup = resolve(ClusterConfig(model="qwen2.5-0.5b"), scheduler_config("sarathi", max_num_seqs=1), CacheConfig(),
+                    Efficiency(), speculative=ALWAYS_K, spec_acceptance=SpecAcceptance(0.8, spec_draft_rate=0.4))
+    cluster = build_cluster(setup)
+    cluster.run(requests(4, 300))
+    s = cluster.replicas[0].scheduler.speculator
+    rate, n = s.num_drafts / s.num_proposals, s.num_proposals
+    assert abs(rate - 0.4) < 5 * np.sqrt(0.4 * 0.6 / n)
+    none = resolve(ClusterConfig(model="qwen2.5-0.5b"), scheduler_config("sarathi"), CacheConfig(), Efficiency(),
+                   speculative=ALWAYS_K, spec_acceptance=SpecAcceptance(0.8, spec_draft_rate=0.0))
+    assert simulate(none, requests(3, 40)).num_steps == simulate(setup_for(None), requests(3, 40)).num_steps

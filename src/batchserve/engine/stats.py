@@ -25,6 +25,8 @@ class EngineStats:
     """Prompt tokens actually run through the model (recomputation after preemption included)."""
     generation_tokens: int
     num_preemptions: int
+    spec_decode_num_proposals: int = 0
+    """Speculative decoding: requests the proposer was asked for drafts (an n-gram lookup may find none)."""
     spec_decode_num_drafts: int = 0
     """Speculative decoding: verification steps that carried a draft (vLLM's counter names)."""
     spec_decode_num_draft_tokens: int = 0
@@ -59,6 +61,7 @@ class StatsCollector:
             computed_prompt_tokens=self.computed_prompt_tokens,
             generation_tokens=self.generation_tokens,
             num_preemptions=self.num_preemptions,
+            spec_decode_num_proposals=spec.num_proposals if spec else 0,
             spec_decode_num_drafts=spec.num_drafts if spec else 0,
             spec_decode_num_draft_tokens=spec.num_draft_tokens if spec else 0,
             spec_decode_num_accepted_tokens=spec.num_accepted_tokens if spec else 0,

@@ -242,7 +242,8 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         if info["steps_measured"] else "1 (the profile's costs as they are)",
     }
     if "spec_acceptance_rate" in info:
-        rows["Draft acceptance (alpha):"] = f"{info['spec_acceptance_rate']:.3g} from {info['spec_acceptance_from']}"
+        rows["Draft acceptance (alpha):"] = (f"{info['spec_acceptance_rate']:.3g}, drafts found "
+                                             f"{info['spec_draft_rate']:.0%}, from {info['spec_acceptance_from']}")
     if "sample" in info:
         rows["Sample run (requests, s):"] = f"{info['sample']['num_requests']}, {info['sample']['wall_s']:.2f}"
     if args.price_per_hour is not None:

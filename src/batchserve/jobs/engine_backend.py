@@ -60,6 +60,7 @@ class EngineBackend:
             "prefix_cache_hits": s.prefix_cache_hits,
             "computed_prompt_tokens": s.computed_prompt_tokens,
             "generation_tokens": s.generation_tokens,
+            "spec_decode_num_proposals": s.spec_decode_num_proposals,
             "spec_decode_num_drafts": s.spec_decode_num_drafts,
             "spec_decode_num_draft_tokens": s.spec_decode_num_draft_tokens,
             "spec_decode_num_accepted_tokens": s.spec_decode_num_accepted_tokens,

@@ -221,7 +221,7 @@ def estimate_job(
     records = [prior] if prior is not None else []
     sampled: Measurements | None = None
     known: dict[str, list[int]] = {}
-    spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}; --sample K measures it)"
+    spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}, drafts always found; --sample K measures them)"
     if est.sample:
         assert make_backend is not None, "a sample needs the real engine"
         chosen = stratified_sample(requests, est.sample, config.seed)
@@ -230,9 +230,10 @@ def estimate_job(
         records.append(sampled)
         if sim.speculative is not None and counters.spec_drafts:
             sim = replace(sim, spec_acceptance=SpecAcceptance(acceptance_rate_from_counts(
-                counters.spec_drafts, counters.spec_draft_tokens, counters.spec_accepted_tokens)))
-            spec_from = (f"the sample's {counters.spec_drafts} verifications ({counters.spec_accepted_tokens} of "
-                         f"{counters.spec_draft_tokens} draft tokens accepted)")
+                counters.spec_drafts, counters.spec_draft_tokens, counters.spec_accepted_tokens),
+                spec_draft_rate=counters.spec_drafts / counters.spec_proposals))
+            spec_from = (f"the sample's {counters.spec_drafts} verifications of {counters.spec_proposals} lookups "
+                         f"({counters.spec_accepted_tokens} of {counters.spec_draft_tokens} draft tokens accepted)")
         if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
             target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
     steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
@@ -266,6 +267,7 @@ def estimate_job(
     }
     if sim.speculative is not None:
         info["spec_acceptance_rate"] = sim.spec_acceptance.spec_acceptance_rate
+        info["spec_draft_rate"] = sim.spec_acceptance.spec_draft_rate
         info["spec_acceptance_from"] = spec_from
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,

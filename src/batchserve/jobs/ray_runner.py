@@ -70,7 +70,7 @@ class RayBackend:
         self._sent = [0] * len(actors)  # requests on each actor, not yet returned
         self._calls: dict[Any, int] = {}  # in-flight advance() call -> actor index
         self._counters = [dict.fromkeys(("prefix_cache_queries", "prefix_cache_hits", "computed_prompt_tokens",
-                                         "generation_tokens", "spec_decode_num_drafts",
+                                         "generation_tokens", "spec_decode_num_proposals", "spec_decode_num_drafts",
                                          "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0)
                             for _ in actors]
 

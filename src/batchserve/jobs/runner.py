@@ -85,7 +85,8 @@ class Backend(Protocol):
 
     def counters(self) -> dict[str, int]:
         """prefix_cache_queries, prefix_cache_hits, computed_prompt_tokens, generation_tokens; an engine adds
-        spec_decode_num_drafts, spec_decode_num_draft_tokens and spec_decode_num_accepted_tokens."""
+        spec_decode_num_proposals, spec_decode_num_drafts, spec_decode_num_draft_tokens and
+        spec_decode_num_accepted_tokens."""
 
 
 def plan(
@@ -183,9 +184,10 @@ class Summary:
     output_tokens: int = 0
     computed_prompt_tokens: int = 0
     prefix_cache_hit_rate: float = 0.0
+    spec_proposals: int = 0
+    """Speculative decoding: draft lookups, the verifications that carried drafts, their draft tokens, and of
+    them those accepted (0 with speculation off)."""
     spec_drafts: int = 0
-    """Speculative decoding: verifications that carried drafts, their draft tokens, and of them those accepted
-    (0 with speculation off)."""
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
     wall_s: float = 0.0
@@ -270,7 +272,8 @@ class Recorder:
         s.computed_prompt_tokens = counters["computed_prompt_tokens"]
         queries = counters["prefix_cache_queries"]
         s.prefix_cache_hit_rate = counters["prefix_cache_hits"] / queries if queries else 0.0
-        s.spec_drafts = counters.get("spec_decode_num_drafts", 0)  # a simulated twin has none
+        s.spec_proposals = counters.get("spec_decode_num_proposals", 0)  # a simulated twin has none
+        s.spec_drafts = counters.get("spec_decode_num_drafts", 0)
         s.spec_draft_tokens = counters.get("spec_decode_num_draft_tokens", 0)
         s.spec_accepted_tokens = counters.get("spec_decode_num_accepted_tokens", 0)
         return s

@@ -29,12 +29,16 @@ class SpecAcceptance:
     """Speculative decoding (with --speculative-config): alpha, the probability that the target accepts a draft
     token (given it accepted the ones before); measure it on a sample (`run --sample`, the run summary's draft
     tokens accepted / proposed) or in a benchmark of the same task and proposer."""
+    spec_draft_rate: float = 1.0
+    """Fraction of draft lookups that find a draft (an n-gram lookup with no match proposes none, and the request
+    decodes one token); measure it as verifications / lookups. A draft model always proposes: 1."""
     spec_seed: int = 0
     """Seed of the acceptance draws; each request draws from its own stream, so batch order does not matter."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.spec_acceptance_rate <= 1:
-            raise ValueError(f"--spec-acceptance-rate must be in [0, 1], got {self.spec_acceptance_rate}")
+        for name in ("spec_acceptance_rate", "spec_draft_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
 
 
 def expected_tokens_per_verification(alpha: float, k: float) -> float:
@@ -47,15 +51,23 @@ class AcceptanceModel:
 
     def __init__(self, acceptance: SpecAcceptance) -> None:
         self.alpha = acceptance.spec_acceptance_rate
+        self.draft_rate = acceptance.spec_draft_rate
         self.seed = acceptance.spec_seed
         self._streams: weakref.WeakKeyDictionary[Request, np.random.Generator] = weakref.WeakKeyDictionary()
 
-    def num_accepted(self, req: Request, k: int) -> int:
-        """Drafts accepted of `k`: the leading run of k uniform draws below alpha."""
+    def _stream(self, req: Request) -> np.random.Generator:
         stream = self._streams.get(req)
         if stream is None:
             stream = self._streams[req] = np.random.default_rng([self.seed, zlib.crc32(req.request_id.encode())])
-        return int(np.cumprod(stream.random(k) < self.alpha).sum())
+        return stream
+
+    def finds_draft(self, req: Request) -> bool:
+        """Does this lookup find a draft (probability `spec_draft_rate`)?"""
+        return self.draft_rate == 1 or self._stream(req).random() < self.draft_rate
+
+    def num_accepted(self, req: Request, k: int) -> int:
+        """Drafts accepted of `k`: the leading run of k uniform draws below alpha."""
+        return int(np.cumprod(self._stream(req).random(k) < self.alpha).sum())
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,9 @@ class SimProposer:
     draft is taken to differ from the target's token).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, acceptance: AcceptanceModel | None = None) -> None:
+        """`acceptance`: decides which lookups find a draft; None: every one does."""
+        self.acceptance = acceptance
         self._fed: weakref.WeakKeyDictionary[Request, int] = weakref.WeakKeyDictionary()
         self.proposals: list[Proposal] = []
         """This step's proposals, drafts later cut or dropped by the scheduler included (their cost was paid)."""
@@ -89,6 +103,8 @@ class SimProposer:
                 keep = min(self._fed.get(req, 0), req.num_tokens - 1)  # the last token is always fed
                 self.proposals.append(Proposal(n, keep, req.num_tokens - keep))
                 self._fed[req] = req.num_tokens + n - 1  # every draft but the last is fed back
+                if self.acceptance is not None and not self.acceptance.finds_draft(req):
+                    n = 0  # the lookup was paid for and found nothing
             drafts.append([SYNTHETIC_TOKEN] * n)
         return drafts
 
@@ -131,8 +147,8 @@ class SimSpeculation:
 
     def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None) -> None:
         """`draft_cost_model`: the draft model's shape on the target's deployment; None: n-gram proposals."""
-        self.proposer = SimProposer()
         self.acceptance = AcceptanceModel(acceptance)
+        self.proposer = SimProposer(self.acceptance)
         self.draft_cost_model = draft_cost_model
 
     def draft_model_time(self, proposals: list[Proposal]) -> float:
