@@ -28,6 +28,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +99,8 @@ def moe_layer_rates(cfg, step_tokens: tuple[int, ...]) -> dict[str, list[float]]
         for t in step_tokens:
             ids = torch.stack([torch.randperm(e)[:k] for _ in range(t)])
             weights = torch.full((t, k), 1 / k, dtype=dtype)
-            seconds = _best_seconds(lambda x: experts(x, weights, ids), torch.randn(t, cfg.hidden_size, dtype=dtype),
+            seconds = _best_seconds(partial(experts, topk_weights=weights, topk_ids=ids),
+                                    torch.randn(t, cfg.hidden_size, dtype=dtype),
                                     max(2, 64 // t))
             row.append(2 * t * k * 3 * cfg.hidden_size * cfg.intermediate_size / seconds)
     return rates
