@@ -16,6 +16,8 @@ seed 0). In the same run it measures:
 
     python bench/bench_moe.py --num-requests 64            # ~8 min on 2 idle cores
     python bench/bench_moe.py --gemm-table                 # the expert GEMM tables only, ~1 min
+
+The simulator's fidelity on this shape (calibrate, then validate): bench_fidelity.py --shape mixtral-small.
 """
 
 from __future__ import annotations
@@ -33,15 +35,13 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 import transformers
-from bench_engine import run_ours, run_transformers, workload, workload_flops
+from bench_engine import SHAPES, run_ours, run_transformers, workload, workload_flops
 
 from batchserve.calibration.device import matmul_flops
 from batchserve.models.linear import PackedLinear
 from batchserve.models.moe import Experts
 
-SHAPE = {"hidden_size": 1024, "intermediate_size": 1024, "num_hidden_layers": 8, "num_attention_heads": 16,
-         "num_key_value_heads": 4, "vocab_size": 32000, "num_local_experts": 16, "num_experts_per_tok": 2,
-         "max_position_embeddings": 2048}
+SHAPE = {**SHAPES["mixtral-small"][2], "max_position_embeddings": 2048}
 EXPERT_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_TOKENS = (8, 16, 32, 64, 128, 256, 1024)
 KV_CACHE = "1GiB"  # holds the 64-request workload at once (16 KiB per token)
