@@ -33,6 +33,7 @@ import platform
 import random
 import tempfile
 import time
+from typing import Any
 
 import torch
 import transformers
@@ -93,9 +94,10 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
 
 
 def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True,
-             kv_cache_memory: str = "4GiB") -> tuple[float, LLM]:
+             kv_cache_memory: str = "4GiB", **engine: Any) -> tuple[float, LLM]:
+    """Wall time of one batchserve generate over the workload; `engine`: further LLMEngine arguments."""
     llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory=kv_cache_memory,
-              max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack)
+              max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack, **engine)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
     outs = llm.generate([p for p, _ in reqs], params, use_tqdm=False)

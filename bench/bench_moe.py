@@ -35,7 +35,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 import transformers
-from bench_engine import SHAPES, run_ours, run_transformers, workload, workload_flops
+from bench_engine import SHAPES, TOKEN_BUDGET, run_ours, run_transformers, workload, workload_flops
 
 from batchserve.calibration.device import matmul_flops
 from batchserve.models.linear import PackedLinear
@@ -130,6 +130,9 @@ def main() -> None:
     parser.add_argument("--prepack-off", action="store_true", help="also run batchserve without weight prepacking")
     parser.add_argument("--bf16", action="store_true",
                         help="also run batchserve in bfloat16 (half the expert weight bytes; transformers stays fp32)")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="batchserve's max_num_seqs")
+    parser.add_argument("--target-tokens-per-expert", type=int, default=0,
+                        help="also run batchserve with decode batches sized for this many rows per expert")
     parser.add_argument("--gemm-table", action="store_true", help="print the expert GEMM tables only (a minute)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -161,10 +164,13 @@ def main() -> None:
         hf.save_pretrained(tmp)
         del hf  # one model in memory at a time: ~2 GB each in float32
         gc.collect()
-        runs = [("float32", True)] + [("float32", False)] * args.prepack_off + [("bfloat16", True)] * args.bf16
-        for dtype, prepack in runs:
-            wall, llm = run_ours(tmp, dtype, reqs, prepack=prepack, kv_cache_memory=KV_CACHE)
-            name = f"batchserve {dtype} (prepack {'on' if prepack else 'off'})"
+        runs = ([("float32", True, 0)] + [("float32", False, 0)] * args.prepack_off + [("bfloat16", True, 0)] * args.bf16
+                + [("float32", True, args.target_tokens_per_expert)] * bool(args.target_tokens_per_expert))
+        for dtype, prepack, target in runs:
+            wall, llm = run_ours(tmp, dtype, reqs, prepack=prepack, kv_cache_memory=KV_CACHE,
+                                 max_num_seqs=min(args.max_num_seqs, TOKEN_BUDGET), target_tokens_per_expert=target)
+            name = (f"batchserve {dtype} (prepack {'on' if prepack else 'off'}, max_num_seqs "
+                    f"{llm.scheduler.config.max_num_seqs}{f', target {target} tokens per expert' if target else ''})")
             walls[name] = wall
             rows.append(row(name, wall))
             print(rows[-1], flush=True)
