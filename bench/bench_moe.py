@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--prepack-off", action="store_true", help="also run batchserve without weight prepacking")
     parser.add_argument("--bf16", action="store_true",
                         help="also run batchserve in bfloat16 (half the expert weight bytes; transformers stays fp32)")
+    parser.add_argument("--int8", action="store_true", help="also run batchserve with int8 weights (experts included)")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="batchserve's max_num_seqs")
     parser.add_argument("--target-tokens-per-expert", type=int, default=0,
                         help="also run batchserve with decode batches sized for this many rows per expert")
@@ -164,13 +165,14 @@ def main() -> None:
         hf.save_pretrained(tmp)
         del hf  # one model in memory at a time: ~2 GB each in float32
         gc.collect()
-        runs = ([("float32", True, 0)] + [("float32", False, 0)] * args.prepack_off + [("bfloat16", True, 0)] * args.bf16
-                + [("float32", True, args.target_tokens_per_expert)] * bool(args.target_tokens_per_expert))
-        for dtype, prepack, target in runs:
-            wall, llm = run_ours(tmp, dtype, reqs, prepack=prepack, kv_cache_memory=KV_CACHE,
-                                 max_num_seqs=min(args.max_num_seqs, TOKEN_BUDGET), target_tokens_per_expert=target)
-            name = (f"batchserve {dtype} (prepack {'on' if prepack else 'off'}, max_num_seqs "
-                    f"{llm.scheduler.config.max_num_seqs}{f', target {target} tokens per expert' if target else ''})")
+        plain = {"dtype": "float32", "prepack": True}
+        runs = ([plain] + [{**plain, "prepack": False}] * args.prepack_off + [{**plain, "dtype": "bfloat16"}] * args.bf16
+                + [{**plain, "quantization": "int8"}] * args.int8
+                + [{**plain, "target_tokens_per_expert": args.target_tokens_per_expert}] * bool(args.target_tokens_per_expert))
+        for run in runs:
+            wall, llm = run_ours(tmp, reqs=reqs, kv_cache_memory=KV_CACHE, max_num_seqs=min(args.max_num_seqs, TOKEN_BUDGET),
+                                 **run)
+            name = f"batchserve {', '.join(f'{k} {v}' for k, v in run.items())}, max_num_seqs {llm.scheduler.config.max_num_seqs}"
             walls[name] = wall
             rows.append(row(name, wall))
             print(rows[-1], flush=True)
