@@ -1,21 +1,23 @@
 """MoE throughput: batchserve against transformers on a random-weight Mixtral shape sized for 2 CPU cores.
 
 Shape: Mixtral layout, hidden 1024, 8 layers, 16 heads / 4 KV heads, 16
-experts of width 1024, top-2, vocab 32000 (~430M parameters, ~75M active per
-token). Workload: bench_engine's mixed one (prompts 32..512, outputs 16..256,
-seed 0). In the same run it measures:
+experts of width 1024, top-2, vocab 32000 (489M parameters, ~75M active per
+token; bench_engine's "mixtral-small"). Workload: bench_engine's mixed one
+(prompts 32..512, outputs 16..256, seed 0). Every run measures the matmul limit
+(large square products, plain and oneDNN-packed) and the workload's
+active-parameter FLOPs (each token through its top-2 experts only), then either
 
-- the matmul limit (large square products, plain and oneDNN-packed) and the
-  workload's active-parameter FLOPs (each token through its top-2 experts only);
-- expert GEMM efficiency by tokens per expert: one expert's gate/up and down
-  products at m = 1, 4, 16, 64, 256 rows, torch's linear and oneDNN-packed, as
-  GFLOP/s and as a share of the packed limit (what each expert GEMM of a step
-  reaches when the step routes m tokens to it);
-- batchserve (prepack on and off) and transformers' static-batching generate
-  at each --baseline-batch (its default experts implementation, grouped_mm).
+- (--gemm-table) expert GEMM efficiency by tokens per expert: one expert's
+  gate/up and down at m = 1..256 rows with torch's linear, torch._grouped_mm,
+  oneDNN packed fp32 (the engine's) and bf16, and one MoE layer's grouped
+  dispatch over all 16 experts by step tokens, as GFLOP/s and as a share of
+  the fp32 packed limit; or
+- batchserve (fp32 packed; optionally unpacked, bf16, int8, and with decode
+  batches sized by --target-tokens-per-expert) and transformers'
+  static-batching generate at each --baseline-batch (its grouped_mm experts).
 
-    python bench/bench_moe.py --num-requests 64            # ~8 min on 2 idle cores
-    python bench/bench_moe.py --gemm-table                 # the expert GEMM tables only, ~1 min
+    python bench/bench_moe.py --num-requests 64 --bf16     # ~8 min on 2 idle cores
+    python bench/bench_moe.py --gemm-table                 # the expert GEMM tables, ~1 min
 
 The simulator's fidelity on this shape (calibrate, then validate): bench_fidelity.py --shape mixtral-small.
 """
@@ -134,7 +136,7 @@ def main() -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256, help="batchserve's max_num_seqs")
     parser.add_argument("--target-tokens-per-expert", type=int, default=0,
                         help="also run batchserve with decode batches sized for this many rows per expert")
-    parser.add_argument("--gemm-table", action="store_true", help="print the expert GEMM tables only (a minute)")
+    parser.add_argument("--gemm-table", action="store_true", help="print the expert GEMM tables instead of the end-to-end runs (a minute)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = transformers.MixtralConfig(**SHAPE)
@@ -153,8 +155,8 @@ def main() -> None:
     print(f"matmul limit {peak / 1e9:.0f} GFLOP/s (oneDNN packed {packed_peak / 1e9:.0f}) -> "
           f"at best {flops / packed_peak:.1f} s")
 
-    print_gemm_tables(cfg, packed_peak)
-    if args.gemm_table:
+    if args.gemm_table:  # its own run: the end-to-end rows fit ~8 idle minutes without it
+        print_gemm_tables(cfg, packed_peak)
         return
 
     def row(name: str, wall: float) -> str:
