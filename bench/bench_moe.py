@@ -9,7 +9,7 @@ active-parameter FLOPs (each token through its top-2 experts only), then either
 
 - (--gemm-table) expert GEMM efficiency by tokens per expert: one expert's
   gate/up and down at m = 1..256 rows with torch's linear, torch._grouped_mm,
-  oneDNN packed fp32 (the engine's) and bf16, and one MoE layer's grouped
+  oneDNN packed fp32 (the engine's) and bf16, int8 weight-only, and one MoE layer's grouped
   dispatch over all 16 experts by step tokens, as GFLOP/s and as a share of
   the fp32 packed limit; or
 - batchserve (fp32 packed; optionally unpacked, bf16, int8, and with decode
@@ -40,8 +40,10 @@ import transformers
 from bench_engine import SHAPES, TOKEN_BUDGET, run_ours, run_transformers, workload, workload_flops
 
 from batchserve.calibration.device import matmul_flops
+from batchserve.config import QuantizationConfig
 from batchserve.models.linear import PackedLinear
 from batchserve.models.moe import Experts
+from batchserve.models.quantization import Int8Linear
 
 SHAPE = {**SHAPES["mixtral-small"][2], "max_position_embeddings": 2048}
 EXPERT_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -77,7 +79,8 @@ def expert_kernels(hidden: int, width: int) -> dict[str, Callable[[torch.Tensor]
     return {"torch linear fp32": mlp(lambda x: F.linear(x, gate_up), lambda a: F.linear(a, down)),
             "torch._grouped_mm fp32": mlp(grouped(gate_up), grouped(down)),
             "oneDNN packed fp32 (engine)": mlp(PackedLinear(gate_up, None), PackedLinear(down, None)),
-            "oneDNN packed bf16 (dtype bfloat16)": lambda x: bf16(x.bfloat16())}
+            "oneDNN packed bf16 (dtype bfloat16)": lambda x: bf16(x.bfloat16()),
+            "int8 weight-only (quantization int8)": mlp(Int8Linear(gate_up, None), Int8Linear(down, None))}
 
 
 def expert_gemm_rates(hidden: int, width: int, rows: tuple[int, ...]) -> dict[str, list[float]]:
@@ -92,12 +95,15 @@ def moe_layer_rates(cfg, step_tokens: tuple[int, ...]) -> dict[str, list[float]]
     tokens under uniform routing: what a decode step of T requests pays, host bookkeeping included."""
     e, k = cfg.num_local_experts, cfg.num_experts_per_tok
     rates: dict[str, list[float]] = {}
-    for dtype in (torch.float32, torch.bfloat16):
+    variants = {"oneDNN packed float32": (torch.float32, Experts.prepack),
+                "oneDNN packed bfloat16": (torch.bfloat16, Experts.prepack),
+                "int8 weight-only": (torch.float32, partial(Experts.quantize, config=QuantizationConfig("int8")))}
+    for name, (dtype, finish) in variants.items():
         experts = Experts(e, cfg.hidden_size, cfg.intermediate_size, dtype, "cpu")
         torch.nn.init.normal_(experts.gate_up_proj, std=0.02)
         torch.nn.init.normal_(experts.down_proj, std=0.02)
-        experts.prepack()
-        rates[f"Experts.forward, oneDNN packed {dtype}".replace("torch.", "")] = row = []
+        finish(experts)
+        rates[f"Experts.forward, {name}"] = row = []
         for t in step_tokens:
             ids = torch.stack([torch.randperm(e)[:k] for _ in range(t)])
             weights = torch.full((t, k), 1 / k, dtype=dtype)
