@@ -84,6 +84,10 @@ def test_calibration_fits_the_expert_term_on_an_moe_model_only() -> None:
     observations = [Observation(s, t) for s, t in zip(shapes, predict(moe, truth, [Observation(s, 1) for s in shapes]))]
     assert "expert_flops" in fitted_fields(observations, moe=True)
     assert "expert_flops" not in fitted_fields(observations)
+    dense = Deployment(model=get_model("qwen2.5-0.5b"), hardware=get_hardware("cpu-local"), weight_dtype="fp32")
+    dense_fit = fit_efficiency(dense, [Observation(s, t) for s, t in zip(
+        shapes, predict(dense, truth, [Observation(s, 1) for s in shapes]))])
+    assert dense_fit.expert_flops == dense_fit.gemm_flops  # a dense profile prices experts as its GEMMs
     fitted = fit_efficiency(moe, observations)
     assert fitted.expert_flops == pytest.approx(0.3, rel=0.15)
     predicted = predict(moe, fitted, observations)
