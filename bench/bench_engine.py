@@ -55,10 +55,10 @@ SHAPES = {
                                                              num_key_value_heads=8, intermediate_size=8192,
                                                              vocab_size=128256, tie_word_embeddings=True)),
     # bench_moe's MoE shape sized for 2 CPU cores: 16 experts of width 1024, top-2 (~490M params, ~75M active)
-    "mixtral-small": ("MixtralConfig", "MixtralForCausalLM", dict(hidden_size=1024, num_hidden_layers=8,
-                                                                   num_attention_heads=16, num_key_value_heads=4,
-                                                                   intermediate_size=1024, vocab_size=32000,
-                                                                   num_local_experts=16, num_experts_per_tok=2)),
+    "mixtral-small": ("MixtralConfig", "MixtralForCausalLM", {"hidden_size": 1024, "num_hidden_layers": 8,
+                                                              "num_attention_heads": 16, "num_key_value_heads": 4,
+                                                              "intermediate_size": 1024, "vocab_size": 32000,
+                                                              "num_local_experts": 16, "num_experts_per_tok": 2}),
 }
 TOKEN_BUDGET = 2048  # tokens per engine step, for batchserve and transformers' continuous batching alike
 MAX_SEQS = 256  # batchserve's default max_num_seqs, also given to transformers' continuous batching
