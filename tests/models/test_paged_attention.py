@@ -103,3 +103,9 @@ def test_kv_cache_shapes_and_bytes():
     per_block = kv_bytes_per_block(config, 16, torch.bfloat16.itemsize)  # the formula the engine sizes with
     assert per_block == 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2
     assert per_block * 10 == sum(t.numel() * t.element_size() for pair in caches for t in pair)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_flex_backend_matches_reference_on_a_mixed_batch(window):
+    out, expected = run_batch(MIXED, window, config=AttentionConfig(backend="flex"))
+    assert (out - expected).abs().max() < 1e-5
