@@ -59,6 +59,8 @@ class LLMEngine:
     steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
     compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
     on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
+    `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "torch" (default)
+    gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -85,6 +87,7 @@ class LLMEngine:
         quantization_group_size: int = QuantizationConfig.group_size,
         deterministic: bool = False,
         enforce_eager: bool = True,
+        attention_backend: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
@@ -98,6 +101,11 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
+        if attention_backend is not None:
+            attention = dataclasses.replace(attention, backend=attention_backend)
+        if attention.backend != "torch" and not enforce_eager:
+            raise ValueError(f"attention_backend={attention.backend!r} compiles its own kernel and compiled decode "
+                             "steps (enforce_eager=False) run the torch backend; drop one of them")
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..attention_layout import ATTENTION_BACKENDS
 from ..config import (
     INT4_GROUP_SIZES,
     QUANTIZATION_METHODS,
@@ -62,6 +63,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
                    "torch.compile (minutes of compilation on a small CPU)")
+    p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
+                   help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
+                   "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")
     p.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, vLLM\'s keys, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
                    '"prompt_lookup_max": 4, "prompt_lookup_min": 1}\' (default: off)')
@@ -72,6 +76,7 @@ def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
                 deterministic=args.deterministic, enforce_eager=args.enforce_eager,
+                attention_backend=args.attention_backend,
                 speculative_config=args.speculative_config)
 
 

@@ -53,6 +53,7 @@ class RunSetup:
     quantization_group_size: int = QuantizationConfig.group_size
     deterministic: bool = False
     enforce_eager: bool = True
+    attention_backend: str = "torch"
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
     scheduler: str = "sarathi"
@@ -68,6 +69,7 @@ class RunSetup:
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
                 "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
+                "attention_backend": self.attention_backend,
                 "speculative_config": self.speculative_config, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
