@@ -29,6 +29,11 @@ class AttentionConfig:
     """One call per query token over exactly its visible keys, so a token's result never depends on its
     batch-mates or on how its prompt was chunked (deterministic=True; models/batch_invariant.py)."""
 
+    @property
+    def decode_padding_ratio(self) -> float:
+        """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
+        return 1.0 if self.backend == "flex" else self.decode_bucket_ratio
+
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:
             raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")

@@ -28,3 +28,11 @@ def test_cpu_without_a_kv_size_gets_the_engines_cpu_default():
 def test_a_dtype_the_engine_does_not_run_is_refused():
     with pytest.raises(ValueError, match="dtype 'int8' is not one the engine runs"):
         RunSetup(dtype="int8").sim_setup("cpu-local")
+
+
+def test_the_attention_backend_reaches_the_engine_and_its_twin():
+    setup = RunSetup(device="cpu", attention_backend="flex")
+    assert setup.sim_setup("cpu-local").attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
+    assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"
+    with pytest.raises(ValueError, match="compiles its own kernel"):
+        LLMEngine("tiny", **{**setup.engine_args(), "enforce_eager": False})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..attention_layout import AttentionConfig
 from ..config import CacheConfig, QuantizationConfig, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
@@ -108,4 +109,5 @@ class RunSetup:
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)),
+                       attention=AttentionConfig(backend=self.attention_backend))
