@@ -86,7 +86,9 @@ def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], bloc
 def flex_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: FlexPlan,
                          scale: float) -> torch.Tensor:
     """q [R, heads, head_dim] (the plan's rows) against the pool k/v_cache [slots, kv_heads, head_dim], same dtype."""
-    queries = q[:, :, None]  # one query per batch row
+    # one query per batch row; contiguous, as q is a view into the fused QKV projection or a gathered copy,
+    # and a stride change would recompile
+    queries = q.contiguous()[:, :, None]
     keys = k_cache.transpose(0, 1)[None]  # [1, kv_heads, slots, head_dim]: a view, the pool is not copied
     values = v_cache.transpose(0, 1)[None]
     if queries.shape[0] > 1:
