@@ -96,7 +96,8 @@ def test_flex_backend_equals_eager_and_compiles_a_bounded_number_of_graphs(hf_mo
     graphs_before = counters["stats"]["unique_graphs"]
     flex, llm = run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory, attention_backend="flex")
     graphs = counters["stats"]["unique_graphs"] - graphs_before
-    assert 1 <= graphs <= MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
+    # none when other tests compiled the kernel already: its graphs serve any pool and batch size
+    assert graphs <= MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
     assert llm.scheduler.num_preemptions > 0
     assert flex == eager
 
