@@ -51,6 +51,7 @@ class RunSetup:
     kv_cache_memory: str | None = None
     quantization: str | None = None
     quantization_group_size: int = QuantizationConfig.group_size
+    quantize_lm_head: bool = QuantizationConfig.quantize_lm_head
     deterministic: bool = False
     enforce_eager: bool = True
     speculative_config: str | None = None
@@ -67,8 +68,8 @@ class RunSetup:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
-                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
-                "speculative_config": self.speculative_config, "scheduler": self.scheduler,
+                "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
+                "enforce_eager": self.enforce_eager,                "speculative_config": self.speculative_config, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
