@@ -29,6 +29,7 @@ import numpy as np
 
 FTYPES = {"F32": L.LLAMA_FTYPE_ALL_F32, "F16": L.LLAMA_FTYPE_MOSTLY_F16, "BF16": L.LLAMA_FTYPE_MOSTLY_BF16,
           "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_1": L.LLAMA_FTYPE_MOSTLY_Q4_1, "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0}
+_GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level
 FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
               "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED}
 
@@ -36,7 +37,7 @@ FLASH_ATTN = {"auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": L.LLAMA_FLASH_ATTN_TYP
 @L.llama_log_callback
 def _quiet(level, text, user_data) -> None:
     """llama.cpp logs every load to stderr; only errors pass."""
-    if level == L.GGML_LOG_LEVEL_ERROR:
+    if level == _GGML_LOG_LEVEL_ERROR:
         print(text.decode(errors="replace"), end="", flush=True)
 
 
