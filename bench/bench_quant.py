@@ -74,8 +74,9 @@ def qwen_model():
 
     _, _, shape = SHAPES["qwen0.5b"]
     torch.manual_seed(0)
-    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape, max_position_embeddings=2048)).to(
-        torch.bfloat16)
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]  # explicit, for the GGUF writer
+    config = transformers.Qwen2Config(**shape, head_dim=head_dim, max_position_embeddings=2048)
+    return transformers.Qwen2ForCausalLM(config).to(torch.bfloat16)
 
 
 def llama_cpp(python: str, *args: str) -> dict:
