@@ -104,9 +104,9 @@ class LLMEngine:
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
+        self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
         self.model, self.model_config, self.model_path = load_model(
-            model, dtype=dtype, device=device, prepack=weight_prepack,
-            quantization=QuantizationConfig(quantization, quantization_group_size, quantize_lm_head))
+            model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config)
         if deterministic:
             make_batch_invariant(self.model)
             attention = dataclasses.replace(attention, batch_invariant=True)

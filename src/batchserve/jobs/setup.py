@@ -74,10 +74,9 @@ class RunSetup:
                 "block_size": self.block_size, **dict(self.lora)}
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
-        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
-        if self.quantization is not None:
-            raise ValueError(f"the estimate does not model --quantization {self.quantization} yet (the cost model's "
-                             "int8 is W8A8 on tensor cores, not CPU weight-only int8); estimate without it")
+        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's); with
+        --quantization, the dtype its GEMMs and KV cache keep (the packed weights are the deployment's
+        `quantization`)."""
         shape = shape or model_shape(self.model)
         name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
         if name not in _DTYPE_BYTES:
@@ -103,7 +102,8 @@ class RunSetup:
                              "--speculative-config")
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
-                                weight_dtype=self.weight_dtype(shape))
+                                weight_dtype=self.weight_dtype(shape), quantization=self.quantization,
+                                quantization_group_size=self.quantization_group_size)
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
                                  max_num_seqs=self.max_num_seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))

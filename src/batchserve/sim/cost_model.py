@@ -16,6 +16,7 @@ import numpy as np
 
 from ..model_config import kv_bytes_per_token
 from .deployment import Deployment
+from .quantization import LM_HEAD_METHOD, quantized_weight_bytes
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Efficiency:
     lora_segment_overhead_s: float = 0.0
     """Cost per adapter segment in a step beyond its FLOPs and bytes: its shrink and expand launches in every
     layer, the row slicing."""
+    dequant_overhead_s: float = 0.0
+    """Cost per million quantized weights a step reads (weight-only int8/int4), beyond their bytes: unpacking
+    them to the activation dtype inside the GEMM. A CPU kernel's real cost, so `calibrate --quantization` fits it."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -145,14 +149,25 @@ class CostModel:
         self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
+        self.quantization, self.group_size = d.quantization, d.quantization_group_size
+        self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
 
     # ---- operators ------------------------------------------------------------
 
-    def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0) -> float:
-        """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs."""
+    def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0,
+              quantization: str | None = None) -> float:
+        """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs.
+
+        `quantization` (default: the deployment's): the weights stream packed and are dequantized once per read.
+        """
+        method = quantization or self.quantization
         flops = 2.0 * tokens * k * n * uses
-        nbytes = weight_copies * k * n * self.wb + tokens * uses * (k + n) * self.ab
-        return max(flops / self.flops, nbytes / self.bandwidth)
+        activations = tokens * uses * (k + n) * self.ab
+        if method is None:
+            return max(flops / self.flops, (weight_copies * k * n * self.wb + activations) / self.bandwidth)
+        weights = weight_copies * quantized_weight_bytes(k, n, method, self.group_size)
+        dequant = weight_copies * k * n * self.dequant_overhead
+        return max(flops / self.flops, (weights + activations) / self.bandwidth) + dequant
 
     def layer_gemm_time(self, tokens: int) -> float:
         """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
@@ -201,7 +216,8 @@ class CostModel:
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
             return 0.0
-        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp)
+        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp,
+                       quantization=LM_HEAD_METHOD if self.quantization else None)
         if self.tp > 1:  # gather the vocab shards' logits
             t += self._collective(num_sampling * self.vocab * 4 * (self.tp - 1) / self.tp)
         return t
