@@ -188,6 +188,8 @@ def llama_cpp_rows(args: argparse.Namespace, gguf_path: str, vocab: int, folder:
     workload_file.write_text(json.dumps(workload(args.num_requests, vocab)))
     settings = ["--threads", str(args.threads), "--n-batch", str(args.llama_cpp_n_batch),
                 "--flash-attn", args.llama_cpp_flash_attn]
+    print(f"llama.cpp: threads {args.threads}, n_batch = n_ubatch = {args.llama_cpp_n_batch}, flash attention "
+          f"{args.llama_cpp_flash_attn}, one KV stream per sequence, n_seq_max = the requests", flush=True)
     rows = {}
     for kind, file in llama_cpp_files(args.llama_cpp, args.model, gguf_path, folder).items():
         decode = llama_cpp(args.llama_cpp, "decode", file, *settings, "--prompt-tokens", str(args.prompt_tokens),
