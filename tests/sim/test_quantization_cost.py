@@ -94,8 +94,8 @@ def test_calibration_fits_the_dequantization_term_only_for_quantized_steps():
     shapes = [StepShape(0, 0, 0, b, b * c, b) for b in (1, 2, 4, 16, 64) for c in (16, 512)]
     shapes += [StepShape(n, n * (n + 1) / 2, n, 0, 0, 1, 1) for n in (16, 128, 512, 2048)]
     observations = [Observation(s, 1.0) for s in shapes]
-    assert "dequant_overhead_s" not in fitted_fields(observations, plain)
-    assert "dequant_overhead_s" in fitted_fields(observations, int8)
+    assert "dequant_overhead_s" not in fitted_fields(observations)
+    assert "dequant_overhead_s" in fitted_fields(observations, quantized=True)
     true = Efficiency(gemm_flops=0.4, memory_bandwidth=0.5, step_overhead_s=0.002, dequant_overhead_s=2e-4)
     measured = [Observation(s, float(t)) for s, t in zip(shapes, predict(int8, true, observations))]
     fitted = fit_efficiency(int8, measured)
