@@ -53,6 +53,8 @@ class LLMEngine:
     one scale per output channel, "int4" as int4 with a scale and offset per
     `quantization_group_size` weights (models/quantization.py), "gguf" runs a
     GGUF file's own 4-bit blocks (models/gguf_quantization.py); None keeps `dtype`.
+    `quantize_lm_head`: with a quantization, the LM head runs int8 too (default);
+    False keeps it in `dtype` (QuantizationConfig.quantize_lm_head).
     `deterministic`: batch-invariant numerics, so a request's tokens do not depend
     on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
     `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
@@ -87,6 +89,7 @@ class LLMEngine:
         weight_prepack: bool = True,
         quantization: str | None = None,
         quantization_group_size: int = QuantizationConfig.group_size,
+        quantize_lm_head: bool = QuantizationConfig.quantize_lm_head,
         deterministic: bool = False,
         enforce_eager: bool = True,
         attention_backend: str | None = None,
@@ -112,9 +115,9 @@ class LLMEngine:
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
+        self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
         self.model, self.model_config, self.model_path = load_model(
-            model, dtype=dtype, device=device, prepack=weight_prepack,
-            quantization=QuantizationConfig(quantization, quantization_group_size))
+            model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config)
         if deterministic:
             make_batch_invariant(self.model)
             attention = dataclasses.replace(attention, batch_invariant=True)
