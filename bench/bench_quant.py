@@ -87,10 +87,13 @@ def llama_cpp(python: str, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def llama_cpp_files(python: str, model: str, source: str, folder: str) -> dict[str, str]:
-    """GGUF type -> file: `source` (a GGUF file) and its requantizations by llama.cpp."""
-    files = {} if model == "qwen0.5b" else {"Q4_1": source}
+def llama_cpp_files(python: str, model: str, source: str, folder: str, types: list[str] | None) -> dict[str, str]:
+    """GGUF type -> file: `source` (a GGUF file) and its requantizations by llama.cpp (`types` of them only, if
+    given)."""
+    files = {} if model == "qwen0.5b" or (types and "Q4_1" not in types) else {"Q4_1": source}
     for kind in LLAMA_CPP_TYPES[model]:
+        if types and kind not in types:
+            continue
         files[kind] = llama_cpp(python, "quantize", source, f"{folder}/{model}-{kind}.gguf", kind)["file"]
     return files
 
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--llama-cpp", metavar="PYTHON", help="llama-cpp-python's interpreter: add llama.cpp's rows")
     parser.add_argument("--llama-cpp-n-batch", type=int, default=2048, help="llama.cpp's n_batch = n_ubatch")
     parser.add_argument("--llama-cpp-flash-attn", choices=["auto", "on", "off"], default="auto")
+    parser.add_argument("--llama-cpp-types", nargs="+", choices=["Q4_1", "Q8_0", "BF16", "F32"],
+                        help="llama.cpp's GGUF types to run (default: all of the model's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
@@ -191,7 +196,7 @@ def llama_cpp_rows(args: argparse.Namespace, gguf_path: str, vocab: int, folder:
     print(f"llama.cpp: threads {args.threads}, n_batch = n_ubatch = {args.llama_cpp_n_batch}, flash attention "
           f"{args.llama_cpp_flash_attn}, one KV stream per sequence, n_seq_max = the requests", flush=True)
     rows = {}
-    for kind, file in llama_cpp_files(args.llama_cpp, args.model, gguf_path, folder).items():
+    for kind, file in llama_cpp_files(args.llama_cpp, args.model, gguf_path, folder, args.llama_cpp_types).items():
         decode = llama_cpp(args.llama_cpp, "decode", file, *settings, "--prompt-tokens", str(args.prompt_tokens),
                            "--decode-tokens", str(args.decode_tokens), "--rounds", str(args.rounds))
         mixed = llama_cpp(args.llama_cpp, "mixed", file, str(workload_file), *settings)["mixed"] \
