@@ -55,7 +55,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             lora_tokens += n
             adapters.add(req.adapter_id)
     num_decodes = num_lazy_decodes + len(decode_keys)
-    ratio = attention.decode_bucket_ratio
+    ratio = attention.decode_padding_ratio
     if cohort is not None and num_lazy_decodes:
         padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
     else:
@@ -114,7 +114,7 @@ class SimExecutor:
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
-        keys = batch.cohort.padded_keys(self.attention.decode_bucket_ratio, num_steps)
+        keys = batch.cohort.padded_keys(self.attention.decode_padding_ratio, num_steps)
         return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters))
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
