@@ -21,6 +21,7 @@ import numpy as np
 
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
+from ..gemm_shapes import SeenTokenCounts
 from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
@@ -60,6 +61,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     for n in (16, 64, 256):
         for _ in range(prompt_repeats):
             yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
+    # Prompts of lengths run once each, as a workload's are: beside the repeats above, they show what a
+    # token count new to the CPU's GEMM kernels costs (`new_shape_overhead_s`).
+    for n in (40, 100, 160, 320):
+        yield f"prefill {n} once", [(_prompt(rng, vocab, n), 1, 0)]
     for context in (512, longest):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
@@ -109,11 +114,12 @@ def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
                                                               for _ in range(batch)], list(range(1, k + 1))
 
 
-def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
+def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, keep: bool = True,
                  grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
                  adapters: Sequence[int] = ()) -> list[Observation]:
     """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included).
 
+    `seen`: the token counts the engine ran before (updated), so a step whose count is new is marked as such.
     With `grammar`, every request runs under that constraint (registered with the engine's manager); with
     `adapters` (LoRA ids the engine has registered), request i runs under adapters[i % len(adapters)].
     """
@@ -136,10 +142,11 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
         t = time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
-        if keep and step_out.result is not None:
+        if step_out.result is not None:
             loads = lora.num_slot_loads - loads if lora is not None else 0
-            observations.append(Observation(step_shape(step_out.batch, engine.executor.attention,
-                                                       num_lora_loads=loads), seconds))
+            shape = step_shape(step_out.batch, engine.executor.attention, num_lora_loads=loads, seen=seen)
+            if keep:
+                observations.append(Observation(shape, seconds))
         step += 1
     return observations
 
@@ -186,16 +193,17 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))
     observations: list[Observation] = []
+    seen = SeenTokenCounts()
     with Progress("calibrating", len(phases), enabled=not quiet, unit="phases") as progress:
         for i, (phase, entries) in enumerate(phases):
-            observations += record_steps(llm.engine, entries, keep=phase != "warm-up")
+            observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")
     if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
-            observations += record_steps(llm.engine, entries, grammar=grammar)
+            observations += record_steps(llm.engine, entries, seen, grammar=grammar)
     if lora is not None:
-        observations += _lora_steps(llm, adapters)
+        observations += _lora_steps(llm, adapters, seen)
     efficiency = fit_efficiency(deployment, observations)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
@@ -203,7 +211,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
 
 
 
-def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest]) -> list[Observation]:
+def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
     """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
     lora, sched = llm.lora_manager, llm.scheduler.config
     with tempfile.TemporaryDirectory() as root:
@@ -216,5 +224,5 @@ def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest]) -> list[Observa
         observations = []
         for _, entries, which in lora_phases(llm.model_config.vocab_size, sched.max_num_seqs,
                                              min(len(ids), lora.config.max_loras)):
-            observations += record_steps(llm.engine, entries, adapters=[ids[k - 1] for k in which])
+            observations += record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
         return observations

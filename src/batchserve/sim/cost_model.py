@@ -51,6 +51,9 @@ class Efficiency:
     lora_segment_overhead_s: float = 0.0
     """Cost per adapter segment in a step beyond its FLOPs and bytes: its shrink and expand launches in every
     layer, the row slicing."""
+    new_shape_overhead_s: float = 0.0
+    """Cost of a step whose flat token count the process runs for the first time: a CPU GEMM library (oneDNN)
+    builds its kernels once per new row count (a tiny model's 3 ms prefill took 8 ms the first time); ~0 on GPUs."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -92,6 +95,8 @@ class StepShape(NamedTuple):
     """Distinct adapters in the step: each is one segment, whose A and B weights the step reads once."""
     num_lora_loads: int = 0
     """Adapters copied into a device slot before the step (not resident at the end of the previous one)."""
+    num_new_shapes: int = 0
+    """1 when the step's flat token count is new to the process (`SeenTokenCounts`), else 0."""
 
 
 class CostModel:
@@ -145,6 +150,7 @@ class CostModel:
         self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
+        self.new_shape_overhead = eff.new_shape_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -235,6 +241,7 @@ class CostModel:
         num_lora_tokens: int = 0,
         num_lora_segments: int = 0,
         num_lora_loads: int = 0,
+        num_new_shapes: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -259,6 +266,7 @@ class CostModel:
             + self.chunk_overhead * num_prefill_seqs
             + self.structured_overhead * num_constrained
             + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
+            + self.new_shape_overhead * num_new_shapes
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,

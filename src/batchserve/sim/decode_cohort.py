@@ -35,7 +35,7 @@ class _Member:
     has made outputs0 + (clock - clock0) outputs once the clock reads `clock`.
     """
 
-    __slots__ = ("req", "clock0", "computed0", "active")
+    __slots__ = ("active", "clock0", "computed0", "req")
 
     def __init__(self, req: Request, clock0: int) -> None:
         self.req = req

@@ -10,6 +10,7 @@ import numpy as np
 from ..attention_layout import AttentionConfig, padded_key_tokens
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
+from ..gemm_shapes import SeenTokenCounts
 from ..lora.slots import SlotTable
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
@@ -18,7 +19,8 @@ from .decode_cohort import DecodeCohort
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
                lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
-               num_lora_loads: int = 0, cohort: DecodeCohort | None = None) -> StepShape:
+               num_lora_loads: int = 0, cohort: DecodeCohort | None = None,
+               seen: SeenTokenCounts | None = None) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
@@ -27,7 +29,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     `attention` groups them (without the cohort, lazy rows count unpadded).
     Constrained rows are always listed (the scheduler keeps them out of the
     cohort). `num_lora_loads`: adapters copied into a slot for this step (the
-    slot table knows, not the batch).
+    slot table knows, not the batch). `seen`: the token counts run before,
+    to mark (and record) a step whose count is new.
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
@@ -54,9 +57,10 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
         padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
     else:
         padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
+    new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads)
+                     num_lora_loads, new)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -79,16 +83,18 @@ class SimExecutor:
         # which adapters the device slots hold, chosen as the engine's LoRAManager chooses; 0: no LoRA
         self.slots = SlotTable(max_loras) if max_loras else None
         self.num_lora_loads = 0
+        self.seen = SeenTokenCounts()  # the token counts this replica ran, as the engine's GEMM kernels know them
 
     def execute(self, batch: SimBatch) -> StepResult:
         loads = self._load_adapters(batch)
         if batch.num_steps > 1:
             cost = self.cost_model
-            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
+            first = cost.lora_load_time(loads) + cost.new_shape_overhead * self.seen.first_run(batch.num_lazy_decodes)
+            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * first
             return DecodeRunResult.from_offsets(offsets.tolist())
         return StepResult(self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
-            batch.cohort)))
+            batch.cohort, self.seen)))
 
     def _load_adapters(self, batch: SimBatch) -> int:
         """Make the step's adapters resident; returns how many had to be copied into a slot."""
