@@ -1,4 +1,4 @@
-"""`run --estimate` against the run it predicts: estimated vs actual wall time for a few job shapes, fp32 on CPU.
+"""`run --estimate` against the run it predicts: estimated vs actual wall time for a few job shapes on CPU (--dtype).
 
 For each model (the built-in `tiny`, and a real SmolLM2-135M HF directory when
 --real-model names one), the bench calibrates this machine once, then per job
@@ -83,18 +83,19 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     upper = estimate_job(str(inp), None, setup, profile, config)
     backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
     est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k), make_backend=lambda: backend)
-    sampled = tmp / f"{name}-sample.json"
-    sampled.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
-    lengths_only = estimate_job(str(inp), None, setup, profile, config, EstimateConfig(fit_step_costs=False),
-                                profile_from=str(sampled))
     rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
     actual = rest.wall_s + est.info["sample"]["wall_s"]
+    # what the next estimate of this job shape would say, scaled by this full run (`--profile-from RUN.json`)
+    full_run = tmp / f"{name}-run.json"
+    full_run.write_text(json.dumps({"measurements": est.measurements.merged(backend.log.take()).to_dict()}))
+    from_run = estimate_job(str(inp), None, setup, profile, config, profile_from=str(full_run))
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lo, hi = est.wall_s_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
             "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
-            "error": est.summary.wall_s / actual - 1, "lengths_only_s": lengths_only.summary.wall_s, "est_tokens": est.summary.output_tokens, "tokens": tokens,
-            "time_scale": est.info["time_scale"]}
+            "error": est.summary.wall_s / actual - 1, "from_run_s": from_run.summary.wall_s,
+            "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
+            "sample_step_ratio": est.info["sample"].get("step_time_ratio")}
 
 
 def main() -> None:
@@ -106,9 +107,11 @@ def main() -> None:
     parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
     parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
-          f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, fp32")
+          f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}, "
+          f"load average {os.getloadavg()}")
     models = [] if args.no_tiny else [("tiny", tiny_shapes, args.num_requests)]
     real = Path(args.real_model) if args.real_model else None
     if real is not None and (real.suffix == ".gguf" or (real / "config.json").is_file()):
@@ -117,7 +120,7 @@ def main() -> None:
         print(f"skipping the real model: {real} is neither a GGUF file nor a directory with a config.json")
     with tempfile.TemporaryDirectory() as tmp:
         for model, shapes, n in models:
-            setup = RunSetup(model=model, dtype="float32", device="cpu", kv_cache_memory=args.kv_cache_memory,
+            setup = RunSetup(model=model, dtype=args.dtype, device="cpu", kv_cache_memory=args.kv_cache_memory,
                              max_num_batched_tokens=512, max_num_seqs=64)
             llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
             cal = calibrate(llm, "calibrated-cpu", quiet=True)
@@ -129,10 +132,10 @@ def main() -> None:
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
-                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; unscaled step costs "
-                      f"{r['lengths_only_s']:6.2f} s; no-sample upper bound "
-                      f"{r['upper_bound_s']:6.2f} s; output tokens est {r['est_tokens']} / real {r['tokens']}; "
-                      f"time scale {r['time_scale']:.2f}", flush=True)
+                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; sample steps measured/charged "
+                      f"{r['sample_step_ratio']:.2f}; --profile-from this run {r['from_run_s']:6.2f} s (scale "
+                      f"{r['from_run_scale']:.2f}); no-sample upper bound {r['upper_bound_s']:6.2f} s; "
+                      f"output tokens est {r['est_tokens']} / real {r['tokens']}", flush=True)
 
 
 if __name__ == "__main__":

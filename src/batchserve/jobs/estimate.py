@@ -116,16 +116,20 @@ class Evidence:
     @classmethod
     def of(cls, sim: SimSetup, lengths_from: Sequence[Measurements], steps_from: Sequence[Measurements],
            plan: JobPlan, est: EstimateConfig, host_from: Sequence[Measurements] | None = None) -> Evidence:
-        """Lengths from every record; step costs from `steps_from` and the per-request loop cost from `host_from`
-        (default `steps_from`), records of the sim's own device and dtype."""
+        """Lengths from every record; from records of the sim's own device and dtype, a step-cost scale from
+        `steps_from` (full runs), else only a cost per sampled row from `host_from` (a sample), and the per-request
+        loop cost from `host_from` (default `steps_from`)."""
         completions = [c for m in lengths_from for c in m.completions]
         model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
                             est.min_bucket_samples) if completions else None
         efficiency = sim.efficiency
+        host_from = steps_from if host_from is None else host_from
         if steps_from:
             steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
             efficiency = fit_step_costs(sim.deployment, efficiency, steps)
-        host_from = steps_from if host_from is None else host_from
+        elif host_from:
+            steps = [o for m in host_from for o in m.steps[est.warmup_steps:]]
+            efficiency = fit_step_costs(sim.deployment, efficiency, steps, fit_scale=False)
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
 
@@ -267,9 +271,9 @@ def estimate_job(
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
                           "written_to": output_path}
-        if any(m is sampled for m in here):  # a sanity check: the sample's steps measured over what the estimate charges for them
+        if any(m is sampled for m in here):  # a sanity check: the sample's steps measured over the profile's costs
             steps = sampled.steps[est.warmup_steps:]
-            charged = predict(sim.deployment, evidence.efficiency, steps).sum() if steps else 0.0
+            charged = predict(sim.deployment, sim.efficiency, steps).sum() if steps else 0.0
             info["sample"]["step_time_ratio"] = sum(o.seconds for o in steps) / charged if charged else None
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
 

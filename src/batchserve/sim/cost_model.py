@@ -54,6 +54,9 @@ class Efficiency:
     new_shape_overhead_s: float = 0.0
     """Cost of a step whose flat token count the process runs for the first time: a CPU GEMM library (oneDNN)
     builds its kernels once per new row count (a tiny model's 3 ms prefill took 8 ms the first time); ~0 on GPUs."""
+    decode_group_overhead_s: float = 0.0
+    """Cost per decode group in a step beyond its keys: the plain-torch backend gathers each group's K/V and runs
+    one attention call for it in every layer (`attention_layout.decode_groups`)."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -97,6 +100,8 @@ class StepShape(NamedTuple):
     """Adapters copied into a device slot before the step (not resident at the end of the previous one)."""
     num_new_shapes: int = 0
     """1 when the step's flat token count is new to the process (`SeenTokenCounts`), else 0."""
+    num_decode_groups: int = 0
+    """Attention calls per layer the decodes make: the engine's decode groups."""
 
 
 class CostModel:
@@ -151,6 +156,7 @@ class CostModel:
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
         self.new_shape_overhead = eff.new_shape_overhead_s
+        self.decode_group_overhead = eff.decode_group_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -242,6 +248,7 @@ class CostModel:
         num_lora_segments: int = 0,
         num_lora_loads: int = 0,
         num_new_shapes: int = 0,
+        num_decode_groups: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -267,11 +274,13 @@ class CostModel:
             + self.structured_overhead * num_constrained
             + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
             + self.new_shape_overhead * num_new_shapes
+            + self.decode_group_overhead * num_decode_groups
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
-                           num_lora_segments: int = 0) -> np.ndarray:
-        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys.
+                           num_lora_segments: int = 0, num_groups: np.ndarray | float = 0.0) -> np.ndarray:
+        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys
+        in `num_groups[j]` decode groups.
 
         Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
@@ -283,4 +292,5 @@ class CostModel:
             + (self.token_overhead + self.sequence_overhead) * num_decodes
             + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )
-        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, key_tokens))
+        attention = self.num_layers * self.decode_attention_time(num_decodes, key_tokens)
+        return self.time_scale * np.cumsum(fixed + attention + self.decode_group_overhead * num_groups)

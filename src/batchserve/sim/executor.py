@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..attention_layout import AttentionConfig, padded_key_tokens
+from ..attention_layout import AttentionConfig, decode_groups
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
 from ..gemm_shapes import SeenTokenCounts
@@ -54,13 +54,16 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     num_decodes = num_lazy_decodes + len(decode_keys)
     ratio = attention.decode_bucket_ratio
     if cohort is not None and num_lazy_decodes:
-        padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
-    else:
-        padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
+        keys, groups = cohort.layout(ratio, extra=decode_keys)
+        padded, num_groups = int(keys[0]), int(groups[0])
+    else:  # lazy rows without their cohort count as one unpadded group
+        listed = decode_groups(decode_keys, ratio)
+        padded = lazy_decode_context + sum(len(g) * decode_keys[g[0]] for g in listed)
+        num_groups = len(listed) + (num_lazy_decodes > 0)
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads, new)
+                     num_lora_loads, new, num_groups)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -108,8 +111,9 @@ class SimExecutor:
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
-        keys = batch.cohort.padded_keys(self.attention.decode_bucket_ratio, num_steps)
-        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters))
+        keys, groups = batch.cohort.layout(self.attention.decode_bucket_ratio, num_steps)
+        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
+                                                  groups)
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):
