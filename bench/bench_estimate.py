@@ -33,6 +33,7 @@ from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.estimate import EstimateConfig, estimate_job
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
+from batchserve.sim.calibration import predict
 
 WORDS = ["tea", "sky", "river", "stone", "lamp", "field", "cloud", "iron"]
 TOPICS = ["the moon", "rivers", "bread", "volcanoes", "chess", "bees", "glass", "winter", "maps", "clocks", "salt",
@@ -86,16 +87,22 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
     actual = rest.wall_s + est.info["sample"]["wall_s"]
     # what the next estimate of this job shape would say, scaled by this full run (`--profile-from RUN.json`)
+    record = est.measurements.merged(backend.log.take())
+    record.wall_s, record.num_requests = actual, len(rows)  # as `run --json` records a whole run
     full_run = tmp / f"{name}-run.json"
-    full_run.write_text(json.dumps({"measurements": est.measurements.merged(backend.log.take()).to_dict()}))
+    full_run.write_text(json.dumps({"measurements": record.to_dict()}))
     from_run = estimate_job(str(inp), None, setup, profile, config, profile_from=str(full_run))
+    sim = setup.sim_setup(profile)
+    steps_s = sum(o.seconds for o in record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lo, hi = est.wall_s_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
             "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
             "error": est.summary.wall_s / actual - 1, "from_run_s": from_run.summary.wall_s,
             "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
-            "sample_step_ratio": est.info["sample"].get("step_time_ratio")}
+            "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
+            "run_steps_predicted_s": float(predict(sim.deployment, sim.efficiency, record.steps).sum()),
+            "run_loop_s_per_request": record.loop_overhead_s}
 
 
 def main() -> None:
@@ -135,7 +142,9 @@ def main() -> None:
                       f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; sample steps measured/charged "
                       f"{r['sample_step_ratio']:.2f}; --profile-from this run {r['from_run_s']:6.2f} s (scale "
                       f"{r['from_run_scale']:.2f}); no-sample upper bound {r['upper_bound_s']:6.2f} s; "
-                      f"output tokens est {r['est_tokens']} / real {r['tokens']}", flush=True)
+                      f"output tokens est {r['est_tokens']} / real {r['tokens']}; the run: steps "
+                      f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
+                      f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request", flush=True)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,3 @@ def test_measurements_of_another_device_or_dtype_are_refused_naming_both():
                                          r"is for 'NVIDIA H100 SXM5 80GB' in bf16"):
         m.check_target("NVIDIA H100 SXM5 80GB", "bf16", "x.json")
 
-
-def test_without_a_scale_the_fit_finds_the_per_sequence_cost_and_never_a_negative_one():
-    obs, sim = observations(scale=1.0, per_seq=0.002)
-    fitted = fit_step_costs(sim.deployment, sim.efficiency, obs, fit_scale=False)
-    assert fitted.time_scale == 1.0
-    assert fitted.sequence_overhead_s == pytest.approx(sim.efficiency.sequence_overhead_s + 0.002, rel=1e-6)
-    faster, _ = observations(scale=0.5, per_seq=0.0)  # a faster machine: no negative host cost
-    assert fit_step_costs(sim.deployment, sim.efficiency, faster, fit_scale=False) == sim.efficiency

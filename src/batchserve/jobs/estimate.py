@@ -116,9 +116,8 @@ class Evidence:
     @classmethod
     def of(cls, sim: SimSetup, lengths_from: Sequence[Measurements], steps_from: Sequence[Measurements],
            plan: JobPlan, est: EstimateConfig, host_from: Sequence[Measurements] | None = None) -> Evidence:
-        """Lengths from every record; from records of the sim's own device and dtype, a step-cost scale from
-        `steps_from` (full runs), else only a cost per sampled row from `host_from` (a sample), and the per-request
-        loop cost from `host_from` (default `steps_from`)."""
+        """Lengths from every record; from records of the sim's own device and dtype, step costs from `steps_from`
+        (full runs) and the per-request loop cost from `host_from` (default `steps_from`)."""
         completions = [c for m in lengths_from for c in m.completions]
         model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
                             est.min_bucket_samples) if completions else None
@@ -127,9 +126,7 @@ class Evidence:
         if steps_from:
             steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
             efficiency = fit_step_costs(sim.deployment, efficiency, steps)
-        elif host_from:
-            steps = [o for m in host_from for o in m.steps[est.warmup_steps:]]
-            efficiency = fit_step_costs(sim.deployment, efficiency, steps, fit_scale=False)
+
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
 

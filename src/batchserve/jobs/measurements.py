@@ -86,22 +86,15 @@ class Measurements:
                              f"{device!r} in {dtype}: profile the job on that device and dtype")
 
 
-def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation],
-                   fit_scale: bool = True) -> Efficiency:
+def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation]) -> Efficiency:
     """The profile's efficiency with a time scale and an added cost per sampled sequence fitted (least squares,
-    both >= 0) to measured steps: the machine's state now, and per-request work outside calibrate's grid
-    (request-level output processing, sampler options such as seeds and logit biases) that grows with the
-    batch, which a scale alone cannot follow. With `fit_scale` False only the per-sequence cost is fitted (the
-    scale stays): what a sample of small batches can tell. Unchanged with no steps."""
+    both >= 0) to measured steps: the machine's state now, and per-request sampler work (seeded generators,
+    logit biases) that grows with the batch, which a scale alone cannot follow. Unchanged with no steps."""
     if not steps:
         return efficiency
     base = predict(deployment, replace(efficiency, time_scale=1.0), steps)
     rows = np.array([o.shape.num_sampling for o in steps], dtype=np.float64)
     measured = np.array([o.seconds for o in steps])
-    if not fit_scale:
-        scale = efficiency.time_scale
-        per_seq = max(0.0, float(rows @ (measured - scale * base) / (rows @ rows))) if rows.any() else 0.0
-        return replace(efficiency, sequence_overhead_s=efficiency.sequence_overhead_s + per_seq / scale)
     scale, per_seq = np.linalg.lstsq(np.column_stack([base, rows]), measured, rcond=None)[0]
     if scale <= 0 or per_seq < 0:  # a bound is active: the better of the one-term fits
         only_scale = (measured @ base / (base @ base), 0.0)
