@@ -66,15 +66,22 @@ def tiny_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
 
 
 def chat_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
-    """A real chat job: one shared system prompt, questions of several kinds; outputs end at EOS."""
+    """Real chat jobs (outputs end at EOS): short Q&A under a shared system prompt, long generations, and
+    extraction questions over one shared document."""
     system = "You are a concise assistant. Answer accurately and keep answers short unless asked for detail."
-    rows = []
-    for i in range(n):
-        question = rng.choice(ASKS).format(rng.choice(TOPICS))
-        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-                "max_tokens": 128}
-        rows.append({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-    return {"chat-shared-system": rows}
+
+    def chat(cid: str, system: str, user: str, max_tokens: int) -> dict:
+        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "max_tokens": max_tokens}
+        return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+    qa = [chat(f"c{i}", system, rng.choice(ASKS).format(rng.choice(TOPICS)), 128) for i in range(n)]
+    stories = [chat(f"g{i}", "You are a storyteller.", f"Write a long story about {rng.choice(TOPICS)}.", 384)
+               for i in range(n)]
+    document = " ".join(f"{t.capitalize()} are described in section {i + 1}." for i, t in enumerate(TOPICS)) * 4
+    extract = [chat(f"x{i}", "Answer from the document only.\n\n" + document,
+                    f"Which section describes {rng.choice(TOPICS)}? Answer with the number.", 32) for i in range(n)]
+    return {"chat-shared-system": qa, "long-generations": stories, "shared-prefix-extraction": extract}
 
 
 def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path) -> dict:

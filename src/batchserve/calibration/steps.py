@@ -87,6 +87,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
         if batch <= max_seqs:
             yield f"decode x{batch} short", [(_prompt(rng, vocab, 16), _decode_steps(batch, 5), 0)
                                              for _ in range(batch)]
+    # Decodes of spread contexts fall into several decode groups (one attention call each per layer): beside the
+    # one-group batches above, they pin `decode_group_overhead_s` apart from the per-step cost.
+    spread = np.geomspace(16, longest, min(8, max_seqs)).astype(int)
+    yield "decode x8, spread contexts", [(_prompt(rng, vocab, int(n)), 16, 0) for n in spread]
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
