@@ -33,6 +33,7 @@ import platform
 import random
 import tempfile
 import time
+from typing import Any
 
 import torch
 import transformers
@@ -53,6 +54,11 @@ SHAPES = {
     "llama3.2-1b": ("LlamaConfig", "LlamaForCausalLM", dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
                                                              num_key_value_heads=8, intermediate_size=8192,
                                                              vocab_size=128256, tie_word_embeddings=True)),
+    # bench_moe's MoE shape sized for 2 CPU cores: 16 experts of width 1024, top-2 (~490M params, ~75M active)
+    "mixtral-small": ("MixtralConfig", "MixtralForCausalLM", {"hidden_size": 1024, "num_hidden_layers": 8,
+                                                              "num_attention_heads": 16, "num_key_value_heads": 4,
+                                                              "intermediate_size": 1024, "vocab_size": 32000,
+                                                              "num_local_experts": 16, "num_experts_per_tok": 2}),
 }
 TOKEN_BUDGET = 2048  # tokens per engine step, for batchserve and transformers' continuous batching alike
 MAX_SEQS = 256  # batchserve's default max_num_seqs, also given to transformers' continuous batching
@@ -88,9 +94,10 @@ def workload_flops(cfg, reqs: list[tuple[list[int], int]]) -> float:
 
 
 def run_ours(path: str, dtype: str, reqs, device: str = "cpu", prepack: bool = True,
-             kv_cache_memory: str = "4GiB") -> tuple[float, LLM]:
+             kv_cache_memory: str = "4GiB", **engine: Any) -> tuple[float, LLM]:
+    """Wall time of one batchserve generate over the workload; `engine`: further LLMEngine arguments."""
     llm = LLM(path, dtype=dtype, device=device, skip_tokenizer_init=True, kv_cache_memory=kv_cache_memory,
-              max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack)
+              max_num_batched_tokens=TOKEN_BUDGET, weight_prepack=prepack, **engine)
     params = [SamplingParams(max_tokens=out, temperature=0, ignore_eos=True) for _, out in reqs]
     t = time.perf_counter()
     outs = llm.generate([p for p, _ in reqs], params, use_tqdm=False)

@@ -105,6 +105,24 @@ SCHEDULER_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def expert_batching(max_num_seqs: int, max_num_batched_tokens: int, num_experts: int, top_k: int,
+                    target_tokens_per_expert: int) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) raised so a full decode step gives each expert
+    `target_tokens_per_expert` rows on average: ceil(target * E / k) requests under uniform routing.
+
+    An MoE decode step of B requests gives each expert ~B*k/E rows, and below a few dozen rows an expert's GEMM
+    is bound by reading its weights: offline work runs faster with decode batches sized for the experts, not for
+    a dense model of the same active size (MoE-Gen's point). KV blocks still bound the batch the scheduler admits.
+    0 (or a dense model, num_experts 0) leaves both limits as they are.
+    """
+    if target_tokens_per_expert < 0:
+        raise ValueError(f"target_tokens_per_expert must be >= 0 (0 = off), got {target_tokens_per_expert}")
+    if not target_tokens_per_expert or not num_experts:
+        return max_num_seqs, max_num_batched_tokens
+    seqs = max(max_num_seqs, -(-target_tokens_per_expert * num_experts // top_k))
+    return seqs, max(max_num_batched_tokens, seqs)
+
+
 def scheduler_config(preset: str | None = None, **overrides: Any) -> SchedulerConfig:
     """Build a SchedulerConfig from a preset name plus explicit overrides (overrides win)."""
     values: dict[str, Any] = {}

@@ -8,6 +8,7 @@ equal transformers'.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -15,12 +16,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchserve.config import QuantizationConfig
 from batchserve.lora import LoRAConfig
 from batchserve.lora.adapter import LoRAError
 from batchserve.lora.manager import LoRAManager
 from batchserve.models import ModelLoadError, load_model
 from batchserve.models.linear import prepack_supported
-from batchserve.models.moe import Experts
+from batchserve.models.moe import Experts, SparseMoeBlock
+from batchserve.models.quantization import Int4Linear, Int8Linear, quantize_per_channel, quantize_per_group
 
 MOE_ARCHITECTURES = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 ANCHOR = 20.0  # hidden dimension 0 of every token, kept constant through the layers
@@ -119,10 +122,13 @@ def test_missing_expert_is_named(hf_checkpoint, tmp_path):
         load_model(tmp_path)
 
 
-def test_int8_and_lora_refuse_moe_models(hf_checkpoint):
-    _, path = hf_checkpoint("Qwen3MoeForCausalLM")
-    with pytest.raises(ModelLoadError, match="quantization 'int8' is not supported for MoE models"):
-        load_model(path, quantization="int8")
+def test_gguf_quantization_and_lora_refuse_moe_models(hf_checkpoint, tmp_path):
+    pytest.importorskip("gguf")
+    from gguf_files import write_hf_model_as_gguf
+
+    hf, path = hf_checkpoint("Qwen3MoeForCausalLM")
+    with pytest.raises(ModelLoadError, match="quantization 'gguf' is not supported for MoE models"):
+        load_model(write_hf_model_as_gguf(hf, tmp_path / "m.gguf"), quantization="gguf")
     model, config, _ = load_model(path)
     with pytest.raises(LoRAError, match="LoRA adapters on MoE models"):
         LoRAManager(model, config, LoRAConfig(enable_lora=True))
@@ -152,3 +158,69 @@ def test_grouped_dispatch_equals_each_token_through_its_experts(tokens, top_k, s
             gate, up = (gate_up[e] @ x[t]).chunk(2)
             want[t] += weights[t, j] * (down[e] @ (torch.nn.functional.silu(gate) * up))
     torch.testing.assert_close(experts(x, weights, ids), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", MOE_ARCHITECTURES)
+def test_bfloat16_experts_are_as_accurate_as_transformers_bfloat16(architecture, hf_checkpoint, paged_runner,
+                                                                    hf_logits, random_tokens):
+    """dtype bfloat16 packs the experts for oneDNN's bf16 GEMM (half the weight bytes, fp32 accumulation): its
+    logits stay as close to the fp32 model's as transformers' own bf16 run does."""
+    hf, path = hf_checkpoint(architecture)
+    model, _, _ = load_model(path, dtype="bfloat16")
+    packed = [m for m in model.modules() if isinstance(m, Experts)]
+    assert packed and all(m.packed is not None for m in packed) == prepack_supported(torch.bfloat16, model.device)
+    prompt = random_tokens(33, model.config.vocab_size, 1)
+    ours = paged_runner(model).step([(0, prompt)])[0].float()
+    reference = hf_logits(hf, prompt)
+    theirs = hf_logits(copy.deepcopy(hf).to(torch.bfloat16), prompt)
+    assert float((ours - reference).abs().mean()) < 2 * float((theirs - reference).abs().mean())
+
+
+def _dequantized(weight: torch.Tensor, method: str) -> torch.Tensor:
+    if method == "int8":
+        q, scales = quantize_per_channel(weight)
+        return q.float() * scales[:, None]
+    q, scales, lows = quantize_per_group(weight, 32)
+    return (q.float().reshape(*scales.shape, 32) * scales[..., None] + lows[..., None]).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_quantized_experts_compute_with_their_dequantized_weights(method):
+    """Each expert's gate/up and down run the quantized product: the layer equals float experts holding the
+    dequantized weights, up to the bfloat16 activations the low-bit kernels take."""
+    g = torch.Generator().manual_seed(0)
+    quantized, reference = (Experts(4, 64, 32, torch.float32, "cpu") for _ in range(2))
+    with torch.no_grad():
+        for name in ("gate_up_proj", "down_proj"):
+            w = torch.randn(getattr(quantized, name).shape, generator=g) / 8
+            getattr(quantized, name).copy_(w)
+            getattr(reference, name).copy_(torch.stack([_dequantized(m, method) for m in w]))
+    quantized.quantize(QuantizationConfig(method))
+    layer_type = Int8Linear if method == "int8" else Int4Linear
+    assert len(quantized.packed) == 8 and all(isinstance(p, layer_type) for p in quantized.packed)
+    x = torch.randn(9, 64, generator=g)
+    ids = torch.rand(9, 4, generator=g).argsort(dim=1)[:, :2]
+    weights = torch.rand(9, 2, generator=g)
+    torch.testing.assert_close(quantized(x, weights, ids), reference(x, weights, ids), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("architecture", ["MixtralForCausalLM", "Qwen2MoeForCausalLM"])
+def test_int8_experts_cost_about_what_bfloat16_rounding_costs(architecture, hf_checkpoint, paged_runner,
+                                                               random_tokens):
+    """int8 experts (bfloat16 activations), the routers kept in float; teacher-forced over 8 random prompts: the
+    mean next-token KL to the float32 model stays within 3x that of running the whole model in bfloat16
+    (measured 2.0x Mixtral, 1.2x Qwen2-MoE), argmax agreement >= 90%."""
+    _, path = hf_checkpoint(architecture)
+    model, _, _ = load_model(path, quantization="int8")
+    assert not any(isinstance(m.gate, Int8Linear) for m in model.modules() if isinstance(m, SparseMoeBlock))
+    prompts = [random_tokens(12 + 5 * i, model.config.vocab_size, i) for i in range(8)]
+
+    def log_probs(m) -> torch.Tensor:
+        return torch.cat(paged_runner(m).step(list(enumerate(prompts)))).float().log_softmax(-1)
+
+    def kl(log_q: torch.Tensor) -> float:
+        return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+
+    log_p, log_q = log_probs(load_model(path)[0]), log_probs(model)
+    assert kl(log_q) < 3 * kl(log_probs(load_model(path, dtype="bfloat16")[0]))
+    assert (log_p.argmax(-1) == log_q.argmax(-1)).float().mean() >= 0.9

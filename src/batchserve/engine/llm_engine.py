@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..attention_layout import AttentionConfig
-from ..config import CacheConfig, QuantizationConfig, scheduler_config
+from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
@@ -63,6 +63,8 @@ class LLMEngine:
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
     {"method": "ngram", "num_speculative_tokens": 4}; outputs keep the target model's distribution.
+    `target_tokens_per_expert` (MoE, offline work): raise max_num_seqs and max_num_batched_tokens so a full
+    decode step gives each expert this many rows on average (`config.expert_batching`); 0 = off.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class LLMEngine:
         max_lora_rank: int = LoRAConfig.max_lora_rank,
         max_cpu_loras: int | None = LoRAConfig.max_cpu_loras,
         speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None,
+        target_tokens_per_expert: int = 0,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -120,6 +123,12 @@ class LLMEngine:
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
         num_blocks = num_kv_blocks(kv_cache_memory, gpu_memory_utilization, per_block, gpu_memory)
+        if target_tokens_per_expert and not self.model_config.is_moe:
+            raise ValueError(f"target_tokens_per_expert sizes decode batches for MoE experts, and "
+                             f"{self.model_config.name} is a dense model; drop it")
+        max_num_seqs, max_num_batched_tokens = expert_batching(
+            max_num_seqs, max_num_batched_tokens, self.model_config.num_experts,
+            self.model_config.num_experts_per_tok, target_tokens_per_expert)
         sched_cfg = scheduler_config(
             scheduler, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs, **scheduler_fields
         )

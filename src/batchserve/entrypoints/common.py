@@ -65,6 +65,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding, vLLM\'s keys, e.g. \'{"method": "ngram", "num_speculative_tokens": 4, '
                    '"prompt_lookup_max": 4, "prompt_lookup_min": 1}\' (default: off)')
+    p.add_argument("--target-tokens-per-expert", type=int, default=0, metavar="N",
+                   help="MoE models, offline work: raise --max-num-seqs (and the token budget) so a full decode step "
+                   "gives each expert N rows on average, ceil(N * experts / top_k) requests (default 0: off)")
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
                 deterministic=args.deterministic, enforce_eager=args.enforce_eager,
-                speculative_config=args.speculative_config)
+                speculative_config=args.speculative_config, target_tokens_per_expert=args.target_tokens_per_expert)
 
 
 def add_served_model_name(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

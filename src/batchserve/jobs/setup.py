@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import CacheConfig, QuantizationConfig, scheduler_config
+from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block
@@ -55,6 +55,8 @@ class RunSetup:
     enforce_eager: bool = True
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
+    target_tokens_per_expert: int = 0
+    """MoE: decode batches sized for this many rows per expert (`config.expert_batching`); 0: off."""
     scheduler: str = "sarathi"
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
@@ -68,7 +70,8 @@ class RunSetup:
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
                 "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
-                "speculative_config": self.speculative_config, "scheduler": self.scheduler,
+                "speculative_config": self.speculative_config, "target_tokens_per_expert": self.target_tokens_per_expert,
+                "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
@@ -103,7 +106,8 @@ class RunSetup:
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape))
-        sched = scheduler_config(self.scheduler, max_num_batched_tokens=self.max_num_batched_tokens,
-                                 max_num_seqs=self.max_num_seqs)
+        seqs, budget = expert_batching(self.max_num_seqs, self.max_num_batched_tokens, shape.num_experts,
+                                       shape.num_experts_per_tok, self.target_tokens_per_expert)
+        sched = scheduler_config(self.scheduler, max_num_batched_tokens=budget, max_num_seqs=seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
         return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))

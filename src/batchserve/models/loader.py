@@ -22,6 +22,7 @@ from .gguf_quantization import gguf_quantized_linears
 from .gguf_weights import gguf_tensors
 from .linear import prepack_supported
 from .llama import CausalLM
+from .moe import quantize_moe_model
 from .quantization import quantize_linears
 from .tiny import build_tiny, tiny_config
 
@@ -49,13 +50,13 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
         raise ModelLoadError(f"quantization 'gguf' runs a GGUF file's own quantized weights, and {str(model)!r} is "
                              "not a .gguf file; use int8 or int4 to quantize it at load")
     net, model_config, path = _build(model, dtype, device)
-    if config.method is not None and model_config.is_moe:  # the experts' GEMMs have no quantized path yet
-        raise ModelLoadError(f"quantization {config.method!r} is not supported for MoE models "
-                             f"({model_config.architecture}) yet; load {model_config.name} unquantized")
+    if config.method == "gguf" and model_config.is_moe:  # its expert tensors have no quantized path yet
+        raise ModelLoadError(f"quantization 'gguf' is not supported for MoE models ({model_config.architecture}) "
+                             f"yet; load {model_config.name} with int8 or int4, or unquantized")
     if config.method == "gguf":
         gguf_quantized_linears(net.model, open_gguf(path), model_config)
     elif config.method is not None:
-        quantize_linears(net.model, config)
+        (quantize_moe_model if model_config.is_moe else quantize_linears)(net.model, config)
     if prepack and prepack_supported(net.dtype, net.device):
         net.prepack_weights()  # what quantization left as nn.Linear: the LM head, GGUF's float projections
     return net, model_config, path

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import QuantizationConfig
 from ..model_config import ModelConfig
-from .linear import PackedLinear, new_linear
+from .linear import PackedLinear, new_linear, replace_linears
+from .quantization import quantized_linear, quantized_weight
 
 # Mixtral's checkpoint names -> the Qwen / transformers-5 names our modules use
 _MIXTRAL_RENAMES = ((re.compile(r"\.block_sparse_moe\."), ".mlp."),
@@ -48,7 +50,7 @@ class Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size,
                                                   dtype=dtype, device=device))
         self.packed: nn.ModuleList | None = None
-        """After prepack: (gate_up, down) PackedLinear of each expert, in expert order."""
+        """After prepack or quantize: the (gate_up, down) modules of each expert, in expert order."""
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]) for every token t; [T, hidden]."""
@@ -78,9 +80,19 @@ class Experts(nn.Module):
     def prepack(self) -> None:
         """Hand each expert's matrices to oneDNN's packed GEMM (as models/linear.py does for the dense layers).
 
-        The stacked parameters are dropped so the weights are not held twice.
+        Experts already quantized stay as they are.
         """
-        self.packed = nn.ModuleList(PackedLinear(w[e], None) for e in range(self.num_experts)
+        if self.packed is None:
+            self._per_expert(lambda w: PackedLinear(w, None))
+
+    @torch.no_grad()
+    def quantize(self, config: QuantizationConfig) -> None:
+        """Each expert's gate/up and down as int8 or int4 products (models/quantization.py, config.method)."""
+        self._per_expert(lambda w: quantized_weight(w, None, config.method, config.group_size))
+
+    def _per_expert(self, make: Callable[[torch.Tensor], nn.Module]) -> None:
+        # the stacked parameters are dropped so the weights are not held twice
+        self.packed = nn.ModuleList(make(w[e]) for e in range(self.num_experts)
                                     for w in (self.gate_up_proj, self.down_proj))
         del self.gate_up_proj, self.down_proj
 
@@ -111,6 +123,16 @@ class SparseMoeBlock(nn.Module):
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights.to(x.dtype), ids
+
+
+def quantize_moe_model(model: nn.Module, config: QuantizationConfig) -> None:
+    """int8 / int4 for an MoE model: every expert, the attention and shared-expert projections; the routers stay
+    in float, as vLLM keeps them (a quantized router can flip a token's top-k choice)."""
+    for module in model.modules():
+        if isinstance(module, Experts):
+            module.quantize(config)
+    replace_linears(model, lambda path, linear: linear if path.endswith(".mlp.gate")
+                    else quantized_linear(linear, config.method, config.group_size))
 
 
 def expert_targets(param_name: str, param: torch.Tensor) -> dict[str, tuple[str, int, int | None, int | None]]:

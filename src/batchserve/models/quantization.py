@@ -126,7 +126,13 @@ def quantize_linears(module: nn.Module, config: QuantizationConfig) -> None:
 
 def quantized_linear(linear: nn.Linear, method: str, group_size: int) -> nn.Module:
     """`linear` as an Int4Linear (method "int4", where its shape fits) or an Int8Linear."""
-    if method == "int4" and int4_fits(linear.out_features, linear.in_features, group_size, linear.weight.device):
-        return Int4Linear.quantize(linear.weight, linear.bias, group_size)
-    return Int8Linear(linear.weight, linear.bias)
+    return quantized_weight(linear.weight, linear.bias, method, group_size)
+
+
+def quantized_weight(weight: torch.Tensor, bias: torch.Tensor | None, method: str, group_size: int) -> nn.Module:
+    """The product x W^T + b with W [out, in] quantized: int4 (method "int4", where its shape fits) or int8."""
+    out_features, in_features = weight.shape
+    if method == "int4" and int4_fits(out_features, in_features, group_size, weight.device):
+        return Int4Linear.quantize(weight, bias, group_size)
+    return Int8Linear(weight, bias)
 

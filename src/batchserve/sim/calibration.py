@@ -20,7 +20,7 @@ from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
-FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops")
+FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s")
 # Terms that act only on some steps, and the StepShape field that says a step has them.
@@ -58,12 +58,13 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
     return np.array([model.step_time(*o.shape) for o in observations])
 
 
-def fitted_fields(observations: Sequence[Observation]) -> tuple[str, ...]:
+def fitted_fields(observations: Sequence[Observation], moe: bool = False) -> tuple[str, ...]:
     """The fields these steps can pin down: a term that acts only on some steps (a grammar's rows, adapter
-    segments) only when some step has it (with none it has no effect on the loss, and the fit would leave it
-    anywhere)."""
+    segments) only when some step has it, and the expert term only on an MoE model (without them it has no
+    effect on the loss, and the fit would leave it anywhere)."""
     present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
-    return tuple(n for n in FRACTIONS + OVERHEADS if n not in CONDITIONAL or CONDITIONAL[n] in present)
+    return tuple(n for n in FRACTIONS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
+                 and (moe or n != "expert_flops"))
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
@@ -81,7 +82,7 @@ def fit_efficiency(
     deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
 ) -> Efficiency:
     """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
-    names = fitted_fields(observations)
+    names = fitted_fields(observations, moe=deployment.model.is_moe)
     if len(observations) < len(names):
         raise ValueError(f"need at least {len(names)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
@@ -100,7 +101,9 @@ def fit_efficiency(
         best = nelder_mead(loss, best, step=0.5)
         if previous - loss(best) < 1e-6:
             break
-    return _decode(best, start, names)
+    fitted = _decode(best, start, names)
+    # a dense model's steps cannot see the expert term: its profile prices experts as its other GEMMs
+    return fitted if "expert_flops" in names else replace(fitted, expert_flops=fitted.gemm_flops)
 
 
 def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 1000,

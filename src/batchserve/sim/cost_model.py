@@ -16,6 +16,7 @@ import numpy as np
 
 from ..model_config import kv_bytes_per_token
 from .deployment import Deployment
+from .experts import expected_active_experts
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class Efficiency:
     """Prefill attention (flash-style kernels) reaches this fraction of peak FLOP/s."""
     memory_bandwidth: float = 0.85
     """Streaming weights and KV reaches this fraction of peak memory bandwidth."""
+    expert_flops: float = 0.70
+    """An MoE layer's routed-expert GEMMs reach this fraction of peak FLOP/s: each runs on its tokens only, after
+    the dispatch's sort and gather (`calibrate` fits it on an MoE model; dense models leave it unused)."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -114,6 +118,7 @@ class CostModel:
         tp = d.tp
         self.num_layers = m.num_layers
         self.flops = hw.peak_flops[d.compute_dtype] * eff.gemm_flops
+        self.expert_flops = hw.peak_flops[d.compute_dtype] * eff.expert_flops
         # attention runs in 16-bit (flash kernels dequantise fp8/int KV) unless the model is fp32
         attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
         self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
@@ -160,21 +165,25 @@ class CostModel:
 
     # ---- operators ------------------------------------------------------------
 
-    def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0) -> float:
+    def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0,
+              flops_per_s: float | None = None) -> float:
         """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs."""
         flops = 2.0 * tokens * k * n * uses
         nbytes = weight_copies * k * n * self.wb + tokens * uses * (k + n) * self.ab
-        return max(flops / self.flops, nbytes / self.bandwidth)
+        return max(flops / (flops_per_s or self.flops), nbytes / self.bandwidth)
+
+    def expert_gemm_time(self, tokens: int) -> float:
+        """One MoE layer's routed experts: the expected touched experts' weights read, top_k rows per token."""
+        touched = expected_active_experts(self.num_experts, self.top_k, tokens)
+        return sum(self._gemm(tokens, k, n, weight_copies=touched, uses=self.top_k, flops_per_s=self.expert_flops)
+                   for k, n in self._mlp_gemms)
 
     def layer_gemm_time(self, tokens: int) -> float:
         """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
         t = sum(self._gemm(tokens, k, n) for k, n in self._dense_gemms)
         if not self.num_experts:
             return t + sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
-        e, top = self.num_experts, self.top_k
-        touched = e * (1.0 - (1.0 - top / e) ** tokens)  # expected distinct experts hit
-        moe = sum(self._gemm(tokens, k, n, weight_copies=touched, uses=top) for k, n in self._mlp_gemms)
-        moe += self._gemm(tokens, self.hidden, e / self.tp)  # router
+        moe = self.expert_gemm_time(tokens) + self._gemm(tokens, self.hidden, self.num_experts / self.tp)  # + router
         moe += sum(self._gemm(tokens, k, n) for k, n in self._shared_gemms)
         dense = sum(self._gemm(tokens, k, n) for k, n in self._dense_mlp_gemms)
         return t + self.moe_layer_share * moe + (1 - self.moe_layer_share) * dense

@@ -85,6 +85,8 @@ class SimSetup:
 def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None) -> Efficiency:
     """The hardware's calibrated efficiency (or the defaults), with explicit overrides on top."""
     values = {**(hardware.efficiency or {}), **(overrides or {})}
+    if "gemm_flops" in values:  # a profile fitted on a dense model: the expert GEMMs run as its GEMMs do
+        values.setdefault("expert_flops", values["gemm_flops"])
     known = {f.name for f in fields(Efficiency)}
     unknown = sorted(set(values) - known)
     if unknown:
