@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..openai import APIError, ServingContext, engine_inputs, parse_request, response_body

@@ -16,20 +16,12 @@ from typing import Any, Protocol
 
 from ..lora.request import LoRARequest
 from ..metrics import RequestRecord
-from ..openai import ServingContext, engine_error
-from ..openai.structured import DEFAULT_TOOL_PARSER
 from ..outputs import RequestOutput
 from ..progress import Progress
+from ..openai import ServingContext, engine_error
+from ..openai.structured import DEFAULT_TOOL_PARSER
 from .batch_io import (
-    CHAT_URL,
-    BadLine,
-    BatchRequest,
-    Done,
-    Entry,
-    ResultWriter,
-    check_unique_ids,
-    detect_format,
-    read_entries,
+    CHAT_URL, BadLine, BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, read_entries,
     scan_output,
 )
 from .openai_format import error_record, prepare, result_record

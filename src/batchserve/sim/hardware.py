@@ -16,10 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Mapping
 
 GiB = 2**30
 

@@ -22,6 +22,7 @@ from ..gguf_file import is_gguf, open_gguf
 from ..model_config import ModelConfig, from_hf_config
 from .hardware import CatalogError
 
+
 # --- The catalog: published config.json contents ---------------------------------
 # Fields a roofline needs, copied verbatim from each repo's config.json on the HF Hub.
 # Fields a file does not publish are left out (e.g. Llama-2's files carry no
