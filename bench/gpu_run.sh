@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# One device session: CUDA correctness of the engine, throughput vs transformers, simulator fidelity.
-# Run from the repository root on a CUDA machine; writes results under $OUT (default ./gpu-out).
-set -u
+# One device session (under 8 minutes: the step timeouts below sum to 470 s): CUDA correctness of the engine
+# (eager, compiled decode, the in-place flex attention backend), throughput vs transformers, decode step time
+# against the HBM roofline, simulator fidelity.
+# Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
+# A step that fails or times out is reported and the next one runs.
+set -euo pipefail
 OUT=$(realpath -m "${OUT:-gpu-out}"); mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'transformers', transformers.__version__)"
-echo "== 1. engine on CUDA (the default device) vs transformers greedy on CPU"
-timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
-    tests/entrypoints/test_llm.py tests/entrypoints/test_llm_engine.py 2>&1 | tail -12
-echo "== 1b. compiled decode steps on CUDA (--no-enforce-eager): equal to eager and transformers, graphs bounded"
-timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/models/test_compiled_decode.py 2>&1 | tail -4
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, print the log's tail
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s)"
+  local rc=0
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+  grep -v "Writing model" "$OUT/$name.log" | tail -n 14 || true
+  if [ "$rc" = 124 ]; then echo "!! $name: timed out"; elif [ "$rc" != 0 ]; then echo "!! $name: exit $rc"; fi
+}
+
+step versions 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+step python 10 python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'transformers', transformers.__version__)"
+# the engine runs on CUDA (the default device) against transformers' greedy tokens on CPU
+step 1-oracle 75 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
+    tests/entrypoints/test_llm_engine.py -k "not flex"
+step 1b-compiled-decode 60 python3 -m pytest -q -x -p no:cacheprovider tests/models/test_compiled_decode.py
+# --attention-backend flex on CUDA (Triton FlexAttention over the block pool): greedy equal to transformers with
+# prefix caching and preemption, then the op-level step time against the gather backend
+step 1c-flex-oracle 45 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
+step 1d-flex-op 50 python3 bench/bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 \
+    --batch 256 --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
 cd bench
-if [ "${WITH_THROUGHPUT:-1}" = 1 ]; then
-  echo "== 2. throughput: Qwen2.5-0.5B shape, bf16, 256 requests"
-  timeout 150 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-      --baseline-batch 256 --baseline static --prepack on 2>&1 | grep -v "Writing model"
-fi
-echo "== 2b. where a decode step's time goes at batch 256"
-timeout 70 python3 profile_engine.py --device cuda --shape qwen0.5b --dtype bfloat16 --num-requests 256 2>&1 \
-    | grep -v "Writing model\|USDT"
-echo "== 2c. decode step time, eager vs compiled, against the HBM roofline (batch 1/64/256)"
-timeout 150 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 --batch 64 \
-    --batch 256 --rounds 2 --prompt-len 128 --new-tokens 32 --kv-cache-memory 16GiB 2>&1 | grep -v "Writing model"
-echo "== 3. fidelity: Llama-3.2-1B shape, bf16"
-timeout 150 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 1000 \
-    --kv-cache-memory 16GiB --out "$OUT" 2>&1 | grep -v "Writing model\|calibrating\|running"
+step 2-throughput 80 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+    --baseline-batch 256 --baseline static --prepack on
+step 2c-decode-roofline 70 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
+    --batch 64 --batch 256 --modes eager,compiled,flex --rounds 1 --prompt-len 128 --new-tokens 16 \
+    --kv-cache-memory 16GiB
+step 3-fidelity 70 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
+    --kv-cache-memory 16GiB --out "$OUT"

@@ -29,10 +29,12 @@ def llama_cpp_permute(rows: np.ndarray, num_heads: int) -> np.ndarray:
         rows.shape)
 
 
-def write_hf_model_as_gguf(model: Any, path: Path, tensor_type: str = "F32") -> Path:
+def write_hf_model_as_gguf(model: Any, path: Path, tensor_type: str = "F32", no_vocab: bool = False) -> Path:
     """What llama.cpp's converter writes for a transformers Llama/Qwen2/Qwen3 model: keys, names, q/k order.
 
     Matrices are stored as `tensor_type` (F32 or a type gguf.quants can quantize, e.g. Q8_0); norms stay F32.
+    no_vocab: mark the file as having no tokenizer (tokenizer.ggml.model "none"), which llama.cpp loads
+    with vocab_size dummy tokens (bench/bench_quant.py runs random-weight shapes in it).
     """
     import gguf
 
@@ -50,6 +52,8 @@ def write_hf_model_as_gguf(model: Any, path: Path, tensor_type: str = "F32") -> 
     writer.add_layer_norm_rms_eps(c.rms_norm_eps)
     writer.add_rope_freq_base(c.rope_parameters["rope_theta"])
     writer.add_vocab_size(c.vocab_size)
+    if no_vocab:
+        writer.add_tokenizer_model("none")
     if getattr(c, "num_experts", 0):
         writer.add_expert_count(c.num_experts)
         writer.add_expert_used_count(c.num_experts_per_tok)

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchserve.attention_layout import decode_groups, padded_key_tokens
+from batchserve.attention_layout import AttentionConfig, decode_groups, padded_key_tokens
 
 
 @given(st.lists(st.integers(1, 5000), max_size=64), st.sampled_from([0.5, 0.7, 0.9, 1.0]))
@@ -21,3 +21,10 @@ def test_equal_lengths_need_no_padding_and_a_spread_batch_pads_each_group_to_its
     # 1000 and 800 share a group (800 >= 700); 500 starts one with 400 (400 >= 350); 100 is alone
     assert decode_groups([100, 800, 1000, 400, 500], 0.7) == [[2, 1], [4, 3], [0]]
     assert padded_key_tokens([100, 800, 1000, 400, 500], 0.7) == 2 * 1000 + 2 * 500 + 100
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=64))
+def test_the_flex_backend_is_costed_on_exactly_the_keys_of_its_rows(lengths: list[int]) -> None:
+    flex = AttentionConfig(backend="flex")
+    assert padded_key_tokens(lengths, flex.decode_padding_ratio) == sum(lengths)
+    assert AttentionConfig().decode_padding_ratio == AttentionConfig().decode_bucket_ratio

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+ATTENTION_BACKENDS = ("torch", "flex")
+
 
 @dataclass(frozen=True)
 class AttentionConfig:
@@ -19,13 +21,32 @@ class AttentionConfig:
     """Decode rows share a padded call while their key count is at least this fraction of the call's longest:
     higher pads less but makes more calls."""
 
+    backend: str = "torch"
+    """Paged attention kernel: "torch" gathers each row's K/V into padded copies for SDPA (the reference);
+    "flex" reads them in place from the block pool with a compiled FlexAttention kernel (models/flex_attention.py)."""
+
     batch_invariant: bool = False
     """One call per query token over exactly its visible keys, so a token's result never depends on its
     batch-mates or on how its prompt was chunked (deterministic=True; models/batch_invariant.py)."""
 
+    @property
+    def decode_padding_ratio(self) -> float:
+        """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
+        return 1.0 if self.backend == "flex" else self.decode_bucket_ratio
+
+    @property
+    def call_per_decode_group(self) -> bool:
+        """The torch backend gathers and attends each decode group in its own call; flex runs one kernel."""
+        return self.backend == "torch"
+
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:
             raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
+        if self.backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend {self.backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        if self.batch_invariant and self.backend != "torch":
+            raise ValueError(f"deterministic (batch-invariant) attention runs on the torch backend, not "
+                             f"{self.backend!r}; drop one of them")
 
 
 def decode_groups(lengths: Sequence[int], ratio: float) -> list[list[int]]:

@@ -28,7 +28,7 @@ def test_json_holds_resolved_config_and_metrics_with_units(tmp_path) -> None:
     assert config["cache"]["num_blocks"] > 0  # derived from memory
     assert config["deployment"] == {
         "model": "llama-3.1-8b", "hardware": "h100-sxm", "tp": 1, "pp": 1, "num_gpus": 1,
-        "weight_dtype": "bf16", "kv_cache_dtype": "auto", "gpu_memory_utilization": 0.9,
+        "weight_dtype": "bf16", "quantization": None, "kv_cache_dtype": "auto", "gpu_memory_utilization": 0.9,
     }
     assert config["workload"]["num_requests"] == 200 and config["workload"]["rate"] == 20
     for key in ("ttft_s", "tpot_s", "e2e_s", "queue_s"):

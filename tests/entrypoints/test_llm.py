@@ -118,6 +118,15 @@ def test_quantization_flag_reaches_the_engine(capsys) -> None:
     assert "invalid choice: 'int3'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, quantize_lm_head", [([], True), (["--no-quantize-lm-head"], False)])
+def test_the_lm_head_flag_reaches_the_engine(flags, quantize_lm_head) -> None:
+    from batchserve.entrypoints.cli import build_parser
+    from batchserve.entrypoints.common import engine_args
+
+    args = build_parser().parse_args(["generate", "--model", "tiny", "--prompt", "hi", "--quantization", "int4", *flags])
+    assert engine_args(args)["quantize_lm_head"] is quantize_lm_head
+
+
 def test_llm_is_exported_lazily_from_the_package() -> None:
     import subprocess
     import sys

@@ -28,3 +28,28 @@ def test_cpu_without_a_kv_size_gets_the_engines_cpu_default():
 def test_a_dtype_the_engine_does_not_run_is_refused():
     with pytest.raises(ValueError, match="dtype 'int8' is not one the engine runs"):
         RunSetup(dtype="int8").sim_setup("cpu-local")
+
+
+def test_the_attention_backend_reaches_the_engine_and_its_twin():
+    setup = RunSetup(device="cpu", attention_backend="flex")
+    assert setup.sim_setup("cpu-local").attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
+    assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"
+    with pytest.raises(ValueError, match="compiles its own kernel"):
+        LLMEngine("tiny", **{**setup.engine_args(), "enforce_eager": False})
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_the_twin_of_a_quantized_engine_streams_packed_weights(method):
+    """--estimate --quantization: the engine's weight-only method, in its activation dtype and KV blocks."""
+    setup = RunSetup(device="cpu", kv_cache_memory="1MiB", dtype="bfloat16", quantization=method)
+    engine = LLMEngine(setup.model, **setup.engine_args())
+    sim = setup.sim_setup("cpu-local")
+    assert sim.deployment.quantization == engine.quantization_config.method == method
+    assert sim.deployment.weight_dtype == "bf16" and sim.cache.num_blocks == engine.scheduler.kv.num_blocks
+    unquantized = RunSetup(device="cpu", kv_cache_memory="1MiB", dtype="bfloat16").sim_setup("cpu-local")
+    assert sim.deployment.weight_bytes_per_gpu() < unquantized.deployment.weight_bytes_per_gpu()
+
+
+def test_gguf_quantization_is_named_as_not_modelled():
+    with pytest.raises(ValueError, match="quantization 'gguf' is not modelled; use one of int8, int4"):
+        RunSetup(quantization="gguf").sim_setup("cpu-local")

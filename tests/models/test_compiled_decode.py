@@ -1,10 +1,12 @@
-"""Compiled decode steps (torch.compile, enforce_eager=False) against eager steps and transformers.
+"""Compiled steps (torch.compile) against eager steps and transformers: decode steps, the flex attention backend.
 
 One compiled engine serves a 200-request run of varied prompt and output
 lengths in a KV pool small enough to force preemptions: its greedy tokens must
 equal the eager engine's for every request and transformers' for a sample, and
 the number of graphs compiled must stay bounded (batch 1 and batch > 1), not
 grow with the shapes seen. Compilation is the slow part, so it happens once.
+The same run on the flex attention backend (a compiled kernel inside eager
+steps) holds it to the same bounds.
 """
 
 from __future__ import annotations
@@ -55,20 +57,28 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def run(path, enforce_eager: bool, kv_cache_memory: int) -> tuple[list[list[int]], LLM]:
+def run(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch") -> tuple[list[list[int]], LLM]:
     llm = LLM(str(path), skip_tokenizer_init=True, enforce_eager=enforce_eager, kv_cache_memory=kv_cache_memory,
-              max_num_seqs=32, max_num_batched_tokens=256)
+              max_num_seqs=32, max_num_batched_tokens=256, attention_backend=attention_backend)
     prompts, params = workload()
     outs = llm.generate(prompts, params, use_tqdm=False)
     return [o.outputs[0].token_ids for o in outs], llm
 
 
-def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_number_of_graphs(hf_model) -> None:
-    model, path = hf_model
-    config = LLM(str(path), skip_tokenizer_init=True, kv_cache_memory="1MiB").model_config
-    kv_memory = 24 * int(kv_bytes_per_block(config, 16, torch.float32.itemsize))  # 24 blocks: 32 requests preempt
-    eager, _ = run(path, enforce_eager=True, kv_cache_memory=kv_memory)
+@pytest.fixture(scope="module")
+def kv_memory(hf_model) -> int:
+    config = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB").model_config
+    return 24 * int(kv_bytes_per_block(config, 16, torch.float32.itemsize))  # 24 blocks: 32 requests preempt
 
+
+@pytest.fixture(scope="module")
+def eager(hf_model, kv_memory) -> list[list[int]]:
+    return run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory)[0]
+
+
+def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_number_of_graphs(
+        hf_model, kv_memory, eager) -> None:
+    model, path = hf_model
     graphs_before = counters["stats"]["unique_graphs"]
     compiled, llm = run(path, enforce_eager=False, kv_cache_memory=kv_memory)
     graphs = counters["stats"]["unique_graphs"] - graphs_before
@@ -80,6 +90,16 @@ def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_nu
     prompts, params = workload()
     for i in range(0, NUM_REQUESTS, 25):
         assert compiled[i] == hf_greedy(model, prompts[i], params[i].max_tokens)
+
+
+def test_flex_backend_equals_eager_and_compiles_a_bounded_number_of_graphs(hf_model, kv_memory, eager) -> None:
+    graphs_before = counters["stats"]["unique_graphs"]
+    flex, llm = run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory, attention_backend="flex")
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+    # none when other tests compiled the kernel already: its graphs serve any pool and batch size
+    assert graphs <= MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
+    assert llm.scheduler.num_preemptions > 0
+    assert flex == eager
 
 
 def test_the_default_is_eager(hf_model) -> None:

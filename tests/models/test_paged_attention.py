@@ -6,6 +6,9 @@ import random
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch._dynamo.utils import counters
 
 from batchserve.model_config import kv_bytes_per_block
 from batchserve.models import AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache, tiny_config
@@ -103,3 +106,37 @@ def test_kv_cache_shapes_and_bytes():
     per_block = kv_bytes_per_block(config, 16, torch.bfloat16.itemsize)  # the formula the engine sizes with
     assert per_block == 2 * config.num_layers * 16 * config.num_kv_heads * config.head_dim * 2
     assert per_block * 10 == sum(t.numel() * t.element_size() for pair in caches for t in pair)
+
+
+FLEX = AttentionConfig(backend="flex")
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_flex_backend_matches_reference_on_a_mixed_batch(window):
+    out, expected = run_batch(MIXED, window, config=FLEX)
+    assert (out - expected).abs().max() < 1e-5
+
+
+@settings(max_examples=12, deadline=None)
+@given(seqs=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 9)), min_size=1, max_size=6),
+       window=st.sampled_from([None, 1, 5, 16]), seed=st.integers(0, 99))
+def test_flex_backend_matches_reference_on_ragged_batches(seqs, window, seed):
+    """Ragged rows on prefix-cached contexts (decodes, chunks on context, fresh prompts), GQA, sliding windows."""
+    out, expected = run_batch(seqs, window, seed, config=FLEX)
+    assert (out - expected).abs().max() < 1e-5
+
+
+def test_flex_backend_does_not_recompile_per_batch_shape():
+    run_batch([(5, 1), (9, 3)], config=FLEX)  # compile for many rows (and one row below) before counting
+    run_batch([(7, 1)], config=FLEX)
+    graphs = counters["stats"]["unique_graphs"]
+    for seqs in ([(3, 1), (20, 1), (11, 2)], [(30, 1)] * 7, [(0, 6), (2, 1)], [(40, 4), (1, 1), (6, 1)]):
+        run_batch(seqs, config=FLEX)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_unknown_backend_and_flex_with_deterministic_are_refused():
+    with pytest.raises(ValueError, match="not one of torch, flex"):
+        AttentionConfig(backend="flash")
+    with pytest.raises(ValueError, match="deterministic"):
+        AttentionConfig(backend="flex", batch_invariant=True)

@@ -199,8 +199,10 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
         max_gpus_per_node=match.max_gpus_per_node if match else 1,
     )
     lora = llm.lora_manager
+    quantization = llm.quantization_config
     deployment = Deployment(replace(llm.model_config, name="calibrated"), profile, weight_dtype=weight_dtype,
-                            max_lora_rank=lora.config.max_lora_rank if lora else 0)
+                            max_lora_rank=lora.config.max_lora_rank if lora else 0,
+                            quantization=quantization.method, quantization_group_size=quantization.group_size)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))

@@ -53,12 +53,16 @@ class LLMEngine:
     one scale per output channel, "int4" as int4 with a scale and offset per
     `quantization_group_size` weights (models/quantization.py), "gguf" runs a
     GGUF file's own 4-bit blocks (models/gguf_quantization.py); None keeps `dtype`.
+    `quantize_lm_head`: with a quantization, the LM head runs int8 too (default);
+    False keeps it in `dtype` (QuantizationConfig.quantize_lm_head).
     `deterministic`: batch-invariant numerics, so a request's tokens do not depend
     on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
     `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
     steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
     compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
     on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
+    `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "torch" (default)
+    gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -85,8 +89,10 @@ class LLMEngine:
         weight_prepack: bool = True,
         quantization: str | None = None,
         quantization_group_size: int = QuantizationConfig.group_size,
+        quantize_lm_head: bool = QuantizationConfig.quantize_lm_head,
         deterministic: bool = False,
         enforce_eager: bool = True,
+        attention_backend: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
@@ -101,12 +107,17 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
+        if attention_backend is not None:
+            attention = dataclasses.replace(attention, backend=attention_backend)
+        if attention.backend != "torch" and not enforce_eager:
+            raise ValueError(f"attention_backend={attention.backend!r} compiles its own kernel and compiled decode "
+                             "steps (enforce_eager=False) run the torch backend; drop one of them")
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
+        self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
         self.model, self.model_config, self.model_path = load_model(
-            model, dtype=dtype, device=device, prepack=weight_prepack,
-            quantization=QuantizationConfig(quantization, quantization_group_size))
+            model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config)
         if deterministic:
             make_batch_invariant(self.model)
             attention = dataclasses.replace(attention, batch_invariant=True)

@@ -24,7 +24,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args))
     wall = time.perf_counter() - t
     meta = {
-        "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype],
+        "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype], "quantization": llm.quantization_config.method,
         "device": device_name(llm.device), "date": str(datetime.date.today()), "wall_s": wall,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
     }

@@ -117,10 +117,16 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
     trace = values.get("workload")
     workload = Workload.from_trace(trace, spec) if trace else Workload.synthetic(spec)
     cluster = pick(values, ClusterConfig)
+    quantized = [d for d in searched["weight_dtypes"] if d not in ("bf16", "fp16", "fp32")]
+    if cluster.get("quantization") and quantized:
+        raise ConfigError(f"--quantization {cluster['quantization']} packs float weights; weight dtype "
+                          f"{quantized[0]} is quantized already: pass --weight-dtype bf16")
     base = Base(
         model=model,
         kv_cache_dtype=cluster.get("kv_cache_dtype", ClusterConfig.kv_cache_dtype),
         gpu_memory_utilization=cluster.get("gpu_memory_utilization", ClusterConfig.gpu_memory_utilization),
+        quantization=cluster.get("quantization"),
+        quantization_group_size=cluster.get("quantization_group_size", ClusterConfig.quantization_group_size),
         scheduler_overrides=tuple(sorted(pick(values, SchedulerConfig).items())),
         cache=CacheConfig(**pick(values, CacheConfig)),
         efficiency=Efficiency(**pick(values, Efficiency)),

@@ -236,7 +236,7 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
     rows: dict[str, Any] = {
         "Predicted wall time p10-p90 (s):": f"{lo:.2f} - {hi:.2f}",
         "Output tokens p10-p90:": f"{estimate.output_tokens_range[0]:.0f} - {estimate.output_tokens_range[1]:.0f}",
-        "Weight dtype:": info["weight_dtype"],
+        "Weight dtype:": info["weight_dtype"] + (f", {info['quantization']} weight-only" if info["quantization"] else ""),
         "GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"]),
         "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
         if info["steps_measured"] else "1 (the profile's costs as they are)",

@@ -253,7 +253,7 @@ def estimate_job(
     t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
     info = {
         "model": sim.deployment.model.name, "hardware": sim.deployment.hardware.name, "device": target,
-        "weight_dtype": dtype, "scheduler": setup.scheduler, "max_num_batched_tokens": setup.max_num_batched_tokens,
+        "weight_dtype": dtype, "quantization": sim.deployment.quantization, "scheduler": setup.scheduler, "max_num_batched_tokens": setup.max_num_batched_tokens,
         "max_num_seqs": setup.max_num_seqs, "num_gpus": setup.replicas * sim.deployment.num_gpus,
         "num_kv_blocks": sim.cache.num_blocks, "predicted_wall_s": median.wall_s,
         "predicted_wall_s_p10": p10, "predicted_wall_s_p90": p90,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..attention_layout import AttentionConfig
 from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
@@ -51,8 +52,10 @@ class RunSetup:
     kv_cache_memory: str | None = None
     quantization: str | None = None
     quantization_group_size: int = QuantizationConfig.group_size
+    quantize_lm_head: bool = QuantizationConfig.quantize_lm_head
     deterministic: bool = False
     enforce_eager: bool = True
+    attention_backend: str = "torch"
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
     target_tokens_per_expert: int = 0
@@ -69,17 +72,17 @@ class RunSetup:
         """Keyword arguments of `LLMEngine` for one replica."""
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
-                "deterministic": self.deterministic, "enforce_eager": self.enforce_eager,
-                "speculative_config": self.speculative_config, "target_tokens_per_expert": self.target_tokens_per_expert,
-                "scheduler": self.scheduler,
+                "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
+                "enforce_eager": self.enforce_eager, "attention_backend": self.attention_backend,
+                "speculative_config": self.speculative_config,
+                "target_tokens_per_expert": self.target_tokens_per_expert, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
-        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's)."""
-        if self.quantization is not None:
-            raise ValueError(f"the estimate does not model --quantization {self.quantization} yet (the cost model's "
-                             "int8 is W8A8 on tensor cores, not CPU weight-only int8); estimate without it")
+        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's); with
+        --quantization, the dtype its GEMMs and KV cache keep (the packed weights are the deployment's
+        `quantization`)."""
         shape = shape or model_shape(self.model)
         name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
         if name not in _DTYPE_BYTES:
@@ -105,9 +108,11 @@ class RunSetup:
                              "--speculative-config")
         shape = model_shape(self.model)
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
-                                weight_dtype=self.weight_dtype(shape))
+                                weight_dtype=self.weight_dtype(shape), quantization=self.quantization,
+                                quantization_group_size=self.quantization_group_size)
         seqs, budget = expert_batching(self.max_num_seqs, self.max_num_batched_tokens, shape.num_experts,
                                        shape.num_experts_per_tok, self.target_tokens_per_expert)
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=budget, max_num_seqs=seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)))
+        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)),
+                       attention=AttentionConfig(backend=self.attention_backend))

@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..attention_layout import AttentionConfig, decode_groups
 from ..model_config import ModelConfig
 from .batch_invariant import per_token_attention
+from .flex_attention import FlexPlan, flex_paged_attention, flex_plan
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -138,6 +139,29 @@ def _sequence_slots(meta: AttentionMetadata) -> list[torch.Tensor]:
     return slots
 
 
+def _flex_plans(meta: AttentionMetadata, window: int | None,
+                num_pool_blocks: int) -> tuple[FlexPlan | None, list[_PrefillPlan]]:
+    """The flex backend's plan for the tokens on cached keys (decodes, chunks on context) and the fresh prompt
+    chunks, which attend their own new k/v; built by the first layer and reused by the rest."""
+    key = ("flex", window)
+    if key not in meta._plans:
+        qsl, ctx, device = meta.query_start_loc, meta.context_lens, meta.slot_mapping.device
+        rows, seqs, positions, fresh = [], [], [], []
+        for i in range(meta.num_seqs):
+            n = qsl[i + 1] - qsl[i]
+            if n == 1 or ctx[i]:
+                rows += range(qsl[i], qsl[i + 1])
+                seqs += [i] * n
+                positions += range(ctx[i], ctx[i] + n)
+            elif n:
+                mask = _visible(torch.arange(n)[:, None], torch.arange(n)[None, :], window)
+                fresh.append(_PrefillPlan(qsl[i], qsl[i + 1], None, mask.to(device, non_blocking=True)))
+        plan = flex_plan(rows, seqs, positions, meta.block_tables, meta.block_size, num_pool_blocks, window,
+                         device, every_row=len(rows) == qsl[-1]) if rows else None
+        meta._plans[key] = plan, fresh
+    return meta._plans[key]
+
+
 def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
     """Causal (and sliding-window) mask: a query sees keys at its position or before, within the window."""
     mask = k_pos <= q_pos
@@ -211,6 +235,8 @@ class PagedAttention:
         if isinstance(meta, AttentionMetadata) and meta.config.batch_invariant:
             return per_token_attention(q, k_cache, v_cache, _sequence_slots(meta), meta.query_start_loc,
                                        meta.context_lens, self.sliding_window, scale)
+        if isinstance(meta, AttentionMetadata) and meta.config.backend == "flex":
+            return self._flex(q, k, v, k_cache, v_cache, meta, kv_cache[0].shape[0], scale)
         if isinstance(meta, AttentionMetadata):
             meta = decode_metadata(meta, self.sliding_window) or meta
         if isinstance(meta, DecodeMetadata):  # a pure decode step: no row selection
@@ -229,6 +255,20 @@ class PagedAttention:
         return out
 
     __call__ = forward
+
+    def _flex(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              meta: AttentionMetadata, num_pool_blocks: int, scale: float) -> torch.Tensor:
+        """Rows on cached keys in one in-place FlexAttention call; fresh prompt chunks on their own k/v."""
+        plan, fresh = _flex_plans(meta, self.sliding_window, num_pool_blocks)
+        if plan is not None and plan.rows is None:
+            return flex_paged_attention(q, k_cache, v_cache, plan, scale)
+        out = torch.empty_like(q)
+        if plan is not None:
+            rows = flex_paged_attention(q.index_select(0, plan.rows), k_cache, v_cache, plan, scale)
+            out.index_copy_(0, plan.rows, rows)
+        for p in fresh:
+            out[p.start:p.end] = self._prefill(q[p.start:p.end], k[p.start:p.end], v[p.start:p.end], p.mask, scale)
+        return out
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 key_slots: torch.Tensor, key_mask: torch.Tensor, scale: float) -> torch.Tensor:

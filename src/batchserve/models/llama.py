@@ -146,6 +146,7 @@ class CausalLM(nn.Module):
             config.hidden_size, config.vocab_size, False, dtype, device)
         self.rotary_emb = RotaryEmbedding(config, device)
         self.attn = PagedAttention(config.num_attention_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
+        self._prepacked = False
         self.compiled_decode: Callable[..., torch.Tensor] | None = None
         """run_layers compiled for pure decode steps (compile_decode); None runs every step eagerly."""
 
@@ -157,7 +158,7 @@ class CausalLM(nn.Module):
     @property
     def prepacked(self) -> bool:
         """Whether prepack_weights ran: the projections run oneDNN's packed GEMM."""
-        return isinstance(self.lm_head, PackedLinear)
+        return self._prepacked
 
     @property
     def device(self) -> torch.device:
@@ -211,8 +212,10 @@ class CausalLM(nn.Module):
         for module in self.model.modules():
             if isinstance(module, Experts):
                 module.prepack()
-        self.lm_head = PackedLinear(self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight,
-                                    None)
+        if self.lm_head is None or isinstance(self.lm_head, nn.Linear):  # a quantized head stays as it is
+            self.lm_head = PackedLinear(
+                self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight, None)
+        self._prepacked = True
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -23,7 +23,7 @@ from .gguf_weights import gguf_tensors
 from .linear import prepack_supported
 from .llama import CausalLM
 from .moe import quantize_moe_model
-from .quantization import quantize_linears
+from .quantization import Int8Linear, quantize_linears
 from .tiny import build_tiny, tiny_config
 
 TINY = "tiny"
@@ -40,7 +40,8 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
     quantization: a method name or a QuantizationConfig; "int8" / "int4"
     quantize the decoder layers' projections at load (models/quantization.py),
     "gguf" runs a GGUF file's quantized blocks (models/gguf_quantization.py);
-    the embeddings and LM head stay in `dtype`.
+    the LM head runs int8 unless config.quantize_lm_head is False; the
+    embedding lookup stays in `dtype`.
     """
     try:
         config = quantization if isinstance(quantization, QuantizationConfig) else QuantizationConfig(quantization)
@@ -57,8 +58,10 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
         gguf_quantized_linears(net.model, open_gguf(path), model_config)
     elif config.method is not None:
         (quantize_moe_model if model_config.is_moe else quantize_linears)(net.model, config)
+    if config.method is not None and config.quantize_lm_head:
+        net.lm_head = Int8Linear(net.model.embed_tokens.weight if net.lm_head is None else net.lm_head.weight, None)
     if prepack and prepack_supported(net.dtype, net.device):
-        net.prepack_weights()  # what quantization left as nn.Linear: the LM head, GGUF's float projections
+        net.prepack_weights()  # what quantization left as nn.Linear: GGUF's float projections, an unquantized head
     return net, model_config, path
 
 

@@ -82,8 +82,7 @@ class Sampler:
             token_ids[r_idx] = self._sample(
                 logits[r_idx], [params[i] for i in random_rows], [generators[i] for i in random_rows]
             )
-        tokens = token_ids.tolist()
-        return SampleOutput(tokens, raw_logprobs(raw, params, tokens))
+        return to_host(token_ids, raw, params)
 
     def _sample(
         self, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
@@ -272,28 +271,34 @@ def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Ten
     return torch.minimum(token, last)
 
 
-def raw_logprobs(
-    raw_logits: torch.Tensor, params: Sequence[SamplingParams], tokens: Sequence[int]
-) -> list[dict[int, float] | None]:
-    """Top-N and sampled-token log-probabilities of the unprocessed logits, for rows that ask."""
-    out: list[dict[int, float] | None] = [None] * len(params)
+def to_host(token_ids: torch.Tensor, raw_logits: torch.Tensor, params: Sequence[SamplingParams]) -> SampleOutput:
+    """The step's one device-to-host transfer: sampled ids and the log-probabilities rows ask for, in one tensor.
+
+    Logprobs are the top-N and sampled-token log-probabilities of the unprocessed logits; they are
+    computed on the device and packed with the ids as float64 (exact for any token id), so a GPU
+    step waits for its results once, not once per kind of result.
+    """
     rows = [i for i, p in enumerate(params) if p.logprobs is not None]
     if not rows:
-        return out
-    device = raw_logits.device
-    idx = torch.tensor(rows, device=device)
+        return SampleOutput(token_ids.tolist(), [None] * len(params))
+    idx = torch.tensor(rows, device=raw_logits.device)
     logprobs = torch.log_softmax(raw_logits[idx], dim=-1)
-    sampled = torch.tensor([tokens[i] for i in rows], device=device).unsqueeze(1)
-    sampled_lp = logprobs.gather(1, sampled).squeeze(1).tolist()
+    sampled_lp = logprobs.gather(1, token_ids[idx].unsqueeze(1)).squeeze(1)
     num_top = min(max(params[i].logprobs or 0 for i in rows), logprobs.shape[1])
-    top_lp, top_ids = logprobs.topk(num_top, dim=-1) if num_top else (logprobs[:, :0], sampled[:, :0])
-    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+    top_lp, top_ids = logprobs.topk(num_top, dim=-1)
+    packed = torch.cat([t.reshape(-1).double() for t in (token_ids, sampled_lp, top_lp, top_ids)]).tolist()
+    num_rows, num_lp = len(params), len(rows)
+    tokens = [int(t) for t in packed[:num_rows]]
+    top = packed[num_rows + num_lp:]
+    out: list[dict[int, float] | None] = [None] * num_rows
     for j, i in enumerate(rows):
         n = params[i].logprobs or 0
-        entry = dict(zip(top_ids[j][:n], top_lp[j][:n]))
-        entry[tokens[i]] = sampled_lp[j]
+        row_lp = top[j * num_top:j * num_top + n]
+        row_ids = top[(num_lp + j) * num_top:(num_lp + j) * num_top + n]
+        entry = {int(t): lp for t, lp in zip(row_ids, row_lp)}
+        entry[tokens[i]] = packed[num_rows + j]
         out[i] = entry
-    return out
+    return SampleOutput(tokens, out)
 
 
 def prompt_logprobs(logits: torch.Tensor, targets: Sequence[int], num_top: int) -> list[dict[int, float]]:

@@ -22,11 +22,13 @@ from .deployment import Deployment
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
-             "lora_segment_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s")
+             "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s")
 # Terms that act only on some steps, and the StepShape field that says a step has them.
 CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
                "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
                "decode_group_overhead_s": "num_decode_groups"}
+QUANTIZED = ("dequant_overhead_s",)
+"""Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
@@ -58,13 +60,13 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
     return np.array([model.step_time(*o.shape) for o in observations])
 
 
-def fitted_fields(observations: Sequence[Observation], moe: bool = False) -> tuple[str, ...]:
+def fitted_fields(observations: Sequence[Observation], moe: bool = False, quantized: bool = False) -> tuple[str, ...]:
     """The fields these steps can pin down: a term that acts only on some steps (a grammar's rows, adapter
-    segments) only when some step has it, and the expert term only on an MoE model (without them it has no
-    effect on the loss, and the fit would leave it anywhere)."""
+    segments) only when some step has it, the expert term only on an MoE model and the dequantization term
+    only on a quantized one (without them it has no effect on the loss, and the fit would leave it anywhere)."""
     present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
     return tuple(n for n in FRACTIONS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
-                 and (moe or n != "expert_flops"))
+                 and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED))
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
@@ -82,7 +84,7 @@ def fit_efficiency(
     deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
 ) -> Efficiency:
     """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
-    names = fitted_fields(observations, moe=deployment.model.is_moe)
+    names = fitted_fields(observations, moe=deployment.model.is_moe, quantized=deployment.quantization is not None)
     if len(observations) < len(names):
         raise ValueError(f"need at least {len(names)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
@@ -94,7 +96,7 @@ def fit_efficiency(
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                          token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
-                         new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4), names)
+                         dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4), names)
     best = x0
     for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
         previous = loss(best)

@@ -17,6 +17,7 @@ import numpy as np
 from ..model_config import kv_bytes_per_token
 from .deployment import Deployment
 from .experts import expected_active_experts
+from .quantization import LM_HEAD_METHOD, quantized_weight_bytes
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Efficiency:
     lora_segment_overhead_s: float = 0.0
     """Cost per adapter segment in a step beyond its FLOPs and bytes: its shrink and expand launches in every
     layer, the row slicing."""
+    dequant_overhead_s: float = 0.0
+    """Cost per million quantized weights a step reads (weight-only int8/int4), beyond their bytes: unpacking
+    them to the activation dtype inside the GEMM. A CPU kernel's real cost, so `calibrate --quantization` fits it."""
     new_shape_overhead_s: float = 0.0
     """Cost of a step whose flat token count the process runs for the first time: a CPU GEMM library (oneDNN)
     builds its kernels once per new row count (a tiny model's 3 ms prefill took 8 ms the first time); ~0 on GPUs."""
@@ -160,17 +164,27 @@ class CostModel:
         self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
+        self.quantization, self.group_size = d.quantization, d.quantization_group_size
+        self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
         self.new_shape_overhead = eff.new_shape_overhead_s
         self.decode_group_overhead = eff.decode_group_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
     def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0,
-              flops_per_s: float | None = None) -> float:
-        """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs."""
-        flops = 2.0 * tokens * k * n * uses
-        nbytes = weight_copies * k * n * self.wb + tokens * uses * (k + n) * self.ab
-        return max(flops / (flops_per_s or self.flops), nbytes / self.bandwidth)
+              flops_per_s: float | None = None, quantization: str | None = None) -> float:
+        """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs.
+
+        `quantization` (default: the deployment's): the weights stream packed and are dequantized once per read.
+        """
+        method = quantization or self.quantization
+        compute = 2.0 * tokens * k * n * uses / (flops_per_s or self.flops)
+        activations = tokens * uses * (k + n) * self.ab
+        if method is None:
+            return max(compute, (weight_copies * k * n * self.wb + activations) / self.bandwidth)
+        weights = weight_copies * quantized_weight_bytes(k, n, method, self.group_size)
+        dequant = weight_copies * k * n * self.dequant_overhead
+        return max(compute, (weights + activations) / self.bandwidth) + dequant
 
     def expert_gemm_time(self, tokens: int) -> float:
         """One MoE layer's routed experts: the expected touched experts' weights read, top_k rows per token."""
@@ -222,7 +236,8 @@ class CostModel:
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
             return 0.0
-        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp)
+        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp,
+                       quantization=LM_HEAD_METHOD if self.quantization else None)
         if self.tp > 1:  # gather the vocab shards' logits
             t += self._collective(num_sampling * self.vocab * 4 * (self.tp - 1) / self.tp)
         return t

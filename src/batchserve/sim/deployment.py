@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..model_config import ModelConfig, kv_bytes_per_block, kv_bytes_per_token
 from .hardware import Hardware
+from .quantization import LM_HEAD_METHOD, WEIGHT_ONLY_METHODS, quantized_weight_bytes
 
 GiB = 1024**3
 
@@ -35,6 +36,11 @@ class Deployment:
     """Fraction of device memory the engine may use (weights, activations, KV), as in vLLM."""
     max_lora_rank: int = 0
     """Rank of the LoRA adapter slots (LoRA's `max_lora_rank`); 0: the replica serves no adapters."""
+    quantization: str | None = None
+    """Weight-only quantization as the engine runs it (int8 per channel, int4 per group, LM head int8):
+    weights stream packed, GEMMs compute in `weight_dtype`; None: weights in `weight_dtype`."""
+    quantization_group_size: int = 32
+    """int4: input weights per scale and offset."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -53,6 +59,12 @@ class Deployment:
             raise ValueError(f"pp={self.pp} exceeds the model's {self.model.num_layers} layers")
         if self.model.num_attention_heads % self.tp:
             raise ValueError(f"tp={self.tp} must divide the model's {self.model.num_attention_heads} attention heads")
+        if self.quantization is not None and self.quantization not in WEIGHT_ONLY_METHODS:
+            raise ValueError(f"quantization {self.quantization!r} is not modelled; use one of "
+                             f"{', '.join(WEIGHT_ONLY_METHODS)} (a GGUF file's 4-bit blocks: int4)")
+        if self.quantization is not None and self.weight_dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"quantization {self.quantization} quantizes float weights; weight dtype "
+                             f"{self.weight_dtype} is quantized already")
         if self.max_lora_rank < 0:
             raise ValueError(f"max_lora_rank must be >= 0, got {self.max_lora_rank}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -92,8 +104,18 @@ class Deployment:
         embed = m.vocab_size * m.hidden_size
         lm_head = 0 if m.tie_word_embeddings else embed
         per_layer = (m.num_params() - embed - lm_head) / m.num_layers
+        if self.quantization is not None:  # packed layers and head; the embedding table stays in weight_dtype
+            layers = per_layer * self.layers_per_stage * self.quantized_bytes_per_param(self.quantization)
+            head = m.vocab_size * m.hidden_size * self.quantized_bytes_per_param(LM_HEAD_METHOD)
+            embed *= self.weight_bytes_per_param
+            return (layers + (embed + head if self.pp == 1 else max(embed, head))) / self.tp
         stage = per_layer * self.layers_per_stage + (embed + lm_head if self.pp == 1 else max(embed, lm_head))
         return stage * self.weight_bytes_per_param / self.tp
+
+    def quantized_bytes_per_param(self, method: str) -> float:
+        """Bytes per weight under `method` for this model's hidden width (scales included)."""
+        h = self.model.hidden_size
+        return quantized_weight_bytes(h, 1, method, self.quantization_group_size) / h
 
     def activation_bytes_per_gpu(self, max_num_batched_tokens: int) -> float:
         """Peak activation workspace for one step, plus a fixed 1 GiB for the runtime (CUDA context, graphs)."""
@@ -130,6 +152,7 @@ class Deployment:
             "pp": self.pp,
             "num_gpus": self.num_gpus,
             "weight_dtype": self.weight_dtype,
+            "quantization": self.quantization,
             "kv_cache_dtype": self.kv_cache_dtype,
             "gpu_memory_utilization": self.gpu_memory_utilization,
         }

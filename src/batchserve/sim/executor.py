@@ -52,7 +52,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             lora_tokens += n
             adapters.add(req.adapter_id)
     num_decodes = num_lazy_decodes + len(decode_keys)
-    ratio = attention.decode_bucket_ratio
+    ratio = attention.decode_padding_ratio
     if cohort is not None and num_lazy_decodes:
         keys, groups = cohort.layout(ratio, extra=decode_keys)
         padded, num_groups = int(keys[0]), int(groups[0])
@@ -60,6 +60,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
         listed = decode_groups(decode_keys, ratio)
         padded = lazy_decode_context + sum(len(g) * decode_keys[g[0]] for g in listed)
         num_groups = len(listed) + (num_lazy_decodes > 0)
+    if not attention.call_per_decode_group:
+        num_groups = int(num_decodes > 0)
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
@@ -111,7 +113,9 @@ class SimExecutor:
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
-        keys, groups = batch.cohort.layout(self.attention.decode_bucket_ratio, num_steps)
+        keys, groups = batch.cohort.layout(self.attention.decode_padding_ratio, num_steps)
+        if not self.attention.call_per_decode_group:
+            groups = np.ones_like(groups)
         return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
                                                   groups)
 

@@ -39,6 +39,11 @@ class ClusterConfig:
     """Weight format: bf16, fp16, fp8 (W8A8), int8 (W8A8), int4 (W4A16)."""
     kv_cache_dtype: str = "auto"
     """KV cache format: auto (16-bit) or fp8."""
+    quantization: str | None = None
+    """Weight-only quantization as the engine's --quantization runs it: int8 (per channel) or int4 (per
+    group), LM head int8, GEMMs in --weight-dtype; None: weights in --weight-dtype."""
+    quantization_group_size: int = 32
+    """int4: input weights per scale and offset."""
     gpu_memory_utilization: float = 0.9
     """Fraction of device memory for weights, activations and KV cache."""
     track_token_times: bool = False
@@ -122,6 +127,8 @@ def resolve(
         weight_dtype=cluster.weight_dtype,
         kv_cache_dtype=cluster.kv_cache_dtype,
         gpu_memory_utilization=cluster.gpu_memory_utilization,
+        quantization=cluster.quantization,
+        quantization_group_size=cluster.quantization_group_size,
         max_lora_rank=lora.max_lora_rank if lora.enable_lora else 0,
     )
     if cache.num_blocks is None:

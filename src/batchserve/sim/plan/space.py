@@ -95,6 +95,9 @@ class Base:
     model: str
     kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = 0.9
+    quantization: str | None = None
+    """Weight-only quantization of every candidate (ClusterConfig.quantization)."""
+    quantization_group_size: int = 32
     scheduler_overrides: tuple[tuple[str, Any], ...] = ()
     """Scheduler fields fixed by the user (e.g. policy); the searched ones come from the ReplicaConfig."""
     cache: CacheConfig = CacheConfig()
@@ -109,7 +112,8 @@ class Base:
         cluster = ClusterConfig(
             model=self.model, hardware=config.hardware, tp=config.tp, pp=config.pp, replicas=replicas, router=router,
             weight_dtype=config.weight_dtype, kv_cache_dtype=self.kv_cache_dtype,
-            gpu_memory_utilization=self.gpu_memory_utilization,
+            gpu_memory_utilization=self.gpu_memory_utilization, quantization=self.quantization,
+            quantization_group_size=self.quantization_group_size,
         )
         sched = scheduler_config(config.preset, **{
             **dict(self.scheduler_overrides),

@@ -1,0 +1,97 @@
+"""In-place paged attention with PyTorch FlexAttention: K/V are read from the block pool through the block table.
+
+The plain-torch backend (attention.py) copies each row's keys into a padded
+tensor before SDPA; here the pool itself, viewed as one long key axis of
+num_blocks * block_size slots, is the key tensor, and a BlockMask built from
+the block tables tells the kernel which pool blocks each query visits. Every
+query token that needs cached keys is one batch row with one query, so decodes
+and prompt chunks on cached context share one call. A row's blocks strictly
+inside its visible range are "full" (no mask evaluated); only its first block
+(sliding window) and last block (its own position) are masked.
+
+flex_attention is only fast compiled (inductor's C++ template on CPU, Triton
+on CUDA); the row count is a dynamic dimension, so it compiles once for one
+row and once for more, not per batch shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+_compiled_flex = torch.compile(flex_attention)
+
+
+@dataclass
+class FlexPlan:
+    """The query rows that read the cache and their block mask over the pool; shared by every layer of a step."""
+
+    rows: torch.Tensor | None
+    """[R] indices of those tokens in the flat batch; None: every token, in order."""
+    block_mask: BlockMask
+
+
+def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], block_tables: list[list[int]],
+              block_size: int, num_pool_blocks: int, window: int | None, device: torch.device,
+              every_row: bool) -> FlexPlan:
+    """Block mask of query rows r (token rows[r] of sequence seq_of_row[r] at positions[r]) over the pool."""
+    width = max(len(t) for t in block_tables)
+    tables = torch.tensor([t + [t[-1]] * (width - len(t)) for t in block_tables], dtype=torch.int32)
+    table = tables[torch.tensor(seq_of_row)]  # [R, width]: each row's own block table
+    pos = torch.tensor(positions)
+    lo = pos - window + 1 if window is not None else torch.zeros_like(pos)
+    lo = lo.clamp(min=0)
+    first, last = lo // block_size, pos // block_size
+    cols = torch.arange(width)
+    # full blocks: logical first+1 .. last-1, packed to the front of each row
+    num_full = (last - first - 1).clamp(min=0)
+    full = table.gather(1, (first[:, None] + 1 + cols).clamp(max=width - 1))
+    full = full.masked_fill(cols >= num_full[:, None], 0)
+    first_phys = table.gather(1, first[:, None])[:, 0]
+    last_phys = table.gather(1, last[:, None])[:, 0]
+    partial = torch.stack([last_phys, first_phys], dim=1)
+    num_partial = 1 + (first != last).int()
+
+    def pad(blocks: torch.Tensor) -> torch.Tensor:  # [R, n] -> [R, 1, 1, pool]: the kernel wants the pool's width
+        return F.pad(blocks, (0, num_pool_blocks - blocks.shape[1]))[:, None, None].to(device, non_blocking=True)
+
+    def to_device(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=torch.int32, non_blocking=True)
+
+    # one captured tensor (the CPU template miscompiles several captured tensors of a dynamic size):
+    # per row, its first and last physical block and the offsets its visible keys start and end at
+    bounds = to_device(torch.stack([first_phys, lo % block_size, last_phys, pos % block_size], dim=1))
+    num_partial, num_full = to_device(num_partial)[:, None, None], to_device(num_full)[:, None, None]
+    partial, full = pad(partial), pad(full)
+    if len(rows) > 1:  # one graph for every row count (a size-1 dimension always specializes)
+        for t in (bounds, num_partial, num_full, partial, full):
+            torch._dynamo.mark_dynamic(t, 0)
+
+    def visible(b, h, q_idx, kv_idx):  # only evaluated in a row's first and last block
+        block, offset = kv_idx // block_size, kv_idx % block_size
+        return (((block != bounds[b, 2]) | (offset <= bounds[b, 3]))
+                & ((block != bounds[b, 0]) | (offset >= bounds[b, 1])))
+
+    block_mask = BlockMask.from_kv_blocks(
+        num_partial, partial, num_full, full,
+        BLOCK_SIZE=(1, block_size), mask_mod=visible, seq_lengths=(1, num_pool_blocks * block_size),
+        compute_q_blocks=False)  # q blocks only serve the backward pass
+    index = None if every_row else torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+    return FlexPlan(index, block_mask)
+
+
+def flex_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: FlexPlan,
+                         scale: float) -> torch.Tensor:
+    """q [R, heads, head_dim] (the plan's rows) against the pool k/v_cache [slots, kv_heads, head_dim], same dtype."""
+    # one query per batch row; contiguous, as q is a view into the fused QKV projection or a gathered copy,
+    # and a stride change would recompile
+    queries = q.contiguous()[:, :, None]
+    keys = k_cache.transpose(0, 1)[None]  # [1, kv_heads, slots, head_dim]: a view, the pool is not copied
+    values = v_cache.transpose(0, 1)[None]
+    if queries.shape[0] > 1:
+        torch._dynamo.mark_dynamic(queries, 0)
+    out = _compiled_flex(queries, keys, values, block_mask=plan.block_mask, scale=scale, enable_gqa=True)
+    return out[:, :, 0]
