@@ -1,4 +1,4 @@
-"""`run --estimate` against the run it predicts: estimated vs actual wall time for a few job shapes, fp32 on CPU.
+"""`run --estimate` against the run it predicts: estimated vs actual wall time for a few job shapes on CPU (--dtype).
 
 For each model (the built-in `tiny`, and a real SmolLM2-135M HF directory when
 --real-model names one), the bench calibrates this machine once, then per job
@@ -33,6 +33,7 @@ from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.estimate import EstimateConfig, estimate_job
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
+from batchserve.sim.calibration import predict
 
 WORDS = ["tea", "sky", "river", "stone", "lamp", "field", "cloud", "iron"]
 TOPICS = ["the moon", "rivers", "bread", "volcanoes", "chess", "bees", "glass", "winter", "maps", "clocks", "salt",
@@ -65,15 +66,22 @@ def tiny_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
 
 
 def chat_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
-    """A real chat job: one shared system prompt, questions of several kinds; outputs end at EOS."""
+    """Real chat jobs (outputs end at EOS): short Q&A under a shared system prompt, long generations, and
+    extraction questions over one shared document."""
     system = "You are a concise assistant. Answer accurately and keep answers short unless asked for detail."
-    rows = []
-    for i in range(n):
-        question = rng.choice(ASKS).format(rng.choice(TOPICS))
-        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-                "max_tokens": 128}
-        rows.append({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
-    return {"chat-shared-system": rows}
+
+    def chat(cid: str, system: str, user: str, max_tokens: int) -> dict:
+        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                "max_tokens": max_tokens}
+        return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+    qa = [chat(f"c{i}", system, rng.choice(ASKS).format(rng.choice(TOPICS)), 128) for i in range(n)]
+    stories = [chat(f"g{i}", "You are a storyteller.", f"Write a long story about {rng.choice(TOPICS)}.", 384)
+               for i in range(n)]
+    document = " ".join(f"{t.capitalize()} are described in section {i + 1}." for i, t in enumerate(TOPICS)) * 4
+    extract = [chat(f"x{i}", "Answer from the document only.\n\n" + document,
+                    f"Which section describes {rng.choice(TOPICS)}? Answer with the number.", 32) for i in range(n)]
+    return {"chat-shared-system": qa, "long-generations": stories, "shared-prefix-extraction": extract}
 
 
 def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path) -> dict:
@@ -83,18 +91,25 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     upper = estimate_job(str(inp), None, setup, profile, config)
     backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
     est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k), make_backend=lambda: backend)
-    sampled = tmp / f"{name}-sample.json"
-    sampled.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
-    lengths_only = estimate_job(str(inp), None, setup, profile, config, EstimateConfig(fit_step_costs=False),
-                                profile_from=str(sampled))
     rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
     actual = rest.wall_s + est.info["sample"]["wall_s"]
+    # what the next estimate of this job shape would say, scaled by this full run (`--profile-from RUN.json`)
+    record = est.measurements.merged(backend.log.take())
+    record.wall_s, record.num_requests = actual, len(rows)  # as `run --json` records a whole run
+    full_run = tmp / f"{name}-run.json"
+    full_run.write_text(json.dumps({"measurements": record.to_dict()}))
+    from_run = estimate_job(str(inp), None, setup, profile, config, profile_from=str(full_run))
+    sim = setup.sim_setup(profile)
+    steps_s = sum(o.seconds for o in record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lo, hi = est.wall_s_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
             "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
-            "error": est.summary.wall_s / actual - 1, "lengths_only_s": lengths_only.summary.wall_s, "est_tokens": est.summary.output_tokens, "tokens": tokens,
-            "time_scale": est.info["time_scale"]}
+            "error": est.summary.wall_s / actual - 1, "from_run_s": from_run.summary.wall_s,
+            "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
+            "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
+            "run_steps_predicted_s": float(predict(sim.deployment, sim.efficiency, record.steps).sum()),
+            "run_loop_s_per_request": record.loop_overhead_s}
 
 
 def main() -> None:
@@ -106,9 +121,11 @@ def main() -> None:
     parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
     parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
-          f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, fp32")
+          f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}, "
+          f"load average {os.getloadavg()}")
     models = [] if args.no_tiny else [("tiny", tiny_shapes, args.num_requests)]
     real = Path(args.real_model) if args.real_model else None
     if real is not None and (real.suffix == ".gguf" or (real / "config.json").is_file()):
@@ -117,7 +134,7 @@ def main() -> None:
         print(f"skipping the real model: {real} is neither a GGUF file nor a directory with a config.json")
     with tempfile.TemporaryDirectory() as tmp:
         for model, shapes, n in models:
-            setup = RunSetup(model=model, dtype="float32", device="cpu", kv_cache_memory=args.kv_cache_memory,
+            setup = RunSetup(model=model, dtype=args.dtype, device="cpu", kv_cache_memory=args.kv_cache_memory,
                              max_num_batched_tokens=512, max_num_seqs=64)
             llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
             cal = calibrate(llm, "calibrated-cpu", quiet=True)
@@ -129,10 +146,12 @@ def main() -> None:
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
-                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; unscaled step costs "
-                      f"{r['lengths_only_s']:6.2f} s; no-sample upper bound "
-                      f"{r['upper_bound_s']:6.2f} s; output tokens est {r['est_tokens']} / real {r['tokens']}; "
-                      f"time scale {r['time_scale']:.2f}", flush=True)
+                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; sample steps measured/charged "
+                      f"{r['sample_step_ratio']:.2f}; --profile-from this run {r['from_run_s']:6.2f} s (scale "
+                      f"{r['from_run_scale']:.2f}); no-sample upper bound {r['upper_bound_s']:6.2f} s; "
+                      f"output tokens est {r['est_tokens']} / real {r['tokens']}; the run: steps "
+                      f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
+                      f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request", flush=True)
 
 
 if __name__ == "__main__":

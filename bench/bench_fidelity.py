@@ -9,6 +9,8 @@ predicts runs through both the real engine and the simulator.
     python bench/bench_fidelity.py --shape qwen0.5b --dtype float32 --num-requests 100
     python bench/bench_fidelity.py --shape llama3.2-1b --dtype bfloat16 --device cuda --num-requests 1000
     python bench/bench_fidelity.py --model path/to/SmolLM2-135M-Instruct --num-requests 100
+    python bench/bench_fidelity.py --model tiny --num-requests 200 --rate 4 --input-len uniform:16:400 \
+        --output-len uniform:8:120 --num-prefix-groups 0
 
 An offline replay (every request at t=0) follows, since an open-loop run's throughput
 only echoes its arrival rate.
@@ -53,6 +55,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--num-requests", type=int, default=100)
     parser.add_argument("--load", type=float, default=0.7, help="arrival rate as a fraction of predicted saturation")
+    parser.add_argument("--rate", type=float, default=None, help="arrival rate in req/s (instead of --load)")
+    parser.add_argument("--num-prefix-groups", type=int, default=4, help="shared 128-token prefixes (0: none)")
     parser.add_argument("--input-len", default="uniform:32:384")
     parser.add_argument("--output-len", default="uniform:16:160")
     parser.add_argument("--kv-cache-memory", default="2GiB")
@@ -63,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     print(f"date {datetime.date.today()}, nproc {os.cpu_count()}, {platform.machine()}, torch {torch.__version__}, "
-          f"device {args.device}")
+          f"device {args.device}, load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         if args.model is None:
@@ -85,9 +89,10 @@ def main() -> None:
                 f.writelines(json.dumps(o.to_dict()) + "\n" for o in cal.observations)
         setup = sim_setup(llm, profile, os.path.basename(name.rstrip("/")))
         spec = WorkloadSpec(num_requests=args.num_requests, input_len=args.input_len, output_len=args.output_len,
-                            num_prefix_groups=4, prefix_len=128, vocab_size=llm.model_config.vocab_size, seed=7)
+                            num_prefix_groups=args.num_prefix_groups,
+                            prefix_len=128 if args.num_prefix_groups else 0, vocab_size=llm.model_config.vocab_size, seed=7)
         capacity = steady_throughput(simulate(setup, synthetic_requests(spec)).records)
-        rate = args.load * capacity
+        rate = args.load * capacity if args.rate is None else args.rate
         print(f"predicted saturation {capacity:.2f} req/s; validating {args.num_requests} requests at {rate:.2f} req/s")
         t = time.perf_counter()
         result = validate(llm, setup, lambda: synthetic_requests(replace(spec, rate=rate)))
@@ -98,7 +103,7 @@ def main() -> None:
             t = time.perf_counter()
             offline = validate(llm, setup, lambda: synthetic_requests(replace(spec, num_requests=offline_n, seed=8)))
             print(f"offline replay of {offline_n} requests in {time.perf_counter() - t:.0f} s")
-    print(f"open loop at {rate:.2f} req/s:")
+    print(f"load average at the end {os.getloadavg()}; open loop at {rate:.2f} req/s:")
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")

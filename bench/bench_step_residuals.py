@@ -29,6 +29,7 @@ from batchserve.attention_layout import decode_groups
 from batchserve.calibration.steps import calibrate
 from batchserve.calibration.validate import format_comparison, sim_setup, validate
 from batchserve.engine.llm_engine import LLMEngine
+from batchserve.gemm_shapes import SeenTokenCounts
 from batchserve.sim.calibration import Observation, predict
 from batchserve.sim.executor import step_shape
 from batchserve.workload import WorkloadSpec, synthetic_requests
@@ -41,6 +42,7 @@ class StepRecorder:
         self.engine, self.step = engine, engine.step
         self.rows: list[dict] = []
         self._last_end: float | None = None
+        self.seen = SeenTokenCounts()
         engine.step = self
 
     def __call__(self):
@@ -51,7 +53,8 @@ class StepRecorder:
             batch = out.batch
             keys = [c + 1 for n, c in zip(batch.num_tokens, batch.num_computed) if n == 1]
             ratio = self.engine.executor.attention.decode_bucket_ratio
-            self.rows.append({"shape": step_shape(batch, self.engine.executor.attention), "seconds": end - start,
+            self.rows.append({"shape": step_shape(batch, self.engine.executor.attention, seen=self.seen),
+                              "seconds": end - start,
                               "gap_s": 0.0 if self._last_end is None else start - self._last_end,
                               "decode_groups": len(decode_groups(keys, ratio)) if keys else 0})
         self._last_end = end

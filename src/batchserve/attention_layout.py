@@ -34,6 +34,11 @@ class AttentionConfig:
         """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
         return 1.0 if self.backend == "flex" else self.decode_bucket_ratio
 
+    @property
+    def call_per_decode_group(self) -> bool:
+        """The torch backend gathers and attends each decode group in its own call; flex runs one kernel."""
+        return self.backend == "torch"
+
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:
             raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")

@@ -20,6 +20,7 @@ from batchserve.jobs.eta import LiveEta
 from batchserve.jobs.measurements import fit_step_costs
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
+from batchserve.sim.calibration import predict
 from batchserve.sim.hardware import get_hardware
 from batchserve.sim.router import RouterConfig
 
@@ -91,28 +92,40 @@ def test_a_sample_learns_outputs_that_stop_early_and_its_results_count_as_done(t
     assert read_results(out) == read_results(tmp_path / "full.jsonl")  # the sample wrote what the run would
 
 
-def test_a_sample_on_this_machine_scales_its_step_costs(tmp_path):
+def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
     here = this_machine_profile(tmp_path)
+    sim = SETUP.sim_setup(here)
     est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
                        make_backend=backend)
-    steps = est.measurements.steps
-    sim = SETUP.sim_setup(here)
-    fitted = fit_step_costs(sim.deployment, sim.efficiency, steps[1:])
-    assert est.info["time_scale"] == pytest.approx(fitted.time_scale)
-    assert est.info["sequence_overhead_s"] == pytest.approx(fitted.sequence_overhead_s)
-    assert est.info["time_scale"] != 1.0 and est.info["loop_overhead_s_per_request"] > 0
-    record = tmp_path / "sample.json"
+    steps = est.measurements.steps[1:]
+    assert est.info["time_scale"] == 1.0 and est.info["steps_measured"] == 0  # the sample's small batches: no scale
+    assert est.info["sequence_overhead_s"] == sim.efficiency.sequence_overhead_s
+    charged = predict(sim.deployment, sim.efficiency, steps).sum()
+    assert est.info["sample"]["step_time_ratio"] == pytest.approx(sum(o.seconds for o in steps) / charged)
+    assert est.info["loop_overhead_s_per_request"] > 0  # host time per request still comes from the sample
+    record = tmp_path / "run.json"  # as an earlier full run of the job would record it
     record.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
     reused = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(warmup_steps=1),
                           profile_from=str(record))
-    assert reused.info["time_scale"] == pytest.approx(est.info["time_scale"])
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, steps)
+    assert reused.info["time_scale"] == pytest.approx(fitted.time_scale) != 1.0
+    assert reused.info["sequence_overhead_s"] == pytest.approx(fitted.sequence_overhead_s)
     lengths_only = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(fit_step_costs=False),
                                 profile_from=str(record))
     assert lengths_only.info["time_scale"] == 1.0 and "learned from 6 completions" in lengths_only.info["assumes"]
     elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=6),
                              make_backend=backend)
     assert elsewhere.info["time_scale"] == 1.0  # a sample here says nothing of an H100's step costs
+
+
+def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                       make_backend=backend)
+    sim = SETUP.sim_setup("cpu-local")
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, est.measurements.steps[1:])
+    assert est.info["time_scale"] == pytest.approx(fitted.time_scale) != 1.0
 
 
 class Terminal(io.StringIO):

@@ -39,3 +39,4 @@ def test_measurements_of_another_device_or_dtype_are_refused_naming_both():
     with pytest.raises(ValueError, match=r"x.json was measured on 'AMD EPYC \(2 threads\)' in fp32; this estimate "
                                          r"is for 'NVIDIA H100 SXM5 80GB' in bf16"):
         m.check_target("NVIDIA H100 SXM5 80GB", "bf16", "x.json")
+

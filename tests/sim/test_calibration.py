@@ -117,6 +117,19 @@ def test_the_structured_output_term_is_fitted_only_from_steps_that_ran_a_grammar
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
+def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_count(deployment: Deployment) -> None:
+    shapes = _grid()
+    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
+        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    assert plain.new_shape_overhead_s == 0.0  # no step was marked new: the term stays off
+    truth = Efficiency(**{**TRUE.to_dict(), "new_shape_overhead_s": 3e-3})
+    shapes = [s._replace(num_new_shapes=1) for s in shapes] + shapes  # each count run first, then again
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fitted.new_shape_overhead_s == pytest.approx(3e-3, rel=0.25)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+
 def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment: Deployment) -> None:
     """calibrate --speculative-config: small decode batches look drafts up for every row, large ones for none
     (above max_batch_size), so the per-proposal overhead separates from the per-row one."""

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchserve.attention_layout import AttentionConfig, padded_key_tokens
 from batchserve.core.batch import ScheduledBatch
+from batchserve.gemm_shapes import SeenTokenCounts
 from batchserve.request import Request, SamplingParams
+from batchserve.sim.batch import SimBatch
+from batchserve.sim.cost_model import CostModel, Efficiency
 from batchserve.sim.decode_cohort import DecodeCohort
-from batchserve.sim.executor import step_shape
+from batchserve.sim.deployment import Deployment
+from batchserve.sim.executor import SimExecutor, step_shape
+from batchserve.sim.hardware import get_hardware
+from batchserve.sim.models import get_model
 
 
 def _decoding(rid: str, computed: int) -> Request:
@@ -53,3 +60,23 @@ def test_a_cohort_pads_its_decodes_as_the_engine_groups_them(contexts, ratio, st
     extra = [5, 2500]
     assert cohort.padded_keys(ratio, extra=extra)[0] == padded_key_tokens(
         [cohort.computed(r) + 1 for r in members] + extra, ratio)
+
+
+def test_a_step_is_marked_new_only_the_first_time_its_token_count_runs() -> None:
+    seen = SeenTokenCounts()
+    first = ScheduledBatch(requests=[_decoding("a", 99), _decoding("b", 49)], num_tokens=[1, 1], num_computed=[99, 49])
+    again = ScheduledBatch(requests=[_decoding("c", 9), _decoding("d", 19)], num_tokens=[1, 1], num_computed=[9, 19])
+    prefill = ScheduledBatch(requests=[Request("p", list(range(2)), SamplingParams())], num_tokens=[2], num_computed=[0])
+    assert [step_shape(b, seen=seen).num_new_shapes for b in (first, again, prefill)] == [1, 0, 0]
+    assert step_shape(first).num_new_shapes == 0  # without a record nothing is new
+
+
+def test_the_simulator_charges_a_new_token_count_once() -> None:
+    model = get_model("qwen2.5-0.5b")
+    eff = Efficiency(new_shape_overhead_s=0.25)
+    cost = CostModel(Deployment(model, get_hardware("cpu-local"), weight_dtype="fp32"), eff)
+    executor = SimExecutor(cost)
+    batch = SimBatch(requests=[_decoding("a", 99)], num_tokens=[1], num_computed=[99])
+    plain = cost.step_time(*step_shape(batch))
+    first, second = executor.execute(batch).duration, executor.execute(batch).duration
+    assert (first, second) == (pytest.approx(plain + 0.25), pytest.approx(plain))

@@ -64,9 +64,11 @@ def test_bad_speculative_config_is_one_line(config, words, capsys):
 def test_calibration_steps_count_the_requests_that_proposed_drafts():
     """Each measured decode step records how many requests the n-gram proposer looked up (the proposer term's data)."""
     from batchserve.calibration.steps import record_steps
+    from batchserve.gemm_shapes import SeenTokenCounts
 
     llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config=NGRAM, skip_tokenizer_init=True)
-    observations = record_steps(llm.engine, [([5, 6, 7, 5, 6, 7, 5, 6], 6, 0), ([9, 8, 9, 8, 9, 8], 6, 0)])
+    observations = record_steps(llm.engine, [([5, 6, 7, 5, 6, 7, 5, 6], 6, 0), ([9, 8, 9, 8, 9, 8], 6, 0)],
+                                SeenTokenCounts())
     # the prompts' step looks nothing up; the next one looks up both requests' drafts
     assert [o.shape.num_proposals for o in observations[:2]] == [0, 2]
     assert sum(o.shape.num_proposals for o in observations) == llm.speculator.num_proposals

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
+from ..gemm_shapes import SeenTokenCounts
 from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
@@ -43,6 +44,13 @@ def _prompt(rng: np.random.Generator, vocab: int, n: int) -> list[int]:
 Entry = tuple[list[int], int, int]  # prompt, output length, the step it arrives at
 
 
+def _decode_steps(batch: int, steps: int, small_batch: int = 4, small_steps: int = 16) -> int:
+    """Outputs per request of a decode point: batches of up to `small_batch` rows, the steps a lightly loaded
+    server runs most and the cheapest to measure, get `small_steps` (a 3-step sample of them misfit tiny's
+    batch-1 decodes by 20-30%)."""
+    return small_steps if batch <= small_batch else steps
+
+
 def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int, max_seqs: int,
                        seed: int = 0, prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry]]]:
     """(label, requests) groups; each group runs to completion before the next.
@@ -60,6 +68,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     for n in (16, 64, 256):
         for _ in range(prompt_repeats):
             yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
+    # Prompts of lengths run once each, as a workload's are: beside the repeats above, they show what a
+    # token count new to the CPU's GEMM kernels costs (`new_shape_overhead_s`).
+    for n in (40, 100, 160, 320):
+        yield f"prefill {n} once", [(_prompt(rng, vocab, n), 1, 0)]
     for context in (512, longest):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
@@ -69,11 +81,16 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
         for batch in (1, 4, 16, 64):
             if batch <= max_seqs:
                 yield f"decode x{batch} at context {context}", [
-                    (prefix + _prompt(rng, vocab, 8), 4, 0) for _ in range(batch)
+                    (prefix + _prompt(rng, vocab, 8), _decode_steps(batch, 4), 0) for _ in range(batch)
                 ]
     for batch in (1, 8, 32, 128):
         if batch <= max_seqs:
-            yield f"decode x{batch} short", [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
+            yield f"decode x{batch} short", [(_prompt(rng, vocab, 16), _decode_steps(batch, 5), 0)
+                                             for _ in range(batch)]
+    # Decodes of spread contexts fall into several decode groups (one attention call each per layer): beside the
+    # one-group batches above, they pin `decode_group_overhead_s` apart from the per-step cost.
+    spread = np.geomspace(16, longest, min(8, max_seqs)).astype(int)
+    yield "decode x8, spread contexts", [(_prompt(rng, vocab, int(n)), 16, 0) for n in spread]
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
@@ -109,11 +126,12 @@ def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
                                                               for _ in range(batch)], list(range(1, k + 1))
 
 
-def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
+def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, keep: bool = True,
                  grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
                  adapters: Sequence[int] = ()) -> list[Observation]:
     """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included).
 
+    `seen`: the token counts the engine ran before (updated), so a step whose count is new is marked as such.
     With `grammar`, every request runs under that constraint (registered with the engine's manager); with
     `adapters` (LoRA ids the engine has registered), request i runs under adapters[i % len(adapters)].
     """
@@ -138,11 +156,13 @@ def record_steps(engine: Engine, entries: list[Entry], keep: bool = True,
         t = time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
-        if keep and step_out.result is not None:
+        if step_out.result is not None:
             loads = lora.num_slot_loads - loads if lora is not None else 0
             proposals = speculator.num_proposals - proposals if speculator is not None else 0
-            observations.append(Observation(step_shape(step_out.batch, engine.executor.attention,
-                                                       num_lora_loads=loads, num_proposals=proposals), seconds))
+            shape = step_shape(step_out.batch, engine.executor.attention, num_lora_loads=loads, seen=seen,
+                               num_proposals=proposals)
+            if keep:
+                observations.append(Observation(shape, seconds))
         step += 1
     return observations
 
@@ -194,16 +214,17 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))
     observations: list[Observation] = []
+    seen = SeenTokenCounts()
     with Progress("calibrating", len(phases), enabled=not quiet, unit="phases") as progress:
         for i, (phase, entries) in enumerate(phases):
-            observations += record_steps(llm.engine, entries, keep=phase != "warm-up")
+            observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")
     if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
-            observations += record_steps(llm.engine, entries, grammar=grammar)
+            observations += record_steps(llm.engine, entries, seen, grammar=grammar)
     if lora is not None:
-        observations += _lora_steps(llm, adapters)
+        observations += _lora_steps(llm, adapters, seen)
     efficiency = fit_efficiency(deployment, observations)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
@@ -211,7 +232,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
 
 
 
-def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest]) -> list[Observation]:
+def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
     """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
     lora, sched = llm.lora_manager, llm.scheduler.config
     with tempfile.TemporaryDirectory() as root:
@@ -224,5 +245,5 @@ def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest]) -> list[Observa
         observations = []
         for _, entries, which in lora_phases(llm.model_config.vocab_size, sched.max_num_seqs,
                                              min(len(ids), lora.config.max_loras)):
-            observations += record_steps(llm.engine, entries, adapters=[ids[k - 1] for k in which])
+            observations += record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
         return observations

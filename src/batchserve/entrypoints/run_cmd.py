@@ -246,6 +246,9 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
                                              f"{info['spec_draft_rate']:.0%}, from {info['spec_acceptance_from']}")
     if "sample" in info:
         rows["Sample run (requests, s):"] = f"{info['sample']['num_requests']}, {info['sample']['wall_s']:.2f}"
+        ratio = info["sample"].get("step_time_ratio")
+        if ratio is not None:
+            rows["Sample steps, measured / charged:"] = f"{ratio:.2f}"
     if args.price_per_hour is not None:
         info["cost"] = summary.wall_s / 3600 * info["num_gpus"] * args.price_per_hour
         rows["Predicted cost:"] = f"{info['cost']:.4g}"

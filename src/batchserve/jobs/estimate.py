@@ -23,6 +23,7 @@ import numpy as np
 
 from ..engine.input_processor import generation_defaults, read_generation_config
 from ..outputs import RequestOutput
+from ..sim.calibration import predict
 from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
 from ..sim.simulate import SimSetup
@@ -57,7 +58,9 @@ class EstimateConfig:
     num_draws: int = 10
     """Simulations of the job under bootstrap draws of the length model; the range is their p10-p90."""
     fit_step_costs: bool = True
-    """Scale the profile's step costs to steps measured on its device (False: learn output lengths only)."""
+    """Scale the profile's step costs to steps measured on its device by an earlier full run (--profile-from), or
+    by the sample when the profile is the uncalibrated cpu-local placeholder (False: learn output lengths only).
+    A calibrated profile is not scaled to a sample: its few small batches misled by -33% and +48%."""
     warmup_steps: int = 2
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
     eta_every: int = 16
@@ -113,16 +116,19 @@ class Evidence:
 
     @classmethod
     def of(cls, sim: SimSetup, lengths_from: Sequence[Measurements], steps_from: Sequence[Measurements],
-           plan: JobPlan, est: EstimateConfig) -> Evidence:
-        """Lengths from every record; step costs only from records of the sim's own device and dtype."""
+           plan: JobPlan, est: EstimateConfig, host_from: Sequence[Measurements] | None = None) -> Evidence:
+        """Lengths from every record; from records of the sim's own device and dtype, step costs from `steps_from`
+        (full runs) and the per-request loop cost from `host_from` (default `steps_from`)."""
         completions = [c for m in lengths_from for c in m.completions]
         model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
                             est.min_bucket_samples) if completions else None
-        efficiency, overhead = sim.efficiency, 0.0
+        efficiency = sim.efficiency
+        host_from = steps_from if host_from is None else host_from
         if steps_from:
             steps = [o for m in steps_from for o in m.steps[est.warmup_steps:]]
             efficiency = fit_step_costs(sim.deployment, efficiency, steps)
-            overhead = reduce(Measurements.merged, steps_from).loop_overhead_s
+
+        overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
 
     def lengths_for(self, requests: Sequence[BatchRequest], dists: list[LengthDistribution],
@@ -236,8 +242,10 @@ def estimate_job(
                          f"({counters.spec_accepted_tokens} of {counters.spec_draft_tokens} draft tokens accepted)")
         if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
             target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
-    steps_from = [m for m in records if est.fit_step_costs and (m.device, m.dtype) == (target, dtype)]
-    evidence = Evidence.of(sim, records, steps_from, job, est)
+    here = [m for m in records if (m.device, m.dtype) == (target, dtype)]
+    placeholder = sim.deployment.hardware.name == LOCAL_CPU
+    steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
+    evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
     if evidence.lengths is None:
         draws = [evidence.simulate(job.entries, sim, config, router, None)]
     else:
@@ -273,6 +281,10 @@ def estimate_job(
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
                           "written_to": output_path}
+        if any(m is sampled for m in here):  # a sanity check: the sample's steps measured over the profile's costs
+            steps = sampled.steps[est.warmup_steps:]
+            charged = predict(sim.deployment, sim.efficiency, steps).sum() if steps else 0.0
+            info["sample"]["step_time_ratio"] = sum(o.seconds for o in steps) / charged if charged else None
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..attention_layout import AttentionConfig
 from ..engine import StepOutput
+from ..gemm_shapes import SeenTokenCounts
 from ..outputs import RequestOutput
 from ..sim.calibration import Observation, predict
 from ..sim.cost_model import Efficiency
@@ -111,6 +112,7 @@ class StepLog:
     def __init__(self, device: str, dtype: str, attention: AttentionConfig) -> None:
         self.record = Measurements(device, dtype)
         self.attention = attention
+        self.seen = SeenTokenCounts()  # the engine's token counts so far: the first step of each pays more
         self._batch: StepOutput | None = None
 
     def observe(self, step: StepOutput) -> None:
@@ -120,7 +122,7 @@ class StepLog:
     def timed(self, seconds: float) -> None:
         """The wall time of the step just observed (a step that scheduled nothing is not recorded)."""
         if self._batch is not None:
-            self.record.steps.append(Observation(step_shape(self._batch.batch, self.attention), seconds))
+            self.record.steps.append(Observation(step_shape(self._batch.batch, self.attention, seen=self.seen), seconds))
         self._batch = None
 
     def take(self) -> Measurements:

@@ -22,10 +22,12 @@ from .deployment import Deployment
 # Fitted fields: fractions of peak in (0, 1], overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
-             "lora_segment_overhead_s", "dequant_overhead_s", "proposer_overhead_s")
+             "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
+             "proposer_overhead_s")
 # Terms that act only on some steps, and the StepShape field that says a step has them.
 CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
-               "lora_segment_overhead_s": "num_lora_segments", "proposer_overhead_s": "num_proposals"}
+               "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
+               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals"}
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
@@ -95,7 +97,8 @@ def fit_efficiency(
     # Start from the defaults, but with overheads of the size the data suggests.
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                          token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
-                         dequant_overhead_s=1e-4, proposer_overhead_s=1e-5), names)
+                         dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4,
+                         proposer_overhead_s=1e-5), names)
     best = x0
     for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
         previous = loss(best)

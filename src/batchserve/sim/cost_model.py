@@ -59,6 +59,12 @@ class Efficiency:
     dequant_overhead_s: float = 0.0
     """Cost per million quantized weights a step reads (weight-only int8/int4), beyond their bytes: unpacking
     them to the activation dtype inside the GEMM. A CPU kernel's real cost, so `calibrate --quantization` fits it."""
+    new_shape_overhead_s: float = 0.0
+    """Cost of a step whose flat token count the process runs for the first time: a CPU GEMM library (oneDNN)
+    builds its kernels once per new row count (a tiny model's 3 ms prefill took 8 ms the first time); ~0 on GPUs."""
+    decode_group_overhead_s: float = 0.0
+    """Cost per decode group in a step beyond its keys: the plain-torch backend gathers each group's K/V and runs
+    one attention call for it in every layer (`attention_layout.decode_groups`)."""
     proposer_overhead_s: float = 0.0
     """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
     model's input preparation beyond its forward steps, which the draft's own shape prices)."""
@@ -103,6 +109,10 @@ class StepShape(NamedTuple):
     """Distinct adapters in the step: each is one segment, whose A and B weights the step reads once."""
     num_lora_loads: int = 0
     """Adapters copied into a device slot before the step (not resident at the end of the previous one)."""
+    num_new_shapes: int = 0
+    """1 when the step's flat token count is new to the process (`SeenTokenCounts`), else 0."""
+    num_decode_groups: int = 0
+    """Attention calls per layer the decodes make: the engine's decode groups."""
     num_proposals: int = 0
     """Speculative decoding: requests whose drafts were proposed this step (`proposer_overhead_s` each)."""
 
@@ -162,6 +172,8 @@ class CostModel:
         self.lora_segment_overhead = eff.lora_segment_overhead_s
         self.quantization, self.group_size = d.quantization, d.quantization_group_size
         self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
+        self.new_shape_overhead = eff.new_shape_overhead_s
+        self.decode_group_overhead = eff.decode_group_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -265,6 +277,8 @@ class CostModel:
         num_lora_tokens: int = 0,
         num_lora_segments: int = 0,
         num_lora_loads: int = 0,
+        num_new_shapes: int = 0,
+        num_decode_groups: int = 0,
         num_proposals: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
@@ -290,12 +304,15 @@ class CostModel:
             + self.chunk_overhead * num_prefill_seqs
             + self.structured_overhead * num_constrained
             + self.lora_time(num_lora_tokens, num_lora_segments, num_lora_loads)
+            + self.new_shape_overhead * num_new_shapes
+            + self.decode_group_overhead * num_decode_groups
             + self.proposer_overhead * num_proposals
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
-                           num_lora_segments: int = 0) -> np.ndarray:
-        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys.
+                           num_lora_segments: int = 0, num_groups: np.ndarray | float = 0.0) -> np.ndarray:
+        """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys
+        in `num_groups[j]` decode groups.
 
         Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
@@ -307,4 +324,5 @@ class CostModel:
             + (self.token_overhead + self.sequence_overhead) * num_decodes
             + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )
-        return self.time_scale * np.cumsum(fixed + self.num_layers * self.decode_attention_time(num_decodes, key_tokens))
+        attention = self.num_layers * self.decode_attention_time(num_decodes, key_tokens)
+        return self.time_scale * np.cumsum(fixed + attention + self.decode_group_overhead * num_groups)

@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from ..attention_layout import padded_key_tokens
+from ..attention_layout import decode_groups
 from ..core.batch import SYNTHETIC_TOKEN
 from ..request import Request
 
@@ -35,7 +35,7 @@ class _Member:
     has made outputs0 + (clock - clock0) outputs once the clock reads `clock`.
     """
 
-    __slots__ = ("req", "clock0", "computed0", "active")
+    __slots__ = ("active", "clock0", "computed0", "req")
 
     def __init__(self, req: Request, clock0: int) -> None:
         self.req = req
@@ -63,7 +63,8 @@ class DecodeCohort:
         self._seq = itertools.count()
         self._key_offsets: list[int] = []  # members' key offsets, sorted
         self._key_array: np.ndarray | None = None  # the same as an array, rebuilt after a join or leave
-        self._run_keys: tuple[tuple[int, float], np.ndarray] | None = None  # (clock, ratio) -> a run's padded keys
+        # (clock, ratio) -> a run's padded keys and group counts
+        self._run_keys: tuple[tuple[int, float], np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.members)
@@ -125,24 +126,32 @@ class DecodeCohort:
         return None
 
     def padded_keys(self, ratio: float, steps: int = 1, extra: list[int] | None = None) -> np.ndarray:
-        """Keys the engine's grouped decode attention reads in each of the next `steps` ticks (from the clock).
+        """Keys the engine's grouped decode attention reads in each of the next `steps` ticks (see `layout`)."""
+        return self.layout(ratio, steps, extra)[0]
+
+    def layout(self, ratio: float, steps: int = 1, extra: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Keys the engine's grouped decode attention reads, and its groups (calls per layer), in each of the next
+        `steps` ticks (from the clock).
 
         `extra`: key counts of decodes outside the cohort that share the first tick's grouping (then steps is 1).
-        A run's keys are kept until the cohort changes: a fast-forward asks for them twice (its length, its times).
+        A run's layout is kept until the cohort changes: a fast-forward asks for it twice (its length, its times).
         """
         if extra:
             lengths = [o + self.clock + 1 for o in self._key_offsets] + extra
-            return np.array([padded_key_tokens(lengths, ratio)], dtype=np.float64)
+            groups = decode_groups(lengths, ratio)
+            return (np.array([sum(len(g) * lengths[g[0]] for g in groups)], dtype=np.float64),
+                    np.array([len(groups)], dtype=np.float64))
         if steps == 1:
-            return np.array([self._padded_at(ratio)], dtype=np.float64)
+            keys, count = self._layout_at(ratio)
+            return np.array([keys], dtype=np.float64), np.array([count], dtype=np.float64)
         cached = self._run_keys
         if cached is not None and cached[0] == (self.clock, ratio) and len(cached[1]) >= steps:
-            return cached[1][:steps]
+            return cached[1][:steps], cached[2][:steps]
         if self._key_array is None:
             self._key_array = np.array(self._key_offsets, dtype=np.float64)
         offsets = self._key_array
         shift = self.clock + 1 + np.arange(steps, dtype=np.float64)  # a member's keys are offset + shift
-        padded = np.zeros(steps)
+        padded, groups = np.zeros(steps), np.zeros(steps)
         top = np.full(steps, len(offsets) - 1)  # each tick's longest member not yet in a group
         while len(offsets):
             live = top >= 0
@@ -152,20 +161,22 @@ class DecodeCohort:
             # a row joins the group while its keys are >= ratio x the group's longest (decode_groups' rule)
             first = np.searchsorted(offsets, ratio * longest - shift, side="left")
             padded += np.where(live, (top - first + 1) * longest, 0.0)
+            groups += live
             top = np.where(live, first - 1, -1)
-        self._run_keys = ((self.clock, ratio), padded)
-        return padded
+        self._run_keys = ((self.clock, ratio), padded, groups)
+        return padded, groups
 
-    def _padded_at(self, ratio: float) -> int:
-        """The current tick's padded keys, one bisection per group."""
+    def _layout_at(self, ratio: float) -> tuple[int, int]:
+        """The current tick's padded keys and group count, one bisection per group."""
         offsets, shift = self._key_offsets, self.clock + 1
-        top, padded = len(offsets) - 1, 0
+        top, padded, groups = len(offsets) - 1, 0, 0
         while top >= 0:
             longest = offsets[top] + shift
             first = bisect.bisect_left(offsets, ratio * longest - shift, 0, top)
             padded += (top - first + 1) * longest
+            groups += 1
             top = first - 1
-        return padded
+        return padded, groups
 
     def pop_block_needs(self, tick: int) -> list[Request]:
         """Members needing a new block at `tick`; give each its block, then `push_block_needs`."""

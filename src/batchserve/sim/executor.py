@@ -7,9 +7,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ..attention_layout import AttentionConfig, padded_key_tokens
+from ..attention_layout import AttentionConfig, decode_groups
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
+from ..gemm_shapes import SeenTokenCounts
 from ..lora.slots import SlotTable
 from .batch import DecodeRunResult, SimBatch
 from .cost_model import CostModel, StepShape
@@ -19,7 +20,8 @@ from .speculation import SimSpeculation
 
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
                lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
-               num_lora_loads: int = 0, cohort: DecodeCohort | None = None, num_proposals: int = 0) -> StepShape:
+               num_lora_loads: int = 0, cohort: DecodeCohort | None = None,
+               seen: SeenTokenCounts | None = None, num_proposals: int = 0) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
@@ -29,8 +31,9 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     Constrained and speculating rows are always listed (the scheduler keeps them
     out of the cohort); a verification of k drafts is a k + 1 token chunk.
     `num_lora_loads`: adapters copied into a slot for this step (the slot table
-    knows, not the batch); `num_proposals`: requests whose drafts were looked up
-    this step (the speculator knows: some found none).
+    knows, not the batch). `seen`: the token counts run before, to mark (and
+    record) a step whose count is new. `num_proposals`: requests whose drafts
+    were looked up this step (the speculator knows: some found none).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
     attended = 0.0
@@ -57,12 +60,18 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     num_decodes = num_lazy_decodes + len(decode_keys)
     ratio = attention.decode_padding_ratio
     if cohort is not None and num_lazy_decodes:
-        padded = int(cohort.padded_keys(ratio, extra=decode_keys)[0])
-    else:
-        padded = lazy_decode_context + padded_key_tokens(decode_keys, ratio)
+        keys, groups = cohort.layout(ratio, extra=decode_keys)
+        padded, num_groups = int(keys[0]), int(groups[0])
+    else:  # lazy rows without their cohort count as one unpadded group
+        listed = decode_groups(decode_keys, ratio)
+        padded = lazy_decode_context + sum(len(g) * decode_keys[g[0]] for g in listed)
+        num_groups = len(listed) + (num_lazy_decodes > 0)
+    if not attention.call_per_decode_group:
+        num_groups = int(num_decodes > 0)
+    new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads, num_proposals)
+                     num_lora_loads, new, num_groups, num_proposals)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -86,18 +95,20 @@ class SimExecutor:
         # which adapters the device slots hold, chosen as the engine's LoRAManager chooses; 0: no LoRA
         self.slots = SlotTable(max_loras) if max_loras else None
         self.num_lora_loads = 0
+        self.seen = SeenTokenCounts()  # the token counts this replica ran, as the engine's GEMM kernels know them
 
     def execute(self, batch: SimBatch) -> StepResult:
         loads = self._load_adapters(batch)
         if batch.num_steps > 1:
             cost = self.cost_model
-            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * cost.lora_load_time(loads)
+            first = cost.lora_load_time(loads) + cost.new_shape_overhead * self.seen.first_run(batch.num_lazy_decodes)
+            offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * first
             return DecodeRunResult.from_offsets(offsets.tolist())
         spec = self.speculation
         proposals = spec.proposer.take_proposals() if spec is not None else []
         duration = self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
-            batch.cohort, len(proposals)))
+            batch.cohort, self.seen, len(proposals)))
         if spec is None:
             return StepResult(duration)
         return StepResult(duration + spec.draft_model_time(proposals), spec.sampled_tokens(batch))
@@ -114,8 +125,11 @@ class SimExecutor:
     def _decode_run(self, batch: SimBatch, num_steps: int) -> np.ndarray:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
-        keys = batch.cohort.padded_keys(self.attention.decode_padding_ratio, num_steps)
-        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters))
+        keys, groups = batch.cohort.layout(self.attention.decode_padding_ratio, num_steps)
+        if not self.attention.call_per_decode_group:
+            groups = np.ones_like(groups)
+        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
+                                                  groups)
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):
