@@ -56,8 +56,8 @@ VARIANTS = {
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
     "gguf": {"dtype": "bfloat16", "quantization": "gguf"},
-    "int8 bf16-head": {"dtype": "bfloat16", "quantization": "int8", "quantize_lm_head": False},
-    "int4 bf16-head": {"dtype": "bfloat16", "quantization": "int4", "quantize_lm_head": False},
+    "int8 int8-head": {"dtype": "bfloat16", "quantization": "int8", "quantize_lm_head": True},
+    "int4 int8-head": {"dtype": "bfloat16", "quantization": "int4", "quantize_lm_head": True},
     "bfloat16 deterministic": {"dtype": "bfloat16", "deterministic": True},
 }
 

@@ -24,11 +24,12 @@ class QuantizationConfig:
     group_size: int = 32
     """int4: input weights per scale and offset (32, 64 or 128). 32 is GGUF's block, the most accurate,
     divides every common hidden size (SmolLM2's 576 is not a multiple of 128) and measured as fast."""
-    quantize_lm_head: bool = True
+    quantize_lm_head: bool = False
     """With a method: the LM head runs int8 per vocabulary row too (a copy of the embedding table when the
-    two are tied; the lookup keeps `dtype`). int8 under int4 and gguf as well: a 4-bit head cost SmolLM2
-    0.04 nats of KL and 14% of its argmax agreement (measured), and llama.cpp also keeps its 4-bit
-    types' output.weight at 6 bits. False keeps the head in `dtype`."""
+    two are tied; the lookup keeps `dtype`); int8 under int4 and gguf as well, as a 4-bit head cost SmolLM2
+    0.04 nats of KL and 14% of its argmax agreement. Off by default: on SmolLM2 it took int8's KL from
+    0.0074 to 0.0105 nats (over the 0.01 budget) and, idle, batch-1 decode gained 8% under int8 and lost
+    8% under int4 (bench/RESULTS.md); it saves the head's memory."""
 
     def __post_init__(self) -> None:
         if self.method is not None and self.method not in QUANTIZATION_METHODS:

@@ -118,7 +118,7 @@ def test_quantization_flag_reaches_the_engine(capsys) -> None:
     assert "invalid choice: 'int3'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, quantize_lm_head", [([], True), (["--no-quantize-lm-head"], False)])
+@pytest.mark.parametrize("flags, quantize_lm_head", [([], False), (["--quantize-lm-head"], True)])
 def test_the_lm_head_flag_reaches_the_engine(flags, quantize_lm_head) -> None:
     from batchserve.entrypoints.cli import build_parser
     from batchserve.entrypoints.common import engine_args

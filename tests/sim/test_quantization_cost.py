@@ -22,9 +22,10 @@ FREE_FLOPS = dataclasses.replace(get_hardware("cpu-local"), peak_flops={"bf16": 
 NO_OVERHEAD = Efficiency(memory_bandwidth=1.0, step_overhead_s=0.0)
 
 
-def _model(quantization: str | None, group_size: int = 32, eff: Efficiency = NO_OVERHEAD) -> CostModel:
+def _model(quantization: str | None, group_size: int = 32, eff: Efficiency = NO_OVERHEAD,
+           quantize_lm_head: bool = False) -> CostModel:
     d = Deployment(get_model("qwen2.5-0.5b"), FREE_FLOPS, weight_dtype="bf16", quantization=quantization,
-                   quantization_group_size=group_size)
+                   quantization_group_size=group_size, quantize_lm_head=quantize_lm_head)
     return CostModel(d, eff)
 
 
@@ -38,16 +39,17 @@ def test_packed_weight_bytes(method, group_size, expected):
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_a_memory_bound_decode_step_reads_the_packed_weights(method):
+@pytest.mark.parametrize("quantize_lm_head", [False, True])
+def test_a_memory_bound_decode_step_reads_the_packed_weights(method, quantize_lm_head):
     """Qwen2.5-0.5B shape, one decode token: every projection's packed bytes plus its activations (bf16),
-    the LM head int8, over the bandwidth."""
+    the LM head in bf16 or int8, over the bandwidth."""
     m = get_model("qwen2.5-0.5b")
     h, q, kv, inter, v = m.hidden_size, m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim, \
         m.intermediate_size, m.vocab_size
     gemms = [(h, q + 2 * kv), (q, h), (h, 2 * inter), (inter, h)]
     layer_bytes = sum(quantized_weight_bytes(k, n, method, 32) + (k + n) * 2 for k, n in gemms)
-    head_bytes = quantized_weight_bytes(h, v, "int8", 32) + (h + v) * 2
-    model = _model(method)
+    head_bytes = (quantized_weight_bytes(h, v, "int8", 32) if quantize_lm_head else h * v * 2) + (h + v) * 2
+    model = _model(method, quantize_lm_head=quantize_lm_head)
     assert model.layer_gemm_time(1) == pytest.approx(layer_bytes / 1e10, rel=1e-12)
     assert model.lm_head_time(1) == pytest.approx(head_bytes / 1e10, rel=1e-12)
     unquantized = _model(None)
@@ -57,7 +59,8 @@ def test_a_memory_bound_decode_step_reads_the_packed_weights(method):
 
 def test_the_dequantization_overhead_is_charged_per_weight_read():
     m = get_model("qwen2.5-0.5b")
-    plain, slow = _model("int4"), _model("int4", eff=dataclasses.replace(NO_OVERHEAD, dequant_overhead_s=1e-4))
+    plain = _model("int4", quantize_lm_head=True)
+    slow = _model("int4", eff=dataclasses.replace(NO_OVERHEAD, dequant_overhead_s=1e-4), quantize_lm_head=True)
     layer_weights = (m.hidden_size * (m.num_attention_heads + 2 * m.num_kv_heads) * m.head_dim
                      + m.num_attention_heads * m.head_dim * m.hidden_size + 3 * m.hidden_size * m.intermediate_size)
     assert slow.layer_gemm_time(8) - plain.layer_gemm_time(8) == pytest.approx(layer_weights * 1e-10, rel=1e-9)
@@ -70,10 +73,12 @@ def test_quantized_weights_take_less_memory_and_leave_more_kv_blocks():
     m = get_model("qwen2.5-0.5b")
     bf16 = Deployment(m, get_hardware("cpu-local"), weight_dtype="bf16")
     int4 = Deployment(m, get_hardware("cpu-local"), weight_dtype="bf16", quantization="int4")
+    head = Deployment(m, get_hardware("cpu-local"), weight_dtype="bf16", quantization="int4", quantize_lm_head=True)
     embed = m.vocab_size * m.hidden_size
-    layers = m.num_params() - embed  # tied: the table once
-    expected = layers * (0.5 + 4 / 32) + embed * 2 + embed * (1 + 2 / m.hidden_size)  # + the int8 head copy
+    layers = m.num_params() - embed  # tied: the table once, the head reads it
+    expected = layers * (0.5 + 4 / 32) + embed * 2
     assert int4.weight_bytes_per_gpu() == pytest.approx(expected, rel=1e-9)
+    assert head.weight_bytes_per_gpu() == pytest.approx(expected + embed * (1 + 2 / m.hidden_size), rel=1e-9)
     assert int4.num_kv_blocks(16, 2048) > bf16.num_kv_blocks(16, 2048)
 
 

@@ -209,7 +209,8 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     quantization = llm.quantization_config
     deployment = Deployment(replace(llm.model_config, name="calibrated"), profile, weight_dtype=weight_dtype,
                             max_lora_rank=lora.config.max_lora_rank if lora else 0,
-                            quantization=quantization.method, quantization_group_size=quantization.group_size)
+                            quantization=quantization.method, quantization_group_size=quantization.group_size,
+                            quantize_lm_head=quantization.quantize_lm_head)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
                                      sched.max_num_batched_tokens, sched.max_num_seqs))

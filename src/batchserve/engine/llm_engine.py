@@ -53,8 +53,8 @@ class LLMEngine:
     one scale per output channel, "int4" as int4 with a scale and offset per
     `quantization_group_size` weights (models/quantization.py), "gguf" runs a
     GGUF file's own 4-bit blocks (models/gguf_quantization.py); None keeps `dtype`.
-    `quantize_lm_head`: with a quantization, the LM head runs int8 too (default);
-    False keeps it in `dtype` (QuantizationConfig.quantize_lm_head).
+    `quantize_lm_head`: with a quantization, the LM head runs int8 too; False
+    (default) keeps it in `dtype` (QuantizationConfig.quantize_lm_head).
     `deterministic`: batch-invariant numerics, so a request's tokens do not depend
     on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
     `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode

@@ -63,8 +63,7 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    choices=INT4_GROUP_SIZES, help=f"int4: weights per scale (default {QuantizationConfig.group_size})")
     p.add_argument("--quantize-lm-head", default=QuantizationConfig.quantize_lm_head,
                    action=argparse.BooleanOptionalAction,
-                   help="with --quantization, run the LM head int8 too (default); --no-quantize-lm-head keeps it "
-                   "in --dtype")
+                   help="with --quantization, run the LM head int8 too (default: it stays in --dtype)")
     p.add_argument("--deterministic", action="store_true",
                    help="batch-invariant numerics: a request's tokens do not depend on its batch-mates (slower)")
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,

@@ -127,6 +127,7 @@ def build_request(args: argparse.Namespace) -> PlanRequest:
         gpu_memory_utilization=cluster.get("gpu_memory_utilization", ClusterConfig.gpu_memory_utilization),
         quantization=cluster.get("quantization"),
         quantization_group_size=cluster.get("quantization_group_size", ClusterConfig.quantization_group_size),
+        quantize_lm_head=cluster.get("quantize_lm_head", ClusterConfig.quantize_lm_head),
         scheduler_overrides=tuple(sorted(pick(values, SchedulerConfig).items())),
         cache=CacheConfig(**pick(values, CacheConfig)),
         efficiency=Efficiency(**pick(values, Efficiency)),

@@ -110,7 +110,8 @@ class RunSetup:
         draft = model_shape(speculative.model) if speculative is not None and speculative.model else None
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,
                                 weight_dtype=self.weight_dtype(shape), quantization=self.quantization,
-                                quantization_group_size=self.quantization_group_size)
+                                quantization_group_size=self.quantization_group_size,
+                                quantize_lm_head=self.quantize_lm_head)
         seqs, budget = expert_batching(self.max_num_seqs, self.max_num_batched_tokens, shape.num_experts,
                                        shape.num_experts_per_tok, self.target_tokens_per_expert)
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=budget, max_num_seqs=seqs)

@@ -8,8 +8,8 @@ own q values. Scales and offsets pass through bfloat16, the kernel's dtype
 (relative error <= 2^-9 each). Other quantized types (Q8_0, Q5_*, Q6_K, Q2_K,
 Q3_K) have no kernel here and are requantized from their dequantized values to
 int8 per output channel (error <= half a step of the row's absmax / 127).
-Float tensors stay in the model's dtype, as does the embedding lookup; the LM head
-runs int8 (QuantizationConfig.quantize_lm_head).
+Float tensors stay in the model's dtype, as does the embedding lookup and, unless
+QuantizationConfig.quantize_lm_head, the LM head.
 """
 
 from __future__ import annotations

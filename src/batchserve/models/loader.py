@@ -40,7 +40,7 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
     quantization: a method name or a QuantizationConfig; "int8" / "int4"
     quantize the decoder layers' projections at load (models/quantization.py),
     "gguf" runs a GGUF file's quantized blocks (models/gguf_quantization.py);
-    the LM head runs int8 unless config.quantize_lm_head is False; the
+    the LM head runs int8 if config.quantize_lm_head; the
     embedding lookup stays in `dtype`.
     """
     try:

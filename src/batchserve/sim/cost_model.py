@@ -17,7 +17,10 @@ import numpy as np
 from ..model_config import kv_bytes_per_token
 from .deployment import Deployment
 from .experts import expected_active_experts
-from .quantization import LM_HEAD_METHOD, quantized_weight_bytes
+from .quantization import quantized_weight_bytes
+
+_DEPLOYMENT = "deployment's"
+"""CostModel._gemm's default: the weights are stored as the deployment quantizes its layers."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class CostModel:
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
         self.quantization, self.group_size = d.quantization, d.quantization_group_size
+        self.lm_head_quantization = d.lm_head_quantization
         self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
         self.new_shape_overhead = eff.new_shape_overhead_s
         self.decode_group_overhead = eff.decode_group_overhead_s
@@ -178,12 +182,13 @@ class CostModel:
     # ---- operators ------------------------------------------------------------
 
     def _gemm(self, tokens: float, k: float, n: float, weight_copies: float = 1.0, uses: float = 1.0,
-              flops_per_s: float | None = None, quantization: str | None = None) -> float:
+              flops_per_s: float | None = None, quantization: str | None = _DEPLOYMENT) -> float:
         """A [tokens x k] @ [k x n] GEMM; `weight_copies` weight matrices read, `uses` multiplies the FLOPs.
 
-        `quantization` (default: the deployment's): the weights stream packed and are dequantized once per read.
+        `quantization` (default: the deployment's; None: unquantized): the weights stream packed and are
+        dequantized once per read.
         """
-        method = quantization or self.quantization
+        method = self.quantization if quantization == _DEPLOYMENT else quantization
         compute = 2.0 * tokens * k * n * uses / (flops_per_s or self.flops)
         activations = tokens * uses * (k + n) * self.ab
         if method is None:
@@ -242,8 +247,7 @@ class CostModel:
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
             return 0.0
-        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp,
-                       quantization=LM_HEAD_METHOD if self.quantization else None)
+        t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp, quantization=self.lm_head_quantization)
         if self.tp > 1:  # gather the vocab shards' logits
             t += self._collective(num_sampling * self.vocab * 4 * (self.tp - 1) / self.tp)
         return t

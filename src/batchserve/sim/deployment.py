@@ -41,6 +41,9 @@ class Deployment:
     weights stream packed, GEMMs compute in `weight_dtype`; None: weights in `weight_dtype`."""
     quantization_group_size: int = 32
     """int4: input weights per scale and offset."""
+    quantize_lm_head: bool = False
+    """With `quantization`: the LM head runs int8 too (a copy of the table when tied); else it stays in
+    `weight_dtype` (QuantizationConfig.quantize_lm_head)."""
 
     def __post_init__(self) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -104,13 +107,21 @@ class Deployment:
         embed = m.vocab_size * m.hidden_size
         lm_head = 0 if m.tie_word_embeddings else embed
         per_layer = (m.num_params() - embed - lm_head) / m.num_layers
-        if self.quantization is not None:  # packed layers and head; the embedding table stays in weight_dtype
+        if self.quantization is not None:  # packed layers (and head); the embedding table stays in weight_dtype
             layers = per_layer * self.layers_per_stage * self.quantized_bytes_per_param(self.quantization)
-            head = m.vocab_size * m.hidden_size * self.quantized_bytes_per_param(LM_HEAD_METHOD)
+            if self.lm_head_quantization:  # its own int8 copy, tied or not
+                head = m.vocab_size * m.hidden_size * self.quantized_bytes_per_param(self.lm_head_quantization)
+            else:
+                head = lm_head * self.weight_bytes_per_param
             embed *= self.weight_bytes_per_param
             return (layers + (embed + head if self.pp == 1 else max(embed, head))) / self.tp
         stage = per_layer * self.layers_per_stage + (embed + lm_head if self.pp == 1 else max(embed, lm_head))
         return stage * self.weight_bytes_per_param / self.tp
+
+    @property
+    def lm_head_quantization(self) -> str | None:
+        """How the LM head's weights are stored: int8 when quantized with the rest, None: in `weight_dtype`."""
+        return LM_HEAD_METHOD if self.quantization is not None and self.quantize_lm_head else None
 
     def quantized_bytes_per_param(self, method: str) -> float:
         """Bytes per weight under `method` for this model's hidden width (scales included)."""

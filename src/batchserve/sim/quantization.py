@@ -10,7 +10,7 @@ from __future__ import annotations
 WEIGHT_ONLY_METHODS = ("int8", "int4")
 """--quantization values the simulator models (gguf runs a file's own mix of types: estimate it as int4)."""
 LM_HEAD_METHOD = "int8"
-"""The quantized engine's LM head (QuantizationConfig.quantize_lm_head): int8 under every method."""
+"""A quantized LM head (QuantizationConfig.quantize_lm_head) runs int8 under every method."""
 _SCALE_BYTES = 2
 
 

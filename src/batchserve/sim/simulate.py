@@ -43,9 +43,11 @@ class ClusterConfig:
     """KV cache format: auto (16-bit) or fp8."""
     quantization: str | None = None
     """Weight-only quantization as the engine's --quantization runs it: int8 (per channel) or int4 (per
-    group), LM head int8, GEMMs in --weight-dtype; None: weights in --weight-dtype."""
+    group), GEMMs in --weight-dtype; None: weights in --weight-dtype."""
     quantization_group_size: int = 32
     """int4: input weights per scale and offset."""
+    quantize_lm_head: bool = False
+    """With --quantization: the LM head runs int8 too (the engine's --quantize-lm-head)."""
     gpu_memory_utilization: float = 0.9
     """Fraction of device memory for weights, activations and KV cache."""
     track_token_times: bool = False
@@ -143,6 +145,7 @@ def resolve(
         gpu_memory_utilization=cluster.gpu_memory_utilization,
         quantization=cluster.quantization,
         quantization_group_size=cluster.quantization_group_size,
+        quantize_lm_head=cluster.quantize_lm_head,
         max_lora_rank=lora.max_lora_rank if lora.enable_lora else 0,
     )
     if cache.num_blocks is None:

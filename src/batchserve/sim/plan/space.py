@@ -100,6 +100,7 @@ class Base:
     quantization: str | None = None
     """Weight-only quantization of every candidate (ClusterConfig.quantization)."""
     quantization_group_size: int = 32
+    quantize_lm_head: bool = False
     scheduler_overrides: tuple[tuple[str, Any], ...] = ()
     """Scheduler fields fixed by the user (e.g. policy); the searched ones come from the ReplicaConfig."""
     cache: CacheConfig = CacheConfig()
@@ -118,7 +119,7 @@ class Base:
             model=self.model, hardware=config.hardware, tp=config.tp, pp=config.pp, replicas=replicas, router=router,
             weight_dtype=config.weight_dtype, kv_cache_dtype=self.kv_cache_dtype,
             gpu_memory_utilization=self.gpu_memory_utilization, quantization=self.quantization,
-            quantization_group_size=self.quantization_group_size,
+            quantization_group_size=self.quantization_group_size, quantize_lm_head=self.quantize_lm_head,
         )
         sched = scheduler_config(config.preset, **{
             **dict(self.scheduler_overrides),
