@@ -34,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_engine_flags(p)
     add_simulation_flags(p, skip=("model", "tp", "pp", "replicas", "router", "weight_dtype", "kv_cache_dtype",
                                   "gpu_memory_utilization", "track_token_times", "quantization", "quantization_group_size",
-                                  "num_blocks", "balance_ratio", "balance_slack_tokens", "speculative_config"))
+                                  "quantize_lm_head", "num_blocks", "balance_ratio", "balance_slack_tokens", "speculative_config"))
     p.add_argument("--json", metavar="FILE", help="write measured, predicted and error of each metric as JSON")
     p.add_argument("--plot", metavar="PNG", help="write measured and predicted latency CDFs")
     add_report_flag(p)
