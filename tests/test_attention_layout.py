@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batchserve.attention_layout import AttentionConfig, decode_groups, padded_key_tokens
+from batchserve.attention_layout import AttentionConfig, decode_groups, decode_layout
 
 
 @given(st.lists(st.integers(1, 5000), max_size=64), st.sampled_from([0.5, 0.7, 0.9, 1.0]))
@@ -13,18 +13,18 @@ def test_groups_partition_the_rows_and_bound_the_padding(lengths: list[int], rat
     for g in groups:
         longest = lengths[g[0]]
         assert all(ratio * longest <= lengths[i] <= longest for i in g)
-    assert sum(lengths) <= padded_key_tokens(lengths, ratio) <= sum(lengths) / ratio
+    assert sum(lengths) <= decode_layout(lengths, ratio)[0] <= sum(lengths) / ratio
 
 
 def test_equal_lengths_need_no_padding_and_a_spread_batch_pads_each_group_to_its_longest() -> None:
-    assert padded_key_tokens([300] * 16, 0.7) == 16 * 300
+    assert decode_layout([300] * 16, 0.7)[0] == 16 * 300
     # 1000 and 800 share a group (800 >= 700); 500 starts one with 400 (400 >= 350); 100 is alone
     assert decode_groups([100, 800, 1000, 400, 500], 0.7) == [[2, 1], [4, 3], [0]]
-    assert padded_key_tokens([100, 800, 1000, 400, 500], 0.7) == 2 * 1000 + 2 * 500 + 100
+    assert decode_layout([100, 800, 1000, 400, 500], 0.7)[0] == 2 * 1000 + 2 * 500 + 100
 
 
 @given(st.lists(st.integers(1, 5000), min_size=1, max_size=64))
 def test_the_flex_backend_is_costed_on_exactly_the_keys_of_its_rows(lengths: list[int]) -> None:
     flex = AttentionConfig(backend="flex")
-    assert padded_key_tokens(lengths, flex.decode_padding_ratio) == sum(lengths)
+    assert decode_layout(lengths, flex.decode_padding_ratio)[0] == sum(lengths)
     assert AttentionConfig().decode_padding_ratio == AttentionConfig().decode_bucket_ratio

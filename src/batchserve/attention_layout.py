@@ -65,6 +65,8 @@ def decode_groups(lengths: Sequence[int], ratio: float) -> list[list[int]]:
     return groups
 
 
-def padded_key_tokens(lengths: Sequence[int], ratio: float) -> int:
-    """Keys the grouped decode attention reads: each group's row count times its longest row."""
-    return sum(len(g) * lengths[g[0]] for g in decode_groups(lengths, ratio))
+def decode_layout(lengths: Sequence[int], ratio: float) -> tuple[int, int]:
+    """(keys the grouped decode attention reads, its calls per layer): each group's row count times its
+    longest row, and the number of groups."""
+    groups = decode_groups(lengths, ratio)
+    return sum(len(g) * lengths[g[0]] for g in groups), len(groups)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchserve.attention_layout import AttentionConfig, padded_key_tokens
+from batchserve.attention_layout import AttentionConfig, decode_layout
 from batchserve.core.batch import ScheduledBatch
 from batchserve.gemm_shapes import SeenTokenCounts
 from batchserve.request import Request, SamplingParams
@@ -53,13 +53,13 @@ def test_a_cohort_pads_its_decodes_as_the_engine_groups_them(contexts, ratio, st
     if len(members) > 1:
         cohort.leave(members.pop(leave % len(members)))
     cohort.advance(3)
-    keys = cohort.padded_keys(ratio, steps)
+    keys = cohort.layout(ratio, steps)[0]
     for j in range(steps):
         lengths = [cohort.computed(r) + 1 + j for r in members]
-        assert keys[j] == padded_key_tokens(lengths, ratio)
+        assert keys[j] == decode_layout(lengths, ratio)[0]
     extra = [5, 2500]
-    assert cohort.padded_keys(ratio, extra=extra)[0] == padded_key_tokens(
-        [cohort.computed(r) + 1 for r in members] + extra, ratio)
+    assert cohort.layout(ratio, extra=extra)[0][0] == decode_layout(
+        [cohort.computed(r) + 1 for r in members] + extra, ratio)[0]
 
 
 def test_a_step_is_marked_new_only_the_first_time_its_token_count_runs() -> None:

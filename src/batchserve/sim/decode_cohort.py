@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from ..attention_layout import decode_groups
+from ..attention_layout import decode_layout
 from ..core.batch import SYNTHETIC_TOKEN
 from ..request import Request
 
@@ -125,10 +125,6 @@ class DecodeCohort:
             heapq.heappop(heap)  # stale: the member left
         return None
 
-    def padded_keys(self, ratio: float, steps: int = 1, extra: list[int] | None = None) -> np.ndarray:
-        """Keys the engine's grouped decode attention reads in each of the next `steps` ticks (see `layout`)."""
-        return self.layout(ratio, steps, extra)[0]
-
     def layout(self, ratio: float, steps: int = 1, extra: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Keys the engine's grouped decode attention reads, and its groups (calls per layer), in each of the next
         `steps` ticks (from the clock).
@@ -137,10 +133,8 @@ class DecodeCohort:
         A run's layout is kept until the cohort changes: a fast-forward asks for it twice (its length, its times).
         """
         if extra:
-            lengths = [o + self.clock + 1 for o in self._key_offsets] + extra
-            groups = decode_groups(lengths, ratio)
-            return (np.array([sum(len(g) * lengths[g[0]] for g in groups)], dtype=np.float64),
-                    np.array([len(groups)], dtype=np.float64))
+            keys, count = decode_layout([o + self.clock + 1 for o in self._key_offsets] + extra, ratio)
+            return np.array([keys], dtype=np.float64), np.array([count], dtype=np.float64)
         if steps == 1:
             keys, count = self._layout_at(ratio)
             return np.array([keys], dtype=np.float64), np.array([count], dtype=np.float64)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..attention_layout import AttentionConfig, decode_groups
+from ..attention_layout import AttentionConfig, decode_layout
 from ..core.batch import ScheduledBatch, StepResult
 from ..executors.base import Executor
 from ..gemm_shapes import SeenTokenCounts
@@ -63,9 +63,9 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
         keys, groups = cohort.layout(ratio, extra=decode_keys)
         padded, num_groups = int(keys[0]), int(groups[0])
     else:  # lazy rows without their cohort count as one unpadded group
-        listed = decode_groups(decode_keys, ratio)
-        padded = lazy_decode_context + sum(len(g) * decode_keys[g[0]] for g in listed)
-        num_groups = len(listed) + (num_lazy_decodes > 0)
+        padded, num_groups = decode_layout(decode_keys, ratio)
+        padded += lazy_decode_context
+        num_groups += num_lazy_decodes > 0
     if not attention.call_per_decode_group:
         num_groups = int(num_decodes > 0)
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
