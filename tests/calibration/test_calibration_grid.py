@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from batchserve.calibration.steps import calibration_phases, prefix_caching, record_steps  # noqa: E402
-from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
-from batchserve.gemm_shapes import SeenTokenCounts  # noqa: E402
-from batchserve.request import Request, SamplingParams  # noqa: E402
+from batchserve.calibration.steps import calibration_phases, prefix_caching, record_steps
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.gemm_shapes import SeenTokenCounts
+from batchserve.request import Request, SamplingParams
 
 
 def test_the_grid_reuses_its_prefixes_on_an_engine_serving_without_prefix_caching() -> None:

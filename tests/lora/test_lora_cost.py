@@ -7,12 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode
 
-from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
-from batchserve.sim.cost_model import CostModel  # noqa: E402
-from batchserve.sim.deployment import Deployment  # noqa: E402
-from batchserve.sim.hardware import get_hardware  # noqa: E402
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.sim.cost_model import CostModel
+from batchserve.sim.deployment import Deployment
+from batchserve.sim.hardware import get_hardware
 
 RANK, SLOTS = 8, 3
 
