@@ -16,13 +16,18 @@ and a cache hit in one would flatter the next):
 Adapters are loaded (and slots filled) by a warm-up before timing. With
 --simulate, the LoRA engine is then calibrated in the same run (`calibrate`'s
 grid plus its LoRA steps under these adapters) and the simulator predicts the
-three runs' wall times on the same requests: simulated vs measured. With
+three runs' wall times on the same requests: simulated vs measured, each
+run's wall and throughput error, and whether the throughput is within the
+10% fidelity bound (the grid runs with the prefix cache on, as `calibrate`
+always does; the measured and simulated runs keep it off). With
 --repeats N the three runs alternate N times and each reports its fastest
 wall time (and all of them): on a shared machine, load that comes and goes
 would otherwise land on one configuration and not the others.
 
     python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 \\
         --json bench/results/cpu-lora-qwen0.5b.json
+    python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 --simulate \
+        --json bench/results/cpu-lora-qwen0.5b-sim.json
 """
 
 from __future__ import annotations
