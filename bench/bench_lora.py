@@ -26,7 +26,7 @@ would otherwise land on one configuration and not the others.
 
     python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 \\
         --json bench/results/cpu-lora-qwen0.5b.json
-    python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 --simulate \
+    python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 --simulate \\
         --json bench/results/cpu-lora-qwen0.5b-sim.json
 """
 
