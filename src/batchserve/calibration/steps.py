@@ -221,17 +221,17 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
                                      sched.max_num_batched_tokens, sched.max_num_seqs))
     observations: list[Observation] = []
     seen = SeenTokenCounts()
-    with prefix_caching(llm.scheduler.kv):
-        with Progress("calibrating", len(phases), enabled=not quiet, unit="phases") as progress:
-            for i, (phase, entries) in enumerate(phases):
-                observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
-                progress.update(i + 1, f"{phase}, {len(observations)} steps")
-        if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
-            grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
-            for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
-                observations += record_steps(llm.engine, entries, seen, grammar=grammar)
-        if lora is not None:
-            observations += _lora_steps(llm, adapters, seen)
+    progress = Progress("calibrating", len(phases), enabled=not quiet, unit="phases")
+    with prefix_caching(llm.scheduler.kv), progress:
+        for i, (phase, entries) in enumerate(phases):
+            observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
+            progress.update(i + 1, f"{phase}, {len(observations)} steps")
+    if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
+        grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
+        for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
+            observations += record_steps(llm.engine, entries, seen, grammar=grammar)
+    if lora is not None:
+        observations += _lora_steps(llm, adapters, seen)
     efficiency = fit_efficiency(deployment, observations)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
@@ -241,7 +241,8 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
 @contextlib.contextmanager
 def prefix_caching(kv: KVCacheManager) -> Iterator[None]:
     """Prefix caching on for the calibration grid, whatever the engine serves with: the grid's long-context
-    points reuse one computed prefix. An engine that serves without it forgets every block hash made here."""
+    points reuse one computed prefix (the other phases' prompts are all fresh). An engine that serves without it
+    forgets every block hash made here."""
     serving = kv.enable_caching
     kv.enable_caching = True
     try:
