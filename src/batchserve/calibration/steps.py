@@ -238,21 +238,6 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     return Calibration(profile, deployment, efficiency, observations, fit_report(deployment, efficiency, observations))
 
 
-@contextlib.contextmanager
-def prefix_caching(kv: KVCacheManager) -> Iterator[None]:
-    """Prefix caching on for the calibration grid, whatever the engine serves with: the grid's long-context
-    points reuse one computed prefix (the other phases' prompts are all fresh). An engine that serves without it
-    forgets every block hash made here."""
-    serving = kv.enable_caching
-    kv.enable_caching = True
-    try:
-        yield
-    finally:
-        kv.enable_caching = serving
-        if not serving:
-            kv.pool.reset_prefix_cache()
-
-
 def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
     """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
     lora, sched = llm.lora_manager, llm.scheduler.config
@@ -268,3 +253,18 @@ def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenToken
                                              min(len(ids), lora.config.max_loras)):
             observations += record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
         return observations
+
+
+@contextlib.contextmanager
+def prefix_caching(kv: KVCacheManager) -> Iterator[None]:
+    """Prefix caching on for the calibration grid, whatever the engine serves with: the grid's long-context
+    points reuse one computed prefix (the other phases' prompts are all fresh). An engine that serves without it
+    forgets every block hash made here."""
+    serving = kv.enable_caching
+    kv.enable_caching = True
+    try:
+        yield
+    finally:
+        kv.enable_caching = serving
+        if not serving:
+            kv.pool.reset_prefix_cache()
