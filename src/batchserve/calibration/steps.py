@@ -238,6 +238,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     return Calibration(profile, deployment, efficiency, observations, fit_report(deployment, efficiency, observations))
 
 
+
 def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
     """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
     lora, sched = llm.lora_manager, llm.scheduler.config
