@@ -7,6 +7,7 @@ field values, never a separate scheduler class.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -98,6 +99,67 @@ class CacheConfig:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+
+
+MAX_CUDAGRAPH_CAPTURE_SIZE = 512
+"""The default ladder's top when max_num_seqs is larger (vLLM's default cap)."""
+
+
+@dataclass(frozen=True)
+class CompilationConfig:
+    """Compiled decode steps (with enforce_eager=False): which batch sizes get their own captured step, vLLM's keys.
+
+    On the flex attention backend a pure decode step of B rows is padded to the smallest capture size >= B
+    (the padding rows write a scratch KV block and are dropped) and runs compiled, on CUDA as a CUDA graph
+    replay (torch.compile's reduce-overhead mode); a step above the largest size, or one with prompt chunks,
+    runs eagerly. The torch backend compiles decode steps of any size and pads nothing.
+    """
+
+    cudagraph_capture_sizes: tuple[int, ...] | None = None
+    """Decode batch sizes to capture; None: 1, 2, 4, then every multiple of 8 up to 256 and of 16 above, up to
+    max_cudagraph_capture_size (vLLM's ladder)."""
+    max_cudagraph_capture_size: int | None = None
+    """The largest size captured: the default ladder ends there, sizes above it are dropped; None: max_num_seqs,
+    at most 512."""
+
+    def __post_init__(self) -> None:
+        sizes = self.cudagraph_capture_sizes
+        if sizes is not None:
+            if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+                raise ValueError(f"cudagraph_capture_sizes must be positive integers, got {list(sizes)}")
+            object.__setattr__(self, "cudagraph_capture_sizes", tuple(sorted(set(sizes))))
+        top = self.max_cudagraph_capture_size
+        if top is not None and (not isinstance(top, int) or top < 1):
+            raise ValueError(f"max_cudagraph_capture_size must be a positive integer, got {top!r}")
+
+    @classmethod
+    def of(cls, value: CompilationConfig | dict[str, Any] | str | None) -> CompilationConfig:
+        """From a dict or a JSON object string (vLLM's `--compilation-config`); None gives the defaults."""
+        if value is None or isinstance(value, CompilationConfig):
+            return value or cls()
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"compilation config is not valid JSON ({err.msg}); give e.g. "
+                                 '\'{"max_cudagraph_capture_size": 64}\'') from None
+        if not isinstance(value, dict):
+            raise ValueError(f"compilation config must be a JSON object, got {type(value).__name__}")  # noqa: TRY004
+        unknown = sorted(set(value) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown compilation config key(s) {unknown}; known: "
+                             f"{sorted(f.name for f in fields(cls))}")
+        sizes = value.get("cudagraph_capture_sizes")
+        return cls(**{**value, "cudagraph_capture_sizes": None if sizes is None else tuple(sizes)})
+
+    def capture_sizes(self, max_num_seqs: int) -> tuple[int, ...]:
+        """The ladder for an engine running at most max_num_seqs requests: no size above what a step can hold."""
+        if self.cudagraph_capture_sizes is not None:
+            top = self.max_cudagraph_capture_size or max(self.cudagraph_capture_sizes)
+            return tuple(s for s in self.cudagraph_capture_sizes if s <= top) or (1,)
+        top = self.max_cudagraph_capture_size or min(max_num_seqs, MAX_CUDAGRAPH_CAPTURE_SIZE)
+        ladder = (1, 2, 4, *range(8, 256, 8), *range(256, top, 16), top)
+        return tuple(sorted({s for s in ladder if s <= top}))
 
 
 # Presets as users know them. Values not named keep the SchedulerConfig default.

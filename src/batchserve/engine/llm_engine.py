@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..attention_layout import AttentionConfig
-from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
+from ..config import CacheConfig, CompilationConfig, QuantizationConfig, expert_batching, scheduler_config
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
@@ -61,6 +61,9 @@ class LLMEngine:
     steps (torch.compile, `CausalLM.compile_decode`). Eager is the default because on CPU the
     compiled batch-1 step did not measure faster (bench/RESULTS.md) and compiling costs minutes
     on 2 cores; on CUDA it is not measured yet. With LoRA every step runs eagerly.
+    `compilation_config` (with enforce_eager=False and the flex backend): the decode batch sizes that get
+    their own compiled step, on CUDA a CUDA graph, vLLM's keys (`CompilationConfig`), e.g.
+    {"max_cudagraph_capture_size": 64}; a decode step is padded to the next size, larger ones run eagerly.
     `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "torch" (default)
     gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
@@ -92,6 +95,7 @@ class LLMEngine:
         quantize_lm_head: bool = QuantizationConfig.quantize_lm_head,
         deterministic: bool = False,
         enforce_eager: bool = True,
+        compilation_config: CompilationConfig | dict[str, Any] | str | None = None,
         attention_backend: str | None = None,
         attention: AttentionConfig = AttentionConfig(),
         enable_lora: bool = False,
@@ -109,9 +113,7 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         if attention_backend is not None:
             attention = dataclasses.replace(attention, backend=attention_backend)
-        if attention.backend != "torch" and not enforce_eager:
-            raise ValueError(f"attention_backend={attention.backend!r} compiles its own kernel and compiled decode "
-                             "steps (enforce_eager=False) run the torch backend; drop one of them")
+        compilation = CompilationConfig.of(compilation_config)
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
@@ -128,8 +130,6 @@ class LLMEngine:
         if not enforce_eager and self.model_config.is_moe:
             raise ValueError("compiled decode steps (enforce_eager=False, --no-enforce-eager) do not support MoE "
                              "models yet: their expert dispatch is data-dependent; run them eagerly")
-        if not enforce_eager and not enable_lora:
-            self.model.compile_decode()
         torch_dtype = self.model.dtype
         per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
@@ -154,8 +154,13 @@ class LLMEngine:
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
                               self.model_config.eos_token_ids)
         )
-        self.executor = TorchExecutor(self.model, self.model_config, num_blocks, block_size, torch_dtype, device, seed,
-                                      attention, self.structured_output, self.lora_manager)
+        compiled = not enforce_eager and not enable_lora
+        ladder = compiled and attention.backend == "flex"  # padded decode steps need a scratch block past the pool
+        self.executor = TorchExecutor(self.model, self.model_config, num_blocks + ladder, block_size, torch_dtype,
+                                      device, seed, attention, self.structured_output, self.lora_manager)
+        if compiled:
+            self.model.compile_decode(self.executor.kv_caches,
+                                      compilation.capture_sizes(sched_cfg.max_num_seqs) if ladder else ())
         self.engine = Engine(self.scheduler, self.executor)
         generation_config = read_generation_config(self.model_path)
         self.default_sampling_params = generation_defaults(generation_config)

@@ -100,6 +100,22 @@ def decode_metadata(meta: AttentionMetadata, window: int | None) -> DecodeMetada
 
 
 @dataclass
+class FlexDecodeMetadata:
+    """A pure decode step on the flex backend as tensors only (what a compiled step takes, as DecodeMetadata)."""
+
+    slot_mapping: torch.Tensor
+    """[B] cache slot where each sequence's new K/V is written."""
+    plan: FlexPlan
+    """Every row's block mask over the pool."""
+
+
+def flex_decode_metadata(meta: AttentionMetadata, window: int | None, num_pool_blocks: int) -> FlexDecodeMetadata:
+    """A pure decode step's layout (one new token per sequence) for the flex backend."""
+    plan, _ = _flex_plans(meta, window, num_pool_blocks)
+    return FlexDecodeMetadata(meta.slot_mapping, plan)
+
+
+@dataclass
 class _DecodePlan:
     """All one-token sequences as a padded batch of D rows and L key slots."""
 
@@ -221,7 +237,7 @@ class PagedAttention:
         self.sliding_window = sliding_window
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata | DecodeMetadata, scale: float) -> torch.Tensor:
+                meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata, scale: float) -> torch.Tensor:
         """Write k/v [T, kv_heads, head_dim] at meta.slot_mapping, then attend q [T, heads, head_dim].
 
         Returns [T, heads, head_dim]. Each sequence's new queries see all its cached keys up to
@@ -232,6 +248,8 @@ class PagedAttention:
         k_cache.index_copy_(0, meta.slot_mapping, k.to(k_cache.dtype))
         v_cache.index_copy_(0, meta.slot_mapping, v.to(v_cache.dtype))
 
+        if isinstance(meta, FlexDecodeMetadata):
+            return flex_paged_attention(q, k_cache, v_cache, meta.plan, scale)
         if isinstance(meta, AttentionMetadata) and meta.config.batch_invariant:
             return per_token_attention(q, k_cache, v_cache, _sequence_slots(meta), meta.query_start_loc,
                                        meta.context_lens, self.sliding_window, scale)

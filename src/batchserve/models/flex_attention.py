@@ -31,6 +31,9 @@ class FlexPlan:
 
     rows: torch.Tensor | None
     """[R] indices of those tokens in the flat batch; None: every token, in order."""
+    blocks: tuple[torch.Tensor, ...]
+    """The mask's tensors: per row, partial block count and ids, full block count and ids, and bounds."""
+    block_size: int
     block_mask: BlockMask
 
 
@@ -64,28 +67,45 @@ def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], bloc
     # one captured tensor (the CPU template miscompiles several captured tensors of a dynamic size):
     # per row, its first and last physical block and the offsets its visible keys start and end at
     bounds = to_device(torch.stack([first_phys, lo % block_size, last_phys, pos % block_size], dim=1))
-    num_partial, num_full = to_device(num_partial)[:, None, None], to_device(num_full)[:, None, None]
-    partial, full = pad(partial), pad(full)
+    blocks = (to_device(num_partial)[:, None, None], pad(partial), to_device(num_full)[:, None, None], pad(full),
+              bounds)
     if len(rows) > 1:  # one graph for every row count (a size-1 dimension always specializes)
-        for t in (bounds, num_partial, num_full, partial, full):
-            torch._dynamo.mark_dynamic(t, 0)
+        for t in blocks:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+    index = None if every_row else torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+    return FlexPlan(index, blocks, block_size, _block_mask(blocks, block_size))
+
+
+def _block_mask(blocks: tuple[torch.Tensor, ...], block_size: int) -> BlockMask:
+    """FlexAttention's mask from a plan's tensors: full blocks unmasked, a row's first and last block masked."""
+    num_partial, partial, num_full, full, bounds = blocks
 
     def visible(b, h, q_idx, kv_idx):  # only evaluated in a row's first and last block
         block, offset = kv_idx // block_size, kv_idx % block_size
         return (((block != bounds[b, 2]) | (offset <= bounds[b, 3]))
                 & ((block != bounds[b, 0]) | (offset >= bounds[b, 1])))
 
-    block_mask = BlockMask.from_kv_blocks(
+    return BlockMask.from_kv_blocks(
         num_partial, partial, num_full, full,
-        BLOCK_SIZE=(1, block_size), mask_mod=visible, seq_lengths=(1, num_pool_blocks * block_size),
+        BLOCK_SIZE=(1, block_size), mask_mod=visible, seq_lengths=(1, partial.shape[-1] * block_size),
         compute_q_blocks=False)  # q blocks only serve the backward pass
-    index = None if every_row else torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
-    return FlexPlan(index, block_mask)
 
 
 def flex_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: FlexPlan,
                          scale: float) -> torch.Tensor:
-    """q [R, heads, head_dim] (the plan's rows) against the pool k/v_cache [slots, kv_heads, head_dim], same dtype."""
+    """q [R, heads, head_dim] (the plan's rows) against the pool k/v_cache [slots, kv_heads, head_dim], same dtype.
+
+    Inside a compiled step (compiled_decode.py) the kernel runs as an opaque op, its own compiled call:
+    inductor's CPU FlexAttention template miscompiles inside a larger graph (torch 2.13: C++ that does not
+    build, or a failed lowering of a query that is a view).
+    """
+    if torch.compiler.is_compiling():
+        return flex_pool_attention(q, k_cache, v_cache, *plan.blocks, plan.block_size, scale)
+    return _flex_pool(q, k_cache, v_cache, plan.block_mask, scale)
+
+
+def _flex_pool(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_mask: BlockMask,
+               scale: float) -> torch.Tensor:
     # one query per batch row; contiguous, as q is a view into the fused QKV projection or a gathered copy,
     # and a stride change would recompile
     queries = q.contiguous()[:, :, None]
@@ -93,5 +113,19 @@ def flex_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     values = v_cache.transpose(0, 1)[None]
     if queries.shape[0] > 1:
         torch._dynamo.mark_dynamic(queries, 0)
-    out = _compiled_flex(queries, keys, values, block_mask=plan.block_mask, scale=scale, enable_gqa=True)
+    out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True)
     return out[:, :, 0]
+
+
+@torch.library.custom_op("batchserve::flex_pool_attention", mutates_args=())
+def flex_pool_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_partial: torch.Tensor,
+                        partial: torch.Tensor, num_full: torch.Tensor, full: torch.Tensor, bounds: torch.Tensor,
+                        block_size: int, scale: float) -> torch.Tensor:
+    """flex_paged_attention as one op of a compiled graph: the mask is rebuilt from its tensors."""
+    blocks = (num_partial, partial, num_full, full, bounds)
+    return _flex_pool(q, k_cache, v_cache, _block_mask(blocks, block_size), scale)
+
+
+@flex_pool_attention.register_fake
+def _(q, k_cache, v_cache, num_partial, partial, num_full, full, bounds, block_size, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -10,7 +10,7 @@ RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from ..model_config import ModelConfig
-from .attention import AttentionMetadata, DecodeMetadata, KVCache, PagedAttention, decode_metadata
+from .attention import AttentionMetadata, DecodeMetadata, FlexDecodeMetadata, KVCache, PagedAttention
+from .compiled_decode import CompiledDecode
 from .config import ModelLoadError
 from .linear import PackedLinear, new_linear, prepack_linears
 from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
@@ -147,7 +148,7 @@ class CausalLM(nn.Module):
         self.rotary_emb = RotaryEmbedding(config, device)
         self.attn = PagedAttention(config.num_attention_heads, config.num_kv_heads, config.head_dim, config.sliding_window)
         self._prepacked = False
-        self.compiled_decode: Callable[..., torch.Tensor] | None = None
+        self.compiled_decode: CompiledDecode | None = None
         """run_layers compiled for pure decode steps (compile_decode); None runs every step eagerly."""
 
     @property
@@ -169,22 +170,21 @@ class CausalLM(nn.Module):
                 meta: AttentionMetadata) -> torch.Tensor:
         """Hidden states [T, hidden] of the step's T new tokens; their K/V land in kv_caches."""
         if self.compiled_decode is not None:
-            step = decode_metadata(meta, self.attn.sliding_window)
-            if step is not None:
-                return self.compiled_decode(input_ids, positions, kv_caches, step)
+            hidden = self.compiled_decode(input_ids, positions, kv_caches, meta)
+            if hidden is not None:
+                return hidden
         return self.run_layers(input_ids, positions, kv_caches, meta)
 
-    def compile_decode(self) -> None:
-        """Run pure decode steps through one torch.compile graph (inductor), every other step eagerly.
+    def compile_decode(self, kv_caches: list[KVCache], capture_sizes: Sequence[int] = ()) -> None:
+        """Run pure decode steps compiled (models/compiled_decode.py), every other step eagerly.
 
-        A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled, they fuse into
-        a few kernels with no per-op dispatch. Shapes are dynamic (batch size, key count), so the
-        graph compiles once for batch 1 and once for larger batches, not per shape.
+        capture_sizes: the flex backend's ladder of padded batch sizes; the last block of kv_caches is
+        then the padding rows' scratch block, which the caller never hands to a request.
         """
-        self.compiled_decode = torch.compile(self.run_layers, dynamic=True, fullgraph=True)
+        self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes)
 
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                   meta: AttentionMetadata | DecodeMetadata) -> torch.Tensor:
+                   meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata) -> torch.Tensor:
         """forward's body: embeddings, the decoder layers, the final norm."""
         x = self.model.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)  # gathered once per step, applied by every layer

@@ -1,0 +1,80 @@
+"""Pure decode steps through one torch.compile graph; on the flex backend padded to a ladder of batch sizes.
+
+A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled,
+they fuse into a few kernels with no per-op dispatch. Shapes are dynamic, so
+the graph compiles once for one row and once for more, not per shape.
+
+The flex backend reads K/V in place from the pool (a fixed-size key axis), so
+its decode step's shapes depend on the row count only: a step of B rows is
+padded to the smallest ladder size >= B (CompilationConfig), and on CUDA each
+size is recorded once as a CUDA graph and replayed (torch.compile's
+reduce-overhead mode, torch's cudagraph trees). Padding rows decode at position
+0 of a scratch block that no request is ever given: they write their K/V there,
+attend that one key (no empty softmax) and their outputs are dropped.
+The torch backend gathers a step's keys into a [B, L] copy whose L changes
+every step, so a CUDA graph per shape would be a graph per step; it compiles
+decode steps of any size without padding or graphs.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .attention import AttentionMetadata, KVCache, decode_metadata, flex_decode_metadata
+
+
+class CompiledDecode:
+    """A model's run_layers compiled for pure decode steps; call it with a step, get hidden states or None (eager)."""
+
+    def __init__(self, run_layers: Callable[..., torch.Tensor], window: int | None, kv_caches: list[KVCache],
+                 capture_sizes: Sequence[int] = ()) -> None:
+        self.window = window
+        self.capture_sizes = tuple(sorted(capture_sizes))
+        """The flex backend's ladder of padded row counts; empty: the torch backend, no padding."""
+        self.scratch_block = kv_caches[0][0].shape[0] - 1
+        """The pool's last block: the engine allocates it beyond the scheduler's blocks, for padding rows."""
+        self.cuda_graphs = bool(self.capture_sizes) and kv_caches[0][0].is_cuda
+        if self.cuda_graphs:  # the cache is written in place: graphs replay only into inputs at fixed addresses
+            for cache in kv_caches:
+                for t in cache:
+                    torch._dynamo.mark_static_address(t)
+        # the ladder's sizes compile one static graph each (dynamo's per-function limit must hold them all)
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(self.capture_sizes) + 1)
+        self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True,
+                                mode="reduce-overhead" if self.cuda_graphs else None)
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
+                 meta: AttentionMetadata) -> torch.Tensor | None:
+        """Hidden states [T, hidden] of a pure decode step; None for a step that must run eagerly."""
+        if not self.capture_sizes:
+            step = decode_metadata(meta, self.window)
+            return None if step is None else self.fn(input_ids, positions, kv_caches, step)
+        rows = input_ids.shape[0]
+        if meta.num_seqs != rows or rows > self.capture_sizes[-1]:  # prompt chunks, or above the ladder
+            return None
+        ids, pos, padded = pad_decode(input_ids, positions, meta,
+                                      self.capture_sizes[bisect_left(self.capture_sizes, rows)], self.scratch_block)
+        step = flex_decode_metadata(padded, self.window, self.scratch_block + 1)
+        if self.cuda_graphs:  # the previous step's outputs are consumed: the graphs may reuse their memory
+            torch.compiler.cudagraph_mark_step_begin()
+        return self.fn(ids, pos, kv_caches, step)[:rows]
+
+
+def pad_decode(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, size: int,
+               scratch_block: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """A decode step of B rows as `size` rows: the extra rows decode token 0 at position 0 of scratch_block."""
+    b = meta.num_seqs
+    pad = size - b
+    if not pad:
+        return input_ids, positions, meta
+    zeros = input_ids.new_zeros(pad)
+    slots = torch.full((pad,), scratch_block * meta.block_size, dtype=meta.slot_mapping.dtype,
+                       device=meta.slot_mapping.device)
+    padded = AttentionMetadata(torch.cat([meta.slot_mapping, slots]), meta.query_start_loc + list(range(b + 1, size + 1)),
+                               meta.context_lens + [0] * pad, meta.block_tables + [[scratch_block]] * pad,
+                               meta.block_size, meta.config)
+    return torch.cat([input_ids, zeros]), torch.cat([positions, zeros]), padded
