@@ -1,4 +1,5 @@
-"""Compiled steps (torch.compile) against eager steps and transformers: decode steps, the flex attention backend.
+"""Compiled steps (torch.compile) against eager steps and transformers: decode steps, the flex attention backend,
+and compiled flex decode steps padded to a ladder of batch sizes.
 
 One compiled engine serves a 200-request run of varied prompt and output
 lengths in a KV pool small enough to force preemptions: its greedy tokens must
@@ -6,7 +7,9 @@ equal the eager engine's for every request and transformers' for a sample, and
 the number of graphs compiled must stay bounded (batch 1 and batch > 1), not
 grow with the shapes seen. Compilation is the slow part, so it happens once.
 The same run on the flex attention backend (a compiled kernel inside eager
-steps) holds it to the same bounds.
+steps) holds it to the same bounds; with compiled steps there, every decode
+step up to the ladder's top runs padded to a ladder size (one graph per size),
+larger ones eagerly, and the padding rows write only the scratch block.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch._dynamo.utils import counters
 from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
 from batchserve.model_config import kv_bytes_per_block
+from batchserve.models.attention import AttentionMetadata
 
 VOCAB = 300
 SHAPE = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -57,12 +61,19 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def run(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch") -> tuple[list[list[int]], LLM]:
-    llm = LLM(str(path), skip_tokenizer_init=True, enforce_eager=enforce_eager, kv_cache_memory=kv_cache_memory,
-              max_num_seqs=32, max_num_batched_tokens=256, attention_backend=attention_backend)
+def engine(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch", **kwargs) -> LLM:
+    return LLM(str(path), skip_tokenizer_init=True, enforce_eager=enforce_eager, kv_cache_memory=kv_cache_memory,
+               max_num_seqs=32, max_num_batched_tokens=256, attention_backend=attention_backend, **kwargs)
+
+
+def generate(llm: LLM) -> list[list[int]]:
     prompts, params = workload()
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    return [o.outputs[0].token_ids for o in outs], llm
+    return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+
+
+def run(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch") -> tuple[list[list[int]], LLM]:
+    llm = engine(path, enforce_eager, kv_cache_memory, attention_backend)
+    return generate(llm), llm
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +116,76 @@ def test_flex_backend_equals_eager_and_compiles_a_bounded_number_of_graphs(hf_mo
 def test_the_default_is_eager(hf_model) -> None:
     llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     assert llm.llm_engine.model.compiled_decode is None
+
+
+LADDER = {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 24]}  # max_num_seqs is 32: 25-32 decode rows run eagerly
+
+
+class StepRecorder:
+    """Wraps a model's CompiledDecode: the row count of every pure decode step, and whether it ran compiled."""
+
+    def __init__(self, compiled) -> None:
+        self.compiled, self.steps = compiled, []
+        self.padded_sizes: list[int] = []
+        fn = compiled.fn
+
+        def record(input_ids, *args):
+            self.padded_sizes.append(input_ids.shape[0])
+            return fn(input_ids, *args)
+        compiled.fn = record
+
+    def __call__(self, input_ids, positions, kv_caches, meta):
+        hidden = self.compiled(input_ids, positions, kv_caches, meta)
+        if meta.num_seqs == input_ids.shape[0]:
+            self.steps.append((input_ids.shape[0], hidden is not None))
+        return hidden
+
+
+def test_flex_compiled_decode_pads_to_the_ladder_and_equals_eager(hf_model, kv_memory, eager) -> None:
+    llm = engine(hf_model[1], enforce_eager=False, kv_cache_memory=kv_memory, attention_backend="flex",
+                 compilation_config=LADDER)
+    model = llm.llm_engine.model
+    recorder = model.compiled_decode = StepRecorder(model.compiled_decode)
+    graphs_before = counters["stats"]["unique_graphs"]
+    tokens = generate(llm)
+    graphs = counters["stats"]["unique_graphs"] - graphs_before
+
+    assert tokens == eager
+    assert llm.scheduler.num_preemptions > 0
+    ladder = set(LADDER["cudagraph_capture_sizes"])
+    assert set(recorder.padded_sizes) <= ladder
+    compiled = {rows for rows, ran in recorder.steps if ran}
+    assert compiled - ladder, "no decode step was padded"
+    assert all(rows <= 24 for rows in compiled)
+    assert any(not ran and rows > 24 for rows, ran in recorder.steps), "no step ran above the ladder"
+    # one graph per ladder size, and at most two for the flex kernel of the eager steps
+    assert graphs <= len(ladder) + MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
+
+
+def test_padding_rows_write_only_the_scratch_block_and_logits_match_eager(hf_model) -> None:
+    llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB", enforce_eager=False,
+              attention_backend="flex", compilation_config=LADDER)
+    model, executor = llm.llm_engine.model, llm.executor
+    num_blocks = llm.scheduler.kv.num_blocks
+    scratch = model.compiled_decode.scratch_block
+    assert scratch == num_blocks == executor.kv_caches[0][0].shape[0] - 1  # past every block the scheduler owns
+    torch.manual_seed(1)
+    for k, v in executor.kv_caches:
+        k.normal_()
+        v.normal_()
+    # 3 decode rows (padded to 4) on contexts of 5, 17 and 40 tokens in blocks the scheduler could hand out
+    tables, contexts = [[0], [1, 2], [3, 4, 5]], [5, 17, 40]
+    positions, meta = AttentionMetadata.of_rows(tables, contexts, [1, 1, 1], 16, "cpu", executor.attention)
+    ids = torch.tensor([7, 8, 9])
+    before = [(k.clone(), v.clone()) for k, v in executor.kv_caches]
+    with torch.inference_mode():
+        expected = model.run_layers(ids, positions, [(k.clone(), v.clone()) for k, v in before], meta)  # eager
+    hidden = model(ids, positions, executor.kv_caches, meta)
+
+    torch.testing.assert_close(model.compute_logits(hidden), model.compute_logits(expected), rtol=1e-4, atol=1e-4)
+    written = set(meta.slot_mapping.tolist())
+    for (k, v), (k0, v0) in zip(executor.kv_caches, before):
+        for cache, old in ((k, k0), (v, v0)):
+            changed = (cache != old).flatten(2).any(-1).nonzero().tolist()  # (block, offset) pairs
+            assert {b * 16 + o for b, o in changed if b != scratch} == written
+            assert [scratch, 0] in changed  # where the padding row wrote

@@ -69,6 +69,11 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
                    "torch.compile (minutes of compilation on a small CPU)")
+    p.add_argument("--compilation-config", "-O", default=None, metavar="JSON",
+                   help="with --no-enforce-eager and --attention-backend flex: the decode batch sizes compiled "
+                   "(CUDA graphs on CUDA), vLLM's keys, e.g. '{\"max_cudagraph_capture_size\": 64}' or "
+                   "'{\"cudagraph_capture_sizes\": [1, 2, 4, 8]}' (default: 1, 2, 4, 8, 16, ... up to "
+                   "--max-num-seqs, at most 512)")
     p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
                    help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
                    "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")
@@ -90,6 +95,7 @@ def engine_args(args: argparse.Namespace) -> dict[str, Any]:
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
                 quantize_lm_head=args.quantize_lm_head,
                 deterministic=args.deterministic, enforce_eager=args.enforce_eager,
+                compilation_config=args.compilation_config,
                 attention_backend=args.attention_backend,
                 speculative_config=args.speculative_config, target_tokens_per_expert=args.target_tokens_per_expert)
 

@@ -57,6 +57,8 @@ class RunSetup:
     quantize_lm_head: bool = QuantizationConfig.quantize_lm_head
     deterministic: bool = False
     enforce_eager: bool = True
+    compilation_config: str | None = None
+    """--compilation-config as given (a JSON object); None: the default ladder."""
     attention_backend: str = "torch"
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
@@ -75,7 +77,8 @@ class RunSetup:
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
                 "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
-                "enforce_eager": self.enforce_eager, "attention_backend": self.attention_backend,
+                "enforce_eager": self.enforce_eager, "compilation_config": self.compilation_config,
+                "attention_backend": self.attention_backend,
                 "speculative_config": self.speculative_config,
                 "target_tokens_per_expert": self.target_tokens_per_expert, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
