@@ -3,10 +3,11 @@
 B requests (random-id prompts of one length, then greedy tokens with
 ignore_eos) decode together; batch 1 is interactive use. The timed part is
 the decode steps only. Each dtype loads the model once; eager and compiled
-(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on) and flex (eager
-steps on the in-place FlexAttention backend, `--attention-backend flex`) alternate
-round by round on the same weights so machine load hits them alike, and the
-median round is reported. A decode step must stream every weight once (the
+(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on), flex (eager
+steps on the in-place FlexAttention backend, `--attention-backend flex`) and
+flex-compiled (both: decode steps padded to a ladder of the benched batch sizes,
+CUDA graphs on CUDA) alternate round by round on the same weights so machine
+load hits them alike, and the median round is reported. A decode step must stream every weight once (the
 decoder's projections and the LM head) plus each request's cached K/V: the
 limit is those bytes over the device's copy bandwidth, measured in the same run.
 
@@ -14,6 +15,7 @@ limit is those bytes over the device's copy bandwidth, measured in the same run.
     python bench/bench_decode.py --dtype float32 --rounds 5 --modes eager
     python bench/bench_decode.py --modes eager,flex --batch 1 --batch 64 --prompt-len 1024 --new-tokens 32
     python bench/bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 --batch 64 --batch 256
+    python bench/bench_decode.py --modes eager,flex-compiled --new-tokens 16     # captured decode steps
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape instead")
     parser.add_argument("--batch", type=int, action="append", help="requests decoding together (default: 1)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], action="append")
-    parser.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled, flex")
+    parser.add_argument("--modes", default="eager,compiled",
+                        help="comma-separated: eager, compiled, flex, flex-compiled")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="timed requests per mode, alternating modes")
@@ -100,35 +103,45 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if args.shape:
                 build_model(args.shape, getattr(torch, dtype), tmp)
+            # with flex-compiled, the engine's own compiled steps: a ladder of exactly the benched batch sizes
+            ladder = "flex-compiled" in modes
             llm = LLMEngine(tmp if args.shape else args.model, dtype=dtype, device=args.device,
-                            kv_cache_memory=args.kv_cache_memory, skip_tokenizer_init=True, enforce_eager=True)
-        compiled_step = None
-        compile_s = 0.0
+                            kv_cache_memory=args.kv_cache_memory, skip_tokenizer_init=True, enforce_eager=not ladder,
+                            attention_backend="flex" if ladder else "torch",
+                            compilation_config={"cudagraph_capture_sizes": args.batch or [1]})
+        flex_attention = dataclasses.replace(llm.executor.attention, backend="flex")
+        torch_attention = dataclasses.replace(llm.executor.attention, backend="torch")
+        steps = {"flex-compiled": llm.model.compiled_decode}
+        compile_seconds = {}
+        if ladder:  # every size's graph (on CUDA its recording), untimed for the rounds
+            llm.executor.attention = flex_attention
+            t = time.perf_counter()
+            for batch in args.batch or [1]:
+                decode_step_seconds(llm, batch, 16, 3, seed=-batch)
+            compile_seconds["flex-compiled"] = time.perf_counter() - t
         if "compiled" in modes:  # compile once, untimed for the rounds: the batch-1 and the batch>1 graphs
-            llm.model.compile_decode()
-            compiled_step = llm.model.compiled_decode
+            llm.model.compile_decode(llm.executor.kv_caches)
+            steps["compiled"] = llm.model.compiled_decode
+            llm.executor.attention = torch_attention
             t = time.perf_counter()
             decode_step_seconds(llm, 1, 16, 3, seed=-1)
             decode_step_seconds(llm, 2, 16, 3, seed=-2)
-            compile_s = time.perf_counter() - t
-        torch_attention = llm.executor.attention
-        flex_attention = dataclasses.replace(torch_attention, backend="flex")
-        flex_compile_s = 0.0
+            compile_seconds["compiled"] = time.perf_counter() - t
         if "flex" in modes:  # the flex kernel's graphs for one row and for more, untimed for the rounds
+            llm.model.compiled_decode = None
             llm.executor.attention = flex_attention
             t = time.perf_counter()
             decode_step_seconds(llm, 1, 16, 3, seed=-1)
             decode_step_seconds(llm, 2, 16, 3, seed=-2)
-            flex_compile_s = time.perf_counter() - t
+            compile_seconds["flex"] = time.perf_counter() - t
         for batch in args.batch or [1]:
             limit = streamed_bytes(llm, batch, args.prompt_len + args.new_tokens / 2) / bandwidth
             times: dict[str, list[float]] = {m: [] for m in modes}
             for r in range(args.rounds):
                 for mode in modes:
-                    llm.model.compiled_decode = compiled_step if mode == "compiled" else None
-                    llm.executor.attention = flex_attention if mode == "flex" else torch_attention
+                    llm.model.compiled_decode = steps.get(mode)
+                    llm.executor.attention = flex_attention if mode.startswith("flex") else torch_attention
                     times[mode].append(decode_step_seconds(llm, batch, args.prompt_len, args.new_tokens, seed=r))
-            compile_seconds = {"compiled": compile_s, "flex": flex_compile_s}
             for mode in modes:
                 step = statistics.median(times[mode])
                 print(f"| {dtype} | {batch} | {mode} | {compile_seconds.get(mode, 0):.0f} | "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device session (under 8 minutes: the step timeouts below sum to 470 s): CUDA correctness of the engine
-# (eager, compiled decode, the in-place flex attention backend), throughput vs transformers, decode step time
+# (eager, compiled decode, the in-place flex attention backend, captured flex decode steps), throughput vs
+# transformers, decode step time
 # against the HBM roofline, simulator fidelity.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # A step that fails or times out is reported and the next one runs.
@@ -21,19 +22,24 @@ step versions 10 nvidia-smi --query-gpu=name,memory.total,driver_version --forma
 step python 10 python3 -c "import torch, transformers, sys; print('python', sys.version.split()[0], 'torch', \
 torch.__version__, 'transformers', transformers.__version__)"
 # the engine runs on CUDA (the default device) against transformers' greedy tokens on CPU
-step 1-oracle 75 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
+step 1-oracle 65 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
     tests/entrypoints/test_llm_engine.py -k "not flex"
 step 1b-compiled-decode 60 python3 -m pytest -q -x -p no:cacheprovider tests/models/test_compiled_decode.py
 # --attention-backend flex on CUDA (Triton FlexAttention over the block pool): greedy equal to transformers with
 # prefix caching and preemption, then the op-level step time against the gather backend
-step 1c-flex-oracle 45 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
-step 1d-flex-op 50 python3 bench/bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 \
+step 1c-flex-oracle 40 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
+step 1d-flex-op 35 python3 bench/bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 \
     --batch 256 --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
 cd bench
-step 2-throughput 80 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+step 2-throughput 70 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
     --baseline-batch 256 --baseline static --prepack on
-step 2c-decode-roofline 70 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
-    --batch 64 --batch 256 --modes eager,compiled,flex --rounds 1 --prompt-len 128 --new-tokens 16 \
+# decode step time against the HBM roofline ((weights + K/V bytes) / bandwidth); flex-compiled = captured decode
+# steps (CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's reduce-overhead mode)
+step 2c-decode-roofline 75 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
+    --batch 64 --batch 256 --modes eager,compiled,flex,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
     --kv-cache-memory 16GiB
-step 3-fidelity 70 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
+step 2d-captured-decode-llama 55 python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
+    --batch 1 --batch 64 --batch 256 --modes eager,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
+    --kv-cache-memory 16GiB
+step 3-fidelity 50 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
     --kv-cache-memory 16GiB --out "$OUT"

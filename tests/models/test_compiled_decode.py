@@ -175,8 +175,8 @@ def test_padding_rows_write_only_the_scratch_block_and_logits_match_eager(hf_mod
         v.normal_()
     # 3 decode rows (padded to 4) on contexts of 5, 17 and 40 tokens in blocks the scheduler could hand out
     tables, contexts = [[0], [1, 2], [3, 4, 5]], [5, 17, 40]
-    positions, meta = AttentionMetadata.of_rows(tables, contexts, [1, 1, 1], 16, "cpu", executor.attention)
-    ids = torch.tensor([7, 8, 9])
+    positions, meta = AttentionMetadata.of_rows(tables, contexts, [1, 1, 1], 16, executor.device, executor.attention)
+    ids = torch.tensor([7, 8, 9], device=executor.device)
     before = [(k.clone(), v.clone()) for k, v in executor.kv_caches]
     with torch.inference_mode():
         expected = model.run_layers(ids, positions, [(k.clone(), v.clone()) for k, v in before], meta)  # eager
