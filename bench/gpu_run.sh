@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One device session (under 8 minutes: the step timeouts below sum to 470 s): CUDA correctness of the engine
 # (eager, compiled decode, the in-place flex attention backend, captured flex decode steps), throughput vs
-# transformers, decode step time
-# against the HBM roofline, simulator fidelity.
+# transformers, decode step time against the HBM roofline, simulator fidelity.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # A step that fails or times out is reported and the next one runs.
 set -euo pipefail
