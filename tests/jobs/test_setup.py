@@ -34,8 +34,9 @@ def test_the_attention_backend_reaches_the_engine_and_its_twin():
     setup = RunSetup(device="cpu", attention_backend="flex")
     assert setup.sim_setup("cpu-local").attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
     assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"
-    with pytest.raises(ValueError, match="compiles its own kernel"):
-        LLMEngine("tiny", **{**setup.engine_args(), "enforce_eager": False})
+    compiled = RunSetup(device="cpu", attention_backend="flex", enforce_eager=False,
+                        compilation_config='{"cudagraph_capture_sizes": [4, 1, 2]}')
+    assert LLMEngine("tiny", **compiled.engine_args()).model.compiled_decode.capture_sizes == (1, 2, 4)
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
