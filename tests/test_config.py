@@ -36,6 +36,7 @@ def test_explicit_sizes_and_the_max_come_from_json_as_in_vllm():
     ({"cuda_graph_sizes": [1]}, "unknown compilation config key"),
     ({"cudagraph_capture_sizes": [0, 1]}, "positive integers"),
     ({"cudagraph_capture_sizes": []}, "positive integers"),
+    ({"cudagraph_capture_sizes": 8}, "a list of positive integers"),
     ({"max_cudagraph_capture_size": 0}, "positive integer"),
 ])
 def test_bad_compilation_configs_say_what_is_wrong(value, message):

@@ -137,19 +137,10 @@ class CompilationConfig:
         """From a dict or a JSON object string (vLLM's `--compilation-config`); None gives the defaults."""
         if value is None or isinstance(value, CompilationConfig):
             return value or cls()
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"compilation config is not valid JSON ({err.msg}); give e.g. "
-                                 '\'{"max_cudagraph_capture_size": 64}\'') from None
-        if not isinstance(value, dict):
-            raise ValueError(f"compilation config must be a JSON object, got {type(value).__name__}")  # noqa: TRY004
-        unknown = sorted(set(value) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown compilation config key(s) {unknown}; known: "
-                             f"{sorted(f.name for f in fields(cls))}")
+        value = json_config(value, cls, "compilation config", '{"max_cudagraph_capture_size": 64}')
         sizes = value.get("cudagraph_capture_sizes")
+        if sizes is not None and not isinstance(sizes, (list, tuple)):
+            raise ValueError(f"cudagraph_capture_sizes must be a list of positive integers, got {sizes!r}")
         return cls(**{**value, "cudagraph_capture_sizes": None if sizes is None else tuple(sizes)})
 
     def capture_sizes(self, max_num_seqs: int) -> tuple[int, ...]:
@@ -160,6 +151,23 @@ class CompilationConfig:
         top = self.max_cudagraph_capture_size or min(max_num_seqs, MAX_CUDAGRAPH_CAPTURE_SIZE)
         ladder = (1, 2, 4, *range(8, 256, 8), *range(256, top, 16), top)
         return tuple(sorted({s for s in ladder if s <= top}))
+
+
+def json_config(value: dict[str, Any] | str, cls: type, name: str, example: str) -> dict[str, Any]:
+    """The fields of config class `cls` from a dict or a JSON object string (vLLM's `--*-config JSON` flags),
+    with no key it does not have; `name` and `example` word the errors."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{name} is not valid JSON ({err.msg}); give e.g. '{example}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")  # noqa: TRY004
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} key(s) {unknown}; known: {sorted(known)}")
+    return value
 
 
 # Presets as users know them. Values not named keep the SchedulerConfig default.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from ..config import json_config
 
 SPECULATIVE_METHODS = ("ngram", "draft")
 
@@ -52,16 +53,4 @@ class SpeculativeConfig:
         """From a dict or a JSON object string (vLLM's `--speculative-config`); None stays None (off)."""
         if value is None or isinstance(value, SpeculativeConfig):
             return value
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"speculative config is not valid JSON ({err.msg}); give e.g. "
-                                 '\'{"method": "ngram", "num_speculative_tokens": 4}\'') from None
-        if not isinstance(value, dict):
-            raise ValueError(f"speculative config must be a JSON object, got {type(value).__name__}")  # noqa: TRY004
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown speculative config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**value)
+        return cls(**json_config(value, cls, "speculative config", '{"method": "ngram", "num_speculative_tokens": 4}'))
