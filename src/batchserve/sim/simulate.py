@@ -20,7 +20,7 @@ from .hardware import CatalogError, Hardware, get_hardware
 from .models import get_model
 from .router import ROUTERS, RouterConfig
 from .scheduler import SimScheduler
-from .speculation import SimSpeculation, SpecAcceptance
+from .speculation import SimSpeculation, SpecAcceptance, draft_efficiency
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,13 @@ def build_cluster(setup: SimSetup) -> Cluster:
 
 
 def _speculation(setup: SimSetup) -> SimSpeculation | None:
-    """One replica's simulated speculation; the draft model runs on the target's deployment, at its efficiency."""
+    """One replica's simulated speculation; the draft model runs on the target's deployment (`draft_efficiency`)."""
     if setup.speculative is None:
         return None
     draft = setup.draft_model
-    draft_cost = None if draft is None else CostModel(replace(setup.deployment, model=draft, pp=1, max_lora_rank=0), setup.efficiency)
+    draft_cost = None if draft is None else CostModel(
+        replace(setup.deployment, model=draft, pp=1, max_lora_rank=0),
+        draft_efficiency(setup.efficiency, draft.num_layers, setup.deployment.model.num_layers))
     return SimSpeculation(setup.spec_acceptance, draft_cost)
 
 

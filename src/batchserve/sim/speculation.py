@@ -12,13 +12,13 @@ from __future__ import annotations
 import weakref
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..core.batch import SYNTHETIC_TOKEN, ScheduledBatch
 from ..request import Request
-from .cost_model import CostModel
+from .cost_model import CostModel, Efficiency, StepShape
 
 
 @dataclass(frozen=True)
@@ -117,28 +117,56 @@ class SimProposer:
         return proposals
 
 
-def draft_model_time(draft_cost_model: CostModel, proposals: list[Proposal]) -> float:
-    """A draft model's forward steps for a step's proposals (their host overhead is the target step's).
+def draft_step_shape(contexts: Sequence[int], fed: Sequence[int]) -> StepShape:
+    """One draft forward step as the cost model sees it: row i holds `contexts[i]` tokens and takes `fed[i]` new ones.
+
+    A row taking several tokens runs as a prompt chunk, one taking one as a decode; each row takes logits at its
+    last token only (the draft's argmax), so every row is one LM-head row and nothing is sampled beyond it.
+    """
+    chunks = [(c, n) for c, n in zip(contexts, fed) if n > 1]
+    decodes = [c + 1 for c, n in zip(contexts, fed) if n == 1]
+    return StepShape(num_prefill_tokens=sum(n for _, n in chunks),
+                     prefill_attended_pairs=sum(n * (c + (n + 1) / 2) for c, n in chunks),
+                     prefill_context_tokens=sum(c + n for c, n in chunks), num_decodes=len(decodes),
+                     decode_context_tokens=sum(decodes), num_sampling=len(contexts), num_prefill_seqs=len(chunks))
+
+
+def draft_step_shapes(proposals: Sequence[Proposal]) -> list[StepShape]:
+    """The draft model's forward steps for a step's proposals, as `DraftModelProposer` runs them.
 
     Forward step j runs every request proposing more than j drafts: the first takes each one's unseen
     tokens (a prompt chunk after a prefill, one or two tokens after a verification), the later ones one
-    token each; each is a step of the draft model's shape through the same cost model (the target's efficiency).
+    token each.
     """
-    t = 0.0
+    shapes = []
     for j in range(max((p.num_drafts for p in proposals), default=0)):
         rows = [p for p in proposals if p.num_drafts > j]
-        decodes = [p.context + p.num_fed + j for p in rows if j or p.num_fed == 1]
-        chunks = [p for p in rows if not j and p.num_fed > 1]
-        t += draft_cost_model.step_time(
-            num_prefill_tokens=sum(p.num_fed for p in chunks),
-            prefill_attended_pairs=sum(p.num_fed * (p.context + (p.num_fed + 1) / 2) for p in chunks),
-            prefill_context_tokens=sum(p.context + p.num_fed for p in chunks),
-            num_decodes=len(decodes),
-            decode_context_tokens=sum(decodes),
-            num_sampling=len(rows),
-            num_prefill_seqs=len(chunks),
-        )
-    return t
+        shapes.append(draft_step_shape([p.context + (p.num_fed + j - 1 if j else 0) for p in rows],
+                                       [1 if j else p.num_fed for p in rows]))
+    return shapes
+
+
+def draft_efficiency(target: Efficiency, draft_layers: int, target_layers: int) -> Efficiency:
+    """The efficiency a draft model's forward steps run at, from the target's calibrated one.
+
+    Same device and kernels, so the same fractions of peak. A draft step runs no scheduler and no sampler
+    (an argmax over its rows' logits, which the LM head's roofline prices): its fixed cost is the measured
+    `draft_step_overhead_s`, not the target step's, and no per-sequence, grammar, adapter, proposer or
+    new-shape term applies. The per-token, per-chunk and per-decode-group terms are work done in every layer
+    (norms and activations, one attention call per chunk or group per layer), so they scale with the draft's
+    share of the layers.
+    """
+    share = draft_layers / target_layers
+    return replace(target, step_overhead_s=target.draft_step_overhead_s, token_overhead_s=target.token_overhead_s * share,
+                   chunk_overhead_s=target.chunk_overhead_s * share,
+                   decode_group_overhead_s=target.decode_group_overhead_s * share, sequence_overhead_s=0.0,
+                   structured_overhead_s=0.0, lora_segment_overhead_s=0.0, new_shape_overhead_s=0.0,
+                   proposer_overhead_s=0.0)
+
+
+def draft_model_time(draft_cost_model: CostModel, proposals: Sequence[Proposal]) -> float:
+    """A draft model's forward steps for a step's proposals, each through its cost model (`draft_efficiency`)."""
+    return sum(draft_cost_model.step_time(*shape) for shape in draft_step_shapes(proposals))
 
 
 class SimSpeculation:
@@ -146,7 +174,8 @@ class SimSpeculation:
     draws of each verification, and the drafting cost of each step."""
 
     def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None) -> None:
-        """`draft_cost_model`: the draft model's shape on the target's deployment; None: n-gram proposals."""
+        """`draft_cost_model`: the draft model's shape on the target's deployment, at its `draft_efficiency`;
+        None: n-gram proposals."""
         self.acceptance = AcceptanceModel(acceptance)
         self.proposer = SimProposer(self.acceptance)
         self.draft_cost_model = draft_cost_model
