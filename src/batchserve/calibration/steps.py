@@ -24,6 +24,7 @@ from ..engine.llm_engine import LLMEngine
 from ..gemm_shapes import SeenTokenCounts
 from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
+from ..model_config import ModelConfig
 from ..progress import Progress
 from ..request import Request, SamplingParams, StructuredOutputsParams
 from ..sim.calibration import Observation, fit_draft_step_overhead, fit_efficiency, fit_report
@@ -33,6 +34,7 @@ from ..sim.executor import step_shape
 from ..sim.hardware import Hardware
 from ..sim.speculation import draft_efficiency, draft_step_shape
 from ..spec_decode.draft_model import DraftForward, DraftModelProposer
+from ..spec_decode.speculator import Speculator
 from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
@@ -130,6 +132,17 @@ def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
                                                               for _ in range(batch)], list(range(1, k + 1))
 
 
+def speculation_phases(vocab: int, max_batch: int, seed: int = 3) -> Iterator[list[Entry]]:
+    """Decode batches of up to `max_batch` rows (those that speculate) with speculation on: half the prompts
+    repeat a phrase, which an n-gram lookup continues (verification steps), half are random (lookups that find
+    nothing); a draft model proposes for all. Beside the grid's plain decodes, they fit the speculative terms."""
+    rng = np.random.default_rng(seed)
+    for batch in (1, 2, 4, 8):
+        if batch <= max_batch:
+            yield [(_prompt(rng, vocab, 8) * 6 if i % 2 == 0 else _prompt(rng, vocab, 48), 16, 0)
+                   for i in range(batch)]
+
+
 def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, keep: bool = True,
                  grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
                  adapters: Sequence[int] = ()) -> list[Observation]:
@@ -203,23 +216,20 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps.
 
     With LoRA on, steps under `adapters` (or, if none are given, random ones of `max_lora_rank`) fit the
-    LoRA terms too. With speculative decoding on, the grid's small decode batches verify drafts: an n-gram
-    proposer's lookups fit `proposer_overhead_s`, a draft model's forward steps (timed apart from the target's
-    steps) fit `draft_step_overhead_s`. `max_context`: the longest context the grid measures.
+    LoRA terms too. With speculative decoding on, the grid runs without it and `speculation_phases` with it:
+    their verification steps, an n-gram proposer's lookups (`proposer_overhead_s`) and a draft model's forward
+    steps, timed apart from the target's (`draft_step_overhead_s`). `max_context`: the longest context measured.
     """
-    proposer = llm.speculator.proposer if llm.speculator is not None else None
-    draft = proposer if isinstance(proposer, DraftModelProposer) else None
-    if draft is not None:
-        draft.forward_log = []
+    speculator = llm.scheduler.speculator
+    llm.scheduler.speculator = None
     try:
-        return _calibrate(llm, name, quiet, adapters, max_context, draft)
+        return _calibrate(llm, name, quiet, adapters, max_context, speculator)
     finally:
-        if draft is not None:
-            draft.forward_log = None
+        llm.scheduler.speculator = speculator
 
 
 def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARequest], max_context: int,
-               draft: DraftModelProposer | None) -> Calibration:
+               speculator: Speculator | None) -> Calibration:
     device = llm.device
     dtype = llm.model.dtype
     # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
@@ -256,24 +266,47 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
             observations += record_steps(llm.engine, entries, seen, grammar=grammar)
     if lora is not None:
         observations += _lora_steps(llm, adapters, seen)
+    forwards: list[DraftForward] = []
+    if speculator is not None:
+        observations += _speculative_steps(llm, speculator, seen, forwards)
     efficiency = fit_efficiency(deployment, observations)
     report = fit_report(deployment, efficiency, observations)
-    if draft is not None:
-        efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft)
+    draft = speculator.proposer if speculator is not None else None
+    if isinstance(draft, DraftModelProposer):
+        efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft.config, forwards)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
     return Calibration(profile, deployment, efficiency, observations, report)
 
 
-def _fit_draft(target: Deployment, efficiency: Efficiency, draft: DraftModelProposer) -> tuple[Efficiency, dict]:
-    """The target's efficiency with the draft's measured step overhead, and the fit's report on the draft's steps."""
-    deployment = replace(target, model=replace(draft.config, name="calibrated-draft"), max_lora_rank=0)
-    steps = [Observation(draft_step_shape(f.contexts, f.fed), f.seconds) for f in draft.forward_log or []]
-    efficiency = replace(efficiency, draft_step_overhead_s=fit_draft_step_overhead(
-        deployment, draft_efficiency(efficiency, draft.config.num_layers, target.model.num_layers), steps))
-    drafting = draft_efficiency(efficiency, draft.config.num_layers, target.model.num_layers)
-    return efficiency, fit_report(deployment, drafting, steps)["all"]
+def _speculative_steps(llm: LLMEngine, speculator: Speculator, seen: SeenTokenCounts,
+                       forwards: list[DraftForward]) -> list[Observation]:
+    """The speculation phases' steps, speculation on; a draft model's forward steps are added to `forwards`."""
+    draft = speculator.proposer if isinstance(speculator.proposer, DraftModelProposer) else None
+    llm.scheduler.speculator = speculator
+    if draft is not None:
+        draft.forward_log = forwards
+    try:
+        observations = []
+        for entries in speculation_phases(llm.model_config.vocab_size,
+                                          min(llm.scheduler.config.max_num_seqs, speculator.config.max_batch_size)):
+            observations += record_steps(llm.engine, entries, seen)
+        return observations
+    finally:
+        llm.scheduler.speculator = None
+        if draft is not None:
+            draft.forward_log = None
 
+
+def _fit_draft(target: Deployment, efficiency: Efficiency, draft: ModelConfig,
+               forwards: Sequence[DraftForward]) -> tuple[Efficiency, dict]:
+    """The target's efficiency with the draft's measured step overhead, and the fit's report on the draft's steps."""
+    deployment = replace(target, model=replace(draft, name="calibrated-draft"), max_lora_rank=0)
+    steps = [Observation(draft_step_shape(f.contexts, f.fed), f.seconds) for f in forwards]
+    efficiency = replace(efficiency, draft_step_overhead_s=fit_draft_step_overhead(
+        deployment, draft_efficiency(efficiency, draft.num_layers, target.model.num_layers), steps))
+    drafting = draft_efficiency(efficiency, draft.num_layers, target.model.num_layers)
+    return efficiency, fit_report(deployment, drafting, steps)["all"]
 
 
 def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
