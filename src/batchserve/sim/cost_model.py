@@ -138,9 +138,10 @@ class CostModel:
         self.num_layers = m.num_layers
         self.flops = hw.peak_flops[d.compute_dtype] * eff.gemm_flops
         self.expert_flops = hw.peak_flops[d.compute_dtype] * eff.expert_flops
-        # attention runs in 16-bit (flash kernels dequantise fp8/int KV) unless the model is fp32
-        attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
-        self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
+        # attention and the LoRA deltas run in 16-bit (flash kernels dequantise fp8/int KV; adapter slots hold
+        # the activation dtype whatever the base weights are) unless the model is fp32
+        activation_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
+        self.attn_flops = hw.peak_flops[activation_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
@@ -177,7 +178,7 @@ class CostModel:
         rank = d.max_lora_rank
         parts = (3, 1, 2, 1)  # qkv, o, gate_up, down: as the (in, out) pairs above
         self.lora_layer_elements = rank * sum(p * k + n for p, (k, n) in zip(parts, self._dense_gemms + self._mlp_gemms))
-        self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
+        self.lora_flops = hw.peak_flops[activation_dtype] * eff.lora_flops
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
         self.quantization, self.group_size = d.quantization, d.quantization_group_size
@@ -244,12 +245,12 @@ class CostModel:
         if not num_segments:
             return 0.0
         elements = self.lora_layer_elements
-        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.wb / self.bandwidth)
+        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.ab / self.bandwidth)
         return self.num_layers * per_layer + self.lora_load_time(num_loads) + self.lora_segment_overhead * num_segments
 
     def lora_load_time(self, num_loads: int) -> float:
         """Copying `num_loads` adapters into device slots (every layer's A and B, slot-sized)."""
-        return num_loads * self.num_layers * self.lora_layer_elements * self.wb / self.host_bandwidth
+        return num_loads * self.num_layers * self.lora_layer_elements * self.ab / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
