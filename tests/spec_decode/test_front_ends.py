@@ -113,3 +113,26 @@ def test_calibration_times_a_draft_models_steps_apart_from_the_targets(monkeypat
     target = Deployment(llm.model_config, get_hardware("cpu-local"), weight_dtype="fp32")
     efficiency, report = _fit_draft(target, Efficiency(), draft.config, draft.forward_log)
     assert efficiency.draft_step_overhead_s >= 0.6 and report["steps"] == len(draft.forward_log)
+
+
+@pytest.mark.parametrize("config", [NGRAM, '{"model": "tiny", "num_speculative_tokens": 2}'], ids=["ngram", "draft"])
+def test_calibrations_speculative_phases_measure_verifications_and_lookups(config):
+    """calibrate runs its grid without speculation, then decode batches with it: repeated phrases give the n-gram
+    proposer drafts to verify, random prompts lookups that find none; a draft model's steps are logged."""
+    from batchserve.calibration.steps import _speculative_steps
+    from batchserve.gemm_shapes import SeenTokenCounts
+
+    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config=config, skip_tokenizer_init=True, max_num_seqs=4)
+    speculator = llm.scheduler.speculator
+    llm.scheduler.speculator = None  # as calibrate leaves it for the grid
+    forwards = []
+    steps = _speculative_steps(llm, speculator, SeenTokenCounts(), forwards)
+    assert llm.scheduler.speculator is None and speculator.num_drafts > 0
+    assert sum(s.shape.num_draft_logits for s in steps) == speculator.num_draft_tokens
+    assert sum(s.shape.num_proposals for s in steps) == speculator.num_proposals
+    if "model" in config:
+        # each draft token verified came from one row of a logged forward step
+        assert sum(len(f.contexts) for f in forwards) >= speculator.num_draft_tokens
+        assert speculator.proposer.forward_log is None
+    else:
+        assert speculator.num_drafts < speculator.num_proposals and not forwards  # some lookups found nothing
