@@ -182,8 +182,6 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
         seconds = time.perf_counter() - t
         if draft_log is not None:
             seconds -= sum(f.seconds for f in draft_log[drafted:])
-            if not keep:
-                del draft_log[drafted:]
         if step_out.result is not None:
             loads = lora.num_slot_loads - loads if lora is not None else 0
             proposals = speculator.num_proposals - proposals if speculator is not None else 0
