@@ -23,6 +23,7 @@ from batchserve.sim.models import get_model
 from batchserve.sim.scheduler import SimScheduler
 from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve, simulate
 from batchserve.sim.speculation import (
+    AcceptanceModel,
     Proposal,
     SimProposer,
     SimSpeculation,
@@ -72,6 +73,37 @@ def test_mean_tokens_per_verification_match_the_closed_form(alpha: float) -> Non
     assert len(tokens) > 500
     expected = expected_tokens_per_verification(alpha, K)
     assert abs(tokens.mean() - expected) < 5 * tokens.std(ddof=1) / np.sqrt(len(tokens))
+
+
+def test_per_request_alphas_have_the_asked_mean_and_spread() -> None:
+    """Each request draws its alpha once from a Beta of the asked mean and standard deviation (5 standard errors)."""
+    model = AcceptanceModel(SpecAcceptance(0.6, spec_acceptance_spread=0.25))
+    alphas = np.array([model.alpha_of(r) for r in requests(4000, 8)])
+    assert abs(alphas.mean() - 0.6) < 5 * 0.25 / np.sqrt(len(alphas))
+    assert alphas.std(ddof=1) == pytest.approx(0.25, rel=0.1)
+    assert model.alpha_of(requests(1, 8)[0]) == alphas[0]  # seeded per request: the same request, the same alpha
+
+
+def test_verifications_accept_at_each_requests_own_alpha() -> None:
+    """Under a spread, request i's verifications of k drafts accept a ~ TruncGeom(alpha_i): their summed
+    deviation from the per-request expectation, over its exact variance, is a z-score (|z| < 5: false alarm < 1e-6);
+    at one shared alpha, the far-apart requests would fail it."""
+    setup = replace(setup_for(ALWAYS_K, max_num_seqs=1), spec_acceptance=SpecAcceptance(0.6, spec_acceptance_spread=0.3))
+    cluster = build_cluster(setup)
+    speculator = cluster.replicas[0].scheduler.speculator
+    seen: list[tuple[Request, int, int]] = []
+    record = speculator.record
+    speculator.record = lambda req, n, a: (seen.append((req, n, a)), record(req, n, a))
+    reqs = requests(60, 80)
+    cluster.run(reqs)
+    model = cluster.replicas[0].executor.speculation.acceptance
+    full = [(model.alpha_of(req), a) for req, n, a in seen if n == K]
+    assert len(full) > 500 and np.std([alpha for alpha, _ in full]) > 0.2
+    probs = [np.array([alpha ** j * (1 - alpha) for j in range(K)] + [alpha ** K]) for alpha, _ in full]
+    means = np.array([p @ np.arange(K + 1) for p in probs])
+    variances = np.array([p @ np.arange(K + 1) ** 2 for p in probs]) - means ** 2
+    accepted = np.array([a for _, a in full])
+    assert abs((accepted - means).sum()) < 5 * np.sqrt(variances.sum())
 
 
 def test_closed_form_limits() -> None:

@@ -32,6 +32,10 @@ class SpecAcceptance:
     spec_draft_rate: float = 1.0
     """Fraction of draft lookups that find a draft (an n-gram lookup with no match proposes none, and the request
     decodes one token); measure it as verifications / lookups. A draft model always proposes: 1."""
+    spec_acceptance_spread: float = 0.0
+    """Per-request alpha: its standard deviation across requests, each drawing its own alpha once from a Beta
+    distribution of mean `spec_acceptance_rate` (a workload mixes requests that copy their prompt, alpha near 1,
+    with others); 0: every request accepts at `spec_acceptance_rate`."""
     spec_seed: int = 0
     """Seed of the acceptance draws; each request draws from its own stream, so batch order does not matter."""
 
@@ -39,6 +43,18 @@ class SpecAcceptance:
         for name in ("spec_acceptance_rate", "spec_draft_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        alpha, spread = self.spec_acceptance_rate, self.spec_acceptance_spread
+        if spread and not 0 < spread < (alpha * (1 - alpha)) ** 0.5:
+            raise ValueError(f"--spec-acceptance-spread must be in [0, {(alpha * (1 - alpha)) ** 0.5:.3f}) at "
+                             f"--spec-acceptance-rate {alpha} (a Beta distribution's largest), got {spread}")
+
+    def beta_parameters(self) -> tuple[float, float] | None:
+        """(a, b) of the per-request alpha's Beta distribution (mean and standard deviation matched); None: no spread."""
+        if not self.spec_acceptance_spread:
+            return None
+        alpha = self.spec_acceptance_rate
+        concentration = alpha * (1 - alpha) / self.spec_acceptance_spread ** 2 - 1
+        return alpha * concentration, (1 - alpha) * concentration
 
 
 def expected_tokens_per_verification(alpha: float, k: float) -> float:
@@ -51,9 +67,21 @@ class AcceptanceModel:
 
     def __init__(self, acceptance: SpecAcceptance) -> None:
         self.alpha = acceptance.spec_acceptance_rate
+        self.beta = acceptance.beta_parameters()
         self.draft_rate = acceptance.spec_draft_rate
         self.seed = acceptance.spec_seed
         self._streams: weakref.WeakKeyDictionary[Request, np.random.Generator] = weakref.WeakKeyDictionary()
+        self._alphas: weakref.WeakKeyDictionary[Request, float] = weakref.WeakKeyDictionary()
+
+    def alpha_of(self, req: Request) -> float:
+        """The request's own alpha: drawn once from its own stream (apart from its acceptance draws) under a spread."""
+        if self.beta is None:
+            return self.alpha
+        alpha = self._alphas.get(req)
+        if alpha is None:
+            rng = np.random.default_rng([self.seed, zlib.crc32(req.request_id.encode()), 1])
+            alpha = self._alphas[req] = float(rng.beta(*self.beta))
+        return alpha
 
     def _stream(self, req: Request) -> np.random.Generator:
         stream = self._streams.get(req)
@@ -67,7 +95,7 @@ class AcceptanceModel:
 
     def num_accepted(self, req: Request, k: int) -> int:
         """Drafts accepted of `k`: the leading run of k uniform draws below alpha."""
-        return int(np.cumprod(self._stream(req).random(k) < self.alpha).sum())
+        return int(np.cumprod(self._stream(req).random(k) < self.alpha_of(req)).sum())
 
 
 @dataclass(frozen=True)
