@@ -290,10 +290,11 @@ def test_a_draft_step_pays_its_own_fixed_cost_and_its_share_of_the_per_layer_ter
     # two requests: one decoding at context 99, one feeding a 33-token prompt chunk
     shape = draft_step_shape([99, 0], [1, 33])
     roofline = CostModel(draft, replace(CPU_FIT, step_overhead_s=0.0, token_overhead_s=0.0, sequence_overhead_s=0.0,
-                                        chunk_overhead_s=0.0, time_scale=1.0))
-    expected = 1.5 * (roofline.step_time(*shape) + 0.004 + share * (4e-4 * 34 + 3e-3 * 1))
+                                        chunk_overhead_s=0.0, decode_group_overhead_s=0.0, time_scale=1.0))
+    expected = 1.5 * (roofline.step_time(*shape) + 0.004 + share * (4e-4 * 34 + 3e-3 * 1 + 1e-3 * 1))
     assert cost.step_time(*shape) == pytest.approx(expected, rel=1e-12)
     assert shape.num_sampling == 2 and shape.num_prefill_tokens == 33 and shape.num_decodes == 1
+    assert shape.num_decode_groups == 1 and shape.decode_key_tokens == 100
 
 
 def test_simulated_draft_model_charges_draft_efficiency_steps() -> None:

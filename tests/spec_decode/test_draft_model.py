@@ -94,8 +94,8 @@ class _Twin:
         self.sim.propose(requests, k)
         start = len(self.real.forward_log)
         drafts = self.real.propose(requests, k)
-        ran = [draft_step_shape(f.contexts, f.fed) for f in self.real.forward_log[start:]]
-        self.calls.append((draft_step_shapes(self.sim.take_proposals()), ran))
+        ran = [draft_step_shape(f.contexts, f.fed, self.real.attention) for f in self.real.forward_log[start:]]
+        self.calls.append((draft_step_shapes(self.sim.take_proposals(), self.real.attention), ran))
         return drafts
 
     def release(self, request) -> None:

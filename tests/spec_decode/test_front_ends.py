@@ -111,7 +111,7 @@ def test_calibration_times_a_draft_models_steps_apart_from_the_targets(monkeypat
     assert all(f.seconds >= 0.6 for f in draft.forward_log)
     assert all(o.seconds < 0.5 for o in proposing)  # the draft's 0.6 s or more per proposal was taken out
     target = Deployment(llm.model_config, get_hardware("cpu-local"), weight_dtype="fp32")
-    efficiency, report = _fit_draft(target, Efficiency(), draft.config, draft.forward_log)
+    efficiency, report = _fit_draft(target, Efficiency(), draft, draft.forward_log)
     assert efficiency.draft_step_overhead_s >= 0.6 and report["steps"] == len(draft.forward_log)
 
 

@@ -29,7 +29,6 @@ from ..engine.llm_engine import LLMEngine
 from ..gemm_shapes import SeenTokenCounts
 from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
-from ..model_config import ModelConfig
 from ..progress import Progress
 from ..request import Request, SamplingParams, StructuredOutputsParams
 from ..sim.calibration import Observation, fit_draft_step_overhead, fit_efficiency, fit_report
@@ -277,7 +276,7 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
     report = fit_report(deployment, efficiency, observations)
     draft = speculator.proposer if speculator is not None else None
     if isinstance(draft, DraftModelProposer):
-        efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft.config, forwards)
+        efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft, forwards)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
     return Calibration(profile, deployment, efficiency, observations, report)
@@ -302,14 +301,15 @@ def _speculative_steps(llm: LLMEngine, speculator: Speculator, seen: SeenTokenCo
             draft.forward_log = None
 
 
-def _fit_draft(target: Deployment, efficiency: Efficiency, draft: ModelConfig,
+def _fit_draft(target: Deployment, efficiency: Efficiency, draft: DraftModelProposer,
                forwards: Sequence[DraftForward]) -> tuple[Efficiency, dict]:
     """The target's efficiency with the draft's measured step overhead, and the fit's report on the draft's steps."""
-    deployment = replace(target, model=replace(draft, name="calibrated-draft"), max_lora_rank=0)
-    steps = [Observation(draft_step_shape(f.contexts, f.fed), f.seconds) for f in forwards]
+    layers = draft.config.num_layers
+    deployment = replace(target, model=replace(draft.config, name="calibrated-draft"), max_lora_rank=0)
+    steps = [Observation(draft_step_shape(f.contexts, f.fed, draft.attention), f.seconds) for f in forwards]
     efficiency = replace(efficiency, draft_step_overhead_s=fit_draft_step_overhead(
-        deployment, draft_efficiency(efficiency, draft.num_layers, target.model.num_layers), steps))
-    drafting = draft_efficiency(efficiency, draft.num_layers, target.model.num_layers)
+        deployment, draft_efficiency(efficiency, layers, target.model.num_layers), steps))
+    drafting = draft_efficiency(efficiency, layers, target.model.num_layers)
     return efficiency, fit_report(deployment, drafting, steps)["all"]
 
 

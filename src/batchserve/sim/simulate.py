@@ -180,7 +180,7 @@ def _speculation(setup: SimSetup) -> SimSpeculation | None:
     draft_cost = None if draft is None else CostModel(
         replace(setup.deployment, model=draft, pp=1, max_lora_rank=0),
         draft_efficiency(setup.efficiency, draft.num_layers, setup.deployment.model.num_layers))
-    return SimSpeculation(setup.spec_acceptance, draft_cost)
+    return SimSpeculation(setup.spec_acceptance, draft_cost, setup.attention)
 
 
 def simulate(

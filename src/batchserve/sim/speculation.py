@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..attention_layout import AttentionConfig, decode_layout
 from ..core.batch import SYNTHETIC_TOKEN, ScheduledBatch
 from ..request import Request
 from .cost_model import CostModel, Efficiency, StepShape
@@ -145,21 +146,27 @@ class SimProposer:
         return proposals
 
 
-def draft_step_shape(contexts: Sequence[int], fed: Sequence[int]) -> StepShape:
+def draft_step_shape(contexts: Sequence[int], fed: Sequence[int],
+                     attention: AttentionConfig = AttentionConfig()) -> StepShape:
     """One draft forward step as the cost model sees it: row i holds `contexts[i]` tokens and takes `fed[i]` new ones.
 
-    A row taking several tokens runs as a prompt chunk, one taking one as a decode; each row takes logits at its
-    last token only (the draft's argmax), so every row is one LM-head row and nothing is sampled beyond it.
+    A row taking several tokens runs as a prompt chunk, one taking one as a decode (grouped and padded as
+    `attention`, the engine's, groups them); each row takes logits at its last token only (the draft's argmax),
+    so every row is one LM-head row and nothing is sampled beyond it.
     """
     chunks = [(c, n) for c, n in zip(contexts, fed) if n > 1]
     decodes = [c + 1 for c, n in zip(contexts, fed) if n == 1]
+    keys, groups = decode_layout(decodes, attention.decode_padding_ratio)
+    if not attention.call_per_decode_group:
+        groups = int(bool(decodes))
     return StepShape(num_prefill_tokens=sum(n for _, n in chunks),
                      prefill_attended_pairs=sum(n * (c + (n + 1) / 2) for c, n in chunks),
                      prefill_context_tokens=sum(c + n for c, n in chunks), num_decodes=len(decodes),
-                     decode_context_tokens=sum(decodes), num_sampling=len(contexts), num_prefill_seqs=len(chunks))
+                     decode_context_tokens=sum(decodes), num_sampling=len(contexts), num_prefill_seqs=len(chunks),
+                     decode_key_tokens=keys, num_decode_groups=groups)
 
 
-def draft_step_shapes(proposals: Sequence[Proposal]) -> list[StepShape]:
+def draft_step_shapes(proposals: Sequence[Proposal], attention: AttentionConfig = AttentionConfig()) -> list[StepShape]:
     """The draft model's forward steps for a step's proposals, as `DraftModelProposer` runs them.
 
     Forward step j runs every request proposing more than j drafts: the first takes each one's unseen
@@ -170,7 +177,7 @@ def draft_step_shapes(proposals: Sequence[Proposal]) -> list[StepShape]:
     for j in range(max((p.num_drafts for p in proposals), default=0)):
         rows = [p for p in proposals if p.num_drafts > j]
         shapes.append(draft_step_shape([p.context + (p.num_fed + j - 1 if j else 0) for p in rows],
-                                       [1 if j else p.num_fed for p in rows]))
+                                       [1 if j else p.num_fed for p in rows], attention))
     return shapes
 
 
@@ -192,25 +199,30 @@ def draft_efficiency(target: Efficiency, draft_layers: int, target_layers: int) 
                    proposer_overhead_s=0.0)
 
 
-def draft_model_time(draft_cost_model: CostModel, proposals: Sequence[Proposal]) -> float:
+def draft_model_time(draft_cost_model: CostModel, proposals: Sequence[Proposal],
+                     attention: AttentionConfig = AttentionConfig()) -> float:
     """A draft model's forward steps for a step's proposals, each through its cost model (`draft_efficiency`)."""
-    return sum(draft_cost_model.step_time(*shape) for shape in draft_step_shapes(proposals))
+    return sum(draft_cost_model.step_time(*shape) for shape in draft_step_shapes(proposals, attention))
 
 
 class SimSpeculation:
     """A simulated replica's speculation: its proposer (given to the scheduler's `Speculator`), the acceptance
     draws of each verification, and the drafting cost of each step."""
 
-    def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None) -> None:
+    def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None,
+                 attention: AttentionConfig = AttentionConfig()) -> None:
         """`draft_cost_model`: the draft model's shape on the target's deployment, at its `draft_efficiency`;
-        None: n-gram proposals."""
+        None: n-gram proposals. `attention`: how the engine groups the draft's decodes (the target's config)."""
         self.acceptance = AcceptanceModel(acceptance)
         self.proposer = SimProposer(self.acceptance)
         self.draft_cost_model = draft_cost_model
+        self.attention = attention
 
     def draft_model_time(self, proposals: list[Proposal]) -> float:
         """The draft model's forward steps for this step's proposals (0 for n-gram lookups)."""
-        return 0.0 if self.draft_cost_model is None else draft_model_time(self.draft_cost_model, proposals)
+        if self.draft_cost_model is None:
+            return 0.0
+        return draft_model_time(self.draft_cost_model, proposals, self.attention)
 
     def sampled_tokens(self, batch: ScheduledBatch) -> list[list[int]] | None:
         """Per row: one synthetic token, or a verification's accepted drafts plus one; None without drafts."""
