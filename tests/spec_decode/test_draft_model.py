@@ -119,3 +119,19 @@ def test_the_simulator_prices_the_forward_steps_the_draft_model_runs(checkpoints
     assert sum(len(ran) for _, ran in twin.calls) > 32
     for priced, ran in twin.calls:
         assert priced == ran
+
+
+def test_the_draft_cache_comes_out_of_the_kv_cache_budget(checkpoints):
+    """kv_cache_memory holds the target's blocks and the draft's (one for each) together, as vLLM counts them."""
+    from batchserve.model_config import kv_bytes_per_block
+
+    target, draft = checkpoints
+    plain = LLM(target, skip_tokenizer_init=True, kv_cache_memory="1MiB").llm_engine
+    spec = LLM(target, skip_tokenizer_init=True, kv_cache_memory="1MiB",
+               speculative_config={"model": draft, "num_speculative_tokens": 3}).llm_engine
+    proposer = spec.speculator.proposer
+    per_block = [kv_bytes_per_block(config, 16, 4) for config in (spec.model_config, proposer.config)]
+    num_blocks = spec.scheduler.kv.pool.num_blocks
+    assert proposer.pool.num_blocks == num_blocks
+    assert num_blocks == 2**20 // sum(per_block)  # 2 target layers + 1 draft layer: 2/3 of the plain engine's
+    assert plain.scheduler.kv.pool.num_blocks == 2**20 // per_block[0]
