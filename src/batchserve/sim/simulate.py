@@ -148,10 +148,11 @@ def resolve(
         quantize_lm_head=cluster.quantize_lm_head,
         max_lora_rank=lora.max_lora_rank if lora.enable_lora else 0,
     )
-    if cache.num_blocks is None:
-        cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
     if speculative is not None and speculative.method == "draft" and draft_model is None:
         draft_model = get_model(speculative.model)
+    if cache.num_blocks is None:
+        cache = replace(cache, num_blocks=deployment.num_kv_blocks(
+            cache.block_size, scheduler.max_num_batched_tokens, draft_model if speculative is not None else None))
     return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention, lora, speculative,
                     spec_acceptance, draft_model if speculative is not None else None)
 
