@@ -71,6 +71,10 @@ class Efficiency:
     proposer_overhead_s: float = 0.0
     """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
     model's input preparation beyond its forward steps, which the draft's own shape prices)."""
+    draft_step_overhead_s: float = 0.0
+    """Speculative decoding with a draft model: fixed cost of one draft forward step (its input preparation, its
+    layers' launches, the argmax read back; no scheduler, no sampler), in place of the target's `step_overhead_s`.
+    `calibrate --speculative-config` with a draft model measures it on the draft's own steps; 0 otherwise."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -118,6 +122,9 @@ class StepShape(NamedTuple):
     """Attention calls per layer the decodes make: the engine's decode groups."""
     num_proposals: int = 0
     """Speculative decoding: requests whose drafts were proposed this step (`proposer_overhead_s` each)."""
+    num_draft_logits: int = 0
+    """Speculative decoding: logits rows of verified drafts, beyond one per verifying request. They cost LM-head
+    rows only: the request is sampled once (`sequence_overhead_s`), its k + 1 rows in one vectorised pass."""
 
 
 class CostModel:
@@ -285,6 +292,7 @@ class CostModel:
         num_new_shapes: int = 0,
         num_decode_groups: int = 0,
         num_proposals: int = 0,
+        num_draft_logits: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -301,7 +309,7 @@ class CostModel:
             attention += float(self.decode_attention_time(num_decodes, keys))
         return self.time_scale * (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
-            + self.lm_head_time(num_sampling)
+            + self.lm_head_time(num_sampling + num_draft_logits)
             + self.communication_time(tokens)
             + self.overhead
             + self.token_overhead * tokens
