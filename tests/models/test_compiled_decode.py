@@ -118,7 +118,7 @@ def test_the_default_is_eager(hf_model) -> None:
     assert llm.llm_engine.model.compiled_decode is None
 
 
-LADDER = {"cudagraph_capture_sizes": [1, 2, 4, 8]}  # larger decode steps (the KV pool holds up to ~24) run eagerly
+LADDER = {"cudagraph_capture_sizes": [1, 4]}  # 2-3 rows pad to 4, larger decode steps run eagerly (2 graphs)
 
 
 class StepRecorder:
@@ -156,10 +156,11 @@ def test_flex_compiled_decode_pads_to_the_ladder_and_equals_eager(hf_model, kv_m
     assert set(recorder.padded_sizes) <= ladder
     compiled = {rows for rows, ran in recorder.steps if ran}
     assert compiled - ladder, "no decode step was padded"
-    assert all(rows <= 8 for rows in compiled)
-    assert any(not ran and rows > 8 for rows, ran in recorder.steps), "no step ran above the ladder"
-    # one graph per ladder size, and at most two for the flex kernel of the eager steps
-    assert graphs <= len(ladder) + MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
+    assert all(rows <= 4 for rows in compiled)
+    assert any(not ran and rows > 4 for rows, ran in recorder.steps), "no step ran above the ladder"
+    # one graph per ladder size, and the flex kernel's (one row, more) for the eager steps and for the compiled
+    # steps' opaque op (its tensors come without inference mode's dispatch key: a graph of their own)
+    assert graphs <= len(ladder) + 2 * MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
 
 
 def test_padding_rows_write_only_the_scratch_block_and_logits_match_eager(hf_model) -> None:
