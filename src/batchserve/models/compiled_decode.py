@@ -1,14 +1,16 @@
 """Pure decode steps through one torch.compile graph; on the flex backend padded to a ladder of batch sizes.
 
 A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled,
-they fuse into a few kernels with no per-op dispatch. Shapes are dynamic, so
-the graph compiles once for one row and once for more, not per shape.
+they fuse into a few kernels with no per-op dispatch. On the torch backend
+shapes are dynamic, so the graph compiles once for one row and once for more.
 
 The flex backend reads K/V in place from the pool (a fixed-size key axis), so
 its decode step's shapes depend on the row count only: a step of B rows is
-padded to the smallest ladder size >= B (CompilationConfig), and on CUDA each
-size is recorded once as a CUDA graph and replayed (torch.compile's
-reduce-overhead mode, torch's cudagraph trees). Padding rows decode at position
+padded to the smallest ladder size >= B (CompilationConfig) and compiled with
+static shapes, at most one graph per size; on CUDA each size is recorded once
+as a CUDA graph and replayed (torch.compile's reduce-overhead mode, torch's
+cudagraph trees). The FlexAttention kernel stays an opaque op of that graph
+(flex_attention.flex_pool_attention), compiled on its own. Padding rows decode at position
 0 of a scratch block that no request is ever given: they write their K/V there,
 attend that one key (no empty softmax) and their outputs are dropped.
 The torch backend gathers a step's keys into a [B, L] copy whose L changes
