@@ -23,11 +23,12 @@ from .deployment import Deployment
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
-             "proposer_overhead_s")
+             "proposer_overhead_s", "wakeup_overhead_s")
 # Terms that act only on some steps, and the StepShape field that says a step has them.
 CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
                "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
-               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals"}
+               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals",
+               "wakeup_overhead_s": "num_wakeups"}
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
@@ -98,7 +99,7 @@ def fit_efficiency(
     x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                          token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
                          dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4,
-                         proposer_overhead_s=1e-5), names)
+                         proposer_overhead_s=1e-5, wakeup_overhead_s=1e-4), names)
     best = x0
     for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
         previous = loss(best)

@@ -68,6 +68,11 @@ class Efficiency:
     decode_group_overhead_s: float = 0.0
     """Cost per decode group in a step beyond its keys: the plain-torch backend gathers each group's K/V and runs
     one attention call for it in every layer (`attention_layout.decode_groups`)."""
+    wakeup_overhead_s: float = 0.0
+    """Cost of a step that starts when the engine had been idle (a request arrived to an empty engine), beyond the
+    same step run back to back: the serving loop's sleep overshoot, waking the CPU and the GEMM library's parked
+    worker threads, cold caches. Most first tokens of a lightly loaded server pay it; `calibrate` measures it by
+    sleeping before some steps."""
     proposer_overhead_s: float = 0.0
     """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
     model's input preparation beyond its forward steps, which the draft's own shape prices)."""
@@ -118,6 +123,8 @@ class StepShape(NamedTuple):
     """Attention calls per layer the decodes make: the engine's decode groups."""
     num_proposals: int = 0
     """Speculative decoding: requests whose drafts were proposed this step (`proposer_overhead_s` each)."""
+    num_wakeups: int = 0
+    """1 when the step starts on an engine that had been idle (`wakeup_overhead_s`), else 0."""
 
 
 class CostModel:
@@ -178,6 +185,7 @@ class CostModel:
         self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
         self.new_shape_overhead = eff.new_shape_overhead_s
         self.decode_group_overhead = eff.decode_group_overhead_s
+        self.wakeup_overhead = eff.wakeup_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -284,6 +292,7 @@ class CostModel:
         num_new_shapes: int = 0,
         num_decode_groups: int = 0,
         num_proposals: int = 0,
+        num_wakeups: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -311,6 +320,7 @@ class CostModel:
             + self.new_shape_overhead * num_new_shapes
             + self.decode_group_overhead * num_decode_groups
             + self.proposer_overhead * num_proposals
+            + self.wakeup_overhead * num_wakeups
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
