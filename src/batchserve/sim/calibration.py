@@ -19,8 +19,9 @@ import numpy as np
 from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
-# Fitted fields: fractions of peak in (0, 1], overheads >= 0.
+# Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
+RATIOS = ("kv_bandwidth_ratio",)
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
              "proposer_overhead_s", "wakeup_overhead_s")
@@ -32,6 +33,7 @@ CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lo
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
+_RATIO_RANGE = 5.0  # a fitted ratio stays within exp(+-this)
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
 
@@ -67,14 +69,18 @@ def fitted_fields(observations: Sequence[Observation], moe: bool = False, quanti
     segments) only when some step has it, the expert term only on an MoE model and the dequantization term
     only on a quantized one (without them it has no effect on the loss, and the fit would leave it anywhere)."""
     present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
-    return tuple(n for n in FRACTIONS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
+    return tuple(n for n in FRACTIONS + RATIOS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
                  and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED))
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
-    x = np.clip(x, np.log(_TINY) - 1, 2.0)
-    values = {name: float(min(1.0, np.exp(v))) if name in FRACTIONS else float(np.exp(v)) if v > np.log(_TINY)
-              else 0.0 for name, v in zip(names, x)}
+    values = {}
+    for name, v in zip(names, x):
+        if name in RATIOS:
+            values[name] = float(np.exp(np.clip(v, -_RATIO_RANGE, _RATIO_RANGE)))
+            continue
+        v = np.clip(v, np.log(_TINY) - 1, 2.0)
+        values[name] = float(min(1.0, np.exp(v))) if name in FRACTIONS else float(np.exp(v)) if v > np.log(_TINY) else 0.0
     return replace(base, **values)
 
 

@@ -40,6 +40,11 @@ class Efficiency:
     expert_flops: float = 0.70
     """An MoE layer's routed-expert GEMMs reach this fraction of peak FLOP/s: each runs on its tokens only, after
     the dispatch's sort and gather (`calibrate` fits it on an MoE model; dense models leave it unused)."""
+    kv_bandwidth_ratio: float = 1.0
+    """Attention reads the KV cache at this multiple of `memory_bandwidth`'s rate: decode keys (padding included)
+    and a prompt chunk's cached context. 1 on paged GPU kernels, which read in place; the plain-torch CPU backend
+    first gathers each row's blocks into a contiguous copy, so a key costs more than a weight byte and `calibrate`
+    fits the ratio from decode batches whose keys vary apart from their rows."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -83,9 +88,9 @@ class Efficiency:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "time_scale":
+            if f.name in ("time_scale", "kv_bandwidth_ratio"):
                 if not value > 0:
-                    raise ValueError(f"time_scale must be > 0, got {value}")
+                    raise ValueError(f"{f.name} must be > 0, got {value}")
             elif f.name.endswith("overhead_s"):
                 if not value >= 0:
                     raise ValueError(f"{f.name} must be >= 0, got {value}")
@@ -142,6 +147,7 @@ class CostModel:
         attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
         self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
+        self.kv_bandwidth = self.bandwidth * eff.kv_bandwidth_ratio
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -224,8 +230,9 @@ class CostModel:
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
         flops = 4.0 * self.head_dim * self.heads * attended_pairs
-        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_tokens * self.heads * self.head_dim * self.ab
-        return max(flops / self.attn_flops, nbytes / self.bandwidth)
+        nbytes = 2 * num_tokens * self.heads * self.head_dim * self.ab
+        return max(flops / self.attn_flops, nbytes / self.bandwidth + context_tokens * self.kv_bytes_per_token
+                   / self.kv_bandwidth)
 
     def decode_attention_time(self, num_decodes: int, key_tokens):
         """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly.
@@ -233,8 +240,9 @@ class CostModel:
         Padded keys cost like real ones: the plain-torch backend gathers and attends them (masked).
         """
         flops = 4.0 * self.head_dim * self.heads * key_tokens
-        nbytes = key_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
-        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
+        nbytes = 2 * num_decodes * self.heads * self.head_dim * self.ab
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + key_tokens * self.kv_bytes_per_token
+                          / self.kv_bandwidth)
 
     def lora_time(self, num_tokens: int, num_segments: int, num_loads: int) -> float:
         """Adapter deltas of `num_tokens` rows in `num_segments` segments, after `num_loads` slot copies.
