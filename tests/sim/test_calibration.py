@@ -130,16 +130,21 @@ def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_c
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
-def test_the_kv_bandwidth_ratio_is_fitted_from_decodes_whose_keys_vary_apart_from_their_rows(
-        deployment: Deployment) -> None:
+def test_the_kv_bandwidth_ratio_prices_decode_keys_apart_from_the_prompt_attention(deployment: Deployment) -> None:
     """A CPU gathers K/V at a third of the weights' rate: the grid's decode batches at short, 512 and 2048-token
-    contexts pin the ratio apart from the per-row and per-step terms."""
+    contexts pin what a decode key costs apart from the per-row and per-step terms and from prefill attention."""
     truth = Efficiency(**{**TRUE.to_dict(), "kv_bandwidth_ratio": 0.3})
     shapes = _grid()
     observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
     fitted = fit_efficiency(deployment, observations)
-    assert fitted.kv_bandwidth_ratio == pytest.approx(0.3, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+    def key_cost(eff: Efficiency) -> float:  # what 64 rows' extra 1,536 keys each cost
+        long, short = (StepShape(0, 0, 0, 64, 64 * c, 64, 0, 64 * c) for c in (2048, 512))
+        return float(np.diff(predict(deployment, eff, [Observation(short, 1), Observation(long, 1)]))[0])
+
+    assert key_cost(fitted) == pytest.approx(key_cost(truth), rel=0.05)
+    assert key_cost(truth) > 2 * key_cost(TRUE)  # the ratio matters here: a fit without it could not match
 
 
 def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:
