@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from batchserve.calibration.steps import record_steps, wakeup_phases  # noqa: E402
-from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
-from batchserve.gemm_shapes import SeenTokenCounts  # noqa: E402
+from batchserve.calibration.steps import record_steps, wakeup_phases
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.gemm_shapes import SeenTokenCounts
 
 
 def test_only_the_step_after_an_idle_engine_is_a_wakeup() -> None:
