@@ -16,13 +16,18 @@ and a cache hit in one would flatter the next):
 Adapters are loaded (and slots filled) by a warm-up before timing. With
 --simulate, the LoRA engine is then calibrated in the same run (`calibrate`'s
 grid plus its LoRA steps under these adapters) and the simulator predicts the
-three runs' wall times on the same requests: simulated vs measured. With
+three runs' wall times on the same requests: simulated vs measured, each
+run's wall and throughput error, and whether the throughput is within the
+10% fidelity bound (the grid runs with the prefix cache on, as `calibrate`
+always does; the measured and simulated runs keep it off). With
 --repeats N the three runs alternate N times and each reports its fastest
 wall time (and all of them): on a shared machine, load that comes and goes
 would otherwise land on one configuration and not the others.
 
     python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 \\
         --json bench/results/cpu-lora-qwen0.5b.json
+    python bench/bench_lora.py --shape qwen0.5b --num-requests 64 --num-adapters 8 --rank 16 --simulate \\
+        --json bench/results/cpu-lora-qwen0.5b-sim.json
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
+from bench_engine import SHAPES  # the same model shapes as the engine benchmark
 
 from batchserve import LoRARequest, SamplingParams
 from batchserve.calibration.steps import calibrate
@@ -47,8 +53,8 @@ from batchserve.calibration.validate import sim_setup
 from batchserve.entrypoints.llm import LLM
 from batchserve.request import Request
 from batchserve.sim.simulate import simulate
-from bench_engine import SHAPES  # the same model shapes as the engine benchmark
 
+THROUGHPUT_BOUND = 0.10  # the fidelity bound: predicted throughput within 10% of measured
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -101,6 +107,13 @@ def predicted_walls(llm: LLM, shape: str, prompts: list[list[int]], loras: list[
             "sequential": sum(wall([(p, a) for p, a in zip(prompts, loras) if a is lora]) for lora in adapters)}
 
 
+def fidelity(predicted_s: float, measured_s: float) -> dict:
+    """One run's simulated against measured wall time; same tokens, so the throughput error is their ratio."""
+    throughput_error = measured_s / predicted_s - 1
+    return {"predicted_wall_s": predicted_s, "wall_error": predicted_s / measured_s - 1,
+            "throughput_error": throughput_error, "within_bound": abs(throughput_error) <= THROUGHPUT_BOUND}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen0.5b")
@@ -121,7 +134,8 @@ def main() -> None:
     vocab = SHAPES[args.shape][2]["vocab_size"]
     prompts = [[rng.randrange(vocab) for _ in range(rng.randint(*args.input_len))] for _ in range(args.num_requests)]
     params = SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True)
-    engine = dict(dtype=args.dtype, kv_cache_memory="2GiB", skip_tokenizer_init=True, enable_prefix_caching=False)
+    engine = {"dtype": args.dtype, "kv_cache_memory": "2GiB", "skip_tokenizer_init": True,
+              "enable_prefix_caching": False}
     setup = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
              "nproc": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
              "load_average_start": os.getloadavg(), **{k: v for k, v in vars(args).items() if k != "json"}}
@@ -142,8 +156,11 @@ def main() -> None:
                 all_walls[name].append(timed(engine_llm, batches, params))
                 print(f"round {k + 1}: {name} {all_walls[name][-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
         predicted: dict[str, float] = {}
+        calibrate_s = None
         if args.simulate:
+            start = time.perf_counter()
             calibration = calibrate(llm.llm_engine, "bench-lora", quiet=True, adapters=adapters)
+            calibrate_s = time.perf_counter() - start
             profile = Path(tmp) / "profile.json"
             profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_lora"})))
             predicted = predicted_walls(llm, args.shape, prompts, loras, args.output_len, profile)
@@ -153,19 +170,24 @@ def main() -> None:
     total_tokens = out_tokens + sum(map(len, prompts))
     rows = {name: {"wall_s": wall, "all_wall_s": all_walls[name], "output_tok_s": out_tokens / wall,
                    "total_tok_s": total_tokens / wall, "vs_base": walls["base"] / wall,
-                   "predicted_wall_s": predicted.get(name)} for name, wall in walls.items()}
-    print(f"\n{'run':<12}{'wall s':>9}{'out tok/s':>11}{'total tok/s':>13}{'speed vs base':>15}{'simulated s':>13}")
+                   **(fidelity(predicted[name], wall) if predicted else {})} for name, wall in walls.items()}
+    print(f"\n{'run':<12}{'wall s':>9}{'out tok/s':>11}{'total tok/s':>13}{'speed vs base':>15}")
     for name, r in rows.items():
-        sim = f"{r['predicted_wall_s']:>8.1f} ({r['predicted_wall_s'] / r['wall_s'] - 1:+.0%})" if predicted else ""
-        print(f"{name:<12}{r['wall_s']:>9.1f}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['vs_base']:>14.2f}x"
-              f"{sim:>16}")
+        print(f"{name:<12}{r['wall_s']:>9.1f}{r['output_tok_s']:>11.1f}{r['total_tok_s']:>13.1f}{r['vs_base']:>14.2f}x")
     print(f"mixed is {walls['sequential'] / walls['mixed']:.2f}x as fast as sequential; loading {len(adapters)} "
           f"adapters took {load_s:.1f} s; load average at the end {os.getloadavg()}")
+    if predicted:
+        print(f"\nsimulated vs measured (calibrated on this engine in {calibrate_s:.0f} s; bound: throughput within "
+              f"{THROUGHPUT_BOUND:.0%})")
+        print(f"{'run':<12}{'measured s':>12}{'simulated s':>13}{'wall error':>12}{'throughput error':>18}  verdict")
+        for name, r in rows.items():
+            print(f"{name:<12}{r['wall_s']:>12.1f}{r['predicted_wall_s']:>13.1f}{r['wall_error']:>+12.1%}"
+                  f"{r['throughput_error']:>+18.1%}  {'within' if r['within_bound'] else 'OUT of'} bound")
     if args.json:
         setup["load_average_end"] = os.getloadavg()
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"setup": setup, "adapter_load_s": load_s, "results": rows}, indent=2)
-                                   + "\n")
+        Path(args.json).write_text(json.dumps({"setup": setup, "adapter_load_s": load_s, "calibrate_s": calibrate_s,
+                                               "results": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ Greedy decoding, so both engines produce the same tokens (tested in tests/spec_d
 the ratio is speed alone. Each batch size runs spec off and on alternately, `--repeats` times, and keeps
 each one's fastest run (other work on a shared machine only ever slows a run down).
 
-With `--simulate`, the plain engine is calibrated in the same run (`calibrate`'s grid) and, per batch size,
-the simulator runs the same requests (their prompt lengths and the output lengths measured) with speculation
-off and on, the on run at the acceptance rate (alpha) the engine's verifications at that batch size imply
-and the fraction of its lookups that found a draft: the predicted speedup beside the measured one.
+With `--simulate`, the speculating engine is calibrated in the same run (`calibrate`'s grid, contexts up to
+`--calibration-max-context`): its small decode batches verify drafts, so the grid measures verification steps,
+the n-gram lookups' cost or the draft model's own forward steps (timed apart). Per batch size, the simulator
+then runs the same requests (their prompt lengths and the output lengths measured) with speculation off and
+on, the on run at the acceptance rate (alpha) the engine's verifications at that batch size imply and the
+fraction of its lookups that found a draft: the predicted speedup beside the measured one.
 
     python bench/bench_spec.py --simulate                       # SmolLM2, batch 1 4 16 64
     python bench/bench_spec.py --pair qwen0.5b --simulate       # random Qwen2.5-0.5B shape, 2-layer draft
     python bench/bench_spec.py --batch-sizes 1 4 --max-tokens 64 --repeats 1
+    python bench/bench_spec.py --pair qwen0.5b --batch-sizes 1 4 16 --simulate   # the shorter pair run
 """
 
 from __future__ import annotations
@@ -134,6 +137,11 @@ def timed(llm: LLM, work: Workload, batch: int, params: SamplingParams) -> tuple
     return time.perf_counter() - t0, outs
 
 
+SPEC_TERMS = ("step_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "proposer_overhead_s",
+              "draft_step_overhead_s")
+"""The calibrated terms a speculative step's prediction turns on, printed with the calibration."""
+
+
 def predicted_speedup(plain: LLM, spec: LLM, profile: str, outs: list, acceptance: SpecAcceptance) -> float:
     """The simulator's wall time off / on for these requests (their prompts, their output lengths)."""
     def wall(llm: LLM, assumed: SpecAcceptance) -> float:
@@ -159,6 +167,8 @@ def main() -> None:
     ap.add_argument("--kv-cache-memory", default="1GiB")
     ap.add_argument("--simulate", action="store_true",
                     help="calibrate here in the same run and print the simulator's predicted speedup per batch size")
+    ap.add_argument("--calibration-max-context", type=int, default=512,
+                    help="with --simulate: the longest context the calibration measures (the workloads' stay shorter)")
     ap.add_argument("--json", metavar="FILE", help="write the table as JSON")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,10 +217,16 @@ def main() -> None:
                   flush=True)
         if args.simulate:
             t0 = time.perf_counter()
-            calibration = calibrate(plain.llm_engine, "bench-spec", quiet=True)
+            calibration = calibrate(spec.llm_engine, "bench-spec", quiet=True, max_context=args.calibration_max_context)
             profile = Path(tmp) / "profile.json"
             profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_spec"})))
-            print(f"calibrated in {time.perf_counter() - t0:.0f} s", flush=True)
+            eff = calibration.efficiency
+            calibrated = {"seconds": time.perf_counter() - t0, "fit": calibration.report,
+                          **{name: getattr(eff, name) for name in SPEC_TERMS}}
+            print(f"calibrated in {calibrated['seconds']:.0f} s: "
+                  + ", ".join(f"{name} {getattr(eff, name) * 1e3:.2f} ms" for name in SPEC_TERMS)
+                  + "".join(f"; {kind} steps' error {r['mape']:.0%}" for kind, r in calibration.report.items()),
+                  flush=True)
             for row, outs in zip(rows, outputs):
                 # nothing verified: no lookup (batch above max_batch_size) or none found a draft
                 acceptance = SpecAcceptance(row["alpha"] or 0.0, spec_draft_rate=row["draft_rate"] or 0.0)
@@ -220,7 +236,8 @@ def main() -> None:
                          if row["alpha"] is not None else ""), flush=True)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
               "machine": start, "pair": args.pair, "model": Path(model).name, "max_tokens": max_tokens,
-              "speculative_config": json.loads(spec_config), "rows": rows}
+              "speculative_config": json.loads(spec_config), "rows": rows,
+              **({"calibration": calibrated} if args.simulate else {})}
     print(json.dumps(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -150,6 +150,8 @@ def test_speculative_decoding_is_simulated_and_recorded(tmp_path, capsys) -> Non
         (["--speculative-config", '{"num_speculative": 4}'], "unknown speculative config key(s) ['num_speculative']"),
         (["--speculative-config", '{"model": "nope"}'], "unknown model 'nope'"),
         (["--speculative-config", "{}", "--spec-acceptance-rate", "2"], "--spec-acceptance-rate must be in [0, 1]"),
+        (["--speculative-config", "{}", "--spec-acceptance-rate", "0.9", "--spec-acceptance-spread", "0.4"],
+         "--spec-acceptance-spread must be in [0, 0.300) at --spec-acceptance-rate 0.9"),
     ],
 )
 def test_bad_speculative_input_is_one_clear_line(args, message, capsys) -> None:

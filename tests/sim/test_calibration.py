@@ -174,3 +174,24 @@ def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment:
     fitted = fit_efficiency(deployment, observations)
     assert fitted.proposer_overhead_s == pytest.approx(5e-4, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+
+def test_the_draft_step_overhead_is_the_median_residual_of_the_drafts_steps(deployment: Deployment) -> None:
+    """Draft forward steps priced at a known `draft_step_overhead_s` (under `draft_efficiency`), a fifth of them
+    slowed threefold by a busy machine: the fit recovers the overhead."""
+    from dataclasses import replace
+
+    from batchserve.sim.calibration import fit_draft_step_overhead
+    from batchserve.sim.speculation import draft_efficiency, draft_step_shape
+
+    draft = replace(deployment, model=replace(deployment.model, num_layers=2))
+    truth = draft_efficiency(replace(TRUE, draft_step_overhead_s=0.003), 2, deployment.model.num_layers)
+    shapes = [draft_step_shape([c] * b, [1] * b) for b in (1, 2, 4, 8) for c in (40, 300)]
+    shapes += [draft_step_shape([0] * b, [n] * b) for b in (1, 4) for n in (16, 64)]
+    seconds = predict(draft, truth, [Observation(s, 1) for s in shapes])
+    seconds[::5] *= 3
+    fitted = fit_draft_step_overhead(draft, draft_efficiency(TRUE, 2, deployment.model.num_layers),
+                                     [Observation(s, t) for s, t in zip(shapes, seconds)])
+    assert fitted == pytest.approx(0.003, rel=1e-9)
+    with pytest.raises(ValueError, match="no draft-model forward step was measured"):
+        fit_draft_step_overhead(draft, TRUE, [])

@@ -284,6 +284,16 @@ def test_num_kv_blocks_is_free_memory_over_block_bytes() -> None:
     assert d.num_kv_blocks(16, 8192) == int(free // per_block)
 
 
+def test_a_draft_model_takes_its_weights_and_a_block_per_target_block_from_the_kv_cache() -> None:
+    """As the engine sizes it: the draft's weights whole (not quantized) and its K/V per block beside the target's."""
+    target, draft = get_model("qwen2.5-7b"), get_model("qwen2.5-0.5b")
+    d = Deployment(model=target, hardware=H100, quantization="int8")
+    free = (H100.memory_bytes * 0.9 - d.weight_bytes_per_gpu() - Deployment(model=draft, hardware=H100).weight_bytes_per_gpu()
+            - d.activation_bytes_per_gpu(8192))
+    per_block = sum(16 * 2 * m.num_layers * m.num_kv_heads * m.head_dim * 2 for m in (target, draft))
+    assert d.num_kv_blocks(16, 8192, draft=draft) == int(free // per_block) < d.num_kv_blocks(16, 8192)
+
+
 def test_kv_blocks_grow_with_tp() -> None:
     blocks = [Deployment(model=LLAMA_8B, hardware=H100, tp=tp).num_kv_blocks(16, 8192) for tp in (1, 2, 4, 8)]
     assert blocks == sorted(set(blocks))

@@ -62,6 +62,15 @@ def test_lora_time_is_the_roofline_of_delta_flops_and_slot_bytes_plus_loads() ->
     assert CostModel(deployment(rank=0), eff).lora_time(64, 2, 1) == pytest.approx(2 * 3e-5)
 
 
+@pytest.mark.parametrize("weight_dtype", ["fp8", "int8", "int4"])
+def test_adapters_cost_the_same_over_quantized_base_weights(weight_dtype: str) -> None:
+    # slots hold the activation dtype (bf16) and their GEMMs run in it, whatever the base weights are stored in
+    bf16 = CostModel(deployment())
+    quantized = CostModel(replace(deployment(), weight_dtype=weight_dtype))
+    for tokens, segments, loads in [(1, 1, 1), (8, 4, 0), (4096, 2, 2)]:
+        assert quantized.lora_time(tokens, segments, loads) == pytest.approx(bf16.lora_time(tokens, segments, loads))
+
+
 def test_a_cpu_profile_loads_adapters_at_memory_bandwidth() -> None:
     d = deployment(hardware="cpu-local")
     assert d.hardware.host_bandwidth is None

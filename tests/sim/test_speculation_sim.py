@@ -18,17 +18,20 @@ from batchserve.request import Request, SamplingParams
 from batchserve.sim.batch import SimBatch
 from batchserve.sim.cost_model import CostModel, Efficiency
 from batchserve.sim.engine import SimEngine
-from batchserve.sim.executor import SimExecutor
+from batchserve.sim.executor import SimExecutor, step_shape
 from batchserve.sim.models import get_model
 from batchserve.sim.scheduler import SimScheduler
 from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve, simulate
 from batchserve.sim.speculation import (
+    AcceptanceModel,
     Proposal,
     SimProposer,
     SimSpeculation,
     SpecAcceptance,
     acceptance_rate_from_counts,
+    draft_efficiency,
     draft_model_time,
+    draft_step_shape,
     expected_tokens_per_verification,
 )
 from batchserve.spec_decode import SpeculativeConfig, Speculator
@@ -70,6 +73,37 @@ def test_mean_tokens_per_verification_match_the_closed_form(alpha: float) -> Non
     assert len(tokens) > 500
     expected = expected_tokens_per_verification(alpha, K)
     assert abs(tokens.mean() - expected) < 5 * tokens.std(ddof=1) / np.sqrt(len(tokens))
+
+
+def test_per_request_alphas_have_the_asked_mean_and_spread() -> None:
+    """Each request draws its alpha once from a Beta of the asked mean and standard deviation (5 standard errors)."""
+    model = AcceptanceModel(SpecAcceptance(0.6, spec_acceptance_spread=0.25))
+    alphas = np.array([model.alpha_of(r) for r in requests(4000, 8)])
+    assert abs(alphas.mean() - 0.6) < 5 * 0.25 / np.sqrt(len(alphas))
+    assert alphas.std(ddof=1) == pytest.approx(0.25, rel=0.1)
+    assert model.alpha_of(requests(1, 8)[0]) == alphas[0]  # seeded per request: the same request, the same alpha
+
+
+def test_verifications_accept_at_each_requests_own_alpha() -> None:
+    """Under a spread, request i's verifications of k drafts accept a ~ TruncGeom(alpha_i): their summed
+    deviation from the per-request expectation, over its exact variance, is a z-score (|z| < 5: false alarm < 1e-6);
+    at one shared alpha, the far-apart requests would fail it."""
+    setup = replace(setup_for(ALWAYS_K, max_num_seqs=1), spec_acceptance=SpecAcceptance(0.6, spec_acceptance_spread=0.3))
+    cluster = build_cluster(setup)
+    speculator = cluster.replicas[0].scheduler.speculator
+    seen: list[tuple[Request, int, int]] = []
+    record = speculator.record
+    speculator.record = lambda req, n, a: (seen.append((req, n, a)), record(req, n, a))
+    reqs = requests(60, 80)
+    cluster.run(reqs)
+    model = cluster.replicas[0].executor.speculation.acceptance
+    full = [(model.alpha_of(req), a) for req, n, a in seen if n == K]
+    assert len(full) > 500 and np.std([alpha for alpha, _ in full]) > 0.2
+    probs = [np.array([alpha ** j * (1 - alpha) for j in range(K)] + [alpha ** K]) for alpha, _ in full]
+    means = np.array([p @ np.arange(K + 1) for p in probs])
+    variances = np.array([p @ np.arange(K + 1) ** 2 for p in probs]) - means ** 2
+    accepted = np.array([a for _, a in full])
+    assert abs((accepted - means).sum()) < 5 * np.sqrt(variances.sum())
 
 
 def test_closed_form_limits() -> None:
@@ -235,6 +269,70 @@ def test_draft_model_steps_cost_the_drafts_forward_passes() -> None:
     # fewer layers, but each step still pays its fixed cost and the full-vocabulary LM head
     layers = K * 22 * (target.layer_gemm_time(1) + target.decode_attention_time(1, 101))
     assert drafted < same - 0.9 * layers and drafted > K * (target.overhead + target.lm_head_time(1))
+
+
+CPU_FIT = Efficiency(memory_bandwidth=0.3, step_overhead_s=0.05, token_overhead_s=4e-4, sequence_overhead_s=2e-3,
+                     chunk_overhead_s=3e-3, decode_group_overhead_s=1e-3, new_shape_overhead_s=5e-3,
+                     proposer_overhead_s=1e-4, draft_step_overhead_s=0.004, time_scale=1.5)
+"""A CPU-like fitted target: large per-step, per-sequence and per-layer host terms, a measured draft step."""
+
+
+def test_a_draft_step_pays_its_own_fixed_cost_and_its_share_of_the_per_layer_terms() -> None:
+    """Closed form of one draft step (2 of 24 layers) under `draft_efficiency`: its layers' roofline, the LM head
+    over its rows, `draft_step_overhead_s`, and the per-token, per-chunk, per-group terms x 2/24; none of the
+    target step's fixed, per-sequence, new-shape or proposer terms."""
+    target = get_model("qwen2.5-0.5b")
+    deployment = setup_for(ALWAYS_K).deployment
+    draft = replace(deployment, model=replace(target, num_layers=2))
+    eff = draft_efficiency(CPU_FIT, 2, target.num_layers)
+    cost = CostModel(draft, eff)
+    share = 2 / 24
+    # two requests: one decoding at context 99, one feeding a 33-token prompt chunk
+    shape = draft_step_shape([99, 0], [1, 33])
+    roofline = CostModel(draft, replace(CPU_FIT, step_overhead_s=0.0, token_overhead_s=0.0, sequence_overhead_s=0.0,
+                                        chunk_overhead_s=0.0, decode_group_overhead_s=0.0, time_scale=1.0))
+    expected = 1.5 * (roofline.step_time(*shape) + 0.004 + share * (4e-4 * 34 + 3e-3 * 1 + 1e-3 * 1))
+    assert cost.step_time(*shape) == pytest.approx(expected, rel=1e-12)
+    assert shape.num_sampling == 2 and shape.num_prefill_tokens == 33 and shape.num_decodes == 1
+    assert shape.num_decode_groups == 1 and shape.decode_key_tokens == 100
+
+
+def test_simulated_draft_model_charges_draft_efficiency_steps() -> None:
+    """A simulated round with a draft model costs the target's step plus the draft's steps at `draft_efficiency`:
+    the draft pays its measured step overhead, never the target's (here 12x larger)."""
+    draft_cfg = SpeculativeConfig(model="qwen2.5-0.5b", num_speculative_tokens=K, min_acceptance_rate=0.0)
+    setup = resolve(ClusterConfig(model="qwen2.5-0.5b"), scheduler_config("sarathi"), CacheConfig(), CPU_FIT,
+                    speculative=draft_cfg, spec_acceptance=SpecAcceptance(0.7),
+                    draft_model=replace(get_model("qwen2.5-0.5b"), num_layers=2))
+    cluster = build_cluster(setup)
+    spec = cluster.replicas[0].executor.speculation
+    expected = CostModel(replace(setup.deployment, model=setup.draft_model), draft_efficiency(CPU_FIT, 2, 24))
+    proposals = [Proposal(K, 99, 1), Proposal(2, 40, 2)]
+    assert spec.draft_model_time(proposals) == pytest.approx(draft_model_time(expected, proposals), rel=1e-12)
+    per_step = draft_model_time(expected, [Proposal(1, 99, 1)])
+    assert per_step < CPU_FIT.step_overhead_s  # the old pricing charged every draft step the target's 50 ms
+
+
+def test_a_verification_samples_its_request_once_and_adds_lm_head_rows() -> None:
+    """A verification of k drafts is a k + 1 token chunk sampled once (`sequence_overhead_s` once), whose k extra
+    logits rows cost LM-head rows; against a decode of the same request it adds the chunk's terms and k tokens'."""
+    cost = CostModel(setup_for(ALWAYS_K).deployment, CPU_FIT)
+    (req,) = requests(1, 100)
+    req.num_computed_tokens = 32
+    req.append_output(7)
+    verify = SimBatch([req], [K + 1], [req.num_computed_tokens], spec_token_ids={req: [0] * K})
+    shape = step_shape(verify)
+    assert (shape.num_sampling, shape.num_draft_logits, shape.num_prefill_tokens) == (1, K, K + 1)
+    decode = step_shape(SimBatch([req], [1], [req.num_computed_tokens]))
+    no_seq = CostModel(setup_for(ALWAYS_K).deployment, replace(CPU_FIT, sequence_overhead_s=0.0))
+    assert cost.step_time(*shape) - no_seq.step_time(*shape) == pytest.approx(1.5 * 2e-3, rel=1e-9)
+    extra = cost.step_time(*shape) - cost.step_time(*decode)
+    attention = cost.num_layers * (cost.prefill_attention_time(K + 1, (K + 1) * (32 + (K + 2) / 2), 32 + K + 1)
+                                   - float(cost.decode_attention_time(1, 33)))
+    gemms = cost.num_layers * (cost.layer_gemm_time(K + 1) - cost.layer_gemm_time(1))
+    lm_head = cost.lm_head_time(K + 1) - cost.lm_head_time(1)
+    assert extra == pytest.approx(1.5 * (gemms + attention + lm_head + 3e-3 + 4e-4 * K
+                                         - 1e-3 * decode.num_decode_groups), rel=1e-9)
 
 
 def test_a_draft_models_first_step_after_a_prompt_is_a_chunk() -> None:

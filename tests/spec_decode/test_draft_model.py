@@ -78,3 +78,60 @@ def test_a_draft_with_another_tokenizer_is_refused(smollm2_gguf):
 def test_draft_and_ngram_configs_say_what_they_need():
     with pytest.raises(ValueError, match='"draft" needs a "model"'):
         LLM("tiny", speculative_config={"method": "draft"})
+
+
+class _Twin:
+    """The engine's draft proposer and the simulator's, asked for the same drafts each step: per call, the
+    forward steps the simulator prices (`draft_step_shapes`) beside those the draft model ran."""
+
+    def __init__(self, real, sim) -> None:
+        self.real, self.sim, self.calls = real, sim, []
+        real.forward_log = []
+
+    def propose(self, requests, k):
+        from batchserve.sim.speculation import draft_step_shape, draft_step_shapes
+
+        self.sim.propose(requests, k)
+        start = len(self.real.forward_log)
+        drafts = self.real.propose(requests, k)
+        ran = [draft_step_shape(f.contexts, f.fed, self.real.attention) for f in self.real.forward_log[start:]]
+        self.calls.append((draft_step_shapes(self.sim.take_proposals(), self.real.attention), ran))
+        return drafts
+
+    def release(self, request) -> None:
+        self.sim.release(request)
+        self.real.release(request)
+
+
+def test_the_simulator_prices_the_forward_steps_the_draft_model_runs(checkpoints):
+    """Over a greedy run of 32 requests, 4 at a time (drafts rejected and rolled back, prompts fed after prefills), every
+    propose call's forward steps, each one's rows, contexts and new tokens, are those the simulator charges."""
+    from batchserve.sim.speculation import SimProposer
+
+    target, draft = checkpoints
+    spec = LLM(target, skip_tokenizer_init=True, kv_cache_memory="8MiB", max_num_seqs=4,
+               speculative_config={"model": draft, "num_speculative_tokens": 3, "max_batch_size": 64})
+    speculator = spec.llm_engine.speculator
+    twin = speculator.proposer = _Twin(speculator.proposer, SimProposer())
+    params = [SamplingParams(max_tokens=6 + i % 13, temperature=0, ignore_eos=True) for i in range(32)]
+    spec.generate(prompts(), params, use_tqdm=False)
+    assert speculator.num_accepted_tokens < speculator.num_draft_tokens  # some drafts were rolled back
+    assert sum(len(ran) for _, ran in twin.calls) > 32
+    for priced, ran in twin.calls:
+        assert priced == ran
+
+
+def test_the_draft_cache_comes_out_of_the_kv_cache_budget(checkpoints):
+    """kv_cache_memory holds the target's blocks and the draft's (one for each) together, as vLLM counts them."""
+    from batchserve.model_config import kv_bytes_per_block
+
+    target, draft = checkpoints
+    plain = LLM(target, skip_tokenizer_init=True, kv_cache_memory="1MiB").llm_engine
+    spec = LLM(target, skip_tokenizer_init=True, kv_cache_memory="1MiB",
+               speculative_config={"model": draft, "num_speculative_tokens": 3}).llm_engine
+    proposer = spec.speculator.proposer
+    per_block = [kv_bytes_per_block(config, 16, 4) for config in (spec.model_config, proposer.config)]
+    num_blocks = spec.scheduler.kv.pool.num_blocks
+    assert proposer.pool.num_blocks == num_blocks
+    assert num_blocks == 2**20 // sum(per_block)  # 2 target layers + 1 draft layer: 2/3 of the plain engine's
+    assert plain.scheduler.kv.pool.num_blocks == 2**20 // per_block[0]

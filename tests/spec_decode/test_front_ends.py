@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,9 +75,64 @@ def test_calibration_steps_count_the_requests_that_proposed_drafts():
     assert sum(o.shape.num_proposals for o in observations) == llm.speculator.num_proposals
 
 
-def test_calibrate_refuses_a_draft_model_config():
-    from batchserve.calibration.steps import calibrate
+class _Slowed:
+    """A model whose every forward pass first sleeps `seconds`."""
 
-    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config={"model": "tiny"}, skip_tokenizer_init=True)
-    with pytest.raises(ValueError, match="calibrate --speculative-config fits the n-gram proposer's overhead"):
-        calibrate(llm, "x", quiet=True)
+    def __init__(self, model, seconds: float) -> None:
+        self.model, self.seconds = model, seconds
+
+    def __call__(self, *args):
+        time.sleep(self.seconds)
+        return self.model(*args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def test_calibration_times_a_draft_models_steps_apart_from_the_targets(monkeypatch):
+    """With a draft model, each draft forward step is logged with its time and taken out of the target step's;
+    the draft's fixed step cost is fitted from the logged steps. Each draft step here sleeps 0.6 s more: the
+    target's steps stay far below that, the fitted draft overhead above it."""
+
+    from batchserve.calibration.steps import _fit_draft, record_steps
+    from batchserve.gemm_shapes import SeenTokenCounts
+    from batchserve.sim.cost_model import Efficiency
+    from batchserve.sim.deployment import Deployment
+    from batchserve.sim.hardware import get_hardware
+
+    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config={"model": "tiny", "num_speculative_tokens": 2},
+                    skip_tokenizer_init=True)
+    draft = llm.speculator.proposer
+    monkeypatch.setattr(draft, "model", _Slowed(draft.model, 0.6))
+    draft.forward_log = []
+    observations = record_steps(llm.engine, [([5, 6, 7, 8], 5, 0), ([9, 8, 7], 5, 0)], SeenTokenCounts())
+    proposing = [o for o in observations if o.shape.num_proposals]
+    assert proposing and len(draft.forward_log) >= len(proposing)
+    assert all(f.seconds >= 0.6 for f in draft.forward_log)
+    assert all(o.seconds < 0.5 for o in proposing)  # the draft's 0.6 s or more per proposal was taken out
+    target = Deployment(llm.model_config, get_hardware("cpu-local"), weight_dtype="fp32")
+    efficiency, report = _fit_draft(target, Efficiency(), draft, draft.forward_log)
+    assert efficiency.draft_step_overhead_s >= 0.6 and report["steps"] == len(draft.forward_log)
+
+
+@pytest.mark.parametrize("config", [NGRAM, '{"model": "tiny", "num_speculative_tokens": 2}'], ids=["ngram", "draft"])
+def test_calibrations_speculative_phases_measure_verifications_and_lookups(config):
+    """calibrate runs its grid without speculation, then decode batches with it: repeated phrases give the n-gram
+    proposer drafts to verify, random prompts lookups that find none; a draft model's steps are logged."""
+    from batchserve.calibration.steps import _speculative_steps
+    from batchserve.gemm_shapes import SeenTokenCounts
+
+    llm = LLMEngine("tiny", kv_cache_memory="4MiB", speculative_config=config, skip_tokenizer_init=True, max_num_seqs=4)
+    speculator = llm.scheduler.speculator
+    llm.scheduler.speculator = None  # as calibrate leaves it for the grid
+    forwards = []
+    steps = _speculative_steps(llm, speculator, SeenTokenCounts(), forwards)
+    assert llm.scheduler.speculator is None and speculator.num_drafts > 0
+    assert sum(s.shape.num_draft_logits for s in steps) == speculator.num_draft_tokens
+    assert sum(s.shape.num_proposals for s in steps) == speculator.num_proposals
+    if "model" in config:
+        # each draft token verified came from one row of a logged forward step
+        assert sum(len(f.contexts) for f in forwards) >= speculator.num_draft_tokens
+        assert speculator.proposer.forward_log is None
+    else:
+        assert speculator.num_drafts < speculator.num_proposals and not forwards  # some lookups found nothing

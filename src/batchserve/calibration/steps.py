@@ -4,11 +4,15 @@ The grid covers what a serving step can be: prompt chunks of several sizes
 with and without cached context, decode batches of several sizes at several
 contexts, and steps mixing both. Long contexts come cheaply from the prefix
 cache (a shared prefix is computed once, then many requests decode on top of
-it), so the whole grid runs in about a minute on a 2-core CPU for a 0.5B model.
+it), so the grid computes about 23k prompt tokens whatever the model: a few
+minutes on a 2-core CPU for a 0.5B model. An engine serving with prefix caching
+off gets it for the grid's duration: without it the same grid computes 230k
+prompt tokens (20 minutes for the 0.5B model), for the same step shapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import tempfile
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.kv_cache_manager import KVCacheManager
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
 from ..gemm_shapes import SeenTokenCounts
@@ -26,11 +31,14 @@ from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
 from ..request import Request, SamplingParams, StructuredOutputsParams
-from ..sim.calibration import Observation, fit_efficiency, fit_report
+from ..sim.calibration import Observation, fit_draft_step_overhead, fit_efficiency, fit_report
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
 from ..sim.executor import step_shape
 from ..sim.hardware import Hardware
+from ..sim.speculation import draft_efficiency, draft_step_shape
+from ..spec_decode.draft_model import DraftForward, DraftModelProposer
+from ..spec_decode.speculator import Speculator
 from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
@@ -55,7 +63,8 @@ def _decode_steps(batch: int, steps: int, small_batch: int = 4, small_steps: int
 
 
 def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int, max_seqs: int,
-                       seed: int = 0, prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry]]]:
+                       seed: int = 0, prompt_repeats: int = 3,
+                       max_context: int = 2048) -> Iterator[tuple[str, list[Entry]]]:
     """(label, requests) groups; each group runs to completion before the next.
 
     Requests of a group that share a prefix reuse it from the prefix cache, which
@@ -63,9 +72,10 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     A prompt point is one step, so each is measured `prompt_repeats` times (fresh
     tokens each, so no cache hit): on a shared VM single steps vary by +-15%, and
     a fit through single samples moved the predicted TTFT by 40% between runs.
+    `max_context`: the longest context measured (a shorter grid for a workload of short contexts).
     """
     rng = np.random.default_rng(seed)
-    longest = min(2048, max_model_len - 320)  # room for a 256-token chunk and outputs on top
+    longest = min(max_context, max_model_len - 320)  # room for a 256-token chunk and outputs on top
     # Page in the weights and build the kernels of every step kind once, unrecorded.
     yield "warm-up", [(_prompt(rng, vocab, 256), 4, 0)] + [(_prompt(rng, vocab, 16), 4, 1) for _ in range(8)]
     for n in (16, 64, 256):
@@ -75,7 +85,7 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # token count new to the CPU's GEMM kernels costs (`new_shape_overhead_s`).
     for n in (40, 100, 160, 320):
         yield f"prefill {n} once", [(_prompt(rng, vocab, n), 1, 0)]
-    for context in (512, longest):
+    for context in sorted({min(512, longest), longest}):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
         for n in (32, 256):
@@ -138,6 +148,17 @@ def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
                                                               for _ in range(batch)], list(range(1, k + 1))
 
 
+def speculation_phases(vocab: int, max_batch: int, seed: int = 3) -> Iterator[list[Entry]]:
+    """Decode batches of up to `max_batch` rows (those that speculate) with speculation on: half the prompts
+    repeat a phrase, which an n-gram lookup continues (verification steps), half are random (lookups that find
+    nothing); a draft model proposes for all. Beside the grid's plain decodes, they fit the speculative terms."""
+    rng = np.random.default_rng(seed)
+    for batch in (1, 2, 4, 8):
+        if batch <= max_batch:
+            yield [(_prompt(rng, vocab, 8) * 6 if i % 2 == 0 else _prompt(rng, vocab, 48), 16, 0)
+                   for i in range(batch)]
+
+
 def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, keep: bool = True,
                  grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
                  adapters: Sequence[int] = (), idle_s: float = 0.0) -> list[Observation]:
@@ -154,6 +175,7 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
     arrivals = sorted(((start, i) for i, (_, _, start) in enumerate(entries)), reverse=True)
     lora = getattr(engine.executor, "lora", None)  # counts the slot loads each step makes
     speculator = engine.scheduler.speculator  # counts the requests it proposed drafts for
+    draft_log = _draft_log(engine)  # the draft model's forward steps, timed apart from the target's step
     observations = []
     step = 0
     while arrivals or engine.has_unfinished():
@@ -173,9 +195,12 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
             engine.add_request(req)
         loads = lora.num_slot_loads if lora is not None else 0
         proposals = speculator.num_proposals if speculator is not None else 0
+        drafted = len(draft_log) if draft_log is not None else 0
         t = due if wakeup else time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
+        if draft_log is not None:
+            seconds -= sum(f.seconds for f in draft_log[drafted:])
         if step_out.result is not None:
             loads = lora.num_slot_loads - loads if lora is not None else 0
             proposals = speculator.num_proposals - proposals if speculator is not None else 0
@@ -201,15 +226,32 @@ class Calibration:
         return {**self.profile.to_dict(), "_calibration": {**meta, "fit": self.report}}
 
 
-def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence[LoRARequest] = ()) -> Calibration:
+def _draft_log(engine: Engine) -> list[DraftForward] | None:
+    """The draft model's forward-step log, when the engine speculates with a draft model and calibrate records it."""
+    speculator = engine.scheduler.speculator
+    proposer = speculator.proposer if speculator is not None else None
+    return proposer.forward_log if isinstance(proposer, DraftModelProposer) else None
+
+
+def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence[LoRARequest] = (),
+              max_context: int = 2048) -> Calibration:
     """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps.
 
     With LoRA on, steps under `adapters` (or, if none are given, random ones of `max_lora_rank`) fit the
-    LoRA terms too.
+    LoRA terms too. With speculative decoding on, the grid runs without it and `speculation_phases` with it:
+    their verification steps, an n-gram proposer's lookups (`proposer_overhead_s`) and a draft model's forward
+    steps, timed apart from the target's (`draft_step_overhead_s`). `max_context`: the longest context measured.
     """
-    if llm.speculator is not None and llm.speculator.config.method != "ngram":
-        raise ValueError("calibrate --speculative-config fits the n-gram proposer's overhead; the simulator prices a "
-                         "draft model's steps on its own shape: calibrate without the draft model's config")
+    speculator = llm.scheduler.speculator
+    llm.scheduler.speculator = None
+    try:
+        return _calibrate(llm, name, quiet, adapters, max_context, speculator)
+    finally:
+        llm.scheduler.speculator = speculator
+
+
+def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARequest], max_context: int,
+               speculator: Speculator | None) -> Calibration:
     device = llm.device
     dtype = llm.model.dtype
     # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
@@ -233,10 +275,11 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
                             quantize_lm_head=quantization.quantize_lm_head)
     sched = llm.scheduler.config
     phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
-                                     sched.max_num_batched_tokens, sched.max_num_seqs))
+                                     sched.max_num_batched_tokens, sched.max_num_seqs, max_context=max_context))
     observations: list[Observation] = []
     seen = SeenTokenCounts()
-    with Progress("calibrating", len(phases), enabled=not quiet, unit="phases") as progress:
+    progress = Progress("calibrating", len(phases), enabled=not quiet, unit="phases")
+    with prefix_caching(llm.scheduler.kv), progress:
         for i, (phase, entries) in enumerate(phases):
             observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")
@@ -248,11 +291,48 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
             observations += record_steps(llm.engine, entries, seen, grammar=grammar)
     if lora is not None:
         observations += _lora_steps(llm, adapters, seen)
+    forwards: list[DraftForward] = []
+    if speculator is not None:
+        observations += _speculative_steps(llm, speculator, seen, forwards)
     efficiency = fit_efficiency(deployment, observations)
+    report = fit_report(deployment, efficiency, observations)
+    draft = speculator.proposer if speculator is not None else None
+    if isinstance(draft, DraftModelProposer):
+        efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft, forwards)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
-    return Calibration(profile, deployment, efficiency, observations, fit_report(deployment, efficiency, observations))
+    return Calibration(profile, deployment, efficiency, observations, report)
 
+
+def _speculative_steps(llm: LLMEngine, speculator: Speculator, seen: SeenTokenCounts,
+                       forwards: list[DraftForward]) -> list[Observation]:
+    """The speculation phases' steps, speculation on; a draft model's forward steps are added to `forwards`."""
+    draft = speculator.proposer if isinstance(speculator.proposer, DraftModelProposer) else None
+    llm.scheduler.speculator = speculator
+    if draft is not None:
+        draft.forward_log = forwards
+    try:
+        observations = []
+        for entries in speculation_phases(llm.model_config.vocab_size,
+                                          min(llm.scheduler.config.max_num_seqs, speculator.config.max_batch_size)):
+            observations += record_steps(llm.engine, entries, seen)
+        return observations
+    finally:
+        llm.scheduler.speculator = None
+        if draft is not None:
+            draft.forward_log = None
+
+
+def _fit_draft(target: Deployment, efficiency: Efficiency, draft: DraftModelProposer,
+               forwards: Sequence[DraftForward]) -> tuple[Efficiency, dict]:
+    """The target's efficiency with the draft's measured step overhead, and the fit's report on the draft's steps."""
+    layers = draft.config.num_layers
+    deployment = replace(target, model=replace(draft.config, name="calibrated-draft"), max_lora_rank=0)
+    steps = [Observation(draft_step_shape(f.contexts, f.fed, draft.attention), f.seconds) for f in forwards]
+    efficiency = replace(efficiency, draft_step_overhead_s=fit_draft_step_overhead(
+        deployment, draft_efficiency(efficiency, layers, target.model.num_layers), steps))
+    drafting = draft_efficiency(efficiency, layers, target.model.num_layers)
+    return efficiency, fit_report(deployment, drafting, steps)["all"]
 
 
 def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
@@ -270,3 +350,18 @@ def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenToken
                                              min(len(ids), lora.config.max_loras)):
             observations += record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
         return observations
+
+
+@contextlib.contextmanager
+def prefix_caching(kv: KVCacheManager) -> Iterator[None]:
+    """Prefix caching on for the calibration grid, whatever the engine serves with: the grid's long-context
+    points reuse one computed prefix (the other phases' prompts are all fresh). An engine that serves without it
+    forgets every block hash made here."""
+    serving = kv.enable_caching
+    kv.enable_caching = True
+    try:
+        yield
+    finally:
+        kv.enable_caching = serving
+        if not serving:
+            kv.pool.reset_prefix_cache()

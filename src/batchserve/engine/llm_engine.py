@@ -25,8 +25,9 @@ from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
 from ..lora.manager import LoRAManager
-from ..model_config import kv_bytes_per_block
+from ..model_config import ModelConfig, kv_bytes_per_block
 from ..models.batch_invariant import make_batch_invariant
+from ..models.llama import CausalLM
 from ..models.loader import load_model
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
@@ -131,7 +132,11 @@ class LLMEngine:
         if not enforce_eager and not enable_lora:
             self.model.compile_decode()
         torch_dtype = self.model.dtype
-        per_block = int(kv_bytes_per_block(self.model_config, block_size, torch_dtype.itemsize))
+        # before sizing the KV cache: the draft's weights take device memory, and its cache (a block for each of
+        # the target's) comes out of the same kv_cache_memory budget
+        draft = self._load_draft(spec_config, dtype, weight_prepack)
+        kv_configs = [self.model_config] + ([draft[1]] if draft else [])
+        per_block = int(sum(kv_bytes_per_block(config, block_size, torch_dtype.itemsize) for config in kv_configs))
         gpu_memory = torch.cuda.mem_get_info(device) if device.type == "cuda" else None
         num_blocks = num_kv_blocks(kv_cache_memory, gpu_memory_utilization, per_block, gpu_memory)
         if target_tokens_per_expert and not self.model_config.is_moe:
@@ -148,7 +153,7 @@ class LLMEngine:
         if enable_lora:
             self.scheduler.admission_check = LoRAAdmission(max_loras)
         self.speculator = None if spec_config is None else Speculator(
-            spec_config, self._draft_proposer(spec_config, dtype, num_blocks, block_size, weight_prepack, attention))
+            spec_config, draft and DraftModelProposer(*draft, num_blocks, block_size, device, attention))
         self.scheduler.speculator = self.speculator
         self.structured_output = None if self.tokenizer is None else StructuredOutputManager(
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
@@ -170,16 +175,16 @@ class LLMEngine:
         """Called with every step that ran a batch (e.g. a job recording step shapes for its estimates)."""
         self._t0 = time.perf_counter()
 
-    def _draft_proposer(self, spec: SpeculativeConfig, dtype: str, num_blocks: int, block_size: int, prepack: bool,
-                        attention: AttentionConfig) -> DraftModelProposer | None:
-        """The draft model with its own KV cache (as many blocks as the target's), checked against the target."""
-        if spec.method != "draft":
+    def _load_draft(self, spec: SpeculativeConfig | None, dtype: str, prepack: bool
+                    ) -> tuple[CausalLM, ModelConfig] | None:
+        """The draft model and its config, checked against the target; None without a draft-model method."""
+        if spec is None or spec.method != "draft":
             return None
         if self.tokenizer is not None:
             check_draft_tokenizer(self.tokenizer, load_tokenizer(spec.model), spec.model)
         model, config, _ = load_model(spec.model, dtype=dtype, device=self.device, prepack=prepack)
         check_draft_vocab(self.model_config, config, spec.model)
-        return DraftModelProposer(model, config, num_blocks, block_size, self.device, attention)
+        return model, config
 
     @property
     def now(self) -> float:

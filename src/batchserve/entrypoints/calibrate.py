@@ -21,12 +21,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     max_num_seqs=args.max_num_seqs, skip_tokenizer_init=True, **lora_engine_args(args))
     name = args.name or f"calibrated-{llm.device.type}"
     t = time.perf_counter()
-    result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args))
+    result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args), max_context=args.max_context)
     wall = time.perf_counter() - t
     meta = {
         "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype], "quantization": llm.quantization_config.method,
         "device": device_name(llm.device), "date": str(datetime.date.today()), "wall_s": wall,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
+        "max_context": args.max_context,
     }
     write_json(args.output, result.profile_dict(meta))
     if args.observations:

@@ -21,6 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="JSON", help="where to write the hardware profile")
     p.add_argument("--name", default=None, help="profile name (default: calibrated-<device type>)")
     p.add_argument("--observations", metavar="JSONL", help="also write every measured step")
+    p.add_argument("--max-context", type=int, default=2048,
+                   help="longest context the grid measures (default: 2048; less is quicker for short-context workloads)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_lora_flags(p)  # with LoRA on, adapter steps (under --lora-modules, else random ones) fit the LoRA terms
     p.set_defaults(func=_run("calibrate", "cmd_calibrate"))

@@ -158,6 +158,19 @@ def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 
     return simplex[int(np.argmin(values))]
 
 
+def fit_draft_step_overhead(draft: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> float:
+    """A draft model's `draft_step_overhead_s`: the median of its measured forward steps' time beyond what the
+    cost model predicts for them with no fixed cost (`efficiency`: the draft's, from `draft_efficiency`).
+
+    One additive term, so the median residual is its robust fit (a busy machine slows some steps threefold);
+    0 when the rest of the model already prices most steps above their measured time.
+    """
+    if not observations:
+        raise ValueError("no draft-model forward step was measured: the draft's step overhead is unknown")
+    base = predict(draft, replace(efficiency, step_overhead_s=0.0), observations)
+    return max(0.0, float(np.median([o.seconds for o in observations] - base)))
+
+
 def fit_report(
     deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]
 ) -> dict[str, dict[str, float]]:

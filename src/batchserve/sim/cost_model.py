@@ -81,6 +81,10 @@ class Efficiency:
     proposer_overhead_s: float = 0.0
     """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
     model's input preparation beyond its forward steps, which the draft's own shape prices)."""
+    draft_step_overhead_s: float = 0.0
+    """Speculative decoding with a draft model: fixed cost of one draft forward step (its input preparation, its
+    layers' launches, the argmax read back; no scheduler, no sampler), in place of the target's `step_overhead_s`.
+    `calibrate --speculative-config` with a draft model measures it on the draft's own steps; 0 otherwise."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -128,6 +132,9 @@ class StepShape(NamedTuple):
     """Attention calls per layer the decodes make: the engine's decode groups."""
     num_proposals: int = 0
     """Speculative decoding: requests whose drafts were proposed this step (`proposer_overhead_s` each)."""
+    num_draft_logits: int = 0
+    """Speculative decoding: logits rows of verified drafts, beyond one per verifying request. They cost LM-head
+    rows only: the request is sampled once (`sequence_overhead_s`), its k + 1 rows in one vectorised pass."""
     num_wakeups: int = 0
     """1 when the step starts on an engine that had been idle (`wakeup_overhead_s`), else 0."""
 
@@ -143,9 +150,10 @@ class CostModel:
         self.num_layers = m.num_layers
         self.flops = hw.peak_flops[d.compute_dtype] * eff.gemm_flops
         self.expert_flops = hw.peak_flops[d.compute_dtype] * eff.expert_flops
-        # attention runs in 16-bit (flash kernels dequantise fp8/int KV) unless the model is fp32
-        attn_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
-        self.attn_flops = hw.peak_flops[attn_dtype] * eff.attention_flops
+        # attention and the LoRA deltas run in 16-bit (flash kernels dequantise fp8/int KV; adapter slots hold
+        # the activation dtype whatever the base weights are) unless the model is fp32
+        activation_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
+        self.attn_flops = hw.peak_flops[activation_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
         self.kv_bandwidth = self.bandwidth * eff.kv_bandwidth_ratio
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
@@ -183,7 +191,7 @@ class CostModel:
         rank = d.max_lora_rank
         parts = (3, 1, 2, 1)  # qkv, o, gate_up, down: as the (in, out) pairs above
         self.lora_layer_elements = rank * sum(p * k + n for p, (k, n) in zip(parts, self._dense_gemms + self._mlp_gemms))
-        self.lora_flops = hw.peak_flops[d.compute_dtype] * eff.lora_flops
+        self.lora_flops = hw.peak_flops[activation_dtype] * eff.lora_flops
         self.host_bandwidth = hw.host_bandwidth or hw.memory_bandwidth
         self.lora_segment_overhead = eff.lora_segment_overhead_s
         self.quantization, self.group_size = d.quantization, d.quantization_group_size
@@ -253,12 +261,12 @@ class CostModel:
         if not num_segments:
             return 0.0
         elements = self.lora_layer_elements
-        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.wb / self.bandwidth)
+        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.ab / self.bandwidth)
         return self.num_layers * per_layer + self.lora_load_time(num_loads) + self.lora_segment_overhead * num_segments
 
     def lora_load_time(self, num_loads: int) -> float:
         """Copying `num_loads` adapters into device slots (every layer's A and B, slot-sized)."""
-        return num_loads * self.num_layers * self.lora_layer_elements * self.wb / self.host_bandwidth
+        return num_loads * self.num_layers * self.lora_layer_elements * self.ab / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
@@ -300,6 +308,7 @@ class CostModel:
         num_new_shapes: int = 0,
         num_decode_groups: int = 0,
         num_proposals: int = 0,
+        num_draft_logits: int = 0,
         num_wakeups: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
@@ -317,7 +326,7 @@ class CostModel:
             attention += float(self.decode_attention_time(num_decodes, keys))
         return self.time_scale * (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
-            + self.lm_head_time(num_sampling)
+            + self.lm_head_time(num_sampling + num_draft_logits)
             + self.communication_time(tokens)
             + self.overhead
             + self.token_overhead * tokens

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model_config import ModelConfig, kv_bytes_per_block, kv_bytes_per_token
 from .hardware import Hardware
@@ -135,14 +135,22 @@ class Deployment:
         logits = min(max_num_batched_tokens, 256) * m.vocab_size * 4 / self.tp
         return max_num_batched_tokens * width * self.activation_bytes + logits + GiB
 
-    def num_kv_blocks(self, block_size: int, max_num_batched_tokens: int) -> int:
-        """KV blocks that fit beside weights and activations; DoesNotFitError when none do."""
+    def num_kv_blocks(self, block_size: int, max_num_batched_tokens: int, draft: ModelConfig | None = None) -> int:
+        """KV blocks that fit beside weights and activations; DoesNotFitError when none do.
+
+        `draft`: a speculative draft model beside the target, as the engine loads it: its weights whole (not
+        quantized) on every GPU, and a draft block for each target block (its K/V at the same dtype and tp).
+        """
         usable = self.hardware.memory_bytes * self.gpu_memory_utilization
         weights = self.weight_bytes_per_gpu()
+        if draft is not None:
+            weights += replace(self, model=draft, pp=1, max_lora_rank=0, quantization=None).weight_bytes_per_gpu()
         activations = self.activation_bytes_per_gpu(max_num_batched_tokens)
         free = usable - weights - activations
         per_block = kv_bytes_per_block(self.model, block_size, self.kv_bytes_per_element, self.tp,
                                        self.layers_per_stage)
+        if draft is not None:
+            per_block += kv_bytes_per_block(draft, block_size, self.kv_bytes_per_element, self.tp)
         if free < per_block:
             missing = (per_block - free) / GiB
             raise DoesNotFitError(

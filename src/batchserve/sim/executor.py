@@ -29,14 +29,15 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     `lazy_adapters` of them per LoRA adapter); all decodes' keys are padded as
     `attention` groups them (without the cohort, lazy rows count unpadded).
     Constrained and speculating rows are always listed (the scheduler keeps them
-    out of the cohort); a verification of k drafts is a k + 1 token chunk.
+    out of the cohort); a verification of k drafts is a k + 1 token chunk,
+    sampled once, with k more logits rows (`num_draft_logits`).
     `num_lora_loads`: adapters copied into a slot for this step (the slot table
     knows, not the batch). `seen`: the token counts run before, to mark (and
     record) a step whose count is new. `num_proposals`: requests whose drafts
     were looked up this step (the speculator knows: some found none). `num_wakeups`: 1 if the step starts
     on an engine that had been idle (the serving loop knows, not the batch).
     """
-    prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = 0
+    prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = draft_logits = 0
     attended = 0.0
     decode_keys: list[int] = []
     lora_tokens = sum(lazy_adapters.values()) if lazy_adapters else 0
@@ -52,8 +53,10 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
             num_chunks += 1
             prefill_context += c + n
             attended += n * (c + (n + 1) / 2)
-            # a verification (speculative decoding) runs as a prompt chunk and takes logits at all its rows
-            num_sampling += n if verifies else samples
+            # a verification (speculative decoding) runs as a prompt chunk (its drafts past the request's known
+            # tokens) and takes logits at all its rows
+            num_sampling += samples or verifies
+            draft_logits += n - 1 if verifies else 0
         num_constrained += samples and req.sampling_params.structured_outputs is not None
         if req.adapter_id is not None:
             lora_tokens += n
@@ -72,7 +75,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads, new, num_groups, num_proposals, num_wakeups)
+                     num_lora_loads, new, num_groups, num_proposals, draft_logits, num_wakeups)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:

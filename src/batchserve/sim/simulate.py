@@ -20,7 +20,7 @@ from .hardware import CatalogError, Hardware, get_hardware
 from .models import get_model
 from .router import ROUTERS, RouterConfig
 from .scheduler import SimScheduler
-from .speculation import SimSpeculation, SpecAcceptance
+from .speculation import SimSpeculation, SpecAcceptance, draft_efficiency
 
 
 @dataclass(frozen=True)
@@ -148,10 +148,11 @@ def resolve(
         quantize_lm_head=cluster.quantize_lm_head,
         max_lora_rank=lora.max_lora_rank if lora.enable_lora else 0,
     )
-    if cache.num_blocks is None:
-        cache = replace(cache, num_blocks=deployment.num_kv_blocks(cache.block_size, scheduler.max_num_batched_tokens))
     if speculative is not None and speculative.method == "draft" and draft_model is None:
         draft_model = get_model(speculative.model)
+    if cache.num_blocks is None:
+        cache = replace(cache, num_blocks=deployment.num_kv_blocks(
+            cache.block_size, scheduler.max_num_batched_tokens, draft_model if speculative is not None else None))
     return SimSetup(cluster, deployment, scheduler, cache, efficiency, router, attention, lora, speculative,
                     spec_acceptance, draft_model if speculative is not None else None)
 
@@ -173,12 +174,14 @@ def build_cluster(setup: SimSetup) -> Cluster:
 
 
 def _speculation(setup: SimSetup) -> SimSpeculation | None:
-    """One replica's simulated speculation; the draft model runs on the target's deployment, at its efficiency."""
+    """One replica's simulated speculation; the draft model runs on the target's deployment (`draft_efficiency`)."""
     if setup.speculative is None:
         return None
     draft = setup.draft_model
-    draft_cost = None if draft is None else CostModel(replace(setup.deployment, model=draft, pp=1, max_lora_rank=0), setup.efficiency)
-    return SimSpeculation(setup.spec_acceptance, draft_cost)
+    draft_cost = None if draft is None else CostModel(
+        replace(setup.deployment, model=draft, pp=1, max_lora_rank=0),
+        draft_efficiency(setup.efficiency, draft.num_layers, setup.deployment.model.num_layers))
+    return SimSpeculation(setup.spec_acceptance, draft_cost, setup.attention)
 
 
 def simulate(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import weakref
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..attention_layout import AttentionConfig, decode_layout
 from ..core.batch import SYNTHETIC_TOKEN, ScheduledBatch
 from ..request import Request
-from .cost_model import CostModel
+from .cost_model import CostModel, Efficiency, StepShape
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,10 @@ class SpecAcceptance:
     spec_draft_rate: float = 1.0
     """Fraction of draft lookups that find a draft (an n-gram lookup with no match proposes none, and the request
     decodes one token); measure it as verifications / lookups. A draft model always proposes: 1."""
+    spec_acceptance_spread: float = 0.0
+    """Per-request alpha: its standard deviation across requests, each drawing its own alpha once from a Beta
+    distribution of mean `spec_acceptance_rate` (a workload mixes requests that copy their prompt, alpha near 1,
+    with others); 0: every request accepts at `spec_acceptance_rate`."""
     spec_seed: int = 0
     """Seed of the acceptance draws; each request draws from its own stream, so batch order does not matter."""
 
@@ -39,6 +44,18 @@ class SpecAcceptance:
         for name in ("spec_acceptance_rate", "spec_draft_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        alpha, spread = self.spec_acceptance_rate, self.spec_acceptance_spread
+        if spread and not 0 < spread < (alpha * (1 - alpha)) ** 0.5:
+            raise ValueError(f"--spec-acceptance-spread must be in [0, {(alpha * (1 - alpha)) ** 0.5:.3f}) at "
+                             f"--spec-acceptance-rate {alpha} (a Beta distribution's largest), got {spread}")
+
+    def beta_parameters(self) -> tuple[float, float] | None:
+        """(a, b) of the per-request alpha's Beta distribution (mean and standard deviation matched); None: no spread."""
+        if not self.spec_acceptance_spread:
+            return None
+        alpha = self.spec_acceptance_rate
+        concentration = alpha * (1 - alpha) / self.spec_acceptance_spread ** 2 - 1
+        return alpha * concentration, (1 - alpha) * concentration
 
 
 def expected_tokens_per_verification(alpha: float, k: float) -> float:
@@ -51,9 +68,21 @@ class AcceptanceModel:
 
     def __init__(self, acceptance: SpecAcceptance) -> None:
         self.alpha = acceptance.spec_acceptance_rate
+        self.beta = acceptance.beta_parameters()
         self.draft_rate = acceptance.spec_draft_rate
         self.seed = acceptance.spec_seed
         self._streams: weakref.WeakKeyDictionary[Request, np.random.Generator] = weakref.WeakKeyDictionary()
+        self._alphas: weakref.WeakKeyDictionary[Request, float] = weakref.WeakKeyDictionary()
+
+    def alpha_of(self, req: Request) -> float:
+        """The request's own alpha: drawn once from its own stream (apart from its acceptance draws) under a spread."""
+        if self.beta is None:
+            return self.alpha
+        alpha = self._alphas.get(req)
+        if alpha is None:
+            rng = np.random.default_rng([self.seed, zlib.crc32(req.request_id.encode()), 1])
+            alpha = self._alphas[req] = float(rng.beta(*self.beta))
+        return alpha
 
     def _stream(self, req: Request) -> np.random.Generator:
         stream = self._streams.get(req)
@@ -67,7 +96,7 @@ class AcceptanceModel:
 
     def num_accepted(self, req: Request, k: int) -> int:
         """Drafts accepted of `k`: the leading run of k uniform draws below alpha."""
-        return int(np.cumprod(self._stream(req).random(k) < self.alpha).sum())
+        return int(np.cumprod(self._stream(req).random(k) < self.alpha_of(req)).sum())
 
 
 @dataclass(frozen=True)
@@ -117,43 +146,83 @@ class SimProposer:
         return proposals
 
 
-def draft_model_time(draft_cost_model: CostModel, proposals: list[Proposal]) -> float:
-    """A draft model's forward steps for a step's proposals (their host overhead is the target step's).
+def draft_step_shape(contexts: Sequence[int], fed: Sequence[int],
+                     attention: AttentionConfig = AttentionConfig()) -> StepShape:
+    """One draft forward step as the cost model sees it: row i holds `contexts[i]` tokens and takes `fed[i]` new ones.
+
+    A row taking several tokens runs as a prompt chunk, one taking one as a decode (grouped and padded as
+    `attention`, the engine's, groups them); each row takes logits at its last token only (the draft's argmax),
+    so every row is one LM-head row and nothing is sampled beyond it.
+    """
+    chunks = [(c, n) for c, n in zip(contexts, fed) if n > 1]
+    decodes = [c + 1 for c, n in zip(contexts, fed) if n == 1]
+    keys, groups = decode_layout(decodes, attention.decode_padding_ratio)
+    if not attention.call_per_decode_group:
+        groups = int(bool(decodes))
+    return StepShape(num_prefill_tokens=sum(n for _, n in chunks),
+                     prefill_attended_pairs=sum(n * (c + (n + 1) / 2) for c, n in chunks),
+                     prefill_context_tokens=sum(c + n for c, n in chunks), num_decodes=len(decodes),
+                     decode_context_tokens=sum(decodes), num_sampling=len(contexts), num_prefill_seqs=len(chunks),
+                     decode_key_tokens=keys, num_decode_groups=groups)
+
+
+def draft_step_shapes(proposals: Sequence[Proposal], attention: AttentionConfig = AttentionConfig()) -> list[StepShape]:
+    """The draft model's forward steps for a step's proposals, as `DraftModelProposer` runs them.
 
     Forward step j runs every request proposing more than j drafts: the first takes each one's unseen
     tokens (a prompt chunk after a prefill, one or two tokens after a verification), the later ones one
-    token each; each is a step of the draft model's shape through the same cost model (the target's efficiency).
+    token each.
     """
-    t = 0.0
+    shapes = []
     for j in range(max((p.num_drafts for p in proposals), default=0)):
         rows = [p for p in proposals if p.num_drafts > j]
-        decodes = [p.context + p.num_fed + j for p in rows if j or p.num_fed == 1]
-        chunks = [p for p in rows if not j and p.num_fed > 1]
-        t += draft_cost_model.step_time(
-            num_prefill_tokens=sum(p.num_fed for p in chunks),
-            prefill_attended_pairs=sum(p.num_fed * (p.context + (p.num_fed + 1) / 2) for p in chunks),
-            prefill_context_tokens=sum(p.context + p.num_fed for p in chunks),
-            num_decodes=len(decodes),
-            decode_context_tokens=sum(decodes),
-            num_sampling=len(rows),
-            num_prefill_seqs=len(chunks),
-        )
-    return t
+        shapes.append(draft_step_shape([p.context + (p.num_fed + j - 1 if j else 0) for p in rows],
+                                       [1 if j else p.num_fed for p in rows], attention))
+    return shapes
+
+
+def draft_efficiency(target: Efficiency, draft_layers: int, target_layers: int) -> Efficiency:
+    """The efficiency a draft model's forward steps run at, from the target's calibrated one.
+
+    Same device and kernels, so the same fractions of peak. A draft step runs no scheduler and no sampler
+    (an argmax over its rows' logits, which the LM head's roofline prices): its fixed cost is the measured
+    `draft_step_overhead_s`, not the target step's, and no per-sequence, grammar, adapter, proposer or
+    new-shape term applies. The per-token, per-chunk and per-decode-group terms are work done in every layer
+    (norms and activations, one attention call per chunk or group per layer), so they scale with the draft's
+    share of the layers.
+    """
+    share = draft_layers / target_layers
+    return replace(target, step_overhead_s=target.draft_step_overhead_s, token_overhead_s=target.token_overhead_s * share,
+                   chunk_overhead_s=target.chunk_overhead_s * share,
+                   decode_group_overhead_s=target.decode_group_overhead_s * share, sequence_overhead_s=0.0,
+                   structured_overhead_s=0.0, lora_segment_overhead_s=0.0, new_shape_overhead_s=0.0,
+                   proposer_overhead_s=0.0)
+
+
+def draft_model_time(draft_cost_model: CostModel, proposals: Sequence[Proposal],
+                     attention: AttentionConfig = AttentionConfig()) -> float:
+    """A draft model's forward steps for a step's proposals, each through its cost model (`draft_efficiency`)."""
+    return sum(draft_cost_model.step_time(*shape) for shape in draft_step_shapes(proposals, attention))
 
 
 class SimSpeculation:
     """A simulated replica's speculation: its proposer (given to the scheduler's `Speculator`), the acceptance
     draws of each verification, and the drafting cost of each step."""
 
-    def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None) -> None:
-        """`draft_cost_model`: the draft model's shape on the target's deployment; None: n-gram proposals."""
+    def __init__(self, acceptance: SpecAcceptance, draft_cost_model: CostModel | None = None,
+                 attention: AttentionConfig = AttentionConfig()) -> None:
+        """`draft_cost_model`: the draft model's shape on the target's deployment, at its `draft_efficiency`;
+        None: n-gram proposals. `attention`: how the engine groups the draft's decodes (the target's config)."""
         self.acceptance = AcceptanceModel(acceptance)
         self.proposer = SimProposer(self.acceptance)
         self.draft_cost_model = draft_cost_model
+        self.attention = attention
 
     def draft_model_time(self, proposals: list[Proposal]) -> float:
         """The draft model's forward steps for this step's proposals (0 for n-gram lookups)."""
-        return 0.0 if self.draft_cost_model is None else draft_model_time(self.draft_cost_model, proposals)
+        if self.draft_cost_model is None:
+            return 0.0
+        return draft_model_time(self.draft_cost_model, proposals, self.attention)
 
     def sampled_tokens(self, batch: ScheduledBatch) -> list[list[int]] | None:
         """Per row: one synthetic token, or a verification's accepted drafts plus one; None without drafts."""

@@ -9,6 +9,7 @@ model's argmax, so they are deterministic and the verifier's one-hot rejection r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,15 @@ class _DraftSequence:
 
     computed: list[int] = field(default_factory=list)
     block_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DraftForward:
+    """One measured forward step of the draft model: per row, the tokens it held and the new ones it took."""
+
+    contexts: list[int]
+    fed: list[int]
+    seconds: float
 
 
 def check_draft_vocab(target: ModelConfig, draft: ModelConfig, draft_name: str) -> None:
@@ -62,6 +72,8 @@ class DraftModelProposer:
         self.kv_caches = allocate_kv_cache(config, num_blocks, block_size, model.dtype, device)
         self.pool = BlockPool(num_blocks)
         self._sequences: dict[Request, _DraftSequence] = {}
+        self.forward_log: list[DraftForward] | None = None
+        """`calibrate` sets a list to have each forward step recorded (its shape and seconds); None: not recorded."""
 
     @torch.inference_mode()
     def propose(self, requests: Sequence[Request], k: Sequence[int]) -> list[list[int]]:
@@ -92,13 +104,18 @@ class DraftModelProposer:
 
     def _forward(self, seqs: list[_DraftSequence], feeds: list[list[int]]) -> list[int]:
         """Run the draft over each sequence's new tokens; the argmax after each one's last token."""
+        start = time.perf_counter()
         positions, meta = AttentionMetadata.of_rows([seq.block_ids for seq in seqs], [len(seq.computed) for seq in seqs],
                                                     [len(fed) for fed in feeds], self.block_size, self.device,
                                                     self.attention)
         ids = [token for fed in feeds for token in fed]
         hidden = self.model(torch.tensor(ids, dtype=torch.long, device=self.device), positions, self.kv_caches, meta)
         last = [q - 1 for q in meta.query_start_loc[1:]]
-        return self.model.compute_logits(hidden[last]).argmax(dim=-1).tolist()
+        tokens = self.model.compute_logits(hidden[last]).argmax(dim=-1).tolist()  # the host read waits for the device
+        if self.forward_log is not None:
+            self.forward_log.append(DraftForward([len(seq.computed) for seq in seqs], [len(fed) for fed in feeds],
+                                                 time.perf_counter() - start))
+        return tokens
 
     def _fit(self, seq: _DraftSequence, num_tokens: int) -> bool:
         """Size the sequence's blocks to `num_tokens` positions; False (nothing taken) if the pool is short."""
