@@ -21,10 +21,12 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     observed = [json.loads(line) for line in steps.read_text().splitlines()]
     assert max(o["num_lora_segments"] for o in observed) == 2 and sum(o["num_lora_loads"] for o in observed) >= 2
     assert any(o["num_lora_segments"] == 0 for o in observed)  # the base steps the LoRA terms are measured against
+    assert sum(o["num_wakeups"] for o in observed) == 9  # prefills after the engine idled: wakeup_overhead_s
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
     hw = get_hardware(str(profile))
-    assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s"}
+    assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s",
+                               "wakeup_overhead_s"}
     assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", str(profile), "-q",
                  "--kv-cache-memory", "64MiB", "--num-requests", "40", "--rate", "8",
                  "--input-len", "uniform:16:200", "--output-len", "uniform:8:48", "--json", str(result),

@@ -30,7 +30,7 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, context
 
 
 def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int = 0,
-              config: AttentionConfig = AttentionConfig()):
+              config: AttentionConfig = AttentionConfig(), attn: PagedAttention | None = None):
     """Cache each (context, new) sequence's context by hand, then attend its new tokens in one call."""
     g = torch.Generator().manual_seed(seed)
     free = list(range(64))
@@ -53,7 +53,7 @@ def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int 
         expected.append(reference(q, keys, values, context, scale, window))
     meta = AttentionMetadata(slot_mapping=torch.cat(slots), query_start_loc=qsl, context_lens=[c for c, _ in seqs],
                              block_tables=tables, block_size=BLOCK, config=config)
-    attn = PagedAttention(HEADS, KV_HEADS, HEAD_DIM, sliding_window=window)
+    attn = attn or PagedAttention(HEADS, KV_HEADS, HEAD_DIM, sliding_window=window)
     k_new = torch.cat(ks)
     out = attn.forward(torch.cat(qs), k_new, torch.cat(vs), (k_cache, v_cache), meta, scale)
     assert torch.equal(flat_k[meta.slot_mapping], k_new)  # new keys landed at their slots
@@ -85,6 +85,19 @@ def test_decodes_of_similar_length_share_one_sdpa_call(monkeypatch, ratio, rows_
     out, expected = run_batch([(20, 1), (24, 1), (2, 1), (22, 1)], config=AttentionConfig(ratio))
     assert sorted(shape[0] for shape in calls) == rows_per_call
     assert (out - expected).abs().max() < 1e-5
+
+
+def test_decode_gathers_reuse_their_buffers_across_calls_of_any_shape():
+    """The CPU decode path copies K/V into buffers it keeps: calls of growing and shrinking groups stay exact,
+    and a call that fits the buffers allocates none."""
+    attn = PagedAttention(HEADS, KV_HEADS, HEAD_DIM)
+    for seed, seqs in enumerate([[(20, 1), (22, 1)], [(30, 1), (31, 1), (29, 1), (5, 1)], [(3, 1)], MIXED]):
+        out, expected = run_batch(seqs, seed=seed, attn=attn)
+        assert (out - expected).abs().max() < 1e-5
+    buffers = [b.data_ptr() for b in attn._gather_buffers]
+    out, expected = run_batch([(8, 1), (9, 1)], seed=9, attn=attn)
+    assert (out - expected).abs().max() < 1e-5
+    assert [b.data_ptr() for b in attn._gather_buffers] == buffers
 
 
 def test_metadata_with_inconsistent_lengths_is_rejected():

@@ -130,6 +130,37 @@ def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_c
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
+def test_the_kv_bandwidth_ratio_prices_decode_keys_apart_from_the_prompt_attention(deployment: Deployment) -> None:
+    """A CPU gathers K/V at a third of the weights' rate: the grid's decode batches at short, 512 and 2048-token
+    contexts pin what a decode key costs apart from the per-row and per-step terms and from prefill attention."""
+    truth = Efficiency(**{**TRUE.to_dict(), "kv_bandwidth_ratio": 0.3})
+    shapes = _grid()
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+    def key_cost(eff: Efficiency) -> float:  # what 64 rows' extra 1,536 keys each cost
+        long, short = (StepShape(0, 0, 0, 64, 64 * c, 64, 0, 64 * c) for c in (2048, 512))
+        return float(np.diff(predict(deployment, eff, [Observation(short, 1), Observation(long, 1)]))[0])
+
+    assert key_cost(fitted) == pytest.approx(key_cost(truth), rel=0.05)
+    assert key_cost(truth) > 2 * key_cost(TRUE)  # the ratio matters here: a fit without it could not match
+
+
+def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:
+    """As calibrate measures it: a few prompt chunks after the engine idled, beside the same chunks back to back."""
+    shapes = _grid()
+    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
+        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    assert plain.wakeup_overhead_s == 0.0  # no step followed an idle engine: the term stays off
+    truth = Efficiency(**{**TRUE.to_dict(), "wakeup_overhead_s": 1e-2})
+    shapes += [s._replace(num_wakeups=1) for s in shapes[:3]] * 3  # prefills of 16, 64, 256 tokens, 3 times each
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fitted.wakeup_overhead_s == pytest.approx(1e-2, rel=0.25)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+
 def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment: Deployment) -> None:
     """calibrate --speculative-config: small decode batches look drafts up for every row, large ones for none
     (above max_batch_size), so the per-proposal overhead separates from the per-row one."""

@@ -83,6 +83,26 @@ def test_decode_time_grows_with_context_through_kv_reads() -> None:
     assert extra == pytest.approx(32 * (4096 - 512) * kv_bytes_per_token / bandwidth(), rel=0.02)
 
 
+def test_kv_reads_cost_their_bytes_at_the_kv_bandwidth_ratio() -> None:
+    """A CPU's K/V gather: each decode key (and each cached context token of a chunk) costs its bytes at
+    `kv_bandwidth_ratio` x the weights' bandwidth, nothing else changes."""
+    eff = Efficiency(kv_bandwidth_ratio=0.25)
+    cm = CostModel(Deployment(model=LLAMA_8B, hardware=H100), eff)
+    kv_bytes_per_token = 2 * LLAMA_8B.num_layers * LLAMA_8B.num_kv_heads * LLAMA_8B.head_dim * 2
+    extra = decode_step(cm, 32, 4096) - decode_step(cm, 32, 512)
+    assert extra == pytest.approx(32 * (4096 - 512) * kv_bytes_per_token / (0.25 * bandwidth()), rel=0.02)
+    assert decode_step(cm, 32, 1) - decode_step(cost_model(), 32, 1) < 0.01 * decode_step(cm, 32, 1)
+
+    def chunk(model: CostModel, context: int) -> float:
+        return model.step_time(num_prefill_tokens=16, prefill_attended_pairs=16 * (context + 17 / 2),
+                               prefill_context_tokens=context + 16, num_sampling=1)
+
+    extra = chunk(cm, 8192) - chunk(cm, 1024)
+    assert extra == pytest.approx((8192 - 1024) * kv_bytes_per_token / (0.25 * bandwidth()), rel=0.02)
+    with pytest.raises(ValueError, match="kv_bandwidth_ratio"):
+        Efficiency(kv_bandwidth_ratio=0)
+
+
 def test_int4_weights_decode_faster_in_proportion_to_bytes() -> None:
     bf16, int4 = cost_model(weight_dtype="bf16"), cost_model(weight_dtype="int4")
     assert int4.deployment.weight_bytes_per_gpu() < 0.3 * bf16.deployment.weight_bytes_per_gpu()

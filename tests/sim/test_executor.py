@@ -80,3 +80,14 @@ def test_the_simulator_charges_a_new_token_count_once() -> None:
     plain = cost.step_time(*step_shape(batch))
     first, second = executor.execute(batch).duration, executor.execute(batch).duration
     assert (first, second) == (pytest.approx(plain + 0.25), pytest.approx(plain))
+
+
+def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() -> None:
+    cost = CostModel(Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32"),
+                     Efficiency(wakeup_overhead_s=0.125, time_scale=2.0))
+    executor = SimExecutor(cost)
+    batch = SimBatch(requests=[_decoding("a", 99)], num_tokens=[1], num_computed=[99])
+    plain = cost.step_time(*step_shape(batch))
+    executor.wake()
+    woken, after = executor.execute(batch).duration, executor.execute(batch).duration
+    assert (woken, after) == (pytest.approx(plain + 2.0 * 0.125), pytest.approx(plain))

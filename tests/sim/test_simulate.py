@@ -75,6 +75,23 @@ def test_single_server_fifo_queue_matches_md1(md1_service_time: float, rho: floa
     assert result.simulated_s == pytest.approx(max(r.finish_time for r in records))
 
 
+def test_a_request_that_wakes_an_idle_server_pays_the_wakeup_once(md1_service_time: float) -> None:
+    """The M/D/1 queue again, with `wakeup_overhead_s` = w: a request arriving to an empty server is served in
+    S + w, one arriving while another is served in S (Lindley's recursion with that service time)."""
+    S, w = md1_service_time, 0.4 * md1_service_time
+    setup = resolve(ClusterConfig(), scheduler_config("sarathi", max_num_seqs=1),
+                    MD1_SETUP["cache"], Efficiency(wakeup_overhead_s=w))
+    spec = WorkloadSpec(num_requests=2000, rate=0.6 / S, seed=1, **MD1_SHAPE)
+    records = by_id(simulate(setup, synthetic_requests(spec)))
+    finish, woke = 0.0, 0
+    for r in records:
+        idle = r.arrival_time > finish
+        woke += idle
+        finish = max(r.arrival_time, finish) + S + w * idle
+        assert r.finish_time == pytest.approx(finish, rel=1e-9)
+    assert 0 < woke < len(records)  # both kinds of arrival occurred
+
+
 # ---------------------------------------------------------------------------- determinism and accounting
 
 

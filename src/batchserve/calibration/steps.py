@@ -43,6 +43,9 @@ from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
 _ids = itertools.count()
+WAKEUP_IDLE_S = 0.1
+"""How long the engine sits idle before each wake-up step: as between a lightly loaded server's requests, and well
+past the milliseconds a CPU GEMM library's worker threads spin before they sleep."""
 
 
 def _prompt(rng: np.random.Generator, vocab: int, n: int) -> list[int]:
@@ -119,6 +122,15 @@ def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tup
             yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
 
 
+def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3) -> Iterator[list[Entry]]:
+    """Single prompt chunks, each run after the engine idled: beside the back-to-back prefills of the same sizes
+    (`calibration_phases`), they fit `wakeup_overhead_s`, which most first tokens of a lightly loaded server pay."""
+    rng = np.random.default_rng(seed)
+    for n in (16, 64, 256):
+        for _ in range(repeats):
+            yield [(_prompt(rng, vocab, n), 1, 0)]
+
+
 def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
                 prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry], list[int]]]:
     """(label, requests, adapter ids: request i runs under ids[i % len]) groups of prompt chunks and decode
@@ -149,8 +161,12 @@ def speculation_phases(vocab: int, max_batch: int, seed: int = 3) -> Iterator[li
 
 def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, keep: bool = True,
                  grammar: tuple[StructuredOutputManager, StructuredOutputsParams] | None = None,
-                 adapters: Sequence[int] = ()) -> list[Observation]:
+                 adapters: Sequence[int] = (), idle_s: float = 0.0) -> list[Observation]:
     """Run requests to completion, adding each at its step; each step's shape and wall time (scheduling included).
+
+    `idle_s` > 0: whenever requests arrive to an idle engine, it first sleeps that long, as a serving loop waits
+    for its next request, and the step is timed from when they were due (the loop's sleep overshoot included,
+    as a request's TTFT includes it) and marked as a wake-up.
 
     `seen`: the token counts the engine ran before (updated), so a step whose count is new is marked as such.
     With `grammar`, every request runs under that constraint (registered with the engine's manager); with
@@ -163,6 +179,10 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
     observations = []
     step = 0
     while arrivals or engine.has_unfinished():
+        wakeup = idle_s > 0 and not engine.has_unfinished()
+        if wakeup:
+            due = time.perf_counter() + idle_s
+            time.sleep(idle_s)
         while arrivals and arrivals[-1][0] <= step:
             i = arrivals.pop()[1]
             prompt, out, _ = entries[i]
@@ -176,7 +196,7 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
         loads = lora.num_slot_loads if lora is not None else 0
         proposals = speculator.num_proposals if speculator is not None else 0
         drafted = len(draft_log) if draft_log is not None else 0
-        t = time.perf_counter()
+        t = due if wakeup else time.perf_counter()
         step_out = engine.step()
         seconds = time.perf_counter() - t
         if draft_log is not None:
@@ -185,7 +205,7 @@ def record_steps(engine: Engine, entries: list[Entry], seen: SeenTokenCounts, ke
             loads = lora.num_slot_loads - loads if lora is not None else 0
             proposals = speculator.num_proposals - proposals if speculator is not None else 0
             shape = step_shape(step_out.batch, engine.executor.attention, num_lora_loads=loads, seen=seen,
-                               num_proposals=proposals)
+                               num_proposals=proposals, num_wakeups=int(wakeup))
             if keep:
                 observations.append(Observation(shape, seconds))
         step += 1
@@ -263,6 +283,8 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         for i, (phase, entries) in enumerate(phases):
             observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
             progress.update(i + 1, f"{phase}, {len(observations)} steps")
+    for entries in wakeup_phases(llm.model_config.vocab_size):
+        observations += record_steps(llm.engine, entries, seen, idle_s=WAKEUP_IDLE_S)
     if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):

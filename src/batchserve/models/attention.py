@@ -235,6 +235,7 @@ class PagedAttention:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.group = num_heads // num_kv_heads
         self.sliding_window = sliding_window
+        self._gather_buffers: list[torch.Tensor | None] = [None, None]  # decode keys, values: see _gather
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
                 meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata, scale: float) -> torch.Tensor:
@@ -294,11 +295,29 @@ class PagedAttention:
         d, length = key_slots.shape
         flat = key_slots.reshape(-1)
         # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.
-        keys = k_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        values = v_cache.index_select(0, flat).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        keys = self._gather(k_cache, flat, 0).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        values = self._gather(v_cache, flat, 1).view(d, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         queries = q.reshape(d, self.num_kv_heads, self.group, self.head_dim)
         out = _sdpa(queries, keys.to(q.dtype), values.to(q.dtype), key_mask, scale)
         return out.reshape(d, self.num_heads, self.head_dim)
+
+    def _gather(self, cache: torch.Tensor, slots: torch.Tensor, which: int) -> torch.Tensor:
+        """cache[slots]; on a CPU, eagerly, copied into a buffer this backend reuses (`which`: 0 keys, 1 values).
+
+        A fresh tensor as large as a big decode group's K/V (64 rows x 2k keys of SmolLM2: 100 MB a layer) is
+        mapped and page-faulted anew on every call, which cost 7x the copy itself on a CPU. Eager calls run in
+        order, so a buffer is free again once the call that filled it has attended. CUDA's caching allocator
+        already reuses memory, and a compiled graph plans its own buffers.
+        """
+        if cache.is_cuda or torch.compiler.is_compiling():
+            return cache.index_select(0, slots)
+        shape = (slots.numel(), *cache.shape[1:])
+        size = shape[0] * cache[0].numel()
+        buffer = self._gather_buffers[which]
+        if buffer is None or buffer.numel() < size or buffer.dtype != cache.dtype:
+            # keys grow by a row's worth each step: a quarter of headroom spares most reallocations
+            buffer = self._gather_buffers[which] = torch.empty(size + size // 4, dtype=cache.dtype)
+        return torch.index_select(cache, 0, slots, out=buffer[:size].view(shape))
 
     def _prefill(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  mask: torch.Tensor, scale: float) -> torch.Tensor:

@@ -19,18 +19,22 @@ import numpy as np
 from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
-# Fitted fields: fractions of peak in (0, 1], overheads >= 0.
+# Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
+RATIOS = ("kv_bandwidth_ratio",)
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
-             "proposer_overhead_s")
+             "proposer_overhead_s", "wakeup_overhead_s")
 # Terms that act only on some steps, and the StepShape field that says a step has them.
 CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
                "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
-               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals"}
+               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals",
+               "wakeup_overhead_s": "num_wakeups"}
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
+_RATIO_RANGE = 5.0  # a fitted ratio stays within exp(+-this)
+_GATHER_START_RATIO = 0.1  # the second start's kv_bandwidth_ratio: SmolLM2's K/V gather on a CPU fitted ~0.1
 _SCALE = 0.2  # log-ratio errors well under this count quadratically, far larger ones only logarithmically
 
 
@@ -66,14 +70,18 @@ def fitted_fields(observations: Sequence[Observation], moe: bool = False, quanti
     segments) only when some step has it, the expert term only on an MoE model and the dequantization term
     only on a quantized one (without them it has no effect on the loss, and the fit would leave it anywhere)."""
     present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
-    return tuple(n for n in FRACTIONS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
+    return tuple(n for n in FRACTIONS + RATIOS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
                  and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED))
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
-    x = np.clip(x, np.log(_TINY) - 1, 2.0)
-    values = {name: float(min(1.0, np.exp(v))) if name in FRACTIONS else float(np.exp(v)) if v > np.log(_TINY)
-              else 0.0 for name, v in zip(names, x)}
+    values = {}
+    for name, v in zip(names, x):
+        if name in RATIOS:
+            values[name] = float(np.exp(np.clip(v, -_RATIO_RANGE, _RATIO_RANGE)))
+            continue
+        v = np.clip(v, np.log(_TINY) - 1, 2.0)
+        values[name] = float(min(1.0, np.exp(v))) if name in FRACTIONS else float(np.exp(v)) if v > np.log(_TINY) else 0.0
     return replace(base, **values)
 
 
@@ -94,20 +102,29 @@ def fit_efficiency(
         predicted = predict(deployment, _decode(x, start, names), observations)
         return float(np.mean(np.log1p(((np.log(predicted) - measured) / _SCALE) ** 2)))
 
-    # Start from the defaults, but with overheads of the size the data suggests.
-    x0 = _encode(replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
-                         token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
-                         dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4,
-                         proposer_overhead_s=1e-5), names)
-    best = x0
-    for _ in range(6):  # restart from the best point with a fresh simplex: NM stalls in 7 dimensions
-        previous = loss(best)
-        best = nelder_mead(loss, best, step=0.5)
-        if previous - loss(best) < 1e-6:
-            break
+    # Start from the defaults, but with overheads of the size the data suggests; and once more with K/V read
+    # as a CPU's gather reads it: from in-place reads the fit can slide into pricing decode keys by attention
+    # FLOPs instead (a local minimum the prompt steps' attention then pays for).
+    x0 = replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
+                 token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
+                 dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4,
+                 proposer_overhead_s=1e-5, wakeup_overhead_s=1e-4)
+    starts = [x0, replace(x0, kv_bandwidth_ratio=_GATHER_START_RATIO)]
+    best = min((_descend(loss, _encode(s, names)) for s in starts), key=loss)
     fitted = _decode(best, start, names)
     # a dense model's steps cannot see the expert term: its profile prices experts as its other GEMMs
     return fitted if "expert_flops" in names else replace(fitted, expert_flops=fitted.gemm_flops)
+
+
+def _descend(loss: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:
+    """Nelder-Mead from x, restarted from the best point with a fresh simplex while it improves (NM stalls in
+    7+ dimensions)."""
+    for _ in range(6):
+        previous = loss(x)
+        x = nelder_mead(loss, x, step=0.5)
+        if previous - loss(x) < 1e-6:
+            break
+    return x
 
 
 def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 1.0, iters: int = 1000,

@@ -83,7 +83,7 @@ class Cluster:
                 rejected.append((nxt.request_id, str(err)))
             else:
                 if not is_busy[idx]:
-                    engine.now = max(engine.now, t_arrival)
+                    engine.wake(t_arrival)
                     heapq.heappush(busy, (engine.now, idx))
                     is_busy[idx] = True
             nxt = next(arrivals, None)

@@ -40,6 +40,11 @@ class Efficiency:
     expert_flops: float = 0.70
     """An MoE layer's routed-expert GEMMs reach this fraction of peak FLOP/s: each runs on its tokens only, after
     the dispatch's sort and gather (`calibrate` fits it on an MoE model; dense models leave it unused)."""
+    kv_bandwidth_ratio: float = 1.0
+    """Attention reads the KV cache at this multiple of `memory_bandwidth`'s rate: decode keys (padding included)
+    and a prompt chunk's cached context. 1 on paged GPU kernels, which read in place; the plain-torch CPU backend
+    first gathers each row's blocks into a contiguous copy, so a key costs more than a weight byte and `calibrate`
+    fits the ratio from decode batches whose keys vary apart from their rows."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -68,6 +73,11 @@ class Efficiency:
     decode_group_overhead_s: float = 0.0
     """Cost per decode group in a step beyond its keys: the plain-torch backend gathers each group's K/V and runs
     one attention call for it in every layer (`attention_layout.decode_groups`)."""
+    wakeup_overhead_s: float = 0.0
+    """Cost of a step that starts when the engine had been idle (a request arrived to an empty engine), beyond the
+    same step run back to back: the serving loop's sleep overshoot, waking the CPU and the GEMM library's parked
+    worker threads, cold caches. Most first tokens of a lightly loaded server pay it; `calibrate` measures it by
+    sleeping before some steps."""
     proposer_overhead_s: float = 0.0
     """Speculative decoding: host cost per request proposing drafts in a step (an n-gram lookup; a draft
     model's input preparation beyond its forward steps, which the draft's own shape prices)."""
@@ -82,9 +92,9 @@ class Efficiency:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "time_scale":
+            if f.name in ("time_scale", "kv_bandwidth_ratio"):
                 if not value > 0:
-                    raise ValueError(f"time_scale must be > 0, got {value}")
+                    raise ValueError(f"{f.name} must be > 0, got {value}")
             elif f.name.endswith("overhead_s"):
                 if not value >= 0:
                     raise ValueError(f"{f.name} must be >= 0, got {value}")
@@ -125,6 +135,8 @@ class StepShape(NamedTuple):
     num_draft_logits: int = 0
     """Speculative decoding: logits rows of verified drafts, beyond one per verifying request. They cost LM-head
     rows only: the request is sampled once (`sequence_overhead_s`), its k + 1 rows in one vectorised pass."""
+    num_wakeups: int = 0
+    """1 when the step starts on an engine that had been idle (`wakeup_overhead_s`), else 0."""
 
 
 class CostModel:
@@ -143,6 +155,7 @@ class CostModel:
         activation_dtype = "bf16" if hw.supports("bf16") and d.compute_dtype != "fp32" else d.compute_dtype
         self.attn_flops = hw.peak_flops[activation_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
+        self.kv_bandwidth = self.bandwidth * eff.kv_bandwidth_ratio
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -186,6 +199,7 @@ class CostModel:
         self.dequant_overhead = eff.dequant_overhead_s / 1e6  # per weight
         self.new_shape_overhead = eff.new_shape_overhead_s
         self.decode_group_overhead = eff.decode_group_overhead_s
+        self.wakeup_overhead = eff.wakeup_overhead_s
 
     # ---- operators ------------------------------------------------------------
 
@@ -224,8 +238,9 @@ class CostModel:
     def prefill_attention_time(self, num_tokens: int, attended_pairs: float, context_tokens: int) -> float:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
         flops = 4.0 * self.head_dim * self.heads * attended_pairs
-        nbytes = context_tokens * self.kv_bytes_per_token + 2 * num_tokens * self.heads * self.head_dim * self.ab
-        return max(flops / self.attn_flops, nbytes / self.bandwidth)
+        nbytes = 2 * num_tokens * self.heads * self.head_dim * self.ab
+        return max(flops / self.attn_flops, nbytes / self.bandwidth + context_tokens * self.kv_bytes_per_token
+                   / self.kv_bandwidth)
 
     def decode_attention_time(self, num_decodes: int, key_tokens):
         """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly.
@@ -233,8 +248,9 @@ class CostModel:
         Padded keys cost like real ones: the plain-torch backend gathers and attends them (masked).
         """
         flops = 4.0 * self.head_dim * self.heads * key_tokens
-        nbytes = key_tokens * self.kv_bytes_per_token + 2 * num_decodes * self.heads * self.head_dim * self.ab
-        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth)
+        nbytes = 2 * num_decodes * self.heads * self.head_dim * self.ab
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + key_tokens * self.kv_bytes_per_token
+                          / self.kv_bandwidth)
 
     def lora_time(self, num_tokens: int, num_segments: int, num_loads: int) -> float:
         """Adapter deltas of `num_tokens` rows in `num_segments` segments, after `num_loads` slot copies.
@@ -293,6 +309,7 @@ class CostModel:
         num_decode_groups: int = 0,
         num_proposals: int = 0,
         num_draft_logits: int = 0,
+        num_wakeups: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -320,6 +337,7 @@ class CostModel:
             + self.new_shape_overhead * num_new_shapes
             + self.decode_group_overhead * num_decode_groups
             + self.proposer_overhead * num_proposals
+            + self.wakeup_overhead * num_wakeups
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,

@@ -19,6 +19,13 @@ class SimEngine(Engine):
         super().__init__(scheduler, executor, track_token_times)
         self.num_iterations = 0  # step() calls that ran a batch; fewer than num_steps when runs are fast-forwarded
 
+    def wake(self, at: float) -> None:
+        """A request arrives at `at` to this replica, which had no work: its clock moves there, and if it idled
+        (`at` is later than its last step's end) its next step pays the wake-up."""
+        if at > self.now:
+            self.now = at
+            self.executor.wake()
+
     def step(self, until: float = _INF) -> StepOutput:
         """Run one step, or a fast-forwarded run of decode steps that all start before `until`.
 

@@ -21,7 +21,7 @@ from .speculation import SimSpeculation
 def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConfig(), num_lazy_decodes: int = 0,
                lazy_decode_context: int = 0, lazy_adapters: Mapping[Hashable, int] | None = None,
                num_lora_loads: int = 0, cohort: DecodeCohort | None = None,
-               seen: SeenTokenCounts | None = None, num_proposals: int = 0) -> StepShape:
+               seen: SeenTokenCounts | None = None, num_proposals: int = 0, num_wakeups: int = 0) -> StepShape:
     """What the cost model needs of a one-step batch: prompt chunks, decodes, contexts, sampled rows, adapters.
 
     `num_lazy_decodes` decodes attending to `lazy_decode_context` tokens in all
@@ -34,7 +34,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     `num_lora_loads`: adapters copied into a slot for this step (the slot table
     knows, not the batch). `seen`: the token counts run before, to mark (and
     record) a step whose count is new. `num_proposals`: requests whose drafts
-    were looked up this step (the speculator knows: some found none).
+    were looked up this step (the speculator knows: some found none). `num_wakeups`: 1 if the step starts
+    on an engine that had been idle (the serving loop knows, not the batch).
     """
     prefill_tokens = prefill_context = num_sampling = num_chunks = num_constrained = draft_logits = 0
     attended = 0.0
@@ -74,7 +75,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads, new, num_groups, num_proposals, draft_logits)
+                     num_lora_loads, new, num_groups, num_proposals, draft_logits, num_wakeups)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -84,6 +85,9 @@ def step_adapters(batch: SimBatch) -> set[Hashable]:
 
 class DecodeRunExecutor(Executor, Protocol):
     """An executor that can run a SimBatch's `num_steps` decode steps at once."""
+
+    def wake(self) -> None:
+        """The replica had been idle: its next step pays the wake-up (`Efficiency.wakeup_overhead_s`)."""
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         """How many (at most `limit`) decode steps of this batch may run back to back, all starting within `horizon_s`."""
@@ -99,19 +103,25 @@ class SimExecutor:
         self.slots = SlotTable(max_loras) if max_loras else None
         self.num_lora_loads = 0
         self.seen = SeenTokenCounts()  # the token counts this replica ran, as the engine's GEMM kernels know them
+        self.woken = False  # the next step is the first after the replica idled
+
+    def wake(self) -> None:
+        self.woken = True
 
     def execute(self, batch: SimBatch) -> StepResult:
         loads = self._load_adapters(batch)
+        wakeups, self.woken = int(self.woken), False
         if batch.num_steps > 1:
             cost = self.cost_model
-            first = cost.lora_load_time(loads) + cost.new_shape_overhead * self.seen.first_run(batch.num_lazy_decodes)
+            first = (cost.lora_load_time(loads) + cost.new_shape_overhead * self.seen.first_run(batch.num_lazy_decodes)
+                     + cost.wakeup_overhead * wakeups)
             offsets = self._decode_run(batch, batch.num_steps) + cost.time_scale * first
             return DecodeRunResult.from_offsets(offsets.tolist())
         spec = self.speculation
         proposals = spec.proposer.take_proposals() if spec is not None else []
         duration = self.cost_model.step_time(*step_shape(
             batch, self.attention, batch.num_lazy_decodes, batch.lazy_decode_context, batch.lazy_adapters, loads,
-            batch.cohort, self.seen, len(proposals)))
+            batch.cohort, self.seen, len(proposals), wakeups))
         if spec is None:
             return StepResult(duration)
         return StepResult(duration + spec.draft_model_time(proposals), spec.sampled_tokens(batch))
