@@ -38,6 +38,7 @@ def test_explicit_sizes_and_the_max_come_from_json_as_in_vllm():
     ({"cudagraph_capture_sizes": []}, "positive integers"),
     ({"cudagraph_capture_sizes": 8}, "a list of positive integers"),
     ({"max_cudagraph_capture_size": 0}, "positive integer"),
+    ({"inductor_compile_config": ["max_autotune"]}, "JSON object of inductor settings"),
 ])
 def test_bad_compilation_configs_say_what_is_wrong(value, message):
     with pytest.raises(ValueError, match=message):

@@ -121,6 +121,10 @@ class CompilationConfig:
     max_cudagraph_capture_size: int | None = None
     """The largest size captured: the default ladder ends there, sizes above it are dropped; None: max_num_seqs,
     at most 512."""
+    inductor_compile_config: dict[str, Any] | None = None
+    """Inductor settings for the compiled decode step (torch.compile's `options`), e.g. {"max_autotune": true,
+    "freezing": true} with weight_prepack=False on a CPU: inductor benchmarks its own GEMM kernels against
+    oneDNN's per shape (minutes more compiling; 1.18x the default compiled bf16 batch-1 step, bench/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         sizes = self.cudagraph_capture_sizes
@@ -131,6 +135,9 @@ class CompilationConfig:
         top = self.max_cudagraph_capture_size
         if top is not None and (not isinstance(top, int) or top < 1):
             raise ValueError(f"max_cudagraph_capture_size must be a positive integer, got {top!r}")
+        if self.inductor_compile_config is not None and not isinstance(self.inductor_compile_config, dict):
+            raise ValueError("inductor_compile_config must be a JSON object of inductor settings, e.g. "
+                             f'{{"max_autotune": true}}, got {self.inductor_compile_config!r}')
 
     @classmethod
     def of(cls, value: CompilationConfig | dict[str, Any] | str | None) -> CompilationConfig:

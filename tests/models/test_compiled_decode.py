@@ -113,6 +113,17 @@ def test_flex_backend_equals_eager_and_compiles_a_bounded_number_of_graphs(hf_mo
     assert flex == eager
 
 
+def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_eager(hf_model, kv_memory,
+                                                                                    eager) -> None:
+    """inductor_compile_config is torch.compile's options: freezing (weights as constants, unpacked linears)
+    keeps every token; a setting inductor lacks fails at construction, not at the first decode step."""
+    llm = engine(hf_model[1], False, kv_memory, weight_prepack=False,
+                 compilation_config={"inductor_compile_config": {"freezing": True}})
+    assert generate(llm) == eager
+    with pytest.raises(ValueError, match=r"unknown inductor option\(s\) \['max_autotuen'\]"):
+        engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": {"max_autotuen": True}})
+
+
 def test_the_default_is_eager(hf_model) -> None:
     llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     assert llm.llm_engine.model.compiled_decode is None

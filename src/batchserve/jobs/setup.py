@@ -56,6 +56,7 @@ class RunSetup:
     quantization_group_size: int = QuantizationConfig.group_size
     quantize_lm_head: bool = QuantizationConfig.quantize_lm_head
     deterministic: bool = False
+    weight_prepack: bool = True
     enforce_eager: bool = True
     compilation_config: str | None = None
     """--compilation-config as given (a JSON object); None: the default ladder."""
@@ -77,6 +78,7 @@ class RunSetup:
         return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
                 "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
+                "weight_prepack": self.weight_prepack,
                 "enforce_eager": self.enforce_eager, "compilation_config": self.compilation_config,
                 "attention_backend": self.attention_backend,
                 "speculative_config": self.speculative_config,

@@ -21,7 +21,8 @@ decode steps of any size without padding or graphs.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -32,7 +33,13 @@ class CompiledDecode:
     """A model's run_layers compiled for pure decode steps; call it with a step, get hidden states or None (eager)."""
 
     def __init__(self, run_layers: Callable[..., torch.Tensor], window: int | None, kv_caches: list[KVCache],
-                 capture_sizes: Sequence[int] = ()) -> None:
+                 capture_sizes: Sequence[int] = (), inductor_options: Mapping[str, Any] | None = None) -> None:
+        """`inductor_options`: inductor settings for the graph (torch.compile's `options`), checked here, not at
+        the first decode step."""
+        unknown = sorted(set(inductor_options or {}) - set(torch._inductor.list_options()))
+        if unknown:
+            raise ValueError(f"unknown inductor option(s) {unknown} in inductor_compile_config; see "
+                             "torch._inductor.list_options(), e.g. max_autotune, freezing")
         self.window = window
         self.capture_sizes = tuple(sorted(capture_sizes))
         """The flex backend's ladder of padded row counts; empty: the torch backend, no padding."""
@@ -46,8 +53,10 @@ class CompiledDecode:
         # the ladder's sizes compile one static graph each (dynamo's per-function limit must hold them all)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, len(self.capture_sizes) + 1)
-        self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True,
-                                mode="reduce-overhead" if self.cuda_graphs else None)
+        options = dict(inductor_options or {})
+        if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
+            options["triton.cudagraphs"] = True
+        self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True, options=options)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  meta: AttentionMetadata) -> torch.Tensor | None:

@@ -10,7 +10,8 @@ RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -175,13 +176,16 @@ class CausalLM(nn.Module):
                 return hidden
         return self.run_layers(input_ids, positions, kv_caches, meta)
 
-    def compile_decode(self, kv_caches: list[KVCache], capture_sizes: Sequence[int] = ()) -> None:
+    def compile_decode(self, kv_caches: list[KVCache], capture_sizes: Sequence[int] = (),
+                       inductor_options: Mapping[str, Any] | None = None) -> None:
         """Run pure decode steps compiled (models/compiled_decode.py), every other step eagerly.
 
         capture_sizes: the flex backend's ladder of padded batch sizes; the last block of kv_caches is
         then the padding rows' scratch block, which the caller never hands to a request.
+        inductor_options: torch.compile's `options` for the graph (CompilationConfig.inductor_compile_config).
         """
-        self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes)
+        self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes,
+                                              inductor_options)
 
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                    meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata) -> torch.Tensor:
