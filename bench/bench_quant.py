@@ -59,6 +59,8 @@ VARIANTS = {
     "int8 int8-head": {"dtype": "bfloat16", "quantization": "int8", "quantize_lm_head": True},
     "int4 int8-head": {"dtype": "bfloat16", "quantization": "int4", "quantize_lm_head": True},
     "bfloat16 deterministic": {"dtype": "bfloat16", "deterministic": True},
+    "bfloat16 compiled": {"dtype": "bfloat16", "enforce_eager": False},
+    "float32 compiled": {"dtype": "float32", "enforce_eager": False},
 }
 
 
