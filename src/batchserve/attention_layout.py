@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 ATTENTION_BACKENDS = ("torch", "flex")
+_Count = TypeVar("_Count")  # an int, or a numpy array of counts (one per step of a run)
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ class AttentionConfig:
         """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
         return 1.0 if self.backend == "flex" else self.decode_bucket_ratio
 
-    @property
-    def call_per_decode_group(self) -> bool:
-        """The torch backend gathers and attends each decode group in its own call; flex runs one kernel."""
-        return self.backend == "torch"
+    def decode_calls(self, groups: _Count) -> _Count:
+        """Attention calls per layer of decodes laid out in `groups` groups (an int or a numpy array): the torch
+        backend gathers and attends each group in its own call; flex runs one kernel for all of them."""
+        return groups if self.backend == "torch" else (groups > 0) * 1
 
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:

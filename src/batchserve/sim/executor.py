@@ -70,8 +70,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
         padded, num_groups = decode_layout(decode_keys, ratio)
         padded += lazy_decode_context
         num_groups += num_lazy_decodes > 0
-    if not attention.call_per_decode_group:
-        num_groups = int(num_decodes > 0)
+    num_groups = attention.decode_calls(num_groups)
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
@@ -139,8 +138,7 @@ class SimExecutor:
         """End offsets of a run of lazy-decode steps (the only kind the scheduler extends)."""
         adapters = batch.lazy_adapters
         keys, groups = batch.cohort.layout(self.attention.decode_padding_ratio, num_steps)
-        if not self.attention.call_per_decode_group:
-            groups = np.ones_like(groups)
+        groups = self.attention.decode_calls(groups)
         return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
                                                   groups)
 

@@ -157,13 +157,11 @@ def draft_step_shape(contexts: Sequence[int], fed: Sequence[int],
     chunks = [(c, n) for c, n in zip(contexts, fed) if n > 1]
     decodes = [c + 1 for c, n in zip(contexts, fed) if n == 1]
     keys, groups = decode_layout(decodes, attention.decode_padding_ratio)
-    if not attention.call_per_decode_group:
-        groups = int(bool(decodes))
     return StepShape(num_prefill_tokens=sum(n for _, n in chunks),
                      prefill_attended_pairs=sum(n * (c + (n + 1) / 2) for c, n in chunks),
                      prefill_context_tokens=sum(c + n for c, n in chunks), num_decodes=len(decodes),
                      decode_context_tokens=sum(decodes), num_sampling=len(contexts), num_prefill_seqs=len(chunks),
-                     decode_key_tokens=keys, num_decode_groups=groups)
+                     decode_key_tokens=keys, num_decode_groups=attention.decode_calls(groups))
 
 
 def draft_step_shapes(proposals: Sequence[Proposal], attention: AttentionConfig = AttentionConfig()) -> list[StepShape]:
