@@ -107,16 +107,16 @@ class Deployment:
         embed = m.vocab_size * m.hidden_size
         lm_head = 0 if m.tie_word_embeddings else embed
         per_layer = (m.num_params() - embed - lm_head) / m.num_layers
-        if self.quantization is not None:  # packed layers (and head); the embedding table stays in weight_dtype
-            layers = per_layer * self.layers_per_stage * self.quantized_bytes_per_param(self.quantization)
-            if self.lm_head_quantization:  # its own int8 copy, tied or not
-                head = m.vocab_size * m.hidden_size * self.quantized_bytes_per_param(self.lm_head_quantization)
-            else:
-                head = lm_head * self.weight_bytes_per_param
-            embed *= self.weight_bytes_per_param
-            return (layers + (embed + head if self.pp == 1 else max(embed, head))) / self.tp
-        stage = per_layer * self.layers_per_stage + (embed + lm_head if self.pp == 1 else max(embed, lm_head))
-        return stage * self.weight_bytes_per_param / self.tp
+        # quantized layers stream packed; the embedding table stays in weight_dtype
+        layer_bytes = (self.quantized_bytes_per_param(self.quantization) if self.quantization is not None
+                       else self.weight_bytes_per_param)
+        if self.lm_head_quantization:  # its own int8 copy, tied or not
+            head = m.vocab_size * m.hidden_size * self.quantized_bytes_per_param(self.lm_head_quantization)
+        else:
+            head = lm_head * self.weight_bytes_per_param
+        embed *= self.weight_bytes_per_param
+        layers = per_layer * self.layers_per_stage * layer_bytes
+        return (layers + (embed + head if self.pp == 1 else max(embed, head))) / self.tp
 
     @property
     def lm_head_quantization(self) -> str | None:
