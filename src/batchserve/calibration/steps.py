@@ -326,13 +326,12 @@ def _speculative_steps(llm: LLMEngine, speculator: Speculator, seen: SeenTokenCo
 def _fit_draft(target: Deployment, efficiency: Efficiency, draft: DraftModelProposer,
                forwards: Sequence[DraftForward]) -> tuple[Efficiency, dict]:
     """The target's efficiency with the draft's measured step overhead, and the fit's report on the draft's steps."""
-    layers = draft.config.num_layers
     deployment = replace(target, model=replace(draft.config, name="calibrated-draft"), max_lora_rank=0)
     steps = [Observation(draft_step_shape(f.contexts, f.fed, draft.attention), f.seconds) for f in forwards]
-    efficiency = replace(efficiency, draft_step_overhead_s=fit_draft_step_overhead(
-        deployment, draft_efficiency(efficiency, layers, target.model.num_layers), steps))
-    drafting = draft_efficiency(efficiency, layers, target.model.num_layers)
-    return efficiency, fit_report(deployment, drafting, steps)["all"]
+    drafting = draft_efficiency(efficiency, draft.config.num_layers, target.model.num_layers)
+    overhead = fit_draft_step_overhead(deployment, drafting, steps)
+    report = fit_report(deployment, replace(drafting, step_overhead_s=overhead), steps)["all"]
+    return replace(efficiency, draft_step_overhead_s=overhead), report
 
 
 def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:

@@ -15,6 +15,11 @@ from .measurements import StepLog
 from .openai_format import job_context
 from .runner import Backend, Eta, Finished, JobConfig, Summary, run_job
 
+COUNTERS = ("prefix_cache_queries", "prefix_cache_hits", "computed_prompt_tokens", "generation_tokens",
+            "spec_decode_num_proposals", "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
+            "spec_decode_num_accepted_tokens")
+"""The engine's counters a job reads (`Backend.counters`), named as the `EngineStats` fields they come from."""
+
 
 class EngineBackend:
     """Tracks which queued requests have computed their prompt, for the runner's prefix gating, and logs
@@ -54,17 +59,8 @@ class EngineBackend:
         return len(self._live)
 
     def counters(self) -> dict[str, int]:
-        s = self.engine.stats()
-        return {
-            "prefix_cache_queries": s.prefix_cache_queries,
-            "prefix_cache_hits": s.prefix_cache_hits,
-            "computed_prompt_tokens": s.computed_prompt_tokens,
-            "generation_tokens": s.generation_tokens,
-            "spec_decode_num_proposals": s.spec_decode_num_proposals,
-            "spec_decode_num_drafts": s.spec_decode_num_drafts,
-            "spec_decode_num_draft_tokens": s.spec_decode_num_draft_tokens,
-            "spec_decode_num_accepted_tokens": s.spec_decode_num_accepted_tokens,
-        }
+        stats = self.engine.stats()
+        return {name: getattr(stats, name) for name in COUNTERS}
 
 
 def engine_context(engine: LLMEngine, tokenizer: Tokenizer, model: str, config: JobConfig) -> ServingContext:

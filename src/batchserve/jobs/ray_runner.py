@@ -19,7 +19,7 @@ from ..request import SamplingParams
 from ..sim.router import RouterConfig
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Entry
-from .engine_backend import EngineBackend
+from .engine_backend import COUNTERS, EngineBackend
 from .openai_format import job_context
 from .routing import JobRouter
 from .runner import Finished, JobConfig, Summary, admit, run_job
@@ -69,10 +69,7 @@ class RayBackend:
         self._outbox: list[list[BatchRequest]] = [[] for _ in actors]
         self._sent = [0] * len(actors)  # requests on each actor, not yet returned
         self._calls: dict[Any, int] = {}  # in-flight advance() call -> actor index
-        self._counters = [dict.fromkeys(("prefix_cache_queries", "prefix_cache_hits", "computed_prompt_tokens",
-                                         "generation_tokens", "spec_decode_num_proposals", "spec_decode_num_drafts",
-                                         "spec_decode_num_draft_tokens", "spec_decode_num_accepted_tokens"), 0)
-                            for _ in actors]
+        self._counters = [dict.fromkeys(COUNTERS, 0) for _ in actors]
 
     def add(self, req: BatchRequest) -> None:
         self._outbox[self.router.route(req)].append(req)
