@@ -24,6 +24,8 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     assert sum(o["num_wakeups"] for o in observed) == 9  # prefills after the engine idled: wakeup_overhead_s
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
+    fit = data["_calibration"]["fit"]  # each LoRA step beside its twin of base rows
+    assert fit["lora steps"]["steps"] == fit["lora twins"]["steps"] >= 20
     hw = get_hardware(str(profile))
     assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s",
                                "wakeup_overhead_s"}

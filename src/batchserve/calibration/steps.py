@@ -303,6 +303,9 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         efficiency = fit_lora_terms(deployment, efficiency, pairs)
         observations += [under for under, _ in pairs]
     report = fit_report(deployment, efficiency, observations)
+    if pairs:  # the LoRA steps' error beside their twins': what the LoRA terms add to the base terms' error
+        for label, steps in (("lora steps", [a for a, _ in pairs]), ("lora twins", [b for _, b in pairs])):
+            report[label] = fit_report(deployment, efficiency, steps)["all"]
     draft = speculator.proposer if speculator is not None else None
     if isinstance(draft, DraftModelProposer):
         efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft, forwards)
