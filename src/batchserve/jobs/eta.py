@@ -16,8 +16,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-import numpy as np
-
 from ..sim.router import RouterConfig
 from ..sim.simulate import SimSetup
 from .batch_io import BatchRequest, Entry
@@ -67,7 +65,5 @@ class LiveEta:
         remaining = list(self.pending.values())
         lengths = None
         if evidence.lengths is not None:
-            model = evidence.lengths
-            lengths = evidence.lengths_for(remaining, model.distributions(model.observations),
-                                           np.random.default_rng(self.config.seed))
+            lengths = evidence.lengths_for(remaining, None)
         return evidence.simulate(remaining, self.sim, self.config, self.router, lengths).wall_s
