@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def test_a_sample_learns_outputs_that_stop_early_and_its_results_count_as_done(t
     upper = estimate_job(str(inp), None, SETUP, "cpu-local", config)
     assert upper.summary.output_tokens == 60 * 64
     assert "max_tokens" in upper.info["assumes"] and "upper bound" in upper.info["assumes"]
+    # one length world: its range is the step-cost model's log-normal error alone, exp(+-1.2816 sigma)
+    sigma = EstimateConfig().step_cost_error
+    assert upper.wall_s_range == pytest.approx(
+        (upper.summary.wall_s * math.exp(-1.2816 * sigma), upper.summary.wall_s * math.exp(1.2816 * sigma)), rel=0.01)
 
     out = tmp_path / "out.jsonl"
     est = estimate_job(str(inp), str(out), SETUP, "cpu-local", config, EstimateConfig(sample=10),
