@@ -73,18 +73,26 @@ def test_posterior_draws_spread_with_the_evidence(concentration):
 
 
 def test_the_prior_keeps_all_capped_from_meaning_certainly_capped():
-    """Three of three capped: the chance of running to the limit is Beta(3.5, 0.5) under the Jeffreys prior
-    (weight 1), mean 7/8, so some draws stop early; the old Kaplan-Meier alone gave every draw the limit."""
+    """Three of three capped: the prior (weight 1 against 3) keeps a Beta(1, 3) share, mean 1/4, whose natural
+    lengths are log-uniform on 1..768, so some draws stop early; the old Kaplan-Meier alone gave every draw the
+    limit. E[min(L, M)] for L log-uniform on [1, 2M] is ((M - 1) + M ln 2) / ln 2M."""
     model = LengthModel([capped(384)] * 3, job_prompt_lens=[10], num_buckets=1, prior_weight=1,
                         bucket_prior_weight=2, concentration=1)
     rng = np.random.default_rng(0)
     totals = np.array([model.predict([10] * 200, [384] * 200, rng).sum() for _ in range(400)])
     full = 200 * 384
-    # the stopped half is uniform within the limit: expected tokens (7/8 + 1/8 * 385/768) of the limit
-    assert totals.mean() / full == pytest.approx(7 / 8 + 1 / 8 * 385 / 768, abs=0.02)
+    prior_mean = (383 + 384 * np.log(2)) / np.log(768) / 384
+    assert totals.mean() / full == pytest.approx(3 / 4 + 1 / 4 * prior_mean, abs=0.02)
     lo, hi = np.percentile(totals, [10, 90])
-    assert hi <= full and lo < 0.85 * full
+    assert hi <= full and lo < 0.7 * full
     assert LengthModel([capped(384)] * 3, [10], 1, 0, 0, 1).predict([10] * 20, [384] * 20, rng).tolist() == [384] * 20
+
+
+def test_the_prior_is_log_uniform_up_to_twice_the_limit():
+    lengths = LengthDistribution.prior().draw(np.full(20000, 128), np.random.default_rng(0))
+    assert lengths.min() >= 1 and lengths.max() == 128
+    assert np.mean(lengths == 128) == pytest.approx(np.log(2) / np.log(256), abs=0.01)
+    assert np.mean(lengths <= 16) == pytest.approx(np.log(16) / np.log(256), abs=0.01)
 
 
 def test_no_evidence_is_an_error():

@@ -55,8 +55,8 @@ class EstimateConfig:
     num_buckets: int = 3
     """Prompt-length buckets (at the job's quantiles) of the output-length model."""
     length_prior_weight: float = 0.25
-    """Pseudo-completions the output-length prior counts for (half run to max_tokens, half stop uniformly within
-    it; see `jobs.lengths`), against `length_concentration` per observed completion."""
+    """Pseudo-completions the output-length prior counts for (log-uniform lengths up to twice max_tokens; see
+    `jobs.lengths`), against `length_concentration` per observed completion."""
     bucket_prior_weight: float = 1.0
     """Pseudo-completions each prompt-length bucket borrows from all buckets' lengths pooled."""
     length_concentration: float = 0.5
@@ -64,8 +64,9 @@ class EstimateConfig:
     narrow for a few completions; 1/2 covers about 80% of synthetic jobs sampled at 5% of 200)."""
     num_length_draws: int = 400
     """Posterior predictive draws of every request's output length; the output-token range is their p10-p90."""
-    num_draws: int = 10
-    """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens."""
+    num_draws: int = 11
+    """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens (odd: the median
+    wall time is one simulation's, not a tie between two)."""
     step_cost_error: float = 0.085
     """The step-cost model's error on a whole job (one sigma of log(actual / priced)): the wall-time range spreads
     each simulation by it. 0.085: the RMS of a calibrated profile pricing three SmolLM2 jobs' own steps on this
