@@ -31,7 +31,7 @@ from ..sim.simulate import SimSetup
 from ..sim.speculation import SpecAcceptance, acceptance_rate_from_counts
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
-from .lengths import LengthModel
+from .lengths import LengthDistribution, LengthModel
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
@@ -149,16 +149,14 @@ class Evidence:
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
 
-    def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator | None) -> dict[str, list[int]]:
-        """An output length for each completion of each request: a posterior predictive draw (`rng`), or with
-        no rng a draw from the posterior mean (seeded 0)."""
+    def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator,
+                    dists: list[LengthDistribution] | None = None) -> dict[str, list[int]]:
+        """An output length for each completion of each request: from `dists` (one per bucket), or by default a
+        posterior predictive draw."""
         assert self.lengths is not None
         slots = _completion_slots(requests)
-        if rng is None:
-            rng = np.random.default_rng(0)
-            drawn = self.lengths.draw(slots.prompt_lens, slots.limits, self.lengths.expected(), rng)
-        else:
-            drawn = self.lengths.predict(slots.prompt_lens, slots.limits, rng)
+        drawn = self.lengths.predict(slots.prompt_lens, slots.limits, rng) if dists is None else \
+            self.lengths.draw(slots.prompt_lens, slots.limits, dists, rng)
         out: dict[str, list[int]] = {}
         for cid, length in zip(slots.owners, drawn.tolist()):
             out.setdefault(cid, []).append(length)

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from ..sim.router import RouterConfig
 from ..sim.simulate import SimSetup
 from .batch_io import BatchRequest, Entry
@@ -65,5 +67,6 @@ class LiveEta:
         remaining = list(self.pending.values())
         lengths = None
         if evidence.lengths is not None:
-            lengths = evidence.lengths_for(remaining, None)
+            lengths = evidence.lengths_for(remaining, np.random.default_rng(self.config.seed),
+                                           evidence.lengths.expected())
         return evidence.simulate(remaining, self.sim, self.config, self.router, lengths).wall_s
