@@ -135,13 +135,23 @@ def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tup
             yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
 
 
-def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3) -> Iterator[list[Entry]]:
-    """Single prompt chunks, each run after the engine idled: beside the back-to-back prefills of the same sizes
-    (`calibration_phases`), they fit `wakeup_overhead_s`, which most first tokens of a lightly loaded server pay."""
+LIGHT_LOAD_OUTPUTS = 24
+"""Tokens each request of a wake-up phase decodes: a lightly loaded server's regime, measured as it runs."""
+
+
+def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3,
+                  outputs: int = LIGHT_LOAD_OUTPUTS) -> Iterator[list[Entry]]:
+    """A lightly loaded server, as `validate --rate` meets it: a request arrives to an idle engine (its prompt
+    chunk is the wake-up step), decodes `outputs` tokens, and a second one joins halfway (a mixed step, then
+    two-row decodes). Beside the back-to-back prefills of the same sizes (`calibration_phases`) the first steps
+    fit `wakeup_overhead_s`, which most first tokens of such a server pay; the 1-2 row decodes at short context,
+    measured between idle periods rather than in a busy grid, are where its TPOT lives (on `tiny`, validation's
+    TPOT ran 1.2-1.4x the grid's back-to-back 1-row decodes, which the fit priced within 5%)."""
     rng = np.random.default_rng(seed)
     for n in (16, 64, 256):
         for _ in range(repeats):
-            yield [(_prompt(rng, vocab, n), 1, 0)]
+            yield [(_prompt(rng, vocab, n), outputs, 0),
+                   (_prompt(rng, vocab, 32), outputs // 2, outputs // 2)]
 
 
 def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
