@@ -49,7 +49,7 @@ from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
 _ids = itertools.count()
-GRID_BUDGET_S = 30.0
+GRID_BUDGET_S = 20.0
 """How long `calibrate` keeps repeating its step grid (whole passes, one after another; each point keeps its median
 over the passes): a shared machine's speed drifts by up to 2x between minutes, and a point measured in one minute
 carries that minute's speed. A tiny model's pass takes seconds and gets several; a 0.5B model's takes minutes and
