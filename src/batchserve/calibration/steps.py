@@ -135,7 +135,7 @@ def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tup
             yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
 
 
-LIGHT_LOAD_OUTPUTS = 24
+LIGHT_LOAD_OUTPUTS = 16
 """Tokens each request of a wake-up phase decodes: a lightly loaded server's regime, measured as it runs."""
 
 
