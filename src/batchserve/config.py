@@ -142,7 +142,7 @@ class CompilationConfig:
         if self.inductor_compile_config is not None and not isinstance(self.inductor_compile_config, dict):
             raise ValueError("inductor_compile_config must be a JSON object of inductor settings, e.g. "
                              f'{{"max_autotune": true}}, got {self.inductor_compile_config!r}')
-        if not isinstance(self.compile_regions, bool):
+        if self.compile_regions not in (True, False):  # JSON true/false (0 and 1 pass as the same)
             raise ValueError(f"compile_regions must be true or false, got {self.compile_regions!r}")
 
     @classmethod
