@@ -87,7 +87,7 @@ def profile(llm: LLMEngine, prompt_len: int, repeats: int) -> dict[str, tuple[fl
     for _ in range(4):  # the prompt, then decode steps (a compiled step compiles here)
         llm.step()
     out = {"step": timed(llm.step, repeats)}
-    model.forward = forward
+    del model.forward  # the class's forward again
     ids, pos, kv_caches, meta = captured["args"]
     hidden = forward(ids, pos, kv_caches, meta)
     c = llm.model_config
