@@ -65,8 +65,8 @@ class EstimateConfig:
     num_length_draws: int = 400
     """Posterior predictive draws of every request's output length; the output-token range is their p10-p90."""
     num_draws: int = 11
-    """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens (odd: the median
-    wall time is one simulation's, not a tie between two)."""
+    """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens (odd: the middle one
+    is at the median, and its summary is the estimate's)."""
     step_cost_error: float = 0.085
     """The step-cost model's error on a whole job (one sigma of log(actual / priced)): the wall-time range spreads
     each simulation by it. 0.085: the RMS of a calibrated profile pricing three SmolLM2 jobs' own steps on this
@@ -171,7 +171,8 @@ class Evidence:
 
 @dataclass
 class Estimate:
-    """The predicted job: the median draw's summary, the p10-p90 ranges, and what it rests on."""
+    """The predicted job: the summary of the simulation at the median output tokens, the p10-p90 ranges, and
+    what it rests on."""
 
     summary: Summary
     wall_s_range: tuple[float, float]
@@ -287,7 +288,7 @@ def estimate_job(
     else:
         draws, tokens = _length_draws(evidence, job, sim, config, router, known, est)
     walls = np.array([s.wall_s for s in draws])
-    median = draws[int(np.argmin(np.abs(walls - np.median(walls))))]
+    median = draws[len(draws) // 2]  # the simulation at the median output tokens (draws come in token order)
     p10, p90 = (float(x) for x in np.percentile(_with_cost_error(walls, est.step_cost_error), [10, 90]))
     t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
     info = {
