@@ -3,7 +3,8 @@
 B requests (random-id prompts of one length, then greedy tokens with
 ignore_eos) decode together; batch 1 is interactive use. The timed part is
 the decode steps only. Each dtype loads the model once; eager and compiled
-(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on), flex (eager
+(`CausalLM.compile_decode`, what `--no-enforce-eager` turns on), regions (the same, one decoder
+layer compiled for all, `compile_regions`), flex (eager
 steps on the in-place FlexAttention backend, `--attention-backend flex`) and
 flex-compiled (both: decode steps padded to a ladder of the benched batch sizes,
 CUDA graphs on CUDA) alternate round by round on the same weights so machine
@@ -16,6 +17,7 @@ limit is those bytes over the device's copy bandwidth, measured in the same run.
     python bench/bench_decode.py --modes eager,flex --batch 1 --batch 64 --prompt-len 1024 --new-tokens 32
     python bench/bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 --batch 64 --batch 256
     python bench/bench_decode.py --modes eager,flex-compiled --new-tokens 16     # captured decode steps
+    python bench/bench_decode.py --modes eager,compiled,regions --batch 1 --batch 64   # regional compilation
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, action="append", help="requests decoding together (default: 1)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], action="append")
     parser.add_argument("--modes", default="eager,compiled",
-                        help="comma-separated: eager, compiled, flex, flex-compiled")
+                        help="comma-separated: eager, compiled, regions, flex, flex-compiled")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="timed requests per mode, alternating modes")
@@ -119,14 +121,14 @@ def main() -> None:
             for batch in args.batch or [1]:
                 decode_step_seconds(llm, batch, 16, 3, seed=-batch)
             compile_seconds["flex-compiled"] = time.perf_counter() - t
-        if "compiled" in modes:  # compile once, untimed for the rounds: the batch-1 and the batch>1 graphs
-            llm.model.compile_decode(llm.executor.kv_caches)
-            steps["compiled"] = llm.model.compiled_decode
+        for mode in {"compiled", "regions"} & set(modes):  # compile once, untimed: the batch-1 and batch>1 graphs
+            llm.model.compile_decode(llm.executor.kv_caches, regions=mode == "regions")
+            steps[mode] = llm.model.compiled_decode
             llm.executor.attention = torch_attention
             t = time.perf_counter()
             decode_step_seconds(llm, 1, 16, 3, seed=-1)
             decode_step_seconds(llm, 2, 16, 3, seed=-2)
-            compile_seconds["compiled"] = time.perf_counter() - t
+            compile_seconds[mode] = time.perf_counter() - t
         if "flex" in modes:  # the flex kernel's graphs for one row and for more, untimed for the rounds
             llm.model.compiled_decode = None
             llm.executor.attention = flex_attention

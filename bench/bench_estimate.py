@@ -103,9 +103,12 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     steps_s = sum(o.seconds for o in record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lo, hi = est.wall_s_range
+    t_lo, t_hi = est.output_tokens_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
             "estimate_s": est.summary.wall_s, "p10_s": lo, "p90_s": hi, "actual_s": actual,
-            "error": est.summary.wall_s / actual - 1, "from_run_s": from_run.summary.wall_s,
+            "error": est.summary.wall_s / actual - 1, "inside": lo <= actual <= hi,
+            "tokens_inside": t_lo <= tokens <= t_hi, "est_tokens_p10": t_lo, "est_tokens_p90": t_hi,
+            "from_run_s": from_run.summary.wall_s,
             "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
             "run_steps_predicted_s": float(predict(sim.deployment, sim.efficiency, record.steps).sum()),
@@ -117,7 +120,8 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=96, help="requests per tiny job shape")
     parser.add_argument("--real-model", default=None,
                         help="SmolLM2-135M-Instruct: its GGUF file or a HF directory (skipped if absent)")
-    parser.add_argument("--real-requests", type=int, default=64, help="requests of the real model's chat job")
+    parser.add_argument("--real-requests", type=int, default=200,
+                        help="requests per real-model job shape (200 at the default 5%% gives a 10-request sample)")
     parser.add_argument("--sample-fraction", type=float, default=0.05, help="--sample as a fraction of the job")
     parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
@@ -141,15 +145,23 @@ def main() -> None:
             del llm
             profile = Path(tmp) / f"{Path(model).name}-profile.json"
             profile.write_text(json.dumps(cal.profile.to_dict()))
+            fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
+                            for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
+            print(f"{Path(model).name}: calibrated {args.dtype}: {fit}; efficiency "
+                  f"{json.dumps(cal.profile.efficiency)}", flush=True)
             k = max(1, round(args.sample_fraction * n))
             for name, rows in shapes(n, random.Random(0)).items():
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
-                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}; sample steps measured/charged "
+                      f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}, "
+                      f"{'inside' if r['inside'] else 'OUTSIDE'} p10-p90; output tokens est/real "
+                      f"{r['est_tokens'] / r['tokens']:.2f} ({r['est_tokens']} / {r['tokens']}, p10-p90 "
+                      f"{r['est_tokens_p10']:.0f}-{r['est_tokens_p90']:.0f}, "
+                      f"{'inside' if r['tokens_inside'] else 'OUTSIDE'}); sample steps measured/charged "
                       f"{r['sample_step_ratio']:.2f}; --profile-from this run {r['from_run_s']:6.2f} s (scale "
                       f"{r['from_run_scale']:.2f}); no-sample upper bound {r['upper_bound_s']:6.2f} s; "
-                      f"output tokens est {r['est_tokens']} / real {r['tokens']}; the run: steps "
+                      f"the run: steps "
                       f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
                       f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request", flush=True)
 

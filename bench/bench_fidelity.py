@@ -78,7 +78,8 @@ def main() -> None:
         print(f"loaded {name} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
         t = time.perf_counter()
         cal = calibrate(llm, f"calibrated-{args.device}")
-        print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps; fit: "
+        print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps "
+              f"(medians over {cal.grid_passes} grid passes); fit: "
               + ", ".join(f"{k} MAPE {r['mape']:.1%}" for k, r in cal.report.items()))
         profile = os.path.join(args.out or tmp, "profile.json")
         os.makedirs(os.path.dirname(profile), exist_ok=True)

@@ -3,11 +3,14 @@
 Calibrates the model on this machine (`calibrate`'s grid), then runs a
 validation workload through the real engine (as `validate` does) while
 recording every step: its shape, its wall time inside `engine.step()`, the
-wall time between steps (the replay loop), and how many decode groups its
-attention ran (`attention_layout.decode_groups`). Residuals are
+wall time between steps (the replay loop) and how many steps it follows the
+engine's last wake-up (a request arriving to an idle engine). Residuals are
 log(measured / predicted) per step, summarised by step kind, decode batch size,
-decode-group count and context; the simulator's own run gives the latency
-errors `validate` reports. Run it twice to see the run-to-run spread.
+decode-group count, context and steps since a wake-up, beside the calibration
+grid's own steps in the same buckets (a validation step slower than the grid's
+of its kind, where the fit prices the grid's well, is the run's conditions, not
+the cost model); the simulator's own run gives the latency errors `validate`
+reports. Run it twice to see the run-to-run spread.
 
     python bench/bench_step_residuals.py --model tiny --num-requests 200 --rate 4
     python bench/bench_step_residuals.py --model SmolLM2-135M-Instruct.Q4_1.gguf --num-requests 64 --rate 1
@@ -25,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from batchserve.attention_layout import decode_groups
 from batchserve.calibration.steps import calibrate
 from batchserve.calibration.validate import format_comparison, sim_setup, validate
 from batchserve.engine.llm_engine import LLMEngine
@@ -38,42 +40,51 @@ from batchserve.workload import WorkloadSpec, synthetic_requests
 class StepRecorder:
     """Wraps an engine's `step` to time each step and the gap before it."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, seen: SeenTokenCounts) -> None:
         self.engine, self.step = engine, engine.step
         self.rows: list[dict] = []
         self._last_end: float | None = None
-        self.seen = SeenTokenCounts()
+        self._since_wakeup = 0
+        self._idle = True  # nothing to run after the last step: the driver sleeps until the next arrival
+        self.seen = seen
         engine.step = self
 
     def __call__(self):
+        woke = self._idle
         start = time.perf_counter()
         out = self.step()
         end = time.perf_counter()
         if out.result is not None:
-            batch = out.batch
-            keys = [c + 1 for n, c in zip(batch.num_tokens, batch.num_computed) if n == 1]
-            ratio = self.engine.executor.attention.decode_bucket_ratio
-            self.rows.append({"shape": step_shape(batch, self.engine.executor.attention, seen=self.seen),
+            self._since_wakeup = 0 if woke else self._since_wakeup + 1
+            self.rows.append({"shape": step_shape(out.batch, self.engine.executor.attention, seen=self.seen,
+                                                  num_wakeups=int(woke)),
                               "seconds": end - start,
-                              "gap_s": 0.0 if self._last_end is None else start - self._last_end,
-                              "decode_groups": len(decode_groups(keys, ratio)) if keys else 0})
-        self._last_end = end
+                              "gap_s": 0.0 if woke else start - self._last_end,
+                              "since_wakeup": self._since_wakeup})
+        self._last_end, self._idle = end, not self.engine.has_unfinished()
         return out
 
 
-def summarise(rows: list[dict], predicted: np.ndarray) -> list[tuple[str, int, float, float, float]]:
-    """(group, steps, median log-ratio as %, measured s, predicted s) per step feature bucket."""
+Row = tuple[str, int, float, float, float, float]
+FIELDS = ("group", "steps", "median_meas_over_pred", "median_measured_s", "measured_s", "predicted_s")
+
+
+def summarise(rows: list[dict], predicted: np.ndarray) -> list[Row]:
+    """(group, steps, median log-ratio as %, median measured s, measured s, predicted s) per step feature bucket
+    (steps since the engine woke only where rows know it: a validation run's, not the calibration grid's)."""
     measured = np.array([r["seconds"] for r in rows])
     ratio = np.log(measured / predicted)
 
-    def line(name: str, mask: np.ndarray) -> tuple[str, int, float, float, float]:
-        return (name, int(mask.sum()), float(np.expm1(np.median(ratio[mask]))) if mask.any() else float("nan"),
+    def line(name: str, mask: np.ndarray) -> Row:
+        if not mask.any():
+            return name, 0, float("nan"), float("nan"), 0.0, 0.0
+        return (name, int(mask.sum()), float(np.expm1(np.median(ratio[mask]))), float(np.median(measured[mask])),
                 float(measured[mask].sum()), float(predicted[mask].sum()))
 
     shapes = [r["shape"] for r in rows]
     decodes = np.array([s.num_decodes for s in shapes])
     prefill = np.array([s.num_prefill_tokens for s in shapes])
-    groups = np.array([r["decode_groups"] for r in rows])
+    groups = np.array([s.num_decode_groups for s in shapes])
     context = np.array([s.decode_context_tokens / max(s.num_decodes, 1) for s in shapes])
     out = [line("all", np.ones(len(rows), bool)), line("prefill only", (prefill > 0) & (decodes == 0)),
            line("mixed", (prefill > 0) & (decodes > 0)), line("decode only", (prefill == 0) & (decodes > 0))]
@@ -84,6 +95,10 @@ def summarise(rows: list[dict], predicted: np.ndarray) -> list[tuple[str, int, f
         out.append(line(f"decode only, {lo}-{hi - 1} groups", pure & (groups >= lo) & (groups < hi)))
     for lo, hi in ((0, 128), (128, 512), (512, 10**9)):
         out.append(line(f"decode only, mean context {lo}-{hi - 1}", pure & (context >= lo) & (context < hi)))
+    since = np.array([r.get("since_wakeup", -1) for r in rows])
+    for lo, hi in ((0, 1), (1, 8), (8, 64), (64, 10**9)):
+        out.append(line(f"step {lo}{'' if hi == lo + 1 else '+' if hi > 64 else f'-{hi - 1}'} after a wake-up",
+                        (since >= lo) & (since < hi)))
     return out
 
 
@@ -102,11 +117,16 @@ def main() -> None:
     args = parser.parse_args()
     load_start = os.getloadavg()
     llm = LLMEngine(args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory, skip_tokenizer_init=True)
+    grid: list[Observation] = []
+    seen = SeenTokenCounts()  # the flat token counts this process ran (its GEMM kernels are built)
     with tempfile.TemporaryDirectory() as tmp:
         profile = args.hardware
         if profile is None:
             t = time.perf_counter()
             calibration = calibrate(llm, "residuals", quiet=True)
+            grid = calibration.observations
+            for o in grid:
+                seen.first_run(o.shape.num_prefill_tokens + o.shape.num_decodes)
             profile = str(Path(tmp) / "profile.json")
             Path(profile).write_text(json.dumps(calibration.profile_dict({"model": args.model})))
             print(f"calibrated in {time.perf_counter() - t:.0f} s: " + ", ".join(
@@ -114,29 +134,38 @@ def main() -> None:
         setup = sim_setup(llm, profile, args.model)
     spec = WorkloadSpec(num_requests=args.num_requests, rate=args.rate, input_len=args.input_len,
                         output_len=args.output_len, vocab_size=llm.model_config.vocab_size, seed=args.seed)
-    recorder = StepRecorder(llm.engine)
+    recorder = StepRecorder(llm.engine, seen)
     t = time.perf_counter()
     result = validate(llm, setup, lambda: synthetic_requests(spec), quiet=True)
     wall = time.perf_counter() - t
     rows = recorder.rows
     predicted = predict(setup.deployment, setup.efficiency, [Observation(r["shape"], 1.0) for r in rows])
     step_s = sum(r["seconds"] for r in rows)
-    busy_gaps = sum(r["gap_s"] for r in rows if r["gap_s"] < 0.05)  # the loop between back-to-back steps
+    busy_gaps = sum(r["gap_s"] for r in rows)  # the driver loop between back-to-back steps (no sleep)
     print(f"{args.model}: {len(rows)} steps, {step_s:.1f} s in steps of {wall:.1f} s wall (real run + simulation); "
           f"between back-to-back steps {busy_gaps:.2f} s ({busy_gaps / max(step_s, 1e-9):.1%} of step time); "
           f"load average {load_start} -> {os.getloadavg()}")
-    print(f"{'steps':<36}{'count':>7}{'median meas/pred':>18}{'measured s':>12}{'predicted s':>13}")
     table = summarise(rows, predicted)
-    for name, n, med, m, p in table:
-        if n:
-            print(f"{name:<36}{n:>7}{med:>+17.1%}{m:>12.2f}{p:>13.2f}")
+    # The calibration grid's own steps in the same buckets: validation steps measuring slower than the grid's of
+    # the same kind (while the fit prices the grid's well) point at the run's conditions, not the cost model.
+    grid_rows = [{"shape": o.shape, "seconds": o.seconds} for o in grid]
+    grid_table = summarise(grid_rows, predict(setup.deployment, setup.efficiency, grid)) if grid else []
+    grid_by_name = {row[0]: row for row in grid_table}
+    print(f"{'steps':<36}{'count':>7}{'median ms':>11}{'meas/pred':>11}   {'grid count':>10}{'median ms':>11}"
+          f"{'meas/pred':>11}")
+    for name, n, ratio, median, _, _ in table:
+        if not n:
+            continue
+        g = grid_by_name.get(name)
+        grid_cells = f"{g[1]:>10}{g[3] * 1e3:>11.3f}{g[2]:>+11.1%}" if g and g[1] else ""
+        print(f"{name:<36}{n:>7}{median * 1e3:>11.3f}{ratio:>+11.1%}   {grid_cells}")
     print(format_comparison(result.metrics))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "args": vars(args), "load_average": [load_start, os.getloadavg()], "efficiency": setup.efficiency.to_dict(),
-            "residuals": [dict(zip(("group", "steps", "median_meas_over_pred", "measured_s", "predicted_s"), row))
-                          for row in table],
+            "residuals": [dict(zip(FIELDS, row)) for row in table],
+            "grid_residuals": [dict(zip(FIELDS, row)) for row in grid_table],
             "metrics": result.metrics}, indent=2) + "\n")
 
 

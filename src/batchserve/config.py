@@ -125,6 +125,11 @@ class CompilationConfig:
     """Inductor settings for the compiled decode step (torch.compile's `options`), e.g. {"max_autotune": true,
     "freezing": true} with weight_prepack=False on a CPU: inductor benchmarks its own GEMM kernels against
     oneDNN's per shape (minutes more compiling; 1.18x the default compiled bf16 batch-1 step, bench/RESULTS.md)."""
+    compile_regions: bool = False
+    """Torch attention backend: compile one decoder layer and run that graph for every layer (regional
+    compilation), the embedding, RoPE tables and final norm eagerly: one graph to compile instead of the
+    whole step's (SmolLM2-135M bf16: 14 s instead of 254 s, but 1.04x eager's batch-1 step where the whole
+    step's graph gives 1.20x; one thread, loaded machine, bench/bench_decode.py --modes eager,compiled,regions)."""
 
     def __post_init__(self) -> None:
         sizes = self.cudagraph_capture_sizes
@@ -138,6 +143,8 @@ class CompilationConfig:
         if self.inductor_compile_config is not None and not isinstance(self.inductor_compile_config, dict):
             raise ValueError("inductor_compile_config must be a JSON object of inductor settings, e.g. "
                              f'{{"max_autotune": true}}, got {self.inductor_compile_config!r}')
+        if self.compile_regions not in (True, False):  # JSON true/false (0 and 1 pass as the same)
+            raise ValueError(f"compile_regions must be true or false, got {self.compile_regions!r}")
 
     @classmethod
     def of(cls, value: CompilationConfig | dict[str, Any] | str | None) -> CompilationConfig:

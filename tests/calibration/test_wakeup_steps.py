@@ -21,5 +21,9 @@ def test_only_the_step_after_an_idle_engine_is_a_wakeup() -> None:
     assert observed[0].shape.num_prefill_tokens == 4 and observed[2].shape.num_prefill_tokens == 3
     assert all(o.seconds > 0 for o in observed)
     assert not any(o.shape.num_wakeups for o in record_steps(llm.engine, entries, SeenTokenCounts()))
-    phases = list(wakeup_phases(vocab))
-    assert sorted({len(p[0]) for (p,) in phases}) == [16, 64, 256]  # the sizes calibrate also runs back to back
+    phases = list(wakeup_phases(vocab, outputs=4))
+    # the first request's prompt: the sizes calibrate also runs back to back; a second joins the busy engine
+    assert sorted({len(first[0]) for first, _ in phases}) == [16, 64, 256]
+    observed = record_steps(llm.engine, phases[0], SeenTokenCounts(), idle_s=0.01)
+    assert [(o.shape.num_wakeups, o.shape.num_prefill_tokens, o.shape.num_decodes) for o in observed] == [
+        (1, 16, 0), (0, 0, 1), (0, 32, 1), (0, 0, 2)]

@@ -17,13 +17,14 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     # with LoRA on, calibrate also times steps under random adapters (rank 8, two slots)
     assert main(["calibrate", "--model", "tiny", "--device", "cpu", "-o", str(profile), "-q",
                  "--kv-cache-memory", "64MiB", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
-                 "--observations", str(steps)]) == 0
+                 "--observations", str(steps), "--grid-passes", "2"]) == 0
     observed = [json.loads(line) for line in steps.read_text().splitlines()]
     assert max(o["num_lora_segments"] for o in observed) == 2 and sum(o["num_lora_loads"] for o in observed) >= 2
     assert any(o["num_lora_segments"] == 0 for o in observed)  # the base steps the LoRA terms are measured against
     assert sum(o["num_wakeups"] for o in observed) == 9  # prefills after the engine idled: wakeup_overhead_s
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
+    assert data["_calibration"]["grid_passes"] == 2  # each grid point is its median over two passes
     fit = data["_calibration"]["fit"]  # each LoRA step beside its twin of base rows
     assert fit["lora steps"]["steps"] == fit["lora twins"]["steps"] >= 20
     hw = get_hardware(str(profile))

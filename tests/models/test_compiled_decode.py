@@ -71,8 +71,9 @@ def generate(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
 
 
-def run(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch") -> tuple[list[list[int]], LLM]:
-    llm = engine(path, enforce_eager, kv_cache_memory, attention_backend)
+def run(path, enforce_eager: bool, kv_cache_memory: int, attention_backend: str = "torch",
+        **kwargs) -> tuple[list[list[int]], LLM]:
+    llm = engine(path, enforce_eager, kv_cache_memory, attention_backend, **kwargs)
     return generate(llm), llm
 
 
@@ -87,11 +88,14 @@ def eager(hf_model, kv_memory) -> list[list[int]]:
     return run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory)[0]
 
 
+@pytest.mark.parametrize("compile_regions", [False, True], ids=["whole-step", "regional"])
 def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_number_of_graphs(
-        hf_model, kv_memory, eager) -> None:
+        hf_model, kv_memory, eager, compile_regions) -> None:
+    """Whole-step and regional (one decoder layer's graph for every layer) compilation alike."""
     model, path = hf_model
     graphs_before = counters["stats"]["unique_graphs"]
-    compiled, llm = run(path, enforce_eager=False, kv_cache_memory=kv_memory)
+    compiled, llm = run(path, enforce_eager=False, kv_cache_memory=kv_memory,
+                        compilation_config={"compile_regions": compile_regions})
     graphs = counters["stats"]["unique_graphs"] - graphs_before
 
     assert llm.llm_engine.model.compiled_decode is not None
@@ -122,6 +126,10 @@ def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_
     assert generate(llm) == eager
     with pytest.raises(ValueError, match=r"unknown inductor option\(s\) \['max_autotuen'\]"):
         engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": {"max_autotuen": True}})
+    with pytest.raises(ValueError, match="compile_regions applies to the torch attention backend"):
+        engine(hf_model[1], False, kv_memory, attention_backend="flex", compilation_config={"compile_regions": True})
+    with pytest.raises(ValueError, match="compile_regions must be true or false"):
+        engine(hf_model[1], False, kv_memory, compilation_config={"compile_regions": "yes"})
 
 
 def test_the_default_is_eager(hf_model) -> None:

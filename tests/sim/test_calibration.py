@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from batchserve.config import CacheConfig, SchedulerConfig
-from batchserve.sim.calibration import Observation, fit_efficiency, fit_report, nelder_mead, predict
+from batchserve.sim.calibration import Observation, fit_efficiency, fit_report, median_per_point, nelder_mead, predict
 from batchserve.sim.cost_model import Efficiency, StepShape
 from batchserve.sim.deployment import Deployment
 from batchserve.sim.hardware import CatalogError, Hardware, get_hardware
@@ -195,3 +195,20 @@ def test_the_draft_step_overhead_is_the_median_residual_of_the_drafts_steps(depl
     assert fitted == pytest.approx(0.003, rel=1e-9)
     with pytest.raises(ValueError, match="no draft-model forward step was measured"):
         fit_draft_step_overhead(draft, TRUE, [])
+
+
+def test_median_per_point_keeps_each_grid_points_median_over_passes() -> None:
+    """Three passes of a two-phase grid: each (phase, step) point keeps the median of its three times, so one slow
+    pass (a drifting machine's bad minute) moves no point; a step whose shape differs between passes (a token count
+    new to the first pass) stays its own point."""
+    decode, prefill = StepShape(0, 0, 0, 1, 16, 1), StepShape(64, 64 * 32.5, 64, 0, 0, 1, 1)
+    new_prefill = prefill._replace(num_new_shapes=1)
+
+    def grid(scale: float, first: bool) -> list[list[Observation]]:
+        return [[Observation(new_prefill if first else prefill, 3.0 * scale)],
+                [Observation(decode, 1.0 * scale), Observation(decode, 1.1 * scale)]]
+
+    passes = [grid(1.0, True), grid(2.0, False), grid(1.2, False), grid(0.9, False)]
+    points = {(o.shape, round(o.seconds, 9)) for o in median_per_point(passes)}
+    assert points == {(new_prefill, 3.0), (prefill, 3.6), (decode, 1.1), (decode, round(1.1 * 1.1, 9))}
+    assert median_per_point([grid(1.0, True)]) == [o for phase in grid(1.0, True) for o in phase]

@@ -31,7 +31,14 @@ from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
 from ..request import Request, SamplingParams, StructuredOutputsParams
-from ..sim.calibration import Observation, fit_draft_step_overhead, fit_efficiency, fit_lora_terms, fit_report
+from ..sim.calibration import (
+    Observation,
+    fit_draft_step_overhead,
+    fit_efficiency,
+    fit_lora_terms,
+    fit_report,
+    median_per_point,
+)
 from ..sim.cost_model import Efficiency
 from ..sim.deployment import Deployment
 from ..sim.executor import step_shape
@@ -43,6 +50,13 @@ from ..structured_output import StructuredOutputManager
 from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
 
 _ids = itertools.count()
+GRID_BUDGET_S = 20.0
+"""How long `calibrate` keeps repeating its step grid (whole passes, one after another; each point keeps its median
+over the passes): a shared machine's speed drifts by up to 2x between minutes, and a point measured in one minute
+carries that minute's speed. A tiny model's pass takes seconds and gets several; a 0.5B model's takes minutes and
+gets one."""
+MAX_GRID_PASSES = 5
+"""The most passes of the grid `calibrate` runs (`GRID_BUDGET_S`)."""
 WAKEUP_IDLE_S = 0.1
 """How long the engine sits idle before each wake-up step: as between a lightly loaded server's requests, and well
 past the milliseconds a CPU GEMM library's worker threads spin before they sleep."""
@@ -122,13 +136,23 @@ def constrained_phases(vocab: int, max_seqs: int, seed: int = 1) -> Iterator[tup
             yield batch, [(_prompt(rng, vocab, 16), 5, 0) for _ in range(batch)]
 
 
-def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3) -> Iterator[list[Entry]]:
-    """Single prompt chunks, each run after the engine idled: beside the back-to-back prefills of the same sizes
-    (`calibration_phases`), they fit `wakeup_overhead_s`, which most first tokens of a lightly loaded server pay."""
+LIGHT_LOAD_OUTPUTS = 16
+"""Tokens each request of a wake-up phase decodes: a lightly loaded server's regime, measured as it runs."""
+
+
+def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3,
+                  outputs: int = LIGHT_LOAD_OUTPUTS) -> Iterator[list[Entry]]:
+    """A lightly loaded server, as `validate --rate` meets it: a request arrives to an idle engine (its prompt
+    chunk is the wake-up step), decodes `outputs` tokens, and a second one joins halfway (a mixed step, then
+    two-row decodes). Beside the back-to-back prefills of the same sizes (`calibration_phases`) the first steps
+    fit `wakeup_overhead_s`, which most first tokens of such a server pay; the 1-2 row decodes at short context,
+    measured between idle periods rather than in a busy grid, are where its TPOT lives (on `tiny`, validation's
+    TPOT ran 1.2-1.4x the grid's back-to-back 1-row decodes, which the fit priced within 5%)."""
     rng = np.random.default_rng(seed)
     for n in (16, 64, 256):
         for _ in range(repeats):
-            yield [(_prompt(rng, vocab, n), 1, 0)]
+            yield [(_prompt(rng, vocab, n), outputs, 0),
+                   (_prompt(rng, vocab, 32), outputs // 2, outputs // 2)]
 
 
 def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
@@ -225,9 +249,11 @@ class Calibration:
     efficiency: Efficiency
     observations: list[Observation]
     report: dict
+    grid_passes: int = 1
+    """How many passes of the step grid the observations' medians are over."""
 
     def profile_dict(self, meta: dict) -> dict:
-        return {**self.profile.to_dict(), "_calibration": {**meta, "fit": self.report}}
+        return {**self.profile.to_dict(), "_calibration": {**meta, "grid_passes": self.grid_passes, "fit": self.report}}
 
 
 def _draft_log(engine: Engine) -> list[DraftForward] | None:
@@ -238,28 +264,37 @@ def _draft_log(engine: Engine) -> list[DraftForward] | None:
 
 
 def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence[LoRARequest] = (),
-              max_context: int = 2048) -> Calibration:
+              max_context: int = 2048, grid_passes: int | None = None) -> Calibration:
     """Measure peaks and the step grid on `llm`'s device, then fit the cost model to the steps.
+
+    The peaks and the grid (with its wake-up steps) are measured `grid_passes` times, one whole pass after
+    another (None: as many as `GRID_BUDGET_S` allows, at most `MAX_GRID_PASSES`); each grid point and each peak
+    keeps its median over the passes (`median_per_point`).
 
     With LoRA on, steps under `adapters` (or, if none are given, random ones of `max_lora_rank`) fit the
     LoRA terms too. With speculative decoding on, the grid runs without it and `speculation_phases` with it:
     their verification steps, an n-gram proposer's lookups (`proposer_overhead_s`) and a draft model's forward
     steps, timed apart from the target's (`draft_step_overhead_s`). `max_context`: the longest context measured.
     """
+    if grid_passes is not None and grid_passes < 1:
+        raise ValueError(f"grid_passes must be at least 1, got {grid_passes}; leave it unset for as many as fit "
+                         f"in {GRID_BUDGET_S:.0f} s")
     speculator = llm.scheduler.speculator
     llm.scheduler.speculator = None
     try:
-        return _calibrate(llm, name, quiet, adapters, max_context, speculator)
+        return _calibrate(llm, name, quiet, adapters, max_context, speculator, grid_passes)
     finally:
         llm.scheduler.speculator = speculator
 
 
 def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARequest], max_context: int,
-               speculator: Speculator | None) -> Calibration:
+               speculator: Speculator | None, grid_passes: int | None) -> Calibration:
     device = llm.device
     dtype = llm.model.dtype
-    # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
-    flops, bandwidth = measure_peaks(device, dtype, packed=llm.model.prepacked)
+    seen = SeenTokenCounts()
+    peaks, grid = _grid_passes(llm, seen, max_context, grid_passes, quiet)
+    observations = median_per_point(grid)
+    flops, bandwidth = (float(np.median(p)) for p in zip(*peaks))
     label = device_name(device)
     match = catalog_match(label) if device.type == "cuda" else None
     weight_dtype = WEIGHT_DTYPES[dtype]
@@ -278,17 +313,6 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
                             quantization=quantization.method, quantization_group_size=quantization.group_size,
                             quantize_lm_head=quantization.quantize_lm_head)
     sched = llm.scheduler.config
-    phases = list(calibration_phases(llm.model_config.max_model_len, llm.model_config.vocab_size,
-                                     sched.max_num_batched_tokens, sched.max_num_seqs, max_context=max_context))
-    observations: list[Observation] = []
-    seen = SeenTokenCounts()
-    progress = Progress("calibrating", len(phases), enabled=not quiet, unit="phases")
-    with prefix_caching(llm.scheduler.kv), progress:
-        for i, (phase, entries) in enumerate(phases):
-            observations += record_steps(llm.engine, entries, seen, keep=phase != "warm-up")
-            progress.update(i + 1, f"{phase}, {len(observations)} steps")
-    for entries in wakeup_phases(llm.model_config.vocab_size):
-        observations += record_steps(llm.engine, entries, seen, idle_s=WAKEUP_IDLE_S)
     if llm.structured_output is not None:  # the grammar's per-row cost, when the engine can run grammars
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
@@ -311,7 +335,36 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft, forwards)
     profile = replace(profile, efficiency=asdict(efficiency))
     deployment = replace(deployment, hardware=profile)
-    return Calibration(profile, deployment, efficiency, observations, report)
+    return Calibration(profile, deployment, efficiency, observations, report, len(grid))
+
+
+def _grid_passes(llm: LLMEngine, seen: SeenTokenCounts, max_context: int, passes: int | None,
+                 quiet: bool) -> tuple[list[tuple[float, float]], list[list[list[Observation]]]]:
+    """(matmul FLOP/s, bytes/s) and the grid's steps (pass -> phase -> steps) of each pass: the grid phases, then
+    the wake-up phases, on fresh prompts each pass (the warm-up runs in the first only)."""
+    sched, model = llm.scheduler.config, llm.model_config
+    peaks, grid = [], []
+    start = time.perf_counter()
+    while passes is None or len(grid) < passes:
+        # the peak of the GEMM the engine runs, so fitted efficiencies stay fractions of it
+        peaks.append(measure_peaks(llm.device, llm.model.dtype, packed=llm.model.prepacked))
+        seed = 10 * len(grid)
+        phases = [(label, entries, 0.0) for label, entries in calibration_phases(
+            model.max_model_len, model.vocab_size, sched.max_num_batched_tokens, sched.max_num_seqs, seed=seed,
+            max_context=max_context)]
+        phases += [("wake-up", entries, WAKEUP_IDLE_S) for entries in wakeup_phases(model.vocab_size, seed=seed + 3)]
+        steps: list[list[Observation]] = []
+        label = "calibrating" if passes == 1 else f"calibrating, pass {len(grid) + 1}"
+        with prefix_caching(llm.scheduler.kv), Progress(label, len(phases), enabled=not quiet, unit="phases") as bar:
+            for i, (phase, entries, idle_s) in enumerate(phases):
+                warm_up = phase == "warm-up"  # unrecorded, and needed once
+                run = not warm_up or not grid
+                steps.append(record_steps(llm.engine, entries, seen, keep=not warm_up, idle_s=idle_s) if run else [])
+                bar.update(i + 1, phase)
+        grid.append(steps)
+        if passes is None:  # as many passes as the budget holds, judged by the first pass's time
+            passes = max(1, min(MAX_GRID_PASSES, int(GRID_BUDGET_S // (time.perf_counter() - start))))
+    return peaks, grid
 
 
 def _speculative_steps(llm: LLMEngine, speculator: Speculator, seen: SeenTokenCounts,

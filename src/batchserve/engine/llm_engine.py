@@ -167,7 +167,7 @@ class LLMEngine:
         if compiled:
             self.model.compile_decode(self.executor.kv_caches,
                                       compilation.capture_sizes(sched_cfg.max_num_seqs) if ladder else (),
-                                      compilation.inductor_compile_config)
+                                      compilation.inductor_compile_config, compilation.compile_regions)
         self.engine = Engine(self.scheduler, self.executor)
         generation_config = read_generation_config(self.model_path)
         self.default_sampling_params = generation_defaults(generation_config)

@@ -21,7 +21,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     max_num_seqs=args.max_num_seqs, skip_tokenizer_init=True, **lora_engine_args(args))
     name = args.name or f"calibrated-{llm.device.type}"
     t = time.perf_counter()
-    result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args), max_context=args.max_context)
+    result = calibrate(llm, name, quiet=args.quiet, adapters=lora_modules(args), max_context=args.max_context,
+                       grid_passes=args.grid_passes)
     wall = time.perf_counter() - t
     meta = {
         "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype], "quantization": llm.quantization_config.method,

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,10 +54,23 @@ class EstimateConfig:
     estimate is for this machine, its step costs; 0: assume every request generates its max_tokens."""
     num_buckets: int = 3
     """Prompt-length buckets (at the job's quantiles) of the output-length model."""
-    min_bucket_samples: int = 4
-    """A bucket with fewer observed completions uses all buckets' lengths pooled."""
-    num_draws: int = 10
-    """Simulations of the job under bootstrap draws of the length model; the range is their p10-p90."""
+    length_prior_weight: float = 0.25
+    """Pseudo-completions the output-length prior counts for (log-uniform lengths up to twice max_tokens; see
+    `jobs.lengths`), against `length_concentration` per observed completion."""
+    bucket_prior_weight: float = 1.0
+    """Pseudo-completions each prompt-length bucket borrows from all buckets' lengths pooled."""
+    length_concentration: float = 0.5
+    """Dirichlet weight of each observed completion in the length posterior (1: the Bayesian bootstrap, too
+    narrow for a few completions; 1/2 covers about 80% of synthetic jobs sampled at 5% of 200)."""
+    num_length_draws: int = 400
+    """Posterior predictive draws of every request's output length; the output-token range is their p10-p90."""
+    num_draws: int = 11
+    """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens (odd: the middle one
+    is at the median, and its summary is the estimate's)."""
+    step_cost_error: float = 0.085
+    """The step-cost model's error on a whole job (one sigma of log(actual / priced)): the wall-time range spreads
+    each simulation by it. 0.085: the RMS of a calibrated profile pricing three SmolLM2 jobs' own steps on this
+    project's CPU VM (-8.6%, -7.2%, +9.3%; bench/RESULTS.md, session 8)."""
     fit_step_costs: bool = True
     """Scale the profile's step costs to steps measured on its device by an earlier full run (--profile-from), or
     by the sample when the profile is the uncalibrated cpu-local placeholder (False: learn output lengths only).
@@ -72,11 +86,14 @@ class EstimateConfig:
     def __post_init__(self) -> None:
         if self.sample < 0:
             raise ValueError(f"--sample must be >= 0, got {self.sample}")
-        for name in ("num_buckets", "min_bucket_samples", "num_draws", "eta_every"):
+        for name in ("num_buckets", "num_length_draws", "num_draws", "eta_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.length_concentration <= 0:
+            raise ValueError(f"length_concentration must be > 0, got {self.length_concentration}")
+        for name in ("length_prior_weight", "bucket_prior_weight", "step_cost_error", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.eta_max_overhead <= 1:
             raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
 
@@ -121,7 +138,8 @@ class Evidence:
         (full runs) and the per-request loop cost from `host_from` (default `steps_from`)."""
         completions = [c for m in lengths_from for c in m.completions]
         model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
-                            est.min_bucket_samples) if completions else None
+                            est.length_prior_weight, est.bucket_prior_weight,
+                            est.length_concentration) if completions else None
         efficiency = sim.efficiency
         host_from = steps_from if host_from is None else host_from
         if steps_from:
@@ -131,19 +149,16 @@ class Evidence:
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
 
-    def lengths_for(self, requests: Sequence[BatchRequest], dists: list[LengthDistribution],
-                    rng: np.random.Generator) -> dict[str, list[int]]:
-        """A drawn output length for each completion of each request."""
+    def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator,
+                    dists: list[LengthDistribution] | None = None) -> dict[str, list[int]]:
+        """An output length for each completion of each request: from `dists` (one per bucket), or by default a
+        posterior predictive draw."""
         assert self.lengths is not None
-        prompt_lens, limits, owners = [], [], []
-        for r in requests:
-            assert r.params is not None
-            for _ in range(r.params.n):
-                prompt_lens.append(len(r.prompt_token_ids))
-                limits.append(r.params.max_tokens)
-                owners.append(r.custom_id)
+        slots = _completion_slots(requests)
+        drawn = self.lengths.predict(slots.prompt_lens, slots.limits, rng) if dists is None else \
+            self.lengths.draw(slots.prompt_lens, slots.limits, dists, rng)
         out: dict[str, list[int]] = {}
-        for cid, length in zip(owners, self.lengths.draw(prompt_lens, limits, dists, rng).tolist()):
+        for cid, length in zip(slots.owners, drawn.tolist()):
             out.setdefault(cid, []).append(length)
         return out
 
@@ -156,7 +171,8 @@ class Evidence:
 
 @dataclass
 class Estimate:
-    """The predicted job: the median draw's summary, the p10-p90 ranges, and what it rests on."""
+    """The predicted job: the summary of the simulation at the median output tokens, the p10-p90 ranges, and
+    what it rests on."""
 
     summary: Summary
     wall_s_range: tuple[float, float]
@@ -164,6 +180,26 @@ class Estimate:
     info: dict[str, Any]
     measurements: Measurements | None
     """The sample's measurements (for `--json`, reusable with --profile-from)."""
+
+
+@dataclass
+class _Slots:
+    """Every completion a set of requests asks for: its prompt length, its max_tokens and its request's id."""
+
+    prompt_lens: list[int]
+    limits: list[int]
+    owners: list[str]
+
+
+def _completion_slots(requests: Sequence[BatchRequest]) -> _Slots:
+    slots = _Slots([], [], [])
+    for r in requests:
+        assert r.params is not None
+        for _ in range(r.params.n):
+            slots.prompt_lens.append(len(r.prompt_token_ids))
+            slots.limits.append(r.params.max_tokens)
+            slots.owners.append(r.custom_id)
+    return slots
 
 
 def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> list[BatchRequest]:
@@ -248,17 +284,12 @@ def estimate_job(
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
     if evidence.lengths is None:
         draws = [evidence.simulate(job.entries, sim, config, router, None)]
+        tokens = np.array([draws[0].output_tokens])
     else:
-        lengths_model = evidence.lengths
-        draws = []
-        for d in range(est.num_draws):
-            rng = np.random.default_rng([config.seed, d])
-            lengths = {**evidence.lengths_for(requests, lengths_model.resample(rng), rng), **known}
-            draws.append(evidence.simulate(job.entries, sim, config, router, lengths))
+        draws, tokens = _length_draws(evidence, job, sim, config, router, known, est)
     walls = np.array([s.wall_s for s in draws])
-    tokens = np.array([s.output_tokens for s in draws])
-    median = draws[int(np.argmin(np.abs(walls - np.median(walls))))]
-    p10, p90 = (float(x) for x in np.percentile(walls, [10, 90]))
+    median = draws[len(draws) // 2]  # the simulation at the median output tokens (draws come in token order)
+    p10, p90 = (float(x) for x in np.percentile(_with_cost_error(walls, est.step_cost_error), [10, 90]))
     t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
     info = {
         "model": sim.deployment.model.name, "hardware": sim.deployment.hardware.name, "device": target,
@@ -288,10 +319,39 @@ def estimate_job(
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
 
 
+def _length_draws(evidence: Evidence, job: JobPlan, sim: SimSetup, config: JobConfig, router: RouterConfig,
+                  known: dict[str, list[int]], est: EstimateConfig) -> tuple[list[Summary], np.ndarray]:
+    """The job simulated at evenly spaced quantiles of its output tokens over `est.num_length_draws` posterior
+    predictive draws (stratified on what drives wall time most), and every draw's output tokens."""
+    assert evidence.lengths is not None
+    unknown = [r for r in job.requests if r.custom_id not in known]
+    slots = _completion_slots(unknown)
+
+    def world(w: int) -> np.random.Generator:
+        return np.random.default_rng([config.seed, w])
+
+    known_tokens = sum(map(sum, known.values()))
+    tokens = known_tokens + np.array([evidence.lengths.predict(slots.prompt_lens, slots.limits, world(w)).sum()
+                                      for w in range(est.num_length_draws)])
+    order = np.argsort(tokens, kind="stable")
+    picks = order[((np.arange(est.num_draws) + 0.5) / est.num_draws * len(order)).astype(int)]
+    draws = [evidence.simulate(job.entries, sim, config, router, {**evidence.lengths_for(unknown, world(int(w))),
+                                                                   **known}) for w in picks]
+    return draws, tokens
+
+
+def _with_cost_error(walls: np.ndarray, sigma: float, points: int = 64) -> np.ndarray:
+    """Each simulated wall time spread by the step-cost model's log-normal error (at `points` normal quantiles):
+    a batch job keeps the engine busy, so pricing its steps x% high makes it x% longer."""
+    z = np.array([NormalDist().inv_cdf((j + 0.5) / points) for j in range(points)])
+    return (walls[:, None] * np.exp(sigma * z)[None, :]).ravel()
+
+
 def _assumption(evidence: Evidence, est: EstimateConfig) -> str:
     if evidence.lengths is None:
         return "every request generates its max_tokens: an upper bound (--sample K learns real output lengths)"
     obs = evidence.lengths.observations
     capped = sum(c.censored for c in obs)
     return (f"output lengths learned from {len(obs)} completions ({capped} stopped by max_tokens), "
-            f"{est.num_buckets} prompt-length buckets; range p10-p90 over {est.num_draws} draws")
+            f"{est.num_buckets} prompt-length buckets; range p10-p90 over {est.num_length_draws} length draws "
+            f"({est.num_draws} simulated) and a {est.step_cost_error:.1%} step-cost error")

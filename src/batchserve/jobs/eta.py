@@ -67,7 +67,6 @@ class LiveEta:
         remaining = list(self.pending.values())
         lengths = None
         if evidence.lengths is not None:
-            model = evidence.lengths
-            lengths = evidence.lengths_for(remaining, model.distributions(model.observations),
-                                           np.random.default_rng(self.config.seed))
+            lengths = evidence.lengths_for(remaining, np.random.default_rng(self.config.seed),
+                                           evidence.lengths.expected())
         return evidence.simulate(remaining, self.sim, self.config, self.router, lengths).wall_s

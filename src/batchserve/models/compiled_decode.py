@@ -15,13 +15,18 @@ cudagraph trees). The FlexAttention kernel stays an opaque op of that graph
 attend that one key (no empty softmax) and their outputs are dropped.
 The torch backend gathers a step's keys into a [B, L] copy whose L changes
 every step, so a CUDA graph per shape would be a graph per step; it compiles
-decode steps of any size without padding or graphs.
+decode steps of any size without padding or graphs. There, regional
+compilation (`regions`) compiles one decoder layer instead of the whole step:
+the layers share their code, and their weights are the graph's inputs (dynamo
+inlines nn.Modules), so one graph serves all of them, at a fraction of the
+compile time; the few ops around the layers run eagerly.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,13 +38,18 @@ class CompiledDecode:
     """A model's run_layers compiled for pure decode steps; call it with a step, get hidden states or None (eager)."""
 
     def __init__(self, run_layers: Callable[..., torch.Tensor], window: int | None, kv_caches: list[KVCache],
-                 capture_sizes: Sequence[int] = (), inductor_options: Mapping[str, Any] | None = None) -> None:
+                 capture_sizes: Sequence[int] = (), inductor_options: Mapping[str, Any] | None = None,
+                 regions: bool = False) -> None:
         """`inductor_options`: inductor settings for the graph (torch.compile's `options`), checked here, not at
-        the first decode step."""
+        the first decode step. `regions`: compile one decoder layer (run_layers' call_layer), not the whole
+        step; torch backend only."""
         unknown = sorted(set(inductor_options or {}) - set(torch._inductor.list_options()))
         if unknown:
             raise ValueError(f"unknown inductor option(s) {unknown} in inductor_compile_config; see "
                              "torch._inductor.list_options(), e.g. max_autotune, freezing")
+        if regions and capture_sizes:
+            raise ValueError("compile_regions applies to the torch attention backend; the flex backend's padded "
+                             "decode steps compile whole (drop compile_regions or use --attention-backend torch)")
         self.window = window
         self.capture_sizes = tuple(sorted(capture_sizes))
         """The flex backend's ladder of padded row counts; empty: the torch backend, no padding."""
@@ -56,7 +66,11 @@ class CompiledDecode:
         options = dict(inductor_options or {})
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
-        self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True, options=options)
+        if regions:
+            self.fn = partial(run_layers, call_layer=torch.compile(call_layer, dynamic=True, fullgraph=True,
+                                                                   options=options))
+        else:
+            self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True, options=options)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  meta: AttentionMetadata) -> torch.Tensor | None:
@@ -73,6 +87,11 @@ class CompiledDecode:
         if self.cuda_graphs:  # the previous step's outputs are consumed: the graphs may reuse their memory
             torch.compiler.cudagraph_mark_step_begin()
         return self.fn(ids, pos, kv_caches, step)[:rows]
+
+
+def call_layer(layer: torch.nn.Module, *args: Any) -> torch.Tensor:
+    """One decoder layer's forward: the region a regional compile compiles once for every layer."""
+    return layer(*args)
 
 
 def pad_decode(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, size: int,

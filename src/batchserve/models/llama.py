@@ -10,7 +10,7 @@ RMSNorm in float32, RoPE cos/sin cast to the activation dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -177,23 +177,29 @@ class CausalLM(nn.Module):
         return self.run_layers(input_ids, positions, kv_caches, meta)
 
     def compile_decode(self, kv_caches: list[KVCache], capture_sizes: Sequence[int] = (),
-                       inductor_options: Mapping[str, Any] | None = None) -> None:
+                       inductor_options: Mapping[str, Any] | None = None, regions: bool = False) -> None:
         """Run pure decode steps compiled (models/compiled_decode.py), every other step eagerly.
 
         capture_sizes: the flex backend's ladder of padded batch sizes; the last block of kv_caches is
         then the padding rows' scratch block, which the caller never hands to a request.
         inductor_options: torch.compile's `options` for the graph (CompilationConfig.inductor_compile_config).
+        regions: compile one decoder layer, not the whole step (CompilationConfig.compile_regions).
         """
         self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes,
-                                              inductor_options)
+                                              inductor_options, regions)
 
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                   meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata) -> torch.Tensor:
-        """forward's body: embeddings, the decoder layers, the final norm."""
+                   meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata,
+                   call_layer: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        """forward's body: embeddings, the decoder layers, the final norm.
+
+        call_layer(layer, rope, x, kv_cache, meta, attn) runs each layer in its place (a compiled layer).
+        """
         x = self.model.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)  # gathered once per step, applied by every layer
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            x = layer(rope, x, kv_cache, meta, self.attn)
+            x = layer(rope, x, kv_cache, meta, self.attn) if call_layer is None else call_layer(
+                layer, rope, x, kv_cache, meta, self.attn)
         return self.model.norm(x)
 
     @torch.inference_mode()

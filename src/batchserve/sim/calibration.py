@@ -60,6 +60,23 @@ class Observation:
         return cls(StepShape(**{f: d[f] for f in StepShape._fields if f in d}), float(d["seconds"]))
 
 
+def median_per_point(passes: Sequence[Sequence[Sequence[Observation]]]) -> list[Observation]:
+    """One observation per grid point: the median time of the steps that repeated passes of a calibration grid
+    measured at the same point (pass -> phase -> steps; a point is a phase's i-th step of one shape).
+
+    A shared machine's speed drifts by 2x between minutes; a grid measured once samples each point at one
+    minute, so drift biases some points against others and the fit follows it. Passes run one after another
+    (the whole grid, then again) sample every point at several minutes, and the median keeps one slow minute
+    out. A step whose shape differs between passes (a token count new to the first pass only) is its own point.
+    """
+    points: dict[tuple[int, int, StepShape], list[float]] = {}
+    for phases in passes:
+        for p, steps in enumerate(phases):
+            for i, o in enumerate(steps):
+                points.setdefault((p, i, o.shape), []).append(o.seconds)
+    return [Observation(shape, float(np.median(seconds))) for (_, _, shape), seconds in points.items()]
+
+
 def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> np.ndarray:
     model = CostModel(deployment, efficiency)
     return np.array([model.step_time(*o.shape) for o in observations])
