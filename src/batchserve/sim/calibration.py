@@ -195,9 +195,12 @@ def fit_lora_terms(deployment: Deployment, efficiency: Efficiency,
     over the whole grid) and load that drifts between far-apart steps stay out of them; with the LoRA steps in
     the joint fit instead, a few percent of a prompt step's time was lost in its noise and `lora_flops` ran to
     its bound. Errors are relative to the base step's time, under a Cauchy loss (a pair the machine's load
-    split is an outlier).
+    split is an outlier). A pair whose first step ran a new token count is left out: that step also built the
+    base GEMMs' kernels (`new_shape_overhead_s`, which the grid may have fitted as 0), and on a small model
+    that cost is as large as the adapters'.
     """
-    pairs = [(a, b) for a, b in pairs if same_rows(a.shape, b.shape) and a.shape.num_lora_segments]
+    pairs = [(a, b) for a, b in pairs if same_rows(a.shape, b.shape) and a.shape.num_lora_segments
+             and not a.shape.num_new_shapes + b.shape.num_new_shapes]
     if len(pairs) < len(LORA_TERMS):
         raise ValueError(f"need at least {len(LORA_TERMS)} steps under adapters paired with their base twins, "
                          f"got {len(pairs)}")
