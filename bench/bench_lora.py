@@ -20,7 +20,7 @@ three runs' wall times on the same requests: simulated vs measured, each
 run's wall and throughput error, and whether the throughput is within the
 10% fidelity bound (the grid runs with the prefix cache on, as `calibrate`
 always does; the measured and simulated runs keep it off). With
---repeats N the three runs alternate N times and each reports its fastest
+--repeats N the three runs alternate N times and each reports its median
 wall time (and all of them): on a shared machine, load that comes and goes
 would otherwise land on one configuration and not the others.
 
@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -165,7 +166,7 @@ def main() -> None:
             profile.write_text(json.dumps(calibration.profile_dict({"bench": "bench_lora"})))
             predicted = predicted_walls(llm, args.shape, prompts, loras, args.output_len, profile)
             print("calibrated: " + ", ".join(f"{k}={v:.3g}" for k, v in calibration.efficiency.to_dict().items()))
-    walls = {name: min(w) for name, w in all_walls.items()}
+    walls = {name: statistics.median(w) for name, w in all_walls.items()}
     out_tokens = args.num_requests * args.output_len
     total_tokens = out_tokens + sum(map(len, prompts))
     rows = {name: {"wall_s": wall, "all_wall_s": all_walls[name], "output_tok_s": out_tokens / wall,

@@ -25,6 +25,8 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
     assert data["_calibration"]["grid_passes"] == 2  # each grid point is its median over two passes
+    fit = data["_calibration"]["fit"]  # each LoRA step beside its twin of base rows
+    assert fit["lora steps"]["steps"] == fit["lora twins"]["steps"] >= 20
     hw = get_hardware(str(profile))
     assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s",
                                "wakeup_overhead_s"}

@@ -15,7 +15,7 @@ from batchserve.engine import Engine
 from batchserve.lora import LoRAAdmission, LoRAConfig
 from batchserve.lora.slots import SlotTable
 from batchserve.sim.batch import SimBatch
-from batchserve.sim.calibration import Observation, fit_efficiency, fitted_fields, predict
+from batchserve.sim.calibration import Observation, fit_efficiency, fit_lora_terms, fitted_fields, predict
 from batchserve.sim.cost_model import CostModel, Efficiency, StepShape
 from batchserve.sim.deployment import Deployment
 from batchserve.sim.engine import SimEngine
@@ -207,6 +207,46 @@ def test_the_lora_terms_are_fitted_only_from_steps_that_ran_adapters() -> None:
     assert fitted.lora_flops == pytest.approx(0.3, rel=0.25)
     predicted = predict(d, fitted, observations)
     assert max(abs(p / o.seconds - 1) for p, o in zip(predicted, observations)) < 0.05
+
+
+def _twins() -> list[tuple[StepShape, StepShape]]:
+    """Steps as `lora_phases` runs them: a 16-token-prompt chunk of b rows then their decodes, and a 256-token
+    prompt, under k adapters (a segment each), each beside its twin of base rows."""
+    pairs = []
+    for b, k in [(8, 1), (8, 8), (64, 1), (64, 8), (1, 1)]:
+        n = 256 if b == 1 else 16
+        for base in (StepShape(b * n, b * n * (n + 1) / 2, b * n, 0, 0, b, b),
+                     StepShape(0, 0, 0, b, b * (n + 2), b)):
+            pairs.append((base._replace(num_lora_tokens=b * n if base.num_prefill_tokens else b,
+                                        num_lora_segments=k), base))
+    return pairs
+
+
+def test_the_lora_terms_price_what_adapters_add_to_their_base_twins() -> None:
+    """The base steps measure 20% slower than the base terms say (the joint fit's compromise over the grid):
+    fitted on the pairs' differences, the LoRA terms still come out as the engine's, and each step under
+    adapters is predicted its twin's predicted time plus exactly what the adapters added."""
+    d = deployment(hardware="cpu-local")
+    base_eff = Efficiency(gemm_flops=0.55, attention_flops=0.2, memory_bandwidth=0.45, step_overhead_s=0.004)
+    truth = replace(base_eff, lora_flops=0.08, lora_segment_overhead_s=2e-3)
+    pairs = []
+    for lora, base in _twins():
+        added = predict(d, truth, [Observation(lora, 1)])[0] - predict(d, truth, [Observation(base, 1)])[0]
+        measured_base = 1.2 * predict(d, truth, [Observation(base, 1)])[0]
+        pairs.append((Observation(lora, measured_base + added), Observation(base, measured_base)))
+    # a step under adapters that ran its token count first also built the base GEMMs' kernels: left out
+    first_runs = [(Observation(a.shape._replace(num_new_shapes=1), a.seconds + 0.3 * b.seconds), b) for a, b in pairs]
+    fitted = fit_lora_terms(d, base_eff, pairs + first_runs)
+    assert fitted.lora_flops == pytest.approx(0.08, rel=0.02)
+    assert fitted.lora_segment_overhead_s == pytest.approx(2e-3, rel=0.02)
+    assert replace(fitted, lora_flops=base_eff.lora_flops, lora_segment_overhead_s=0.0) == base_eff
+    for under, twin in pairs:
+        a, b = predict(d, fitted, [under, twin])
+        assert a - b == pytest.approx(under.seconds - twin.seconds, rel=0.02)
+    # a step whose twin ran other rows tells nothing; too few pairs is an error, not a guess
+    lora, base = _twins()[0]
+    with pytest.raises(ValueError, match="paired with their base twins"):
+        fit_lora_terms(d, base_eff, [(Observation(lora, 1.0), Observation(base._replace(num_decodes=3), 0.5))] * 5)
 
 
 def test_a_lora_setup_records_its_slots_and_the_deployment_its_rank() -> None:

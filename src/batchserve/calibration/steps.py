@@ -35,6 +35,7 @@ from ..sim.calibration import (
     Observation,
     fit_draft_step_overhead,
     fit_efficiency,
+    fit_lora_terms,
     fit_report,
     median_per_point,
 )
@@ -155,20 +156,24 @@ def wakeup_phases(vocab: int, seed: int = 3, repeats: int = 3,
 
 
 def lora_phases(vocab: int, max_seqs: int, num_adapters: int, seed: int = 2,
-                prompt_repeats: int = 3) -> Iterator[tuple[str, list[Entry], list[int]]]:
-    """(label, requests, adapter ids: request i runs under ids[i % len]) groups of prompt chunks and decode
-    batches under one adapter and under `num_adapters`: beside the base steps of the same sizes, they fit
-    `lora_flops` and `lora_segment_overhead_s`. An adapter's first step also copies it into a slot."""
+                prompt_repeats: int = 2) -> Iterator[tuple[str, list[Entry], list[int]]]:
+    """(label, requests, adapter ids: request i runs under ids[i % len]; none: base rows) groups, each twice:
+    under adapters, then with fresh prompts of the same lengths as base rows (its twin, for `fit_lora_terms`).
+
+    Prompt chunks under one adapter, and decode batches (after their 16-token prompts' chunk) of 8 and up to
+    64 rows under one adapter and under `num_adapters`: 64 rows over 8 adapters is a batch job's regime, where
+    each segment's shrink and expand GEMMs run on a few rows and the prompts' chunk holds a segment per adapter.
+    An adapter's first step also copies it into a slot.
+    """
     rng = np.random.default_rng(seed)
-    spreads = sorted({1, num_adapters})
-    for n in (64, 256):
-        for _ in range(prompt_repeats):
-            yield f"LoRA prefill {n}", [(_prompt(rng, vocab, n), 1, 0)], [1]
-    for batch in (8, 32):
-        for k in spreads:
-            if batch <= max_seqs:
-                yield f"LoRA decode x{batch}, {k} adapters", [(_prompt(rng, vocab, 16), 5, 0)
-                                                              for _ in range(batch)], list(range(1, k + 1))
+    groups = [("LoRA prefill 256", [(256, 1)], [1])] * prompt_repeats
+    for batch in sorted({min(8, max_seqs), min(64, max_seqs)}):
+        groups += [(f"LoRA decode x{batch}, {k} adapters", [(16, 5)] * batch, list(range(1, k + 1)))
+                   for k in sorted({1, num_adapters})]
+    for label, lengths, ids in groups:
+        for twin in (False, True):
+            yield (f"{label} (base twin)" if twin else label,
+                   [(_prompt(rng, vocab, n), out, 0) for n, out in lengths], [] if twin else ids)
 
 
 def speculation_phases(vocab: int, max_batch: int, seed: int = 3) -> Iterator[list[Entry]]:
@@ -312,13 +317,19 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         grammar = (llm.structured_output, StructuredOutputsParams(regex="[a-z ]{0,64}"))
         for _, entries in constrained_phases(llm.model_config.vocab_size, sched.max_num_seqs):
             observations += record_steps(llm.engine, entries, seen, grammar=grammar)
-    if lora is not None:
-        observations += _lora_steps(llm, adapters, seen)
+    pairs = _lora_steps(llm, adapters, seen) if lora is not None else []
+    observations += [twin for _, twin in pairs]
     forwards: list[DraftForward] = []
     if speculator is not None:
         observations += _speculative_steps(llm, speculator, seen, forwards)
     efficiency = fit_efficiency(deployment, observations)
+    if pairs:  # the LoRA terms price what adapters add to their twins (the base terms are fitted without them)
+        efficiency = fit_lora_terms(deployment, efficiency, pairs)
+        observations += [under for under, _ in pairs]
     report = fit_report(deployment, efficiency, observations)
+    if pairs:  # the LoRA steps' error beside their twins': what the LoRA terms add to the base terms' error
+        for label, steps in (("lora steps", [a for a, _ in pairs]), ("lora twins", [b for _, b in pairs])):
+            report[label] = fit_report(deployment, efficiency, steps)["all"]
     draft = speculator.proposer if speculator is not None else None
     if isinstance(draft, DraftModelProposer):
         efficiency, report["draft"] = _fit_draft(deployment, efficiency, draft, forwards)
@@ -386,8 +397,10 @@ def _fit_draft(target: Deployment, efficiency: Efficiency, draft: DraftModelProp
     return replace(efficiency, draft_step_overhead_s=overhead), report
 
 
-def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenTokenCounts) -> list[Observation]:
-    """The LoRA phases' steps, under `adapters` or under random adapters written to a temporary directory."""
+def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest],
+                seen: SeenTokenCounts) -> list[tuple[Observation, Observation]]:
+    """The LoRA phases' steps, each paired with its base twin, under `adapters` or under random adapters written
+    to a temporary directory."""
     lora, sched = llm.lora_manager, llm.scheduler.config
     with tempfile.TemporaryDirectory() as root:
         if not adapters:
@@ -396,11 +409,10 @@ def _lora_steps(llm: LLMEngine, adapters: Sequence[LoRARequest], seen: SeenToken
         for adapter in adapters:
             lora.add(adapter)
         ids = [a.lora_int_id for a in adapters]
-        observations = []
-        for _, entries, which in lora_phases(llm.model_config.vocab_size, sched.max_num_seqs,
-                                             min(len(ids), lora.config.max_loras)):
-            observations += record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
-        return observations
+        runs = [record_steps(llm.engine, entries, seen, adapters=[ids[k - 1] for k in which])
+                for _, entries, which in lora_phases(llm.model_config.vocab_size, sched.max_num_seqs,
+                                                     min(len(ids), lora.config.max_loras))]
+        return [pair for under, twin in zip(runs[::2], runs[1::2]) for pair in zip(under, twin)]
 
 
 @contextlib.contextmanager

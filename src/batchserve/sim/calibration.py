@@ -175,6 +175,48 @@ def nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 
     return simplex[int(np.argmin(values))]
 
 
+LORA_TERMS = ("lora_flops", "lora_segment_overhead_s")
+_LORA_SHAPE_FIELDS = ("num_lora_tokens", "num_lora_segments", "num_lora_loads", "num_new_shapes")
+"""The fields in which a step under adapters may differ from its base twin."""
+_PAIR_SCALE = 0.05  # a pair's error, relative to its base step, counts quadratically well under this
+
+
+def same_rows(lora: StepShape, base: StepShape) -> bool:
+    """Whether `base` runs the rows `lora` runs (prompt chunks, decodes, contexts), as base rows."""
+    return all(a == b for name, a, b in zip(StepShape._fields, lora, base) if name not in _LORA_SHAPE_FIELDS)
+
+
+def fit_lora_terms(deployment: Deployment, efficiency: Efficiency,
+                   pairs: Sequence[tuple[Observation, Observation]]) -> Efficiency:
+    """`efficiency` with `lora_flops` and `lora_segment_overhead_s` fitted to the time adapters add to a step.
+
+    Each pair is a step under adapters and its twin: the same rows as base rows, measured right after it. The
+    terms price the measured difference, so the base terms' error on these shapes (the joint fit's compromise
+    over the whole grid) and load that drifts between far-apart steps stay out of them; with the LoRA steps in
+    the joint fit instead, a few percent of a prompt step's time was lost in its noise and `lora_flops` ran to
+    its bound. Errors are relative to the base step's time, under a Cauchy loss (a pair the machine's load
+    split is an outlier). A pair whose first step ran a new token count is left out: that step also built the
+    base GEMMs' kernels (`new_shape_overhead_s`, which the grid may have fitted as 0), and on a small model
+    that cost is as large as the adapters'.
+    """
+    pairs = [(a, b) for a, b in pairs if same_rows(a.shape, b.shape) and a.shape.num_lora_segments
+             and not a.shape.num_new_shapes + b.shape.num_new_shapes]
+    if len(pairs) < len(LORA_TERMS):
+        raise ValueError(f"need at least {len(LORA_TERMS)} steps under adapters paired with their base twins, "
+                         f"got {len(pairs)}")
+    lora, base = [a for a, _ in pairs], [b for _, b in pairs]
+    measured = np.array([a.seconds - b.seconds for a, b in pairs])
+    scale = _PAIR_SCALE * np.array([b.seconds for b in base])
+
+    def loss(x: np.ndarray) -> float:
+        eff = _decode(x, efficiency, LORA_TERMS)
+        added = predict(deployment, eff, lora) - predict(deployment, eff, base)
+        return float(np.mean(np.log1p(((added - measured) / scale) ** 2)))
+
+    starts = [replace(efficiency, lora_flops=f, lora_segment_overhead_s=o) for f, o in ((0.5, 1e-4), (0.05, 1e-3))]
+    return _decode(min((_descend(loss, _encode(s, LORA_TERMS)) for s in starts), key=loss), efficiency, LORA_TERMS)
+
+
 def fit_draft_step_overhead(draft: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> float:
     """A draft model's `draft_step_overhead_s`: the median of its measured forward steps' time beyond what the
     cost model predicts for them with no fixed cost (`efficiency`: the draft's, from `draft_efficiency`).
