@@ -148,7 +148,7 @@ def main() -> None:
             fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
                             for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
             print(f"{Path(model).name}: calibrated {args.dtype}: {fit}; efficiency "
-                  f"{json.dumps(cal.profile.efficiency)}", flush=True)
+                  f"{json.dumps(dict(cal.profile.efficiency))}", flush=True)
             k = max(1, round(args.sample_fraction * n))
             for name, rows in shapes(n, random.Random(0)).items():
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
