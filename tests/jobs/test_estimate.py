@@ -15,6 +15,7 @@ from jobfiles import completion, read_results, write_jsonl
 
 from batchserve.calibration.device import device_name
 from batchserve.engine.llm_engine import LLMEngine
+from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job
 from batchserve.jobs.eta import LiveEta
@@ -98,6 +99,28 @@ def test_a_sample_learns_outputs_that_stop_early_and_its_results_count_as_done(t
     rest = local_job(str(inp), str(out), "tiny", SETUP.engine_args(), config, True)
     assert (rest.num_skipped, rest.num_ok) == (20, 40)
     assert read_results(out) == read_results(tmp_path / "full.jsonl")  # the sample wrote what the run would
+
+
+def test_a_written_sample_is_the_jobs_first_part(tmp_path):
+    """--sample with -o writes the sample's results, and the run resumes after them: the job's estimate is the
+    sample's measured time plus the rest simulated. Without -o the run will redo the sample, so the estimate is the
+    whole job simulated. (Every request generates 1 token, so every length draw is the same.)"""
+    rows = [completion(f"r{i}", " ".join(["tea"] * (4 + i % 7)), max_tokens=1) for i in range(24)]
+    inp, out = write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "out.jsonl"
+    est = estimate_job(str(inp), str(out), SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=4),
+                       make_backend=backend)
+    rest = estimate_job(str(inp), str(out), SETUP, "h100-sxm", JobConfig())  # what the run has left: 20
+    assert rest.summary.num_requests == 20
+    assert est.summary.wall_s == pytest.approx(est.info["sample"]["wall_s"] + rest.summary.wall_s)
+    assert (est.summary.num_requests, est.summary.num_ok, est.summary.output_tokens) == (24, 24, 24)
+    job = plan_job(str(inp), Done(), SETUP, JobConfig())
+    assert est.summary.prompt_tokens == sum(len(r.prompt_token_ids) for r in job.requests)
+    lo, hi = est.wall_s_range
+    assert est.info["sample"]["wall_s"] < lo <= est.summary.wall_s <= hi  # the cost error spreads the rest only
+    unwritten = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=4),
+                             make_backend=backend)
+    whole = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig())
+    assert unwritten.summary.wall_s == pytest.approx(whole.summary.wall_s)
 
 
 def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):

@@ -263,6 +263,8 @@ def estimate_job(
     records = [prior] if prior is not None else []
     sampled: Measurements | None = None
     known: dict[str, list[int]] = {}
+    done_first: Summary | None = None
+    """A sample written to the output is done: the run resumes after it, so the job is the sample, then the rest."""
     spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}, drafts always found; --sample K measures them)"
     if est.sample:
         assert make_backend is not None, "a sample needs the real engine"
@@ -270,6 +272,8 @@ def estimate_job(
         sampled, known, counters = run_sample(chosen, make_backend(), output_path, config,
                                               job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
+        if output_path:
+            done_first = counters
         if sim.speculative is not None and counters.spec_drafts:
             sim = replace(sim, spec_acceptance=SpecAcceptance(acceptance_rate_from_counts(
                 counters.spec_drafts, counters.spec_draft_tokens, counters.spec_accepted_tokens),
@@ -282,14 +286,22 @@ def estimate_job(
     placeholder = sim.deployment.hardware.name == LOCAL_CPU
     steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
+    entries = job.entries if done_first is None else [
+        e for e in job.entries if not (isinstance(e, BatchRequest) and e.custom_id in {r.custom_id for r in chosen})]
     if evidence.lengths is None:
-        draws = [evidence.simulate(job.entries, sim, config, router, None)]
-        tokens = np.array([draws[0].output_tokens])
+        draws = [evidence.simulate(entries, sim, config, router, None)]
     else:
-        draws, tokens = _length_draws(evidence, job, sim, config, router, known, est)
+        draws, tokens = _length_draws(evidence, job, entries, sim, config, router, known, est)
+    if done_first is not None:
+        assert sampled is not None
+        draws = [_after(done_first, sampled.wall_s, d) for d in draws]
+    if evidence.lengths is None:
+        tokens = np.array([draws[0].output_tokens])
     walls = np.array([s.wall_s for s in draws])
     median = draws[len(draws) // 2]  # the simulation at the median output tokens (draws come in token order)
-    p10, p90 = (float(x) for x in np.percentile(_with_cost_error(walls, est.step_cost_error), [10, 90]))
+    measured_s = sampled.wall_s if done_first is not None and sampled is not None else 0.0
+    p10, p90 = (float(x) for x in np.percentile(
+        measured_s + _with_cost_error(walls - measured_s, est.step_cost_error), [10, 90]))
     t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
     info = {
         "model": sim.deployment.model.name, "hardware": sim.deployment.hardware.name, "device": target,
@@ -319,10 +331,12 @@ def estimate_job(
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
 
 
-def _length_draws(evidence: Evidence, job: JobPlan, sim: SimSetup, config: JobConfig, router: RouterConfig,
-                  known: dict[str, list[int]], est: EstimateConfig) -> tuple[list[Summary], np.ndarray]:
-    """The job simulated at evenly spaced quantiles of its output tokens over `est.num_length_draws` posterior
-    predictive draws (stratified on what drives wall time most), and every draw's output tokens."""
+def _length_draws(evidence: Evidence, job: JobPlan, entries: Sequence[Entry], sim: SimSetup, config: JobConfig,
+                  router: RouterConfig, known: dict[str, list[int]],
+                  est: EstimateConfig) -> tuple[list[Summary], np.ndarray]:
+    """`entries` (the job, or what is left after its sample) simulated at evenly spaced quantiles of the job's
+    output tokens over `est.num_length_draws` posterior predictive draws (stratified on what drives wall time
+    most), and every draw's output tokens (the sample's known lengths included)."""
     assert evidence.lengths is not None
     unknown = [r for r in job.requests if r.custom_id not in known]
     slots = _completion_slots(unknown)
@@ -335,9 +349,23 @@ def _length_draws(evidence: Evidence, job: JobPlan, sim: SimSetup, config: JobCo
                                       for w in range(est.num_length_draws)])
     order = np.argsort(tokens, kind="stable")
     picks = order[((np.arange(est.num_draws) + 0.5) / est.num_draws * len(order)).astype(int)]
-    draws = [evidence.simulate(job.entries, sim, config, router, {**evidence.lengths_for(unknown, world(int(w))),
-                                                                   **known}) for w in picks]
+    draws = [evidence.simulate(entries, sim, config, router, {**evidence.lengths_for(unknown, world(int(w))),
+                                                               **known}) for w in picks]
     return draws, tokens
+
+
+def _after(first: Summary, first_wall_s: float, rest: Summary) -> Summary:
+    """A job that ran `first` (measured, `first_wall_s` with its share of the job's preparation), then `rest`
+    (simulated): its counts and wall times add, its prefix-cache hit rate is over both parts' prompt tokens;
+    `rest`'s records."""
+    prompt = first.prompt_tokens + rest.prompt_tokens
+    both = replace(rest, **{f: getattr(first, f) + getattr(rest, f) for f in (
+        "num_requests", "num_ok", "num_failed", "num_skipped", "prompt_tokens", "output_tokens",
+        "computed_prompt_tokens", "spec_proposals", "spec_drafts", "spec_draft_tokens", "spec_accepted_tokens")})
+    both.wall_s = first_wall_s + rest.wall_s
+    both.prefix_cache_hit_rate = (first.prefix_cache_hit_rate * first.prompt_tokens
+                                  + rest.prefix_cache_hit_rate * rest.prompt_tokens) / prompt if prompt else 0.0
+    return both
 
 
 def _with_cost_error(walls: np.ndarray, sigma: float, points: int = 64) -> np.ndarray:
