@@ -294,7 +294,8 @@ def estimate_job(
         draws, tokens = _length_draws(evidence, job, entries, sim, config, router, known, est)
     if done_first is not None:
         assert sampled is not None
-        draws = [_after(done_first, sampled.wall_s, d) for d in draws]
+        first = replace(done_first, wall_s=sampled.wall_s)  # with its share of the job's preparation
+        draws = [first.then(d) for d in draws]
     if evidence.lengths is None:
         tokens = np.array([draws[0].output_tokens])
     walls = np.array([s.wall_s for s in draws])
@@ -352,20 +353,6 @@ def _length_draws(evidence: Evidence, job: JobPlan, entries: Sequence[Entry], si
     draws = [evidence.simulate(entries, sim, config, router, {**evidence.lengths_for(unknown, world(int(w))),
                                                                **known}) for w in picks]
     return draws, tokens
-
-
-def _after(first: Summary, first_wall_s: float, rest: Summary) -> Summary:
-    """A job that ran `first` (measured, `first_wall_s` with its share of the job's preparation), then `rest`
-    (simulated): its counts and wall times add, its prefix-cache hit rate is over both parts' prompt tokens;
-    `rest`'s records."""
-    prompt = first.prompt_tokens + rest.prompt_tokens
-    both = replace(rest, **{f: getattr(first, f) + getattr(rest, f) for f in (
-        "num_requests", "num_ok", "num_failed", "num_skipped", "prompt_tokens", "output_tokens",
-        "computed_prompt_tokens", "spec_proposals", "spec_drafts", "spec_draft_tokens", "spec_accepted_tokens")})
-    both.wall_s = first_wall_s + rest.wall_s
-    both.prefix_cache_hit_rate = (first.prefix_cache_hit_rate * first.prompt_tokens
-                                  + rest.prefix_cache_hit_rate * rest.prompt_tokens) / prompt if prompt else 0.0
-    return both
 
 
 def _with_cost_error(walls: np.ndarray, sigma: float, points: int = 64) -> np.ndarray:

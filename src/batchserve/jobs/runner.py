@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from ..lora.request import LoRARequest
@@ -201,6 +201,17 @@ class Summary:
     @property
     def total_token_throughput(self) -> float:
         return (self.prompt_tokens + self.output_tokens) / self.wall_s if self.wall_s else 0.0
+
+    def then(self, rest: Summary) -> Summary:
+        """This run followed by `rest`: counts and wall times add, the prefix-cache hit rate is over both runs'
+        prompt tokens; `rest`'s records (each run's times start at its own zero)."""
+        both = replace(rest, **{f.name: getattr(self, f.name) + getattr(rest, f.name)
+                                for f in fields(self) if f.type == "int"})
+        both.wall_s = self.wall_s + rest.wall_s
+        if both.prompt_tokens:
+            both.prefix_cache_hit_rate = (self.prefix_cache_hit_rate * self.prompt_tokens
+                                          + rest.prefix_cache_hit_rate * rest.prompt_tokens) / both.prompt_tokens
+        return both
 
     def to_dict(self) -> dict[str, Any]:
         return {
