@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
 from batchserve.model_config import kv_bytes_per_block
-from batchserve.models import AttentionConfig, AttentionMetadata, PagedAttention, allocate_kv_cache, tiny_config
+from batchserve.models import (
+    AttentionConfig,
+    AttentionMetadata,
+    PagedAttention,
+    allocate_kv_cache,
+    flex_attention,
+    tiny_config,
+)
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = 4, 2, 8, 4
 
@@ -137,6 +144,16 @@ def test_flex_backend_matches_reference_on_ragged_batches(seqs, window, seed):
     """Ragged rows on prefix-cached contexts (decodes, chunks on context, fresh prompts), GQA, sliding windows."""
     out, expected = run_batch(seqs, window, seed, config=FLEX)
     assert (out - expected).abs().max() < 1e-5
+
+
+def test_flex_backend_fails_loudly_past_the_recompile_limit(monkeypatch):
+    """Past dynamo's limit, flex_attention would run uncompiled, whose dense path ignores the block mask's sparsity
+    (attention over the whole pool, silently wrong): an error that says what to do instead."""
+    monkeypatch.setattr(flex_attention, "FLEX_RECOMPILE_LIMIT", 0)
+    torch._dynamo.reset()  # no graph this process compiled before may serve the call
+    with torch._dynamo.config.patch(recompile_limit=0), pytest.raises(
+            flex_attention.FlexRecompileLimitError, match="recompile_limit.*attention-backend torch"):
+        run_batch([(5, 1), (9, 3)], config=FLEX)
 
 
 def test_flex_backend_does_not_recompile_per_batch_shape():

@@ -22,7 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-_compiled_flex = torch.compile(flex_attention)
+FLEX_RECOMPILE_LIMIT = 64
+"""Graphs dynamo may keep for flex_attention (one per dtype, head layout, block size, and one row vs many): its
+default limit of 8 is reached by a process that builds several engines, as a test run or a notebook does."""
+_compiled_flex = torch.compile(flex_attention, fullgraph=True)
+"""fullgraph: past the recompile limit dynamo fails instead of running flex_attention uncompiled, whose dense
+math path evaluates the mask on every pool slot and ignores the block mask's sparsity. Our mask is only defined
+inside a row's first and last block, so that path returns attention over the whole pool: wrong, silently."""
+
+
+class FlexRecompileLimitError(RuntimeError):
+    """flex_attention needed more compiled graphs than dynamo's recompile limit allows."""
 
 
 @dataclass
@@ -69,6 +79,7 @@ def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], bloc
     bounds = to_device(torch.stack([first_phys, lo % block_size, last_phys, pos % block_size], dim=1))
     blocks = (to_device(num_partial)[:, None, None], pad(partial), to_device(num_full)[:, None, None], pad(full),
               bounds)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, FLEX_RECOMPILE_LIMIT)
     if len(rows) > 1:  # one graph for every row count (a size-1 dimension always specializes)
         for t in blocks:
             torch._dynamo.maybe_mark_dynamic(t, 0)
@@ -113,7 +124,13 @@ def _flex_pool(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     values = v_cache.transpose(0, 1)[None]
     if queries.shape[0] > 1:
         torch._dynamo.mark_dynamic(queries, 0)
-    out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True)
+    try:
+        out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+        raise FlexRecompileLimitError(
+            f"the flex attention backend needed more than {torch._dynamo.config.recompile_limit} compiled graphs "
+            "(torch._dynamo.config.recompile_limit) in this process: raise that limit, or use --attention-backend "
+            "torch") from err
     return out[:, :, 0]
 
 
