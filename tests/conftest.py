@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from batchserve.embedded_model import FILE, INSTALL, embedded_model
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One OpenMP thread per xdist worker, and in the processes a test starts (`batchserve run`, servers):
+    # `-n 2` on 2 cores with two threads each oversubscribes, and OpenMP's spinning barriers make that slow.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
