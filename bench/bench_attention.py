@@ -17,6 +17,10 @@ import random
 import statistics
 import time
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 
 from batchserve.models import AttentionConfig, AttentionMetadata, PagedAttention

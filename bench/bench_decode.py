@@ -34,6 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 from bench_engine import SHAPES
 from bench_fidelity import build_model

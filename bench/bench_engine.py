@@ -35,6 +35,10 @@ import tempfile
 import time
 from typing import Any
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 import transformers
 from transformers import GenerationConfig

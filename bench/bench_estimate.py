@@ -24,6 +24,10 @@ import random
 import tempfile
 from pathlib import Path
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 from bench_run import cpu_model
 

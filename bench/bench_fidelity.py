@@ -27,6 +27,10 @@ import tempfile
 import time
 from dataclasses import replace
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 import transformers
 from bench_engine import SHAPES

@@ -44,6 +44,11 @@ import time
 from pathlib import Path
 
 import peft
+
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 import transformers
 from bench_engine import SHAPES  # the same model shapes as the engine benchmark

@@ -34,6 +34,10 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 import torch.nn.functional as F
 import transformers

@@ -40,6 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 
 from batchserve import SamplingParams

@@ -13,6 +13,7 @@ the cost model); the simulator's own run gives the latency errors `validate`
 reports. Run it twice to see the run-to-run spread.
 
     python bench/bench_step_residuals.py --model tiny --num-requests 200 --rate 4
+    python bench/bench_step_residuals.py --model tiny --num-requests 200 --offline
     python bench/bench_step_residuals.py --model SmolLM2-135M-Instruct.Q4_1.gguf --num-requests 64 --rate 1
 """
 
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--hardware", help="a calibrated profile to use instead of calibrating here")
     parser.add_argument("--num-requests", type=int, default=200)
     parser.add_argument("--rate", type=float, default=4.0)
+    parser.add_argument("--offline", action="store_true", help="every request at t=0 (a saturated run), not --rate")
     parser.add_argument("--input-len", default="uniform:16:400")
     parser.add_argument("--output-len", default="uniform:8:120")
     parser.add_argument("--kv-cache-memory", default="256MiB")
@@ -132,7 +134,7 @@ def main() -> None:
             print(f"calibrated in {time.perf_counter() - t:.0f} s: " + ", ".join(
                 f"{k}={v:.3g}" for k, v in calibration.efficiency.to_dict().items()))
         setup = sim_setup(llm, profile, args.model)
-    spec = WorkloadSpec(num_requests=args.num_requests, rate=args.rate, input_len=args.input_len,
+    spec = WorkloadSpec(num_requests=args.num_requests, rate=None if args.offline else args.rate, input_len=args.input_len,
                         output_len=args.output_len, vocab_size=llm.model_config.vocab_size, seed=args.seed)
     recorder = StepRecorder(llm.engine, seen)
     t = time.perf_counter()

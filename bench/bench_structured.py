@@ -25,6 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 
 from batchserve import SamplingParams

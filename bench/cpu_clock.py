@@ -18,6 +18,10 @@ import runpy
 import sys
 import time
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 
 

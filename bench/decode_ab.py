@@ -4,6 +4,10 @@ import pathlib
 import sys
 import time
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 
 torch.set_num_threads(2)

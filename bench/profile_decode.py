@@ -33,6 +33,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 import torch.nn.functional as F
 from bench_decode import default_model

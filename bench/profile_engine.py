@@ -11,6 +11,10 @@ import random
 import tempfile
 import time
 
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
+
+# isort: split
+
 import torch
 from bench_engine import SHAPES
 from bench_fidelity import build_model

@@ -2,6 +2,10 @@
 
 from typing import Any
 
+from .openmp import set_openmp_defaults
+
+set_openmp_defaults()  # before anything loads torch's OpenMP runtime
+
 from .config import CacheConfig, SchedulerConfig, scheduler_config
 from .lora import LoRARequest
 from .request import Request, RequestStatus, SamplingParams, StructuredOutputsParams
