@@ -200,6 +200,10 @@ class CostModel:
         self.new_shape_overhead = eff.new_shape_overhead_s
         self.decode_group_overhead = eff.decode_group_overhead_s
         self.wakeup_overhead = eff.wakeup_overhead_s
+        # Per token count (a step's GEMM and LM-head times depend on nothing else): steps repeat counts, and
+        # calibration's fit prices every measured step thousands of times.
+        self._layer_gemm_times: dict[int, float] = {}
+        self._lm_head_times: dict[int, float] = {}
 
     # ---- operators ------------------------------------------------------------
 
@@ -227,6 +231,12 @@ class CostModel:
 
     def layer_gemm_time(self, tokens: int) -> float:
         """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
+        t = self._layer_gemm_times.get(tokens)
+        if t is None:
+            t = self._layer_gemm_times[tokens] = self._layer_gemm_time(tokens)
+        return t
+
+    def _layer_gemm_time(self, tokens: int) -> float:
         t = sum(self._gemm(tokens, k, n) for k, n in self._dense_gemms)
         if not self.num_experts:
             return t + sum(self._gemm(tokens, k, n) for k, n in self._mlp_gemms)
@@ -269,6 +279,12 @@ class CostModel:
         return num_loads * self.num_layers * self.lora_layer_elements * self.ab / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
+        t = self._lm_head_times.get(num_sampling)
+        if t is None:
+            t = self._lm_head_times[num_sampling] = self._lm_head_time(num_sampling)
+        return t
+
+    def _lm_head_time(self, num_sampling: int) -> float:
         if num_sampling == 0:
             return 0.0
         t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp, quantization=self.lm_head_quantization)
