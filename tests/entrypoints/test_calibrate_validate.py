@@ -17,7 +17,8 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     # with LoRA on, calibrate also times steps under random adapters (rank 8, two slots)
     assert main(["calibrate", "--model", "tiny", "--device", "cpu", "-o", str(profile), "-q",
                  "--kv-cache-memory", "64MiB", "--enable-lora", "--max-loras", "2", "--max-lora-rank", "8",
-                 "--observations", str(steps), "--grid-passes", "2"]) == 0
+                 "--observations", str(steps), "--grid-passes", "2",
+                 "--max-context", "512"]) == 0  # the grid up to the validations' contexts (under 250 tokens)
     observed = [json.loads(line) for line in steps.read_text().splitlines()]
     assert max(o["num_lora_segments"] for o in observed) == 2 and sum(o["num_lora_loads"] for o in observed) >= 2
     assert any(o["num_lora_segments"] == 0 for o in observed)  # the base steps the LoRA terms are measured against
