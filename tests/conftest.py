@@ -22,3 +22,20 @@ def smollm2_gguf() -> Path:
     if path is None:
         pytest.skip(f"real-model test: needs {FILE} from `{INSTALL}`")
     return path
+
+
+HEAVY_FIRST = (  # test files of 20 s and more on this 2-core VM under `-n 2`, heaviest first
+    "models/test_quantization.py", "sim/test_calibration.py", "entrypoints/test_llm_gguf.py",
+    "structured_output/test_real_model.py", "sim/test_planner.py", "core/test_scheduler_properties.py",
+    "models/test_compiled_decode.py", "serve/test_structured_clients.py", "entrypoints/test_llm_oracle.py",
+    "engine/test_deterministic.py", "entrypoints/test_calibrate_validate.py", "serve/test_fuzz.py",
+    "docs/test_quickstart.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The heaviest files first, the rest in their order: `-n 2 --dist loadfile` hands whole files to whichever
+    worker is free, so the many short files fill in at the end and both workers finish together (started last,
+    one 40 s file left the other worker idle for most of it)."""
+    rank = {f"tests/{path}": i for i, path in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
