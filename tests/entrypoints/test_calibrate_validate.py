@@ -32,7 +32,7 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     assert set(hw.efficiency) >= {"gemm_flops", "step_overhead_s", "sequence_overhead_s", "structured_overhead_s",
                                "wakeup_overhead_s"}
     assert main(["validate", "--model", "tiny", "--device", "cpu", "--hardware", str(profile), "-q",
-                 "--kv-cache-memory", "64MiB", "--num-requests", "40", "--rate", "8",
+                 "--kv-cache-memory", "64MiB", "--num-requests", "40", "--rate", "16",
                  "--input-len", "uniform:16:200", "--output-len", "uniform:8:48", "--json", str(result),
                  "--plot", str(tmp_path / "cdf.png")]) == 0
     out = json.loads(result.read_text())
