@@ -286,21 +286,24 @@ def estimate_job(
     placeholder = sim.deployment.hardware.name == LOCAL_CPU
     steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
-    entries = job.entries if done_first is None else [
-        e for e in job.entries if not (isinstance(e, BatchRequest) and e.custom_id in {r.custom_id for r in chosen})]
+    entries = job.entries
+    if done_first is not None:
+        sampled_ids = {r.custom_id for r in chosen}
+        entries = [e for e in entries if not (isinstance(e, BatchRequest) and e.custom_id in sampled_ids)]
     if evidence.lengths is None:
         draws = [evidence.simulate(entries, sim, config, router, None)]
     else:
         draws, tokens = _length_draws(evidence, job, entries, sim, config, router, known, est)
+    measured_s = 0.0  # the part of the job already run and written: the sample
     if done_first is not None:
         assert sampled is not None
-        first = replace(done_first, wall_s=sampled.wall_s)  # with its share of the job's preparation
+        measured_s = sampled.wall_s  # with its share of the job's preparation
+        first = replace(done_first, wall_s=measured_s)
         draws = [first.then(d) for d in draws]
     if evidence.lengths is None:
         tokens = np.array([draws[0].output_tokens])
     walls = np.array([s.wall_s for s in draws])
     median = draws[len(draws) // 2]  # the simulation at the median output tokens (draws come in token order)
-    measured_s = sampled.wall_s if done_first is not None and sampled is not None else 0.0
     p10, p90 = (float(x) for x in np.percentile(
         measured_s + _with_cost_error(walls - measured_s, est.step_cost_error), [10, 90]))
     t10, t90 = (float(x) for x in np.percentile(tokens, [10, 90]))
