@@ -96,6 +96,10 @@ def summarise(rows: list[dict], predicted: np.ndarray) -> list[Row]:
         out.append(line(f"decode only, {lo}-{hi - 1} groups", pure & (groups >= lo) & (groups < hi)))
     for lo, hi in ((0, 128), (128, 512), (512, 10**9)):
         out.append(line(f"decode only, mean context {lo}-{hi - 1}", pure & (context >= lo) & (context < hi)))
+    new = np.array([s.num_new_shapes for s in shapes]) > 0
+    out += [line("decode only, new token count", pure & new), line("decode only, token count seen", pure & ~new),
+            line("with prefill, new token count", (prefill > 0) & new),
+            line("with prefill, token count seen", (prefill > 0) & ~new)]
     since = np.array([r.get("since_wakeup", -1) for r in rows])
     for lo, hi in ((0, 1), (1, 8), (8, 64), (64, 10**9)):
         out.append(line(f"step {lo}{'' if hi == lo + 1 else '+' if hi > 64 else f'-{hi - 1}'} after a wake-up",

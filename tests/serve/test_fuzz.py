@@ -114,7 +114,7 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(Heal
 
 @pytest.fixture(scope="module")
 def fuzz_client(server):
-    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0, read=0.5)) as c:
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0, read=0.2)) as c:
         yield c
 
 
