@@ -70,15 +70,15 @@ def _job_line(i: int, schema: dict, constrained: bool) -> dict:
 
 
 def test_a_structured_batch_job_validates_every_line(smollm2_gguf: Path, tmp_path: Path) -> None:
-    """24 chat lines over 3 schemas through `run`: all validate; the same 24 unconstrained mostly fail."""
+    """12 chat lines over 3 schemas through `run`: all validate; the same 12 unconstrained mostly fail."""
     from batchserve.jobs.engine_backend import local_job
     from batchserve.jobs.runner import JobConfig
 
-    schemas = {i: SCHEMAS[i % 3] for i in range(24)}
-    lines = [_job_line(i, schemas[i], constrained) for constrained in (True, False) for i in range(24)]
+    schemas = {i: SCHEMAS[i % 3] for i in range(12)}
+    lines = [_job_line(i, schemas[i], constrained) for constrained in (True, False) for i in range(12)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     local_job(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), str(smollm2_gguf),
-              dict(kv_cache_memory="64MiB", max_num_seqs=48), JobConfig(), quiet=True)
+              dict(kv_cache_memory="64MiB", max_num_seqs=24), JobConfig(), quiet=True)
     valid = {"c": 0, "u": 0}
     for record in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines()):
         cid = record["custom_id"]
@@ -88,5 +88,5 @@ def test_a_structured_batch_job_validates_every_line(smollm2_gguf: Path, tmp_pat
             valid[cid[0]] += 1
         except (ValueError, jsonschema.ValidationError):
             assert cid[0] == "u", f"{cid}: {text!r}"
-    assert valid["c"] == 24
-    assert valid["u"] <= 12, valid  # without the grammar at most half validate
+    assert valid["c"] == 12
+    assert valid["u"] <= 6, valid  # without the grammar at most half validate
