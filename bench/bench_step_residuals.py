@@ -32,7 +32,7 @@ import numpy as np
 from batchserve.calibration.steps import calibrate
 from batchserve.calibration.validate import format_comparison, sim_setup, validate
 from batchserve.engine.llm_engine import LLMEngine
-from batchserve.gemm_shapes import SeenTokenCounts
+from batchserve.gemm_shapes import RUN_IN_THIS_PROCESS, SeenTokenCounts
 from batchserve.sim.calibration import Observation, predict
 from batchserve.sim.executor import step_shape
 from batchserve.workload import WorkloadSpec, synthetic_requests
@@ -124,20 +124,18 @@ def main() -> None:
     load_start = os.getloadavg()
     llm = LLMEngine(args.model, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory, skip_tokenizer_init=True)
     grid: list[Observation] = []
-    seen = SeenTokenCounts()  # the flat token counts this process ran (its GEMM kernels are built)
     with tempfile.TemporaryDirectory() as tmp:
         profile = args.hardware
         if profile is None:
             t = time.perf_counter()
             calibration = calibrate(llm, "residuals", quiet=True)
             grid = calibration.observations
-            for o in grid:
-                seen.first_run(o.shape.num_prefill_tokens + o.shape.num_decodes)
             profile = str(Path(tmp) / "profile.json")
             Path(profile).write_text(json.dumps(calibration.profile_dict({"model": args.model})))
             print(f"calibrated in {time.perf_counter() - t:.0f} s: " + ", ".join(
                 f"{k}={v:.3g}" for k, v in calibration.efficiency.to_dict().items()))
         setup = sim_setup(llm, profile, args.model)
+    seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())  # the token counts whose kernels this process holds
     spec = WorkloadSpec(num_requests=args.num_requests, rate=None if args.offline else args.rate, input_len=args.input_len,
                         output_len=args.output_len, vocab_size=llm.model_config.vocab_size, seed=args.seed)
     recorder = StepRecorder(llm.engine, seen)

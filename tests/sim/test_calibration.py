@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from batchserve.config import CacheConfig, SchedulerConfig
-from batchserve.sim.calibration import Observation, fit_efficiency, fit_report, median_per_point, nelder_mead, predict
+from batchserve.sim.calibration import (
+    Observation,
+    fit_efficiency,
+    fit_report,
+    median_per_point,
+    nelder_mead,
+    new_shape_overhead,
+    predict,
+)
 from batchserve.sim.cost_model import Efficiency, StepShape
 from batchserve.sim.deployment import Deployment
 from batchserve.sim.hardware import CatalogError, Hardware, get_hardware
@@ -128,6 +136,35 @@ def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_c
     fitted = fit_efficiency(deployment, observations)
     assert fitted.new_shape_overhead_s == pytest.approx(3e-3, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+
+
+def test_new_shape_overhead_is_the_median_of_new_count_steps_over_their_twins(deployment: Deployment) -> None:
+    """A step of a token count new to the process, minus the median of its twins (the same shape once the count was
+    known; a decode batch a step later reads a few more keys): the median of those differences, measured apart from
+    the joint fit, where a count's single first step looks like an outlier."""
+    prefill, longer = StepShape(64, 64 * 32.5, 64, 0, 0, 1, 1), StepShape(128, 128 * 64.5, 128, 0, 0, 1, 1)
+    decode = StepShape(0, 0, 0, 8, 800, 8, 0, 800, num_decode_groups=1)
+    new = dict(num_new_shapes=1)
+    observations = [
+        Observation(prefill._replace(**new), 0.010), Observation(prefill, 0.004), Observation(prefill, 0.006),  # 5 ms
+        Observation(longer._replace(**new), 0.012), Observation(longer, 0.006),  # 6 ms
+        Observation(decode._replace(**new), 0.009), Observation(decode._replace(decode_key_tokens=808), 0.005),  # 4 ms
+        Observation(decode._replace(decode_key_tokens=1200), 0.001),  # 50% more keys: not a twin
+        Observation(prefill._replace(num_new_shapes=1, num_wakeups=1), 0.050),  # a wake-up's cost is not a new count's
+    ]
+    assert new_shape_overhead(observations) == pytest.approx(0.005)
+    assert new_shape_overhead(observations[:5]) is None  # two new counts with twins: too few to measure
+    assert new_shape_overhead([Observation(prefill._replace(**new), 0.003)] + observations[1:]) == pytest.approx(0.004)
+    assert new_shape_overhead([Observation(o.shape, 0.001 if o.shape.num_new_shapes else o.seconds)
+                               for o in observations]) == 0.0  # first runs measured faster: no negative cost
+    # the joint fit takes the twins' value as given and fits the rest around it
+    grid = _grid()
+    truth = Efficiency(**{**TRUE.to_dict(), "new_shape_overhead_s": 3e-3})
+    shapes = grid + [s._replace(num_new_shapes=1) for s in grid[:6]]  # a few counts new, each measured once
+    times = predict(deployment, truth, [Observation(s, 1) for s in shapes]) + 5e-4 * np.sin(np.arange(len(shapes)))
+    measured = [Observation(s, t) for s, t in zip(shapes, times)]
+    assert fit_efficiency(deployment, measured).new_shape_overhead_s == new_shape_overhead(measured)
+    assert new_shape_overhead(measured) == pytest.approx(3e-3, rel=0.25)
 
 
 def test_the_kv_bandwidth_ratio_prices_decode_keys_apart_from_the_prompt_attention(deployment: Deployment) -> None:

@@ -80,6 +80,17 @@ def test_the_simulator_charges_a_new_token_count_once() -> None:
     plain = cost.step_time(*step_shape(batch))
     first, second = executor.execute(batch).duration, executor.execute(batch).duration
     assert (first, second) == (pytest.approx(plain + 0.25), pytest.approx(plain))
+    # a twin of an engine that already ran this count in its process (`validate`) starts with its kernels built
+    assert SimExecutor(cost, warm_token_counts=(7, 1)).execute(batch).duration == pytest.approx(plain)
+
+
+def test_token_counts_not_run_for_a_while_are_new_again() -> None:
+    """oneDNN's kernel cache keeps the most recently run counts only (`KERNEL_CACHE_TOKEN_COUNTS` of them)."""
+    seen = SeenTokenCounts(capacity=3)
+    assert [seen.first_run(n) for n in (1, 2, 3, 1, 4)] == [1, 1, 1, 0, 1]  # 4 pushes out 2, the least recent
+    assert seen.snapshot() == (3, 1, 4)
+    assert [seen.first_run(n) for n in (2, 4)] == [1, 0]
+    assert SeenTokenCounts(seen.snapshot(), capacity=3).snapshot() == seen.snapshot()
 
 
 def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() -> None:

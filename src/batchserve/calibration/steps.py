@@ -26,7 +26,7 @@ import numpy as np
 from ..core.kv_cache_manager import KVCacheManager
 from ..engine import Engine
 from ..engine.llm_engine import LLMEngine
-from ..gemm_shapes import SeenTokenCounts
+from ..gemm_shapes import RUN_IN_THIS_PROCESS, SeenTokenCounts
 from ..lora import LoRARequest
 from ..lora.random_adapters import write_random_adapters
 from ..progress import Progress
@@ -118,6 +118,12 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # one-group batches above, they pin `decode_group_overhead_s` apart from the per-step cost.
     spread = np.geomspace(16, longest, min(8, max_seqs)).astype(int)
     yield "decode x8, spread contexts", [(_prompt(rng, vocab, int(n)), 16, 0) for n in spread]
+    # A saturated run spends most of its time in wide decodes over spread contexts (64+ rows in 4-9 decode groups),
+    # which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart. Rows cut
+    # the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
+    wide = min(64, max_seqs)
+    yield f"decode x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 6, 0)
+                                                for n in np.linspace(8, longest - 8, wide)]
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
@@ -291,7 +297,7 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
                speculator: Speculator | None, grid_passes: int | None) -> Calibration:
     device = llm.device
     dtype = llm.model.dtype
-    seen = SeenTokenCounts()
+    seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())  # a count this process ran before is not new
     peaks, grid = _grid_passes(llm, seen, max_context, grid_passes, quiet)
     observations = median_per_point(grid)
     flops, bandwidth = (float(np.median(p)) for p in zip(*peaks))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import CacheConfig
 from ..engine.llm_engine import LLMEngine
+from ..gemm_shapes import RUN_IN_THIS_PROCESS
 from ..lora import LoRAConfig
 from ..metrics import SLO, RequestRecord, summarize
 from ..progress import Progress
@@ -155,8 +156,9 @@ class Validation:
 def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Request]], slo: SLO | None = None,
              quiet: bool = False) -> Validation:
     """Run `requests()` (called once per side: the engine consumes its requests) on `llm` and on `setup`."""
+    warm = RUN_IN_THIS_PROCESS.snapshot()  # the engine's kernels built before this run: the twin starts with them
     real = run_real(llm, requests(), quiet=quiet)
-    sim = simulate(setup, requests()).records
+    sim = simulate(replace(setup, warm_token_counts=warm), requests()).records
     measured, predicted = summarize(real, slo=slo), summarize(sim, slo=slo)
     metrics = compare(measured, predicted, saturated=is_saturated(real))
     return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim)

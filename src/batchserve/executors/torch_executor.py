@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..core.batch import ScheduledBatch, StepResult
+from ..gemm_shapes import RUN_IN_THIS_PROCESS
 from ..model_config import ModelConfig
 from ..attention_layout import AttentionConfig
 from ..models.attention import AttentionMetadata, allocate_kv_cache
@@ -106,6 +107,7 @@ class TorchExecutor:
         if self.lora is not None:
             self.lora.prepare([batch.requests[i] for i in order], meta.query_start_loc)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
+        RUN_IN_THIS_PROCESS.first_run(len(input_ids))  # its GEMM kernels are built from here on
         reqs = [batch.requests[i] for i in sample_rows]
         bitmask = self._start_bitmask(reqs)
         prepared = time.perf_counter()

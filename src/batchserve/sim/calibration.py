@@ -111,6 +111,10 @@ def fit_efficiency(
 ) -> Efficiency:
     """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
     names = fitted_fields(observations, moe=deployment.model.is_moe, quantized=deployment.quantization is not None)
+    new_shape = new_shape_overhead(observations) if "new_shape_overhead_s" in names else None
+    if new_shape is not None:  # measured apart, from twins: the joint fit cannot see it (below)
+        names = tuple(n for n in names if n != "new_shape_overhead_s")
+        start = replace(start, new_shape_overhead_s=new_shape)
     if len(observations) < len(names):
         raise ValueError(f"need at least {len(names)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
@@ -124,13 +128,50 @@ def fit_efficiency(
     # FLOPs instead (a local minimum the prompt steps' attention then pays for).
     x0 = replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                  token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
-                 dequant_overhead_s=1e-4, new_shape_overhead_s=1e-4, decode_group_overhead_s=1e-4,
-                 proposer_overhead_s=1e-5, wakeup_overhead_s=1e-4)
+                 dequant_overhead_s=1e-4, decode_group_overhead_s=1e-4, proposer_overhead_s=1e-5,
+                 wakeup_overhead_s=1e-4, new_shape_overhead_s=start.new_shape_overhead_s if new_shape is not None
+                 else 1e-4)
     starts = [x0, replace(x0, kv_bandwidth_ratio=_GATHER_START_RATIO)]
     best = min((_descend(loss, _encode(s, names)) for s in starts), key=loss)
     fitted = _decode(best, start, names)
     # a dense model's steps cannot see the expert term: its profile prices experts as its other GEMMs
     return fitted if "expert_flops" in names else replace(fitted, expert_flops=fitted.gemm_flops)
+
+
+_TWIN_KEYS_TOLERANCE = 0.05
+"""A new-count step's twin may read up to this fraction more decode keys (its decodes a step further on)."""
+MIN_NEW_SHAPE_TWINS = 3
+"""Fewer steps of new token counts with twins than this, and the joint fit prices `new_shape_overhead_s`."""
+
+
+def new_shape_overhead(observations: Sequence[Observation]) -> float | None:
+    """`new_shape_overhead_s` from twins: the median of each new-token-count step's time minus the median of its
+    twins' (steps of the same shape run once the count was known: a prompt of the same length, or the same decode
+    batch a step later); None with fewer than `MIN_NEW_SHAPE_TWINS` such steps.
+
+    Measured apart because the joint fit cannot price it: a new count's step is measured once (later passes know
+    the count), so under the fit's robust loss it looks like one slow outlier among its twins, and on `tiny`
+    three back-to-back calibrations fitted 2.7, 0.7 and 0 ms where twins measure 3-5 ms.
+    """
+    def key(shape: StepShape) -> StepShape:
+        return shape._replace(decode_context_tokens=0, decode_key_tokens=0, num_new_shapes=0, num_wakeups=0)
+
+    seen: dict[StepShape, list[Observation]] = {}
+    for o in observations:
+        if not o.shape.num_new_shapes and not o.shape.num_wakeups:
+            seen.setdefault(key(o.shape), []).append(o)
+    differences = []
+    for o in observations:
+        if not o.shape.num_new_shapes or o.shape.num_wakeups:
+            continue
+        keys = o.shape.decode_key_tokens
+        twins = [t.seconds for t in seen.get(key(o.shape), ())
+                 if abs(t.shape.decode_key_tokens - keys) <= _TWIN_KEYS_TOLERANCE * keys]
+        if twins:
+            differences.append(o.seconds - float(np.median(twins)))
+    if len(differences) < MIN_NEW_SHAPE_TWINS:
+        return None
+    return max(0.0, float(np.median(differences)))
 
 
 def _descend(loss: Callable[[np.ndarray], float], x: np.ndarray) -> np.ndarray:

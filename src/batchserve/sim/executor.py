@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -94,14 +94,15 @@ class DecodeRunExecutor(Executor, Protocol):
 
 class SimExecutor:
     def __init__(self, cost_model: CostModel, attention: AttentionConfig = AttentionConfig(),
-                 max_loras: int = 0, speculation: SimSpeculation | None = None) -> None:
+                 max_loras: int = 0, speculation: SimSpeculation | None = None,
+                 warm_token_counts: Iterable[int] = ()) -> None:
         self.cost_model = cost_model
         self.speculation = speculation  # speculative decoding: drafting cost and acceptance draws; None: off
         self.attention = attention  # the engine's decode grouping, whose padding the step reads
         # which adapters the device slots hold, chosen as the engine's LoRAManager chooses; 0: no LoRA
         self.slots = SlotTable(max_loras) if max_loras else None
         self.num_lora_loads = 0
-        self.seen = SeenTokenCounts()  # the token counts this replica ran, as the engine's GEMM kernels know them
+        self.seen = SeenTokenCounts(warm_token_counts)  # the counts this replica ran, as the engine's kernels know them
         self.woken = False  # the next step is the first after the replica idled
 
     def wake(self) -> None:

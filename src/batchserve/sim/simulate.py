@@ -81,6 +81,9 @@ class SimSetup:
     """How often the target accepts drafts (used only with `speculative`)."""
     draft_model: ModelConfig | None = None
     """The draft model's shape (with a "draft" `speculative` config)."""
+    warm_token_counts: tuple[int, ...] = ()
+    """Token counts each replica starts with kernels built for (a twin of an engine that already ran in this
+    process, `gemm_shapes.RUN_IN_THIS_PROCESS`); empty: a fresh process."""
 
     def to_dict(self) -> dict:
         return {
@@ -168,7 +171,7 @@ def build_cluster(setup: SimSetup) -> Cluster:
         speculation = _speculation(setup)
         if speculation is not None:
             scheduler.speculator = Speculator(setup.speculative, speculation.proposer)
-        executor = SimExecutor(cost_model, setup.attention, max_loras, speculation)
+        executor = SimExecutor(cost_model, setup.attention, max_loras, speculation, setup.warm_token_counts)
         engines.append(SimEngine(scheduler, executor, track_token_times=setup.cluster.track_token_times))
     return Cluster(engines, setup.cluster.router, setup.router)
 
