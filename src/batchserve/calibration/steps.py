@@ -95,10 +95,11 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     for n in (16, 64, 256):
         for _ in range(prompt_repeats):
             yield f"prefill {n}", [(_prompt(rng, vocab, n), 1, 0)]
-    # Prompts of lengths run once each, as a workload's are: beside the repeats above, they show what a
-    # token count new to the CPU's GEMM kernels costs (`new_shape_overhead_s`).
-    for n in (40, 100, 160, 320):
-        yield f"prefill {n} once", [(_prompt(rng, vocab, n), 1, 0)]
+    # Prompts of lengths run once each, as a workload's are: each beside its twin run right after, they measure
+    # what a token count new to the CPU's GEMM kernels costs (`new_shape_overhead_s`, from such pairs).
+    for n in (24, 40, 72, 100, 136, 160, 224, 320):
+        for twin in ("once", "twin"):
+            yield f"prefill {n} {twin}", [(_prompt(rng, vocab, n), 1, 0)]
     for context in sorted({min(512, longest), longest}):
         prefix = _prompt(rng, vocab, context)
         yield f"prefix {context}", [(prefix, 1, 0)]
@@ -118,12 +119,12 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # one-group batches above, they pin `decode_group_overhead_s` apart from the per-step cost.
     spread = np.geomspace(16, longest, min(8, max_seqs)).astype(int)
     yield "decode x8, spread contexts", [(_prompt(rng, vocab, int(n)), 16, 0) for n in spread]
-    # A saturated run spends most of its time in wide decodes over spread contexts (64+ rows in 4-9 decode groups),
-    # which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart. Rows cut
-    # the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
-    wide = min(64, max_seqs)
-    yield f"decode x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 6, 0)
-                                                for n in np.linspace(8, longest - 8, wide)]
+    # A saturated run spends most of its time in wide decodes over spread contexts (64-200 rows in 4-9 decode
+    # groups), which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart.
+    # Rows cut the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
+    for wide in sorted({min(64, max_seqs), min(192, max_seqs)}):
+        yield f"decode x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 6, 0)
+                                                    for n in np.linspace(8, longest - 8, wide)]
     chunk = min(512, max_tokens_per_step // 2, longest)
     decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
     yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]

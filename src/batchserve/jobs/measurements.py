@@ -16,7 +16,7 @@ import numpy as np
 
 from ..attention_layout import AttentionConfig
 from ..engine import StepOutput
-from ..gemm_shapes import SeenTokenCounts
+from ..gemm_shapes import RUN_IN_THIS_PROCESS, SeenTokenCounts
 from ..outputs import RequestOutput
 from ..sim.calibration import Observation, predict
 from ..sim.cost_model import Efficiency
@@ -112,7 +112,8 @@ class StepLog:
     def __init__(self, device: str, dtype: str, attention: AttentionConfig) -> None:
         self.record = Measurements(device, dtype)
         self.attention = attention
-        self.seen = SeenTokenCounts()  # the engine's token counts so far: the first step of each pays more
+        # the counts whose kernels the process holds (an estimate's sample ran before): a new one's first step pays more
+        self.seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())
         self._batch: StepOutput | None = None
 
     def observe(self, step: StepOutput) -> None:

@@ -149,9 +149,10 @@ def new_shape_overhead(observations: Sequence[Observation]) -> float | None:
     twins' (steps of the same shape run once the count was known: a prompt of the same length, or the same decode
     batch a step later); None with fewer than `MIN_NEW_SHAPE_TWINS` such steps.
 
-    Measured apart because the joint fit cannot price it: a new count's step is measured once (later passes know
-    the count), so under the fit's robust loss it looks like one slow outlier among its twins, and on `tiny`
-    three back-to-back calibrations fitted 2.7, 0.7 and 0 ms where twins measure 3-5 ms.
+    Measured apart, as an additive term from pairs (like the LoRA terms): a new count's step is measured once
+    (later passes know the count), so in the joint fit's robust loss it weighs as one outlier among its twins, and
+    the other terms' compromise over the grid moves it. On `tiny`, twins measure 4.6-5.7 ms for prompts and 3-4 ms
+    for a decode batch's first step; joint fits in three processes gave 2.9, 3.5 and 5.7 ms.
     """
     def key(shape: StepShape) -> StepShape:
         return shape._replace(decode_context_tokens=0, decode_key_tokens=0, num_new_shapes=0, num_wakeups=0)
