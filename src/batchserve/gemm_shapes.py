@@ -19,7 +19,7 @@ from collections.abc import Iterable
 KERNEL_CACHE_TOKEN_COUNTS = 160
 """Token counts whose kernels oneDNN's primitive cache holds at its default capacity (1,024 kernels): on `tiny`
 a prompt length run again after 120 other lengths was still cached, after 200 its kernels were built again
-(8.7 ms instead of 3.4, measured 2026-12-02). Scaled by `ONEDNN_PRIMITIVE_CACHE_CAPACITY` where that is set."""
+(4.3-5.6 ms instead of 1.9-2.6, measured 2026-12-02). Scaled by `ONEDNN_PRIMITIVE_CACHE_CAPACITY` where set."""
 
 
 def kernel_cache_token_counts() -> int:
