@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--input-len", default="uniform:32:384")
     parser.add_argument("--output-len", default="uniform:16:160")
     parser.add_argument("--kv-cache-memory", default="2GiB")
+    parser.add_argument("--grid-passes", type=int, default=None,
+                        help="passes of the calibration grid (default: as many as calibrate's time budget allows)")
     parser.add_argument("--offline-requests", type=int, default=None,
                         help="also replay this many requests offline (all at t=0), the run whose throughput tests "
                              "the cost model (default: --num-requests; 0: skip)")
@@ -81,7 +83,7 @@ def main() -> None:
         name = args.model or args.shape
         print(f"loaded {name} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
         t = time.perf_counter()
-        cal = calibrate(llm, f"calibrated-{args.device}")
+        cal = calibrate(llm, f"calibrated-{args.device}", grid_passes=args.grid_passes)
         print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps "
               f"(medians over {cal.grid_passes} grid passes); fit: "
               + ", ".join(f"{k} MAPE {r['mape']:.1%}" for k, r in cal.report.items()))
