@@ -127,8 +127,17 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
         yield f"decode x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 6, 0)
                                                     for n in np.linspace(8, longest - 8, wide)]
     chunk = min(512, max_tokens_per_step // 2, longest)
-    decoders = [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))]
-    yield "mixed", decoders + [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
+
+    def arrivals() -> list[Entry]:
+        """Fresh prompts of `chunk` tokens joining running decodes at steps 3, 6, 9 and 12."""
+        return [(_prompt(rng, vocab, chunk), 1, step) for step in (3, 6, 9, 12)]
+
+    yield "mixed", [(_prompt(rng, vocab, 32), 16, 0) for _ in range(min(16, max_seqs - 1))] + arrivals()
+    # A saturated run's other common step: a prompt chunk beside a wide batch of decodes over spread contexts
+    # (priced 13% high on tiny's saturated replay while the grid's mixed steps had at most 64 rows).
+    wide = min(192, max_seqs - 1)
+    yield f"mixed x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 16, 0)
+                                               for n in np.linspace(8, longest - 8, wide)] + arrivals()
     # Serving-like steps: a stream of arrivals sharing a system prompt, so decode batches grow
     # while new prompts' chunks join them.
     system = _prompt(rng, vocab, 128)
