@@ -135,7 +135,7 @@ def main() -> None:
             print(f"calibrated in {time.perf_counter() - t:.0f} s: " + ", ".join(
                 f"{k}={v:.3g}" for k, v in calibration.efficiency.to_dict().items()))
         setup = sim_setup(llm, profile, args.model)
-    seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())  # the token counts whose kernels this process holds
+    seen = RUN_IN_THIS_PROCESS.copy()  # the token counts whose kernels this process holds
     spec = WorkloadSpec(num_requests=args.num_requests, rate=None if args.offline else args.rate, input_len=args.input_len,
                         output_len=args.output_len, vocab_size=llm.model_config.vocab_size, seed=args.seed)
     recorder = StepRecorder(llm.engine, seen)

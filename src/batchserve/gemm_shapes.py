@@ -52,6 +52,10 @@ class SeenTokenCounts:
         """The counts held, least recently run first (a copy that `SeenTokenCounts(snapshot)` restores)."""
         return tuple(self._seen)
 
+    def copy(self) -> SeenTokenCounts:
+        """An independent record that starts where this one is."""
+        return SeenTokenCounts(self._seen, self.capacity)
+
 
 RUN_IN_THIS_PROCESS = SeenTokenCounts()
 """The flat token counts the real engine has run in this process (its executor records every step's): a

@@ -91,6 +91,8 @@ def test_token_counts_not_run_for_a_while_are_new_again() -> None:
     assert seen.snapshot() == (3, 1, 4)
     assert [seen.first_run(n) for n in (2, 4)] == [1, 0]
     assert SeenTokenCounts(seen.snapshot(), capacity=3).snapshot() == seen.snapshot()
+    copy = seen.copy()  # e.g. calibrate's record, started from the process's
+    assert copy.first_run(5) == 1 and seen.first_run(5) == 1 and copy.capacity == 3
 
 
 def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() -> None:

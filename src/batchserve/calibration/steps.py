@@ -123,9 +123,13 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # A saturated run spends most of its time in wide decodes over spread contexts (64-200 rows in 4-9 decode
     # groups), which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart.
     # Rows cut the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
+
+    def spread_rows(rows: int, outputs: int) -> list[Entry]:
+        """`rows` requests at contexts spread over the grid's range, each the cached prefix cut plus 8 fresh tokens."""
+        return [(prefix[:int(n)] + _prompt(rng, vocab, 8), outputs, 0) for n in np.linspace(8, longest - 8, rows)]
+
     for wide in sorted({min(64, max_seqs), min(192, max_seqs)}):
-        yield f"decode x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 6, 0)
-                                                    for n in np.linspace(8, longest - 8, wide)]
+        yield f"decode x{wide}, spread contexts", spread_rows(wide, 6)
     chunk = min(512, max_tokens_per_step // 2, longest)
 
     def arrivals() -> list[Entry]:
@@ -136,8 +140,7 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # A saturated run's other common step: a prompt chunk beside a wide batch of decodes over spread contexts
     # (priced 13% high on tiny's saturated replay while the grid's mixed steps had at most 64 rows).
     wide = min(192, max_seqs - 1)
-    yield f"mixed x{wide}, spread contexts", [(prefix[:int(n)] + _prompt(rng, vocab, 8), 16, 0)
-                                               for n in np.linspace(8, longest - 8, wide)] + arrivals()
+    yield f"mixed x{wide}, spread contexts", spread_rows(wide, 16) + arrivals()
     # Serving-like steps: a stream of arrivals sharing a system prompt, so decode batches grow
     # while new prompts' chunks join them.
     system = _prompt(rng, vocab, 128)
@@ -308,7 +311,7 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
                speculator: Speculator | None, grid_passes: int | None) -> Calibration:
     device = llm.device
     dtype = llm.model.dtype
-    seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())  # a count this process ran before is not new
+    seen = RUN_IN_THIS_PROCESS.copy()  # a count this process ran before is not new
     peaks, grid = _grid_passes(llm, seen, max_context, grid_passes, quiet)
     observations = median_per_point(grid)
     flops, bandwidth = (float(np.median(p)) for p in zip(*peaks))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..attention_layout import AttentionConfig
 from ..engine import StepOutput
-from ..gemm_shapes import RUN_IN_THIS_PROCESS, SeenTokenCounts
+from ..gemm_shapes import RUN_IN_THIS_PROCESS
 from ..outputs import RequestOutput
 from ..sim.calibration import Observation, predict
 from ..sim.cost_model import Efficiency
@@ -113,7 +113,7 @@ class StepLog:
         self.record = Measurements(device, dtype)
         self.attention = attention
         # the counts whose kernels the process holds (an estimate's sample ran before): a new one's first step pays more
-        self.seen = SeenTokenCounts(RUN_IN_THIS_PROCESS.snapshot())
+        self.seen = RUN_IN_THIS_PROCESS.copy()
         self._batch: StepOutput | None = None
 
     def observe(self, step: StepOutput) -> None:

@@ -129,8 +129,7 @@ def fit_efficiency(
     x0 = replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                  token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
                  dequant_overhead_s=1e-4, decode_group_overhead_s=1e-4, proposer_overhead_s=1e-5,
-                 wakeup_overhead_s=1e-4, new_shape_overhead_s=start.new_shape_overhead_s if new_shape is not None
-                 else 1e-4)
+                 wakeup_overhead_s=1e-4, new_shape_overhead_s=1e-4 if new_shape is None else new_shape)
     starts = [x0, replace(x0, kv_bandwidth_ratio=_GATHER_START_RATIO)]
     best = min((_descend(loss, _encode(s, names)) for s in starts), key=loss)
     fitted = _decode(best, start, names)
@@ -157,16 +156,16 @@ def new_shape_overhead(observations: Sequence[Observation]) -> float | None:
     def key(shape: StepShape) -> StepShape:
         return shape._replace(decode_context_tokens=0, decode_key_tokens=0, num_new_shapes=0, num_wakeups=0)
 
-    seen: dict[StepShape, list[Observation]] = {}
+    known: dict[StepShape, list[Observation]] = {}  # steps whose count was known, by their shape but for contexts
     for o in observations:
         if not o.shape.num_new_shapes and not o.shape.num_wakeups:
-            seen.setdefault(key(o.shape), []).append(o)
+            known.setdefault(key(o.shape), []).append(o)
     differences = []
     for o in observations:
         if not o.shape.num_new_shapes or o.shape.num_wakeups:
             continue
         keys = o.shape.decode_key_tokens
-        twins = [t.seconds for t in seen.get(key(o.shape), ())
+        twins = [t.seconds for t in known.get(key(o.shape), ())
                  if abs(t.shape.decode_key_tokens - keys) <= _TWIN_KEYS_TOLERANCE * keys]
         if twins:
             differences.append(o.seconds - float(np.median(twins)))
