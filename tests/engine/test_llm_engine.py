@@ -68,6 +68,19 @@ def test_bad_requests_are_rejected_before_anything_is_queued(engine: LLMEngine) 
     assert engine.num_unfinished == 1 and len(engine.scheduler.waiting) == 1
 
 
+def test_max_model_len_caps_sequences_and_changes_no_logits(engine: LLMEngine) -> None:
+    capped = LLMEngine("tiny", kv_cache_memory="16MiB", max_model_len=64)
+    assert capped.model_config.max_model_len == 64 and engine.model_config.max_model_len == 2048
+    with pytest.raises(ValueError, match="max_model_len=64"):
+        capped.add_request("long", [1] * 60, SamplingParams(max_tokens=8))
+    greedy = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    for e in (capped, engine):
+        e.add_request("fits", [5, 6, 7] * 10, greedy)
+    assert _drain(capped)["fits"][-1].outputs[0].token_ids == _drain(engine)["fits"][-1].outputs[0].token_ids
+    with pytest.raises(ValueError, match="serves at most 2048 tokens"):
+        LLMEngine("tiny", kv_cache_memory="16MiB", max_model_len=4096)
+
+
 def test_stats_count_computed_prompt_tokens_and_prefix_hits(engine: LLMEngine) -> None:
     shared = [256] + list(range(1, 161))  # 10 full blocks
     params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)

@@ -43,6 +43,8 @@ def test_errors_say_what_to_do(tmp_path, capsys):
     assert "give -o/--output" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o.jsonl"), "-q", "--model", "tiny"]) == 2
     assert "No such file" in capsys.readouterr().err
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.jsonl"), *ENGINE, "--max-model-len", "4096"]) == 2
+    assert "give an integer from 1 to 2048" in capsys.readouterr().err
 
 
 def test_estimate_predicts_without_running_and_prices_the_job(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -193,6 +194,20 @@ def test_live_eta_resimulates_the_unfinished_requests_every_n_completions_within
     assert etas[-1].seconds_left(1e9) == 0.0
     run("starved.jsonl", False, eta_max_overhead=1e-9)
     assert calls == [11]  # re-simulating may not cost more than its share of the run: it counts down instead
+
+
+def test_the_twin_serves_the_runs_max_model_len(tmp_path):
+    """Outputs without max_tokens run to --max-model-len, and prompts past it fail, in the run and its twin alike."""
+    setup = dataclasses.replace(SETUP, max_model_len=96)
+    rows = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "tiny", "messages": [{"role": "user", "content": "y" * n}], "ignore_eos": True}}
+            for n in (10, 30, 50, 100)]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    real = local_job(str(inp), str(tmp_path / "out.jsonl"), "tiny", setup.engine_args(), JobConfig(), True,
+                     lambda: backend(setup))
+    est = estimate_job(str(inp), None, setup, "cpu-local", JobConfig()).summary
+    assert (real.num_ok, real.num_failed, real.output_tokens) == (3, 1, 3 * 96 - real.prompt_tokens)
+    assert (est.num_ok, est.num_failed, est.output_tokens) == (real.num_ok, real.num_failed, real.output_tokens)
 
 
 def test_a_request_the_engine_refuses_fails_in_the_twin_whatever_length_it_draws(tmp_path):

@@ -113,8 +113,12 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(Heal
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(server):
-    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(5.0, read=0.2)) as c:
+def fuzz_client(start_server):
+    """A server whose sequences end at 192 tokens: a body without max_tokens (a third of them) generates to
+    max_model_len, and a stream of 2,000 tokens outlasted the client's read timeout chunk by chunk (43 s of
+    the chat test under `-n 2`)."""
+    with start_server(max_model_len=192) as server, httpx.Client(
+            base_url=server.url, timeout=httpx.Timeout(5.0, read=0.2)) as c:
         yield c
 
 

@@ -48,6 +48,8 @@ class LLMEngine:
 
     `model` is a local Hugging Face directory, a .gguf file or "tiny" (built-in random weights,
     byte tokenizer: its text is noise, for smoke tests and benchmarks).
+    `max_model_len`: the longest sequence (prompt + output) served, at most the model's own context
+    length (None: that length); a smaller one caps unbounded outputs and requests' KV needs.
     `weight_prepack` (CPU): pack the projection weights for oneDNN at load,
     1.5-2x faster GEMMs than torch's default linear; False keeps the default.
     `quantization`: "int8" stores the decoder's projection weights as int8 with
@@ -82,6 +84,7 @@ class LLMEngine:
         *,
         dtype: str = "auto",
         device: str | None = None,
+        max_model_len: int | None = None,
         kv_cache_memory: int | str | None = None,
         gpu_memory_utilization: float = 0.9,
         block_size: int = 16,
@@ -122,6 +125,7 @@ class LLMEngine:
         self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
         self.model, self.model_config, self.model_path = load_model(
             model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config)
+        self.model_config = self.model_config.with_max_model_len(max_model_len)
         if deterministic:
             make_batch_invariant(self.model)
             attention = dataclasses.replace(attention, batch_invariant=True)

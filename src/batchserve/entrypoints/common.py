@@ -54,6 +54,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.set_defaults(engine_model=True)  # main() fills a missing --model with the embedded model
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-model-len", type=int, default=None, metavar="N",
+                   help="the longest sequence (prompt + output) served, at most the model's context length "
+                   "(default: that length); caps outputs that set no max_tokens")
     p.add_argument("--kv-cache-memory", default=None,
                    help="KV cache size, e.g. 512MiB, 4GiB (default: 90%% of GPU memory; 1GiB on CPU)")
     p.add_argument("--quantization", default=None, choices=QUANTIZATION_METHODS,
@@ -96,7 +99,8 @@ def add_speculative_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 
 def engine_args(args: argparse.Namespace) -> dict[str, Any]:
     """The values of add_engine_flags' flags (but --model), as LLMEngine keyword arguments."""
-    return dict(dtype=args.dtype, device=args.device, kv_cache_memory=args.kv_cache_memory,
+    return dict(dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
+                kv_cache_memory=args.kv_cache_memory,
                 quantization=args.quantization, quantization_group_size=args.quantization_group_size,
                 quantize_lm_head=args.quantize_lm_head,
                 deterministic=args.deterministic, weight_prepack=args.weight_prepack, enforce_eager=args.enforce_eager,

@@ -35,7 +35,7 @@ from .lengths import LengthDistribution, LengthModel
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
-from .setup import RunSetup, default_device, model_shape
+from .setup import RunSetup, default_device
 from .twin import simulate_entries
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class JobPlan:
 def plan_job(input_path: str, done: Done, setup: RunSetup, config: JobConfig) -> JobPlan:
     """Read, tokenize and order what the job has left to run, as the real run will (no model loaded)."""
     fmt = detect_format(input_path)
-    shape = model_shape(setup.model)
+    shape = setup.shape()
     generation = read_generation_config(Path(setup.model) if Path(setup.model).is_dir() else None)
     context = job_context(setup.model, config, load_tokenizer(setup.model), shape.max_model_len, shape.vocab_size,
                           generation_defaults(generation), generation.get("max_new_tokens"))

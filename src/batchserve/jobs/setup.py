@@ -51,6 +51,8 @@ class RunSetup:
     model: str = "tiny"
     dtype: str = "auto"
     device: str | None = None
+    max_model_len: int | None = None
+    """--max-model-len: the cap on a sequence's length (None: the model's context length)."""
     kv_cache_memory: str | None = None
     quantization: str | None = None
     quantization_group_size: int = QuantizationConfig.group_size
@@ -75,7 +77,8 @@ class RunSetup:
 
     def engine_args(self) -> dict[str, Any]:
         """Keyword arguments of `LLMEngine` for one replica."""
-        return {"dtype": self.dtype, "device": self.device, "kv_cache_memory": self.kv_cache_memory,
+        return {"dtype": self.dtype, "device": self.device, "max_model_len": self.max_model_len,
+                "kv_cache_memory": self.kv_cache_memory,
                 "quantization": self.quantization, "quantization_group_size": self.quantization_group_size,
                 "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
                 "weight_prepack": self.weight_prepack,
@@ -86,11 +89,15 @@ class RunSetup:
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
 
+    def shape(self) -> ModelConfig:
+        """The model's shape as the engine will serve it (with --max-model-len), without loading weights."""
+        return model_shape(self.model).with_max_model_len(self.max_model_len)
+
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
         """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's); with
         --quantization, the dtype its GEMMs and KV cache keep (the packed weights are the deployment's
         `quantization`)."""
-        shape = shape or model_shape(self.model)
+        shape = shape or self.shape()
         name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
         if name not in _DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not one the engine runs; use auto, float32, bfloat16 or float16")
@@ -110,7 +117,7 @@ class RunSetup:
     def sim_setup(self, hardware: str, spec_acceptance: SpecAcceptance = SpecAcceptance()) -> SimSetup:
         """The simulated twin on `hardware` (with its own cost-model factors): same model shape, dtype, scheduler,
         KV blocks, replicas, LoRA slots and speculative decoding (whose drafts `spec_acceptance` accepts)."""
-        shape = model_shape(self.model)
+        shape = self.shape()
         speculative = SpeculativeConfig.of(self.speculative_config)
         draft = model_shape(speculative.model) if speculative is not None and speculative.model else None
         cluster = ClusterConfig(model=self.model, hardware=hardware, replicas=self.replicas,

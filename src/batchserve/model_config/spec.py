@@ -7,7 +7,7 @@ same HF config.json reader, so the two cannot disagree about a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
@@ -92,6 +92,20 @@ class ModelConfig:
         if any(not 0 <= i < self.num_layers for i in self.dense_layers):
             raise ModelConfigError(f"{where}: dense layers {list(self.dense_layers)} must lie in "
                                    f"0..{self.num_layers - 1}")
+
+    def with_max_model_len(self, limit: int | None) -> ModelConfig:
+        """This config serving at most `limit` tokens a sequence (vLLM's `max_model_len`), None: unchanged.
+
+        A cap, never an extension: beyond the derived length RoPE was not trained, so a larger value is refused.
+        The model's RoPE tables keep the derived length, so capping changes no logits.
+        """
+        if limit is None:
+            return self
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.max_model_len:
+            raise ModelConfigError(f"max_model_len={limit!r}: {self.name!r} serves at most {self.max_model_len} "
+                                   f"tokens (its max_position_embeddings with RoPE scaling); give an integer "
+                                   f"from 1 to {self.max_model_len}, or leave it unset")
+        return replace(self, max_model_len=limit)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields; `ModelConfig(**d)` rebuilds it."""
