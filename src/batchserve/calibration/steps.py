@@ -58,6 +58,10 @@ gets one. On `tiny` (2 cores), two calibrations of 15 passes predicted saturatio
 of 4-5 passes, saturation 117-208 req/s over six calibrations."""
 MAX_GRID_PASSES = 15
 """The most passes of the grid `calibrate` runs (`GRID_BUDGET_S`)."""
+WIDEST_SPREAD_CONTEXT = 1024
+"""The longest context of the grid's 192-row points (the 64-row one spans the whole grid): 192 rows up to the
+grid's 2,040 tokens doubled SmolLM2's calibration pass (88 -> 183 s); saturated runs spend their wide steps at
+the contexts of prompts plus outputs, most under a thousand tokens."""
 WAKEUP_IDLE_S = 0.1
 """How long the engine sits idle before each wake-up step: as between a lightly loaded server's requests, and well
 past the milliseconds a CPU GEMM library's worker threads spin before they sleep."""
@@ -124,12 +128,14 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # groups), which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart.
     # Rows cut the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
 
-    def spread_rows(rows: int, outputs: int) -> list[Entry]:
-        """`rows` requests at contexts spread over the grid's range, each the cached prefix cut plus 8 fresh tokens."""
-        return [(prefix[:int(n)] + _prompt(rng, vocab, 8), outputs, 0) for n in np.linspace(8, longest - 8, rows)]
+    def spread_rows(rows: int, outputs: int, top: int = longest) -> list[Entry]:
+        """`rows` requests at contexts spread up to `top`, each the cached prefix cut plus 8 fresh tokens."""
+        return [(prefix[:int(n)] + _prompt(rng, vocab, 8), outputs, 0) for n in np.linspace(8, top - 8, rows)]
 
-    for wide in sorted({min(64, max_seqs), min(192, max_seqs)}):
-        yield f"decode x{wide}, spread contexts", spread_rows(wide, 6)
+    widest = min(WIDEST_SPREAD_CONTEXT, longest)
+    yield f"decode x{min(64, max_seqs)}, spread contexts", spread_rows(min(64, max_seqs), 6)
+    if max_seqs > 64:
+        yield f"decode x{min(192, max_seqs)}, spread contexts", spread_rows(min(192, max_seqs), 6, widest)
     chunk = min(512, max_tokens_per_step // 2, longest)
 
     def arrivals() -> list[Entry]:
@@ -140,7 +146,7 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # A saturated run's other common step: a prompt chunk beside a wide batch of decodes over spread contexts
     # (priced 13% high on tiny's saturated replay while the grid's mixed steps had at most 64 rows).
     wide = min(192, max_seqs - 1)
-    yield f"mixed x{wide}, spread contexts", spread_rows(wide, 16) + arrivals()
+    yield f"mixed x{wide}, spread contexts", spread_rows(wide, 16, widest) + arrivals()
     # Serving-like steps: a stream of arrivals sharing a system prompt, so decode batches grow
     # while new prompts' chunks join them.
     system = _prompt(rng, vocab, 128)
