@@ -37,7 +37,7 @@ from bench_engine import SHAPES
 
 from batchserve.calibration.device import device_name
 from batchserve.calibration.steps import calibrate
-from batchserve.calibration.validate import format_comparison, sim_setup, validate
+from batchserve.calibration.validate import format_comparison, sim_setup, step_cost_line, validate
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.metrics import steady_throughput
 from batchserve.sim.simulate import simulate
@@ -114,14 +114,19 @@ def main() -> None:
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    print(step_cost_line(result))
     if offline is not None:
         print(f"offline, {offline_n} requests at t=0 (saturated):")
         print(format_comparison(offline.metrics))
+        print(step_cost_line(offline))
     if args.out:
         with open(os.path.join(args.out, "fidelity.json"), "w") as f:
             json.dump({"args": vars(args), "capacity": capacity, "rate": rate, "fit": cal.report,
                        "metrics": result.metrics, "per_request_mape": mape,
-                       "offline_metrics": offline.metrics if offline is not None else None}, f, indent=2)
+                       "step_costs": {k: c.to_dict() for k, c in result.step_costs.items()},
+                       "offline_metrics": offline.metrics if offline is not None else None,
+                       "offline_step_costs": {k: c.to_dict() for k, c in offline.step_costs.items()}
+                       if offline is not None else None}, f, indent=2)
 
 
 if __name__ == "__main__":

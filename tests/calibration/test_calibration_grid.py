@@ -49,3 +49,14 @@ def test_prefix_caching_leaves_an_engine_that_caches_with_its_cache() -> None:
         while llm.engine.has_unfinished():
             llm.engine.step()
     assert kv.enable_caching and kv.pool.num_cached_blocks == len(prompt) // kv.block_size
+
+
+def test_recorded_steps_count_the_rows_they_sample_though_the_step_has_run() -> None:
+    """A step's shape is taken after it ran, when each request holds one more token: the rows that sampled come
+    from the batch, so a prompt chunk that completes its prompt counts, and one that does not, does not."""
+    llm = LLMEngine("tiny", kv_cache_memory="64MiB", max_num_batched_tokens=64, max_num_seqs=8)
+    steps = record_steps(llm.engine, [(list(range(40)), 3, 0), (list(range(100, 190)), 2, 0)], SeenTokenCounts())
+    # 40 + 24 (a chunk of the 90-token prompt: only the first samples), 1 decode + 63 more (the decode samples),
+    # then 1 decode + the prompt's last 3 (both sample); read from the requests, the prompts' samples were lost
+    assert [(o.shape.num_prefill_tokens, o.shape.num_decodes, o.shape.num_sampling) for o in steps[:3]] == [
+        (64, 0, 1), (63, 1, 1), (3, 1, 2)]

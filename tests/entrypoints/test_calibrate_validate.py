@@ -51,6 +51,14 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     # the same work on both sides (how close their times are is measured in bench/, not asserted on a shared machine)
     assert out["measured"]["num_requests"] == out["predicted"]["num_requests"] == 24
     assert out["measured"]["total_output_tokens"] == out["predicted"]["total_output_tokens"]
+    # Offline, the twin schedules the real run's steps: its makespan is the profile's price of those very steps
+    costs = out["step_costs"]
+    assert costs["all"]["num"] > 10 and costs["all"]["priced_s"] == pytest.approx(out["predicted"]["duration_s"],
+                                                                                  rel=1e-6)
+    assert costs["all"]["priced_over_measured"] == costs["all"]["priced_s"] / costs["all"]["measured_s"]
+    for key in ("num", "measured_s", "priced_s"):  # every step computed prompt tokens or only decoded
+        assert costs["with prompt tokens"][key] + costs["decode only"][key] == pytest.approx(costs["all"][key])
+    assert "the real run's own steps, priced / measured: all" in capsys.readouterr().out
 
 
 def test_validate_without_a_profile_says_what_to_pass(capsys) -> None:

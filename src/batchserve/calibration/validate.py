@@ -21,6 +21,8 @@ from ..lora import LoRAConfig
 from ..metrics import SLO, RequestRecord, summarize
 from ..progress import Progress
 from ..request import Request
+from ..sim.calibration import Observation, predict
+from ..sim.executor import step_shape
 from ..sim.simulate import ClusterConfig, SimSetup, resolve, simulate
 from ..sim.speculation import SpecAcceptance
 from ..spec_decode.draft_model import DraftModelProposer
@@ -48,9 +50,13 @@ arrive, so their agreement proves nothing; only a saturated run (offline, or one
 them."""
 
 
-def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -> list[RequestRecord]:
-    """Replay requests at their arrival times (seconds from now) through the real engine's step loop."""
-    pending = sorted(requests, key=lambda r: r.arrival_time, reverse=True)
+def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False,
+             steps: list[Observation] | None = None) -> list[RequestRecord]:
+    """Replay requests at their arrival times (seconds from now) through the real engine's step loop; with
+    `steps`, each step's shape and wall time is appended to it."""
+    # popped from the end: the latest arrival first in the list, and among equal arrivals (an offline run's, all
+    # at t=0) the first given last, so the engine admits them in the order the simulator does
+    pending = sorted(requests, key=lambda r: r.arrival_time)[::-1]
     engine = llm.engine
     too_long = [r for r in pending if r.num_prompt_tokens + r.sampling_params.max_tokens > llm.model_config.max_model_len]
     if too_long:
@@ -60,6 +66,8 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
             "shorten --input-len / --output-len"
         )
     records: list[RequestRecord] = []
+    seen = RUN_IN_THIS_PROCESS.copy()  # the kernels built before: a count new to them costs more (`step_shape`)
+    lora = llm.executor.lora  # counts the adapter slot loads each step makes
     total = len(pending)
     t0 = time.perf_counter()
     clock0 = engine.now
@@ -74,7 +82,14 @@ def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False) -
                 time.sleep(max(0.0, pending[-1].arrival_time - now))
                 continue
             engine.now = max(engine.now, clock0 + now)  # idle gaps count: the engine's clock is the wall clock
-            records += [RequestRecord.from_request(req) for req in engine.step().finished]
+            loads = lora.num_slot_loads if lora is not None else 0
+            start = time.perf_counter()
+            step = engine.step()
+            if steps is not None and step.result is not None:
+                loads = lora.num_slot_loads - loads if lora is not None else 0
+                shape = step_shape(step.batch, engine.executor.attention, num_lora_loads=loads, seen=seen)
+                steps.append(Observation(shape, time.perf_counter() - start))
+            records += [RequestRecord.from_request(req) for req in step.finished]
             progress.update(len(records), f"{now:.0f} s")
     return records
 
@@ -139,6 +154,35 @@ def per_request_mape(real: Sequence[RequestRecord], sim: Sequence[RequestRecord]
     return out
 
 
+@dataclass(frozen=True)
+class StepCosts:
+    """Some of a real run's steps: how many, their measured wall time and the profile's price of their shapes."""
+
+    num: int
+    measured_s: float
+    priced_s: float
+
+    @property
+    def ratio(self) -> float:
+        """Priced over measured: below 1, the steps ran slower than the cost model says (the model's error, or a
+        machine slower than when calibrated); the rest of a run's error is the twin's scheduling and timing."""
+        return self.priced_s / self.measured_s if self.measured_s else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"num": self.num, "measured_s": self.measured_s, "priced_s": self.priced_s,
+                "priced_over_measured": self.ratio}
+
+
+def step_costs(setup: SimSetup, steps: Sequence[Observation]) -> dict[str, StepCosts]:
+    """`steps` priced by `setup`'s cost model, all together and split by whether a step computed prompt tokens."""
+    priced = predict(setup.deployment, setup.efficiency, steps)
+    measured = np.array([o.seconds for o in steps])
+    prompt = np.array([o.shape.num_prefill_tokens > 0 for o in steps], dtype=bool)
+    return {label: StepCosts(int(mask.sum()), float(measured[mask].sum()), float(priced[mask].sum()))
+            for label, mask in (("all", np.ones(len(steps), dtype=bool)), ("with prompt tokens", prompt),
+                                ("decode only", ~prompt))}
+
+
 @dataclass
 class Validation:
     """Real and simulated runs of one workload, side by side."""
@@ -151,17 +195,21 @@ class Validation:
     """The simulated run's `metrics.summarize`."""
     real: list[RequestRecord]
     simulated: list[RequestRecord]
+    step_costs: dict[str, StepCosts]
+    """The real run's own steps priced by the profile: "all", "with prompt tokens" (what TTFT waits on) and
+    "decode only" (what TPOT is made of)."""
 
 
 def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Request]], slo: SLO | None = None,
              quiet: bool = False) -> Validation:
     """Run `requests()` (called once per side: the engine consumes its requests) on `llm` and on `setup`."""
     warm = RUN_IN_THIS_PROCESS.snapshot()  # the engine's kernels built before this run: the twin starts with them
-    real = run_real(llm, requests(), quiet=quiet)
+    steps: list[Observation] = []
+    real = run_real(llm, requests(), quiet=quiet, steps=steps)
     sim = simulate(replace(setup, warm_token_counts=warm), requests()).records
     measured, predicted = summarize(real, slo=slo), summarize(sim, slo=slo)
     metrics = compare(measured, predicted, saturated=is_saturated(real))
-    return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim)
+    return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim, step_costs(setup, steps))
 
 
 def format_comparison(rows: Comparison) -> str:
@@ -182,3 +230,11 @@ def format_comparison(rows: Comparison) -> str:
         return table
     return (table + "\n(error): set by the arrival rate in this open-loop run, not a test of the cost model; "
             "latency medians are, and so is throughput in a saturated run (no --rate, or more than the engine serves)")
+
+
+def step_cost_line(result: Validation) -> str:
+    """Where an error comes from: the step-cost model (its price of the real run's own steps) or the rest."""
+    parts = ", ".join(f"{label} {c.ratio:.2f}x ({c.num})" for label, c in result.step_costs.items() if c.num)
+    return (f"the real run's own steps, priced / measured: {parts} (below 1: they ran slower than priced, by the "
+            f"cost model's error or a machine slower than at calibration; the rest of an error is the twin's "
+            f"scheduling)")

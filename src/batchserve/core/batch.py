@@ -17,11 +17,15 @@ class ScheduledBatch:
     `requests[i]` computes `num_tokens[i]` new tokens starting at position
     `num_computed[i]`. A speculating request's last `len(spec_token_ids[req])`
     of them are draft tokens to verify, after its one known uncomputed token.
+    `num_known[i]` is the request's token count when scheduled: a row samples
+    when its chunk reaches it (`samples`). The step's update adds tokens to
+    the request, so after the step only the batch still knows which rows did.
     """
 
     requests: list[Request] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     num_computed: list[int] = field(default_factory=list)
+    num_known: list[int] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     total_tokens: int = 0
     num_preempted_tokens: int = 0  # computed tokens thrown away by this step's preemptions
@@ -29,6 +33,35 @@ class ScheduledBatch:
     spec_token_ids: dict[Request, list[int]] = field(default_factory=dict)
     """Draft tokens per speculating request (speculative decoding); absent requests have none."""
     num_rejected_tokens: int = 0  # scheduled draft positions the verification rejected (set by the update)
+
+    def __post_init__(self) -> None:
+        if not self.num_known:  # a batch built by hand, before any update: the requests' counts are the known ones
+            self.num_known = [req.num_tokens for req in self.requests]
+
+    def add(self, req: Request, num_tokens: int, num_computed: int) -> None:
+        """Schedule `num_tokens` of `req` from position `num_computed`."""
+        self.requests.append(req)
+        self.num_tokens.append(num_tokens)
+        self.num_computed.append(num_computed)
+        self.num_known.append(req.num_tokens)
+        self.total_tokens += num_tokens
+
+    def remove(self, req: Request) -> int:
+        """Unschedule `req` (preempted after it was added); returns the tokens it had taken (0 if absent)."""
+        self.spec_token_ids.pop(req, None)
+        for i, r in enumerate(self.requests):
+            if r is req:
+                n = self.num_tokens[i]
+                del self.requests[i], self.num_tokens[i], self.num_computed[i], self.num_known[i]
+                self.total_tokens -= n
+                return n
+        return 0
+
+    def samples(self, i: int) -> bool:
+        """Whether row i's chunk ends at its request's last known token, so the step samples the next one
+        (a verification's drafts run past it: it samples too, at each draft)."""
+        return self.num_computed[i] + self.num_tokens[i] - len(self.spec_token_ids.get(self.requests[i], ())) \
+            == self.num_known[i]
 
     @property
     def is_empty(self) -> bool:

@@ -169,10 +169,7 @@ class Scheduler:
                         break
                 if victim is req:
                     continue
-            batch.requests.append(req)
-            batch.num_tokens.append(n)
-            batch.num_computed.append(c)
-            batch.total_tokens += n
+            batch.add(req, n, c)
             budget -= n
         return budget
 
@@ -185,15 +182,8 @@ class Scheduler:
 
     def _preempt(self, victim: Request, batch: ScheduledBatch) -> int:
         """Free a running request's blocks and requeue it; returns budget it had taken this step."""
-        refund = 0
         self._remove_running(victim)
-        for j, r in enumerate(batch.requests):
-            if r is victim:
-                refund = batch.num_tokens[j]
-                del batch.requests[j], batch.num_tokens[j], batch.num_computed[j]
-                break
-        batch.total_tokens -= refund
-        batch.spec_token_ids.pop(victim, None)
+        refund = batch.remove(victim)
         self.kv.free(victim)
         batch.num_preempted_tokens += victim.num_computed_tokens
         victim.num_computed_tokens = 0
@@ -253,10 +243,7 @@ class Scheduler:
             batch.num_cached_tokens += num_cached
             req.status = _RUNNING
             self._add_running(req)
-            batch.requests.append(req)
-            batch.num_tokens.append(n)
-            batch.num_computed.append(req.num_computed_tokens)
-            batch.total_tokens += n
+            batch.add(req, n, req.num_computed_tokens)
             budget -= n
 
     def _refused_for_blocks(self, computed_blocks: list[int]) -> None:

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ..calibration.validate import format_comparison, sim_setup, validate
+from ..calibration.validate import format_comparison, sim_setup, step_cost_line, validate
 from ..config import CacheConfig, SchedulerConfig
 from ..engine.llm_engine import LLMEngine
 from ..lora import LoRAConfig
@@ -48,8 +48,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
     print(f"per-request MAPE: TTFT {mape['ttft']:.1%}, E2E {mape['e2e']:.1%}")
+    print(step_cost_line(result))
     flat = {f"{name}_{k}": v for name, row in result.metrics.items() for k, v in row.items()}
     data = {"config": run.config(), **flat, "metrics": result.metrics, "per_request_mape": mape,
+            "step_costs": {label: c.to_dict() for label, c in result.step_costs.items()},
             "measured": result.measured, "predicted": result.predicted}
     if args.json:
         write_json(args.json, data)

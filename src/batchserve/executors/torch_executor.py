@@ -101,7 +101,7 @@ class TorchExecutor:
             if draft is not None:
                 verify_rows.append(i)
                 verify_tokens += range(flat_end - len(draft) - 1, flat_end)
-            elif end == req.num_tokens:
+            elif batch.samples(i):
                 sample_rows.append(i)
                 sample_tokens.append(flat_end - 1)
         if self.lora is not None:

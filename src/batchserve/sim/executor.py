@@ -43,8 +43,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     lora_tokens = sum(lazy_adapters.values()) if lazy_adapters else 0
     adapters = set(lazy_adapters or ())
     drafts = batch.spec_token_ids
-    for req, n, c in zip(batch.requests, batch.num_tokens, batch.num_computed):
-        samples = c + n == req.num_tokens
+    for i, (req, n, c) in enumerate(zip(batch.requests, batch.num_tokens, batch.num_computed)):
+        samples = batch.samples(i)  # from the batch: after the step, the request holds one more token
         verifies = bool(drafts) and req in drafts
         if n == 1:
             decode_keys.append(c + 1)
