@@ -34,9 +34,11 @@ from bench_run import cpu_model
 from batchserve.calibration.steps import calibrate
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.engine_backend import EngineBackend, local_job
-from batchserve.jobs.estimate import EstimateConfig, estimate_job
+from batchserve.jobs.batch_io import Done
+from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, stratified_sample
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
+from batchserve.jobs.twin import simulate_entries
 from batchserve.sim.calibration import predict
 
 WORDS = ["tea", "sky", "river", "stone", "lamp", "field", "cloud", "iron"]
@@ -88,6 +90,25 @@ def chat_shapes(n: int, rng: random.Random) -> dict[str, list[dict]]:
     return {"chat-shared-system": qa, "long-generations": stories, "shared-prefix-extraction": extract}
 
 
+def real_lengths(out: Path) -> dict[str, list[int]]:
+    """Each request's output length in the job's results file."""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return {r["custom_id"]: [r["response"]["body"]["usage"]["completion_tokens"]] for r in rows}
+
+
+def twin_with_real_lengths(inp: Path, out: Path, setup: RunSetup, profile: str, config: JobConfig, k: int,
+                           sample_s: float, overhead_s: float) -> float:
+    """The estimate's twin given the lengths the run produced: the sample's measured time plus the rest simulated,
+    as `estimate_job` composes them. Against the estimate it isolates the length model; against the price of the
+    run's own steps, the twin's scheduling."""
+    job = plan_job(str(inp), Done(), setup, config)
+    chosen = {r.custom_id for r in stratified_sample(job.requests, k, config.seed)}
+    rest = [e for e in job.entries if getattr(e, "custom_id", None) not in chosen]
+    sim = setup.sim_setup(profile)
+    summary = simulate_entries(rest, sim, config, lengths=real_lengths(out))
+    return sample_s + summary.wall_s + overhead_s * summary.num_requests
+
+
 def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path) -> dict:
     inp, out = tmp / f"{name}.jsonl", tmp / f"{name}-out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -106,6 +127,8 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     sim = setup.sim_setup(profile)
     steps_s = sum(o.seconds for o in record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
+    exact = twin_with_real_lengths(inp, out, setup, profile, config, k, est.info["sample"]["wall_s"],
+                                   est.info["loop_overhead_s_per_request"])
     lo, hi = est.wall_s_range
     t_lo, t_hi = est.output_tokens_range
     return {"shape": name, "requests": len(rows), "sample": k, "upper_bound_s": upper.summary.wall_s,
@@ -116,7 +139,7 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
             "run_steps_predicted_s": float(predict(sim.deployment, sim.efficiency, record.steps).sum()),
-            "run_loop_s_per_request": record.loop_overhead_s}
+            "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact}
 
 
 def main() -> None:
@@ -130,6 +153,8 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory", default=None, help="KV cache size (default: the engine's, 1GiB on CPU)")
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--shapes", nargs="*", default=None, help="only these job shapes (default: all)")
+    parser.add_argument("--json", default=None, help="write every shape's figures to this file")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
           f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}, "
@@ -140,6 +165,7 @@ def main() -> None:
         models.append((args.real_model, chat_shapes, args.real_requests))
     elif real is not None:
         print(f"skipping the real model: {real} is neither a GGUF file nor a directory with a config.json")
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model, shapes, n in models:
             setup = RunSetup(model=model, dtype=args.dtype, device="cpu", kv_cache_memory=args.kv_cache_memory,
@@ -155,7 +181,10 @@ def main() -> None:
                   f"{json.dumps(dict(cal.profile.efficiency))}", flush=True)
             k = max(1, round(args.sample_fraction * n))
             for name, rows in shapes(n, random.Random(0)).items():
+                if args.shapes is not None and name not in args.shapes:
+                    continue
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
+                results.append({"model": Path(model).name, "dtype": args.dtype, **r})
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
                       f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}, "
@@ -167,7 +196,10 @@ def main() -> None:
                       f"{r['from_run_scale']:.2f}); no-sample upper bound {r['upper_bound_s']:6.2f} s; "
                       f"the run: steps "
                       f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
-                      f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request", flush=True)
+                      f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request; the twin given the run's own "
+                      f"lengths {r['twin_real_lengths_s']:.2f} s", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

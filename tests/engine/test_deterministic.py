@@ -44,8 +44,9 @@ def test_deterministic_mode_refuses_lora():
 
 
 def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gguf):
-    """SmolLM2 in bfloat16 (where, without this mode, 10 of 20 answers changed with the batch): 20 chat prompts
-    alone, among 44 random prompts (63 batch-mates each), and again with a cache small enough to preempt."""
+    """SmolLM2 in bfloat16 (on an AVX-512 BF16 CPU, without this mode, 10 of 20 answers changed with the batch;
+    on an AVX2 one, which emulates bf16, none did, measured): 10 chat prompts alone, among 22 random prompts
+    (31 batch-mates each), and again with a cache small enough to preempt one of them (95 -> 60 s on AVX2)."""
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
     def engine(cache: str) -> LLM:
@@ -53,11 +54,11 @@ def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gg
                    max_num_batched_tokens=96, max_num_seqs=64, deterministic=True)
 
     llm = engine("64MiB")
-    prompts = [chat_prompt_ids(llm.get_tokenizer(), [{"role": "user", "content": q}]) for q in QUESTIONS]
+    prompts = [chat_prompt_ids(llm.get_tokenizer(), [{"role": "user", "content": q}]) for q in QUESTIONS[:10]]
     alone = [llm.generate([{"prompt_token_ids": p}], params, use_tqdm=False)[0].outputs[0].token_ids
              for p in prompts]
     rng = random.Random(0)
-    mates = [[rng.randrange(49152) for _ in range(rng.randint(4, 40))] for _ in range(44)]
+    mates = [[rng.randrange(49152) for _ in range(rng.randint(4, 40))] for _ in range(22)]
     batch = [{"prompt_token_ids": p} for p in prompts + mates]
     rng.shuffle(batch)
 
@@ -65,7 +66,7 @@ def test_real_bf16_answers_do_not_depend_on_batch_mates_or_preemption(smollm2_gg
         return {tuple(o.prompt_token_ids): o.outputs[0].token_ids for o in outs}
 
     batched = answers(llm.generate(batch, params, use_tqdm=False))
-    small = engine("8MiB").generate(batch, params, use_tqdm=False)
+    small = engine("3MiB").generate(batch, params, use_tqdm=False)
     assert sum(o.metrics.num_preemptions for o in small if o.prompt_token_ids in prompts) > 0
     preempted = answers(small)
     assert [batched[tuple(p)] for p in prompts] == alone
