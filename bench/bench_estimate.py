@@ -28,13 +28,14 @@ import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before 
 
 # isort: split
 
+import numpy as np
 import torch
 from bench_run import cpu_model
 
 from batchserve.calibration.steps import calibrate
 from batchserve.engine.llm_engine import LLMEngine
-from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.batch_io import Done
+from batchserve.jobs.engine_backend import EngineBackend, local_job
 from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, stratified_sample
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
@@ -96,6 +97,24 @@ def real_lengths(out: Path) -> dict[str, list[int]]:
     return {r["custom_id"]: [r["response"]["body"]["usage"]["completion_tokens"]] for r in rows}
 
 
+ROW_BUCKETS = (1, 8, 32, 48, 64, 10**9)
+"""Decode rows bucketed for the step-cost breakdown: [1, 8), [8, 32), ..."""
+
+
+def step_cost_breakdown(steps: list, priced: np.ndarray) -> list[dict]:
+    """The run's steps by kind and rows (decode rows for decodes), each bucket's measured and priced seconds."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for o, p in zip(steps, priced):
+        rows = o.shape.num_decodes or o.shape.num_prefill_seqs
+        lo = max(b for b in ROW_BUCKETS if b <= max(rows, 1))
+        g = groups.setdefault((o.kind, lo), [0, 0.0, 0.0])
+        g[0] += 1
+        g[1] += o.seconds
+        g[2] += float(p)
+    return [{"kind": k, "rows_from": lo, "steps": n, "measured_s": m, "priced_s": q, "ratio": q / m}
+            for (k, lo), (n, m, q) in sorted(groups.items())]
+
+
 def twin_with_real_lengths(inp: Path, out: Path, setup: RunSetup, profile: str, config: JobConfig, k: int,
                            sample_s: float, overhead_s: float) -> float:
     """The estimate's twin given the lengths the run produced: the sample's measured time plus the rest simulated,
@@ -126,6 +145,7 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     from_run = estimate_job(str(inp), None, setup, profile, config, profile_from=str(full_run))
     sim = setup.sim_setup(profile)
     steps_s = sum(o.seconds for o in record.steps)
+    priced = predict(sim.deployment, sim.efficiency, record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     exact = twin_with_real_lengths(inp, out, setup, profile, config, k, est.info["sample"]["wall_s"],
                                    est.info["loop_overhead_s_per_request"])
@@ -138,8 +158,9 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "from_run_s": from_run.summary.wall_s,
             "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
-            "run_steps_predicted_s": float(predict(sim.deployment, sim.efficiency, record.steps).sum()),
-            "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact}
+            "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced),
+            "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact,
+            "real_lengths": real_lengths(out), "sample_lengths": [c.to_list() for c in est.measurements.completions]}
 
 
 def main() -> None:
@@ -175,6 +196,8 @@ def main() -> None:
             del llm
             profile = Path(tmp) / f"{Path(model).name}-profile.json"
             profile.write_text(json.dumps(cal.profile.to_dict()))
+            if args.json:  # beside the figures: the profile, to re-simulate the job offline
+                Path(args.json).with_suffix(f".{Path(model).name}-profile.json").write_text(profile.read_text())
             fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
                             for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
             print(f"{Path(model).name}: calibrated {args.dtype}: {fit}; efficiency "
@@ -198,6 +221,9 @@ def main() -> None:
                       f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
                       f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request; the twin given the run's own "
                       f"lengths {r['twin_real_lengths_s']:.2f} s", flush=True)
+                for b in r["run_steps_by_kind"]:
+                    print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['steps']:5d} steps: measured "
+                          f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['ratio']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

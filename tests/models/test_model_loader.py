@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from batchserve.jobs.setup import RunSetup
+from batchserve.model_config import dtype as dtype_module
 from batchserve.models import ModelLoadError, load_model
 
 
@@ -48,14 +50,22 @@ def test_bf16_load_is_close_to_fp32(hf_checkpoint, paged_runner, random_tokens):
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8  # random weights leave near-ties
 
 
-def test_auto_dtype_follows_the_checkpoint(hf_checkpoint, tmp_path):
+@pytest.mark.parametrize(("flags", "served"), [({"avx2", "f16c", "avx512_fp16"}, "float16"),
+                                                ({"avx2", "f16c"}, "float32")])
+def test_auto_dtype_is_the_checkpoints_unless_the_cpu_emulates_it(hf_checkpoint, tmp_path, monkeypatch, flags,
+                                                                  served):
+    """A float16 checkpoint on a CPU with (without) float16 instructions; the estimate's twin agrees."""
+    monkeypatch.setattr(dtype_module, "cpu_flags", lambda: frozenset(flags))
     _, path = hf_checkpoint("LlamaForCausalLM")
     half = copy_checkpoint(path, tmp_path / "half")
     config = json.loads((half / "config.json").read_text())
     config.pop("torch_dtype", None)
     (half / "config.json").write_text(json.dumps({**config, "dtype": "float16"}))
     model, model_config, _ = load_model(half)
-    assert model_config.dtype == "float16" and next(model.parameters()).dtype == torch.float16
+    assert model_config.dtype == "float16" and next(model.parameters()).dtype == getattr(torch, served)
+    assert RunSetup(model=str(half), device="cpu").weight_dtype() == {"float16": "fp16", "float32": "fp32"}[served]
+    model, _, _ = load_model(half, dtype="float16")  # asked for by name: obeyed on any CPU
+    assert next(model.parameters()).dtype == torch.float16
     model, _, _ = load_model(half, dtype=torch.float32)
     assert next(model.parameters()).dtype == torch.float32
     with pytest.raises(ModelLoadError, match="dtype 'int8' is not supported"):

@@ -15,7 +15,7 @@ from ..attention_layout import AttentionConfig
 from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
-from ..model_config import ModelConfig, kv_bytes_per_block
+from ..model_config import ModelConfig, kv_bytes_per_block, serving_dtype
 from ..sim.hardware import normalize_dtype
 from ..sim.models import get_model
 from ..sim.simulate import ClusterConfig, SimSetup, resolve
@@ -94,11 +94,12 @@ class RunSetup:
         return model_shape(self.model).with_max_model_len(self.max_model_len)
 
     def weight_dtype(self, shape: ModelConfig | None = None) -> str:
-        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's); with
-        --quantization, the dtype its GEMMs and KV cache keep (the packed weights are the deployment's
-        `quantization`)."""
+        """The cost model's dtype name of the weights the engine would load ("auto": the checkpoint's, as the
+        loader resolves it on this device); with --quantization, the dtype its GEMMs and KV cache keep (the
+        packed weights are the deployment's `quantization`)."""
         shape = shape or self.shape()
-        name = normalize_dtype(shape.dtype if self.dtype == "auto" else self.dtype)
+        auto = serving_dtype(shape.dtype, self.device or default_device())
+        name = normalize_dtype(auto if self.dtype == "auto" else self.dtype)
         if name not in _DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not one the engine runs; use auto, float32, bfloat16 or float16")
         return name

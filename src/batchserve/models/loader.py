@@ -8,6 +8,7 @@ There is no hub download here; pass a directory that holds the files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +17,7 @@ import torch
 
 from ..config import QuantizationConfig
 from ..gguf_file import is_gguf, open_gguf
-from ..model_config import ModelConfig
+from ..model_config import ModelConfig, serving_dtype
 from .config import SUPPORTED_DTYPES, ModelLoadError, check_model_config, load_model_config
 from .gguf_quantization import gguf_quantized_linears
 from .gguf_weights import gguf_tensors
@@ -27,6 +28,7 @@ from .quantization import Int8Linear, quantize_linears
 from .tiny import build_tiny, tiny_config
 
 TINY = "tiny"
+logger = logging.getLogger(__name__)
 _INDEX = "model.safetensors.index.json"
 
 
@@ -69,7 +71,7 @@ def _build(model: str | os.PathLike, dtype: str | torch.dtype,
            device: str | torch.device) -> tuple[CausalLM, ModelConfig, Path | None]:
     if str(model) == TINY:
         config = tiny_config()
-        return build_tiny(resolve_dtype(dtype, config), device), config, None
+        return build_tiny(resolve_dtype(dtype, config, device), device), config, None
     if is_gguf(model):
         return _build_gguf(Path(model).expanduser(), dtype, device)
     path = Path(model).expanduser()
@@ -83,7 +85,7 @@ def _build(model: str | os.PathLike, dtype: str | torch.dtype,
     generation = _read_json(path / "generation_config.json") if (path / "generation_config.json").is_file() else None
     config = load_model_config(_read_json(path / "config.json"), generation, name=path.name)
     shards = safetensors_files(path)
-    net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
+    net = CausalLM(config, dtype=resolve_dtype(dtype, config, device), device=device)
     net.load_weights(_read_tensors(shards))
     return net.eval().requires_grad_(False), config, path
 
@@ -93,17 +95,21 @@ def _build_gguf(path: Path, dtype: str | torch.dtype,
     """Config from the file's metadata, weights dequantized from its tensors (quantized files load as float32)."""
     file = open_gguf(path)
     config = check_model_config(file.model_config(), str(path))
-    net = CausalLM(config, dtype=resolve_dtype(dtype, config), device=device)
+    net = CausalLM(config, dtype=resolve_dtype(dtype, config, device), device=device)
     net.load_weights(gguf_tensors(file, config.num_attention_heads, config.num_kv_heads, net.dtype))
     return net.eval().requires_grad_(False), config, path
 
 
-def resolve_dtype(dtype: str | torch.dtype, config: ModelConfig) -> torch.dtype:
-    """"auto" means the checkpoint's own dtype; strings name float32/bfloat16/float16."""
+def resolve_dtype(dtype: str | torch.dtype, config: ModelConfig, device: str | torch.device = "cpu") -> torch.dtype:
+    """"auto" means the checkpoint's own dtype, but float32 for a 16-bit float this CPU only emulates
+    (model_config/dtype.py); strings name float32/bfloat16/float16."""
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     else:
-        name = config.dtype if dtype == "auto" else str(dtype)
+        name = serving_dtype(config.dtype, str(device)) if dtype == "auto" else str(dtype)
+        if name != config.dtype and dtype == "auto":
+            logger.info("serving the %s checkpoint in %s: this CPU has no %s instructions (--dtype %s forces it)",
+                        config.dtype, name, config.dtype, config.dtype)
     if name not in SUPPORTED_DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} is not supported; use 'auto' or one of {', '.join(SUPPORTED_DTYPES)}")
     return getattr(torch, name)
