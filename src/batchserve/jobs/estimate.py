@@ -67,10 +67,11 @@ class EstimateConfig:
     num_draws: int = 11
     """Simulations of the job, at evenly spaced quantiles of the length draws' output tokens (odd: the middle one
     is at the median, and its summary is the estimate's)."""
-    step_cost_error: float = 0.085
+    step_cost_error: float = 0.12
     """The step-cost model's error on a whole job (one sigma of log(actual / priced)): the wall-time range spreads
-    each simulation by it. 0.085: the RMS of a calibrated profile pricing three SmolLM2 jobs' own steps on this
-    project's CPU VM (-8.6%, -7.2%, +9.3%; bench/RESULTS.md, session 8)."""
+    each simulation by it. 0.12: the RMS over 12 SmolLM2 jobs whose own steps a calibrated profile priced on this
+    project's CPU VMs, fp32 and bf16, two CPU kinds (priced / measured 0.84-1.20x; bench/RESULTS.md, sessions 8,
+    12 and 13)."""
     fit_step_costs: bool = True
     """Scale the profile's step costs to steps measured on its device by an earlier full run (--profile-from), or
     by the sample when the profile is the uncalibrated cpu-local placeholder (False: learn output lengths only).
