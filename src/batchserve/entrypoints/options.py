@@ -64,7 +64,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, title: str, 
         if f.name in skip:
             continue
         default = None if f.default is MISSING else f.default
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help with %
         typ = _scalar_type(str(f.type))
         if typ is bool:
             names = [flag(f.name)]
