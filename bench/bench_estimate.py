@@ -33,6 +33,7 @@ import torch
 from bench_run import cpu_model
 
 from batchserve.calibration.steps import calibrate
+from batchserve.calibration.validate import StepCosts
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
@@ -40,7 +41,8 @@ from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, str
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.jobs.twin import simulate_entries
-from batchserve.sim.calibration import predict
+from batchserve.sim.calibration import Observation, predict
+from batchserve.sim.simulate import SimSetup
 
 WORDS = ["tea", "sky", "river", "stone", "lamp", "field", "cloud", "iron"]
 TOPICS = ["the moon", "rivers", "bread", "volcanoes", "chess", "bees", "glass", "winter", "maps", "clocks", "salt",
@@ -97,34 +99,33 @@ def real_lengths(out: Path) -> dict[str, list[int]]:
     return {r["custom_id"]: [r["response"]["body"]["usage"]["completion_tokens"]] for r in rows}
 
 
-ROW_BUCKETS = (1, 8, 32, 48, 64, 10**9)
-"""Decode rows bucketed for the step-cost breakdown: [1, 8), [8, 32), ..."""
+ROW_BUCKETS = (1, 8, 32, 48, 64)
+"""Step rows (decode rows for a step with decodes, prompts otherwise) bucketed for the step-cost breakdown:
+[1, 8), [8, 32), [32, 48), [48, 64), 64 and up."""
 
 
-def step_cost_breakdown(steps: list, priced: np.ndarray) -> list[dict]:
-    """The run's steps by kind and rows (decode rows for decodes), each bucket's measured and priced seconds."""
-    groups: dict[tuple[str, int], list[float]] = {}
-    for o, p in zip(steps, priced):
-        rows = o.shape.num_decodes or o.shape.num_prefill_seqs
-        lo = max(b for b in ROW_BUCKETS if b <= max(rows, 1))
-        g = groups.setdefault((o.kind, lo), [0, 0.0, 0.0])
-        g[0] += 1
-        g[1] += o.seconds
-        g[2] += float(p)
-    return [{"kind": k, "rows_from": lo, "steps": n, "measured_s": m, "priced_s": q, "ratio": q / m}
-            for (k, lo), (n, m, q) in sorted(groups.items())]
+def step_cost_breakdown(steps: list[Observation], priced: np.ndarray) -> list[dict]:
+    """The run's steps by kind and rows bucket, each bucket's measured and priced seconds (validate's StepCosts)."""
+    keys = [(o.kind, max(b for b in ROW_BUCKETS if b <= max(o.shape.num_decodes or o.shape.num_prefill_seqs, 1)))
+            for o in steps]
+    measured = np.array([o.seconds for o in steps])
+    out = []
+    for kind, rows_from in sorted(set(keys)):
+        mask = np.array([k == (kind, rows_from) for k in keys])
+        costs = StepCosts(int(mask.sum()), float(measured[mask].sum()), float(priced[mask].sum()))
+        out.append({"kind": kind, "rows_from": rows_from, **costs.to_dict()})
+    return out
 
 
-def twin_with_real_lengths(inp: Path, out: Path, setup: RunSetup, profile: str, config: JobConfig, k: int,
-                           sample_s: float, overhead_s: float) -> float:
+def twin_with_real_lengths(inp: Path, lengths: dict[str, list[int]], setup: RunSetup, sim: SimSetup,
+                           config: JobConfig, k: int, sample_s: float, overhead_s: float) -> float:
     """The estimate's twin given the lengths the run produced: the sample's measured time plus the rest simulated,
     as `estimate_job` composes them. Against the estimate it isolates the length model; against the price of the
     run's own steps, the twin's scheduling."""
     job = plan_job(str(inp), Done(), setup, config)
-    chosen = {r.custom_id for r in stratified_sample(job.requests, k, config.seed)}
+    chosen = {r.custom_id for r in stratified_sample(job.requests, k, config.seed)}  # the estimate's own sample
     rest = [e for e in job.entries if getattr(e, "custom_id", None) not in chosen]
-    sim = setup.sim_setup(profile)
-    summary = simulate_entries(rest, sim, config, lengths=real_lengths(out))
+    summary = simulate_entries(rest, sim, config, lengths=lengths)
     return sample_s + summary.wall_s + overhead_s * summary.num_requests
 
 
@@ -147,7 +148,8 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     steps_s = sum(o.seconds for o in record.steps)
     priced = predict(sim.deployment, sim.efficiency, record.steps)
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
-    exact = twin_with_real_lengths(inp, out, setup, profile, config, k, est.info["sample"]["wall_s"],
+    lengths = real_lengths(out)
+    exact = twin_with_real_lengths(inp, lengths, setup, sim, config, k, est.info["sample"]["wall_s"],
                                    est.info["loop_overhead_s_per_request"])
     lo, hi = est.wall_s_range
     t_lo, t_hi = est.output_tokens_range
@@ -160,7 +162,7 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
             "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced),
             "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact,
-            "real_lengths": real_lengths(out), "sample_lengths": [c.to_list() for c in est.measurements.completions]}
+            "real_lengths": lengths, "sample_lengths": [c.to_list() for c in est.measurements.completions]}
 
 
 def main() -> None:
@@ -222,8 +224,8 @@ def main() -> None:
                       f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request; the twin given the run's own "
                       f"lengths {r['twin_real_lengths_s']:.2f} s", flush=True)
                 for b in r["run_steps_by_kind"]:
-                    print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['steps']:5d} steps: measured "
-                          f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['ratio']:.2f}x)")
+                    print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['num']:5d} steps: measured "
+                          f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['priced_over_measured']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

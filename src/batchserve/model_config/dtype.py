@@ -31,8 +31,11 @@ def cpu_flags(path: Path = CPUINFO) -> frozenset[str] | None:
         text = path.read_text()
     except OSError:
         return None
-    flags = {flag for line in text.splitlines() if line.split(":", 1)[0].strip() in ("flags", "Features")
-             for flag in line.split(":", 1)[1].split()}
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, AArch64
+            flags.update(value.split())
     return frozenset(flags) or None
 
 
