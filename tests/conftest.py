@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     # One OpenMP thread per xdist worker, and in the processes a test starts (`batchserve run`, servers):
     # `-n 2` on 2 cores with two threads each oversubscribes, and OpenMP's spinning barriers make that slow.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    # Where the environment forbids bytecode files, every xdist worker and every process a test starts compiles
+    # the package's 20k lines (and the rewritten test modules) from source again, about 1 s of CPU each; the
+    # installed packages have theirs from pip. Let the run's processes cache them (`__pycache__` is git-ignored).
+    sys.dont_write_bytecode = False
 
 
 @pytest.fixture(scope="session")
