@@ -198,8 +198,10 @@ def main() -> None:
             del llm
             profile = Path(tmp) / f"{Path(model).name}-profile.json"
             profile.write_text(json.dumps(cal.profile.to_dict()))
-            if args.json:  # beside the figures: the profile, to re-simulate the job offline
+            if args.json:  # beside the figures: the profile and the grid it was fitted to, to refit offline
                 Path(args.json).with_suffix(f".{Path(model).name}-profile.json").write_text(profile.read_text())
+                Path(args.json).with_suffix(f".{Path(model).name}-grid.jsonl").write_text(
+                    "".join(json.dumps(o.to_dict()) + "\n" for o in cal.observations))
             fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
                             for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
             print(f"{Path(model).name}: calibrated {args.dtype}: {fit}; efficiency "
@@ -210,6 +212,9 @@ def main() -> None:
                     continue
                 r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
                 results.append({"model": Path(model).name, "dtype": args.dtype, **r})
+                if args.json:  # the whole run's steps and lengths (a `run --json` record), to re-price offline
+                    Path(args.json).with_suffix(f".{Path(model).name}.{name}-run.json").write_text(
+                        (Path(tmp) / f"{name}-run.json").read_text())
                 print(f"{Path(model).name:>10} {r['shape']:<20} {r['requests']:3d} req, sample {r['sample']:2d}: "
                       f"estimate {r['estimate_s']:6.2f} s (p10-p90 {r['p10_s']:.2f}-{r['p90_s']:.2f}), "
                       f"actual {r['actual_s']:6.2f} s, error {r['error']:+6.1%}, "
