@@ -62,6 +62,9 @@ WIDEST_SPREAD_CONTEXT = 1024
 """The longest context of the grid's 192-row points (the 64-row one spans the whole grid): 192 rows up to the
 grid's 2,040 tokens doubled SmolLM2's calibration pass (88 -> 183 s); saturated runs spend their wide steps at
 the contexts of prompts plus outputs, most under a thousand tokens."""
+DISTINCT_CONTEXT = 512
+"""The longest context of the grid's wide decode point whose rows share no K/V (each its own prompt, computed in
+full: 64 rows up to 512 tokens add 16k prompt tokens to a pass)."""
 WAKEUP_IDLE_S = 0.1
 """How long the engine sits idle before each wake-up step: as between a lightly loaded server's requests, and well
 past the milliseconds a CPU GEMM library's worker threads spin before they sleep."""
@@ -134,6 +137,14 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
 
     widest = min(WIDEST_SPREAD_CONTEXT, longest)
     yield f"decode x{min(64, max_seqs)}, spread contexts", spread_rows(min(64, max_seqs), 6)
+    # Rows that cut one prefix read the same K/V blocks, which stay in the CPU's caches across rows: a job's
+    # unique prompts read K/V no other row shares, and SmolLM2's 64-row decode forward took 1.17-1.21x as long
+    # over such (same rows and keys; bench/RESULTS.md, session 14). These rows bring their own prompts; they
+    # decode beside the later ones' prompt chunks (mixed steps, as a job's) until all have joined, then alone.
+    rows, top = min(64, max_seqs), min(DISTINCT_CONTEXT, longest)
+    lengths = np.linspace(8, top, rows).astype(int)
+    joined = -(-int(lengths.sum()) // max_tokens_per_step)  # steps until the last prompt has been computed
+    yield f"decode x{rows}, distinct contexts", [(_prompt(rng, vocab, int(n)), joined + 6, 0) for n in lengths]
     if max_seqs > 64:
         yield f"decode x{min(192, max_seqs)}, spread contexts", spread_rows(min(192, max_seqs), 6, widest)
     chunk = min(512, max_tokens_per_step // 2, longest)
