@@ -60,3 +60,11 @@ def test_recorded_steps_count_the_rows_they_sample_though_the_step_has_run() -> 
     # then 1 decode + the prompt's last 3 (both sample); read from the requests, the prompts' samples were lost
     assert [(o.shape.num_prefill_tokens, o.shape.num_decodes, o.shape.num_sampling) for o in steps[:3]] == [
         (64, 0, 1), (63, 1, 1), (3, 1, 2)]
+
+
+@pytest.mark.parametrize("max_model_len, max_tokens_per_step", [(2048, 512), (2048, 32), (600, 16), (400, 8)])
+def test_no_grid_request_outgrows_the_model(max_model_len: int, max_tokens_per_step: int) -> None:
+    """Prompt plus outputs stay within max_model_len for any step budget (a small one keeps the distinct-context
+    rows decoding longer while the later ones join: 601 tokens on a 600-token model before the cap)."""
+    for label, entries in calibration_phases(max_model_len, 1000, max_tokens_per_step, 64):
+        assert all(len(prompt) + outputs <= max_model_len for prompt, outputs, _ in entries), label

@@ -140,11 +140,13 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # Rows that cut one prefix read the same K/V blocks, which stay in the CPU's caches across rows: a job's
     # unique prompts read K/V no other row shares, and SmolLM2's 64-row decode forward took 1.17-1.21x as long
     # over such (same rows and keys; bench/RESULTS.md, session 14). These rows bring their own prompts; they
-    # decode beside the later ones' prompt chunks (mixed steps, as a job's) until all have joined, then alone.
+    # decode beside the later ones' prompt chunks (mixed steps, as a job's) until all have joined, then alone
+    # (a small step budget joins them late: outputs stop at the model's length, and the point is mixed steps only).
     rows, top = min(64, max_seqs), min(DISTINCT_CONTEXT, longest)
     lengths = np.linspace(8, top, rows).astype(int)
     joined = -(-int(lengths.sum()) // max_tokens_per_step)  # steps until the last prompt has been computed
-    yield f"decode x{rows}, distinct contexts", [(_prompt(rng, vocab, int(n)), joined + 6, 0) for n in lengths]
+    outputs = min(joined + 6, max_model_len - top)
+    yield f"decode x{rows}, distinct contexts", [(_prompt(rng, vocab, int(n)), outputs, 0) for n in lengths]
     if max_seqs > 64:
         yield f"decode x{min(192, max_seqs)}, spread contexts", spread_rows(min(192, max_seqs), 6, widest)
     chunk = min(512, max_tokens_per_step // 2, longest)
