@@ -203,6 +203,11 @@ class Harness:
         for r in lazy:
             assert id(r) in running_ids and r.status == RequestStatus.RUNNING
             assert len(r.block_ids) == ceil_div(self.computed(r) + 1, bs), f"{r}: blocks do not cover its decode"
+        # a block several decode rows read (a shared prefix hit) is read again by all but the first
+        readers = Counter(b for r, n in zip(batch.requests, batch.num_tokens) if n == 1 for b in r.block_ids)
+        readers.update(b for r in lazy for b in r.block_ids)
+        tables = [(r.request_id, r.block_ids) for r, n in zip(batch.requests, batch.num_tokens) if n == 1]
+        assert batch.shared_decode_keys == bs * sum(k - 1 for k in readers.values()), tables
         for r in batch.preempted:
             assert r.status == RequestStatus.PREEMPTED and r.block_ids == [] and r.num_computed_tokens == 0
             assert id(r) not in running_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -182,6 +183,25 @@ def test_the_kv_bandwidth_ratio_prices_decode_keys_apart_from_the_prompt_attenti
 
     assert key_cost(fitted) == pytest.approx(key_cost(truth), rel=0.05)
     assert key_cost(truth) > 2 * key_cost(TRUE)  # the ratio matters here: a fit without it could not match
+
+
+def test_the_shared_key_ratio_is_fitted_from_decodes_whose_rows_share_a_prefix(deployment: Deployment) -> None:
+    """64 rows over one cached prefix read its blocks from the CPU's caches after the first row: beside decodes
+    whose rows hold their own blocks, the grid's shared-prefix decodes pin what a shared key costs."""
+    truth = Efficiency(**{**TRUE.to_dict(), "kv_bandwidth_ratio": 0.3, "kv_shared_bandwidth_ratio": 3.0})
+    shared = [StepShape(0, 0, 0, b, b * c, b, 0, b * c, decode_shared_key_tokens=(b - 1) * (c - 16))
+              for b in (16, 64) for c in (512, 2048)]
+    shapes = _grid() + shared
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(deployment, observations)
+    assert fit_report(deployment, fitted, observations)["decode"]["mape"] < 0.02
+    held_out = [Observation(StepShape(0, 0, 0, 32, 32 * 1024, 32, 0, 32 * 1024, decode_shared_key_tokens=31 * 1008), 1)]
+    assert predict(deployment, fitted, held_out)[0] == pytest.approx(predict(deployment, truth, held_out)[0], rel=0.02)
+    # the term matters: priced as any other key, the shared steps miss (past 3x the ratio the max() hides it)
+    unshared = replace(fitted, kv_shared_bandwidth_ratio=1.0)
+    assert fit_report(deployment, unshared, observations[len(_grid()):])["decode"]["mape"] > 0.1
+    # without shared steps the term has nothing to act on and stays at its default
+    assert fit_efficiency(deployment, observations[:len(_grid())]).kv_shared_bandwidth_ratio == 1.0
 
 
 def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from batchserve.model_config import from_hf_config
-from batchserve.sim.cost_model import CostModel, Efficiency
+from batchserve.sim.cost_model import CostModel, Efficiency, StepShape
 from batchserve.sim.deployment import WEIGHT_BYTES, Deployment, DoesNotFitError, GiB
 from batchserve.sim.hardware import get_hardware
 from batchserve.sim.models import get_model
@@ -101,6 +101,29 @@ def test_kv_reads_cost_their_bytes_at_the_kv_bandwidth_ratio() -> None:
     assert extra == pytest.approx((8192 - 1024) * kv_bytes_per_token / (0.25 * bandwidth()), rel=0.02)
     with pytest.raises(ValueError, match="kv_bandwidth_ratio"):
         Efficiency(kv_bandwidth_ratio=0)
+
+
+def test_keys_another_row_read_cost_their_bytes_at_the_shared_ratio() -> None:
+    """Rows sharing a cached prefix: the keys a row reads from blocks an earlier row of the step read cost
+    their bytes at `kv_shared_bandwidth_ratio` x the other keys' rate; the rest of the step is unchanged."""
+    eff = Efficiency(kv_bandwidth_ratio=0.25, kv_shared_bandwidth_ratio=4.0)
+    cm = CostModel(Deployment(model=LLAMA_8B, hardware=H100), eff)
+    kv_bytes_per_token = 2 * LLAMA_8B.num_layers * LLAMA_8B.num_kv_heads * LLAMA_8B.head_dim * 2
+    keys, shared = 32 * 4096, 31 * 2048  # 32 rows, a 2,048-token prefix all of them hold
+
+    def step(shared_keys: int) -> float:
+        return cm.step_time(num_decodes=32, decode_context_tokens=keys, num_sampling=32, decode_key_tokens=keys,
+                            decode_shared_key_tokens=shared_keys)
+
+    saved = step(0) - step(shared)
+    assert saved == pytest.approx(shared * kv_bytes_per_token / (0.25 * bandwidth()) * (1 - 1 / 4.0), rel=1e-6)
+    offsets = cm.decode_run_offsets(32, np.array([keys, keys]), shared_key_tokens=shared)
+    assert offsets == pytest.approx([step(shared), 2 * step(shared)])
+    unshared = CostModel(Deployment(model=LLAMA_8B, hardware=H100), Efficiency(kv_bandwidth_ratio=0.25))
+    assert unshared.step_time(*StepShape(0, 0, 0, 32, keys, 32, 0, keys, decode_shared_key_tokens=shared)) == \
+        pytest.approx(step(0))  # at the default ratio, 1, a shared key costs what any other does
+    with pytest.raises(ValueError, match="kv_shared_bandwidth_ratio"):
+        Efficiency(kv_shared_bandwidth_ratio=0)
 
 
 def test_int4_weights_decode_faster_in_proportion_to_bytes() -> None:

@@ -33,6 +33,9 @@ class ScheduledBatch:
     spec_token_ids: dict[Request, list[int]] = field(default_factory=dict)
     """Draft tokens per speculating request (speculative decoding); absent requests have none."""
     num_rejected_tokens: int = 0  # scheduled draft positions the verification rejected (set by the update)
+    shared_decode_keys: int = 0
+    """K/V tokens the decode rows read again: a block several decode rows hold (a prefix-cache hit they share) is
+    read once per row, and every read after its first finds it in the CPU's caches (`KVCacheManager.shared_blocks`)."""
 
     def __post_init__(self) -> None:
         if not self.num_known:  # a batch built by hand, before any update: the requests' counts are the known ones

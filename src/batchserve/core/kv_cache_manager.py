@@ -67,6 +67,12 @@ class KVCacheManager:
         """Tokens a prefix lookup would serve now (for `lpm` ranking and routers); no side effects."""
         return len(self.get_computed_blocks(req)) * self.block_size
 
+    def shared_blocks(self, req: Request) -> list[int]:
+        """The request's blocks that another request holds too (prefix-cache hits). Not only a leading run: two
+        requests that computed the same prefix at once hold twin blocks, and a third may hit either twin."""
+        blocks = self.pool.blocks
+        return [bid for bid in req.block_ids if blocks[bid].ref_cnt > 1]
+
     def can_allocate(self, req: Request, num_new_tokens: int, computed_blocks: list[int] = (), reserve: int = 0) -> bool:
         num_computed = req.num_computed_tokens + len(computed_blocks) * self.block_size
         need = self.blocks_needed(num_computed + num_new_tokens) - len(req.block_ids) - len(computed_blocks)

@@ -18,7 +18,7 @@ track steady decodes lazily, with the same decisions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
 from ..config import CacheConfig, SchedulerConfig
@@ -122,6 +122,11 @@ class Scheduler:
 
     def schedule(self, now: float = 0.0) -> ScheduledBatch:
         """Pick this step's requests and token counts; `now` stamps first admissions."""
+        batch = self._schedule(now)
+        batch.shared_decode_keys = self._shared_decode_blocks(batch) * self.kv.block_size
+        return batch
+
+    def _schedule(self, now: float) -> ScheduledBatch:
         cfg = self.config
         batch = self.batch_type()
         budget = cfg.max_num_batched_tokens
@@ -133,6 +138,20 @@ class Scheduler:
         if not batch.preempted:
             self._schedule_waiting(batch, budget, now)
         return batch
+
+    def _shared_decode_blocks(self, batch: ScheduledBatch, read: Container[int] = ()) -> int:
+        """Reads of a block by a decode row of the batch after another decode row (or a reader in `read`) read it."""
+        first: set[int] = set()
+        repeats = 0
+        for req, n in zip(batch.requests, batch.num_tokens):
+            if n != 1:
+                continue
+            for bid in self.kv.shared_blocks(req):
+                if bid in first or bid in read:
+                    repeats += 1
+                else:
+                    first.add(bid)
+        return repeats
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
         """Serve running requests one by one, decodes before prompt chunks; returns the budget left."""

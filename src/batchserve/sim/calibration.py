@@ -21,7 +21,7 @@ from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
-RATIOS = ("kv_bandwidth_ratio",)
+RATIOS = ("kv_bandwidth_ratio", "kv_shared_bandwidth_ratio")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
              "proposer_overhead_s", "wakeup_overhead_s")
@@ -29,7 +29,7 @@ OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chun
 CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
                "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
                "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals",
-               "wakeup_overhead_s": "num_wakeups"}
+               "wakeup_overhead_s": "num_wakeups", "kv_shared_bandwidth_ratio": "decode_shared_key_tokens"}
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
@@ -154,7 +154,8 @@ def new_shape_overhead(observations: Sequence[Observation]) -> float | None:
     for a decode batch's first step; joint fits in three processes gave 2.9, 3.5 and 5.7 ms.
     """
     def key(shape: StepShape) -> StepShape:
-        return shape._replace(decode_context_tokens=0, decode_key_tokens=0, num_new_shapes=0, num_wakeups=0)
+        return shape._replace(decode_context_tokens=0, decode_key_tokens=0, decode_shared_key_tokens=0, num_new_shapes=0,
+                              num_wakeups=0)
 
     known: dict[StepShape, list[Observation]] = {}  # steps whose count was known, by their shape but for contexts
     for o in observations:

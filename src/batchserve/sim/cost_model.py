@@ -45,6 +45,10 @@ class Efficiency:
     and a prompt chunk's cached context. 1 on paged GPU kernels, which read in place; the plain-torch CPU backend
     first gathers each row's blocks into a contiguous copy, so a key costs more than a weight byte and `calibrate`
     fits the ratio from decode batches whose keys vary apart from their rows."""
+    kv_shared_bandwidth_ratio: float = 1.0
+    """Decode keys read from a block another row of the step read before (rows sharing a cached prefix) cost
+    this multiple of the other keys' rate: on a CPU the block is still in its caches (a 64-row decode over one shared
+    prefix took 1/1.18 of the same keys read from 64 rows' own blocks); 1 where attention reads every row from HBM."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -92,7 +96,7 @@ class Efficiency:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("time_scale", "kv_bandwidth_ratio"):
+            if f.name in ("time_scale", "kv_bandwidth_ratio", "kv_shared_bandwidth_ratio"):
                 if not value > 0:
                     raise ValueError(f"{f.name} must be > 0, got {value}")
             elif f.name.endswith("overhead_s"):
@@ -137,6 +141,9 @@ class StepShape(NamedTuple):
     rows only: the request is sampled once (`sequence_overhead_s`), its k + 1 rows in one vectorised pass."""
     num_wakeups: int = 0
     """1 when the step starts on an engine that had been idle (`wakeup_overhead_s`), else 0."""
+    decode_shared_key_tokens: int = 0
+    """Of `decode_key_tokens`, those a decode row reads from a block another decode row of the step read before it
+    (a prefix-cache hit they share): `kv_shared_bandwidth_ratio` prices them."""
 
 
 class CostModel:
@@ -156,6 +163,7 @@ class CostModel:
         self.attn_flops = hw.peak_flops[activation_dtype] * eff.attention_flops
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
         self.kv_bandwidth = self.bandwidth * eff.kv_bandwidth_ratio
+        self.kv_shared_bandwidth = self.kv_bandwidth * eff.kv_shared_bandwidth_ratio
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -252,15 +260,17 @@ class CostModel:
         return max(flops / self.attn_flops, nbytes / self.bandwidth + context_tokens * self.kv_bytes_per_token
                    / self.kv_bandwidth)
 
-    def decode_attention_time(self, num_decodes: int, key_tokens):
-        """One query token per request against `key_tokens` keys read in all (padding included); numpy-friendly.
+    def decode_attention_time(self, num_decodes: int, key_tokens, shared_key_tokens: float = 0.0):
+        """One query token per request against `key_tokens` keys read in all (padding included), of which
+        `shared_key_tokens` were read by another row of the step before; numpy-friendly.
 
         Padded keys cost like real ones: the plain-torch backend gathers and attends them (masked).
         """
         flops = 4.0 * self.head_dim * self.heads * key_tokens
         nbytes = 2 * num_decodes * self.heads * self.head_dim * self.ab
-        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + key_tokens * self.kv_bytes_per_token
-                          / self.kv_bandwidth)
+        kv = self.kv_bytes_per_token * ((key_tokens - shared_key_tokens) / self.kv_bandwidth
+                                        + shared_key_tokens / self.kv_shared_bandwidth)
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + kv)
 
     def lora_time(self, num_tokens: int, num_segments: int, num_loads: int) -> float:
         """Adapter deltas of `num_tokens` rows in `num_segments` segments, after `num_loads` slot copies.
@@ -326,6 +336,7 @@ class CostModel:
         num_proposals: int = 0,
         num_draft_logits: int = 0,
         num_wakeups: int = 0,
+        decode_shared_key_tokens: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
 
@@ -339,7 +350,7 @@ class CostModel:
             attention += self.prefill_attention_time(num_prefill_tokens, prefill_attended_pairs, prefill_context_tokens)
         if num_decodes:
             keys = decode_key_tokens or decode_context_tokens
-            attention += float(self.decode_attention_time(num_decodes, keys))
+            attention += float(self.decode_attention_time(num_decodes, keys, decode_shared_key_tokens))
         return self.time_scale * (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
             + self.lm_head_time(num_sampling + num_draft_logits)
@@ -357,9 +368,10 @@ class CostModel:
         )
 
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
-                           num_lora_segments: int = 0, num_groups: np.ndarray | float = 0.0) -> np.ndarray:
+                           num_lora_segments: int = 0, num_groups: np.ndarray | float = 0.0,
+                           shared_key_tokens: int = 0) -> np.ndarray:
         """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys
-        in `num_groups[j]` decode groups.
+        in `num_groups[j]` decode groups, `shared_key_tokens` of them in every step from blocks another row read.
 
         Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
@@ -371,5 +383,5 @@ class CostModel:
             + (self.token_overhead + self.sequence_overhead) * num_decodes
             + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )
-        attention = self.num_layers * self.decode_attention_time(num_decodes, key_tokens)
+        attention = self.num_layers * self.decode_attention_time(num_decodes, key_tokens, shared_key_tokens)
         return self.time_scale * np.cumsum(fixed + attention + self.decode_group_overhead * num_groups)

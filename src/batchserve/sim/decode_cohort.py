@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+from collections import Counter
 
 import numpy as np
 
@@ -35,13 +36,14 @@ class _Member:
     has made outputs0 + (clock - clock0) outputs once the clock reads `clock`.
     """
 
-    __slots__ = ("active", "clock0", "computed0", "req")
+    __slots__ = ("active", "block_ids", "clock0", "computed0", "req")
 
     def __init__(self, req: Request, clock0: int) -> None:
         self.req = req
         self.clock0 = clock0
         self.computed0 = req.num_computed_tokens
         self.active = True
+        self.block_ids = tuple(req.block_ids)  # the blocks it joined with; those it takes later no one shares
 
     @property
     def key_offset(self) -> int:
@@ -56,6 +58,8 @@ class DecodeCohort:
         self.members: dict[Request, _Member] = {}
         self.context = 0  # sum of members' num_computed_tokens at the current clock
         self.adapters: dict[int | str, int] = {}  # LoRA adapter id -> members decoding under it (base rows absent)
+        self.block_readers: Counter[int] = Counter()  # block id -> members holding it (since they joined)
+        self.num_shared_blocks = 0  # members' block reads beyond each block's first: sum of (readers - 1)
         self._finish: list[tuple[int, int, _Member]] = []  # (clock at which it finishes, seq, member)
         # tick -> members needing a new block then; a need is never more than block_size ticks away,
         # so buckets beat a heap. Entries of members that left are skipped on pop.
@@ -81,6 +85,10 @@ class DecodeCohort:
         self.context += req.num_computed_tokens
         if req.adapter_id is not None:
             self.adapters[req.adapter_id] = self.adapters.get(req.adapter_id, 0) + 1
+        readers = self.block_readers
+        for bid in m.block_ids:
+            self.num_shared_blocks += bid in readers
+            readers[bid] += 1
         bisect.insort(self._key_offsets, m.key_offset)
         self._key_array = self._run_keys = None
         outputs0 = m.computed0 + 1 - len(req.prompt_token_ids)
@@ -108,6 +116,13 @@ class DecodeCohort:
         m = self.members.pop(req)
         m.active = False
         self.context -= req.num_computed_tokens
+        readers = self.block_readers
+        for bid in m.block_ids:
+            if readers[bid] == 1:
+                del readers[bid]
+            else:
+                readers[bid] -= 1
+                self.num_shared_blocks -= 1
         del self._key_offsets[bisect.bisect_left(self._key_offsets, m.key_offset)]
         self._key_array = self._run_keys = None
         aid = req.adapter_id

@@ -74,7 +74,8 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     new = seen.first_run(prefill_tokens + num_decodes) if seen is not None else 0
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
-                     num_lora_loads, new, num_groups, num_proposals, draft_logits, num_wakeups)
+                     num_lora_loads, new, num_groups, num_proposals, draft_logits, num_wakeups,
+                     batch.shared_decode_keys)
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -141,7 +142,7 @@ class SimExecutor:
         keys, groups = batch.cohort.layout(self.attention.decode_padding_ratio, num_steps)
         groups = self.attention.decode_calls(groups)
         return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
-                                                  groups)
+                                                  groups, batch.shared_decode_keys)
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):

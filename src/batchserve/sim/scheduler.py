@@ -10,7 +10,7 @@ decisions, times and preemptions are exactly those of the core Scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from ..config import CacheConfig, SchedulerConfig
 from ..core.batch import StepResult
@@ -79,6 +79,13 @@ class SimScheduler(Scheduler):
 
     def _refused_for_blocks(self, computed_blocks: list[int]) -> None:
         self._refused_hits = computed_blocks
+
+    def _shared_decode_blocks(self, batch: SimBatch, read: Container[int] = ()) -> int:
+        """The listed decodes' repeated block reads, and the cohort's when it decodes this step."""
+        if not batch.num_lazy_decodes:
+            return super()._shared_decode_blocks(batch, read)
+        cohort = self.cohort
+        return cohort.num_shared_blocks + super()._shared_decode_blocks(batch, cohort.block_readers)
 
     def _schedule_running(self, batch: SimBatch, budget: int) -> int:
         """The cohort's decodes first (one token each), then the explicit requests."""
