@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--no-tiny", action="store_true", help="only the real model")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--shapes", nargs="*", default=None, help="only these job shapes (default: all)")
+    parser.add_argument("--grid-passes", type=int, default=None,
+                        help="calibration grid passes (default: as many as calibrate's time budget holds)")
     parser.add_argument("--json", default=None, help="write every shape's figures to this file")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
@@ -194,7 +196,7 @@ def main() -> None:
             setup = RunSetup(model=model, dtype=args.dtype, device="cpu", kv_cache_memory=args.kv_cache_memory,
                              max_num_batched_tokens=512, max_num_seqs=64)
             llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
-            cal = calibrate(llm, "calibrated-cpu", quiet=True)
+            cal = calibrate(llm, "calibrated-cpu", quiet=True, grid_passes=args.grid_passes)
             del llm
             profile = Path(tmp) / f"{Path(model).name}-profile.json"
             profile.write_text(json.dumps(cal.profile.to_dict()))
@@ -204,7 +206,7 @@ def main() -> None:
                     "".join(json.dumps(o.to_dict()) + "\n" for o in cal.observations))
             fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
                             for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
-            print(f"{Path(model).name}: calibrated {args.dtype}: {fit}; efficiency "
+            print(f"{Path(model).name}: calibrated {args.dtype} ({cal.grid_passes} grid passes): {fit}; efficiency "
                   f"{json.dumps(dict(cal.profile.efficiency))}", flush=True)
             k = max(1, round(args.sample_fraction * n))
             for name, rows in shapes(n, random.Random(0)).items():

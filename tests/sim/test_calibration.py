@@ -202,6 +202,10 @@ def test_the_shared_key_ratio_is_fitted_from_decodes_whose_rows_share_a_prefix(d
     assert fit_report(deployment, unshared, observations[len(_grid()):])["decode"]["mape"] > 0.1
     # without shared steps the term has nothing to act on and stays at its default
     assert fit_efficiency(deployment, observations[:len(_grid())]).kv_shared_bandwidth_ratio == 1.0
+    # a shared key never costs more than a key read from memory: steps that say so fit the floor, 1
+    slower = replace(truth, kv_shared_bandwidth_ratio=0.5)
+    times = predict(deployment, slower, [Observation(s, 1) for s in shapes])
+    assert fit_efficiency(deployment, [Observation(s, t) for s, t in zip(shapes, times)]).kv_shared_bandwidth_ratio == 1.0
 
 
 def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:

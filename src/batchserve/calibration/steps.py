@@ -54,10 +54,15 @@ GRID_BUDGET_S = 60.0
 """How long `calibrate` keeps repeating its step grid (whole passes, one after another; each point keeps its median
 over the passes): a shared machine's speed drifts by up to 2x between minutes, and a point measured in one minute
 carries that minute's speed. A tiny model's pass takes seconds and gets many; a 0.5B model's takes minutes and
-gets one. On `tiny` (2 cores), two calibrations of 15 passes predicted saturation 7% apart (188, 176 req/s);
+gets `MIN_GRID_PASSES`. On `tiny` (2 cores), two calibrations of 15 passes predicted saturation 7% apart (188, 176 req/s);
 of 4-5 passes, saturation 117-208 req/s over six calibrations."""
 MAX_GRID_PASSES = 15
 """The most passes of the grid `calibrate` runs (`GRID_BUDGET_S`)."""
+MIN_GRID_PASSES = 3
+"""The fewest passes of the grid `calibrate` runs by default, past `GRID_BUDGET_S` if need be: a median of three
+keeps one slow minute out, of one or two it cannot. SmolLM2's pass takes about a minute (one pass before): over six
+job estimates (three job shapes, fp32 and bf16) its profile priced the jobs' own steps at 0.91-1.05x from three
+passes, 0.89-1.15x from one, mean |log| error 0.053 against 0.105 (bench/RESULTS.md, session 15)."""
 WIDEST_SPREAD_CONTEXT = 1024
 """The longest context of the grid's 192-row points (the 64-row one spans the whole grid): 192 rows up to the
 grid's 2,040 tokens doubled SmolLM2's calibration pass (88 -> 183 s); saturated runs spend their wide steps at
@@ -402,7 +407,7 @@ def _grid_passes(llm: LLMEngine, seen: SeenTokenCounts, max_context: int, passes
                 bar.update(i + 1, phase)
         grid.append(steps)
         if passes is None:  # as many passes as the budget holds, judged by the first pass's time
-            passes = max(1, min(MAX_GRID_PASSES, int(GRID_BUDGET_S // (time.perf_counter() - start))))
+            passes = max(MIN_GRID_PASSES, min(MAX_GRID_PASSES, int(GRID_BUDGET_S // (time.perf_counter() - start))))
     return peaks, grid
 
 

@@ -25,8 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="longest context the grid measures (default: 2048; less is quicker for short-context workloads)")
     p.add_argument("--grid-passes", type=int, default=None,
                    help="measure the step grid this many times, one whole pass after another, and fit each point's "
-                        "median (default: as many as fit in 20 s, at most 5: a drifting shared machine biases a "
-                        "single pass's points against each other)")
+                        "median (default: as many as fit in 60 s, at least 3 and at most 15: a drifting shared machine "
+                        "biases a single pass's points against each other)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     add_lora_flags(p)  # with LoRA on, adapter steps (under --lora-modules, else random ones) fit the LoRA terms
     p.set_defaults(func=_run("calibrate", "cmd_calibrate"))
