@@ -119,7 +119,11 @@ def main() -> None:
         print(f"offline, {offline_n} requests at t=0 (saturated):")
         print(format_comparison(offline.metrics))
         print(step_cost_line(offline))
-    if args.out:
+    if args.out:  # beside the grid: the validation runs' own steps, to re-price them offline
+        for label, run in (("open-loop", result), ("offline", offline)):
+            if run is not None:
+                with open(os.path.join(args.out, f"{label}-steps.jsonl"), "w") as f:
+                    f.writelines(json.dumps(o.to_dict()) + "\n" for o in run.steps)
         with open(os.path.join(args.out, "fidelity.json"), "w") as f:
             json.dump({"args": vars(args), "capacity": capacity, "rate": rate, "fit": cal.report,
                        "metrics": result.metrics, "per_request_mape": mape,

@@ -208,6 +208,19 @@ def test_the_shared_key_ratio_is_fitted_from_decodes_whose_rows_share_a_prefix(d
     assert fit_efficiency(deployment, [Observation(s, t) for s, t in zip(shapes, times)]).kv_shared_bandwidth_ratio == 1.0
 
 
+def test_the_spill_rate_is_fitted_where_gathered_kv_outgrows_the_cache(deployment: Deployment) -> None:
+    """A 2 MiB last-level cache: the grid's wide decodes at long contexts gather more K/V per layer than it holds,
+    and the fit finds the rate at which the excess is read back; on a device without the figure it is not fitted."""
+    cached = replace(deployment, hardware=replace(deployment.hardware, cache_bytes=2 * 2**20))
+    truth = Efficiency(**{**TRUE.to_dict(), "kv_spill_bandwidth": 0.1})
+    shapes = _grid()
+    observations = [Observation(s, t) for s, t in zip(shapes, predict(cached, truth, [Observation(s, 1) for s in shapes]))]
+    fitted = fit_efficiency(cached, observations)
+    assert fitted.kv_spill_bandwidth == pytest.approx(0.1, rel=0.1)
+    assert fit_report(cached, fitted, observations)["decode"]["mape"] < 0.02
+    assert fit_efficiency(deployment, observations).kv_spill_bandwidth == 1.0  # no cache figure: not fitted
+
+
 def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:
     """As calibrate measures it: a few prompt chunks after the engine idled, beside the same chunks back to back."""
     shapes = _grid()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -124,6 +125,27 @@ def test_keys_another_row_read_cost_their_bytes_at_the_shared_ratio() -> None:
         pytest.approx(step(0))  # at the default ratio, 1, a shared key costs what any other does
     with pytest.raises(ValueError, match="kv_shared_bandwidth_ratio"):
         Efficiency(kv_shared_bandwidth_ratio=0)
+
+
+def test_gathered_kv_past_the_last_level_cache_is_read_back_at_the_spill_rate() -> None:
+    """A CPU's torch backend copies each layer's decode K/V, then attends the copy: the part of a layer's copy
+    past `cache_bytes` is read again from memory at `kv_spill_bandwidth` x peak; a copy that fits costs nothing
+    more, and a device without the figure (0) has no tier."""
+    cpu = get_hardware("cpu-local")
+    model = get_model("qwen2.5-0.5b")
+    layer_kv = 2 * model.num_kv_heads * model.head_dim * 4  # fp32 K and V of one token in one layer
+    cache = 32 * 2**20
+    eff = Efficiency(kv_spill_bandwidth=0.1, kv_bandwidth_ratio=0.1)  # K/V reads, not attention FLOPs, bound it
+
+    def decode(hardware, keys: int) -> float:
+        cm = CostModel(Deployment(model=model, hardware=hardware, weight_dtype="fp32"), eff)
+        return cm.step_time(num_decodes=64, decode_context_tokens=keys, num_sampling=64, decode_key_tokens=keys)
+
+    tiered = replace(cpu, cache_bytes=cache)
+    fits, spills = cache // layer_kv // 2, 3 * cache // layer_kv
+    assert decode(tiered, fits) == pytest.approx(decode(cpu, fits))
+    extra = decode(tiered, spills) - decode(cpu, spills)
+    assert extra == pytest.approx(model.num_layers * (spills * layer_kv - cache) / (0.1 * cpu.memory_bandwidth), rel=1e-6)
 
 
 def test_int4_weights_decode_faster_in_proportion_to_bytes() -> None:

@@ -108,6 +108,7 @@ def test_bad_profile_file_names_path(tmp_path) -> None:
         ({"peak_flops": {}}, "peak_flops"),
         ({"max_gpus_per_node": 0}, "max_gpus_per_node"),
         ({"interconnect_latency_s": -1e-6}, "interconnect_latency_s"),
+        ({"cache_bytes": -1}, "cache_bytes"),
         ({"memory_bandwith": 1e12}, "memory_bandwith.*valid fields"),
     ],
 )

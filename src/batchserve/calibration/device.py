@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -62,6 +63,27 @@ def device_memory_bytes(device: torch.device) -> float:
             if line.startswith("MemTotal:"):
                 return float(line.split()[1]) * 1024
     raise OSError("cannot read the memory size from /proc/meminfo")
+
+
+CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def last_level_cache_bytes(device: torch.device, caches: Path = CPU_CACHES) -> float:
+    """A CPU's largest-level cache as the first core sees it (its L3, shared by the cores), bytes; 0 on a GPU or
+    where the kernel does not say (the cost model then has no K/V spill tier)."""
+    if device.type != "cpu":
+        return 0.0
+    best = (0, 0.0)
+    for index in caches.glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+        value = float(size[:-1]) * units[size[-1]] if size[-1:] in units else float(size or 0)
+        best = max(best, (level, value))
+    return best[1]
 
 
 def device_name(device: torch.device) -> str:

@@ -47,7 +47,8 @@ from ..sim.speculation import draft_efficiency, draft_step_shape
 from ..spec_decode.draft_model import DraftForward, DraftModelProposer
 from ..spec_decode.speculator import Speculator
 from ..structured_output import StructuredOutputManager
-from .device import WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, measure_peaks
+from .device import (WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, last_level_cache_bytes,
+                     measure_peaks)
 
 _ids = itertools.count()
 GRID_BUDGET_S = 60.0
@@ -348,7 +349,7 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         peak_flops=peak, memory_bandwidth=bandwidth, memory_bytes=device_memory_bytes(device),
         interconnect_bandwidth=match.interconnect_bandwidth if match else bandwidth / 10,
         interconnect_latency_s=match.interconnect_latency_s if match else 5e-6,
-        max_gpus_per_node=match.max_gpus_per_node if match else 1,
+        max_gpus_per_node=match.max_gpus_per_node if match else 1, cache_bytes=last_level_cache_bytes(device),
     )
     lora = llm.lora_manager
     quantization = llm.quantization_config

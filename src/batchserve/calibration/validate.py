@@ -198,6 +198,8 @@ class Validation:
     step_costs: dict[str, StepCosts]
     """The real run's own steps priced by the profile: "all", "with prompt tokens" (what TTFT waits on) and
     "decode only" (what TPOT is made of)."""
+    steps: list[Observation]
+    """The real run's steps (shape and wall time), to refit or re-price offline."""
 
 
 def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Request]], slo: SLO | None = None,
@@ -209,7 +211,8 @@ def validate(llm: LLMEngine, setup: SimSetup, requests: Callable[[], Iterable[Re
     sim = simulate(replace(setup, warm_token_counts=warm), requests()).records
     measured, predicted = summarize(real, slo=slo), summarize(sim, slo=slo)
     metrics = compare(measured, predicted, saturated=is_saturated(real))
-    return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim, step_costs(setup, steps))
+    return Validation(metrics, per_request_mape(real, sim), measured, predicted, real, sim, step_costs(setup, steps),
+                      steps)
 
 
 def format_comparison(rows: Comparison) -> str:

@@ -20,7 +20,7 @@ from .cost_model import CostModel, Efficiency, StepShape
 from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
-FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops")
+FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops", "kv_spill_bandwidth")
 RATIOS = ("kv_bandwidth_ratio", "kv_shared_bandwidth_ratio")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
@@ -85,13 +85,23 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
     return np.array([model.step_time(*o.shape) for o in observations])
 
 
-def fitted_fields(observations: Sequence[Observation], moe: bool = False, quantized: bool = False) -> tuple[str, ...]:
+def fitted_fields(observations: Sequence[Observation], moe: bool = False, quantized: bool = False,
+                  spills: bool = False) -> tuple[str, ...]:
     """The fields these steps can pin down: a term that acts only on some steps (a grammar's rows, adapter
-    segments) only when some step has it, the expert term only on an MoE model and the dequantization term
-    only on a quantized one (without them it has no effect on the loss, and the fit would leave it anywhere)."""
+    segments) only when some step has it, the expert term only on an MoE model, the dequantization term
+    only on a quantized one and the K/V spill rate only when some step's gathered K/V `spills` past the cache
+    (without them it has no effect on the loss, and the fit would leave it anywhere)."""
     present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
     return tuple(n for n in FRACTIONS + RATIOS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
-                 and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED))
+                 and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED)
+                 and (spills or n != "kv_spill_bandwidth"))
+
+
+def spills(deployment: Deployment, observations: Sequence[Observation]) -> bool:
+    """Whether some step's gathered decode K/V (a layer's) outgrows the device's last-level cache."""
+    model = CostModel(deployment)
+    return any(o.shape.num_decodes and model.kv_spill_time(o.shape.decode_key_tokens or o.shape.decode_context_tokens)
+               for o in observations)
 
 
 def _decode(x: np.ndarray, base: Efficiency, names: Sequence[str]) -> Efficiency:
@@ -113,7 +123,8 @@ def fit_efficiency(
     deployment: Deployment, observations: Sequence[Observation], start: Efficiency = Efficiency()
 ) -> Efficiency:
     """The efficiency minimising the robust (Cauchy) loss of log(predicted / measured) step durations."""
-    names = fitted_fields(observations, moe=deployment.model.is_moe, quantized=deployment.quantization is not None)
+    names = fitted_fields(observations, moe=deployment.model.is_moe, quantized=deployment.quantization is not None,
+                          spills=spills(deployment, observations))
     new_shape = new_shape_overhead(observations) if "new_shape_overhead_s" in names else None
     if new_shape is not None:  # measured apart, from twins: the joint fit cannot see it (below)
         names = tuple(n for n in names if n != "new_shape_overhead_s")
@@ -132,7 +143,8 @@ def fit_efficiency(
     x0 = replace(start, step_overhead_s=float(np.min([o.seconds for o in observations])) / 4,
                  token_overhead_s=1e-6, structured_overhead_s=1e-5, lora_segment_overhead_s=1e-4,
                  dequant_overhead_s=1e-4, decode_group_overhead_s=1e-4, proposer_overhead_s=1e-5,
-                 wakeup_overhead_s=1e-4, new_shape_overhead_s=1e-4 if new_shape is None else new_shape)
+                 wakeup_overhead_s=1e-4, new_shape_overhead_s=1e-4 if new_shape is None else new_shape,
+                 kv_spill_bandwidth=0.3)
     starts = [x0, replace(x0, kv_bandwidth_ratio=_GATHER_START_RATIO)]
     best = min((_descend(loss, _encode(s, names)) for s in starts), key=loss)
     fitted = _decode(best, start, names)

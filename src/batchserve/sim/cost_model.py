@@ -49,6 +49,10 @@ class Efficiency:
     """Decode keys read from a block another row of the step read before (rows sharing a cached prefix) cost
     this multiple of the other keys' rate: on a CPU the block is still in its caches (a 64-row decode over one shared
     prefix took 1/1.18 of the same keys read from 64 rows' own blocks); 1 where attention reads every row from HBM."""
+    kv_spill_bandwidth: float = 1.0
+    """The plain-torch backend gathers each layer's decode K/V into a padded copy, then attends it: past the CPU's
+    last-level cache (`Hardware.cache_bytes`) the copy is read back from memory, at this fraction of peak memory
+    bandwidth (SmolLM2 fp32 on a 32 MiB L3: 0.10, fitted with the capacity free it found 29.7 MiB)."""
     interconnect_bandwidth: float = 0.70
     """All-reduce and pipeline sends reach this fraction of link bandwidth."""
     step_overhead_s: float = 0.001
@@ -164,6 +168,8 @@ class CostModel:
         self.bandwidth = hw.memory_bandwidth * eff.memory_bandwidth
         self.kv_bandwidth = self.bandwidth * eff.kv_bandwidth_ratio
         self.kv_shared_bandwidth = self.kv_bandwidth * eff.kv_shared_bandwidth_ratio
+        self.kv_spill_bandwidth = hw.memory_bandwidth * eff.kv_spill_bandwidth
+        self.cache_bytes = hw.cache_bytes or float("inf")  # 0: no spill tier
         wb, ab = d.weight_bytes_per_param, d.activation_bytes
         h, inter = m.hidden_size, m.intermediate_size
         q, kv = m.num_attention_heads * m.head_dim, m.num_kv_heads * m.head_dim
@@ -270,7 +276,11 @@ class CostModel:
         nbytes = 2 * num_decodes * self.heads * self.head_dim * self.ab
         kv = self.kv_bytes_per_token * ((key_tokens - shared_key_tokens) / self.kv_bandwidth
                                         + shared_key_tokens / self.kv_shared_bandwidth)
-        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + kv)
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + kv + self.kv_spill_time(key_tokens))
+
+    def kv_spill_time(self, key_tokens):
+        """Reading back the part of a layer's gathered decode K/V (`key_tokens` keys) past the last-level cache."""
+        return np.maximum(0.0, key_tokens * self.kv_bytes_per_token - self.cache_bytes) / self.kv_spill_bandwidth
 
     def lora_time(self, num_tokens: int, num_segments: int, num_loads: int) -> float:
         """Adapter deltas of `num_tokens` rows in `num_segments` segments, after `num_loads` slot copies.

@@ -72,6 +72,9 @@ class Hardware:
     host_bandwidth: float | None = None
     """Host-to-device copy bandwidth, bytes/s (PCIe or a chip-to-chip link): LoRA adapters loaded into device
     slots. None: memory_bandwidth (a CPU, whose host memory is its device memory)."""
+    cache_bytes: float = 0.0
+    """A CPU's last-level cache, bytes (`calibrate` reads it): a layer's gathered decode K/V past it is read back
+    from memory (`Efficiency.kv_spill_bandwidth`). 0: no such tier (GPU kernels read K/V in place)."""
     efficiency: Mapping[str, float] | None = None
     """Cost-model efficiency fields fitted on this device by `calibrate`; they replace the defaults."""
 
@@ -98,6 +101,10 @@ class Hardware:
             object.__setattr__(self, name, _positive(getattr(self, name), f"{where}: {name!r}"))
         if self.host_bandwidth is not None:
             object.__setattr__(self, "host_bandwidth", _positive(self.host_bandwidth, f"{where}: 'host_bandwidth'"))
+        cache = self.cache_bytes
+        if not _is_number(cache) or cache < 0 or not math.isfinite(cache):
+            raise CatalogError(f"{where}: 'cache_bytes' must be a finite number >= 0, got {cache!r}")
+        object.__setattr__(self, "cache_bytes", float(cache))
         latency = self.interconnect_latency_s
         if not _is_number(latency) or latency < 0 or not math.isfinite(latency):
             raise CatalogError(f"{where}: 'interconnect_latency_s' must be a finite number >= 0, got {latency!r}")
