@@ -66,6 +66,7 @@ def device_memory_bytes(device: torch.device) -> float:
 
 
 CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
+_SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}  # sysfs cache sizes: "32768K"
 
 
 def last_level_cache_bytes(device: torch.device, caches: Path = CPU_CACHES) -> float:
@@ -80,8 +81,7 @@ def last_level_cache_bytes(device: torch.device, caches: Path = CPU_CACHES) -> f
             size = (index / "size").read_text().strip()
         except (OSError, ValueError):
             continue
-        units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-        value = float(size[:-1]) * units[size[-1]] if size[-1:] in units else float(size or 0)
+        value = float(size[:-1]) * _SIZE_UNITS[size[-1]] if size[-1:] in _SIZE_UNITS else float(size or 0)
         best = max(best, (level, value))
     return best[1]
 

@@ -55,8 +55,8 @@ GRID_BUDGET_S = 60.0
 """How long `calibrate` keeps repeating its step grid (whole passes, one after another; each point keeps its median
 over the passes): a shared machine's speed drifts by up to 2x between minutes, and a point measured in one minute
 carries that minute's speed. A tiny model's pass takes seconds and gets many; a 0.5B model's takes minutes and
-gets `MIN_GRID_PASSES`. On `tiny` (2 cores), two calibrations of 15 passes predicted saturation 7% apart (188, 176 req/s);
-of 4-5 passes, saturation 117-208 req/s over six calibrations."""
+gets `MIN_GRID_PASSES`. On `tiny` (2 cores), two calibrations of 15 passes predicted saturation 7% apart (188,
+176 req/s); of 4-5 passes, saturation 117-208 req/s over six calibrations."""
 MAX_GRID_PASSES = 15
 """The most passes of the grid `calibrate` runs (`GRID_BUDGET_S`)."""
 MIN_GRID_PASSES = 3

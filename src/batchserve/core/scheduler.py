@@ -140,7 +140,11 @@ class Scheduler:
         return batch
 
     def _shared_decode_blocks(self, batch: ScheduledBatch, read: Container[int] = ()) -> int:
-        """Reads of a block by a decode row of the batch after another decode row (or a reader in `read`) read it."""
+        """Reads of a block by a decode row of the batch after another decode row (or a reader in `read`) read it.
+
+        Only prefix-cache hits share blocks, so with the cache off there are none (and no per-step scan)."""
+        if not self.kv.enable_caching:
+            return 0
         first: set[int] = set()
         repeats = 0
         for req, n in zip(batch.requests, batch.num_tokens):
