@@ -20,4 +20,7 @@ def test_no_cache_figure_where_the_kernel_gives_none_or_off_the_cpu(tmp_path) ->
     assert last_level_cache_bytes(torch.device("cpu"), tmp_path) == 0.0
     (tmp_path / "index0").mkdir()  # a directory without its files
     assert last_level_cache_bytes(torch.device("cpu"), tmp_path) == 0.0
+    (tmp_path / "index0" / "level").write_text("3\n")
+    (tmp_path / "index0" / "size").write_text("lotsK\n")  # a size it cannot parse
+    assert last_level_cache_bytes(torch.device("cpu"), tmp_path) == 0.0
     assert last_level_cache_bytes(torch.device("meta"), tmp_path) == 0.0

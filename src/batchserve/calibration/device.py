@@ -79,9 +79,9 @@ def last_level_cache_bytes(device: torch.device, caches: Path = CPU_CACHES) -> f
         try:
             level = int((index / "level").read_text())
             size = (index / "size").read_text().strip()
-        except (OSError, ValueError):
+            value = float(size[:-1]) * _SIZE_UNITS[size[-1]] if size[-1:] in _SIZE_UNITS else float(size or 0)
+        except (OSError, ValueError):  # unreadable or unparsable: that cache says nothing
             continue
-        value = float(size[:-1]) * _SIZE_UNITS[size[-1]] if size[-1:] in _SIZE_UNITS else float(size or 0)
         best = max(best, (level, value))
     return best[1]
 
