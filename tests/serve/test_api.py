@@ -102,11 +102,20 @@ def test_repeated_prompt_hits_the_prefix_cache(client):
 def test_policy_serves_the_urgent_request_first(start_server, policy, urgent, relaxed):
     body = {"model": "tiny", "max_tokens": 5, "ignore_eos": True}
     with start_server(max_num_seqs=1, policy=policy) as server:
+        # The engine's own finish order: client threads return from their responses in any order on a busy machine.
         finished: list[str] = []
+        step = server.llm.step  # the engine thread looks it up at every step
+        decode = server.llm.get_tokenizer().decode
+
+        def recording_step() -> list:
+            outputs = step()
+            finished.extend(decode(out.prompt_token_ids) for out in outputs if out.finished)
+            return outputs
+
+        server.llm.step = recording_step
 
         def post(name: str, extra: dict) -> None:
             httpx.post(server.url + "/v1/completions", json={**body, "prompt": name, **extra}, timeout=60)
-            finished.append(name)
 
         # One slot: a long request holds it while the other two queue up, relaxed first.
         blocker = threading.Thread(target=post, args=("blocker", {"max_tokens": 300}))
@@ -122,6 +131,7 @@ def test_policy_serves_the_urgent_request_first(start_server, policy, urgent, re
         for t in [blocker, *late]:
             t.join()
         assert finished == ["blocker", "urgent", "relaxed"]
+        assert server.llm.stats().num_preemptions == 0
 
 
 def test_without_a_tokenizer_token_ids_stream_and_text_is_refused(start_server):
