@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device session (under 8 minutes: the step timeouts below sum to 470 s): CUDA correctness of the engine
-# (eager, compiled decode, the in-place flex attention backend, captured flex decode steps), throughput vs
-# transformers, decode step time against the HBM roofline, simulator fidelity.
+# (eager, compiled decode, the in-place flex attention backend, captured flex decode steps, async scheduling),
+# throughput vs transformers (with and without async scheduling), decode step time against the HBM roofline,
+# simulator fidelity.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # A step that fails or times out is reported and the next one runs.
 set -euo pipefail
@@ -26,12 +27,13 @@ step 1-oracle 65 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/t
 step 1b-compiled-decode 60 python3 -m pytest -q -x -p no:cacheprovider tests/models/test_compiled_decode.py
 # --attention-backend flex on CUDA (Triton FlexAttention over the block pool): greedy equal to transformers with
 # prefix caching and preemption, then the op-level step time against the gather backend
-step 1c-flex-oracle 40 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
+step 1c-flex-oracle 30 python3 -m pytest -q -x -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
 step 1d-flex-op 35 python3 bench/bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 \
     --batch 256 --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
 cd bench
-step 2-throughput 70 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-    --baseline-batch 256 --baseline static --prepack on
+# with and without async scheduling (the next step scheduled while one runs): their ratio is printed
+step 2-throughput 80 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+    --baseline-batch 256 --baseline static --prepack on --async-scheduling both
 # decode step time against the HBM roofline ((weights + K/V bytes) / bandwidth); flex-compiled = captured decode
 # steps (CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's reduce-overhead mode)
 step 2c-decode-roofline 75 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \

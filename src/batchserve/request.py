@@ -117,6 +117,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        elif self.stop is None:  # vLLM's and OpenAI's "no stop strings"
+            self.stop = []
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
         for name in _FLOAT_FIELDS:  # NaN passes every range check below, so rule it out first
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")

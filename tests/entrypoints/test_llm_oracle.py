@@ -4,7 +4,7 @@ For each supported architecture a small random model is built and saved with
 transformers' own `save_pretrained`; batchserve's greedy tokens must equal
 transformers' greedy `generate` for a batch of prompts of different lengths,
 also with prefix caching, with every prefill chunked, and with a KV pool
-small enough to force preemptions (on both attention backends).
+small enough to force preemptions (on both attention backends, and with async scheduling).
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def test_greedy_matches_transformers(hf_model, engine_args) -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize("attention_backend", ["torch", "flex"])
-def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_backend) -> None:
+@pytest.mark.parametrize("attention_backend, async_scheduling", [("torch", False), ("flex", False), ("torch", True)],
+                         ids=["torch", "flex", "torch-async"])
+def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_backend, async_scheduling) -> None:
     model, path = hf_model
     if attention_backend == "flex" and model.config.model_type != "llama":
         pytest.skip("the flex backend is architecture-blind; one architecture keeps its compile time out of the suite")
@@ -101,7 +102,8 @@ def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_b
     llm_cfg = LLM(str(path), skip_tokenizer_init=True, kv_cache_memory="1MiB").model_config
     per_block = int(kv_bytes_per_block(llm_cfg, 16, torch.float32.itemsize))
     # 10 blocks of 16 tokens: the 8 requests (~55-90 tokens each) cannot all run at once
-    got, llm = ours(path, batch, kv_cache_memory=10 * per_block, attention_backend=attention_backend)
+    got, llm = ours(path, batch, kv_cache_memory=10 * per_block, attention_backend=attention_backend,
+                    async_scheduling=async_scheduling)
     assert got == expected
     assert llm.scheduler.num_preemptions > 0
     assert llm.scheduler.kv.num_hits > 0  # the shared prefix was served from the cache

@@ -37,6 +37,12 @@ class ScheduledBatch:
     """K/V tokens the decode rows read again: a block several decode rows hold (a prefix-cache hit they share) is
     read once per row, and every read after its first finds it in the CPU's caches (`KVCacheManager.shared_blocks`)."""
 
+    assumed: bool = False
+    """Async scheduling: the scheduler counted this batch's tokens as computed before it ran
+    (`Scheduler.assume_progress`), so its update does not add them again."""
+    placeholders: list[Request] = field(default_factory=list)
+    """Async scheduling: requests whose token count holds a placeholder for the token this step samples."""
+
     def __post_init__(self) -> None:
         if not self.num_known:  # a batch built by hand, before any update: the requests' counts are the known ones
             self.num_known = [req.num_tokens for req in self.requests]

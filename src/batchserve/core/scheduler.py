@@ -272,25 +272,56 @@ class Scheduler:
     def _refused_for_blocks(self, computed_blocks: list[int]) -> None:
         """Hook: the next waiting request did not fit the free blocks; `computed_blocks` are its prefix hits."""
 
+    # ---- async scheduling ----------------------------------------------------
+
+    def assume_progress(self, batch: ScheduledBatch) -> None:
+        """Let the next `schedule` run while `batch` executes (async scheduling, as in vLLM v1): its tokens count
+        as computed, and each row that samples holds a placeholder for the token it will sample, which `update`
+        fills. A request preempted meanwhile drops its placeholder there, and recomputes without that token."""
+        for i, req in enumerate(batch.requests):
+            if req.status is not _RUNNING:
+                continue
+            req.num_computed_tokens += batch.num_tokens[i]
+            if batch.samples(i):
+                req.num_tokens += 1
+                batch.placeholders.append(req)
+        batch.assumed = True
+
+    def drop_finished(self, batch: ScheduledBatch) -> None:
+        """Unschedule the rows of requests that finished after `batch` was scheduled (async scheduling: their
+        last step's update came between)."""
+        for req in [r for r in batch.requests if r.status is not _RUNNING]:
+            batch.remove(req)
+        batch.shared_decode_keys = self._shared_decode_blocks(batch) * self.kv.block_size
+
     # ---- results -------------------------------------------------------------
 
     def update(self, batch: ScheduledBatch, result: StepResult, start_time: float) -> list[Request]:
-        """Apply a step's results; returns the requests that finished."""
+        """Apply a step's results; returns the requests that finished.
+
+        Rows of requests that finished or were preempted while the step ran (async scheduling, an abort) are
+        dropped, sampled tokens included."""
         end_time = start_time + result.duration
         kv = self.kv
         bs = kv.block_size
         sampled = result.sampled_token_ids
         finished: list[Request] = []
+        for req in batch.placeholders:
+            req.num_tokens -= 1  # the token itself comes next
         for i, (req, n) in enumerate(zip(batch.requests, batch.num_tokens)):
             if req.status is not _RUNNING:
-                continue  # finished from outside while the step ran
+                if sampled is not None:
+                    sampled[i] = []
+                continue
             draft = batch.spec_token_ids.get(req) if batch.spec_token_ids else None
             if draft is not None:
                 batch.num_rejected_tokens += len(draft) + 1 - len(sampled[i])
                 if self._accept_verified(req, draft, sampled[i], end_time):
                     finished.append(req)
                 continue
-            c = req.num_computed_tokens = req.num_computed_tokens + n
+            if not batch.assumed:
+                req.num_computed_tokens += n
+            c = req.num_computed_tokens
             if c < req.num_tokens:
                 if c // bs > req.num_committed_blocks:
                     kv.commit(req)  # share a long prompt's finished blocks while the rest computes

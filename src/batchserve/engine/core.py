@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..core.batch import ScheduledBatch, StepResult
 from ..core.scheduler import Scheduler
-from ..executors.base import Executor
+from ..executors.base import AsyncExecutor, Executor
 from ..request import Request
 
 
@@ -56,19 +57,26 @@ class Engine:
         return self._run(self.scheduler.schedule(self.now))
 
     def _run(self, batch: ScheduledBatch) -> StepOutput:
-        """Execute a scheduled batch and apply its result, advancing the clock by the step's duration."""
-        scheduler = self.scheduler
+        """Execute a scheduled batch and apply its result."""
         if batch.is_empty:
-            if scheduler.has_unfinished():
-                raise RuntimeError(
-                    f"scheduler stalled: {len(scheduler.running)} running, {len(scheduler.waiting)} waiting, "
-                    f"{scheduler.kv.num_free_blocks} free blocks"
-                )
-            return StepOutput(batch)
-        result = self.executor.execute(batch)
+            return self._idle(batch)
         start = self.now
-        self.now = start + result.duration
-        finished = scheduler.update(batch, result, start)
+        return self._apply(batch, self.executor.execute(batch), start)
+
+    def _idle(self, batch: ScheduledBatch) -> StepOutput:
+        """Nothing was scheduled: fine when nothing is pending, a scheduler bug otherwise."""
+        scheduler = self.scheduler
+        if scheduler.has_unfinished():
+            raise RuntimeError(
+                f"scheduler stalled: {len(scheduler.running)} running, {len(scheduler.waiting)} waiting, "
+                f"{scheduler.kv.num_free_blocks} free blocks"
+            )
+        return StepOutput(batch)
+
+    def _apply(self, batch: ScheduledBatch, result: StepResult, start: float) -> StepOutput:
+        """Apply an executed batch's result, advancing the clock to the step's end."""
+        self.now = max(self.now, start + result.duration)
+        finished = self.scheduler.update(batch, result, start)
         self.num_steps += 1
         self.outstanding_tokens += (batch.num_preempted_tokens + batch.num_rejected_tokens - batch.num_cached_tokens
                                     - batch.total_tokens)
@@ -77,3 +85,46 @@ class Engine:
                 req.num_prompt_tokens + req.sampling_params.max_tokens - req.num_computed_tokens
             )
         return StepOutput(batch, result, finished)
+
+
+class AsyncEngine(Engine):
+    """Async scheduling (vLLM's `async_scheduling`): the next step is scheduled while this one runs, and what the
+    caller does with a step's output (detokenizing, stop strings, streaming) overlaps the next step's run.
+
+    A step's update lands after the next step was scheduled, so a request that finishes in it has scheduled one
+    more row; that row is dropped before the next step starts (`Scheduler.drop_finished`), except for a stop
+    string or an abort found after the start, whose row runs and is discarded. The executor needs
+    `execute_async`: it prepares the step on the caller's thread and runs it on its own.
+    """
+
+    def __init__(self, scheduler: Scheduler, executor: AsyncExecutor, track_token_times: bool = False) -> None:
+        super().__init__(scheduler, executor, track_token_times)
+        self.executor: AsyncExecutor = executor
+        self._in_flight: tuple[ScheduledBatch, Future[StepResult], float] | None = None
+
+    def has_unfinished(self) -> bool:
+        return self._in_flight is not None or super().has_unfinished()
+
+    def step(self) -> StepOutput:
+        """Apply the running step's result and start the next; returns the applied step."""
+        scheduler = self.scheduler
+        if self._in_flight is None:
+            batch = scheduler.schedule(self.now)
+            if batch.is_empty:
+                return self._idle(batch)
+            self._launch(batch)
+        batch, future, start = self._in_flight
+        scheduler.assume_progress(batch)
+        upcoming = scheduler.schedule(self.now)  # while `batch` runs
+        try:
+            result = future.result()
+        finally:
+            self._in_flight = None
+        output = self._apply(batch, result, start)
+        scheduler.drop_finished(upcoming)
+        if not upcoming.is_empty:
+            self._launch(upcoming)
+        return output
+
+    def _launch(self, batch: ScheduledBatch) -> None:
+        self._in_flight = (batch, self.executor.execute_async(batch), self.now)

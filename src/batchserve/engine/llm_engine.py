@@ -35,7 +35,7 @@ from ..spec_decode import SpeculativeConfig, Speculator
 from ..spec_decode.draft_model import DraftModelProposer, check_draft_tokenizer, check_draft_vocab
 from ..structured_output import StructuredOutputManager, ll_tokenizer
 from ..tokenizer import Tokenizer, load_tokenizer
-from .core import Engine, StepOutput
+from .core import AsyncEngine, Engine, StepOutput
 from .input_processor import InputProcessor, PromptType, generation_defaults, read_generation_config
 from .memory import num_kv_blocks
 from .output_processor import OutputProcessor
@@ -74,6 +74,11 @@ class LLMEngine:
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
     {"method": "ngram", "num_speculative_tokens": 4}; outputs keep the target model's distribution.
+    `async_scheduling`: schedule the next step while this one runs and process this one's outputs while the
+    next runs (vLLM's flag; `engine.core.AsyncEngine`): a GPU keeps computing through the host's work. Greedy
+    tokens are the same as without it; a request finishing by a stop string or abort runs one step more, and a
+    request preempted while its step runs recomputes without that step's token (a seeded request then draws
+    differently). Not with speculative decoding.
     `target_tokens_per_expert` (MoE, offline work): raise max_num_seqs and max_num_batched_tokens so a full
     decode step gives each expert this many rows on average (`config.expert_batching`); 0 = off.
     """
@@ -109,10 +114,14 @@ class LLMEngine:
         max_cpu_loras: int | None = LoRAConfig.max_cpu_loras,
         speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None,
         target_tokens_per_expert: int = 0,
+        async_scheduling: bool = False,
         **scheduler_fields: Any,
     ) -> None:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         spec_config = SpeculativeConfig.of(speculative_config)  # a bad config fails before any loading
+        if async_scheduling and spec_config is not None:
+            raise ValueError("async_scheduling does not cover speculative decoding yet (its drafts need the tokens "
+                             "of the step still running); drop one of --async-scheduling, --speculative-config")
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
@@ -172,7 +181,7 @@ class LLMEngine:
             self.model.compile_decode(self.executor.kv_caches,
                                       compilation.capture_sizes(sched_cfg.max_num_seqs) if ladder else (),
                                       compilation.inductor_compile_config, compilation.compile_regions)
-        self.engine = Engine(self.scheduler, self.executor)
+        self.engine = (AsyncEngine if async_scheduling else Engine)(self.scheduler, self.executor)
         generation_config = read_generation_config(self.model_path)
         self.default_sampling_params = generation_defaults(generation_config)
         # The checkpoint's max_new_tokens also caps a chat request that sets no max_tokens (vLLM's rule).

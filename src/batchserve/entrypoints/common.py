@@ -87,6 +87,10 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
                    help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
                    "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="schedule the next step while this one runs, and process this one's outputs meanwhile "
+                   "(vLLM's flag: for GPUs, where the host's work then hides behind the device's; same greedy "
+                   "tokens; not with --speculative-config)")
     add_speculative_flag(p)
 
 
@@ -107,7 +111,7 @@ def engine_args(args: argparse.Namespace) -> dict[str, Any]:
                 quantize_lm_head=args.quantize_lm_head,
                 deterministic=args.deterministic, weight_prepack=args.weight_prepack, enforce_eager=args.enforce_eager,
                 compilation_config=args.compilation_config,
-                attention_backend=args.attention_backend,
+                attention_backend=args.attention_backend, async_scheduling=args.async_scheduling,
                 speculative_config=args.speculative_config, target_tokens_per_expert=args.target_tokens_per_expert)
 
 

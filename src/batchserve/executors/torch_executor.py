@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,24 @@ if TYPE_CHECKING:
     from ..lora.manager import LoRAManager
 
 
+@dataclass
+class PreparedStep:
+    """A step's inputs, built from its batch before it runs (`TorchExecutor.prepare`)."""
+
+    start: float  # perf_counter when preparing began: the step's duration counts from here
+    requests: list[Request]
+    drafts: dict[Request, list[int]]
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    metadata: AttentionMetadata
+    sample_rows: list[int]  # batch index of each request that samples
+    sample_tokens: list[int]  # its last token's index in the flat batch
+    verify_rows: list[int]  # batch index of each speculating request
+    verify_tokens: list[int]  # flat indices of their k + 1 verified positions, requests in order
+    prompt_scored: list[tuple[int, int, int, int]]  # (batch index, flat start, positions, computed) of prompt_logprobs
+    bitmask: Future[GrammarBitmask | None] | None  # the sampling rows' grammar bitmask, being filled
+
+
 class TorchExecutor:
     def __init__(
         self,
@@ -54,6 +73,7 @@ class TorchExecutor:
         self.model = model
         self.structured_output = structured_output
         self._bitmask_filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-bitmask")
+        self._step_thread = ThreadPoolExecutor(1, thread_name_prefix="engine-step")  # async scheduling's steps
         self.lora = lora  # adds each row's adapter delta; None serves the base model only
         self.attention = attention
         self.config = config
@@ -75,8 +95,20 @@ class TorchExecutor:
             self._generators[req] = gen
         return gen
 
-    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> StepResult:
+        return self.run(self.prepare(batch))
+
+    def execute_async(self, batch: ScheduledBatch) -> Future[StepResult]:
+        """Prepare the step here, then run it on the step thread: the caller schedules the next step meanwhile.
+
+        Preparing reads the requests (tokens, block tables), which the scheduler changes as soon as this returns;
+        running reads only what was prepared and the requests' params and outputs, which change in the update
+        after the result."""
+        return self._step_thread.submit(self.run, self.prepare(batch))
+
+    @torch.inference_mode()
+    def prepare(self, batch: ScheduledBatch) -> PreparedStep:
+        """The step's inputs from the batch and its requests' current state."""
         start = time.perf_counter()
         input_ids: list[int] = []
         sample_rows: list[int] = []  # batch index of each request that samples
@@ -87,8 +119,8 @@ class TorchExecutor:
         drafts = batch.spec_token_ids
         # flat-batch order of the requests: batch order, or grouped by adapter so each adapter's rows are one slice
         order = range(len(batch.requests)) if self.lora is None else self.lora.row_order(batch.requests)
-        pos, meta = AttentionMetadata.of_rows(
-            [batch.requests[i].block_ids for i in order], [batch.num_computed[i] for i in order],
+        pos, meta = AttentionMetadata.of_rows(  # copies of the block tables: the scheduler goes on changing them
+            [list(batch.requests[i].block_ids) for i in order], [batch.num_computed[i] for i in order],
             [batch.num_tokens[i] for i in order], self.block_size, self.device, self.attention)
         for i, flat_start, flat_end in zip(order, meta.query_start_loc, meta.query_start_loc[1:]):
             req, c = batch.requests[i], batch.num_computed[i]
@@ -108,16 +140,25 @@ class TorchExecutor:
             self.lora.prepare([batch.requests[i] for i in order], meta.query_start_loc)
         ids = torch.tensor(input_ids, dtype=torch.long, device=self.device)
         RUN_IN_THIS_PROCESS.first_run(len(input_ids))  # its GEMM kernels are built from here on
-        reqs = [batch.requests[i] for i in sample_rows]
-        bitmask = self._start_bitmask(reqs)
+        bitmask = self._start_bitmask([batch.requests[i] for i in sample_rows])
+        prompt_scored = [(i, flat_start, num, batch.num_computed[i]) for i, flat_start, num in scored]
+        self.prepare_s += time.perf_counter() - start
+        return PreparedStep(start, list(batch.requests), dict(drafts), ids, pos, meta, sample_rows, sample_tokens,
+                            verify_rows, verify_tokens, prompt_scored, bitmask)
+
+    @torch.inference_mode()
+    def run(self, step: PreparedStep) -> StepResult:
+        """The forward pass and sampling of a prepared step."""
         prepared = time.perf_counter()
-        hidden = self.model(ids, pos, self.kv_caches, meta)
-        sampled: list[list[int]] = [[] for _ in batch.requests]
-        logprobs: list[dict[int, float] | None] = [None] * len(batch.requests)
+        requests, drafts, sample_rows = step.requests, step.drafts, step.sample_rows
+        hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
+        sampled: list[list[int]] = [[] for _ in requests]
+        logprobs: list[dict[int, float] | None] = [None] * len(requests)
         stop_rows: frozenset[int] = frozenset()
         if sample_rows:
-            logits = self.model.compute_logits(hidden[sample_tokens])
-            grammar = bitmask.result() if bitmask is not None else None
+            reqs = [requests[i] for i in sample_rows]
+            logits = self.model.compute_logits(hidden[step.sample_tokens])
+            grammar = step.bitmask.result() if step.bitmask is not None else None
             if grammar is not None:
                 # Before the sampler, so logprobs are over the tokens the grammar allows (as in vLLM).
                 apply_token_bitmask(logits, grammar.bitmask, grammar.rows)
@@ -135,25 +176,24 @@ class TorchExecutor:
             if grammar is not None:
                 complete = self.structured_output.accept_tokens(reqs, out.token_ids)
                 stop_rows = frozenset(sample_rows[i] for i in complete)
-        if verify_rows:
-            spec_reqs = [batch.requests[i] for i in verify_rows]
-            kept = verify(self.sampler, self.model.compute_logits(hidden[verify_tokens]), spec_reqs,
+        if step.verify_rows:
+            spec_reqs = [requests[i] for i in step.verify_rows]
+            kept = verify(self.sampler, self.model.compute_logits(hidden[step.verify_tokens]), spec_reqs,
                           [drafts[r] for r in spec_reqs], [self._generator(r) for r in spec_reqs])
-            for row, tokens in zip(verify_rows, kept):
+            for row, tokens in zip(step.verify_rows, kept):
                 sampled[row] = tokens
-        prompt_lps = self._prompt_logprobs(batch, hidden, scored) if scored else None
+        prompt_lps = self._prompt_logprobs(requests, hidden, step.prompt_scored) if step.prompt_scored else None
         end = time.perf_counter()
-        self.prepare_s += prepared - start
         self.model_s += end - prepared
-        return StepResult(end - start, sampled, logprobs, prompt_lps, stop_rows)
+        return StepResult(end - step.start, sampled, logprobs, prompt_lps, stop_rows)
 
     def _prompt_logprobs(
-        self, batch: ScheduledBatch, hidden: torch.Tensor, scored: list[tuple[int, int, int]]
+        self, requests: list[Request], hidden: torch.Tensor, scored: list[tuple[int, int, int, int]]
     ) -> list[list[dict[int, float]] | None]:
         """Log-probabilities of the prompt tokens this step's chunks predict, for requests that asked."""
-        out: list[list[dict[int, float]] | None] = [None] * len(batch.requests)
-        for i, flat_start, num in scored:
-            req, c = batch.requests[i], batch.num_computed[i]
+        out: list[list[dict[int, float]] | None] = [None] * len(requests)
+        for i, flat_start, num, c in scored:
+            req = requests[i]
             logits = self.model.compute_logits(hidden[flat_start:flat_start + num])
             out[i] = prompt_logprobs(logits, req.tokens(c + 1, c + 1 + num), req.sampling_params.prompt_logprobs)
         return out

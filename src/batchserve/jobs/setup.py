@@ -63,6 +63,7 @@ class RunSetup:
     compilation_config: str | None = None
     """--compilation-config as given (a JSON object); None: the default ladder."""
     attention_backend: str = "torch"
+    async_scheduling: bool = False
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
     target_tokens_per_expert: int = 0
@@ -83,7 +84,7 @@ class RunSetup:
                 "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
                 "weight_prepack": self.weight_prepack,
                 "enforce_eager": self.enforce_eager, "compilation_config": self.compilation_config,
-                "attention_backend": self.attention_backend,
+                "attention_backend": self.attention_backend, "async_scheduling": self.async_scheduling,
                 "speculative_config": self.speculative_config,
                 "target_tokens_per_expert": self.target_tokens_per_expert, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,

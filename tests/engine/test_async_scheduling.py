@@ -1,0 +1,112 @@
+"""Async scheduling: the next step is scheduled while one runs, and the outputs are those of the plain step loop."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.outputs import RequestOutput
+from batchserve.request import SamplingParams, StructuredOutputsParams
+
+SMALL_POOL = {"kv_cache_memory": "512KiB", "max_num_batched_tokens": 48, "max_num_seqs": 16}
+"""A pool too small for the workload at once (preemptions) and a budget that chunks its longer prompts."""
+
+
+def workload(seed: int = 0, sampled: bool = True) -> list[tuple[str, dict, SamplingParams]]:
+    """Prompts of spread lengths, a third behind one shared prefix; greedy and (seeded) sampled rows, n = 2,
+    stop strings, logprobs, prompt logprobs and one-token outputs."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(36):
+        prompt = [rng.randrange(1, 250) for _ in range(rng.randrange(3, 110))]
+        if i % 3 == 0:
+            prompt = [7] * 40 + prompt
+        params = SamplingParams(
+            max_tokens=1 if i % 11 == 0 else rng.randrange(2, 40), ignore_eos=i % 2 == 0,
+            temperature=0.8 if sampled and i % 4 == 1 else 0.0, seed=i, n=2 if i % 5 == 0 else 1,
+            stop=["e"] if i % 7 == 3 else None, logprobs=2 if i % 6 == 2 else None,
+            prompt_logprobs=1 if i % 9 == 4 else None,
+        )
+        out.append((str(i), {"prompt_token_ids": prompt}, params))
+    return out
+
+
+def run(engine: LLMEngine, requests: list[tuple[str, dict, SamplingParams]]) -> dict[str, RequestOutput]:
+    for request_id, prompt, params in requests:
+        engine.add_request(request_id, prompt, params)
+    final = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = out
+    return final
+
+
+def summary(out: RequestOutput) -> tuple:
+    """What a user sees of a finished prompt (timings aside)."""
+    return (out.prompt_logprobs, [(c.token_ids, c.text, c.finish_reason, c.logprobs) for c in out.outputs])
+
+
+@pytest.mark.parametrize("engine_args", [{}, SMALL_POOL], ids=["roomy", "preempting"])
+def test_async_scheduling_gives_the_outputs_of_the_plain_step_loop(engine_args) -> None:
+    # Seeded sampled rows draw as without it unless preempted while their step ran (then they recompute
+    # without that step's token): the preempting pool runs greedy rows only.
+    requests = workload(sampled=not engine_args)
+    # batch-invariant numerics: the two loops batch rows differently, and logprobs would differ in their last bits
+    plain = run(LLMEngine("tiny", deterministic=True, **engine_args), requests)
+    engine = LLMEngine("tiny", async_scheduling=True, deterministic=True, **engine_args)
+    seen = []  # every request the engine got, to check their token counts after
+    add = engine.engine.add_request
+    engine.engine.add_request = lambda req: (seen.append(req), add(req))[-1]
+    overlapped = run(engine, requests)
+    assert {k: summary(v) for k, v in overlapped.items()} == {k: summary(v) for k, v in plain.items()}
+    assert len(overlapped) == len(requests)
+    scheduler = engine.scheduler
+    assert (scheduler.num_preemptions > 0) == bool(engine_args)
+    assert engine.stats().prefix_cache_hits > 0
+    while engine.engine.has_unfinished():  # a last step may still run for rows a stop string ended
+        engine.step()
+    assert scheduler.kv.num_free_blocks == scheduler.kv.num_blocks and not scheduler.running
+    # every request's token count is its tokens: no placeholder is left behind
+    assert len(seen) > len(requests)  # the n = 2 prompts' second completions
+    assert all(r.num_tokens == len(r.prompt_token_ids) + len(r.output_token_ids) for r in seen)
+
+
+def test_an_abort_while_its_step_runs_drops_the_row_and_frees_the_blocks() -> None:
+    engine = LLMEngine("tiny", async_scheduling=True)
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    engine.add_request("a", "first prompt", params)
+    engine.add_request("b", "second prompt", params)
+    for _ in range(3):
+        engine.step()
+    assert engine.engine._in_flight is not None  # the next step runs while we abort
+    aborted = engine.abort_request("a")
+    assert aborted.outputs[0].finish_reason == "abort"
+    outputs = run(engine, [])
+    alone = run(LLMEngine("tiny"), [("b", "second prompt", params)])
+    assert summary(outputs["b"]) == summary(alone["b"])
+    while engine.engine.has_unfinished():
+        engine.step()
+    kv = engine.scheduler.kv
+    assert kv.num_free_blocks == kv.num_blocks
+
+
+def test_grammar_rows_follow_their_grammar_as_without_it() -> None:
+    regex = "[a-z]{2,6}( [a-z]{2,6}){1,3}"
+    params = SamplingParams(max_tokens=40, temperature=0.0, structured_outputs=StructuredOutputsParams(regex=regex))
+    requests = [(str(i), f"prompt {i}", params) for i in range(6)]
+    plain = run(LLMEngine("tiny"), requests)
+    overlapped = run(LLMEngine("tiny", async_scheduling=True), requests)
+    assert {k: summary(v) for k, v in overlapped.items()} == {k: summary(v) for k, v in plain.items()}
+    # the grammar ends each output (the row after its last token is dropped, not sampled against a done grammar)
+    assert all(o.outputs[0].finish_reason == "stop" and re.fullmatch(regex, o.outputs[0].text)
+               for o in overlapped.values())
+
+
+def test_speculative_decoding_is_refused_with_async_scheduling() -> None:
+    with pytest.raises(ValueError, match="async_scheduling does not cover speculative decoding"):
+        LLMEngine("tiny", async_scheduling=True,
+                  speculative_config={"method": "ngram", "num_speculative_tokens": 2})
