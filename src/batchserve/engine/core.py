@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..core.batch import ScheduledBatch, StepResult
 from ..core.scheduler import Scheduler
-from ..executors.base import AsyncExecutor, Executor
+from ..executors.base import AsyncExecutor, Executor, PendingResult
 from ..request import Request
 
 
@@ -91,16 +90,17 @@ class AsyncEngine(Engine):
     """Async scheduling (vLLM's `async_scheduling`): the next step is scheduled while this one runs, and what the
     caller does with a step's output (detokenizing, stop strings, streaming) overlaps the next step's run.
 
-    A step's update lands after the next step was scheduled, so a request that finishes in it has scheduled one
-    more row; that row is dropped before the next step starts (`Scheduler.drop_finished`), except for a stop
-    string or an abort found after the start, whose row runs and is discarded. The executor needs
-    `execute_async`: it prepares the step on the caller's thread and runs it on its own.
+    The executor launches a step (`execute_async`) and the engine waits for its result only after scheduling the
+    next: on a GPU the host's scheduling and output work hide behind the device's. A step's update lands after
+    the next step was scheduled, so a request that finishes in it has one more row scheduled; that row is
+    dropped before the next step starts (`Scheduler.drop_finished`), except for a stop string or an abort
+    found after the start, whose row runs and is discarded.
     """
 
     def __init__(self, scheduler: Scheduler, executor: AsyncExecutor, track_token_times: bool = False) -> None:
         super().__init__(scheduler, executor, track_token_times)
         self.executor: AsyncExecutor = executor
-        self._in_flight: tuple[ScheduledBatch, Future[StepResult], float] | None = None
+        self._in_flight: tuple[ScheduledBatch, PendingResult, float] | None = None
 
     def has_unfinished(self) -> bool:
         return self._in_flight is not None or super().has_unfinished()
@@ -113,11 +113,11 @@ class AsyncEngine(Engine):
             if batch.is_empty:
                 return self._idle(batch)
             self._launch(batch)
-        batch, future, start = self._in_flight
+        batch, pending, start = self._in_flight
         scheduler.assume_progress(batch)
         upcoming = scheduler.schedule(self.now)  # while `batch` runs
         try:
-            result = future.result()
+            result = pending.result()
         finally:
             self._in_flight = None
         output = self._apply(batch, result, start)

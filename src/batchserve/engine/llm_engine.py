@@ -75,10 +75,11 @@ class LLMEngine:
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
     {"method": "ngram", "num_speculative_tokens": 4}; outputs keep the target model's distribution.
     `async_scheduling`: schedule the next step while this one runs and process this one's outputs while the
-    next runs (vLLM's flag; `engine.core.AsyncEngine`): a GPU keeps computing through the host's work. Greedy
-    tokens are the same as without it; a request finishing by a stop string or abort runs one step more, and a
-    request preempted while its step runs recomputes without that step's token (a seeded request then draws
-    differently). Not with speculative decoding.
+    next runs (vLLM's flag; `engine.core.AsyncEngine`): on a GPU the host's work hides behind the device's.
+    On a CPU the forward is the host's own work, so it changes the order of the host's work only (measured
+    0.97x on the 2-core CPU, bench/RESULTS.md). Greedy tokens are the same as without it; a request ended
+    by a stop string or an abort runs one step more (discarded), and a request preempted while its step runs
+    recomputes without that step's token (a seeded request then draws differently). Not with speculative decoding.
     `target_tokens_per_expert` (MoE, offline work): raise max_num_seqs and max_num_batched_tokens so a full
     decode step gives each expert this many rows on average (`config.expert_batching`); 0 = off.
     """

@@ -89,8 +89,8 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")
     p.add_argument("--async-scheduling", action="store_true",
                    help="schedule the next step while this one runs, and process this one's outputs meanwhile "
-                   "(vLLM's flag: for GPUs, where the host's work then hides behind the device's; same greedy "
-                   "tokens; not with --speculative-config)")
+                   "(vLLM's flag: for GPUs, where the host's work then hides behind the device's; no gain on a "
+                   "CPU; same greedy tokens; not with --speculative-config)")
     add_speculative_flag(p)
 
 

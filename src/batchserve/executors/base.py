@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Protocol
 
 from ..core.batch import ScheduledBatch, StepResult
@@ -13,6 +12,11 @@ class Executor(Protocol):
         """Run (or predict) one step of the batch."""
 
 
+class PendingResult(Protocol):
+    def result(self) -> StepResult:
+        """The step's result, waiting for it if it is still running."""
+
+
 class AsyncExecutor(Executor, Protocol):
-    def execute_async(self, batch: ScheduledBatch) -> Future[StepResult]:
-        """Read what the step needs from the batch and its requests now, and run it in the background."""
+    def execute_async(self, batch: ScheduledBatch) -> PendingResult:
+        """Read what the step needs from the batch and its requests now, and start it."""

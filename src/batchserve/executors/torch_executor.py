@@ -14,21 +14,23 @@ advance the matchers right after sampling.
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
-from dataclasses import dataclass
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..attention_layout import AttentionConfig
 from ..core.batch import ScheduledBatch, StepResult
 from ..gemm_shapes import RUN_IN_THIS_PROCESS
 from ..model_config import ModelConfig
-from ..attention_layout import AttentionConfig
 from ..models.attention import AttentionMetadata, allocate_kv_cache
 from ..models.llama import CausalLM
-from ..models.sampler import Sampler, make_generator, prompt_logprobs
+from ..models.sampler import Sampler, make_generator, prompt_logprobs, to_host
 from ..request import Request
 from ..spec_decode.rejection_sampler import verify
 from ..structured_output import GrammarBitmask, StructuredOutputManager
@@ -49,11 +51,36 @@ class PreparedStep:
     positions: torch.Tensor
     metadata: AttentionMetadata
     sample_rows: list[int]  # batch index of each request that samples
-    sample_tokens: list[int]  # its last token's index in the flat batch
+    sample_tokens: torch.Tensor  # its last token's index in the flat batch (on the device: copied before the forward)
     verify_rows: list[int]  # batch index of each speculating request
     verify_tokens: list[int]  # flat indices of their k + 1 verified positions, requests in order
     prompt_scored: list[tuple[int, int, int, int]]  # (batch index, flat start, positions, computed) of prompt_logprobs
     bitmask: Future[GrammarBitmask | None] | None  # the sampling rows' grammar bitmask, being filled
+
+
+@dataclass
+class LaunchedStep:
+    """A prepared step whose forward and sampling were launched (`TorchExecutor.launch`), before the host reads them."""
+
+    step: PreparedStep
+    launched: float  # perf_counter at launch: the forward's time counts from here
+    hidden: torch.Tensor
+    token_ids: torch.Tensor | None  # the sampling rows' tokens, on the device (None: no row samples)
+    raw_logits: torch.Tensor | None  # their unprocessed logits, for logprobs
+    constrained: bool  # a grammar bitmask was applied: its matchers take the sampled tokens
+
+
+class PendingStep:
+    """A launched step's result, read on the first `result()` (which waits for the device)."""
+
+    def __init__(self, finish: Callable[[], StepResult]) -> None:
+        self._finish: Callable[[], StepResult] | None = finish
+        self._result: StepResult | None = None
+
+    def result(self) -> StepResult:
+        if self._finish is not None:
+            self._result, self._finish = self._finish(), None
+        return self._result
 
 
 class TorchExecutor:
@@ -73,7 +100,6 @@ class TorchExecutor:
         self.model = model
         self.structured_output = structured_output
         self._bitmask_filler = ThreadPoolExecutor(1, thread_name_prefix="grammar-bitmask")
-        self._step_thread = ThreadPoolExecutor(1, thread_name_prefix="engine-step")  # async scheduling's steps
         self.lora = lora  # adds each row's adapter delta; None serves the base model only
         self.attention = attention
         self.config = config
@@ -96,15 +122,16 @@ class TorchExecutor:
         return gen
 
     def execute(self, batch: ScheduledBatch) -> StepResult:
-        return self.run(self.prepare(batch))
+        return self.finish(self.launch(self.prepare(batch)))
 
-    def execute_async(self, batch: ScheduledBatch) -> Future[StepResult]:
-        """Prepare the step here, then run it on the step thread: the caller schedules the next step meanwhile.
-
-        Preparing reads the requests (tokens, block tables), which the scheduler changes as soon as this returns;
-        running reads only what was prepared and the requests' params and outputs, which change in the update
-        after the result."""
-        return self._step_thread.submit(self.run, self.prepare(batch))
+    def execute_async(self, batch: ScheduledBatch) -> PendingStep:
+        """Prepare and launch the step, and leave the wait for its results to the caller's `result()`: on a GPU
+        the caller schedules the next step while this one computes. (On a CPU the forward is the host's own
+        work, so the step has run by the time this returns; a second thread to run it in lost a third of the
+        throughput to the GIL, bench/RESULTS.md.) The requests' tokens and block tables are read here, before
+        the scheduler changes them again."""
+        launched = self.launch(self.prepare(batch))
+        return PendingStep(functools.partial(self.finish, launched))
 
     @torch.inference_mode()
     def prepare(self, batch: ScheduledBatch) -> PreparedStep:
@@ -143,26 +170,27 @@ class TorchExecutor:
         bitmask = self._start_bitmask([batch.requests[i] for i in sample_rows])
         prompt_scored = [(i, flat_start, num, batch.num_computed[i]) for i, flat_start, num in scored]
         self.prepare_s += time.perf_counter() - start
-        return PreparedStep(start, list(batch.requests), dict(drafts), ids, pos, meta, sample_rows, sample_tokens,
+        return PreparedStep(start, list(batch.requests), dict(drafts), ids, pos, meta, sample_rows,
+                            torch.tensor(sample_tokens, dtype=torch.long, device=self.device),
                             verify_rows, verify_tokens, prompt_scored, bitmask)
 
     @torch.inference_mode()
-    def run(self, step: PreparedStep) -> StepResult:
-        """The forward pass and sampling of a prepared step."""
-        prepared = time.perf_counter()
-        requests, drafts, sample_rows = step.requests, step.drafts, step.sample_rows
+    def launch(self, step: PreparedStep) -> LaunchedStep:
+        """The forward pass and sampling of a prepared step, as far as they go without the host waiting for the
+        device (on a GPU: its kernels are queued; on a CPU the work is done here)."""
+        launched = time.perf_counter()
         hidden = self.model(step.input_ids, step.positions, self.kv_caches, step.metadata)
-        sampled: list[list[int]] = [[] for _ in requests]
-        logprobs: list[dict[int, float] | None] = [None] * len(requests)
-        stop_rows: frozenset[int] = frozenset()
-        if sample_rows:
-            reqs = [requests[i] for i in sample_rows]
+        token_ids = raw_logits = None
+        constrained = False
+        if step.sample_rows:
+            reqs = [step.requests[i] for i in step.sample_rows]
             logits = self.model.compute_logits(hidden[step.sample_tokens])
             grammar = step.bitmask.result() if step.bitmask is not None else None
             if grammar is not None:
                 # Before the sampler, so logprobs are over the tokens the grammar allows (as in vLLM).
                 apply_token_bitmask(logits, grammar.bitmask, grammar.rows)
-            out = self.sampler(
+                constrained = True
+            token_ids, raw_logits = self.sampler.sample(
                 logits,
                 [r.sampling_params for r in reqs],
                 [self._generator(r) for r in reqs],
@@ -170,10 +198,23 @@ class TorchExecutor:
                 [r.output_token_ids for r in reqs],
                 [r.sampling_params.stop_token_ids for r in reqs],
             )
+        return LaunchedStep(step, launched, hidden, token_ids, raw_logits, constrained)
+
+    @torch.inference_mode()
+    def finish(self, launched: LaunchedStep) -> StepResult:
+        """Wait for a launched step and bring its results to the host (the step's one wait: `to_host`)."""
+        step, hidden = launched.step, launched.hidden
+        requests, drafts, sample_rows = step.requests, step.drafts, step.sample_rows
+        sampled: list[list[int]] = [[] for _ in requests]
+        logprobs: list[dict[int, float] | None] = [None] * len(requests)
+        stop_rows: frozenset[int] = frozenset()
+        if sample_rows:
+            reqs = [requests[i] for i in sample_rows]
+            out = to_host(launched.token_ids, launched.raw_logits, [r.sampling_params for r in reqs])
             for row, tok, lp in zip(sample_rows, out.token_ids, out.logprobs):
                 sampled[row] = [tok]
                 logprobs[row] = lp
-            if grammar is not None:
+            if launched.constrained:
                 complete = self.structured_output.accept_tokens(reqs, out.token_ids)
                 stop_rows = frozenset(sample_rows[i] for i in complete)
         if step.verify_rows:
@@ -184,7 +225,7 @@ class TorchExecutor:
                 sampled[row] = tokens
         prompt_lps = self._prompt_logprobs(requests, hidden, step.prompt_scored) if step.prompt_scored else None
         end = time.perf_counter()
-        self.model_s += end - prepared
+        self.model_s += end - launched.launched
         return StepResult(end - step.start, sampled, logprobs, prompt_lps, stop_rows)
 
     def _prompt_logprobs(

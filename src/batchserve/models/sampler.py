@@ -61,6 +61,20 @@ class Sampler:
         min_tokens_eos: Sequence[Sequence[int]],
     ) -> SampleOutput:
         """Sample one token for each row of `logits` [S, V]; row i follows params[i]."""
+        return to_host(*self.sample(logits, params, generators, prompt_token_ids, output_token_ids, min_tokens_eos),
+                       params)
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        prompt_token_ids: Sequence[Sequence[int]],
+        output_token_ids: Sequence[Sequence[int]],
+        min_tokens_eos: Sequence[Sequence[int]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampled ids and the unprocessed float logits, on the device: nothing waits for them yet
+        (`to_host` reads them)."""
         num_rows = logits.shape[0]
         lengths = {len(params), len(generators), len(prompt_token_ids), len(output_token_ids), len(min_tokens_eos)}
         if lengths != {num_rows}:
@@ -82,7 +96,7 @@ class Sampler:
             token_ids[r_idx] = self._sample(
                 logits[r_idx], [params[i] for i in random_rows], [generators[i] for i in random_rows]
             )
-        return to_host(token_ids, raw, params)
+        return token_ids, raw
 
     def _sample(
         self, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
