@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "jobs"))
 
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.outputs import RequestOutput
@@ -110,3 +115,35 @@ def test_speculative_decoding_is_refused_with_async_scheduling() -> None:
     with pytest.raises(ValueError, match="async_scheduling does not cover speculative decoding"):
         LLMEngine("tiny", async_scheduling=True,
                   speculative_config={"method": "ngram", "num_speculative_tokens": 2})
+
+
+def test_a_job_with_async_scheduling_writes_the_plain_jobs_answers_and_times_its_steps(tmp_path) -> None:
+    from jobfiles import shared_prefix_requests, write_jsonl
+
+    from batchserve.entrypoints.cli import main
+
+    inp = write_jsonl(tmp_path / "in.jsonl", shared_prefix_requests(3, 24, 200, 12))
+    answers, summaries = {}, {}
+    for mode in ("plain", "async"):
+        out, summary = tmp_path / f"{mode}.jsonl", tmp_path / f"{mode}.json"
+        flags = ["--async-scheduling"] if mode == "async" else []
+        assert main(["run", str(inp), "-o", str(out), "--json", str(summary), "--model", "tiny", "--device", "cpu",
+                     "--kv-cache-memory", "4MiB", "-q", *flags]) == 0
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        answers[mode] = {r["custom_id"]: r["response"]["body"]["choices"] for r in lines}
+        summaries[mode] = json.loads(summary.read_text())
+    assert answers["async"] == answers["plain"] and len(answers["async"]) == 24
+    steps = summaries["async"]["measurements"]["steps"]
+    assert steps and all(s["seconds"] > 0 for s in steps)  # each step's own span, for the next estimate
+    wall = summaries["async"]["summary"]["wall_s"]
+    assert sum(s["seconds"] for s in steps) <= 1.2 * wall  # spans that tile the run, not overlapping calls
+
+
+@pytest.mark.parametrize("command", ["calibrate", "validate"])
+def test_calibrate_and_validate_refuse_async_scheduling(command, tmp_path, capsys) -> None:
+    from batchserve.entrypoints.cli import main
+
+    needs = {"calibrate": ["-o", str(tmp_path / "cpu.json")], "validate": ["--hardware", "cpu-local"]}[command]
+    assert main([command, "--model", "tiny", "--device", "cpu", "--kv-cache-memory", "16MiB", "--async-scheduling",
+                 "-q", *needs]) == 2
+    assert "run them without --async-scheduling" in capsys.readouterr().err

@@ -47,8 +47,15 @@ from ..sim.speculation import draft_efficiency, draft_step_shape
 from ..spec_decode.draft_model import DraftForward, DraftModelProposer
 from ..spec_decode.speculator import Speculator
 from ..structured_output import StructuredOutputManager
-from .device import (WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, last_level_cache_bytes,
-                     measure_peaks)
+from .device import (
+    WEIGHT_DTYPES,
+    catalog_match,
+    device_memory_bytes,
+    device_name,
+    last_level_cache_bytes,
+    measure_peaks,
+)
+from .validate import check_steps_timed_apart
 
 _ids = itertools.count()
 GRID_BUDGET_S = 60.0
@@ -324,6 +331,7 @@ def calibrate(llm: LLMEngine, name: str, quiet: bool = False, adapters: Sequence
     if grid_passes is not None and grid_passes < 1:
         raise ValueError(f"grid_passes must be at least 1, got {grid_passes}; leave it unset for as many as fit "
                          f"in {GRID_BUDGET_S:.0f} s")
+    check_steps_timed_apart(llm)
     speculator = llm.scheduler.speculator
     llm.scheduler.speculator = None
     try:

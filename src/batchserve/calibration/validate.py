@@ -50,12 +50,21 @@ arrive, so their agreement proves nothing; only a saturated run (offline, or one
 them."""
 
 
+def check_steps_timed_apart(llm: LLMEngine) -> None:
+    """Raise ValueError if the engine overlaps its steps (async scheduling): calibrate and validate time each
+    step alone, and there a step's wall time would be the next one's forward."""
+    if llm.engine.overlaps_steps:
+        raise ValueError("calibrate and validate time each step alone, and async scheduling overlaps a step with "
+                         "the next one's scheduling: run them without --async-scheduling")
+
+
 def run_real(llm: LLMEngine, requests: Iterable[Request], quiet: bool = False,
              steps: list[Observation] | None = None) -> list[RequestRecord]:
     """Replay requests at their arrival times (seconds from now) through the real engine's step loop; with
     `steps`, each step's shape and wall time is appended to it."""
     # popped from the end: the latest arrival first in the list, and among equal arrivals (an offline run's, all
     # at t=0) the first given last, so the engine admits them in the order the simulator does
+    check_steps_timed_apart(llm)
     pending = sorted(requests, key=lambda r: r.arrival_time)[::-1]
     engine = llm.engine
     too_long = [r for r in pending if r.num_prompt_tokens + r.sampling_params.max_tokens > llm.model_config.max_model_len]

@@ -7,7 +7,7 @@ are torch-free, so the simulator imports this package without torch;
 
 from typing import Any
 
-from .core import Engine, StepOutput
+from .core import AsyncEngine, Engine, StepOutput
 from .input_processor import InputProcessor, ProcessedPrompt, PromptType, generation_defaults, read_generation_config
 from .memory import num_kv_blocks, parse_memory
 from .output_processor import OutputProcessor
@@ -15,7 +15,7 @@ from .parallel_sampling import SiblingGate
 from .stats import EngineStats, StatsCollector
 
 __all__ = [
-    "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt", "PromptType",
+    "AsyncEngine", "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt", "PromptType",
     "SiblingGate", "StatsCollector", "StepOutput", "generation_defaults", "num_kv_blocks", "parse_memory",
     "read_generation_config",
 ]

@@ -30,6 +30,10 @@ class Engine:
     durations).
     """
 
+    overlaps_steps = False
+    """Whether a step runs while the next is scheduled (async scheduling): a caller that times steps takes a step's
+    span from its result (`StepResult.duration`), not the wall time of the call that returned it."""
+
     def __init__(self, scheduler: Scheduler, executor: Executor, track_token_times: bool = False) -> None:
         self.scheduler = scheduler
         self.executor = executor
@@ -96,6 +100,8 @@ class AsyncEngine(Engine):
     dropped before the next step starts (`Scheduler.drop_finished`), except for a stop string or an abort
     found after the start, whose row runs and is discarded.
     """
+
+    overlaps_steps = True
 
     def __init__(self, scheduler: Scheduler, executor: AsyncExecutor, track_token_times: bool = False) -> None:
         super().__init__(scheduler, executor, track_token_times)

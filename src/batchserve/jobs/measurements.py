@@ -120,10 +120,13 @@ class StepLog:
         """The engine's step observer: remember the batch until its wall time is known."""
         self._batch = step
 
-    def timed(self, seconds: float) -> None:
-        """The wall time of the step just observed (a step that scheduled nothing is not recorded)."""
+    def timed(self, seconds: float, overlapped: bool = False) -> None:
+        """The wall time of the step just observed (a step that scheduled nothing is not recorded); `overlapped`:
+        the engine overlaps steps (async scheduling), so the step's own span, launch to result, is its time."""
         if self._batch is not None:
-            self.record.steps.append(Observation(step_shape(self._batch.batch, self.attention, seen=self.seen), seconds))
+            step = self._batch
+            seconds = step.result.duration if overlapped else seconds
+            self.record.steps.append(Observation(step_shape(step.batch, self.attention, seen=self.seen), seconds))
         self._batch = None
 
     def take(self) -> Measurements:
