@@ -51,18 +51,9 @@ class Sampler:
         else:
             self.generator.manual_seed(seed)
 
-    def __call__(
-        self,
-        logits: torch.Tensor,
-        params: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        prompt_token_ids: Sequence[Sequence[int]],
-        output_token_ids: Sequence[Sequence[int]],
-        min_tokens_eos: Sequence[Sequence[int]],
-    ) -> SampleOutput:
-        """Sample one token for each row of `logits` [S, V]; row i follows params[i]."""
-        return to_host(*self.sample(logits, params, generators, prompt_token_ids, output_token_ids, min_tokens_eos),
-                       params)
+    def __call__(self, logits: torch.Tensor, params: Sequence[SamplingParams], *per_row: Sequence) -> SampleOutput:
+        """Sample one token for each row of `logits` [S, V] (`sample`'s arguments), read to the host."""
+        return to_host(*self.sample(logits, params, *per_row), params)
 
     def sample(
         self,
@@ -73,8 +64,8 @@ class Sampler:
         output_token_ids: Sequence[Sequence[int]],
         min_tokens_eos: Sequence[Sequence[int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sampled ids and the unprocessed float logits, on the device: nothing waits for them yet
-        (`to_host` reads them)."""
+        """One token for each row of `logits` [S, V], row i following params[i]: the sampled ids and the
+        unprocessed float logits, on the device, where nothing waits for them yet (`to_host` reads them)."""
         num_rows = logits.shape[0]
         lengths = {len(params), len(generators), len(prompt_token_ids), len(output_token_ids), len(min_tokens_eos)}
         if lengths != {num_rows}:
