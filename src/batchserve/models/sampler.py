@@ -32,6 +32,20 @@ class SampleOutput:
     None for rows whose params.logprobs is None."""
 
 
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without the host waiting: on CUDA through pinned memory, so the copy queues
+    behind the step's kernels, where a copy from pageable memory would stall the host until they finish (which
+    async scheduling needs the host for). On a CPU it is the tensor itself."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def device_tensor(values: Sequence, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`torch.tensor(values, dtype=dtype, device=device)`, copied as `to_device` copies."""
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
 def make_generator(seed: int | None) -> torch.Generator | None:
     """A CPU generator for a seeded request (None without a seed): it only ever draws one uniform per token."""
     if seed is None:
@@ -81,8 +95,8 @@ class Sampler:
             greedy_rows = [i for i, g in enumerate(greedy) if g]
             random_rows = [i for i, g in enumerate(greedy) if not g]
             token_ids = torch.empty(num_rows, dtype=torch.long, device=logits.device)
-            g_idx = torch.tensor(greedy_rows, device=logits.device)
-            r_idx = torch.tensor(random_rows, device=logits.device)
+            g_idx = device_tensor(greedy_rows, logits.device)
+            r_idx = device_tensor(random_rows, logits.device)
             token_ids[g_idx] = logits[g_idx].argmax(dim=-1)
             token_ids[r_idx] = self._sample(
                 logits[r_idx], [params[i] for i in random_rows], [generators[i] for i in random_rows]
@@ -92,7 +106,7 @@ class Sampler:
     def _sample(
         self, logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
     ) -> torch.Tensor:
-        uniforms = self.draw_uniforms(generators).to(logits.device)
+        uniforms = to_device(self.draw_uniforms(generators), logits.device)
         return sample_inverse_cdf(sampling_probs(logits, params), uniforms)
 
     def draw_uniforms(self, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
@@ -123,7 +137,7 @@ def process_logits(
 def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """The distribution a non-greedy row draws from: temperature, then top-k/top-p, then min-p."""
     device, vocab = logits.device, logits.shape[1]
-    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
+    temperature = device_tensor([p.temperature for p in params], device, logits.dtype)
     logits = logits / temperature.unsqueeze(1)
     logits = apply_top_k_top_p(
         logits, [p.top_k if 0 < p.top_k < vocab else 0 for p in params], [p.top_p for p in params]
@@ -149,18 +163,18 @@ def apply_penalties(
     logits = logits.clone()
     vocab, device = logits.shape[1], logits.device
     if rep_rows:
-        idx = torch.tensor(rep_rows, device=device)
+        idx = device_tensor(rep_rows, device)
         seen = _token_counts([[*prompt_token_ids[i], *output_token_ids[i]] for i in rep_rows], vocab, device) > 0
-        penalty = torch.tensor([params[i].repetition_penalty for i in rep_rows], device=device).unsqueeze(1)
+        penalty = device_tensor([params[i].repetition_penalty for i in rep_rows], device).unsqueeze(1)
         rows = logits[idx]
         # Dividing a positive logit and multiplying a negative one both make the token less likely.
         penalized = torch.where(rows > 0, rows / penalty, rows * penalty)
         logits[idx] = torch.where(seen, penalized, rows)
     if pf_rows:
-        idx = torch.tensor(pf_rows, device=device)
+        idx = device_tensor(pf_rows, device)
         counts = _token_counts([output_token_ids[i] for i in pf_rows], vocab, device)
-        frequency = torch.tensor([params[i].frequency_penalty for i in pf_rows], device=device).unsqueeze(1)
-        presence = torch.tensor([params[i].presence_penalty for i in pf_rows], device=device).unsqueeze(1)
+        frequency = device_tensor([params[i].frequency_penalty for i in pf_rows], device).unsqueeze(1)
+        presence = device_tensor([params[i].presence_penalty for i in pf_rows], device).unsqueeze(1)
         logits[idx] = logits[idx] - frequency * counts - presence * (counts > 0)
     return logits
 
@@ -169,7 +183,7 @@ def _token_counts(seqs: Sequence[Sequence[int]], vocab: int, device: torch.devic
     """[len(seqs), vocab] float counts of each token id; one scatter over a padded index."""
     width = max((len(s) for s in seqs), default=0)
     # Pad with `vocab`, an extra column dropped afterwards, so padding counts nothing.
-    index = torch.tensor([[*s, *[vocab] * (width - len(s))] for s in seqs], dtype=torch.long, device=device)
+    index = device_tensor([[*s, *[vocab] * (width - len(s))] for s in seqs], device, torch.long)
     index = index.reshape(len(seqs), width)
     counts = torch.zeros(len(seqs), vocab + 1, device=device)
     counts.scatter_add_(1, index, torch.ones_like(index, dtype=counts.dtype))
@@ -191,8 +205,8 @@ def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams], inp
     if not inplace:
         logits = logits.clone()
     device = logits.device
-    logits.index_put_((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
-                      torch.tensor(bias, dtype=logits.dtype, device=device), accumulate=True)
+    logits.index_put_((device_tensor(rows, device), device_tensor(cols, device)),
+                      device_tensor(bias, device, logits.dtype), accumulate=True)
     return logits
 
 
@@ -214,7 +228,7 @@ def mask_min_tokens(
         return logits
     if not inplace:
         logits = logits.clone()
-    logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)] = -float("inf")
+    logits[device_tensor(rows, logits.device), device_tensor(cols, logits.device)] = -float("inf")
     return logits
 
 
@@ -230,10 +244,10 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: Sequence[int], top_p: Sequenc
         return logits
     device, vocab = logits.device, logits.shape[1]
     everyone = len(rows) == logits.shape[0]
-    idx = None if everyone else torch.tensor(rows, device=device)
+    idx = None if everyone else device_tensor(rows, device)
     sub = logits if idx is None else logits[idx]
-    k = torch.tensor([top_k[i] or vocab for i in rows], device=device).unsqueeze(1)
-    p = torch.tensor([top_p[i] for i in rows], dtype=logits.dtype, device=device).unsqueeze(1)
+    k = device_tensor([top_k[i] or vocab for i in rows], device).unsqueeze(1)
+    p = device_tensor([top_p[i] for i in rows], device, logits.dtype).unsqueeze(1)
 
     sorted_logits, order = sub.sort(dim=-1, descending=True, stable=True)
     drop = torch.arange(vocab, device=device) >= k
@@ -256,7 +270,7 @@ def apply_min_p(logits: torch.Tensor, min_p: Sequence[float]) -> torch.Tensor:
     if not any(m > 0 for m in min_p):
         return logits
     probs = logits.softmax(dim=-1)
-    threshold = torch.tensor(min_p, dtype=probs.dtype, device=probs.device).unsqueeze(1)
+    threshold = device_tensor(min_p, probs.device, probs.dtype).unsqueeze(1)
     return logits.masked_fill(probs < threshold * probs.amax(dim=-1, keepdim=True), -float("inf"))
 
 
@@ -286,7 +300,7 @@ def to_host(token_ids: torch.Tensor, raw_logits: torch.Tensor, params: Sequence[
     rows = [i for i, p in enumerate(params) if p.logprobs is not None]
     if not rows:
         return SampleOutput(token_ids.tolist(), [None] * len(params))
-    idx = torch.tensor(rows, device=raw_logits.device)
+    idx = device_tensor(rows, raw_logits.device)
     logprobs = torch.log_softmax(raw_logits[idx], dim=-1)
     sampled_lp = logprobs.gather(1, token_ids[idx].unsqueeze(1)).squeeze(1)
     num_top = min(max(params[i].logprobs or 0 for i in rows), logprobs.shape[1])
@@ -309,7 +323,7 @@ def to_host(token_ids: torch.Tensor, raw_logits: torch.Tensor, params: Sequence[
 def prompt_logprobs(logits: torch.Tensor, targets: Sequence[int], num_top: int) -> list[dict[int, float]]:
     """Per row: the top-`num_top` log-probabilities and the target token's (the next prompt token)."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    target_lp = logprobs.gather(1, torch.tensor(targets, device=logits.device).unsqueeze(1)).squeeze(1).tolist()
+    target_lp = logprobs.gather(1, device_tensor(targets, logits.device).unsqueeze(1)).squeeze(1).tolist()
     top_lp, top_ids = logprobs.topk(min(num_top, logprobs.shape[1]), dim=-1)
     out = []
     for ids, lps, target, lp in zip(top_ids.tolist(), top_lp.tolist(), targets, target_lp):
