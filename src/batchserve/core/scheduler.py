@@ -14,6 +14,10 @@ simulator's scheduler (`sim.scheduler.SimScheduler`) overrides the small
 hooks below (`_requests_to_schedule`, `_add_running`, `_remove_running`,
 `_schedule_running`, `_preempt`, `_append_token`, `_refused_for_blocks`) to
 track steady decodes lazily, with the same decisions.
+
+With async scheduling (`engine.core.AsyncEngine`) the next `schedule` runs
+before a step's `update`: `assume_progress` counts the running step's tokens
+as computed first, with a placeholder for each token it samples.
 """
 
 from __future__ import annotations
