@@ -14,6 +14,10 @@ predicts runs through both the real engine and the simulator.
 
 An offline replay (every request at t=0) follows, since an open-loop run's throughput
 only echoes its arrival rate.
+
+`--recalibrate` calibrates once more after the validation runs and predicts the same runs again from that
+profile and from one fitted to both grids: on a shared VM whose speed drifts between a calibration and a
+validation, a model error stays under every profile, where a drift moves with the calibration's time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
@@ -37,10 +42,21 @@ from bench_engine import SHAPES
 
 from batchserve.calibration.device import device_name
 from batchserve.calibration.steps import calibrate
-from batchserve.calibration.validate import format_comparison, sim_setup, step_cost_line, validate
+from batchserve.calibration.validate import (
+    Validation,
+    compare,
+    format_comparison,
+    is_saturated,
+    sim_setup,
+    step_cost_line,
+    validate,
+)
 from batchserve.engine.llm_engine import LLMEngine
-from batchserve.metrics import steady_throughput
-from batchserve.sim.simulate import simulate
+from batchserve.gemm_shapes import RUN_IN_THIS_PROCESS
+from batchserve.metrics import steady_throughput, summarize
+from batchserve.sim.calibration import fit_efficiency
+from batchserve.sim.cost_model import Efficiency
+from batchserve.sim.simulate import SimSetup, simulate
 from batchserve.workload import WorkloadSpec, synthetic_requests
 
 
@@ -49,6 +65,17 @@ def build_model(shape: str, dtype: torch.dtype, path: str) -> None:
     config = getattr(transformers, config_cls)(**fields, max_position_embeddings=4096, torch_dtype=dtype)
     torch.manual_seed(0)
     getattr(transformers, model_cls)(config).to(dtype).save_pretrained(path)
+
+
+BRACKETED = ("ttft_p50", "tpot_p50", "throughput")
+"""The errors a bracketing recalibration reports again (the issue's bounds)."""
+
+
+def repredict(setup: SimSetup, efficiency: Efficiency, run: Validation, requests: Callable[[], list],
+              warm: tuple[int, ...]) -> dict:
+    """A validation's real run against its twin under another profile's efficiency."""
+    sim = simulate(replace(setup, efficiency=efficiency, warm_token_counts=warm), requests()).records
+    return compare(run.measured, summarize(sim), saturated=is_saturated(run.real))
 
 
 def main() -> None:
@@ -69,6 +96,9 @@ def main() -> None:
     parser.add_argument("--offline-requests", type=int, default=None,
                         help="also replay this many requests offline (all at t=0), the run whose throughput tests "
                              "the cost model (default: --num-requests; 0: skip)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="calibrate again after the validation runs; predict them from that profile and from "
+                             "one fitted to both grids too (the bracketing tells a drift of the VM from a model error)")
     parser.add_argument("--out", default=None, help="directory for the profile and the JSON result")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -102,14 +132,31 @@ def main() -> None:
         rate = args.load * capacity if args.rate is None else args.rate
         print(f"predicted saturation {capacity:.2f} req/s; validating {args.num_requests} requests at {rate:.2f} req/s")
         t = time.perf_counter()
-        result = validate(llm, setup, lambda: synthetic_requests(replace(spec, rate=rate)))
+        open_loop = lambda: synthetic_requests(replace(spec, rate=rate))  # noqa: E731
+        warm = {"open-loop": RUN_IN_THIS_PROCESS.snapshot()}  # what validate's twin starts with
+        result = validate(llm, setup, open_loop)
         print(f"validated in {time.perf_counter() - t:.0f} s")
         offline_n = args.num_requests if args.offline_requests is None else args.offline_requests
         offline = None
+        offline_run = lambda: synthetic_requests(replace(spec, num_requests=offline_n, seed=8))  # noqa: E731
         if offline_n:
             t = time.perf_counter()
-            offline = validate(llm, setup, lambda: synthetic_requests(replace(spec, num_requests=offline_n, seed=8)))
+            warm["offline"] = RUN_IN_THIS_PROCESS.snapshot()
+            offline = validate(llm, setup, offline_run)
             print(f"offline replay of {offline_n} requests in {time.perf_counter() - t:.0f} s")
+        bracket = None
+        if args.recalibrate:
+            t = time.perf_counter()
+            after = calibrate(llm, f"calibrated-{args.device}", grid_passes=args.grid_passes)
+            print(f"calibrated again in {time.perf_counter() - t:.0f} s")
+            pooled = fit_efficiency(cal.deployment, cal.observations + after.observations)
+            runs = {"open-loop": (result, open_loop), "offline": (offline, offline_run)}
+            bracket = {label: {name: repredict(setup, eff, run, requests, warm[name])
+                               for name, (run, requests) in runs.items() if run is not None}
+                       for label, eff in (("after", after.efficiency), ("both grids", pooled))}
+            if args.out:
+                with open(os.path.join(args.out, "observations-after.jsonl"), "w") as f:
+                    f.writelines(json.dumps(o.to_dict()) + "\n" for o in after.observations)
     print(f"load average at the end {os.getloadavg()}; open loop at {rate:.2f} req/s:")
     print(format_comparison(result.metrics))
     mape = result.per_request_mape
@@ -119,6 +166,14 @@ def main() -> None:
         print(f"offline, {offline_n} requests at t=0 (saturated):")
         print(format_comparison(offline.metrics))
         print(step_cost_line(offline))
+    if bracket is not None:
+        print("the same runs predicted from the profile calibrated after them, and from one fitted to both grids:")
+        print("| profile | run | " + " | ".join(BRACKETED) + " |")
+        print("| --- | --- |" + " --- |" * len(BRACKETED))
+        for label, runs in bracket.items():
+            for name, metrics in runs.items():
+                cells = [metrics[m]["error"] for m in BRACKETED]
+                print(f"| {label} | {name} | " + " | ".join("-" if e is None else f"{e:+.1%}" for e in cells) + " |")
     if args.out:  # beside the grid: the validation runs' own steps, to re-price them offline
         for label, run in (("open-loop", result), ("offline", offline)):
             if run is not None:
@@ -130,7 +185,7 @@ def main() -> None:
                        "step_costs": {k: c.to_dict() for k, c in result.step_costs.items()},
                        "offline_metrics": offline.metrics if offline is not None else None,
                        "offline_step_costs": {k: c.to_dict() for k, c in offline.step_costs.items()}
-                       if offline is not None else None}, f, indent=2)
+                       if offline is not None else None, "bracket": bracket}, f, indent=2)
 
 
 if __name__ == "__main__":
