@@ -6,7 +6,9 @@ drifts between the calibration's minutes and the validation's), so a fidelity cl
     python bench/fidelity_spread.py bench/results/fidelity-smollm2-s12-cap bench/results/fidelity-smollm2-s12-cap2
 
 Prints a markdown table (the errors the issue bounds: TTFT p50, TPOT p50, offline throughput; and, where the run
-recorded it, the profile's price of the real run's own steps over their measured time).
+recorded it, the profile's price of the real run's own steps over their measured time). A run made with
+`--recalibrate` gets a second row: the same errors predicted from the profile fitted to both grids (the mean and
+range rows are over the first calibrations only).
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ COLUMNS = (("TTFT p50", "metrics", "ttft_p50"), ("TPOT p50", "metrics", "tpot_p5
 def errors(run: dict) -> list[float | None]:
     """The bounded errors of one run (None where the run has no such figure)."""
     return [(run.get(side) or {}).get(metric, {}).get("error") for _, side, metric in COLUMNS]
+
+
+def bracketed_errors(run: dict) -> list[float | None] | None:
+    """The same errors predicted from the profile fitted to the grids before and after the run
+    (`bench_fidelity.py --recalibrate`); None for a run without one."""
+    both = (run.get("bracket") or {}).get("both grids")
+    if not both:
+        return None
+    runs = {"metrics": both.get("open-loop") or {}, "offline_metrics": both.get("offline") or {}}
+    return [runs[side].get(metric, {}).get("error") for _, side, metric in COLUMNS]
 
 
 def fmt(x: float | None, ratio: bool = False) -> str:
@@ -41,6 +53,8 @@ def main() -> None:
         ratios = ", ".join(fmt(((run.get(k) or {}).get("all") or {}).get("priced_over_measured"), ratio=True)
                            for k in ("step_costs", "offline_step_costs"))
         print(f"| {Path(path).name} | " + " | ".join(fmt(e) for e in rows[-1]) + f" | {ratios} |")
+        if (bracketed := bracketed_errors(run)) is not None:
+            print(f"| {Path(path).name}, both grids | " + " | ".join(fmt(e) for e in bracketed) + " | |")
     for label, reduce in (("mean", lambda v: sum(v) / len(v)), ("min", min), ("max", max)):
         cells = [[r[i] for r in rows if r[i] is not None] for i in range(len(COLUMNS))]
         print(f"| {label} | " + " | ".join(fmt(reduce(c)) if c else "-" for c in cells) + " | |")
