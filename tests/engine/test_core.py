@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from batchserve.config import CacheConfig, scheduler_config
 from batchserve.core.scheduler import ScheduledBatch, Scheduler, StepResult
-from batchserve.engine import Engine
+from batchserve.engine import AsyncEngine, Engine
 from batchserve.request import Request, RequestStatus, SamplingParams
 
 
@@ -114,3 +114,39 @@ def test_a_row_the_executor_marks_complete_finishes_as_stopped() -> None:
     assert engine.step().finished == [first, at_limit]
     assert [r.status for r in (first, at_limit)] == [RequestStatus.FINISHED_STOPPED] * 2
     assert first.output_token_ids == [7] and engine.outstanding_tokens == 0
+
+
+class PendingUnitStep:
+    """`UnitStepExecutor`'s step as async scheduling launches it: the result is read later."""
+
+    def __init__(self, result: StepResult) -> None:
+        self._result = result
+
+    def result(self) -> StepResult:
+        return self._result
+
+
+class AsyncUnitStepExecutor(UnitStepExecutor):
+    def execute_async(self, batch: ScheduledBatch) -> PendingUnitStep:
+        return PendingUnitStep(self.execute(batch))
+
+
+def test_async_scheduling_reports_a_preemption_whose_batch_lost_every_row() -> None:
+    """A request that samples its last token needs a block for the next step, scheduled before it finishes; the
+    block comes from preempting another, and then the finish drops the next batch's only row. The preemption is
+    reported with the next batch that starts, and the router's load figure comes back to zero."""
+    sched = Scheduler(scheduler_config("sarathi", max_num_seqs=4, max_num_batched_tokens=16, watermark=0.0),
+                      CacheConfig(block_size=4, num_blocks=2, enable_prefix_caching=False))
+    engine = AsyncEngine(sched, AsyncUnitStepExecutor())
+    last, other = req("last", [1, 2, 3, 4], max_tokens=1), req("other", [5, 6, 7], max_tokens=3)
+    engine.add_request(last)
+    engine.add_request(other)
+    outputs = []
+    for _ in range(100):
+        if not engine.has_unfinished():
+            break
+        outputs.append(engine.step())
+    assert sched.num_preemptions == 1 and other.num_preemptions == 1
+    assert sum(len(o.batch.preempted) for o in outputs) == 1
+    assert last.num_output_tokens == 1 and other.num_output_tokens == 3
+    assert engine.outstanding_tokens == 0

@@ -107,6 +107,9 @@ class AsyncEngine(Engine):
         super().__init__(scheduler, executor, track_token_times)
         self.executor: AsyncExecutor = executor
         self._in_flight: tuple[ScheduledBatch, PendingResult, float] | None = None
+        self._carried: ScheduledBatch | None = None
+        """A scheduled batch whose rows all finished before it started but whose scheduling preempted requests:
+        the next batch launched reports those preemptions."""
 
     def has_unfinished(self) -> bool:
         return self._in_flight is not None or super().has_unfinished()
@@ -130,7 +133,13 @@ class AsyncEngine(Engine):
         scheduler.drop_finished(upcoming)
         if not upcoming.is_empty:
             self._launch(upcoming)
+        elif upcoming.preempted:
+            self._carried = upcoming
         return output
 
     def _launch(self, batch: ScheduledBatch) -> None:
+        if self._carried is not None:
+            batch.preempted[:0] = self._carried.preempted
+            batch.num_preempted_tokens += self._carried.num_preempted_tokens
+            self._carried = None
         self._in_flight = (batch, self.executor.execute_async(batch), self.now)
