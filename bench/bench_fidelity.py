@@ -42,15 +42,8 @@ from bench_engine import SHAPES
 
 from batchserve.calibration.device import device_name
 from batchserve.calibration.steps import calibrate
-from batchserve.calibration.validate import (
-    Validation,
-    compare,
-    format_comparison,
-    is_saturated,
-    sim_setup,
-    step_cost_line,
-    validate,
-)
+from batchserve.calibration.validate import (Validation, compare, format_comparison, is_saturated, sim_setup,
+                                             step_cost_line, validate)
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.gemm_shapes import RUN_IN_THIS_PROCESS
 from batchserve.metrics import steady_throughput, summarize

@@ -47,14 +47,8 @@ from ..sim.speculation import draft_efficiency, draft_step_shape
 from ..spec_decode.draft_model import DraftForward, DraftModelProposer
 from ..spec_decode.speculator import Speculator
 from ..structured_output import StructuredOutputManager
-from .device import (
-    WEIGHT_DTYPES,
-    catalog_match,
-    device_memory_bytes,
-    device_name,
-    last_level_cache_bytes,
-    measure_peaks,
-)
+from .device import (WEIGHT_DTYPES, catalog_match, device_memory_bytes, device_name, last_level_cache_bytes,
+                     measure_peaks)
 from .validate import check_steps_timed_apart
 
 _ids = itertools.count()

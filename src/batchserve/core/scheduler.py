@@ -294,7 +294,10 @@ class Scheduler:
     def drop_finished(self, batch: ScheduledBatch) -> None:
         """Unschedule the rows of requests that finished after `batch` was scheduled (async scheduling: their
         last step's update came between)."""
-        for req in [r for r in batch.requests if r.status is not _RUNNING]:
+        gone = [r for r in batch.requests if r.status is not _RUNNING]
+        if not gone:
+            return  # most steps: nothing to unschedule, and the shared-key count stands
+        for req in gone:
             batch.remove(req)
         batch.shared_decode_keys = self._shared_decode_blocks(batch) * self.kv.block_size
 

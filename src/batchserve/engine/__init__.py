@@ -15,9 +15,9 @@ from .parallel_sampling import SiblingGate
 from .stats import EngineStats, StatsCollector
 
 __all__ = [
-    "AsyncEngine", "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt", "PromptType",
-    "SiblingGate", "StatsCollector", "StepOutput", "generation_defaults", "num_kv_blocks", "parse_memory",
-    "read_generation_config",
+    "AsyncEngine", "Engine", "EngineStats", "InputProcessor", "LLMEngine", "OutputProcessor", "ProcessedPrompt",
+    "PromptType", "SiblingGate", "StatsCollector", "StepOutput", "generation_defaults", "num_kv_blocks",
+    "parse_memory", "read_generation_config",
 ]
 
 
