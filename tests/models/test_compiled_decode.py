@@ -132,6 +132,17 @@ def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_
         engine(hf_model[1], False, kv_memory, compilation_config={"compile_regions": "yes"})
 
 
+def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, kv_memory) -> None:
+    """On a CPU the compiled step's wrapper is inductor's C++ one (CPU_INDUCTOR_DEFAULTS); the config overrides it."""
+    from torch._inductor.utils import run_and_get_code
+
+    for settings, cpp in ((None, True), ({"cpp_wrapper": False}, False)):
+        llm = engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": settings})
+        _, codes = run_and_get_code(lambda: llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0),
+                                                         use_tqdm=False))
+        assert codes and all(("CppWrapperCodeCache" in code) == cpp for code in codes), settings
+
+
 def test_the_default_is_eager(hf_model) -> None:
     llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     assert llm.llm_engine.model.compiled_decode is None

@@ -34,6 +34,12 @@ import torch
 from .attention import AttentionMetadata, KVCache, decode_metadata, flex_decode_metadata
 
 
+CPU_INDUCTOR_DEFAULTS = {"cpp_wrapper": True}
+"""Inductor settings a CPU's compiled decode step starts from (CompilationConfig.inductor_compile_config overrides
+them): C++, not Python, calls the graph's kernels and ops, which a batch-1 step makes ~250 of. SmolLM2-135M bf16,
+2 threads: 1.11-1.36x eager's step where the Python wrapper gave 0.92-1.03x (bench/RESULTS.md, session 17)."""
+
+
 class CompiledDecode:
     """A model's run_layers compiled for pure decode steps; call it with a step, get hidden states or None (eager)."""
 
@@ -63,7 +69,8 @@ class CompiledDecode:
         # the ladder's sizes compile one static graph each (dynamo's per-function limit must hold them all)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, len(self.capture_sizes) + 1)
-        options = dict(inductor_options or {})
+        on_cpu = kv_caches[0][0].device.type == "cpu"
+        options = {**(CPU_INDUCTOR_DEFAULTS if on_cpu else {}), **(inductor_options or {})}
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
         if regions:
