@@ -65,6 +65,18 @@ VARIANTS = {
     "bfloat16 deterministic": {"dtype": "bfloat16", "deterministic": True},
     "bfloat16 compiled": {"dtype": "bfloat16", "enforce_eager": False},
     "float32 compiled": {"dtype": "float32", "enforce_eager": False},
+    # inductor's Python wrapper, the CPU default before session 17 (CPU_INDUCTOR_DEFAULTS)
+    "bfloat16 compiled python-wrapper": {"dtype": "bfloat16", "enforce_eager": False,
+                                         "compilation_config": {"inductor_compile_config": {"cpp_wrapper": False}}},
+    "float32 compiled python-wrapper": {"dtype": "float32", "enforce_eager": False,
+                                        "compilation_config": {"inductor_compile_config": {"cpp_wrapper": False}}},
+    "int8 compiled": {"dtype": "bfloat16", "quantization": "int8", "enforce_eager": False},
+    "gguf compiled": {"dtype": "bfloat16", "quantization": "gguf", "enforce_eager": False},
+    "gguf int8-head compiled": {"dtype": "bfloat16", "quantization": "gguf", "quantize_lm_head": True,
+                                "enforce_eager": False},
+    "gguf int8-head compiled autotune": {
+        "dtype": "bfloat16", "quantization": "gguf", "quantize_lm_head": True, "enforce_eager": False,
+        "compilation_config": {"inductor_compile_config": {"max_autotune": True, "freezing": True}}},
 }
 
 
