@@ -33,8 +33,6 @@ import torch
 
 from .attention import AttentionMetadata, KVCache, decode_metadata, flex_decode_metadata
 
-
-
 CPU_INDUCTOR_DEFAULTS = {"cpp_wrapper": True}
 """Inductor settings a CPU's compiled decode step starts from (CompilationConfig.inductor_compile_config overrides
 them): C++, not Python, calls the graph's kernels and ops, which a batch-1 step makes ~250 of. SmolLM2-135M bf16,
