@@ -4,7 +4,8 @@ For each supported architecture a small random model is built and saved with
 transformers' own `save_pretrained`; batchserve's greedy tokens must equal
 transformers' greedy `generate` for a batch of prompts of different lengths,
 also with prefix caching, with every prefill chunked, and with a KV pool
-small enough to force preemptions (on both attention backends, and with async scheduling).
+small enough to force preemptions (on both attention backends, with async scheduling, and with compiled
+decode steps).
 """
 
 from __future__ import annotations
@@ -91,10 +92,18 @@ def test_greedy_matches_transformers(hf_model, engine_args) -> None:
     assert got == expected
 
 
-@pytest.mark.parametrize("attention_backend, async_scheduling", [("torch", False), ("flex", False), ("torch", True)],
-                         ids=["torch", "flex", "torch-async"])
-def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_backend, async_scheduling) -> None:
+@pytest.mark.parametrize("attention_backend, async_scheduling, enforce_eager",
+                         [("torch", False, True), ("flex", False, True), ("torch", True, True),
+                          ("torch", False, False)],
+                         ids=["torch", "flex", "torch-async", "torch-compiled"])
+def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_backend, async_scheduling,
+                                                           enforce_eager) -> None:
+    """Compiled decode steps (enforce_eager=False; tests/models/test_compiled_decode.py covers them at length on
+    Llama) here on every dense architecture, for what the compiled graph sees of each: biases, q/k norms, tied
+    heads (MoE models refuse compiled steps with a clear error)."""
     model, path = hf_model
+    if not enforce_eager and getattr(model.config, "num_experts", 0) + getattr(model.config, "num_local_experts", 0):
+        pytest.skip("MoE models run eagerly: expert dispatch is data-dependent (LLMEngine refuses compiled steps)")
     if attention_backend == "flex" and model.config.model_type != "llama":
         pytest.skip("the flex backend is architecture-blind; one architecture keeps its compile time out of the suite")
     batch = prompts(shared=37, seed=1)  # a 37-token shared prefix: two full blocks of 16 to reuse
@@ -103,7 +112,7 @@ def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_b
     per_block = int(kv_bytes_per_block(llm_cfg, 16, torch.float32.itemsize))
     # 10 blocks of 16 tokens: the 8 requests (~55-90 tokens each) cannot all run at once
     got, llm = ours(path, batch, kv_cache_memory=10 * per_block, attention_backend=attention_backend,
-                    async_scheduling=async_scheduling)
+                    async_scheduling=async_scheduling, enforce_eager=enforce_eager)
     assert got == expected
     assert llm.scheduler.num_preemptions > 0
     assert llm.scheduler.kv.num_hits > 0  # the shared prefix was served from the cache
