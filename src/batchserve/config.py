@@ -30,7 +30,8 @@ class QuantizationConfig:
     two are tied; the lookup keeps `dtype`); int8 under int4 and gguf as well, as a 4-bit head cost SmolLM2
     0.04 nats of KL and 14% of its argmax agreement. Off by default: on SmolLM2 it took int8's KL from
     0.0074 to 0.0105 nats (over the 0.01 budget) and, idle, batch-1 decode gained 8% under int8 and lost
-    8% under int4 (bench/RESULTS.md); it saves the head's memory."""
+    8% under int4 in eager steps; with compiled steps under gguf it gained 11-18% (session 17: the bf16 head
+    streams more bytes than the 4-bit projections; bench/RESULTS.md); it saves the head's memory."""
 
     def __post_init__(self) -> None:
         if self.method is not None and self.method not in QUANTIZATION_METHODS:
