@@ -132,11 +132,16 @@ def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_
         engine(hf_model[1], False, kv_memory, compilation_config={"compile_regions": "yes"})
 
 
-def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, kv_memory) -> None:
-    """On a CPU the compiled step's wrapper is inductor's C++ one (CPU_INDUCTOR_DEFAULTS); the config overrides it."""
+def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, kv_memory, monkeypatch) -> None:
+    """On a CPU the compiled step's wrapper is inductor's C++ one (CPU_INDUCTOR_DEFAULTS); the config overrides it,
+    and without Python's C headers (which building it needs) the default is the Python wrapper."""
     from torch._inductor.utils import run_and_get_code
 
-    for settings, cpp in ((None, True), ({"cpp_wrapper": False}, False)):
+    import batchserve.models.compiled_decode as compiled_decode
+
+    assert compiled_decode.python_headers_installed(), "Python.h missing: install python3-dev to test the C++ wrapper"
+    for settings, headers, cpp in ((None, True, True), ({"cpp_wrapper": False}, True, False), (None, False, False)):
+        monkeypatch.setattr(compiled_decode, "python_headers_installed", lambda headers=headers: headers)
         llm = engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": settings})
         _, codes = run_and_get_code(lambda: llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0),
                                                          use_tqdm=False))

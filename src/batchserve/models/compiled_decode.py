@@ -24,9 +24,11 @@ compile time; the few ops around the layers run eagerly.
 
 from __future__ import annotations
 
+import sysconfig
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +39,13 @@ CPU_INDUCTOR_DEFAULTS = {"cpp_wrapper": True}
 """Inductor settings a CPU's compiled decode step starts from (CompilationConfig.inductor_compile_config overrides
 them): C++, not Python, calls the graph's kernels and ops, which a batch-1 step makes ~250 of. SmolLM2-135M bf16,
 2 threads, batch 1: 1.00-1.21x the Python wrapper's step in three same-run benches, never slower; 1.12x eager at
-batch 32 where the Python wrapper gave 1.03x (bench/RESULTS.md, session 17)."""
+batch 32 where the Python wrapper gave 1.03x (bench/RESULTS.md, session 17). Applied only where Python's C headers
+are installed: the C++ wrapper is built as a Python extension module."""
+
+
+def python_headers_installed() -> bool:
+    """Whether Python.h is where an extension build looks for it (python3-dev and the like)."""
+    return (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file()
 
 
 class CompiledDecode:
@@ -69,8 +77,8 @@ class CompiledDecode:
         # the ladder's sizes compile one static graph each (dynamo's per-function limit must hold them all)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, len(self.capture_sizes) + 1)
-        on_cpu = kv_caches[0][0].device.type == "cpu"
-        options = {**(CPU_INDUCTOR_DEFAULTS if on_cpu else {}), **(inductor_options or {})}
+        cpu_defaults = kv_caches[0][0].device.type == "cpu" and python_headers_installed()
+        options = {**(CPU_INDUCTOR_DEFAULTS if cpu_defaults else {}), **(inductor_options or {})}
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
         if regions:
