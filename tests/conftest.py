@@ -36,8 +36,8 @@ HEAVY_FIRST = (  # test files of 10 s and more under `-n 2` on this 2-core VM, h
     "entrypoints/test_calibrate_validate.py", "serve/test_fuzz.py", "engine/test_deterministic.py",
     "engine/test_async_scheduling.py", "core/test_scheduler_properties.py", "sim/test_planner.py",
     "sim/test_calibration.py", "docs/test_quickstart.py", "models/test_compiled_decode.py",
-    "entrypoints/test_llm_oracle.py", "report/test_report_html.py", "serve/test_structured_clients.py", "jobs/test_ray_runner.py",
-    "serve/test_guidellm.py", "jobs/test_runner.py",
+    "entrypoints/test_llm_oracle.py", "report/test_report_html.py", "serve/test_structured_clients.py",
+    "jobs/test_ray_runner.py", "serve/test_guidellm.py", "jobs/test_runner.py",
 )
 
 
