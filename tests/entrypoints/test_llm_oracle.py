@@ -99,11 +99,9 @@ def test_greedy_matches_transformers(hf_model, engine_args) -> None:
 def test_greedy_matches_with_prefix_caching_and_preemption(hf_model, attention_backend, async_scheduling,
                                                            enforce_eager) -> None:
     """Compiled decode steps (enforce_eager=False; tests/models/test_compiled_decode.py covers them at length on
-    Llama) here on every dense architecture, for what the compiled graph sees of each: biases, q/k norms, tied
-    heads (MoE models refuse compiled steps with a clear error)."""
+    Llama) here on every architecture, for what the compiled graph sees of each: biases, q/k norms, tied heads,
+    routed experts (one opaque op in the graph, models/moe.routed_experts)."""
     model, path = hf_model
-    if not enforce_eager and getattr(model.config, "num_experts", 0) + getattr(model.config, "num_local_experts", 0):
-        pytest.skip("MoE models run eagerly: expert dispatch is data-dependent (LLMEngine refuses compiled steps)")
     if attention_backend == "flex" and model.config.model_type != "llama":
         pytest.skip("the flex backend is architecture-blind; one architecture keeps its compile time out of the suite")
     batch = prompts(shared=37, seed=1)  # a 37-token shared prefix: two full blocks of 16 to reuse

@@ -144,9 +144,6 @@ class LLMEngine:
         lora_config = LoRAConfig(enable_lora, max_loras, max_lora_rank, max_cpu_loras)
         # before sizing the KV cache: on a GPU the adapter slots take memory the cache must not count on
         self.lora_manager = LoRAManager(self.model, self.model_config, lora_config) if enable_lora else None
-        if not enforce_eager and self.model_config.is_moe:
-            raise ValueError("compiled decode steps (enforce_eager=False, --no-enforce-eager) do not support MoE "
-                             "models yet: their expert dispatch is data-dependent; run them eagerly")
         torch_dtype = self.model.dtype
         # before sizing the KV cache: the draft's weights take device memory, and its cache (a block for each of
         # the target's) comes out of the same kv_cache_memory budget

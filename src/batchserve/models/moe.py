@@ -7,6 +7,10 @@ outputs, weighted by the router probabilities, are summed back per token with
 index_add. The Python loop runs over experts (at most num_experts per layer),
 never over tokens, and an expert no token chose costs nothing.
 
+A compiled decode step (enforce_eager=False) calls the dispatch as one opaque
+op, `routed_experts`, since its per-expert row counts are data; the router and
+the shared expert compile with the rest of the layer.
+
 Expert weights are stacked [E, ...] as transformers 5 keeps them (gate rows
 before up rows); checkpoints that store one tensor per expert, as the hub's
 Mixtral and Qwen MoE files do, are read into the stack's slices.
@@ -14,7 +18,9 @@ Mixtral and Qwen MoE files do, are read into the stack's slices.
 
 from __future__ import annotations
 
+import itertools
 import re
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
@@ -39,6 +45,12 @@ _MIXTRAL_RENAMES = ((re.compile(r"\.block_sparse_moe\."), ".mlp."),
 _STACKED = re.compile(r"(.*\.experts)\.(gate_up_proj|gate_proj|up_proj|down_proj)(?:\.weight)?")
 
 
+_KEYS = itertools.count()
+_EXPERTS: weakref.WeakValueDictionary[int, Experts] = weakref.WeakValueDictionary()
+"""Experts modules by key, for routed_experts: a compiled graph takes tensors and constants, not modules (as vLLM's
+compiled graphs call their attention layers by name). Weak: a model dropped is not kept alive here."""
+
+
 class Experts(nn.Module):
     """num_experts gated-SiLU MLPs stacked [E, ...], run grouped over the tokens routed to each."""
 
@@ -51,9 +63,18 @@ class Experts(nn.Module):
                                                   dtype=dtype, device=device))
         self.packed: nn.ModuleList | None = None
         """After prepack or quantize: the (gate_up, down) modules of each expert, in expert order."""
+        self.key = next(_KEYS)
+        """This module's name for routed_experts (a compiled graph's constant)."""
+        _EXPERTS[self.key] = self
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t]) for every token t; [T, hidden]."""
+        if torch.compiler.is_compiling():  # the dispatch's row counts are data: the graph calls it whole
+            return routed_experts(x, topk_weights, topk_ids, self.key)
+        return self.dispatch(x, topk_weights, topk_ids)
+
+    def dispatch(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """forward's grouped dispatch, eagerly (also what a compiled step's routed_experts op runs)."""
         top_k = topk_ids.shape[1]
         flat = topk_ids.flatten()
         order = flat.argsort(stable=True)
@@ -95,6 +116,17 @@ class Experts(nn.Module):
         self.packed = nn.ModuleList(make(w[e]) for e in range(self.num_experts)
                                     for w in (self.gate_up_proj, self.down_proj))
         del self.gate_up_proj, self.down_proj
+
+
+@torch.library.custom_op("batchserve::routed_experts", mutates_args=())
+def routed_experts(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, key: int) -> torch.Tensor:
+    """Experts.dispatch of the registered module `key`, as one op torch.compile keeps whole (compiled decode steps)."""
+    return _EXPERTS[key].dispatch(x, topk_weights, topk_ids)
+
+
+@routed_experts.register_fake
+def _(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, key: int) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 class SparseMoeBlock(nn.Module):
