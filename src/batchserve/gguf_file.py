@@ -36,12 +36,11 @@ class GGUFFile:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise GGUFError(f"GGUF file {self.path} not found")
+        reader = _reader_class()
+        if reader is None:
+            raise GGUFError(f"reading {self.path} needs the gguf package: pip install 'gguf>=0.10'")
         try:
-            import gguf
-        except ImportError as e:
-            raise GGUFError(f"reading {self.path} needs the gguf package: pip install 'gguf>=0.10'") from e
-        try:
-            self._reader = gguf.GGUFReader(self.path)
+            self._reader = reader(self.path)
         except Exception as e:  # gguf raises ValueError, IndexError, struct errors... on a damaged file
             raise GGUFError(f"{self.path} is not a readable GGUF file (truncated or corrupt?): "
                             f"{type(e).__name__}: {e}") from None
@@ -89,6 +88,33 @@ class GGUFFile:
     @functools.cached_property
     def tensor_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self._reader.tensors)
+
+
+@functools.cache
+def _reader_class() -> type | None:
+    """gguf's reader over a plain ndarray view of its memory map.
+
+    The reader slices its buffer once per metadata item (a 49k-token vocabulary
+    is 150k slices); a numpy memmap's slices each run memmap's bookkeeping, a
+    plain view's do not: SmolLM2's file parses in 0.6 s instead of 2.0 s. The
+    bytes are the same mapped pages, tensors included. None without gguf.
+    """
+    try:
+        import gguf
+        import numpy as np
+    except ImportError:
+        return None
+
+    class Reader(gguf.GGUFReader):
+        @property
+        def data(self) -> np.ndarray:
+            return self._data
+
+        @data.setter
+        def data(self, mapped: np.memmap) -> None:
+            self._data = mapped.view(np.ndarray)
+
+    return Reader
 
 
 def open_gguf(path: str | os.PathLike) -> GGUFFile:
