@@ -18,7 +18,7 @@ from batchserve.calibration.device import device_name
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
-from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job
+from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, with_peaks
 from batchserve.jobs.eta import LiveEta
 from batchserve.jobs.measurements import fit_step_costs
 from batchserve.jobs.runner import JobConfig
@@ -155,9 +155,15 @@ def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
     est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
                        make_backend=backend)
-    sim = SETUP.sim_setup("cpu-local")
+    peaks = est.info["peaks"]  # this CPU's, measured as calibrate measures them, in place of the placeholder's
+    assert peaks["flops"] > 1e9 and peaks["memory_bandwidth"] > 1e8
+    sim = with_peaks(SETUP.sim_setup("cpu-local"), peaks["flops"], peaks["memory_bandwidth"])
+    assert sim.deployment.hardware.peak_flops["fp32"] == peaks["flops"] != get_hardware("cpu-local").peak_flops["fp32"]
     fitted = fit_step_costs(sim.deployment, sim.efficiency, est.measurements.steps[1:])
-    assert est.info["time_scale"] == pytest.approx(fitted.time_scale) != 1.0
+    assert est.info["time_scale"] == pytest.approx(fitted.time_scale, rel=1e-9) != 1.0
+    elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=2),
+                             make_backend=backend)
+    assert "peaks" not in elsewhere.info  # a sample here measures nothing of an H100
 
 
 class Terminal(io.StringIO):

@@ -199,7 +199,7 @@ def test_the_lora_terms_are_fitted_only_from_steps_that_ran_adapters() -> None:
     plain = fit_efficiency(d, observe(shapes))
     assert plain.lora_flops == Efficiency().lora_flops and plain.lora_segment_overhead_s == 0.0
     lora = [s._replace(num_lora_tokens=s.num_prefill_tokens + s.num_decodes, num_lora_segments=k)
-            for s in shapes for k in (1, 4) if s.num_prefill_tokens + s.num_decodes >= k]
+            for s in shapes for k in (1, 4, 16) if s.num_prefill_tokens + s.num_decodes >= k]
     observations = observe(shapes + lora)
     assert {"lora_flops", "lora_segment_overhead_s"} <= set(fitted_fields(observations))
     fitted = fit_efficiency(d, observations)

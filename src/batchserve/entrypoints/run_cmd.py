@@ -207,14 +207,15 @@ def _eta_factory(args: argparse.Namespace, setup: RunSetup, config: JobConfig, r
         sim = None
     if sim is None:
         return None
-    from ..jobs.estimate import plan_job
+    from ..jobs.estimate import plan_job, stands_for_this_cpu, with_peaks
     from ..jobs.eta import LiveEta
 
     prior = [estimate.measurements] if estimate is not None and estimate.measurements is not None else []
 
     def make(backend: EngineBackend, done: Done) -> LiveEta:
         job = plan_job(args.input, done, setup, config)
-        return LiveEta(job, sim, config, router, est, backend.log, prior)
+        here = with_peaks(sim, *backend.peaks) if stands_for_this_cpu(sim, setup) else sim
+        return LiveEta(job, here, config, router, est, backend.log, prior)
 
     return make
 
@@ -241,6 +242,9 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
         if info["steps_measured"] else "1 (the profile's costs as they are)",
     }
+    if "peaks" in info:
+        rows["Peaks measured here:"] = (f"{info['peaks']['flops'] / 1e12:.2f} TFLOP/s, "
+                                        f"{info['peaks']['memory_bandwidth'] / 1e9:.0f} GB/s")
     if "spec_acceptance_rate" in info:
         rows["Draft acceptance (alpha):"] = (f"{info['spec_acceptance_rate']:.3g}, drafts found "
                                              f"{info['spec_draft_rate']:.0%}, from {info['spec_acceptance_from']}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..calibration.device import WEIGHT_DTYPES, device_name
+from ..calibration.device import WEIGHT_DTYPES, device_name, measure_peaks
 from ..engine.llm_engine import LLMEngine
 from ..openai import ServingContext
 from ..tokenizer import Tokenizer, load_tokenizer
@@ -32,6 +33,12 @@ class EngineBackend:
         self._prefilling: set[str] = set()
         self.log = StepLog(device_name(engine.device), WEIGHT_DTYPES[engine.model.dtype], engine.executor.attention)
         engine.step_observer = self.log.observe
+
+    @functools.cached_property
+    def peaks(self) -> tuple[float, float]:
+        """This device's (matmul FLOP/s, memory bytes/s) in the engine's dtype and GEMM kernel, as `calibrate`
+        measures them (a fraction of a second, once)."""
+        return measure_peaks(self.engine.device, self.engine.model.dtype, packed=self.engine.model.prepacked)
 
     def add(self, req: BatchRequest) -> None:
         self.engine.add_request(req.custom_id, req.prompt_token_ids, req.params, lora_request=req.lora_request)

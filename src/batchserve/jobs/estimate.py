@@ -270,7 +270,8 @@ def estimate_job(
     if est.sample:
         assert make_backend is not None, "a sample needs the real engine"
         chosen = stratified_sample(requests, est.sample, config.seed)
-        sampled, known, counters = run_sample(chosen, make_backend(), output_path, config,
+        backend = make_backend()
+        sampled, known, counters = run_sample(chosen, backend, output_path, config,
                                               job.prep_s * len(chosen) / len(requests))
         records.append(sampled)
         if output_path:
@@ -281,8 +282,9 @@ def estimate_job(
                 spec_draft_rate=counters.spec_drafts / counters.spec_proposals))
             spec_from = (f"the sample's {counters.spec_drafts} verifications of {counters.spec_proposals} lookups "
                          f"({counters.spec_accepted_tokens} of {counters.spec_draft_tokens} draft tokens accepted)")
-        if sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu":
+        if stands_for_this_cpu(sim, setup):
             target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
+            sim = with_peaks(sim, *backend.peaks)
     here = [m for m in records if (m.device, m.dtype) == (target, dtype)]
     placeholder = sim.deployment.hardware.name == LOCAL_CPU
     steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
@@ -325,6 +327,8 @@ def estimate_job(
         info["spec_acceptance_rate"] = sim.spec_acceptance.spec_acceptance_rate
         info["spec_draft_rate"] = sim.spec_acceptance.spec_draft_rate
         info["spec_acceptance_from"] = spec_from
+    if sampled is not None and stands_for_this_cpu(sim, setup):
+        info["peaks"] = {"flops": backend.peaks[0], "memory_bandwidth": backend.peaks[1]}
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
@@ -334,6 +338,19 @@ def estimate_job(
             charged = predict(sim.deployment, sim.efficiency, steps).sum() if steps else 0.0
             info["sample"]["step_time_ratio"] = sum(o.seconds for o in steps) / charged if charged else None
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
+
+
+def stands_for_this_cpu(sim: SimSetup, setup: RunSetup) -> bool:
+    """Whether the sim's hardware is the cpu-local placeholder for a run on this machine's CPU."""
+    return sim.deployment.hardware.name == LOCAL_CPU and (setup.device or default_device()) == "cpu"
+
+
+def with_peaks(sim: SimSetup, flops: float, bandwidth: float) -> SimSetup:
+    """The sim on its hardware with these measured peaks (FLOP/s in the compute dtype, memory bytes/s): on the
+    placeholder, whose efficiency factors are fractions of measured peaks, this CPU's instead of one VM's."""
+    hw = sim.deployment.hardware
+    hw = replace(hw, peak_flops={**hw.peak_flops, sim.deployment.compute_dtype: flops}, memory_bandwidth=bandwidth)
+    return replace(sim, deployment=replace(sim.deployment, hardware=hw))
 
 
 def _length_draws(evidence: Evidence, job: JobPlan, entries: Sequence[Entry], sim: SimSetup, config: JobConfig,

@@ -298,22 +298,32 @@ _CATALOG = [
         host_bandwidth=450e9,  # [GH200] NVLink-C2C 900 GB/s total -> 450 GB/s per direction
         max_gpus_per_node=4,          # quad-GH200 nodes (e.g. HPE Cray EX254n) are the largest common node
     ),
-    # PLACEHOLDER, not a measurement: a small 2-core x86 server CPU, so the
-    # simulator has something to say about the local CPU executor before
-    # `batchserve calibrate` measures the real machine and writes a JSON profile
-    # that replaces it. Order-of-magnitude guesses: ~0.1 TFLOP/s fp32/bf16
-    # (2 cores x AVX-512 FMA), ~20 GB/s DRAM, 24 GiB RAM. No fp8/int8 path is
-    # modelled. Interconnect 0 is not allowed (it would divide by zero), so a
-    # loopback-ish 10 GB/s stands in; with one "GPU" per node it is never used.
+    # PLACEHOLDER for the local CPU until `batchserve calibrate` measures it and
+    # writes a JSON profile that replaces it. Its peaks are calibrate's
+    # measurements on this project's 2-core AVX-512 (with avx512_bf16) EPYC VM,
+    # 2026-12-03 (a large packed GEMM; a 256 MiB copy, which swings 33-69 GB/s
+    # there); an estimate with --sample measures this CPU's instead. Its
+    # efficiency factors are the medians of 13 calibrations of SmolLM2-135M on
+    # two CPU kinds of that VM (AVX-512 and AVX2; fp32 and bf16; sessions 13-15,
+    # bench/results/estimate-smollm2-*-profile.json): the plain-torch backend's
+    # K/V gather costs ~10x a streamed weight byte, a step ~11 ms besides its
+    # math, so the GPU defaults would price a CPU's wide decodes far too cheap.
+    # No fp8/int8 path is modelled. Interconnect 0 is not allowed (it would
+    # divide by zero), so a loopback-ish 10 GB/s stands in; with one "GPU" per
+    # node it is never used.
     Hardware(
         name="cpu-local",
         description="Local 2-core x86 CPU (placeholder until `batchserve calibrate`)",
-        peak_flops={"bf16": 0.1e12, "fp32": 0.1e12},  # placeholder guess
-        memory_bandwidth=20e9,         # placeholder guess
+        peak_flops={"bf16": 0.8e12, "fp32": 0.42e12},  # placeholder: one VM's measurement
+        memory_bandwidth=50e9,         # placeholder: one VM's measurement
         memory_bytes=24 * GiB,         # placeholder guess
         interconnect_bandwidth=10e9,   # placeholder: loopback-ish, unused with one device
         interconnect_latency_s=5e-6,
         max_gpus_per_node=1,
+        efficiency={"gemm_flops": 0.71, "attention_flops": 0.21, "memory_bandwidth": 1.0, "kv_bandwidth_ratio": 0.086,
+                    "kv_shared_bandwidth_ratio": 1.11, "step_overhead_s": 0.0115, "sequence_overhead_s": 0.00025,
+                    "chunk_overhead_s": 0.003, "new_shape_overhead_s": 0.0024, "decode_group_overhead_s": 0.0024,
+                    "wakeup_overhead_s": 0.0056},
     ),
 ]
 
