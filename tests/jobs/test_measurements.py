@@ -34,6 +34,19 @@ def test_a_machine_faster_than_its_profile_costs_nothing_extra_per_sequence():
     assert fit_step_costs(sim.deployment, sim.efficiency, []) == sim.efficiency
 
 
+def test_steps_that_grow_faster_with_rows_than_the_profile_keep_the_profiles_shape():
+    """Narrow decodes whose time grows steeply with their rows (a busy spell, first shapes): a least-squares
+    fit would take a negative scale; the fit keeps the scale alone, not a per-sequence cost without the profile."""
+    sim = RunSetup(device="cpu").sim_setup("cpu-local")
+    shapes = [StepShape(num_decodes=b, decode_context_tokens=100 * b, num_sampling=b) for b in (3, 4, 5, 8)]
+    obs = [Observation(s, 0.012 * s.num_sampling - 0.01) for s in shapes]
+    base = predict(sim.deployment, sim.efficiency, obs)
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, obs)
+    measured = np.array([o.seconds for o in obs])
+    assert fitted.time_scale == pytest.approx(measured @ base / (base @ base))
+    assert fitted.sequence_overhead_s == sim.efficiency.sequence_overhead_s
+
+
 def test_measurements_of_another_device_or_dtype_are_refused_naming_both():
     m = Measurements("AMD EPYC (2 threads)", "fp32")
     m.check_target("AMD EPYC (2 threads)", "fp32", "x.json")
