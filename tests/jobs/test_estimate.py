@@ -166,6 +166,19 @@ def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     assert "peaks" not in elsewhere.info  # a sample here measures nothing of an H100
 
 
+def test_a_run_on_this_cpu_scales_the_placeholder_through_profile_from(tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                       make_backend=backend)
+    record = tmp_path / "run.json"  # what a run of the job on this CPU records
+    record.write_text(json.dumps({"measurements": est.measurements.to_dict()}))
+    reused = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(warmup_steps=1),
+                          profile_from=str(record))
+    sim = SETUP.sim_setup("cpu-local")
+    fitted = fit_step_costs(sim.deployment, sim.efficiency, est.measurements.steps[1:])
+    assert reused.info["time_scale"] == pytest.approx(fitted.time_scale) != 1.0
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -253,6 +253,12 @@ def estimate_job(
     target, dtype = device_label(sim.deployment.hardware), sim.deployment.weight_dtype
     prior = Measurements.load(profile_from) if profile_from else None
     if prior is not None:
+        if stands_for_this_cpu(sim, setup):  # the placeholder is this CPU, which a record names as its engine did
+            import torch
+
+            from ..calibration.device import device_name
+
+            target = device_name(torch.device("cpu"))
         prior.check_target(target, dtype, f"--profile-from {profile_from}")
     job = plan_job(input_path, done, setup, config)
     requests = job.requests
