@@ -269,6 +269,8 @@ def estimate_job(
         raise ValueError(f"--sample {est.sample} exceeds the job's {len(requests)} requests; give at most {len(requests)}")
     records = [prior] if prior is not None else []
     sampled: Measurements | None = None
+    peaks: tuple[float, float] | None = None
+    """This CPU's (FLOP/s, bytes/s), measured after the sample when the placeholder stands for it."""
     known: dict[str, list[int]] = {}
     done_first: Summary | None = None
     """A sample written to the output is done: the run resumes after it, so the job is the sample, then the rest."""
@@ -290,7 +292,8 @@ def estimate_job(
                          f"({counters.spec_accepted_tokens} of {counters.spec_draft_tokens} draft tokens accepted)")
         if stands_for_this_cpu(sim, setup):
             target = sampled.device  # the placeholder stands for this CPU, which the sample just measured
-            sim = with_peaks(sim, *backend.peaks)
+            peaks = backend.peaks
+            sim = with_peaks(sim, *peaks)
     here = [m for m in records if (m.device, m.dtype) == (target, dtype)]
     placeholder = sim.deployment.hardware.name == LOCAL_CPU
     steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
@@ -333,8 +336,8 @@ def estimate_job(
         info["spec_acceptance_rate"] = sim.spec_acceptance.spec_acceptance_rate
         info["spec_draft_rate"] = sim.spec_acceptance.spec_draft_rate
         info["spec_acceptance_from"] = spec_from
-    if sampled is not None and stands_for_this_cpu(sim, setup):
-        info["peaks"] = {"flops": backend.peaks[0], "memory_bandwidth": backend.peaks[1]}
+    if peaks is not None:
+        info["peaks"] = {"flops": peaks[0], "memory_bandwidth": peaks[1]}
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),

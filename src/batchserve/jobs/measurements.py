@@ -101,6 +101,7 @@ def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequen
         # every wider batch by its rows (a sample's 3-8-row steps put 5.5 ms on each row of the job's 64-row
         # steps, and a chat job's estimate at 2.6x its run)
         scale, per_seq = measured @ base / (base @ base), 0.0
+    scale, per_seq = float(scale), float(per_seq)
     return replace(efficiency, time_scale=scale, sequence_overhead_s=efficiency.sequence_overhead_s + per_seq / scale)
 
 
