@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,23 @@ _TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weig
               "lm_head.weight": "output.weight"}
 _ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
                   "MixtralForCausalLM": "llama", "Qwen2MoeForCausalLM": "qwen2moe", "Qwen3MoeForCausalLM": "qwen3moe"}
+
+
+@contextlib.contextmanager
+def transformers_reads_gguf_quickly() -> Iterator[None]:
+    """transformers parses a GGUF file once per load (config, weights, tokenizer: 3.5 s each for SmolLM2) and
+    rebuilds gguf's tensor-name map once per tensor (5 s): memoize both, pure functions of their arguments.
+    gguf's parser (over a plain view of the memory map, as batchserve reads it) and transformers' own mapping
+    and dequantization still do all the work, once."""
+    import gguf
+    import pytest
+
+    from batchserve.gguf_file import _reader_class
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf, "GGUFReader", functools.lru_cache(_reader_class()))
+        patch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(gguf.get_tensor_name_map))
+        yield
 
 
 def llama_cpp_permute(rows: np.ndarray, num_heads: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from gguf_files import write_gguf  # noqa: E402
+from gguf_files import transformers_reads_gguf_quickly, write_gguf  # noqa: E402
 
 from batchserve.gguf_file import GGUFError  # noqa: E402
 from batchserve.tokenizer import HFTokenizer, chat_prompt_ids, load_tokenizer  # noqa: E402
@@ -20,7 +20,8 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
 @pytest.fixture(scope="module")
 def tokenizers(smollm2_gguf):
     transformers = pytest.importorskip("transformers")
-    theirs = transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    with transformers_reads_gguf_quickly():
+        theirs = transformers.AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
     ours = load_tokenizer(smollm2_gguf)
     assert isinstance(ours, HFTokenizer)
     return ours, theirs

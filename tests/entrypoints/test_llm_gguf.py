@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
+from gguf_files import transformers_reads_gguf_quickly  # noqa: E402
+
 from batchserve import SamplingParams  # noqa: E402
 from batchserve.entrypoints.llm import LLM  # noqa: E402
 
@@ -35,8 +37,10 @@ def llm(smollm2_gguf) -> LLM:
 def hf(smollm2_gguf):
     """transformers' model and tokenizer from the same GGUF file, in float32."""
     folder, name = str(smollm2_gguf.parent), smollm2_gguf.name
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with transformers_reads_gguf_quickly():
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    return model.eval(), tokenizer
 
 
 def test_a_chat_answer_from_the_gguf_is_right(llm):
