@@ -38,15 +38,25 @@ def _grid() -> list[StepShape]:
     return shapes
 
 
+def _timed(deployment: Deployment, efficiency: Efficiency, shapes: list[StepShape]) -> list[Observation]:
+    """The steps as if measured: each takes exactly the time `efficiency` prices it at."""
+    return [Observation(s, t) for s, t in zip(shapes, predict(deployment, efficiency, [Observation(s, 1) for s in shapes]))]
+
+
 @pytest.fixture(scope="module")
 def deployment() -> Deployment:
     return Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32")
 
 
-def test_fit_recovers_the_step_times_of_known_factors(deployment: Deployment) -> None:
-    shapes = _grid()
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))]
-    fitted = fit_efficiency(deployment, observations)
+@pytest.fixture(scope="module")
+def clean_fit(deployment: Deployment) -> tuple[list[Observation], Efficiency]:
+    """The grid timed exactly at `TRUE`, and the efficiency fitted to it (each fit takes a second)."""
+    observations = _timed(deployment, TRUE, _grid())
+    return observations, fit_efficiency(deployment, observations)
+
+
+def test_fit_recovers_the_step_times_of_known_factors(deployment: Deployment, clean_fit) -> None:
+    observations, fitted = clean_fit
     report = fit_report(deployment, fitted, observations)
     assert report["all"]["mape"] < 0.01
     assert set(report) == {"prefill", "decode", "mixed", "all"}
@@ -112,28 +122,26 @@ def test_a_profile_with_an_unknown_efficiency_field_says_which(tmp_path) -> None
                 SchedulerConfig(), CacheConfig())
 
 
-def test_the_structured_output_term_is_fitted_only_from_steps_that_ran_a_grammar(deployment: Deployment) -> None:
+def test_the_structured_output_term_is_fitted_only_from_steps_that_ran_a_grammar(deployment: Deployment, clean_fit) -> None:
     shapes = _grid()
-    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
-        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    plain = clean_fit[1]
     assert plain.structured_overhead_s == 0.0  # no grammar ran: nothing to fit, the term stays off
     truth = Efficiency(**{**TRUE.to_dict(), "structured_overhead_s": 4e-4})
     constrained = [s._replace(num_constrained=s.num_sampling) for s in shapes if s.num_decodes and not s.num_prefill_tokens]
     shapes += constrained
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fitted.structured_overhead_s == pytest.approx(4e-4, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
-def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_count(deployment: Deployment) -> None:
+def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_count(deployment: Deployment, clean_fit) -> None:
     shapes = _grid()
-    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
-        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    plain = clean_fit[1]
     assert plain.new_shape_overhead_s == 0.0  # no step was marked new: the term stays off
     truth = Efficiency(**{**TRUE.to_dict(), "new_shape_overhead_s": 3e-3})
     shapes = [s._replace(num_new_shapes=1) for s in shapes] + shapes  # each count run first, then again
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fitted.new_shape_overhead_s == pytest.approx(3e-3, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
@@ -173,7 +181,7 @@ def test_the_kv_bandwidth_ratio_prices_decode_keys_apart_from_the_prompt_attenti
     contexts pin what a decode key costs apart from the per-row and per-step terms and from prefill attention."""
     truth = Efficiency(**{**TRUE.to_dict(), "kv_bandwidth_ratio": 0.3})
     shapes = _grid()
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
@@ -192,7 +200,7 @@ def test_the_shared_key_ratio_is_fitted_from_decodes_whose_rows_share_a_prefix(d
     shared = [StepShape(0, 0, 0, b, b * c, b, 0, b * c, decode_shared_key_tokens=(b - 1) * (c - 16))
               for b in (16, 64) for c in (512, 2048)]
     shapes = _grid() + shared
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fit_report(deployment, fitted, observations)["decode"]["mape"] < 0.02
     held_out = [Observation(StepShape(0, 0, 0, 32, 32 * 1024, 32, 0, 32 * 1024, decode_shared_key_tokens=31 * 1008), 1)]
@@ -214,37 +222,35 @@ def test_the_spill_rate_is_fitted_where_gathered_kv_outgrows_the_cache(deploymen
     cached = replace(deployment, hardware=replace(deployment.hardware, cache_bytes=2 * 2**20))
     truth = Efficiency(**{**TRUE.to_dict(), "kv_spill_bandwidth": 0.1})
     shapes = _grid()
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(cached, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(cached, truth, shapes)
     fitted = fit_efficiency(cached, observations)
     assert fitted.kv_spill_bandwidth == pytest.approx(0.1, rel=0.1)
     assert fit_report(cached, fitted, observations)["decode"]["mape"] < 0.02
     assert fit_efficiency(deployment, observations).kv_spill_bandwidth == 1.0  # no cache figure: not fitted
 
 
-def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment) -> None:
+def test_the_wakeup_term_is_fitted_from_prefills_run_after_idling(deployment: Deployment, clean_fit) -> None:
     """As calibrate measures it: a few prompt chunks after the engine idled, beside the same chunks back to back."""
     shapes = _grid()
-    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
-        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    plain = clean_fit[1]
     assert plain.wakeup_overhead_s == 0.0  # no step followed an idle engine: the term stays off
     truth = Efficiency(**{**TRUE.to_dict(), "wakeup_overhead_s": 1e-2})
     shapes += [s._replace(num_wakeups=1) for s in shapes[:3]] * 3  # prefills of 16, 64, 256 tokens, 3 times each
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fitted.wakeup_overhead_s == pytest.approx(1e-2, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
-def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment: Deployment) -> None:
+def test_the_proposer_term_is_fitted_from_steps_that_proposed_drafts(deployment: Deployment, clean_fit) -> None:
     """calibrate --speculative-config: small decode batches look drafts up for every row, large ones for none
     (above max_batch_size), so the per-proposal overhead separates from the per-row one."""
     shapes = _grid()
-    plain = fit_efficiency(deployment, [Observation(s, t) for s, t in zip(
-        shapes, predict(deployment, TRUE, [Observation(s, 1) for s in shapes]))])
+    plain = clean_fit[1]
     assert plain.proposer_overhead_s == 0.0
     truth = Efficiency(**{**TRUE.to_dict(), "proposer_overhead_s": 5e-4})
     shapes += [s._replace(num_proposals=s.num_decodes) for s in shapes if 0 < s.num_decodes <= 8]
-    observations = [Observation(s, t) for s, t in zip(shapes, predict(deployment, truth, [Observation(s, 1) for s in shapes]))]
+    observations = _timed(deployment, truth, shapes)
     fitted = fit_efficiency(deployment, observations)
     assert fitted.proposer_overhead_s == pytest.approx(5e-4, rel=0.25)
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
