@@ -387,3 +387,33 @@ def test_padded_decode_keys_cost_like_real_ones() -> None:
     assert padded == cm.step_time(num_decodes=16, decode_context_tokens=16 * 800, num_sampling=16)
     extra = cm.decode_attention_time(16, 16 * 800) - cm.decode_attention_time(16, 16 * 600)
     assert padded - unpadded == pytest.approx(cm.num_layers * extra) and extra > 0
+
+
+@pytest.mark.parametrize("model, hardware, deployment", [
+    ("qwen2.5-0.5b", "cpu-local", {"weight_dtype": "fp32"}),
+    ("mixtral-8x7b", "h100-sxm", {"tp": 2}),
+    ("qwen2.5-7b", "h100-sxm", {"quantization": "int4", "max_lora_rank": 16}),
+])
+def test_steps_priced_as_columns_cost_what_each_costs_alone(model, hardware, deployment) -> None:
+    """Calibration's fit prices all its steps in one call, one array per field: bit for bit the scalar prices,
+    over steps of every kind (empty, prefill-only, decode-only, mixed, under adapters, padded or shared keys)."""
+    from batchserve.sim.cost_model import shape_columns
+
+    rng = np.random.default_rng(0)
+    shapes = [StepShape()]
+    for _ in range(400):
+        p, d = int(rng.choice([0, rng.integers(1, 2048)])), int(rng.choice([0, rng.integers(1, 128)]))
+        context = d * int(rng.integers(1, 4096))
+        lora = int(rng.integers(0, p + d + 1)) if rng.random() < 0.3 else 0
+        shapes.append(StepShape(
+            p, p * (p + 1) / 2, p, d, context, d + (p > 0), int(p > 0), int(rng.choice([0, context + 16 * d])),
+            int(rng.integers(0, d + 1)), lora, int(lora > 0) * int(rng.integers(1, 3)), int(rng.integers(0, 2)),
+            int(rng.integers(0, 2)), int(rng.integers(0, 4)), int(rng.integers(0, d + 1)), int(rng.integers(0, 3 * d + 1)),
+            int(rng.integers(0, 2)), int(rng.integers(0, context // 2 + 1))))
+    cm = CostModel(Deployment(model=get_model(model), hardware=get_hardware(hardware), **deployment),
+                   replace(EFF, kv_bandwidth_ratio=0.3, lora_segment_overhead_s=1e-4, new_shape_overhead_s=1e-3))
+    one_by_one = np.array([cm.step_time(*shape) for shape in shapes])
+    tokens = np.array([s.num_prefill_tokens + s.num_decodes for s in shapes])
+    assert ((one_by_one > 0) == (tokens > 0)).all() and 0 < (tokens == 0).sum() < len(shapes) / 2  # empty steps cost nothing
+    assert np.array_equal(cm.step_time(*shape_columns(shapes)), one_by_one)
+    assert np.array_equal(cm.step_time(*shape_columns([StepShape()] * 3)), np.zeros(3))  # no tokens in any step

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .cost_model import CostModel, Efficiency, StepShape
+from .cost_model import CostModel, Efficiency, StepShape, shape_columns
 from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
@@ -81,8 +81,12 @@ def median_per_point(passes: Sequence[Sequence[Sequence[Observation]]]) -> list[
 
 
 def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequence[Observation]) -> np.ndarray:
-    model = CostModel(deployment, efficiency)
-    return np.array([model.step_time(*o.shape) for o in observations])
+    return _priced(deployment, efficiency, shape_columns([o.shape for o in observations]))
+
+
+def _priced(deployment: Deployment, efficiency: Efficiency, columns: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The steps' predicted durations, from their `shape_columns`."""
+    return np.zeros(len(columns[0])) + CostModel(deployment, efficiency).step_time(*columns)
 
 
 def fitted_fields(observations: Sequence[Observation], moe: bool = False, quantized: bool = False,
@@ -132,9 +136,10 @@ def fit_efficiency(
     if len(observations) < len(names):
         raise ValueError(f"need at least {len(names)} measured steps to fit, got {len(observations)}")
     measured = np.log([o.seconds for o in observations])
+    columns = shape_columns([o.shape for o in observations])
 
     def loss(x: np.ndarray) -> float:
-        predicted = predict(deployment, _decode(x, start, names), observations)
+        predicted = _priced(deployment, _decode(x, start, names), columns)
         return float(np.mean(np.log1p(((np.log(predicted) - measured) / _SCALE) ** 2)))
 
     # Start from the defaults, but with overheads of the size the data suggests; and once more with K/V read

@@ -10,6 +10,7 @@ efficiency factors are named fields that `calibrate` fits from measurements.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +22,17 @@ from .quantization import quantized_weight_bytes
 
 _DEPLOYMENT = "deployment's"
 """CostModel._gemm's default: the weights are stored as the deployment quantizes its layers."""
+
+
+def _any(x: float | np.ndarray) -> bool:
+    """Whether a step count (or any of an array of them, one per step) is nonzero."""
+    return bool(x.any()) if isinstance(x, np.ndarray) else bool(x)
+
+
+def shape_columns(shapes: Sequence[StepShape]) -> tuple[np.ndarray, ...]:
+    """One float array per `StepShape` field, an entry per step: `CostModel.step_time`'s arguments for pricing
+    many steps in one call (calibration's fit prices hundreds of steps thousands of times)."""
+    return tuple(np.array(shapes, dtype=float).reshape(len(shapes), len(StepShape._fields)).T)
 
 
 @dataclass(frozen=True)
@@ -232,10 +244,10 @@ class CostModel:
         compute = 2.0 * tokens * k * n * uses / (flops_per_s or self.flops)
         activations = tokens * uses * (k + n) * self.ab
         if method is None:
-            return max(compute, (weight_copies * k * n * self.wb + activations) / self.bandwidth)
+            return np.maximum(compute, (weight_copies * k * n * self.wb + activations) / self.bandwidth)
         weights = weight_copies * quantized_weight_bytes(k, n, method, self.group_size)
         dequant = weight_copies * k * n * self.dequant_overhead
-        return max(compute, (weights + activations) / self.bandwidth) + dequant
+        return np.maximum(compute, (weights + activations) / self.bandwidth) + dequant
 
     def expert_gemm_time(self, tokens: int) -> float:
         """One MoE layer's routed experts: the expected touched experts' weights read, top_k rows per token."""
@@ -245,6 +257,8 @@ class CostModel:
 
     def layer_gemm_time(self, tokens: int) -> float:
         """GEMM time of a decoder layer; for an MoE model with dense layers, the average over its layers."""
+        if isinstance(tokens, np.ndarray):
+            return self._layer_gemm_time(tokens)
         t = self._layer_gemm_times.get(tokens)
         if t is None:
             t = self._layer_gemm_times[tokens] = self._layer_gemm_time(tokens)
@@ -263,8 +277,8 @@ class CostModel:
         """Causal attention of prompt chunks: `attended_pairs` = sum of n*(context + (n+1)/2)."""
         flops = 4.0 * self.head_dim * self.heads * attended_pairs
         nbytes = 2 * num_tokens * self.heads * self.head_dim * self.ab
-        return max(flops / self.attn_flops, nbytes / self.bandwidth + context_tokens * self.kv_bytes_per_token
-                   / self.kv_bandwidth)
+        return np.maximum(flops / self.attn_flops, nbytes / self.bandwidth + context_tokens * self.kv_bytes_per_token
+                          / self.kv_bandwidth)
 
     def decode_attention_time(self, num_decodes: int, key_tokens, shared_key_tokens: float = 0.0):
         """One query token per request against `key_tokens` keys read in all (padding included), of which
@@ -288,29 +302,31 @@ class CostModel:
         Each segment reads its adapter's A and B once per layer (a roofline with the delta FLOPs); a load
         copies one adapter's slot from host memory at `host_bandwidth`.
         """
-        if not num_segments:
+        if not _any(num_segments):
             return 0.0
         elements = self.lora_layer_elements
-        per_layer = max(2.0 * elements * num_tokens / self.lora_flops, num_segments * elements * self.ab / self.bandwidth)
-        return self.num_layers * per_layer + self.lora_load_time(num_loads) + self.lora_segment_overhead * num_segments
+        per_layer = np.maximum(2.0 * elements * num_tokens / self.lora_flops,
+                               num_segments * elements * self.ab / self.bandwidth)
+        return (num_segments > 0) * (self.num_layers * per_layer + self.lora_load_time(num_loads)
+                                     + self.lora_segment_overhead * num_segments)
 
     def lora_load_time(self, num_loads: int) -> float:
         """Copying `num_loads` adapters into device slots (every layer's A and B, slot-sized)."""
         return num_loads * self.num_layers * self.lora_layer_elements * self.ab / self.host_bandwidth
 
     def lm_head_time(self, num_sampling: int) -> float:
+        if isinstance(num_sampling, np.ndarray):
+            return self._lm_head_time(num_sampling)
         t = self._lm_head_times.get(num_sampling)
         if t is None:
             t = self._lm_head_times[num_sampling] = self._lm_head_time(num_sampling)
         return t
 
     def _lm_head_time(self, num_sampling: int) -> float:
-        if num_sampling == 0:
-            return 0.0
         t = self._gemm(num_sampling, self.hidden, self.vocab / self.tp, quantization=self.lm_head_quantization)
         if self.tp > 1:  # gather the vocab shards' logits
             t += self._collective(num_sampling * self.vocab * 4 * (self.tp - 1) / self.tp)
-        return t
+        return t * (num_sampling > 0)  # no row sampled: no LM head
 
     def _collective(self, nbytes: float) -> float:
         return self.link_latency + nbytes / self.link_bw
@@ -348,20 +364,21 @@ class CostModel:
         num_wakeups: int = 0,
         decode_shared_key_tokens: int = 0,
     ) -> float:
-        """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes.
+        """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes; or, given an
+        array per argument (one entry per step, `shape_columns`), the durations of those steps at once.
 
         `decode_key_tokens` (0: unknown) defaults to the unpadded keys, `decode_context_tokens`.
         """
         tokens = num_prefill_tokens + num_decodes
-        if tokens == 0:
-            return 0.0
+        if not _any(tokens):
+            return 0.0 * tokens
         attention = 0.0
-        if num_prefill_tokens:
+        if _any(num_prefill_tokens):
             attention += self.prefill_attention_time(num_prefill_tokens, prefill_attended_pairs, prefill_context_tokens)
-        if num_decodes:
-            keys = decode_key_tokens or decode_context_tokens
-            attention += float(self.decode_attention_time(num_decodes, keys, decode_shared_key_tokens))
-        return self.time_scale * (
+        if _any(num_decodes):
+            keys = decode_key_tokens + (decode_key_tokens == 0) * decode_context_tokens
+            attention += self.decode_attention_time(num_decodes, keys, decode_shared_key_tokens)
+        return (tokens > 0) * self.time_scale * (
             self.num_layers * (self.layer_gemm_time(tokens) + attention)
             + self.lm_head_time(num_sampling + num_draft_logits)
             + self.communication_time(tokens)
