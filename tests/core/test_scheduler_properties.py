@@ -414,10 +414,12 @@ def outcome(requests: list[Request]) -> list[tuple]:
 # ---------------------------------------------------------------------------- properties
 
 MODES = ["explicit", "lazy-off", "lazy-limit", "lazy-horizon"]
+# 60 workloads a property (8 properties: 10 s of the suite under `-n 2`); each CI run draws new ones
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY
 @given(w=workloads())
 def test_scheduler_contract_holds_after_every_step(mode: str, w: Workload) -> None:
     """Budget, max_num_seqs, block coverage and ref counts hold after every step, decodes are never
@@ -427,14 +429,14 @@ def test_scheduler_contract_holds_after_every_step(mode: str, w: Workload) -> No
 
 
 @pytest.mark.parametrize("mode", ["explicit", "lazy-horizon"])
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY
 @given(w=workloads(presets=("sarathi",)))
 def test_sarathi_contract(mode: str, w: Workload) -> None:
     """The same contract, searched over Sarathi configs only (chunked prompts sharing steps with decodes)."""
     run_workload(w, mode)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY
 @given(w=workloads())
 def test_fast_forward_is_exact(w: Workload) -> None:
     """Fast-forwarded decode runs (bounded by the next arrival) reproduce the step-by-step run exactly:
@@ -447,7 +449,7 @@ def test_fast_forward_is_exact(w: Workload) -> None:
     assert fast.engine.num_iterations <= slow.engine.num_iterations
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@PROPERTY
 @given(w=workloads())
 def test_lazy_decodes_match_explicit_scheduling(w: Workload) -> None:
     """The simulator's lazily tracked decodes schedule exactly what explicit per-request decodes do."""

@@ -109,7 +109,8 @@ def _check(client: httpx.Client, path: str, body: object) -> None:
         assert json.loads(text)["choices"]
 
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+# 60 bodies a test (each CI run draws new ones): the chat test served 100 in 8.5 s under `-n 2`
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
 @pytest.fixture(scope="module")
