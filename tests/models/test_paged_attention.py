@@ -170,3 +170,22 @@ def test_unknown_backend_and_flex_with_deterministic_are_refused():
         AttentionConfig(backend="flash")
     with pytest.raises(ValueError, match="deterministic"):
         AttentionConfig(backend="flex", batch_invariant=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_kv_pool_is_zeroed_and_each_tensor_its_own(dtype) -> None:
+    """The CPU pool comes zeroed from the OS, not written: every K and V still reads zero, in the asked dtype and
+    shape, and a write lands in its own tensor only."""
+    from batchserve.models.attention import allocate_kv_cache
+    from batchserve.models.tiny import tiny_config
+
+    config = tiny_config()
+    pool = allocate_kv_cache(config, num_blocks=300, block_size=16, dtype=dtype, device="cpu")
+    assert len(pool) == config.num_layers
+    shape = (300, 16, config.num_kv_heads, config.head_dim)
+    for k, v in pool:
+        assert k.shape == v.shape == shape and k.dtype == v.dtype == dtype and k.is_contiguous()
+        assert not k.any() and not v.any()
+    pool[0][0][7, 3] = 1.5
+    assert pool[0][0].sum() == 1.5 * config.num_kv_heads * config.head_dim
+    assert not pool[0][1].any() and not any(k.any() or v.any() for k, v in pool[1:])
