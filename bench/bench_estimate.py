@@ -165,6 +165,24 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "real_lengths": lengths, "sample_lengths": [c.to_list() for c in est.measurements.completions]}
 
 
+def calibrated(model: str, setup: RunSetup, args: argparse.Namespace, tmp: Path) -> str:
+    """Calibrate this machine for `model` as the job will run it; the profile's path."""
+    llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
+    cal = calibrate(llm, "calibrated-cpu", quiet=True, grid_passes=args.grid_passes)
+    del llm
+    profile = tmp / f"{Path(model).name}-profile.json"
+    profile.write_text(json.dumps(cal.profile.to_dict()))
+    if args.json:  # beside the figures: the profile and the grid it was fitted to, to refit offline
+        Path(args.json).with_suffix(f".{Path(model).name}-profile.json").write_text(profile.read_text())
+        Path(args.json).with_suffix(f".{Path(model).name}-grid.jsonl").write_text(
+            "".join(json.dumps(o.to_dict()) + "\n" for o in cal.observations))
+    fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
+                    for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
+    print(f"{Path(model).name}: calibrated {args.dtype} ({cal.grid_passes} grid passes): {fit}; efficiency "
+          f"{json.dumps(dict(cal.profile.efficiency))}", flush=True)
+    return str(profile)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-requests", type=int, default=96, help="requests per tiny job shape")
@@ -179,6 +197,9 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=None, help="only these job shapes (default: all)")
     parser.add_argument("--grid-passes", type=int, default=None,
                         help="calibration grid passes (default: as many as calibrate's time budget holds)")
+    parser.add_argument("--hardware", default=None,
+                        help="estimate against this catalog entry or profile instead of calibrating first (e.g. "
+                             "cpu-local: the uncalibrated placeholder, scaled to each sample)")
     parser.add_argument("--json", default=None, help="write every shape's figures to this file")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
@@ -195,24 +216,12 @@ def main() -> None:
         for model, shapes, n in models:
             setup = RunSetup(model=model, dtype=args.dtype, device="cpu", kv_cache_memory=args.kv_cache_memory,
                              max_num_batched_tokens=512, max_num_seqs=64)
-            llm = LLMEngine(model, **setup.engine_args(), skip_tokenizer_init=True)
-            cal = calibrate(llm, "calibrated-cpu", quiet=True, grid_passes=args.grid_passes)
-            del llm
-            profile = Path(tmp) / f"{Path(model).name}-profile.json"
-            profile.write_text(json.dumps(cal.profile.to_dict()))
-            if args.json:  # beside the figures: the profile and the grid it was fitted to, to refit offline
-                Path(args.json).with_suffix(f".{Path(model).name}-profile.json").write_text(profile.read_text())
-                Path(args.json).with_suffix(f".{Path(model).name}-grid.jsonl").write_text(
-                    "".join(json.dumps(o.to_dict()) + "\n" for o in cal.observations))
-            fit = ", ".join(f"{kind} {r['steps']} steps mape {r['mape']:.1%} total {r['total_time_error']:+.1%}"
-                            for kind, r in cal.report.items() if isinstance(r, dict) and "mape" in r)
-            print(f"{Path(model).name}: calibrated {args.dtype} ({cal.grid_passes} grid passes): {fit}; efficiency "
-                  f"{json.dumps(dict(cal.profile.efficiency))}", flush=True)
+            profile = args.hardware or calibrated(model, setup, args, Path(tmp))
             k = max(1, round(args.sample_fraction * n))
             for name, rows in shapes(n, random.Random(0)).items():
                 if args.shapes is not None and name not in args.shapes:
                     continue
-                r = bench_shape(name, rows, setup, str(profile), k, Path(tmp))
+                r = bench_shape(name, rows, setup, profile, k, Path(tmp))
                 results.append({"model": Path(model).name, "dtype": args.dtype, **r})
                 if args.json:  # the whole run's steps and lengths (a `run --json` record), to re-price offline
                     Path(args.json).with_suffix(f".{Path(model).name}.{name}-run.json").write_text(
