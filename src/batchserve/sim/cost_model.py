@@ -9,8 +9,8 @@ efficiency factors are named fields that `calibrate` fits from measurements.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import numpy as np
