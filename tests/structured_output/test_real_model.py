@@ -70,12 +70,13 @@ def _job_line(i: int, schema: dict, constrained: bool) -> dict:
 
 
 def test_a_structured_batch_job_validates_every_line(smollm2_gguf: Path, tmp_path: Path) -> None:
-    """12 chat lines over 3 schemas through `run`: all validate; the same 12 unconstrained mostly fail."""
+    """6 chat lines over 3 schemas through `run`: all validate; the same 6 unconstrained mostly fail (measured: 1
+    of 12 validated when this job had 12 lines)."""
     from batchserve.jobs.engine_backend import local_job
     from batchserve.jobs.runner import JobConfig
 
-    schemas = {i: SCHEMAS[i % 3] for i in range(12)}
-    lines = [_job_line(i, schemas[i], constrained) for constrained in (True, False) for i in range(12)]
+    schemas = {i: SCHEMAS[i % 3] for i in range(6)}
+    lines = [_job_line(i, schemas[i], constrained) for constrained in (True, False) for i in range(6)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     local_job(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), str(smollm2_gguf),
               dict(kv_cache_memory="64MiB", max_num_seqs=24), JobConfig(), quiet=True)
@@ -88,5 +89,5 @@ def test_a_structured_batch_job_validates_every_line(smollm2_gguf: Path, tmp_pat
             valid[cid[0]] += 1
         except (ValueError, jsonschema.ValidationError):
             assert cid[0] == "u", f"{cid}: {text!r}"
-    assert valid["c"] == 12
-    assert valid["u"] <= 6, valid  # without the grammar at most half validate
+    assert valid["c"] == 6
+    assert valid["u"] <= 3, valid  # without the grammar at most half validate
