@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary: `a
 
 TINY = ["--model", "tiny", "--device", "cpu", "--kv-cache-memory", "4MiB", "-q"]
 PLAN = ["plan", "--model", "llama-3.1-8b", "--hardware", "h100-sxm,a100-80gb", "--tp", "1,2", "--pp", "1",
-        "--weight-dtype", "bf16", "--max-num-batched-tokens", "512", "--router", "round-robin", "--num-requests", "200",
+        "--weight-dtype", "bf16", "--max-num-batched-tokens", "512", "--router", "round-robin", "--num-requests", "100",
         "--workers", "1", "--no-cache", "-q", "--max-gpus", "4", "--price", "h100-sxm=4.0,a100=2.2", "--rate", "60"]
 CELL = re.compile(r'data-key="([^"]+)" data-value="([^"]*)">([^<]*)<')
 
