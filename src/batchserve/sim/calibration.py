@@ -86,7 +86,7 @@ def predict(deployment: Deployment, efficiency: Efficiency, observations: Sequen
 
 def _priced(deployment: Deployment, efficiency: Efficiency, columns: tuple[np.ndarray, ...]) -> np.ndarray:
     """The steps' predicted durations, from their `shape_columns`."""
-    return np.zeros(len(columns[0])) + CostModel(deployment, efficiency).step_time(*columns)
+    return CostModel(deployment, efficiency).step_time(*columns)
 
 
 def fitted_fields(observations: Sequence[Observation], moe: bool = False, quantized: bool = False,
