@@ -72,6 +72,11 @@ VARIANTS = {
                                          "compilation_config": {"inductor_compile_config": {"cpp_wrapper": False}}},
     "float32 compiled python-wrapper": {"dtype": "float32", "enforce_eager": False,
                                         "compilation_config": {"inductor_compile_config": {"cpp_wrapper": False}}},
+    # one-row steps through oneDNN's packed GEMM, the default before session 21 (CompilationConfig.row_major_gemv)
+    "bfloat16 compiled packed-gemv": {"dtype": "bfloat16", "enforce_eager": False,
+                                      "compilation_config": {"row_major_gemv": False}},
+    "float32 compiled packed-gemv": {"dtype": "float32", "enforce_eager": False,
+                                     "compilation_config": {"row_major_gemv": False}},
     "int8 compiled": {"dtype": "bfloat16", "quantization": "int8", "enforce_eager": False},
     "gguf compiled": {"dtype": "bfloat16", "quantization": "gguf", "enforce_eager": False},
     "gguf int8-head compiled": {"dtype": "bfloat16", "quantization": "gguf", "quantize_lm_head": True,

@@ -133,6 +133,12 @@ class CompilationConfig:
     compilation), the embedding, RoPE tables and final norm eagerly: one graph to compile instead of the
     whole step's (SmolLM2-135M bf16: 14 s instead of 254 s, but 1.04x eager's batch-1 step where the whole
     step's graph gives 1.20x; one thread, loaded machine, bench/bench_decode.py --modes eager,compiled,regions)."""
+    row_major_gemv: bool = True
+    """CPU with weight_prepack: keep each packed projection's weight in its plain row-major layout too, which a
+    one-row compiled decode step streams through an inductor-generated multiply-and-reduce (a GEMV) instead of
+    oneDNN's packed GEMM, which reaches about two thirds of the memory bandwidth at one row (models/linear.py).
+    The cost: the projections' weights twice in memory; skipped, with a warning, where the copy would take more
+    than half the free memory. False: one copy, every row count through oneDNN."""
 
     def __post_init__(self) -> None:
         sizes = self.cudagraph_capture_sizes
@@ -148,6 +154,8 @@ class CompilationConfig:
                              f'{{"max_autotune": true}}, got {self.inductor_compile_config!r}')
         if self.compile_regions not in (True, False):  # JSON true/false (0 and 1 pass as the same)
             raise ValueError(f"compile_regions must be true or false, got {self.compile_regions!r}")
+        if self.row_major_gemv not in (True, False):
+            raise ValueError(f"row_major_gemv must be true or false, got {self.row_major_gemv!r}")
 
     @classmethod
     def of(cls, value: CompilationConfig | dict[str, Any] | str | None) -> CompilationConfig:

@@ -27,6 +27,7 @@ from batchserve import SamplingParams
 from batchserve.entrypoints.llm import LLM
 from batchserve.model_config import kv_bytes_per_block
 from batchserve.models.attention import AttentionMetadata
+from batchserve.models.linear import PackedLinear
 
 VOCAB = 300
 SHAPE = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -130,6 +131,19 @@ def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_
         engine(hf_model[1], False, kv_memory, attention_backend="flex", compilation_config={"compile_regions": True})
     with pytest.raises(ValueError, match="compile_regions must be true or false"):
         engine(hf_model[1], False, kv_memory, compilation_config={"compile_regions": "yes"})
+    with pytest.raises(ValueError, match="row_major_gemv must be true or false"):
+        engine(hf_model[1], False, kv_memory, compilation_config={"row_major_gemv": 1.5})
+
+
+def test_compiled_cpu_steps_keep_row_major_weights_unless_told_otherwise(hf_model, kv_memory) -> None:
+    """The plain weights' second copy serves compiled one-row steps only: eager engines and
+    row_major_gemv=false hold one copy (the oracle test above runs the default, with copies)."""
+    def copies(llm: LLM) -> set[bool]:
+        return {m.weight is not None for m in llm.llm_engine.model.model.modules() if isinstance(m, PackedLinear)}
+
+    assert copies(engine(hf_model[1], False, kv_memory)) == {True}
+    assert copies(engine(hf_model[1], False, kv_memory, compilation_config={"row_major_gemv": False})) == {False}
+    assert copies(engine(hf_model[1], True, kv_memory)) == {False}
 
 
 def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, kv_memory, monkeypatch) -> None:

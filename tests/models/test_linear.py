@@ -55,3 +55,39 @@ def test_prepacked_model_swaps_every_projection_and_keeps_its_logits(hf_checkpoi
     chunks = [(n, random_tokens(n, config.vocab_size, seed=n)) for n in (5, 17, 33)]
     for got, want in zip(paged_runner(packed).step(chunks), paged_runner(plain).step(chunks), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_a_compiled_one_row_product_reduces_over_the_row_major_weight(dtype, tol):
+    """With row_major, a compiled graph of one row runs the multiply-and-reduce (no oneDNN call in its code);
+    a graph of more rows still calls the packed GEMM; both give F.linear's product."""
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(96, 80, generator=g).to(dtype), torch.randn(96, generator=g).to(dtype)
+    linear = PackedLinear(w, b, row_major=True)
+    compiled = torch.compile(linear, dynamic=True, fullgraph=True)
+    for rows, packed_call in ((1, False), (5, True)):
+        x = torch.randn(rows, 80, generator=g).to(dtype)
+        got, codes = run_and_get_code(compiled, x)
+        assert ("packed_linear" in "".join(codes)) == packed_call, rows
+        torch.testing.assert_close(got.float(), F.linear(x, w, b).float(), rtol=tol, atol=tol)
+    assert PackedLinear(w, b).weight is None  # one copy unless asked
+
+
+@needs_onednn
+def test_row_major_copies_are_kept_only_where_half_the_free_memory_holds_them(monkeypatch, caplog):
+    import os
+
+    def kept(model) -> bool:
+        layers = [m for m in model.model.modules() if isinstance(m, PackedLinear)]
+        assert layers
+        return all(m.weight is not None for m in layers)
+
+    assert kept(load_model("tiny", row_major_gemv=True)[0])
+    assert not kept(load_model("tiny")[0])
+    pages = {"SC_AVPHYS_PAGES": 10, "SC_PAGE_SIZE": 4096}  # 40 KiB free: less than twice tiny's projections
+    monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
+    assert not kept(load_model("tiny", row_major_gemv=True)[0])
+    assert "row_major_gemv: skipped" in caplog.text and "half the free memory" in caplog.text

@@ -134,8 +134,10 @@ class LLMEngine:
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
         self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
+        compiled = not enforce_eager and not enable_lora
         self.model, self.model_config, self.model_path = load_model(
-            model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config)
+            model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config,
+            row_major_gemv=compiled and compilation.row_major_gemv)
         self.model_config = self.model_config.with_max_model_len(max_model_len)
         if deterministic:
             make_batch_invariant(self.model)
@@ -172,7 +174,6 @@ class LLMEngine:
             functools.partial(ll_tokenizer, self.tokenizer, self.model_config.vocab_size,
                               self.model_config.eos_token_ids)
         )
-        compiled = not enforce_eager and not enable_lora
         ladder = compiled and attention.backend == "flex"  # padded decode steps need a scratch block past the pool
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks + ladder, block_size, torch_dtype,
                                       device, seed, attention, self.structured_output, self.lora_manager)

@@ -83,7 +83,9 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "'{\"cudagraph_capture_sizes\": [1, 2, 4, 8]}' (default: 1, 2, 4, 8, 16, ... up to "
                    "--max-num-seqs, at most 512); \"inductor_compile_config\": inductor settings of the compiled "
                    "step, e.g. {\"max_autotune\": true, \"freezing\": true} with --no-weight-prepack on a CPU; "
-                   "\"compile_regions\": true compiles one decoder layer for all (torch backend, seconds not minutes)")
+                   "\"compile_regions\": true compiles one decoder layer for all (torch backend, seconds not minutes); "
+                   "\"row_major_gemv\": false keeps one copy of the weights on a CPU (one-row steps then run "
+                   "oneDNN's packed GEMM)")
     p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
                    help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
                    "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")

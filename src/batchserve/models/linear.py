@@ -7,6 +7,14 @@ and under 90% of it on prompt chunks; oneDNN with the weight packed into its
 blocked layout once, at load, runs the same products 1.5-2x faster (measured in
 bench/RESULTS.md). The packed layout is opaque, so packing is the last step of
 loading: the module swap below replaces `nn.Linear` with `PackedLinear`.
+
+At one row (a batch-1 decode step) the product is a GEMV: every weight is read
+once and used once, so its speed is the memory bandwidth it reaches. oneDNN's
+packed GEMV reaches about two thirds of a plain streaming read here; the same
+product written as a multiply-and-reduce over the plain row-major weight, which
+inductor compiles into one vectorized kernel, reaches about 90% of it. A
+compiled decode step therefore runs its one-row products that way where the
+plain weight was kept (`row_major`, CompilationConfig.row_major_gemv).
 """
 
 from __future__ import annotations
@@ -48,24 +56,38 @@ def _agrees_with_linear(dtype: torch.dtype) -> bool:
 
 
 class PackedLinear(nn.Module):
-    """y = x W^T + b with W held in oneDNN's packed layout (inference only, CPU only)."""
+    """y = x W^T + b with W held in oneDNN's packed layout (inference only, CPU only).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    row_major: also keep W as it is, for the one-row products of a compiled step (gemv).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, row_major: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         # batch_size=None: a layout that serves every row count, from 1-row decodes to 2048-token chunks
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self.weight = weight.detach() if row_major else None
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # inductor cannot lower the oneDNN op itself; it calls ours opaquely
+        if torch.compiler.is_compiling():
+            if self.weight is not None and x.shape[0] == 1:  # a graph of one row: sizes 0 and 1 are never symbolic
+                return gemv(x, self.weight, self.bias)
+            # inductor cannot lower the oneDNN op itself; it calls ours opaquely
             return packed_linear(x, self.packed_weight, self.bias, self.out_features)
         if x.shape[0] == 0:  # oneDNN rejects empty inputs
             return x.new_empty(0, self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed_weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"row_major={self.weight is not None}")
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x W^T + b for few rows as a multiply-and-reduce in float32: compiled, one kernel streaming W once per row."""
+    y = (x[:, None, :].float() * weight.float()).sum(-1).to(x.dtype)
+    return y if bias is None else y + bias
 
 
 @torch.library.custom_op("batchserve::packed_linear", mutates_args=())
@@ -90,6 +112,6 @@ def replace_linears(module: nn.Module, make: Callable[[str, nn.Linear], nn.Modul
             replace_linears(child, make, f"{path}.")
 
 
-def prepack_linears(module: nn.Module) -> None:
-    """Replace every nn.Linear under `module` by a PackedLinear of the same weights."""
-    replace_linears(module, lambda _, linear: PackedLinear(linear.weight, linear.bias))
+def prepack_linears(module: nn.Module, row_major: bool = False) -> None:
+    """Replace every nn.Linear under `module` by a PackedLinear of the same weights (keeping them if row_major)."""
+    replace_linears(module, lambda _, linear: PackedLinear(linear.weight, linear.bias, row_major))

@@ -210,15 +210,16 @@ class CausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     @torch.no_grad()
-    def prepack_weights(self) -> None:
+    def prepack_weights(self, row_major: bool = False) -> None:
         """Hand every projection to oneDNN in its packed layout (CPU; see models/linear.py).
 
         The last step of loading: packed weights are no longer parameters, so
         load_weights cannot fill them afterwards. A tied LM head gets its own
         packed copy; the embedding lookup keeps the plain table. Experts are
-        packed one by one (models/moe.py).
+        packed one by one (models/moe.py). row_major: the decoder layers'
+        projections keep their plain weights too, for compiled one-row steps.
         """
-        prepack_linears(self.model)
+        prepack_linears(self.model, row_major)
         for module in self.model.modules():
             if isinstance(module, Experts):
                 module.prepack()

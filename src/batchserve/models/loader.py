@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch import nn
 
 from ..config import QuantizationConfig
 from ..gguf_file import is_gguf, open_gguf
@@ -34,11 +35,14 @@ _INDEX = "model.safetensors.index.json"
 
 def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                prepack: bool = True, quantization: str | QuantizationConfig | None = None,
-               ) -> tuple[CausalLM, ModelConfig, Path | None]:
+               row_major_gemv: bool = False) -> tuple[CausalLM, ModelConfig, Path | None]:
     """(model in eval mode without grad, its config, its directory or GGUF file, or None for tiny).
 
     prepack: on CPU, pack the projection weights for oneDNN where this build
     supports it (models/linear.py); False keeps torch's default linear.
+    row_major_gemv: with prepack, keep the plain weights too for compiled
+    one-row decode steps (CompilationConfig.row_major_gemv), where half the
+    free memory holds them.
     quantization: a method name or a QuantizationConfig; "int8" / "int4"
     quantize the decoder layers' projections at load (models/quantization.py),
     "gguf" runs a GGUF file's quantized blocks (models/gguf_quantization.py);
@@ -63,8 +67,21 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
     if config.method is not None and config.quantize_lm_head:
         net.lm_head = Int8Linear(net.model.embed_tokens.weight if net.lm_head is None else net.lm_head.weight, None)
     if prepack and prepack_supported(net.dtype, net.device):
-        net.prepack_weights()  # what quantization left as nn.Linear: GGUF's float projections, an unquantized head
+        # what quantization left as nn.Linear: GGUF's float projections, an unquantized head
+        net.prepack_weights(row_major_gemv and _room_for_row_major_copy(net))
     return net, model_config, path
+
+
+def _room_for_row_major_copy(net: CausalLM) -> bool:
+    """Whether a second copy of the decoder's float projection weights fits in half the free memory."""
+    copy = sum(m.weight.nbytes for m in net.model.modules() if isinstance(m, nn.Linear))
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 2 * copy <= free:
+        return True
+    logger.warning("row_major_gemv: skipped; the second copy of the projection weights (%.1f GiB) would take more "
+                   "than half the free memory (%.1f GiB), so one-row compiled decode steps run oneDNN's packed GEMM",
+                   copy / 2**30, free / 2**30)
+    return False
 
 
 def _build(model: str | os.PathLike, dtype: str | torch.dtype,
