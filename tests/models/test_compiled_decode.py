@@ -137,11 +137,18 @@ def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_
 
 def test_compiled_cpu_steps_keep_row_major_weights_unless_told_otherwise(hf_model, kv_memory) -> None:
     """The plain weights' second copy serves compiled one-row steps only: eager engines and
-    row_major_gemv=false hold one copy (the oracle test above runs the default, with copies)."""
+    row_major_gemv=false hold one copy (the oracle test above runs the default, with copies). The LM head
+    of a one-row step is compiled too, and gives the eager head's logits."""
     def copies(llm: LLM) -> set[bool]:
-        return {m.weight is not None for m in llm.llm_engine.model.model.modules() if isinstance(m, PackedLinear)}
+        return {m.weight is not None for m in llm.llm_engine.model.modules() if isinstance(m, PackedLinear)}
 
-    assert copies(engine(hf_model[1], False, kv_memory)) == {True}
+    llm = engine(hf_model[1], False, kv_memory)
+    assert copies(llm) == {True}
+    model = llm.llm_engine.model
+    hidden = torch.randn(1, SHAPE["hidden_size"], generator=torch.Generator().manual_seed(0))
+    one_row = model.compiled_decode.logits(hidden)
+    assert one_row is not None and model.compiled_decode.logits(hidden.repeat(2, 1)) is None
+    torch.testing.assert_close(one_row, model.lm_head(hidden).float(), rtol=1e-5, atol=1e-5)
     assert copies(engine(hf_model[1], False, kv_memory, compilation_config={"row_major_gemv": False})) == {False}
     assert copies(engine(hf_model[1], True, kv_memory)) == {False}
 

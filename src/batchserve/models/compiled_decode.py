@@ -53,10 +53,11 @@ class CompiledDecode:
 
     def __init__(self, run_layers: Callable[..., torch.Tensor], window: int | None, kv_caches: list[KVCache],
                  capture_sizes: Sequence[int] = (), inductor_options: Mapping[str, Any] | None = None,
-                 regions: bool = False) -> None:
+                 regions: bool = False, head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """`inductor_options`: inductor settings for the graph (torch.compile's `options`), checked here, not at
         the first decode step. `regions`: compile one decoder layer (run_layers' call_layer), not the whole
-        step; torch backend only."""
+        step; torch backend only. `head`: hidden states -> float32 logits, compiled for one row (a CPU's
+        row-major LM head, models/linear.py); None: logits stay eager."""
         unknown = sorted(set(inductor_options or {}) - set(torch._inductor.list_options()))
         if unknown:
             raise ValueError(f"unknown inductor option(s) {unknown} in inductor_compile_config; see "
@@ -86,6 +87,7 @@ class CompiledDecode:
                                                                    options=options))
         else:
             self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True, options=options)
+        self.head = None if head is None else torch.compile(head, dynamic=False, fullgraph=True, options=options)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  meta: AttentionMetadata) -> torch.Tensor | None:
@@ -102,6 +104,11 @@ class CompiledDecode:
         if self.cuda_graphs:  # the previous step's outputs are consumed: the graphs may reuse their memory
             torch.compiler.cudagraph_mark_step_begin()
         return self.fn(ids, pos, kv_caches, step)[:rows]
+
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """float32 logits of one row through the compiled head; None for more rows or no compiled head (eager)."""
+        return self.head(hidden) if self.head is not None and hidden.shape[0] == 1 else None
 
 
 def call_layer(layer: torch.nn.Module, *args: Any) -> torch.Tensor:

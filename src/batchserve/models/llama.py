@@ -185,8 +185,10 @@ class CausalLM(nn.Module):
         inductor_options: torch.compile's `options` for the graph (CompilationConfig.inductor_compile_config).
         regions: compile one decoder layer, not the whole step (CompilationConfig.compile_regions).
         """
+        # a one-row step's LM head streams its plain weight like the projections do (models/linear.py)
+        head = self._logits if isinstance(self.lm_head, PackedLinear) and self.lm_head.weight is not None else None
         self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes,
-                                              inductor_options, regions)
+                                              inductor_options, regions, head)
 
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                    meta: AttentionMetadata | DecodeMetadata | FlexDecodeMetadata,
@@ -205,6 +207,13 @@ class CausalLM(nn.Module):
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [S, vocab] for the rows the caller samples from."""
+        if self.compiled_decode is not None:
+            logits = self.compiled_decode.logits(hidden)
+            if logits is not None:
+                return logits
+        return self._logits(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:
             return F.linear(hidden, self.model.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
@@ -216,16 +225,16 @@ class CausalLM(nn.Module):
         The last step of loading: packed weights are no longer parameters, so
         load_weights cannot fill them afterwards. A tied LM head gets its own
         packed copy; the embedding lookup keeps the plain table. Experts are
-        packed one by one (models/moe.py). row_major: the decoder layers'
-        projections keep their plain weights too, for compiled one-row steps.
+        packed one by one (models/moe.py). row_major: the projections and the
+        head keep their plain weights too, for compiled one-row steps.
         """
         prepack_linears(self.model, row_major)
         for module in self.model.modules():
             if isinstance(module, Experts):
                 module.prepack()
         if self.lm_head is None or isinstance(self.lm_head, nn.Linear):  # a quantized head stays as it is
-            self.lm_head = PackedLinear(
-                self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight, None)
+            self.lm_head = PackedLinear(  # a tied head's row-major weight is the embedding table itself
+                self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight, None, row_major)
         self._prepacked = True
 
     @torch.no_grad()

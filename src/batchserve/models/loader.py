@@ -73,8 +73,8 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
 
 
 def _room_for_row_major_copy(net: CausalLM) -> bool:
-    """Whether a second copy of the decoder's float projection weights fits in half the free memory."""
-    copy = sum(m.weight.nbytes for m in net.model.modules() if isinstance(m, nn.Linear))
+    """Whether a second copy of the float projection weights (an untied LM head's too) fits in half the free memory."""
+    copy = sum(m.weight.nbytes for m in net.modules() if isinstance(m, nn.Linear))
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if 2 * copy <= free:
         return True
