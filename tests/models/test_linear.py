@@ -91,3 +91,9 @@ def test_row_major_copies_are_kept_only_where_half_the_free_memory_holds_them(mo
     monkeypatch.setattr(os, "sysconf", lambda name: pages[name])
     assert not kept(load_model("tiny", row_major_gemv=True)[0])
     assert "row_major_gemv: skipped" in caplog.text and "half the free memory" in caplog.text
+
+    def unknown(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+
+    monkeypatch.setattr(os, "sysconf", unknown)  # a system that does not say how much is free: kept
+    assert kept(load_model("tiny", row_major_gemv=True)[0])

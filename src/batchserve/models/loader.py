@@ -73,9 +73,13 @@ def load_model(model: str | os.PathLike, dtype: str | torch.dtype = "auto", devi
 
 
 def _room_for_row_major_copy(net: CausalLM) -> bool:
-    """Whether a second copy of the float projection weights (an untied LM head's too) fits in half the free memory."""
+    """Whether a second copy of the float projection weights (an untied LM head's too) fits in half the free memory
+    (yes where the system does not say how much is free)."""
     copy = sum(m.weight.nbytes for m in net.modules() if isinstance(m, nn.Linear))
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # no such sysconf name here (macOS has no SC_AVPHYS_PAGES)
+        return True
     if 2 * copy <= free:
         return True
     logger.warning("row_major_gemv: skipped; the second copy of the projection weights (%.1f GiB) would take more "
