@@ -34,6 +34,23 @@ def test_int8_linear_computes_with_the_dequantized_weight():
     assert layer(x[:0]).shape == (0, 96)  # an empty step
 
 
+def test_a_compiled_one_row_int8_product_reduces_over_the_int8_rows():
+    """Compiled, one row multiplies-and-reduces the plain int8 rows (no packed-kernel call in the graph's code),
+    more rows call the kernel; both give the dequantized weight's product."""
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    layer = Int8Linear(w, b)
+    q, scales = quantize_per_channel(w)
+    compiled = torch.compile(layer, dynamic=True, fullgraph=True)
+    for rows, kernel_call in ((1, False), (5, True)):
+        x = torch.randn(rows, 64, generator=g)
+        got, codes = run_and_get_code(compiled, x)
+        assert ("_weight_int8pack_mm" in "".join(codes)) == kernel_call, rows
+        expected = F.linear(x.bfloat16().float(), q.float() * scales[:, None], b)
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=5e-2)
+
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_per_group_values_are_within_half_a_step_of_the_weight(group_size):
     w = torch.randn(32, 256) * torch.logspace(-3, 1, 32)[:, None]

@@ -84,9 +84,12 @@ class PackedLinear(nn.Module):
                 f"row_major={self.weight is not None}")
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x W^T + b for few rows as a multiply-and-reduce in float32: compiled, one kernel streaming W once per row."""
-    y = (x[:, None, :].float() * weight.float()).sum(-1).to(x.dtype)
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+         scales: torch.Tensor | None = None) -> torch.Tensor:
+    """x (s * W)^T + b for few rows as a multiply-and-reduce in float32: compiled, one kernel streaming W once per
+    row. `scales`: one per output channel, for integer W (models/quantization.Int8Linear)."""
+    y = (x[:, None, :].float() * weight.float()).sum(-1)
+    y = (y if scales is None else y * scales.float()).to(x.dtype)
     return y if bias is None else y + bias
 
 

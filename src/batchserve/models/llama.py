@@ -23,6 +23,7 @@ from .attention import AttentionMetadata, DecodeMetadata, FlexDecodeMetadata, KV
 from .compiled_decode import CompiledDecode
 from .config import ModelLoadError
 from .linear import PackedLinear, new_linear, prepack_linears
+from .quantization import Int8Linear
 from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
 from .rope import RopeTables, RotaryEmbedding, apply_rope
 
@@ -186,7 +187,9 @@ class CausalLM(nn.Module):
         regions: compile one decoder layer, not the whole step (CompilationConfig.compile_regions).
         """
         # a one-row step's LM head streams its plain weight like the projections do (models/linear.py)
-        head = self._logits if isinstance(self.lm_head, PackedLinear) and self.lm_head.weight is not None else None
+        row_major = (isinstance(self.lm_head, PackedLinear) and self.lm_head.weight is not None
+                     or isinstance(self.lm_head, Int8Linear) and self.device.type == "cpu")
+        head = self._logits if row_major else None
         self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes,
                                               inductor_options, regions, head)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import QuantizationConfig
-from .linear import replace_linears
+from .linear import gemv, replace_linears
 
 _ACTIVATION_DTYPE = torch.bfloat16
 # int4 packing: the CPU kernel needs out_features % 16 == 0; the CUDA one % 8 and in_features % (16 * inner k tiles)
@@ -35,6 +35,8 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[0] == 1:
+            return gemv(x, self.weight_int8, self.bias, self.scales)  # Q is row-major: see models/linear.py
         y = torch.ops.aten._weight_int8pack_mm(x.to(_ACTIVATION_DTYPE), self.weight_int8, self.scales).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
