@@ -7,7 +7,8 @@ last decode step's model inputs are replayed piece by piece, each timed alone
 - step: a whole `LLMEngine.step()` (scheduler, input building, forward, LM head, sampler);
 - forward: the decoder alone (`CausalLM.forward`, compiled when --no-enforce-eager);
 - projections: every decoder projection (q/k/v, o, gate/up, down) called alone on a one-row input,
-  as many as a step runs, against their weight bytes over the read bandwidth;
+  as many as a step runs, against their weight bytes over the read bandwidth (with --no-enforce-eager all
+  of them in one compiled graph, as the compiled step runs them);
 - projections, F.linear: the same products on plain (unpacked) weights of the same shapes through
   torch's default CPU linear (MKL in float32, oneDNN in bfloat16), for the GEMV kernel's share;
 - attention: the 30 layers' paged attention calls (K/V write, gather, SDPA) alone;
@@ -43,6 +44,7 @@ from bench_decode import default_model
 from torch import nn
 
 from batchserve.engine.llm_engine import LLMEngine
+from batchserve.models.compiled_decode import CPU_INDUCTOR_DEFAULTS
 from batchserve.models.linear import PackedLinear
 from batchserve.request import SamplingParams
 
@@ -100,10 +102,17 @@ def profile(llm: LLMEngine, prompt_len: int, repeats: int) -> dict[str, tuple[fl
     attn_in = [torch.randn(1, h, c.head_dim, dtype=dtype) for h in (c.num_attention_heads, c.num_kv_heads)]
     scale = c.head_dim ** -0.5
 
+    def all_projections(x_in: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        return [p(x_in[p.in_features]) for p in projections(model)]  # returned: a compiled graph keeps them all
+
+    # a compiled step's one-row products are the graph's own kernels (row-major GEMVs, models/linear.py): time
+    # them as one graph too
+    products = all_projections if model.compiled_decode is None else torch.compile(
+        all_projections, fullgraph=True, options=CPU_INDUCTOR_DEFAULTS)
+
     @torch.inference_mode()
     def run_projections():
-        for p in projections(model):
-            p(x_in[p.in_features])
+        products(x_in)
 
     @torch.inference_mode()
     def run_attention():  # writes random K/V at this step's slot; forward below rewrites the real ones

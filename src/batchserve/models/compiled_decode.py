@@ -3,6 +3,8 @@
 A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled,
 they fuse into a few kernels with no per-op dispatch. On the torch backend
 shapes are dynamic, so the graph compiles once for one row and once for more.
+On a CPU with row-major weights (models/linear.py) a one-row step's LM head
+runs through a small static graph of its own, as its projections do in the step's.
 
 The flex backend reads K/V in place from the pool (a fixed-size key axis), so
 its decode step's shapes depend on the row count only: a step of B rows is
