@@ -107,7 +107,6 @@ class CompiledDecode:
             torch.compiler.cudagraph_mark_step_begin()
         return self.fn(ids, pos, kv_caches, step)[:rows]
 
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """float32 logits of one row through the compiled head; None for more rows or no compiled head (eager)."""
         return self.head(hidden) if self.head is not None and hidden.shape[0] == 1 else None

@@ -23,8 +23,8 @@ from .attention import AttentionMetadata, DecodeMetadata, FlexDecodeMetadata, KV
 from .compiled_decode import CompiledDecode
 from .config import ModelLoadError
 from .linear import PackedLinear, new_linear, prepack_linears
-from .quantization import Int8Linear
 from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
+from .quantization import Int8Linear
 from .rope import RopeTables, RotaryEmbedding, apply_rope
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
