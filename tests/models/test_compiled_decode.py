@@ -164,10 +164,23 @@ def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, k
     assert compiled_decode.python_headers_installed(), "Python.h missing: install python3-dev to test the C++ wrapper"
     for settings, headers, cpp in ((None, True, True), ({"cpp_wrapper": False}, True, False), (None, False, False)):
         monkeypatch.setattr(compiled_decode, "python_headers_installed", lambda headers=headers: headers)
-        llm = engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": settings})
-        _, codes = run_and_get_code(lambda: llm.generate([[1, 2, 3]], SamplingParams(max_tokens=3, temperature=0),
-                                                         use_tqdm=False))
+        # the engine compiles its decode steps as it starts
+        _, codes = run_and_get_code(lambda: engine(hf_model[1], False, kv_memory,
+                                                   compilation_config={"inductor_compile_config": settings}))
         assert codes and all(("CppWrapperCodeCache" in code) == cpp for code in codes), settings
+
+
+def test_a_compiled_engine_compiles_its_decode_steps_before_the_first_request(hf_model, kv_memory) -> None:
+    """One- and two-row decode steps compile at start-up (vLLM's warm-up), so requests never wait on a compile,
+    and the engine's counters start after the dummy requests that compiled them."""
+    llm = engine(hf_model[1], False, kv_memory)
+    stats = llm.llm_engine.stats()
+    assert (stats.computed_prompt_tokens, stats.generation_tokens, stats.prefix_cache_queries) == (0, 0, 0)
+    graphs_before = counters["stats"]["unique_graphs"]
+    for batch in ([[5, 6, 7]], [[5, 6, 7], [8, 9]]):
+        llm.generate(batch, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert counters["stats"]["unique_graphs"] == graphs_before
+    assert llm.llm_engine.stats().generation_tokens == 12
 
 
 def test_the_default_is_eager(hf_model) -> None:

@@ -194,6 +194,26 @@ class LLMEngine:
         self.step_observer: Callable[[StepOutput], None] | None = None
         """Called with every step that ran a batch (e.g. a job recording step shapes for its estimates)."""
         self._t0 = time.perf_counter()
+        if compiled:
+            self._compile_decode_steps()
+
+    def _compile_decode_steps(self) -> None:
+        """Compile the decode graphs now, at start-up as vLLM does, not inside the first requests' steps: dummy
+        two-token prompts decode two tokens alone (the one-row graph, its LM head), then two together (the graph
+        of more rows; on the flex backend the ladder's smallest size above one; its larger sizes compile on first
+        use). Two tokens, not one: a one-token prompt runs as a decode over one key, and a graph first compiled
+        for one key is specialized to it. Their outputs are dropped; the engine's counters and clock start after
+        them. The prompts are shorter than a KV block, so the prefix cache keeps nothing of them (for blocks of
+        5 tokens and more)."""
+        params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+        for rows in (1, 2):
+            for i in range(rows):
+                self.add_request(f"compile-decode-steps-{rows}-{i}", [0, 0], params)
+            while self.has_unfinished():
+                self.step()
+        self._stats = StatsCollector(self.scheduler, self.siblings)
+        self.scheduler.kv.num_queries = self.scheduler.kv.num_hits = 0
+        self._t0 = time.perf_counter()
 
     def _load_draft(self, spec: SpeculativeConfig | None, dtype: str, prepack: bool
                     ) -> tuple[CausalLM, ModelConfig] | None:
