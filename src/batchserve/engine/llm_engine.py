@@ -203,8 +203,7 @@ class LLMEngine:
         of more rows; on the flex backend the ladder's smallest size above one; its larger sizes compile on first
         use). Two tokens, not one: a one-token prompt runs as a decode over one key, and a graph first compiled
         for one key is specialized to it. Their outputs are dropped; the engine's counters and clock start after
-        them. The prompts are shorter than a KV block, so the prefix cache keeps nothing of them (for blocks of
-        5 tokens and more)."""
+        them, and the prefix cache forgets them."""
         params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
         for rows in (1, 2):
             for i in range(rows):
@@ -212,7 +211,9 @@ class LLMEngine:
             while self.has_unfinished():
                 self.step()
         self._stats = StatsCollector(self.scheduler, self.siblings)
-        self.scheduler.kv.num_queries = self.scheduler.kv.num_hits = 0
+        kv = self.scheduler.kv
+        kv.num_queries = kv.num_hits = 0
+        kv.pool.reset_prefix_cache()
         self._t0 = time.perf_counter()
 
     def _load_draft(self, spec: SpeculativeConfig | None, dtype: str, prepack: bool

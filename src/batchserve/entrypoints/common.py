@@ -76,7 +76,7 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "--no-weight-prepack keeps torch's linear (for inductor's own kernels, see --compilation-config)")
     p.add_argument("--enforce-eager", default=True, action=argparse.BooleanOptionalAction,
                    help="run every step eagerly (default); --no-enforce-eager compiles decode steps with "
-                   "torch.compile (minutes of compilation on a small CPU)")
+                   "torch.compile (minutes of compilation on a small CPU, when the engine starts)")
     p.add_argument("--compilation-config", "-O", default=None, metavar="JSON",
                    help="with --no-enforce-eager: on --attention-backend flex the decode batch sizes compiled "
                    "(CUDA graphs on CUDA), vLLM's keys, e.g. '{\"max_cudagraph_capture_size\": 64}' or "
