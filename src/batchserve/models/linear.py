@@ -69,11 +69,15 @@ class PackedLinear(nn.Module):
         self.weight = weight.detach() if row_major else None
         self.bias = None if bias is None else bias.detach()
 
+    @property
+    def row_major_gemv(self) -> bool:
+        """Whether a compiled one-row product streams the plain weight (gemv), not the packed one."""
+        return self.weight is not None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            if self.weight is not None and x.shape[0] == 1:  # a graph of one row: sizes 0 and 1 are never symbolic
-                return gemv(x, self.weight, self.bias)
-            # inductor cannot lower the oneDNN op itself; it calls ours opaquely
+        if compiled_one_row(x) and self.row_major_gemv:
+            return gemv(x, self.weight, self.bias)
+        if torch.compiler.is_compiling():  # inductor cannot lower the oneDNN op itself; it calls ours opaquely
             return packed_linear(x, self.packed_weight, self.bias, self.out_features)
         if x.shape[0] == 0:  # oneDNN rejects empty inputs
             return x.new_empty(0, self.out_features)
@@ -81,7 +85,12 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"row_major={self.weight is not None}")
+                f"row_major={self.row_major_gemv}")
+
+
+def compiled_one_row(x: torch.Tensor) -> bool:
+    """Whether `x` is the input of a graph being compiled for one row (sizes 0 and 1 are never symbolic)."""
+    return torch.compiler.is_compiling() and x.shape[0] == 1
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

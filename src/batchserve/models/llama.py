@@ -24,7 +24,6 @@ from .compiled_decode import CompiledDecode
 from .config import ModelLoadError
 from .linear import PackedLinear, new_linear, prepack_linears
 from .moe import Experts, SparseMoeBlock, expert_targets, per_expert_tensors
-from .quantization import Int8Linear
 from .rope import RopeTables, RotaryEmbedding, apply_rope
 
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # old checkpoints saved the RoPE buffer
@@ -187,9 +186,7 @@ class CausalLM(nn.Module):
         regions: compile one decoder layer, not the whole step (CompilationConfig.compile_regions).
         """
         # a one-row step's LM head streams its plain weight like the projections do (models/linear.py)
-        row_major = (isinstance(self.lm_head, PackedLinear) and self.lm_head.weight is not None
-                     or isinstance(self.lm_head, Int8Linear) and self.device.type == "cpu")
-        head = self._logits if row_major else None
+        head = self._logits if getattr(self.lm_head, "row_major_gemv", False) else None
         self.compiled_decode = CompiledDecode(self.run_layers, self.attn.sliding_window, kv_caches, capture_sizes,
                                               inductor_options, regions, head)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import QuantizationConfig
-from .linear import gemv, replace_linears
+from .linear import compiled_one_row, gemv, replace_linears
 
 _ACTIVATION_DTYPE = torch.bfloat16
 # int4 packing: the CPU kernel needs out_features % 16 == 0; the CUDA one % 8 and in_features % (16 * inner k tiles)
@@ -34,9 +34,14 @@ class Int8Linear(nn.Module):
         self.scales = scales.to(_ACTIVATION_DTYPE)
         self.bias = None if bias is None else bias.detach()
 
+    @property
+    def row_major_gemv(self) -> bool:
+        """Whether a compiled one-row product streams the int8 rows themselves (gemv; CPU: see models/linear.py)."""
+        return self.weight_int8.device.type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[0] == 1:
-            return gemv(x, self.weight_int8, self.bias, self.scales)  # Q is row-major: see models/linear.py
+        if compiled_one_row(x) and self.row_major_gemv:
+            return gemv(x, self.weight_int8, self.bias, self.scales)
         y = torch.ops.aten._weight_int8pack_mm(x.to(_ACTIVATION_DTYPE), self.weight_int8, self.scales).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
