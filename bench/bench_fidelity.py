@@ -11,6 +11,7 @@ predicts runs through both the real engine and the simulator.
     python bench/bench_fidelity.py --model path/to/SmolLM2-135M-Instruct --num-requests 100
     python bench/bench_fidelity.py --model tiny --num-requests 200 --rate 4 --input-len uniform:16:400 \
         --output-len uniform:8:120 --num-prefix-groups 0
+    python bench/bench_fidelity.py --model tiny ... --no-enforce-eager   # compiled decode steps
 
 An offline replay (every request at t=0) follows, since an open-loop run's throughput
 only echoes its arrival rate.
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--recalibrate", action="store_true",
                         help="calibrate again after the validation runs; predict them from that profile and from "
                              "one fitted to both grids too (the bracketing tells a drift of the VM from a model error)")
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
+                        help="--no-enforce-eager: the engine runs compiled decode steps, calibrated and validated so")
     parser.add_argument("--out", default=None, help="directory for the profile and the JSON result")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -102,9 +105,10 @@ def main() -> None:
         if args.model is None:
             build_model(args.shape, dtype, tmp)
         llm = LLMEngine(args.model or tmp, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-                        skip_tokenizer_init=True)
+                        skip_tokenizer_init=True, enforce_eager=args.enforce_eager)
         name = args.model or args.shape
-        print(f"loaded {name} ({args.dtype}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
+        mode = "eager" if args.enforce_eager else "compiled decode steps"
+        print(f"loaded {name} ({args.dtype}, {mode}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
         t = time.perf_counter()
         cal = calibrate(llm, f"calibrated-{args.device}", grid_passes=args.grid_passes)
         print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps "
@@ -113,7 +117,7 @@ def main() -> None:
         profile = os.path.join(args.out or tmp, "profile.json")
         os.makedirs(os.path.dirname(profile), exist_ok=True)
         with open(profile, "w") as f:
-            json.dump(cal.profile_dict({"shape": name, "dtype": args.dtype}), f, indent=2)
+            json.dump(cal.profile_dict({"shape": name, "dtype": args.dtype, "enforce_eager": args.enforce_eager}), f, indent=2)
         if args.out:
             with open(os.path.join(args.out, "observations.jsonl"), "w") as f:
                 f.writelines(json.dumps(o.to_dict()) + "\n" for o in cal.observations)

@@ -31,6 +31,11 @@ class AttentionConfig:
     """One call per query token over exactly its visible keys, so a token's result never depends on its
     batch-mates or on how its prompt was chunked (deterministic=True; models/batch_invariant.py)."""
 
+    compiled_decode_rows: int = 0
+    """The most rows of a pure decode step the engine runs through its compiled graph (enforce_eager=False):
+    the flex backend's largest capture size, max_num_seqs on the torch backend; 0: every step runs eagerly.
+    The cost model prices those steps apart (`compiled_rows`; Efficiency.compiled_overhead_ratio)."""
+
     @property
     def decode_padding_ratio(self) -> float:
         """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
@@ -41,9 +46,18 @@ class AttentionConfig:
         backend gathers and attends each group in its own call; flex runs one kernel for all of them."""
         return groups if self.backend == "torch" else (groups > 0) * 1
 
+    def compiled_rows(self, num_prefill_tokens: _Count, num_decodes: _Count, decode_calls: _Count) -> _Count:
+        """Rows of a step (ints, or numpy arrays of them) that run through the compiled decode graph: all of a
+        pure decode step's, when it has at most `compiled_decode_rows` rows in one attention call per layer (the
+        torch backend's graph takes one padded group: models/attention.decode_metadata), else 0."""
+        return num_decodes * ((num_prefill_tokens == 0) & (num_decodes <= self.compiled_decode_rows)
+                              & (decode_calls == 1))
+
     def __post_init__(self) -> None:
         if not 0 < self.decode_bucket_ratio <= 1:
             raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
+        if self.compiled_decode_rows < 0:
+            raise ValueError(f"compiled_decode_rows must be >= 0, got {self.compiled_decode_rows}")
         if self.backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention backend {self.backend!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         if self.batch_invariant and self.backend != "torch":

@@ -177,6 +177,17 @@ class CompilationConfig:
         ladder = (1, 2, 4, *range(8, 256, 8), *range(256, top, 16), top)
         return tuple(sorted({s for s in ladder if s <= top}))
 
+    def decode_rows(self, backend: str, max_num_seqs: int) -> int:
+        """The most rows of a pure decode step the compiled graph runs: the flex backend's largest capture size
+        (a wider step runs eagerly), any step's on the torch backend (AttentionConfig.compiled_decode_rows)."""
+        return min(self.capture_sizes(max_num_seqs)[-1], max_num_seqs) if backend == "flex" else max_num_seqs
+
+
+def compiles_decode(enforce_eager: bool, enable_lora: bool) -> bool:
+    """Whether an engine compiles its pure decode steps: with enforce_eager=False and no LoRA (adapter deltas
+    run eagerly)."""
+    return not enforce_eager and not enable_lora
+
 
 def json_config(value: dict[str, Any] | str, cls: type, name: str, example: str) -> dict[str, Any]:
     """The fields of config class `cls` from a dict or a JSON object string (vLLM's `--*-config JSON` flags),

@@ -36,7 +36,19 @@ def test_the_attention_backend_reaches_the_engine_and_its_twin():
     assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"
     compiled = RunSetup(device="cpu", attention_backend="flex", enforce_eager=False,
                         compilation_config='{"cudagraph_capture_sizes": [4, 1, 2]}')
-    assert LLMEngine("tiny", **compiled.engine_args()).model.compiled_decode.capture_sizes == (1, 2, 4)
+    engine = LLMEngine("tiny", **compiled.engine_args())
+    assert engine.model.compiled_decode.capture_sizes == (1, 2, 4)
+    # the twin marks the steps the engine runs compiled (up to the ladder's top) by the engine's own rule
+    assert compiled.sim_setup("cpu-local").attention == engine.executor.attention
+    assert engine.executor.attention.compiled_decode_rows == 4
+
+
+def test_the_twin_of_a_compiled_engine_knows_which_steps_run_compiled():
+    assert RunSetup().sim_setup("cpu-local").attention.compiled_decode_rows == 0  # eager by default
+    torch_backend = RunSetup(enforce_eager=False, max_num_seqs=24).sim_setup("cpu-local")
+    assert torch_backend.attention.compiled_decode_rows == 24  # any pure decode step in one group
+    lora = RunSetup(enforce_eager=False, lora=(("enable_lora", True),)).sim_setup("cpu-local")
+    assert lora.attention.compiled_decode_rows == 0  # adapter deltas run eagerly
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])

@@ -28,6 +28,7 @@ from batchserve.entrypoints.llm import LLM
 from batchserve.model_config import kv_bytes_per_block
 from batchserve.models.attention import AttentionMetadata
 from batchserve.models.linear import PackedLinear
+from batchserve.sim.executor import step_shape
 
 VOCAB = 300
 SHAPE = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -96,12 +97,15 @@ def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_nu
     """Whole-step and regional (one decoder layer's graph for every layer) compilation alike."""
     model, path = hf_model
     graphs_before = counters["stats"]["unique_graphs"]
-    compiled, llm = run(path, enforce_eager=False, kv_cache_memory=kv_memory,
-                        compilation_config={"compile_regions": compile_regions})
+    llm = engine(path, False, kv_memory, compilation_config={"compile_regions": compile_regions})
+    recorder, priced = record_steps(llm)
+    compiled = generate(llm)
     graphs = counters["stats"]["unique_graphs"] - graphs_before
 
     assert llm.llm_engine.model.compiled_decode is not None
     assert 1 <= graphs <= MAX_GRAPHS + HEAD_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
+    assert priced == recorder.compiled_rows, "the cost model's compiled steps are not the ones that ran compiled"
+    assert {1, 2} <= {min(rows, 2) for rows in priced} and 0 in priced  # one-row, wider and eager steps
     assert llm.scheduler.num_preemptions > 0
     assert compiled == eager
     prompts, params = workload()
@@ -192,10 +196,11 @@ LADDER = {"cudagraph_capture_sizes": [1, 4]}  # 2-3 rows pad to 4, larger decode
 
 
 class StepRecorder:
-    """Wraps a model's CompiledDecode: the row count of every pure decode step, and whether it ran compiled."""
+    """Wraps a model's CompiledDecode: the row count of every pure decode step, and whether it ran compiled;
+    of every step, the rows that ran compiled (0 for an eager step)."""
 
     def __init__(self, compiled) -> None:
-        self.compiled, self.steps = compiled, []
+        self.compiled, self.steps, self.compiled_rows = compiled, [], []
         self.logits = compiled.logits
         self.padded_sizes: list[int] = []
         fn = compiled.fn
@@ -209,19 +214,30 @@ class StepRecorder:
         hidden = self.compiled(input_ids, positions, kv_caches, meta)
         if meta.num_seqs == input_ids.shape[0]:
             self.steps.append((input_ids.shape[0], hidden is not None))
+        self.compiled_rows.append(0 if hidden is None else input_ids.shape[0])
         return hidden
+
+
+def record_steps(llm: LLM) -> tuple[StepRecorder, list[int]]:
+    """A recorder of the steps the engine runs compiled, and the list that collects, step by step, the rows
+    the cost model prices as compiled (StepShape.num_compiled_rows of the step's batch)."""
+    core = llm.llm_engine
+    recorder = core.model.compiled_decode = StepRecorder(core.model.compiled_decode)
+    priced: list[int] = []
+    core.step_observer = lambda step: priced.append(step_shape(step.batch, core.executor.attention).num_compiled_rows)
+    return recorder, priced
 
 
 def test_flex_compiled_decode_pads_to_the_ladder_and_equals_eager(hf_model, kv_memory, eager) -> None:
     llm = engine(hf_model[1], enforce_eager=False, kv_cache_memory=kv_memory, attention_backend="flex",
                  compilation_config=LADDER)
-    model = llm.llm_engine.model
-    recorder = model.compiled_decode = StepRecorder(model.compiled_decode)
+    recorder, priced = record_steps(llm)
     graphs_before = counters["stats"]["unique_graphs"]
     tokens = generate(llm)
     graphs = counters["stats"]["unique_graphs"] - graphs_before
 
     assert tokens == eager
+    assert priced == recorder.compiled_rows, "the cost model's compiled steps are not the ones that ran compiled"
     assert llm.scheduler.num_preemptions > 0
     ladder = set(LADDER["cudagraph_capture_sizes"])
     assert set(recorder.padded_sizes) <= ladder

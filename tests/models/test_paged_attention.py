@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._dynamo.utils import counters
 
+from batchserve.attention_layout import decode_groups
 from batchserve.model_config import kv_bytes_per_block
+from batchserve.models.attention import decode_metadata
 from batchserve.models import (
     AttentionConfig,
     AttentionMetadata,
@@ -92,6 +94,20 @@ def test_decodes_of_similar_length_share_one_sdpa_call(monkeypatch, ratio, rows_
     out, expected = run_batch([(20, 1), (24, 1), (2, 1), (22, 1)], config=AttentionConfig(ratio))
     assert sorted(shape[0] for shape in calls) == rows_per_call
     assert (out - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("contexts", "one_call"), [([20, 24, 22], True), ([24, 22, 20], True), ([2, 24], False)])
+def test_a_pure_decode_step_in_one_group_is_one_padded_call_whatever_its_rows_order(contexts, one_call):
+    """What a compiled decode step takes (decode_metadata): rows in batch order, whether or not they come longest
+    first; a step in several groups runs eagerly. attention_layout.AttentionConfig.compiled_rows says the same."""
+    out, expected = run_batch([(c, 1) for c in contexts])
+    assert (out - expected).abs().max() < 1e-5
+    meta = AttentionMetadata(torch.arange(len(contexts)), list(range(len(contexts) + 1)), contexts,
+                             [list(range(-(-(c + 1) // BLOCK))) for c in contexts], BLOCK)
+    assert (decode_metadata(meta, None) is not None) == one_call
+    groups = len(decode_groups([c + 1 for c in contexts], AttentionConfig().decode_bucket_ratio))
+    compiled = AttentionConfig(compiled_decode_rows=8).compiled_rows(0, len(contexts), groups)
+    assert compiled == (len(contexts) if one_call else 0)
 
 
 def test_decode_gathers_reuse_their_buffers_across_calls_of_any_shape():

@@ -147,6 +147,24 @@ def test_the_new_shape_term_is_fitted_from_first_and_repeated_steps_of_a_token_c
     assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
 
 
+def test_the_compiled_step_terms_are_fitted_from_steps_that_ran_compiled(deployment: Deployment, clean_fit) -> None:
+    """A compiled engine's grid: its one-group pure decodes ran compiled, its spread decodes (several groups)
+    and every step with a prompt chunk eagerly; the ratios come back, and stay 1 without compiled steps."""
+    plain = clean_fit[1]
+    assert (plain.compiled_overhead_ratio, plain.gemv_bandwidth_ratio) == (1.0, 1.0)
+    truth = replace(TRUE, compiled_overhead_ratio=0.3, gemv_bandwidth_ratio=1.5)
+    shapes = [s._replace(num_compiled_rows=s.num_decodes) if s.num_decodes and not s.num_prefill_tokens else s
+              for s in _grid()]
+    shapes += [StepShape(0, 0, 0, b, b * 700, b, decode_key_tokens=b * 900, num_decode_groups=3) for b in (8, 32)]
+    observations = _timed(deployment, truth, shapes)
+    fitted = fit_efficiency(deployment, observations)
+    assert fitted.compiled_overhead_ratio == pytest.approx(0.3, rel=0.1)
+    assert fitted.gemv_bandwidth_ratio == pytest.approx(1.5, rel=0.1)
+    assert fit_report(deployment, fitted, observations)["all"]["mape"] < 0.02
+    wider_only = [o for o in observations if o.shape.num_compiled_rows != 1]  # no one-row step: no GEMV term
+    assert fit_efficiency(deployment, wider_only).gemv_bandwidth_ratio == 1.0
+
+
 def test_new_shape_overhead_is_the_median_of_new_count_steps_over_their_twins(deployment: Deployment) -> None:
     """A step of a token count new to the process, minus the median of its twins (the same shape once the count was
     known; a decode batch a step later reads a few more keys): the median of those differences, measured apart from

@@ -409,11 +409,29 @@ def test_steps_priced_as_columns_cost_what_each_costs_alone(model, hardware, dep
             p, p * (p + 1) / 2, p, d, context, d + (p > 0), int(p > 0), int(rng.choice([0, context + 16 * d])),
             int(rng.integers(0, d + 1)), lora, int(lora > 0) * int(rng.integers(1, 3)), int(rng.integers(0, 2)),
             int(rng.integers(0, 2)), int(rng.integers(0, 4)), int(rng.integers(0, d + 1)), int(rng.integers(0, 3 * d + 1)),
-            int(rng.integers(0, 2)), int(rng.integers(0, context // 2 + 1))))
+            int(rng.integers(0, 2)), int(rng.integers(0, context // 2 + 1)), d * (p == 0) * int(rng.integers(0, 2))))
+    assert {min(s.num_compiled_rows, 2) for s in shapes} == {0, 1, 2}  # eager, one-row and wider compiled steps
     cm = CostModel(Deployment(model=get_model(model), hardware=get_hardware(hardware), **deployment),
-                   replace(EFF, kv_bandwidth_ratio=0.3, lora_segment_overhead_s=1e-4, new_shape_overhead_s=1e-3))
+                   replace(EFF, kv_bandwidth_ratio=0.3, lora_segment_overhead_s=1e-4, new_shape_overhead_s=1e-3,
+                           compiled_overhead_ratio=0.4, gemv_bandwidth_ratio=1.5))
     one_by_one = np.array([cm.step_time(*shape) for shape in shapes])
     tokens = np.array([s.num_prefill_tokens + s.num_decodes for s in shapes])
     assert ((one_by_one > 0) == (tokens > 0)).all() and 0 < (tokens == 0).sum() < len(shapes) / 2  # empty steps cost nothing
     assert np.array_equal(cm.step_time(*shape_columns(shapes)), one_by_one)
     assert np.array_equal(cm.step_time(*shape_columns([StepShape()] * 3)), np.zeros(3))  # no tokens in any step
+
+
+def test_a_compiled_step_pays_its_own_fixed_cost_and_one_row_reads_weights_at_the_gemv_rate() -> None:
+    """Closed form: the ratios move the step overhead of every compiled step, and the weight reads of a one-row
+    one (layers and LM head) only; at 1 (a profile calibrated eagerly) a compiled step costs an eager one."""
+    eff = replace(EFF, step_overhead_s=2e-3, token_overhead_s=1e-5)
+    tuned = replace(eff, compiled_overhead_ratio=0.25, gemv_bandwidth_ratio=1.6)
+    cm, cm_tuned = (CostModel(Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32"), e)
+                    for e in (eff, tuned))
+    for rows in (1, 8):
+        shape = StepShape(num_decodes=rows, decode_context_tokens=rows * 300, num_sampling=rows)
+        compiled = shape._replace(num_compiled_rows=rows)
+        assert cm.step_time(*compiled) == cm.step_time(*shape)
+        weights = cm.num_layers * cm.layer_gemm_time(rows) + cm.lm_head_time(rows)
+        saved = 0.75 * 2e-3 + (weights * (1 - 1 / 1.6) if rows == 1 else 0.0)
+        assert cm_tuned.step_time(*shape) - cm_tuned.step_time(*compiled) == pytest.approx(saved, rel=1e-9)

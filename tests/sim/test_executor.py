@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_replay import replay
 
 from batchserve.attention_layout import AttentionConfig, decode_layout
+from batchserve.config import CacheConfig, scheduler_config
 from batchserve.core.batch import ScheduledBatch
 from batchserve.gemm_shapes import SeenTokenCounts
 from batchserve.request import Request, SamplingParams
@@ -17,6 +19,7 @@ from batchserve.sim.deployment import Deployment
 from batchserve.sim.executor import SimExecutor, step_shape
 from batchserve.sim.hardware import get_hardware
 from batchserve.sim.models import get_model
+from batchserve.workload import WorkloadSpec, synthetic_requests
 
 
 def _decoding(rid: str, computed: int) -> Request:
@@ -104,3 +107,27 @@ def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() ->
     executor.wake()
     woken, after = executor.execute(batch).duration, executor.execute(batch).duration
     assert (woken, after) == (pytest.approx(plain + 2.0 * 0.125), pytest.approx(plain))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), num_blocks=st.integers(40, 200), max_num_seqs=st.integers(1, 12),
+       compiled_rows=st.integers(1, 12), ratio=st.sampled_from([0.5, 0.7, 1.0]), backend=st.sampled_from(["torch", "flex"]))
+def test_lazy_decodes_cost_what_listed_decodes_cost_in_compiled_steps(seed, num_blocks, max_num_seqs, compiled_rows,
+                                                                      ratio, backend) -> None:
+    """A compiled engine's twin: fast-forwarded runs of the cohort's decodes mark and price the steps that run
+    compiled (AttentionConfig.compiled_rows) as the listed rows' steps do, and the compiled terms move the timeline."""
+    spec = WorkloadSpec(num_requests=30, input_len="uniform:1:60", output_len="uniform:1:30", vocab_size=50, seed=seed)
+    cost = CostModel(Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32"),
+                     Efficiency(step_overhead_s=2e-3, compiled_overhead_ratio=0.3, gemv_bandwidth_ratio=1.7))
+    sched = scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs)
+    cache = CacheConfig(block_size=4, num_blocks=num_blocks)
+
+    def timeline(lazy: bool, rows: int) -> list[tuple]:
+        attention = AttentionConfig(ratio, backend, compiled_decode_rows=rows)
+        return replay(lazy, list(synthetic_requests(spec)), SimExecutor(cost, attention), sched, cache)
+
+    lazy, explicit = timeline(True, compiled_rows), timeline(False, compiled_rows)
+    for a, b in zip(lazy, explicit):
+        assert a[0] == b[0] and a[3] == b[3]
+        assert a[1:3] == pytest.approx(b[1:3], rel=1e-9)
+    assert [r[2] for r in lazy] != pytest.approx([r[2] for r in timeline(True, 0)], rel=1e-6)

@@ -7,22 +7,19 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_replay import replay
 
 from batchserve.attention_layout import AttentionConfig
 from batchserve.config import CacheConfig, scheduler_config
-from batchserve.core.scheduler import Scheduler
-from batchserve.engine import Engine
-from batchserve.lora import LoRAAdmission, LoRAConfig
+from batchserve.lora import LoRAConfig
 from batchserve.lora.slots import SlotTable
 from batchserve.sim.batch import SimBatch
 from batchserve.sim.calibration import Observation, fit_efficiency, fit_lora_terms, fitted_fields, predict
 from batchserve.sim.cost_model import CostModel, Efficiency, StepShape
 from batchserve.sim.deployment import Deployment
-from batchserve.sim.engine import SimEngine
 from batchserve.sim.executor import SimExecutor, step_adapters
 from batchserve.sim.hardware import get_hardware
 from batchserve.sim.models import get_model
-from batchserve.sim.scheduler import SimScheduler
 from batchserve.sim.simulate import ClusterConfig, build_cluster, resolve, simulate
 from batchserve.workload import WorkloadSpec, synthetic_requests
 
@@ -141,24 +138,11 @@ def test_the_simulator_never_runs_more_adapters_than_slots(max_loras: int) -> No
     assert max(seen) == max_loras and executor.num_lora_loads >= 5  # every adapter was loaded at least once
 
 
-class ExplicitScheduler(Scheduler):
-    """The core scheduler, every decode listed, handing out the simulator's batch type."""
-
-    batch_type = SimBatch
-
-
 def _replay(lazy: bool, requests, max_loras: int, num_blocks: int, max_num_seqs: int, ratio: float) -> list[tuple]:
     cost = CostModel(deployment(), Efficiency(lora_segment_overhead_s=1e-4))
-    sched_cls, engine_cls = (SimScheduler, SimEngine) if lazy else (ExplicitScheduler, Engine)
-    sched = sched_cls(scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
-                      CacheConfig(block_size=4, num_blocks=num_blocks))
-    sched.admission_check = LoRAAdmission(max_loras)
-    engine = engine_cls(sched, SimExecutor(cost, AttentionConfig(decode_bucket_ratio=ratio), max_loras))
-    for r in requests:
-        engine.add_request(r)
-    while engine.has_unfinished():
-        engine.step()
-    return [(r.request_id, r.first_token_time, r.finish_time, r.num_preemptions) for r in requests]
+    return replay(lazy, requests, SimExecutor(cost, AttentionConfig(decode_bucket_ratio=ratio), max_loras),
+                  scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
+                  CacheConfig(block_size=4, num_blocks=num_blocks), max_loras)
 
 
 @settings(max_examples=30, deadline=None)

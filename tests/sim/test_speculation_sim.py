@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sim_replay import ExplicitScheduler
 
 from batchserve.config import CacheConfig, scheduler_config
-from batchserve.core.scheduler import Scheduler
 from batchserve.engine import Engine
 from batchserve.request import Request, SamplingParams
 from batchserve.sim.batch import SimBatch
@@ -162,12 +162,6 @@ def test_bad_acceptance_rate_is_refused() -> None:
 
 
 # ---------------------------------------------------------------------------- lazy vs explicit
-
-
-class ExplicitScheduler(Scheduler):
-    """The core Scheduler's decisions in the simulator's batch type (no lazy decodes)."""
-
-    batch_type = SimBatch
 
 
 def run_explicit_and_lazy(reqs_a: list[Request], reqs_b: list[Request], spec: SpeculativeConfig, alpha: float,

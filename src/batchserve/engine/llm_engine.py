@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..attention_layout import AttentionConfig
-from ..config import CacheConfig, CompilationConfig, QuantizationConfig, expert_batching, scheduler_config
+from ..config import (CacheConfig, CompilationConfig, QuantizationConfig, compiles_decode, expert_batching,
+                      scheduler_config)
 from ..core.scheduler import Scheduler
 from ..executors.torch_executor import TorchExecutor
 from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
@@ -134,7 +135,7 @@ class LLMEngine:
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
                              "drop enable_lora / enforce_eager=False, or deterministic")
         self.quantization_config = QuantizationConfig(quantization, quantization_group_size, quantize_lm_head)
-        compiled = not enforce_eager and not enable_lora
+        compiled = compiles_decode(enforce_eager, enable_lora)
         self.model, self.model_config, self.model_path = load_model(
             model, dtype=dtype, device=device, prepack=weight_prepack, quantization=self.quantization_config,
             row_major_gemv=compiled and compilation.row_major_gemv)
@@ -175,6 +176,9 @@ class LLMEngine:
                               self.model_config.eos_token_ids)
         )
         ladder = compiled and attention.backend == "flex"  # padded decode steps need a scratch block past the pool
+        if compiled:  # which steps the executor runs compiled: its step shapes say so to the cost model
+            attention = dataclasses.replace(attention, compiled_decode_rows=compilation.decode_rows(
+                attention.backend, sched_cfg.max_num_seqs))
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks + ladder, block_size, torch_dtype,
                                       device, seed, attention, self.structured_output, self.lora_manager)
         if compiled:

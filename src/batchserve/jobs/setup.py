@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..attention_layout import AttentionConfig
-from ..config import CacheConfig, QuantizationConfig, expert_batching, scheduler_config
+from ..config import (CacheConfig, CompilationConfig, QuantizationConfig, compiles_decode, expert_batching,
+                      scheduler_config)
 from ..engine.memory import num_kv_blocks
 from ..lora import LoRAConfig
 from ..model_config import ModelConfig, kv_bytes_per_block, serving_dtype
@@ -130,6 +131,10 @@ class RunSetup:
                                        shape.num_experts_per_tok, self.target_tokens_per_expert)
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=budget, max_num_seqs=seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
-        return resolve(cluster, sched, cache, model=shape, lora=LoRAConfig(**dict(self.lora)),
-                       attention=AttentionConfig(backend=self.attention_backend), speculative=speculative,
+        lora = LoRAConfig(**dict(self.lora))
+        compiled = compiles_decode(self.enforce_eager, lora.enable_lora)
+        rows = CompilationConfig.of(self.compilation_config).decode_rows(self.attention_backend, seqs) if compiled else 0
+        return resolve(cluster, sched, cache, model=shape, lora=lora,
+                       attention=AttentionConfig(backend=self.attention_backend, compiled_decode_rows=rows),
+                       speculative=speculative,
                        spec_acceptance=spec_acceptance, draft_model=draft)

@@ -205,7 +205,9 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
     decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
     decode_plans = []
     for group in decode_groups([ctx[i] + 1 for i in decodes], meta.config.decode_bucket_ratio):
-        bucket = [decodes[j] for j in group]
+        # in batch order: a group's rows attend apart, so order is free, and a pure decode step in one group
+        # then needs no row selection (what its compiled graph takes, decode_metadata) whatever its lengths' order
+        bucket = sorted(decodes[j] for j in group)
         lens = [ctx[i] + 1 for i in bucket]
         slots = _slots([tables[i] for i in bucket], lens, meta.block_size, device)
         # keys past a row's own position are its padding

@@ -21,15 +21,17 @@ from .deployment import Deployment
 
 # Fitted fields: fractions of peak in (0, 1], ratios > 0, overheads >= 0.
 FRACTIONS = ("gemm_flops", "attention_flops", "memory_bandwidth", "lora_flops", "expert_flops", "kv_spill_bandwidth")
-RATIOS = ("kv_bandwidth_ratio", "kv_shared_bandwidth_ratio")
+RATIOS = ("kv_bandwidth_ratio", "kv_shared_bandwidth_ratio", "compiled_overhead_ratio", "gemv_bandwidth_ratio")
 OVERHEADS = ("step_overhead_s", "token_overhead_s", "sequence_overhead_s", "chunk_overhead_s", "structured_overhead_s",
              "lora_segment_overhead_s", "dequant_overhead_s", "new_shape_overhead_s", "decode_group_overhead_s",
              "proposer_overhead_s", "wakeup_overhead_s")
-# Terms that act only on some steps, and the StepShape field that says a step has them.
-CONDITIONAL = {"structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
-               "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
-               "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals",
-               "wakeup_overhead_s": "num_wakeups", "kv_shared_bandwidth_ratio": "decode_shared_key_tokens"}
+# Terms that act only on some steps, and what says a step has them: a StepShape field that is nonzero, or a test.
+CONDITIONAL: dict[str, str | Callable[[StepShape], bool]] = {
+    "structured_overhead_s": "num_constrained", "lora_flops": "num_lora_segments",
+    "lora_segment_overhead_s": "num_lora_segments", "new_shape_overhead_s": "num_new_shapes",
+    "decode_group_overhead_s": "num_decode_groups", "proposer_overhead_s": "num_proposals",
+    "wakeup_overhead_s": "num_wakeups", "kv_shared_bandwidth_ratio": "decode_shared_key_tokens",
+    "compiled_overhead_ratio": "num_compiled_rows", "gemv_bandwidth_ratio": lambda s: s.num_compiled_rows == 1}
 QUANTIZED = ("dequant_overhead_s",)
 """Terms only a quantized deployment's steps have (all of its steps, none of another's)."""
 _TINY = 1e-9  # the smallest overhead the fit distinguishes from zero
@@ -95,8 +97,9 @@ def fitted_fields(observations: Sequence[Observation], moe: bool = False, quanti
     segments) only when some step has it, the expert term only on an MoE model, the dequantization term
     only on a quantized one and the K/V spill rate only when some step's gathered K/V `spills` past the cache
     (without them it has no effect on the loss, and the fit would leave it anywhere)."""
-    present = {field for field in set(CONDITIONAL.values()) if any(getattr(o.shape, field) for o in observations)}
-    return tuple(n for n in FRACTIONS + RATIOS + OVERHEADS if (n not in CONDITIONAL or CONDITIONAL[n] in present)
+    present = {name for name, has in CONDITIONAL.items()
+               if any((has(o.shape) if callable(has) else getattr(o.shape, has)) for o in observations)}
+    return tuple(n for n in FRACTIONS + RATIOS + OVERHEADS if (n not in CONDITIONAL or n in present)
                  and (moe or n != "expert_flops") and (quantized or n not in QUANTIZED)
                  and (spills or n != "kv_spill_bandwidth"))
 

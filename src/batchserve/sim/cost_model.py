@@ -105,6 +105,14 @@ class Efficiency:
     """Speculative decoding with a draft model: fixed cost of one draft forward step (its input preparation, its
     layers' launches, the argmax read back; no scheduler, no sampler), in place of the target's `step_overhead_s`.
     `calibrate --speculative-config` with a draft model measures it on the draft's own steps; 0 otherwise."""
+    compiled_overhead_ratio: float = 1.0
+    """A compiled decode step's fixed cost (`StepShape.num_compiled_rows`) as a multiple of `step_overhead_s`: one
+    graph call in place of every op's dispatch in every layer. 1: priced as an eager step (a profile calibrated
+    without compiled steps)."""
+    gemv_bandwidth_ratio: float = 1.0
+    """A compiled one-row decode step's weight reads (layers and LM head) at this multiple of the GEMMs' bandwidth:
+    on a CPU its projections stream their row-major weights through a GEMV instead of the packed GEMM
+    (models/linear.py). 1: read as a GEMM reads them (a profile calibrated without compiled steps)."""
     time_scale: float = 1.0
     """Multiplier on every predicted step: how much slower (>1) or faster the machine runs now than its profile
     says, measured on a job's own steps (a shared machine, other threads, a different day)."""
@@ -112,7 +120,8 @@ class Efficiency:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("time_scale", "kv_bandwidth_ratio", "kv_shared_bandwidth_ratio"):
+            if f.name in ("time_scale", "kv_bandwidth_ratio", "kv_shared_bandwidth_ratio", "compiled_overhead_ratio",
+                          "gemv_bandwidth_ratio"):
                 if not value > 0:
                     raise ValueError(f"{f.name} must be > 0, got {value}")
             elif f.name.endswith("overhead_s"):
@@ -160,6 +169,9 @@ class StepShape(NamedTuple):
     decode_shared_key_tokens: int = 0
     """Of `decode_key_tokens`, those a decode row reads from a block another decode row of the step read before it
     (a prefix-cache hit they share): `kv_shared_bandwidth_ratio` prices them."""
+    num_compiled_rows: int = 0
+    """The step's rows when it runs through the engine's compiled decode graph (AttentionConfig.compiled_rows),
+    else 0: `compiled_overhead_ratio` prices its fixed cost, `gemv_bandwidth_ratio` a one-row step's weights."""
 
 
 class CostModel:
@@ -210,6 +222,8 @@ class CostModel:
         self.chunk_overhead = eff.chunk_overhead_s
         self.structured_overhead = eff.structured_overhead_s
         self.proposer_overhead = eff.proposer_overhead_s
+        self.compiled_overhead_ratio = eff.compiled_overhead_ratio
+        self.gemv_bandwidth_ratio = eff.gemv_bandwidth_ratio
         self.time_scale = eff.time_scale
         # LoRA: slots are sized for max_lora_rank, so every adapter costs what a rank-R one does. Per layer, a
         # projection with `parts` fused outputs holds R x (parts * in + out) slot elements, and each token
@@ -363,6 +377,7 @@ class CostModel:
         num_draft_logits: int = 0,
         num_wakeups: int = 0,
         decode_shared_key_tokens: int = 0,
+        num_compiled_rows: int = 0,
     ) -> float:
         """Duration of one step holding prompt chunks (of `num_prefill_seqs` requests) and decodes; or, given an
         array per argument (one entry per step, `shape_columns`), the durations of those steps at once.
@@ -378,11 +393,12 @@ class CostModel:
         if _any(num_decodes):
             keys = decode_key_tokens + (decode_key_tokens == 0) * decode_context_tokens
             attention += self.decode_attention_time(num_decodes, keys, decode_shared_key_tokens)
+        weights = self.num_layers * self.layer_gemm_time(tokens) + self.lm_head_time(num_sampling + num_draft_logits)
         return (tokens > 0) * self.time_scale * (
-            self.num_layers * (self.layer_gemm_time(tokens) + attention)
-            + self.lm_head_time(num_sampling + num_draft_logits)
+            weights * self._gemv_share(num_compiled_rows)
+            + self.num_layers * attention
             + self.communication_time(tokens)
-            + self.overhead
+            + self.overhead * self._compiled_share(num_compiled_rows)
             + self.token_overhead * tokens
             + self.sequence_overhead * num_sampling
             + self.chunk_overhead * num_prefill_seqs
@@ -394,19 +410,29 @@ class CostModel:
             + self.wakeup_overhead * num_wakeups
         )
 
+    def _compiled_share(self, num_compiled_rows: int | np.ndarray) -> float | np.ndarray:
+        """The fixed cost of steps with these compiled rows, as a multiple of an eager step's."""
+        return 1.0 + (num_compiled_rows > 0) * (self.compiled_overhead_ratio - 1.0)
+
+    def _gemv_share(self, num_compiled_rows: int | np.ndarray) -> float | np.ndarray:
+        """The weight-read time of steps with these compiled rows, as a multiple of the GEMMs' (at one row a
+        GEMM is bound by its weight bytes, so all of its time scales with their read speed)."""
+        return 1.0 + (num_compiled_rows == 1) * (1.0 / self.gemv_bandwidth_ratio - 1.0)
+
     def decode_run_offsets(self, num_decodes: int, key_tokens: np.ndarray, num_lora_tokens: int = 0,
                            num_lora_segments: int = 0, num_groups: np.ndarray | float = 0.0,
-                           shared_key_tokens: int = 0) -> np.ndarray:
+                           shared_key_tokens: int = 0, num_compiled_rows: np.ndarray | int = 0) -> np.ndarray:
         """End times (from the run's start) of pure decode steps, step j's attention reading `key_tokens[j]` keys
-        in `num_groups[j]` decode groups, `shared_key_tokens` of them in every step from blocks another row read.
+        in `num_groups[j]` decode groups (`num_compiled_rows[j]` rows compiled), `shared_key_tokens` of them in
+        every step from blocks another row read.
 
         Adapter loads are charged by the caller, before the run: its adapters stay resident throughout.
         """
         fixed = (
-            self.num_layers * self.layer_gemm_time(num_decodes)
-            + self.lm_head_time(num_decodes)
+            (self.num_layers * self.layer_gemm_time(num_decodes) + self.lm_head_time(num_decodes))
+            * self._gemv_share(num_compiled_rows)
             + self.communication_time(num_decodes)
-            + self.overhead
+            + self.overhead * self._compiled_share(num_compiled_rows)
             + (self.token_overhead + self.sequence_overhead) * num_decodes
             + self.lora_time(num_lora_tokens, num_lora_segments, 0)
         )

@@ -75,7 +75,7 @@ def step_shape(batch: ScheduledBatch, attention: AttentionConfig = AttentionConf
     return StepShape(prefill_tokens, attended, prefill_context, num_decodes, lazy_decode_context + sum(decode_keys),
                      num_sampling + num_decodes, num_chunks, padded, num_constrained, lora_tokens, len(adapters),
                      num_lora_loads, new, num_groups, num_proposals, draft_logits, num_wakeups,
-                     batch.shared_decode_keys)
+                     batch.shared_decode_keys, attention.compiled_rows(prefill_tokens, num_decodes, num_groups))
 
 
 def step_adapters(batch: SimBatch) -> set[Hashable]:
@@ -141,8 +141,9 @@ class SimExecutor:
         adapters = batch.lazy_adapters
         keys, groups = batch.cohort.layout(self.attention.decode_padding_ratio, num_steps)
         groups = self.attention.decode_calls(groups)
-        return self.cost_model.decode_run_offsets(batch.num_lazy_decodes, keys, sum(adapters.values()), len(adapters),
-                                                  groups, batch.shared_decode_keys)
+        n = batch.num_lazy_decodes
+        return self.cost_model.decode_run_offsets(n, keys, sum(adapters.values()), len(adapters), groups,
+                                                  batch.shared_decode_keys, self.attention.compiled_rows(0, n, groups))
 
     def max_decode_steps(self, batch: SimBatch, horizon_s: float, limit: int) -> int:
         if horizon_s == float("inf"):
