@@ -28,7 +28,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "model": args.model, "dtype": WEIGHT_DTYPES[llm.model.dtype], "quantization": llm.quantization_config.method,
         "device": device_name(llm.device), "date": str(datetime.date.today()), "wall_s": wall,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
-        "max_context": args.max_context,
+        "max_context": args.max_context, "enforce_eager": args.enforce_eager,
     }
     write_json(args.output, result.profile_dict(meta))
     if args.observations:
