@@ -134,6 +134,13 @@ def calibration_phases(max_model_len: int, vocab: int, max_tokens_per_step: int,
     # one-group batches above, they pin `decode_group_overhead_s` apart from the per-step cost.
     spread = np.geomspace(16, longest, min(8, max_seqs)).astype(int)
     yield "decode x8, spread contexts", [(_prompt(rng, vocab, int(n)), 16, 0) for n in spread]
+    # A narrow batch over its own prompts, beside the x4 point over one shared prefix above: the fit then tells
+    # keys other rows share (`kv_shared_bandwidth_ratio`) from a narrow step's keys. Without it shared keys came
+    # only in narrow steps and distinct ones in wide steps, and a SmolLM2 fit priced shared keys 4.3x faster
+    # (session 14 measured 1.2x at equal width) and a server's narrow decodes 1.3x what they took (session 22).
+    rows, top = min(4, max_seqs), min(DISTINCT_CONTEXT, longest)
+    yield f"decode x{rows}, own prompts", [(_prompt(rng, vocab, int(n)), _decode_steps(rows, 4), 0)
+                                          for n in np.linspace(top * 3 // 4, top, rows)]
     # A saturated run spends most of its time in wide decodes over spread contexts (64-200 rows in 4-9 decode
     # groups), which the points above only bracket: fits that price the grid alike extrapolated them 25-65% apart.
     # Rows cut the longest prefix above at spread lengths, so its cached blocks spare most of their prefill.
