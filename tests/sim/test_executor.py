@@ -111,7 +111,8 @@ def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() ->
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), num_blocks=st.integers(40, 200), max_num_seqs=st.integers(1, 12),
-       compiled_rows=st.integers(1, 12), ratio=st.sampled_from([0.5, 0.7, 1.0]), backend=st.sampled_from(["torch", "flex"]))
+       compiled_rows=st.integers(1, 12), ratio=st.sampled_from([0.5, 0.7, 1.0]),
+       backend=st.sampled_from(["torch", "flex"]))
 def test_lazy_decodes_cost_what_listed_decodes_cost_in_compiled_steps(seed, num_blocks, max_num_seqs, compiled_rows,
                                                                       ratio, backend) -> None:
     """A compiled engine's twin: fast-forwarded runs of the cohort's decodes mark and price the steps that run
