@@ -109,6 +109,18 @@ def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() ->
     assert (woken, after) == (pytest.approx(plain + 2.0 * 0.125), pytest.approx(plain))
 
 
+def _compiled_timeline(lazy: bool, seed: int, num_blocks: int, max_num_seqs: int, compiled_rows: int,
+                       ratio: float = 0.7, backend: str = "torch") -> list[tuple]:
+    """30 requests through a twin whose engine runs decode steps of up to `compiled_rows` rows compiled."""
+    spec = WorkloadSpec(num_requests=30, input_len="uniform:1:60", output_len="uniform:1:30", vocab_size=50, seed=seed)
+    cost = CostModel(Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32"),
+                     Efficiency(step_overhead_s=0.02, compiled_overhead_ratio=0.3, gemv_bandwidth_ratio=1.7))
+    attention = AttentionConfig(ratio, backend, compiled_decode_rows=compiled_rows)
+    return replay(lazy, list(synthetic_requests(spec)), SimExecutor(cost, attention),
+                  scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs),
+                  CacheConfig(block_size=4, num_blocks=num_blocks))
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), num_blocks=st.integers(40, 200), max_num_seqs=st.integers(1, 12),
        compiled_rows=st.integers(1, 12), ratio=st.sampled_from([0.5, 0.7, 1.0]),
@@ -116,19 +128,17 @@ def test_the_simulator_charges_a_wakeup_to_the_first_step_after_idling_only() ->
 def test_lazy_decodes_cost_what_listed_decodes_cost_in_compiled_steps(seed, num_blocks, max_num_seqs, compiled_rows,
                                                                       ratio, backend) -> None:
     """A compiled engine's twin: fast-forwarded runs of the cohort's decodes mark and price the steps that run
-    compiled (AttentionConfig.compiled_rows) as the listed rows' steps do, and the compiled terms move the timeline."""
-    spec = WorkloadSpec(num_requests=30, input_len="uniform:1:60", output_len="uniform:1:30", vocab_size=50, seed=seed)
-    cost = CostModel(Deployment(get_model("qwen2.5-0.5b"), get_hardware("cpu-local"), weight_dtype="fp32"),
-                     Efficiency(step_overhead_s=2e-3, compiled_overhead_ratio=0.3, gemv_bandwidth_ratio=1.7))
-    sched = scheduler_config("sarathi", max_num_batched_tokens=64, max_num_seqs=max_num_seqs)
-    cache = CacheConfig(block_size=4, num_blocks=num_blocks)
-
-    def timeline(lazy: bool, rows: int) -> list[tuple]:
-        attention = AttentionConfig(ratio, backend, compiled_decode_rows=rows)
-        return replay(lazy, list(synthetic_requests(spec)), SimExecutor(cost, attention), sched, cache)
-
-    lazy, explicit = timeline(True, compiled_rows), timeline(False, compiled_rows)
+    compiled (AttentionConfig.compiled_rows) as the listed rows' steps do."""
+    lazy = _compiled_timeline(True, seed, num_blocks, max_num_seqs, compiled_rows, ratio, backend)
+    explicit = _compiled_timeline(False, seed, num_blocks, max_num_seqs, compiled_rows, ratio, backend)
     for a, b in zip(lazy, explicit):
         assert a[0] == b[0] and a[3] == b[3]
         assert a[1:3] == pytest.approx(b[1:3], rel=1e-9)
-    assert [r[2] for r in lazy] != pytest.approx([r[2] for r in timeline(True, 0)], rel=1e-6)
+
+
+def test_the_compiled_terms_move_a_compiled_engines_timeline() -> None:
+    """All 30 requests admitted at once: once their prompts are in, the engine decodes them in compiled steps."""
+    compiled, eager = (_compiled_timeline(True, 0, num_blocks=400, max_num_seqs=30, compiled_rows=rows, backend="flex")
+                       for rows in (30, 0))
+    assert all(c[2] <= e[2] for c, e in zip(compiled, eager))
+    assert max(c[2] for c in compiled) < 0.95 * max(e[2] for e in eager)
