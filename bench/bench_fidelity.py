@@ -117,7 +117,8 @@ def main() -> None:
         profile = os.path.join(args.out or tmp, "profile.json")
         os.makedirs(os.path.dirname(profile), exist_ok=True)
         with open(profile, "w") as f:
-            json.dump(cal.profile_dict({"shape": name, "dtype": args.dtype, "enforce_eager": args.enforce_eager}), f, indent=2)
+            meta = {"shape": name, "dtype": args.dtype, "enforce_eager": args.enforce_eager}
+            json.dump(cal.profile_dict(meta), f, indent=2)
         if args.out:
             with open(os.path.join(args.out, "observations.jsonl"), "w") as f:
                 f.writelines(json.dumps(o.to_dict()) + "\n" for o in cal.observations)

@@ -51,6 +51,7 @@ def test_a_compiled_one_row_int8_product_reduces_over_the_int8_rows():
         expected = F.linear(x.bfloat16().float(), q.float() * scales[:, None], b)
         torch.testing.assert_close(got, expected, rtol=2e-2, atol=5e-2)
 
+
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_per_group_values_are_within_half_a_step_of_the_weight(group_size):
     w = torch.randn(32, 256) * torch.logspace(-3, 1, 32)[:, None]

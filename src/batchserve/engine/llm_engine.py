@@ -176,7 +176,9 @@ class LLMEngine:
                               self.model_config.eos_token_ids)
         )
         ladder = compiled and attention.backend == "flex"  # padded decode steps need a scratch block past the pool
-        if compiled:  # which steps the executor runs compiled: its step shapes say so to the cost model
+        # which steps the executor runs compiled, for its step shapes (the cost model's); the draft model above
+        # keeps the eager config: its forward steps never run compiled
+        if compiled:
             attention = dataclasses.replace(attention, compiled_decode_rows=compilation.decode_rows(
                 attention.backend, sched_cfg.max_num_seqs))
         self.executor = TorchExecutor(self.model, self.model_config, num_blocks + ladder, block_size, torch_dtype,
