@@ -2,9 +2,11 @@
 
 A batch-1 decode runs ~40 small ops per layer besides its matmuls; compiled,
 they fuse into a few kernels with no per-op dispatch. On the torch backend
-shapes are dynamic, so the graph compiles once for one row and once for more.
-On a CPU with row-major weights (models/linear.py) a one-row step's LM head
-runs through a small static graph of its own, as its projections do in the step's.
+a step's row count and key length are symbolic (the weights' shapes are not),
+so one graph serves one-row steps and one serves the rest. On a CPU the one-row
+graph is compiled apart, with inductor settings of its own (its products are
+row-major GEMVs, models/linear.py, ONE_ROW_INDUCTOR_DEFAULTS), and its LM head
+runs through a small static graph of its own.
 
 The flex backend reads K/V in place from the pool (a fixed-size key axis), so
 its decode step's shapes depend on the row count only: a step of B rows is
@@ -35,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionMetadata, KVCache, decode_metadata, flex_decode_metadata
+from .attention import AttentionMetadata, DecodeMetadata, KVCache, decode_metadata, flex_decode_metadata
 
 CPU_INDUCTOR_DEFAULTS = {"cpp_wrapper": True}
 """Inductor settings a CPU's compiled decode step starts from (CompilationConfig.inductor_compile_config overrides
@@ -43,6 +45,15 @@ them): C++, not Python, calls the graph's kernels and ops, which a batch-1 step 
 2 threads, batch 1: 1.00-1.21x the Python wrapper's step in three same-run benches, never slower; 1.12x eager at
 batch 32 where the Python wrapper gave 1.03x (bench/RESULTS.md, session 17). Applied only where Python's C headers
 are installed: the C++ wrapper is built as a Python extension module."""
+
+ONE_ROW_INDUCTOR_DEFAULTS = {"realize_opcount_threshold": 0}
+"""Inductor settings a CPU's one-row decode graph adds: store a reused intermediate rather than recompute it.
+A one-row product is a multiply-and-reduce that broadcasts its input row to every output row (models/linear.gemv);
+by default inductor fuses that input's producer (the RMSNorm before q/k/v, SiLU(gate) * up before down) into the
+reduction and recomputes it once per output row, which made the GEMV loops compute-bound. Stored once, the loops
+only stream weights: SmolLM2-135M, batch 1, 2 threads, 1.19x (bf16) and 1.09x (fp32) the step rate in the same
+process (bench/RESULTS.md, session 23). Graphs of more rows call oneDNN's GEMM, which reads a stored input anyway,
+and keep inductor's defaults."""
 
 
 def python_headers_installed() -> bool:
@@ -80,32 +91,51 @@ class CompiledDecode:
         # the ladder's sizes compile one static graph each (dynamo's per-function limit must hold them all)
         limit = torch._dynamo.config.recompile_limit
         torch._dynamo.config.recompile_limit = max(limit, len(self.capture_sizes) + 1)
-        cpu_defaults = kv_caches[0][0].device.type == "cpu" and python_headers_installed()
-        options = {**(CPU_INDUCTOR_DEFAULTS if cpu_defaults else {}), **(inductor_options or {})}
+        cpu = kv_caches[0][0].device.type == "cpu"
+        defaults = CPU_INDUCTOR_DEFAULTS if cpu and python_headers_installed() else {}
+        options = {**defaults, **(inductor_options or {})}
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
+        self.fn = self._compile(run_layers, call_layer, regions, options)
+        """The graph(s) of steps of more than one (padded) row."""
+        self.one_row = self.fn
+        """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
+        one_row_options = options
+        if cpu:
+            one_row_options = {**defaults, **ONE_ROW_INDUCTOR_DEFAULTS, **(inductor_options or {})}
+            self.one_row = partial(self._compile(one_row_step, call_one_row_layer, regions, one_row_options),
+                                   run_layers)
+        self.head = None if head is None else torch.compile(head, dynamic=False, fullgraph=True,
+                                                            options=one_row_options)
+
+    def _compile(self, fn: Callable[..., torch.Tensor], layer: Callable[..., torch.Tensor], regions: bool,
+                 options: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
+        """fn compiled whole, or (regions) fn with `layer`, which calls each decoder layer, compiled."""
         if regions:
-            self.fn = partial(run_layers, call_layer=torch.compile(call_layer, dynamic=True, fullgraph=True,
-                                                                   options=options))
-        else:
-            self.fn = torch.compile(run_layers, dynamic=not self.capture_sizes, fullgraph=True, options=options)
-        self.head = None if head is None else torch.compile(head, dynamic=False, fullgraph=True, options=options)
+            return partial(fn, call_layer=torch.compile(layer, dynamic=True, fullgraph=True, options=options))
+        return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  meta: AttentionMetadata) -> torch.Tensor | None:
         """Hidden states [T, hidden] of a pure decode step; None for a step that must run eagerly."""
+        rows = input_ids.shape[0]
         if not self.capture_sizes:
             step = decode_metadata(meta, self.window)
-            return None if step is None else self.fn(input_ids, positions, kv_caches, step)
-        rows = input_ids.shape[0]
+            if step is None:
+                return None
+            mark_step_dynamic(input_ids, positions, step)
+            return self._graph(rows)(input_ids, positions, kv_caches, step)
         if meta.num_seqs != rows or rows > self.capture_sizes[-1]:  # prompt chunks, or above the ladder
             return None
-        ids, pos, padded = pad_decode(input_ids, positions, meta,
-                                      self.capture_sizes[bisect_left(self.capture_sizes, rows)], self.scratch_block)
+        size = self.capture_sizes[bisect_left(self.capture_sizes, rows)]
+        ids, pos, padded = pad_decode(input_ids, positions, meta, size, self.scratch_block)
         step = flex_decode_metadata(padded, self.window, self.scratch_block + 1)
         if self.cuda_graphs:  # the previous step's outputs are consumed: the graphs may reuse their memory
             torch.compiler.cudagraph_mark_step_begin()
-        return self.fn(ids, pos, kv_caches, step)[:rows]
+        return self._graph(size)(ids, pos, kv_caches, step)[:rows]
+
+    def _graph(self, rows: int) -> Callable[..., torch.Tensor]:
+        return self.one_row if rows == 1 else self.fn
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """float32 logits of one row through the compiled head; None for more rows or no compiled head (eager)."""
@@ -115,6 +145,31 @@ class CompiledDecode:
 def call_layer(layer: torch.nn.Module, *args: Any) -> torch.Tensor:
     """One decoder layer's forward: the region a regional compile compiles once for every layer."""
     return layer(*args)
+
+
+def call_one_row_layer(layer: torch.nn.Module, *args: Any) -> torch.Tensor:
+    """call_layer for one-row steps: code of its own, so dynamo keeps its graph (and settings) apart."""
+    return layer(*args)
+
+
+def one_row_step(run_layers: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A one-row decode step (run_layers inlined): code of its own, so dynamo keeps its graph apart from the
+    graph of more rows, which compiles run_layers itself under other inductor settings."""
+    return run_layers(*args, **kwargs)
+
+
+def mark_step_dynamic(input_ids: torch.Tensor, positions: torch.Tensor, step: DecodeMetadata) -> None:
+    """Mark the torch backend's per-step sizes symbolic, and only those: the key axis, and the rows above one.
+
+    The weights' and the cache's shapes stay static, so no size of the step is unified with a model dimension
+    that happens to be equal when the graph compiles (dynamo's duck sizing), which specialized the graph to that
+    size and compiled it again at the next one; static shapes also spare the kernels their symbolic bounds."""
+    mark = torch._dynamo.maybe_mark_dynamic
+    if input_ids.shape[0] > 1:  # one row is a graph of its own: size 1 is never symbolic
+        for t in (input_ids, positions, step.slot_mapping, step.key_slots, step.key_mask):
+            mark(t, 0)
+    mark(step.key_slots, 1)
+    mark(step.key_mask, 3)
 
 
 def pad_decode(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, size: int,
