@@ -174,6 +174,26 @@ def test_a_cpu_step_calls_its_kernels_from_cpp_unless_told_otherwise(hf_model, k
         assert codes and all(("CppWrapperCodeCache" in code) == cpp for code in codes), settings
 
 
+def test_a_cpu_one_row_graph_is_compiled_apart_to_store_what_its_products_reuse(hf_model, kv_memory,
+                                                                                monkeypatch) -> None:
+    """On a CPU the one-row step (whose products broadcast their input row to every output row) and its LM head
+    compile with ONE_ROW_INDUCTOR_DEFAULTS, apart from the graph of more rows, which keeps inductor's defaults;
+    inductor_compile_config overrides both. (Its speed is measured in bench/, session 23.)"""
+    compiled: list[tuple[str, dict]] = []
+    torch_compile = torch.compile
+
+    def recording(fn, **kwargs):
+        compiled.append((fn.__name__, kwargs["options"]))
+        return torch_compile(fn, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
+    for settings, one_row, more in ((None, 0, None), ({"realize_opcount_threshold": 7}, 7, 7)):
+        compiled.clear()
+        engine(hf_model[1], False, kv_memory, compilation_config={"inductor_compile_config": settings})
+        thresholds = {name: options.get("realize_opcount_threshold") for name, options in compiled}
+        assert thresholds == {"run_layers": more, "one_row_step": one_row, "_logits": one_row}, settings
+
+
 def test_a_compiled_engine_compiles_its_decode_steps_before_the_first_request(hf_model, kv_memory) -> None:
     """One- and two-row decode steps compile at start-up (vLLM's warm-up), so requests never wait on a compile,
     and the engine's counters start after the dummy requests that compiled them."""
