@@ -127,7 +127,8 @@ class CompilationConfig:
     "freezing": true} with weight_prepack=False on a CPU: inductor benchmarks its own GEMM kernels against
     oneDNN's per shape (minutes more compiling; 1.18x the default compiled bf16 batch-1 step in session 9, no gain
     in session 17, bench/RESULTS.md). On a CPU the step starts from CPU_INDUCTOR_DEFAULTS (models/compiled_decode.py:
-    inductor's C++ wrapper); settings here override those."""
+    inductor's C++ wrapper), and its one-row graph from ONE_ROW_INDUCTOR_DEFAULTS too; settings here override
+    those."""
     compile_regions: bool = False
     """Torch attention backend: compile one decoder layer and run that graph for every layer (regional
     compilation), the embedding, RoPE tables and final norm eagerly: one graph to compile instead of the
