@@ -163,7 +163,7 @@ def mark_step_dynamic(input_ids: torch.Tensor, positions: torch.Tensor, step: De
 
     The weights' and the cache's shapes stay static, so no size of the step is unified with a model dimension
     that happens to be equal when the graph compiles (dynamo's duck sizing), which specialized the graph to that
-    size and compiled it again at the next one; static shapes also spare the kernels their symbolic bounds."""
+    size and compiled it again at the next one (bench/RESULTS.md, session 23)."""
     mark = torch._dynamo.maybe_mark_dynamic
     if input_ids.shape[0] > 1:  # one row is a graph of its own: size 1 is never symbolic
         for t in (input_ids, positions, step.slot_mapping, step.key_slots, step.key_mask):
