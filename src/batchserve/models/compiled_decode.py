@@ -97,7 +97,7 @@ class CompiledDecode:
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
         self.fn = self._compile(run_layers, call_layer, regions, options)
-        """The graph(s) of steps of more than one (padded) row."""
+        """The graph(s) of decode steps: off a CPU every step's, on a CPU those of more than one (padded) row."""
         self.one_row = self.fn
         """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
         one_row_options = options
