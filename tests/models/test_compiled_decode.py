@@ -207,6 +207,26 @@ def test_a_compiled_engine_compiles_its_decode_steps_before_the_first_request(hf
     assert llm.llm_engine.stats().generation_tokens == 12
 
 
+def test_decode_steps_after_the_first_run_the_compiled_code_without_dynamo(hf_model, kv_memory, eager,
+                                                                           monkeypatch) -> None:
+    """After its first call each of the torch backend's graphs (one row, more rows, the one-row head) runs the code
+    dynamo made for it straight away, without guards (DirectCall), and decodes as eagerly; where this torch gives
+    no cache entry to run, the steps go through dynamo and decode the same."""
+    import batchserve.models.compiled_decode as compiled_decode
+
+    llm = engine(hf_model[1], False, kv_memory)
+    compiled = llm.llm_engine.model.compiled_decode
+    graphs = (compiled.one_row, compiled.fn, compiled.head)
+    assert all(isinstance(g, compiled_decode.DirectCall) and g.direct for g in graphs)  # compiled at start-up
+    assert generate(llm) == eager
+
+    monkeypatch.delattr(torch._dynamo.eval_frame, "_debug_get_cache_entry_list")
+    llm = engine(hf_model[1], False, kv_memory)
+    compiled = llm.llm_engine.model.compiled_decode
+    assert not any(g.direct for g in (compiled.one_row, compiled.fn, compiled.head))
+    assert generate(llm) == eager
+
+
 def test_the_default_is_eager(hf_model) -> None:
     llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB")
     assert llm.llm_engine.model.compiled_decode is None

@@ -28,7 +28,9 @@ compile time; the few ops around the layers run eagerly.
 
 from __future__ import annotations
 
+import inspect
 import sysconfig
+import types
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -96,17 +98,21 @@ class CompiledDecode:
         options = {**defaults, **(inductor_options or {})}
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
-        self.fn = self._compile(run_layers, call_layer, regions, options)
+        # the torch backend's whole-step graphs serve every step of their row count from one dynamo entry
+        direct = not regions and not self.capture_sizes
+        compiled = self._compile(run_layers, call_layer, regions, options)
+        self.fn = DirectCall(compiled, run_layers) if direct else compiled
         """The graph(s) of decode steps: off a CPU every step's, on a CPU those of more than one (padded) row."""
-        self.one_row = self.fn
+        self.one_row = DirectCall(compiled, run_layers) if direct else compiled
         """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
         one_row_options = options
         if cpu:
             one_row_options = {**defaults, **ONE_ROW_INDUCTOR_DEFAULTS, **(inductor_options or {})}
-            self.one_row = partial(self._compile(one_row_step, call_one_row_layer, regions, one_row_options),
-                                   run_layers)
-        self.head = None if head is None else torch.compile(head, dynamic=False, fullgraph=True,
-                                                            options=one_row_options)
+            compiled = self._compile(one_row_step, call_one_row_layer, regions, one_row_options)
+            self.one_row = (DirectCall(compiled, one_row_step, run_layers) if direct
+                            else partial(compiled, run_layers))
+        self.head = None if head is None else DirectCall(
+            torch.compile(head, dynamic=False, fullgraph=True, options=one_row_options), head)
 
     def _compile(self, fn: Callable[..., torch.Tensor], layer: Callable[..., torch.Tensor], regions: bool,
                  options: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
@@ -121,7 +127,7 @@ class CompiledDecode:
         rows = input_ids.shape[0]
         if not self.capture_sizes:
             step = decode_metadata(meta, self.window)
-            if step is None:
+            if step is None or step.key_slots.shape[1] < MIN_SYMBOLIC_SIZE:
                 return None
             mark_step_dynamic(input_ids, positions, step)
             return self._graph(rows)(input_ids, positions, kv_caches, step)
@@ -140,6 +146,59 @@ class CompiledDecode:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """float32 logits of one row through the compiled head; None for more rows or no compiled head (eager)."""
         return self.head(hidden) if self.head is not None and hidden.shape[0] == 1 else None
+
+
+MIN_SYMBOLIC_SIZE = 2
+"""Dynamo specializes sizes 0 and 1, so a graph's symbolic axis holds sizes from 2 up: a decode step attends at
+least its own key and the one before it (a prompt has a token), and the graph of more rows takes two or more."""
+
+
+class DirectCall:
+    """A compiled graph that, once its first call has compiled it, runs dynamo's transformed bytecode for that call
+    itself: no frame-evaluation hook and no guards (vLLM drops them too).
+
+    Dynamo checks ~300 guards (every weight's dtype, shape and strides) and enters its frame hook on each call:
+    about 1 ms of a 12 ms SmolLM2 bf16 one-row step (bench/RESULTS.md, session 24). For the torch backend's
+    decode graphs nothing those guards check changes between steps: the engine passes the same weights and
+    cache tensors, in the same dtypes, and the sizes that change (rows above one, the key axis) are symbolic in
+    the graph, from MIN_SYMBOLIC_SIZE up, which the caller keeps to. The first call picks the cache entry with
+    dynamo's own guards; where this torch keeps its cache otherwise, every call goes through dynamo."""
+
+    def __init__(self, compiled: Callable[..., Any], fn: Callable[..., Any], *leading: Any) -> None:
+        """`compiled`: torch.compile(fn); `leading`: the arguments every call starts with (as functools.partial)."""
+        self.compiled, self.fn, self.leading = compiled, fn, leading
+        self.run: Callable[..., Any] | None = None
+        """After the first call: the transformed code, or the compiled function where it was not found."""
+        self.direct = False
+        """Whether calls skip dynamo (the transformed code was found)."""
+
+    def __call__(self, *args: Any) -> Any:
+        if self.run is not None:
+            return self.run(*self.leading, *args)
+        out = self.compiled(*self.leading, *args)
+        code = transformed_code(self.fn, self.leading + args)
+        self.direct = code is not None
+        self.run = code or self.compiled
+        return out
+
+
+def transformed_code(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[..., Any] | None:
+    """What dynamo runs for a call fn(*args) it has compiled: the bytecode of the cache entry whose guards pass for
+    these arguments, as a function of fn's arguments (dynamo keeps the original's arguments and free variables).
+    None where this torch's cache has no such entry or API."""
+    func = getattr(fn, "__func__", fn)  # a bound method: dynamo caches its function's code
+    this = (fn.__self__,) if func is not fn else ()
+    try:
+        bound = inspect.signature(func).bind(*this, *args)
+        bound.apply_defaults()
+        entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(func.__code__)
+        entry = next((e for e in entries if e.guard_manager.check(dict(bound.arguments))), None)
+    except (AttributeError, TypeError):
+        return None
+    if entry is None:
+        return None
+    code = types.FunctionType(entry.code, func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    return partial(code, *this)
 
 
 def call_layer(layer: torch.nn.Module, *args: Any) -> torch.Tensor:
