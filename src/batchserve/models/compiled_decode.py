@@ -98,28 +98,27 @@ class CompiledDecode:
         options = {**defaults, **(inductor_options or {})}
         if self.cuda_graphs:  # what mode="reduce-overhead" sets (torch.compile takes a mode or options, not both)
             options["triton.cudagraphs"] = True
-        # the torch backend's whole-step graphs serve every step of their row count from one dynamo entry
-        direct = not regions and not self.capture_sizes
-        compiled = self._compile(run_layers, call_layer, regions, options)
-        self.fn = DirectCall(compiled, run_layers) if direct else compiled
+        self.fn = self._compile(run_layers, call_layer, regions, options)
         """The graph(s) of decode steps: off a CPU every step's, on a CPU those of more than one (padded) row."""
-        self.one_row = DirectCall(compiled, run_layers) if direct else compiled
+        self.one_row = self._compile(run_layers, call_layer, regions, options)  # the same graph's one-row entry
         """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
         one_row_options = options
         if cpu:
             one_row_options = {**defaults, **ONE_ROW_INDUCTOR_DEFAULTS, **(inductor_options or {})}
-            compiled = self._compile(one_row_step, call_one_row_layer, regions, one_row_options)
-            self.one_row = (DirectCall(compiled, one_row_step, run_layers) if direct
-                            else partial(compiled, run_layers))
-        self.head = None if head is None else DirectCall(
-            torch.compile(head, dynamic=False, fullgraph=True, options=one_row_options), head)
+            self.one_row = self._compile(one_row_step, call_one_row_layer, regions, one_row_options, run_layers)
+        self.head = None if head is None else DirectCall(head, one_row_options)
 
     def _compile(self, fn: Callable[..., torch.Tensor], layer: Callable[..., torch.Tensor], regions: bool,
-                 options: Mapping[str, Any]) -> Callable[..., torch.Tensor]:
-        """fn compiled whole, or (regions) fn with `layer`, which calls each decoder layer, compiled."""
+                 options: Mapping[str, Any], *leading: Any) -> Callable[..., torch.Tensor]:
+        """fn compiled whole, or (regions) fn with `layer`, which calls each decoder layer, compiled; its calls
+        start with `leading`. The torch backend's whole step is a DirectCall: one entry of dynamo's cache serves
+        every step of its row count (the flex backend's ladder keeps an entry per size, behind dynamo's guards)."""
         if regions:
-            return partial(fn, call_layer=torch.compile(layer, dynamic=True, fullgraph=True, options=options))
-        return torch.compile(fn, dynamic=False, fullgraph=True, options=options)
+            layer = torch.compile(layer, dynamic=True, fullgraph=True, options=options)
+            return partial(fn, *leading, call_layer=layer)
+        if not self.capture_sizes:
+            return DirectCall(fn, options, *leading)
+        return partial(torch.compile(fn, dynamic=False, fullgraph=True, options=options), *leading)
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                  meta: AttentionMetadata) -> torch.Tensor | None:
@@ -149,24 +148,28 @@ class CompiledDecode:
 
 
 MIN_SYMBOLIC_SIZE = 2
-"""Dynamo specializes sizes 0 and 1, so a graph's symbolic axis holds sizes from 2 up: a decode step attends at
-least its own key and the one before it (a prompt has a token), and the graph of more rows takes two or more."""
+"""Dynamo specializes sizes 0 and 1, so a graph's symbolic axes hold sizes from 2 up: the graph of more rows
+takes two or more, and a step whose rows attend one key (one-token prompts, which run as decode rows) runs eagerly
+rather than through a graph specialized to one key."""
 
 
 class DirectCall:
-    """A compiled graph that, once its first call has compiled it, runs dynamo's transformed bytecode for that call
-    itself: no frame-evaluation hook and no guards (vLLM drops them too).
+    """A function compiled with static shapes except those marked dynamic (torch.compile's dynamic=False) that,
+    once its first call has compiled it, runs dynamo's transformed bytecode for that call itself: no
+    frame-evaluation hook and no guards (vLLM drops them too).
 
     Dynamo checks ~300 guards (every weight's dtype, shape and strides) and enters its frame hook on each call:
     about 1 ms of a 12 ms SmolLM2 bf16 one-row step (bench/RESULTS.md, session 24). For the torch backend's
     decode graphs nothing those guards check changes between steps: the engine passes the same weights and
     cache tensors, in the same dtypes, and the sizes that change (rows above one, the key axis) are symbolic in
-    the graph, from MIN_SYMBOLIC_SIZE up, which the caller keeps to. The first call picks the cache entry with
-    dynamo's own guards; where this torch keeps its cache otherwise, every call goes through dynamo."""
+    the graph, from MIN_SYMBOLIC_SIZE up, which the caller keeps to. The first call picks the cache entry as
+    dynamo does (compiled by this backend, guards passing); where this torch's cache offers none, every call goes
+    through dynamo."""
 
-    def __init__(self, compiled: Callable[..., Any], fn: Callable[..., Any], *leading: Any) -> None:
-        """`compiled`: torch.compile(fn); `leading`: the arguments every call starts with (as functools.partial)."""
-        self.compiled, self.fn, self.leading = compiled, fn, leading
+    def __init__(self, fn: Callable[..., Any], options: Mapping[str, Any], *leading: Any) -> None:
+        """`options`: torch.compile's; `leading`: the arguments every call starts with (as functools.partial)."""
+        self.fn, self.options, self.leading = fn, dict(options), leading
+        self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, options=dict(options))
         self.run: Callable[..., Any] | None = None
         """After the first call: the transformed code, or the compiled function where it was not found."""
         self.direct = False
@@ -176,23 +179,26 @@ class DirectCall:
         if self.run is not None:
             return self.run(*self.leading, *args)
         out = self.compiled(*self.leading, *args)
-        code = transformed_code(self.fn, self.leading + args)
+        code = transformed_code(self.fn, self.leading + args, self.options)
         self.direct = code is not None
         self.run = code or self.compiled
         return out
 
 
-def transformed_code(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[..., Any] | None:
-    """What dynamo runs for a call fn(*args) it has compiled: the bytecode of the cache entry whose guards pass for
-    these arguments, as a function of fn's arguments (dynamo keeps the original's arguments and free variables).
-    None where this torch's cache has no such entry or API."""
+def transformed_code(fn: Callable[..., Any], args: tuple[Any, ...],
+                     options: Mapping[str, Any]) -> Callable[..., Any] | None:
+    """What dynamo runs for a call fn(*args) that torch.compile(fn, dynamic=False, options=options) has compiled:
+    the bytecode of the first entry of fn's cache (dynamo's order) from an inductor backend of those options whose
+    guards pass for these arguments, as a function of fn's arguments (dynamo keeps the original's arguments and
+    free variables). None where this torch's cache has no such entry or API."""
     func = getattr(fn, "__func__", fn)  # a bound method: dynamo caches its function's code
     this = (fn.__self__,) if func is not fn else ()
     try:
         bound = inspect.signature(func).bind(*this, *args)
         bound.apply_defaults()
         entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(func.__code__)
-        entry = next((e for e in entries if e.guard_manager.check(dict(bound.arguments))), None)
+        entry = next((e for e in entries if (e.backend.config or {}) == options and e.backend.dynamic is False
+                      and e.guard_manager.check(dict(bound.arguments))), None)
     except (AttributeError, TypeError):
         return None
     if entry is None:
