@@ -30,7 +30,9 @@ def test_a_dtype_the_engine_does_not_run_is_refused():
         RunSetup(dtype="int8").sim_setup("cpu-local")
 
 
-def test_the_attention_backend_reaches_the_engine_and_its_twin():
+def test_the_attention_backend_reaches_the_engine_and_its_twin(monkeypatch):
+    # no step runs here, so the compiled engine need not compile its graphs at start-up (tests/models covers that)
+    monkeypatch.setattr(LLMEngine, "_compile_decode_steps", lambda self: None)
     setup = RunSetup(device="cpu", attention_backend="flex")
     assert setup.sim_setup("cpu-local").attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
     assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"

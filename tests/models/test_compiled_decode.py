@@ -180,11 +180,10 @@ def test_a_cpu_one_row_graph_is_compiled_apart_to_store_what_its_products_reuse(
     compile with ONE_ROW_INDUCTOR_DEFAULTS, apart from the graph of more rows, which keeps inductor's defaults;
     inductor_compile_config overrides both. (Its speed is measured in bench/, session 23.)"""
     compiled: list[tuple[str, dict]] = []
-    torch_compile = torch.compile
 
-    def recording(fn, **kwargs):
+    def recording(fn, **kwargs):  # the settings are what this test is about: the steps may run eagerly
         compiled.append((fn.__name__, kwargs["options"]))
-        return torch_compile(fn, **kwargs)
+        return fn
 
     monkeypatch.setattr(torch, "compile", recording)
     for settings, one_row, more in ((None, 0, None), ({"realize_opcount_threshold": 7}, 7, 7)):
@@ -291,9 +290,9 @@ def test_flex_compiled_decode_pads_to_the_ladder_and_equals_eager(hf_model, kv_m
     assert graphs <= bound, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
 
 
-def test_padding_rows_write_only_the_scratch_block_and_logits_match_eager(hf_model) -> None:
-    llm = LLM(str(hf_model[1]), skip_tokenizer_init=True, kv_cache_memory="1MiB", enforce_eager=False,
-              attention_backend="flex", compilation_config=LADDER)
+def test_padding_rows_write_only_the_scratch_block_and_logits_match_eager(hf_model, kv_memory) -> None:
+    # the pool of the ladder test above: the graphs it compiled serve this engine
+    llm = engine(hf_model[1], False, kv_memory, attention_backend="flex", compilation_config=LADDER)
     model, executor = llm.llm_engine.model, llm.executor
     num_blocks = llm.scheduler.kv.num_blocks
     scratch = model.compiled_decode.scratch_block

@@ -6,7 +6,8 @@ a step's row count and key length are symbolic (the weights' shapes are not),
 so one graph serves one-row steps and one serves the rest. On a CPU the one-row
 graph is compiled apart, with inductor settings of its own (its products are
 row-major GEMVs, models/linear.py, ONE_ROW_INDUCTOR_DEFAULTS), and its LM head
-runs through a small static graph of its own.
+runs through a small static graph of its own. After its first call each of
+these graphs runs dynamo's transformed code itself, without guards (DirectCall).
 
 The flex backend reads K/V in place from the pool (a fixed-size key axis), so
 its decode step's shapes depend on the row count only: a step of B rows is
