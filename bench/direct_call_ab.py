@@ -1,0 +1,64 @@
+"""Compiled batch-1 decode of the real SmolLM2 through dynamo vs through DirectCall, in one process.
+
+Two compiled engines of the same weights: one calls its decode graphs through dynamo on every step (guards and the
+frame hook; DirectCall's cache lookup switched off), the other runs dynamo's transformed code directly
+(models/compiled_decode.DirectCall, the default). Rounds alternate their order; each round decodes 128 tokens
+after a 128-token prompt (bench_quant.decode_rate).
+
+    python bench/direct_call_ab.py --dtype bfloat16 --rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import batchserve.models.compiled_decode as compiled_decode  # noqa: E402
+import torch  # noqa: E402
+from bench_quant import decode_rate, smollm2_path  # noqa: E402
+from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
+
+
+def engine(dtype: str, direct: bool) -> LLMEngine:
+    """A compiled engine whose decode graphs skip dynamo after their first call (direct) or never do."""
+    lookup = compiled_decode.transformed_code
+    if not direct:
+        compiled_decode.transformed_code = lambda *args: None  # no entry found: every call goes through dynamo
+    try:
+        e = LLMEngine(smollm2_path(), device="cpu", skip_tokenizer_init=True, kv_cache_memory="512MiB", dtype=dtype,
+                      enforce_eager=False, max_num_batched_tokens=2048)
+    finally:
+        compiled_decode.transformed_code = lookup
+    graphs = e.model.compiled_decode
+    assert all(g.direct == direct for g in (graphs.one_row, graphs.fn, graphs.head))
+    return e
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    engines = {"dynamo": engine(args.dtype, False), "direct": engine(args.dtype, True)}
+    for e in engines.values():
+        decode_rate(e, 128, 8)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    for i in range(args.rounds):
+        for name in list(engines)[:: 1 if i % 2 == 0 else -1]:
+            rates[name].append(decode_rate(engines[name], 128, 128))
+    print(f"nproc {os.cpu_count()}, torch {torch.__version__}, {args.dtype}, batch-1 decode tok/s")
+    for name, r in rates.items():
+        print(f"{name}: median {statistics.median(r):.1f} ({', '.join(f'{x:.1f}' for x in r)})")
+    ratios = [b / a for a, b in zip(rates["dynamo"], rates["direct"])]
+    print(f"direct / dynamo per round: median {statistics.median(ratios):.3f} "
+          f"({', '.join(f'{x:.3f}' for x in ratios)})")
+
+
+if __name__ == "__main__":
+    main()
