@@ -206,18 +206,15 @@ def test_a_compiled_engine_compiles_its_decode_steps_before_the_first_request(hf
     assert llm.llm_engine.stats().generation_tokens == 12
 
 
-def test_decode_steps_after_the_first_run_the_compiled_code_without_dynamo(hf_model, kv_memory, eager,
-                                                                           monkeypatch) -> None:
-    """After its first call each of the torch backend's graphs (one row, more rows, the one-row head) runs the code
-    dynamo made for it straight away, without guards (DirectCall), and decodes as eagerly; where this torch gives
-    no cache entry to run, the steps go through dynamo and decode the same."""
-    import batchserve.models.compiled_decode as compiled_decode
+def test_decode_graphs_skip_dynamo_after_their_first_call_unless_this_torch_cannot(hf_model, kv_memory, eager,
+                                                                                  monkeypatch) -> None:
+    """After its first call (at start-up) each of the torch backend's graphs (one row, more rows, the one-row head)
+    runs the code dynamo made for it directly, without guards (DirectCall; the oracle above decodes through them);
+    where this torch gives no cache entry to run, the steps go through dynamo and decode the same."""
+    from batchserve.models.compiled_decode import DirectCall
 
-    llm = engine(hf_model[1], False, kv_memory)
-    compiled = llm.llm_engine.model.compiled_decode
-    graphs = (compiled.one_row, compiled.fn, compiled.head)
-    assert all(isinstance(g, compiled_decode.DirectCall) and g.direct for g in graphs)  # compiled at start-up
-    assert generate(llm) == eager
+    compiled = engine(hf_model[1], False, kv_memory).llm_engine.model.compiled_decode
+    assert all(isinstance(g, DirectCall) and g.direct for g in (compiled.one_row, compiled.fn, compiled.head))
 
     monkeypatch.delattr(torch._dynamo.eval_frame, "_debug_get_cache_entry_list")
     llm = engine(hf_model[1], False, kv_memory)
