@@ -101,8 +101,10 @@ class CompiledDecode:
             options["triton.cudagraphs"] = True
         self.fn = self._compile(run_layers, call_layer, regions, options)
         """The graph(s) of decode steps: off a CPU every step's, on a CPU those of more than one (padded) row."""
-        self.one_row = self._compile(run_layers, call_layer, regions, options)  # the same graph's one-row entry
-        """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
+        self.one_row = (self._compile(run_layers, call_layer, regions, options) if isinstance(self.fn, DirectCall)
+                        else self.fn)
+        """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS; elsewhere the same
+        graph (a DirectCall of its own runs its one-row entry)."""
         one_row_options = options
         if cpu:
             one_row_options = {**defaults, **ONE_ROW_INDUCTOR_DEFAULTS, **(inductor_options or {})}
