@@ -3,9 +3,10 @@
 Two compiled engines of the same weights: one calls its decode graphs through dynamo on every step (guards and the
 frame hook; DirectCall's cache lookup switched off), the other runs dynamo's transformed code directly
 (models/compiled_decode.DirectCall, the default). Rounds alternate their order; each round decodes 128 tokens
-after a 128-token prompt (bench_quant.decode_rate).
+after a 128-token prompt (bench_quant.decode_rate), or with --num-requests N runs bench_engine's mixed workload of
+N requests (bench_quant.mixed_rate: output tok/s; steps of several rows run the graph of more rows).
 
-    python bench/direct_call_ab.py --dtype bfloat16 --rounds 10
+    python bench/direct_call_ab.py --dtype bfloat16 --rounds 10 [--num-requests 64]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import batchserve.models.compiled_decode as compiled_decode  # noqa: E402
 import torch  # noqa: E402
-from bench_quant import decode_rate, smollm2_path  # noqa: E402
+from bench_quant import decode_rate, mixed_rate, smollm2_path  # noqa: E402
 from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--num-requests", type=int, default=0, help="the mixed workload's requests; 0: batch 1")
     args = parser.parse_args()
     torch.set_num_threads(2)
     engines = {"dynamo": engine(args.dtype, False), "direct": engine(args.dtype, True)}
@@ -51,8 +53,11 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in engines}
     for i in range(args.rounds):
         for name in list(engines)[:: 1 if i % 2 == 0 else -1]:
-            rates[name].append(decode_rate(engines[name], 128, 128))
-    print(f"nproc {os.cpu_count()}, torch {torch.__version__}, {args.dtype}, batch-1 decode tok/s")
+            e = engines[name]
+            rates[name].append(mixed_rate(e, e.model_config.vocab_size, args.num_requests) if args.num_requests
+                               else decode_rate(e, 128, 128))
+    what = f"{args.num_requests}-request mixed output tok/s" if args.num_requests else "batch-1 decode tok/s"
+    print(f"nproc {os.cpu_count()}, torch {torch.__version__}, {args.dtype}, {what}")
     for name, r in rates.items():
         print(f"{name}: median {statistics.median(r):.1f} ({', '.join(f'{x:.1f}' for x in r)})")
     ratios = [b / a for a, b in zip(rates["dynamo"], rates["direct"])]
