@@ -17,12 +17,17 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
 
-import batchserve.models.compiled_decode as compiled_decode  # noqa: E402
-import torch  # noqa: E402
-from bench_quant import decode_rate, mixed_rate, smollm2_path  # noqa: E402
-from batchserve.engine.llm_engine import LLMEngine  # noqa: E402
+# isort: split
+
+import torch
+
+from batchserve.engine.llm_engine import LLMEngine
+from batchserve.models import compiled_decode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_quant import decode_rate, mixed_rate, smollm2_path
 
 
 def engine(dtype: str, direct: bool) -> LLMEngine:

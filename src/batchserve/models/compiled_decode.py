@@ -101,14 +101,15 @@ class CompiledDecode:
             options["triton.cudagraphs"] = True
         self.fn = self._compile(run_layers, call_layer, regions, options)
         """The graph(s) of decode steps: off a CPU every step's, on a CPU those of more than one (padded) row."""
-        self.one_row = (self._compile(run_layers, call_layer, regions, options) if isinstance(self.fn, DirectCall)
-                        else self.fn)
-        """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS; elsewhere the same
-        graph (a DirectCall of its own runs its one-row entry)."""
         one_row_options = options
         if cpu:
             one_row_options = {**defaults, **ONE_ROW_INDUCTOR_DEFAULTS, **(inductor_options or {})}
             self.one_row = self._compile(one_row_step, call_one_row_layer, regions, one_row_options, run_layers)
+        elif isinstance(self.fn, DirectCall):  # a DirectCall of its own runs the same graph's one-row entry
+            self.one_row = self._compile(run_layers, call_layer, regions, options)
+        else:
+            self.one_row = self.fn
+        """The graph of one-row steps: on a CPU compiled apart, with ONE_ROW_INDUCTOR_DEFAULTS."""
         self.head = None if head is None else DirectCall(head, one_row_options)
 
     def _compile(self, fn: Callable[..., torch.Tensor], layer: Callable[..., torch.Tensor], regions: bool,
