@@ -7,6 +7,7 @@ after a 128-token prompt (bench_quant.decode_rate), or with --num-requests N run
 N requests (bench_quant.mixed_rate: output tok/s; steps of several rows run the graph of more rows).
 
     python bench/direct_call_ab.py --dtype bfloat16 --rounds 10 [--num-requests 64]
+    python bench/direct_call_ab.py --device cuda --shape qwen0.5b --rounds 6     # random weights of that shape
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
@@ -27,21 +29,23 @@ from batchserve.engine.llm_engine import LLMEngine
 from batchserve.models import compiled_decode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_engine import SHAPES
+from bench_fidelity import build_model
 from bench_quant import decode_rate, mixed_rate, smollm2_path
 
 
-def engine(dtype: str, direct: bool) -> LLMEngine:
+def engine(model: str, device: str, dtype: str, direct: bool) -> LLMEngine:
     """A compiled engine whose decode graphs skip dynamo after their first call (direct) or never do."""
     lookup = compiled_decode.transformed_code
     if not direct:
         compiled_decode.transformed_code = lambda *args: None  # no entry found: every call goes through dynamo
     try:
-        e = LLMEngine(smollm2_path(), device="cpu", skip_tokenizer_init=True, kv_cache_memory="512MiB", dtype=dtype,
+        e = LLMEngine(model, device=device, skip_tokenizer_init=True, kv_cache_memory="512MiB", dtype=dtype,
                       enforce_eager=False, max_num_batched_tokens=2048)
     finally:
         compiled_decode.transformed_code = lookup
-    graphs = e.model.compiled_decode
-    assert all(g.direct == direct for g in (graphs.one_row, graphs.fn, graphs.head))
+    graphs = e.model.compiled_decode  # off a CPU there is no compiled head (its weights are not row-major)
+    assert all(g.direct == direct for g in (graphs.one_row, graphs.fn, graphs.head) if g is not None)
     return e
 
 
@@ -50,9 +54,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--num-requests", type=int, default=0, help="the mixed workload's requests; 0: batch 1")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="a random-weight model of this shape, not SmolLM2")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    engines = {"dynamo": engine(args.dtype, False), "direct": engine(args.dtype, True)}
+    tmp = tempfile.TemporaryDirectory()  # removed as the process ends
+    if args.shape:
+        build_model(args.shape, getattr(torch, args.dtype), tmp.name)
+    model = tmp.name if args.shape else smollm2_path()
+    engines = {"dynamo": engine(model, args.device, args.dtype, False),
+               "direct": engine(model, args.device, args.dtype, True)}
     for e in engines.values():
         decode_rate(e, 128, 8)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in engines}
@@ -62,7 +73,8 @@ def main() -> None:
             rates[name].append(mixed_rate(e, e.model_config.vocab_size, args.num_requests) if args.num_requests
                                else decode_rate(e, 128, 128))
     what = f"{args.num_requests}-request mixed output tok/s" if args.num_requests else "batch-1 decode tok/s"
-    print(f"nproc {os.cpu_count()}, torch {torch.__version__}, {args.dtype}, {what}")
+    print(f"nproc {os.cpu_count()}, torch {torch.__version__}, {args.device}, {args.shape or 'SmolLM2'}, "
+          f"{args.dtype}, {what}")
     for name, r in rates.items():
         print(f"{name}: median {statistics.median(r):.1f} ({', '.join(f'{x:.1f}' for x in r)})")
     ratios = [b / a for a, b in zip(rates["dynamo"], rates["direct"])]
