@@ -5,7 +5,8 @@
 # through dynamo vs DirectCall, simulator fidelity.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # The steps run in order of what they are worth; each is cut at its own limit or at the deadline, whichever comes
-# first, and one that fails or is cut is reported and the next one runs.
+# first, and one that fails or is cut is reported and the next one runs. ONLY (a regular expression) runs the steps
+# whose names match: ONLY='1b|2c' bash bench/gpu_run.sh
 set -euo pipefail
 OUT=$(realpath -m "${OUT:-gpu-out}"); mkdir -p "$OUT"
 DEADLINE=${DEADLINE:-470}
@@ -13,6 +14,7 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, print the log's tail
   local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
   local left=$((DEADLINE - SECONDS))
   if [ "$left" -lt 10 ]; then echo "!! $name: skipped, ${left}s left before the deadline"; return; fi
   if [ "$left" -lt "$limit" ]; then limit=$left; fi
@@ -43,10 +45,10 @@ step 2-throughput 80 python3 bench_engine.py --device cuda --model qwen0.5b --dt
 step 2b-direct-call 60 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
 # decode step time against the HBM roofline ((weights + K/V bytes) / bandwidth); flex-compiled = captured decode
 # steps (CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's reduce-overhead mode)
-step 2c-decode-roofline 90 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
+step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
     --batch 64 --batch 256 --modes eager,compiled,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
     --kv-cache-memory 16GiB
-step 2d-captured-decode-llama 60 python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
+step 2d-captured-decode-llama 80 python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
     --batch 1 --batch 64 --batch 256 --modes eager,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
     --kv-cache-memory 16GiB
 # the flex kernel against the gather backend, op level

@@ -28,6 +28,7 @@ from ..lora import LoRAAdmission, LoRAConfig, LoRARequest
 from ..lora.manager import LoRAManager
 from ..model_config import ModelConfig, kv_bytes_per_block
 from ..models.batch_invariant import make_batch_invariant
+from ..models.flex_attention import TRITON_MIN_TILE
 from ..models.llama import CausalLM
 from ..models.loader import load_model
 from ..outputs import RequestOutput
@@ -130,6 +131,10 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
         if attention_backend is not None:
             attention = dataclasses.replace(attention, backend=attention_backend)
+        if attention.backend == "flex" and device.type == "cuda" and block_size % TRITON_MIN_TILE:
+            raise ValueError(f"--attention-backend flex on CUDA needs --block-size a multiple of {TRITON_MIN_TILE} "
+                             f"(Triton's smallest key tile), got {block_size}; use 16 or 32, or --attention-backend "
+                             "torch")
         compilation = CompilationConfig.of(compilation_config)
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "

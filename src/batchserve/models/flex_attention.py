@@ -16,6 +16,7 @@ row and once for more, not per batch shape.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,23 @@ _compiled_flex = torch.compile(flex_attention, fullgraph=True)
 """fullgraph: past the recompile limit dynamo fails instead of running flex_attention uncompiled, whose dense
 math path evaluates the mask on every pool slot and ignores the block mask's sparsity. Our mask is only defined
 inside a row's first and last block, so that path returns attention over the whole pool: wrong, silently."""
+
+
+TRITON_MIN_TILE = 16
+"""The smallest query or key tile of Triton's flex kernels (a tensor-core product's side). On CUDA the block mask's
+blocks must be multiples of the kernel's tiles: torch 2.11 refuses a query block of 1 ("Q and KV block size must be
+divisible by BLOCK_M and BLOCK_N"; H200, bench/RESULTS.md, session 25), and a 16-slot pool block is below the
+default key tile of 64."""
+
+CUDA_Q_BLOCK_SIZE = 128
+"""The block mask's query block on CUDA (FlexAttention's default). Each row holds one query, so the mask has one
+query block either way; the kernel masks the rows past it. A CPU keeps a block of 1, which its C++ template takes."""
+
+
+def cuda_kernel_options(block_size: int) -> dict[str, int]:
+    """Triton's key tile: the largest power of two up to the default 64 that divides a pool block, so that each
+    tile lies in one block of the mask."""
+    return {"BLOCK_N": math.gcd(block_size, 64)}
 
 
 class FlexRecompileLimitError(RuntimeError):
@@ -96,9 +114,10 @@ def _block_mask(blocks: tuple[torch.Tensor, ...], block_size: int) -> BlockMask:
         return (((block != bounds[b, 2]) | (offset <= bounds[b, 3]))
                 & ((block != bounds[b, 0]) | (offset >= bounds[b, 1])))
 
+    q_block = CUDA_Q_BLOCK_SIZE if partial.is_cuda else 1
     return BlockMask.from_kv_blocks(
         num_partial, partial, num_full, full,
-        BLOCK_SIZE=(1, block_size), mask_mod=visible, seq_lengths=(1, partial.shape[-1] * block_size),
+        BLOCK_SIZE=(q_block, block_size), mask_mod=visible, seq_lengths=(1, partial.shape[-1] * block_size),
         compute_q_blocks=False)  # q blocks only serve the backward pass
 
 
@@ -124,8 +143,10 @@ def _flex_pool(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bl
     values = v_cache.transpose(0, 1)[None]
     if queries.shape[0] > 1:
         torch._dynamo.mark_dynamic(queries, 0)
+    options = cuda_kernel_options(block_mask.BLOCK_SIZE[1]) if queries.is_cuda else None
     try:
-        out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True)
+        out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True,
+                             kernel_options=options)
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise FlexRecompileLimitError(
             f"the flex attention backend needed more than {torch._dynamo.config.recompile_limit} compiled graphs "
