@@ -111,10 +111,13 @@ def main() -> None:
                 build_model(args.shape, getattr(torch, dtype), tmp)
             # with flex-compiled, the engine's own compiled steps: a ladder of exactly the benched batch sizes
             ladder = "flex-compiled" in modes
+            start = time.perf_counter()
             llm = LLMEngine(tmp if args.shape else args.model, dtype=dtype, device=args.device,
                             kv_cache_memory=args.kv_cache_memory, skip_tokenizer_init=True, enforce_eager=not ladder,
                             attention_backend="flex" if ladder else "torch",
                             compilation_config={"cudagraph_capture_sizes": args.batch or [1]})
+            print(f"# {dtype}: engine ready in {time.perf_counter() - start:.0f} s (its start-up compiles included)",
+                  flush=True)
         flex_attention = dataclasses.replace(llm.executor.attention, backend="flex")
         torch_attention = dataclasses.replace(llm.executor.attention, backend="torch")
         steps = {"flex-compiled": llm.model.compiled_decode}
@@ -133,6 +136,7 @@ def main() -> None:
             decode_step_seconds(llm, 1, 16, 3, seed=-1)
             decode_step_seconds(llm, 2, 16, 3, seed=-2)
             compile_seconds[mode] = time.perf_counter() - t
+            print(f"# {mode}: compiled in {compile_seconds[mode]:.0f} s", flush=True)
         if "flex" in modes:  # the flex kernel's graphs for one row and for more, untimed for the rounds
             llm.model.compiled_decode = None
             llm.executor.attention = flex_attention

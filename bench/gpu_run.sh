@@ -48,7 +48,8 @@ step 2b-direct-call 60 python3 direct_call_ab.py --device cuda --shape qwen0.5b 
 step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
     --batch 64 --batch 256 --modes eager,compiled,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
     --kv-cache-memory 16GiB
-step 2d-captured-decode-llama 80 python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
+# perf_hints: inductor says why it skips a graph's CUDA graph (session 25: the ladder ran slower than eager)
+step 2d-captured-decode-llama 80 env TORCH_LOGS=perf_hints python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
     --batch 1 --batch 64 --batch 256 --modes eager,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
     --kv-cache-memory 16GiB
 # the flex kernel against the gather backend, op level
