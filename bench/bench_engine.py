@@ -22,12 +22,19 @@ batching is engine against engine on the same kernels.
 
     python bench/bench_engine.py --model small --dtype float32 --num-requests 64
     python bench/bench_engine.py --model qwen0.5b --dtype bfloat16 --baseline-batch 16
+    python bench/bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+        --enforce-eager both --attention-backend flex     # eager steps vs the captured decode ladder
+
+`--enforce-eager off` runs the engine's compiled decode steps (`--no-enforce-eager`: on the torch backend one
+graph for one row and one for more, called without dynamo; on the flex backend padded to a ladder of batch sizes,
+CUDA graphs on CUDA); they compile as the engine starts, outside the timed run.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
 import random
@@ -172,6 +179,10 @@ def main() -> None:
     parser.add_argument("--async-scheduling", choices=["off", "on", "both"], default="off",
                         help="batchserve's async scheduling (the next step scheduled while one runs): off, on, or "
                              "both (an untimed warm-up run, then a row each and their ratio)")
+    parser.add_argument("--enforce-eager", choices=["on", "off", "both"], default="on",
+                        help="batchserve's decode steps: eager (on, the engine's default), compiled (off), or both")
+    parser.add_argument("--attention-backend", choices=["torch", "flex"], default="torch",
+                        help="batchserve's paged attention: a gather + SDPA (torch) or FlexAttention in place (flex)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # threads started later (transformers' batching loop) inherit it
     dtype = getattr(torch, args.dtype)
@@ -203,12 +214,15 @@ def main() -> None:
     ours: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        for prepack in {"on": [True], "off": [False], "both": [True, False]}[args.prepack]:
+        options = {"on": [True], "off": [False], "both": [True, False]}
+        for prepack, eager in itertools.product(options[args.prepack], options[args.enforce_eager]):
+            engine = {"enforce_eager": eager, "attention_backend": args.attention_backend}
             if args.async_scheduling == "both":  # the two rows share their kernels: the first would build them
-                run_ours(tmp, args.dtype, reqs, args.device, prepack)
+                run_ours(tmp, args.dtype, reqs, args.device, prepack, **engine)
             for overlap in {"off": [False], "on": [True], "both": [False, True]}[args.async_scheduling]:
-                wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack, async_scheduling=overlap)
-                name = f"batchserve (prepack {'on' if prepack else 'off'}{', async scheduling' if overlap else ''})"
+                wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack, async_scheduling=overlap, **engine)
+                name = (f"batchserve (prepack {'on' if prepack else 'off'}{'' if eager else ', compiled'}"
+                        f"{', async scheduling' if overlap else ''})")
                 ours[name] = wall
                 ex = llm.executor
                 print(f"{name}: {rate(wall)}; time outside forward + sampling (scheduling, input prep, "
@@ -222,6 +236,10 @@ def main() -> None:
         plain = name.removesuffix(", async scheduling)") + ")"
         if plain in ours:
             print(f"async scheduling: {ours[plain] / ours[name]:.2f}x as fast as {plain}")
+    for name in [n for n in ours if ", compiled" in n]:
+        eager = name.replace(", compiled", "")
+        if eager in ours:
+            print(f"compiled decode steps: {ours[eager] / ours[name]:.2f}x as fast as {eager}")
     if args.no_baseline:
         return
     hf = hf.to(device=args.device, dtype=dtype)

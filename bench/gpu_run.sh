@@ -37,9 +37,9 @@ step 1b-compiled-decode 75 python3 -m pytest -o addopts="" -q -n 4 -p no:cachepr
 # prefix caching and preemption
 step 1c-flex-oracle 30 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
 cd bench
-# end to end against transformers' static batching, with and without async scheduling (their ratio is printed)
-step 2-throughput 80 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-    --baseline-batch 256 --baseline static --prepack on --async-scheduling both
+# end to end against transformers' static batching, eager and compiled decode steps (their ratio is printed), async scheduling on
+step 2-throughput 100 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+    --baseline-batch 256 --baseline static --prepack on --async-scheduling on --enforce-eager both
 # batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process;
 # it leaves inductor's cache warm for the compiled mode below
 step 2b-direct-call 60 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6

@@ -204,6 +204,8 @@ def test_a_compiled_engine_compiles_its_decode_steps_before_the_first_request(hf
     llm = engine(hf_model[1], False, kv_memory)
     stats = llm.llm_engine.stats()
     assert (stats.computed_prompt_tokens, stats.generation_tokens, stats.prefix_cache_queries) == (0, 0, 0)
+    executor = llm.llm_engine.executor  # its step timers too: the compiles are not forward time of the job
+    assert (executor.model_s, executor.prepare_s) == (0.0, 0.0)
     graphs_before = counters["stats"]["unique_graphs"]
     for batch in ([[5, 6, 7]], [[5, 6, 7], [8, 9]]):
         llm.generate(batch, SamplingParams(max_tokens=4, temperature=0, ignore_eos=True), use_tqdm=False)

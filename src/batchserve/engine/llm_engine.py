@@ -225,6 +225,7 @@ class LLMEngine:
         kv = self.scheduler.kv
         kv.num_queries = kv.num_hits = 0
         kv.pool.reset_prefix_cache()
+        self.executor.prepare_s = self.executor.model_s = 0.0
         self._t0 = time.perf_counter()
 
     def _load_draft(self, spec: SpeculativeConfig | None, dtype: str, prepack: bool
