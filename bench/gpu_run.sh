@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device session, under 8 minutes (DEADLINE seconds, 470 by default): CUDA correctness of the engine (eager,
-# compiled decode, the in-place flex attention backend, captured flex decode steps, async scheduling), throughput
-# vs transformers (with and without async scheduling), decode step time against the HBM roofline, compiled decode
-# through dynamo vs DirectCall, simulator fidelity.
+# compiled decode, the in-place flex attention backend, captured flex decode steps), decode step time against the
+# HBM roofline, throughput vs transformers (eager and compiled decode steps), compiled decode through dynamo vs
+# DirectCall, simulator fidelity. Packages the machine lacks (llguidance, on the lent H200 image) go on PYTHONPATH,
+# which the script keeps: bench/RESULTS.md, session 25.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # The steps run in order of what they are worth; each is cut at its own limit or at the deadline, whichever comes
 # first, and one that fails or is cut is reported and the next one runs. ONLY (a regular expression) runs the steps
@@ -10,7 +11,7 @@
 set -euo pipefail
 OUT=$(realpath -m "${OUT:-gpu-out}"); mkdir -p "$OUT"
 DEADLINE=${DEADLINE:-470}
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, print the log's tail
   local name=$1 limit=$2; shift 2
@@ -32,29 +33,31 @@ step versions 15 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_versio
 step 1-oracle 70 python3 -m pytest -o addopts="" -q -n 4 -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
     tests/engine/test_llm_engine.py -k "not flex"
 # compiled decode steps (torch backend: DirectCall; flex backend: the captured ladder) equal eager and transformers
-step 1b-compiled-decode 75 python3 -m pytest -o addopts="" -q -n 4 -p no:cacheprovider tests/models/test_compiled_decode.py
+step 1b-compiled-decode 75 python3 -m pytest -o addopts="" -q -n 4 -p no:cacheprovider \
+    tests/models/test_compiled_decode.py
 # --attention-backend flex on CUDA (Triton FlexAttention over the block pool): greedy equal to transformers with
 # prefix caching and preemption
-step 1c-flex-oracle 30 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/entrypoints/test_llm_oracle.py -k flex
+step 1c-flex-oracle 30 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
+    -k flex
 cd bench
-# end to end against transformers' static batching, eager and compiled decode steps (their ratio is printed), async scheduling on
+# captured decode steps (flex backend, CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's
+# reduce-overhead mode) against eager and the HBM roofline ((weights + K/V bytes) / bandwidth); perf_hints and
+# recompiles say why inductor skips a CUDA graph and why dynamo recompiles (session 25: slower than eager)
+step 2d-captured-decode-llama 80 env TORCH_LOGS=perf_hints,recompiles python3 bench_decode.py --device cuda \
+    --shape llama3.2-1b --dtype bfloat16 --batch 1 --batch 64 --batch 256 --modes eager,flex-compiled --rounds 1 \
+    --prompt-len 128 --new-tokens 16 --kv-cache-memory 16GiB
+# the torch backend's compiled decode steps (one graph for one row, one for more, run without dynamo: DirectCall)
+step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
+    --batch 64 --batch 256 --modes eager,compiled --rounds 1 --prompt-len 128 --new-tokens 16 --kv-cache-memory 16GiB
+# end to end against transformers' static batching, eager and compiled decode steps (their ratio is printed), both
+# with async scheduling
 step 2-throughput 100 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
     --baseline-batch 256 --baseline static --prepack on --async-scheduling on --enforce-eager both
-# batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process;
-# it leaves inductor's cache warm for the compiled mode below
-step 2b-direct-call 60 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
-# decode step time against the HBM roofline ((weights + K/V bytes) / bandwidth); flex-compiled = captured decode
-# steps (CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's reduce-overhead mode)
-step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.5b --dtype bfloat16 --batch 1 \
-    --batch 64 --batch 256 --modes eager,compiled,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
-    --kv-cache-memory 16GiB
-# perf_hints: inductor says why it skips a graph's CUDA graph (session 25: the ladder ran slower than eager)
-step 2d-captured-decode-llama 80 env TORCH_LOGS=perf_hints python3 bench_decode.py --device cuda --shape llama3.2-1b --dtype bfloat16 \
-    --batch 1 --batch 64 --batch 256 --modes eager,flex-compiled --rounds 1 --prompt-len 128 --new-tokens 16 \
-    --kv-cache-memory 16GiB
+# batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process
+step 2b-direct-call 90 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
 # the flex kernel against the gather backend, op level
 step 1d-flex-op 25 python3 bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 --batch 256 \
     --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
-step 3-fidelity 50 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
+step 3-fidelity 60 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
     --kv-cache-memory 16GiB --out "$OUT"
 echo "== done at ${SECONDS}s"
