@@ -160,3 +160,9 @@ def test_attention_knobs_reach_every_step_and_keep_greedy_output() -> None:
             engine.add_request(str(i), prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
         outputs.append({rid: outs[-1].outputs[0].token_ids for rid, outs in _drain(engine).items()})
     assert outputs[0] == outputs[1]  # bucketing changes only how decodes are padded, never what they compute
+
+
+def test_a_cuda_flex_engine_refuses_a_block_size_triton_cannot_tile() -> None:
+    """Checked before the weights load or CUDA starts, so it holds on a machine without a GPU."""
+    with pytest.raises(ValueError, match="flex on CUDA needs --block-size a multiple of 16.*got 8"):
+        LLMEngine("tiny", device="cuda", attention_backend="flex", block_size=8, kv_cache_memory="16MiB")
