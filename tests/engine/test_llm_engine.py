@@ -164,5 +164,5 @@ def test_attention_knobs_reach_every_step_and_keep_greedy_output() -> None:
 
 def test_a_cuda_flex_engine_refuses_a_block_size_triton_cannot_tile() -> None:
     """Checked before the weights load or CUDA starts, so it holds on a machine without a GPU."""
-    with pytest.raises(ValueError, match="flex on CUDA needs --block-size a multiple of 16.*got 8"):
+    with pytest.raises(ValueError, match="flex attention backend on CUDA needs block_size a multiple of 16.*got 8"):
         LLMEngine("tiny", device="cuda", attention_backend="flex", block_size=8, kv_cache_memory="16MiB")

@@ -132,9 +132,9 @@ class LLMEngine:
         if attention_backend is not None:
             attention = dataclasses.replace(attention, backend=attention_backend)
         if attention.backend == "flex" and device.type == "cuda" and block_size % TRITON_MIN_TILE:
-            raise ValueError(f"--attention-backend flex on CUDA needs --block-size a multiple of {TRITON_MIN_TILE} "
-                             f"(Triton's smallest key tile), got {block_size}; use 16 or 32, or --attention-backend "
-                             "torch")
+            raise ValueError(f"the flex attention backend on CUDA needs block_size a multiple of {TRITON_MIN_TILE} "
+                             f"(Triton's smallest key tile), got {block_size}; use 16 (the default) or 32, or the "
+                             "torch attention backend")
         compilation = CompilationConfig.of(compilation_config)
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "
