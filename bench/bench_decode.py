@@ -41,6 +41,7 @@ import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before 
 import torch
 from bench_engine import SHAPES
 from bench_fidelity import build_model
+from torch._dynamo.utils import counters
 
 from batchserve.calibration.device import memory_bandwidth
 from batchserve.engine.llm_engine import LLMEngine
@@ -157,6 +158,10 @@ def main() -> None:
                 print(f"| {dtype} | {batch} | {mode} | {compile_seconds.get(mode, 0):.0f} | "
                       f"{step * 1e3:.1f} | {batch / step:.1f} | {limit * 1e3:.1f} | {limit / step:.0%} |", flush=True)
     print(f"# load after: {os.getloadavg()[0]:.1f}")
+    graphs = counters["stats"]["unique_graphs"]
+    if "flex-compiled" in modes and args.device == "cuda":  # did the ladder's graphs replay as CUDA graphs?
+        print(f"# dynamo graphs {graphs}; inductor skipped CUDA graphs {counters['inductor']['cudagraph_skips']} "
+              "times (TORCH_LOGS=perf_hints says why)")
 
 
 if __name__ == "__main__":
