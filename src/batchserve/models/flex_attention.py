@@ -4,8 +4,9 @@ The plain-torch backend (attention.py) copies each row's keys into a padded
 tensor before SDPA; here the pool itself, viewed as one long key axis of
 num_blocks * block_size slots, is the key tensor, and a BlockMask built from
 the block tables tells the kernel which pool blocks each query visits. Every
-query token that needs cached keys is one batch row with one query, so decodes
-and prompt chunks on cached context share one call. A row's blocks strictly
+query token that needs cached keys is one batch row, so decodes and prompt
+chunks on cached context share one call; a row's queries are, per KV head, the
+query heads that share it (GQA), so its keys are read once per group. A row's blocks strictly
 inside its visible range are "full" (no mask evaluated); only its first block
 (sliding window) and last block (its own position) are masked.
 
@@ -38,9 +39,9 @@ blocks must be multiples of the kernel's tiles: torch 2.11 refuses a query block
 divisible by BLOCK_M and BLOCK_N"; H200, bench/RESULTS.md, session 25), and a 16-slot pool block is below the
 default key tile of 64."""
 
-CUDA_Q_BLOCK_SIZE = 128
-"""The block mask's query block on CUDA (FlexAttention's default). Each row holds one query, so the mask has one
-query block either way; the kernel masks the rows past it. A CPU keeps a block of 1, which its C++ template takes."""
+Q_BLOCK_SIZE = 128
+"""The block mask's query block (FlexAttention's default): a row's queries (its KV head's group of query heads) fit
+in one block, so the mask has one query block per row; the kernel masks the rows past them."""
 
 
 def cuda_kernel_options(block_size: int) -> dict[str, int]:
@@ -62,7 +63,6 @@ class FlexPlan:
     blocks: tuple[torch.Tensor, ...]
     """The mask's tensors: per row, partial block count and ids, full block count and ids, and bounds."""
     block_size: int
-    block_mask: BlockMask
 
 
 def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], block_tables: list[list[int]],
@@ -102,11 +102,12 @@ def flex_plan(rows: list[int], seq_of_row: list[int], positions: list[int], bloc
         for t in blocks:
             torch._dynamo.maybe_mark_dynamic(t, 0)
     index = None if every_row else torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
-    return FlexPlan(index, blocks, block_size, _block_mask(blocks, block_size))
+    return FlexPlan(index, blocks, block_size)
 
 
-def _block_mask(blocks: tuple[torch.Tensor, ...], block_size: int) -> BlockMask:
-    """FlexAttention's mask from a plan's tensors: full blocks unmasked, a row's first and last block masked."""
+def _block_mask(blocks: tuple[torch.Tensor, ...], block_size: int, queries: int) -> BlockMask:
+    """FlexAttention's mask from a plan's tensors, for `queries` queries a row: full blocks unmasked, a row's first
+    and last block masked. Building it is a few microseconds: each layer builds its own."""
     num_partial, partial, num_full, full, bounds = blocks
 
     def visible(b, h, q_idx, kv_idx):  # only evaluated in a row's first and last block
@@ -114,10 +115,9 @@ def _block_mask(blocks: tuple[torch.Tensor, ...], block_size: int) -> BlockMask:
         return (((block != bounds[b, 2]) | (offset <= bounds[b, 3]))
                 & ((block != bounds[b, 0]) | (offset >= bounds[b, 1])))
 
-    q_block = CUDA_Q_BLOCK_SIZE if partial.is_cuda else 1
     return BlockMask.from_kv_blocks(
         num_partial, partial, num_full, full,
-        BLOCK_SIZE=(q_block, block_size), mask_mod=visible, seq_lengths=(1, partial.shape[-1] * block_size),
+        BLOCK_SIZE=(Q_BLOCK_SIZE, block_size), mask_mod=visible, seq_lengths=(queries, partial.shape[-1] * block_size),
         compute_q_blocks=False)  # q blocks only serve the backward pass
 
 
@@ -129,39 +129,42 @@ def flex_paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     inductor's CPU FlexAttention template miscompiles inside a larger graph (torch 2.13: C++ that does not
     build, or a failed lowering of a query that is a view).
     """
-    if torch.compiler.is_compiling():
-        return flex_pool_attention(q, k_cache, v_cache, *plan.blocks, plan.block_size, scale)
-    return _flex_pool(q, k_cache, v_cache, plan.block_mask, scale)
+    attend = flex_pool_attention if torch.compiler.is_compiling() else _flex_pool
+    return attend(q, k_cache, v_cache, *plan.blocks, plan.block_size, scale)
 
 
-def _flex_pool(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_mask: BlockMask,
-               scale: float) -> torch.Tensor:
-    # one query per batch row; contiguous, as q is a view into the fused QKV projection or a gathered copy,
-    # and a stride change would recompile
-    queries = q.contiguous()[:, :, None]
+def _flex_pool(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_partial: torch.Tensor,
+               partial: torch.Tensor, num_full: torch.Tensor, full: torch.Tensor, bounds: torch.Tensor,
+               block_size: int, scale: float) -> torch.Tensor:
+    """Each KV head's group of query heads is that head's queries (query axis G, not G heads of one query): the
+    kernel reads a group's keys and values once, where enable_gqa's layout reads them once per query head."""
+    rows, heads, dim = q.shape
+    kv_heads = k_cache.shape[1]
+    # contiguous, as q is a view into the fused QKV projection or a gathered copy, and a stride change would
+    # recompile
+    queries = q.contiguous().view(rows, kv_heads, heads // kv_heads, dim)
     keys = k_cache.transpose(0, 1)[None]  # [1, kv_heads, slots, head_dim]: a view, the pool is not copied
     values = v_cache.transpose(0, 1)[None]
-    if queries.shape[0] > 1:
+    if rows > 1:
         torch._dynamo.mark_dynamic(queries, 0)
-    options = cuda_kernel_options(block_mask.BLOCK_SIZE[1]) if queries.is_cuda else None
+    block_mask = _block_mask((num_partial, partial, num_full, full, bounds), block_size, queries.shape[2])
+    options = cuda_kernel_options(block_size) if queries.is_cuda else None
     try:
-        out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, enable_gqa=True,
-                             kernel_options=options)
+        out = _compiled_flex(queries, keys, values, block_mask=block_mask, scale=scale, kernel_options=options)
     except torch._dynamo.exc.FailOnRecompileLimitHit as err:
         raise FlexRecompileLimitError(
             f"the flex attention backend needed more than {torch._dynamo.config.recompile_limit} compiled graphs "
             "(torch._dynamo.config.recompile_limit) in this process: raise that limit, or use --attention-backend "
             "torch") from err
-    return out[:, :, 0]
+    return out.reshape(rows, heads, dim)
 
 
 @torch.library.custom_op("batchserve::flex_pool_attention", mutates_args=())
 def flex_pool_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_partial: torch.Tensor,
                         partial: torch.Tensor, num_full: torch.Tensor, full: torch.Tensor, bounds: torch.Tensor,
                         block_size: int, scale: float) -> torch.Tensor:
-    """flex_paged_attention as one op of a compiled graph: the mask is rebuilt from its tensors."""
-    blocks = (num_partial, partial, num_full, full, bounds)
-    return _flex_pool(q, k_cache, v_cache, _block_mask(blocks, block_size), scale)
+    """flex_paged_attention as one op of a compiled graph."""
+    return _flex_pool(q, k_cache, v_cache, num_partial, partial, num_full, full, bounds, block_size, scale)
 
 
 @flex_pool_attention.register_fake
