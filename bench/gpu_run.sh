@@ -40,6 +40,10 @@ step 1b-compiled-decode 75 python3 -m pytest -o addopts="" -q -n 4 -p no:cachepr
 step 1c-flex-oracle 30 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/entrypoints/test_llm_oracle.py \
     -k flex
 cd bench
+# the flex kernel against the gather backend, op level (SmolLM2's 9 query / 3 KV heads; since session 25 a row's
+# queries are its KV head's group, read once per group)
+step 1d-flex-op 25 python3 bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 --batch 256 \
+    --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
 # captured decode steps (flex backend, CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's
 # reduce-overhead mode) against eager and the HBM roofline ((weights + K/V bytes) / bandwidth); perf_hints and
 # recompiles say why inductor skips a CUDA graph and why dynamo recompiles (session 25: slower than eager)
@@ -55,9 +59,6 @@ step 2-throughput 100 python3 bench_engine.py --device cuda --model qwen0.5b --d
     --baseline-batch 256 --baseline static --prepack on --async-scheduling on --enforce-eager both
 # batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process
 step 2b-direct-call 90 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
-# the flex kernel against the gather backend, op level
-step 1d-flex-op 25 python3 bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 --batch 256 \
-    --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
 step 3-fidelity 60 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
     --kv-cache-memory 16GiB --out "$OUT"
 echo "== done at ${SECONDS}s"
