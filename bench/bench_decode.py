@@ -158,9 +158,8 @@ def main() -> None:
                 print(f"| {dtype} | {batch} | {mode} | {compile_seconds.get(mode, 0):.0f} | "
                       f"{step * 1e3:.1f} | {batch / step:.1f} | {limit * 1e3:.1f} | {limit / step:.0%} |", flush=True)
     print(f"# load after: {os.getloadavg()[0]:.1f}")
-    graphs = counters["stats"]["unique_graphs"]
     if "flex-compiled" in modes and args.device == "cuda":  # did the ladder's graphs replay as CUDA graphs?
-        print(f"# dynamo graphs {graphs}; inductor skipped CUDA graphs {counters['inductor']['cudagraph_skips']} "
+        print(f"# dynamo graphs {counters['stats']['unique_graphs']}; inductor skipped CUDA graphs {counters['inductor']['cudagraph_skips']} "
               "times (TORCH_LOGS=perf_hints says why)")
 
 

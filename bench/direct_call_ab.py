@@ -58,10 +58,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(2)
-    tmp = tempfile.TemporaryDirectory()  # removed as the process ends
-    if args.shape:
+    tmp = tempfile.TemporaryDirectory() if args.shape else None  # removed as the process ends
+    if tmp is not None:
         build_model(args.shape, getattr(torch, args.dtype), tmp.name)
-    model = tmp.name if args.shape else smollm2_path()
+    model = tmp.name if tmp is not None else smollm2_path()
     engines = {"dynamo": engine(model, args.device, args.dtype, False),
                "direct": engine(model, args.device, args.dtype, True)}
     for e in engines.values():
