@@ -52,6 +52,7 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from batchserve import SamplingParams
+from batchserve.attention_layout import AttentionConfig
 from batchserve.calibration.device import matmul_flops
 from batchserve.entrypoints.llm import LLM
 from batchserve.models.linear import prepack_supported
@@ -183,6 +184,10 @@ def main() -> None:
                         help="batchserve's decode steps: eager (on, the engine's default), compiled (off), or both")
     parser.add_argument("--attention-backend", choices=["torch", "flex"], default="torch",
                         help="batchserve's paged attention: a gather + SDPA (torch) or FlexAttention in place (flex)")
+    parser.add_argument("--decode-bucket-ratio", type=float, default=AttentionConfig.decode_bucket_ratio,
+                        help="the torch backend's decode grouping (AttentionConfig.decode_bucket_ratio): rows share "
+                             "a padded attention call while their keys are >= this fraction of its longest; 0: one "
+                             "call for all of them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # threads started later (transformers' batching loop) inherit it
     dtype = getattr(torch, args.dtype)
@@ -216,12 +221,15 @@ def main() -> None:
         hf.save_pretrained(tmp)
         options = {"on": [True], "off": [False], "both": [True, False]}
         for prepack, eager in itertools.product(options[args.prepack], options[args.enforce_eager]):
-            engine = {"enforce_eager": eager, "attention_backend": args.attention_backend}
+            engine = {"enforce_eager": eager, "attention_backend": args.attention_backend,
+                      "attention": AttentionConfig(decode_bucket_ratio=args.decode_bucket_ratio)}
             if args.async_scheduling == "both":  # the two rows share their kernels: the first would build them
                 run_ours(tmp, args.dtype, reqs, args.device, prepack, **engine)
             for overlap in {"off": [False], "on": [True], "both": [False, True]}[args.async_scheduling]:
                 wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack, async_scheduling=overlap, **engine)
+                ratio = args.decode_bucket_ratio
                 name = (f"batchserve (prepack {'on' if prepack else 'off'}{'' if eager else ', compiled'}"
+                        f"{'' if ratio == AttentionConfig.decode_bucket_ratio else f', decode_bucket_ratio {ratio}'}"
                         f"{', async scheduling' if overlap else ''})")
                 ours[name] = wall
                 ex = llm.executor

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device session, under 8 minutes (DEADLINE seconds, 470 by default): CUDA correctness of the engine (eager,
-# compiled decode, the in-place flex attention backend, captured flex decode steps), decode step time against the
-# HBM roofline, throughput vs transformers (eager and compiled decode steps), compiled decode through dynamo vs
-# DirectCall, simulator fidelity. Packages the machine lacks (llguidance, on the lent H200 image) go on PYTHONPATH,
+# compiled decode, the in-place flex attention backend, captured flex decode steps), where an eager step's time goes
+# (profiler), decode step time against the HBM roofline, throughput vs transformers (eager and compiled decode
+# steps; decodes grouped by length or in one attention call), compiled decode through dynamo vs DirectCall,
+# simulator fidelity. Packages the machine lacks (llguidance, on the lent H200 image) go on PYTHONPATH,
 # which the script keeps: bench/RESULTS.md, session 25.
 # Run from the repository root on a CUDA machine; each step's full log goes to $OUT (default ./gpu-out).
 # The steps run in order of what they are worth; each is cut at its own limit or at the deadline, whichever comes
@@ -44,6 +45,11 @@ cd bench
 # queries are its KV head's group, read once per group)
 step 1d-flex-op 25 python3 bench_attention.py --device cuda --dtype bfloat16 --batch 1 --batch 64 --batch 256 \
     --context 1024 --context 8192 --context 32768 --max-keys 2097152 --reps 20
+# where an eager step of 256 decodes spends its time (session 25: host-bound, 1.7x transformers where 3x is the goal):
+# by op and kernel, with the decodes attended in groups of similar length (0.7, the default: a gather and an SDPA
+# call per group and layer) and in one padded call (0)
+step 2p-profile-eager 50 bash -c "for r in 0.7 0; do python3 profile_engine.py --device cuda --shape qwen0.5b \
+    --dtype bfloat16 --num-requests 256 --steps 5 --decode-bucket-ratio \$r; done"
 # captured decode steps (flex backend, CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's
 # reduce-overhead mode) against eager and the HBM roofline ((weights + K/V bytes) / bandwidth); perf_hints and
 # recompiles say why inductor skips a CUDA graph and why dynamo recompiles (session 25: slower than eager)
@@ -57,6 +63,9 @@ step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.
 # with async scheduling
 step 2-throughput 100 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
     --baseline-batch 256 --baseline static --prepack on --async-scheduling on --enforce-eager both
+# the same eager run with every decode row in one padded attention call per layer (fewer launches, more keys read)
+step 2a-one-decode-call 45 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
+    --no-baseline --prepack on --async-scheduling on --decode-bucket-ratio 0
 # batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process
 step 2b-direct-call 90 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
 step 3-fidelity 60 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \

@@ -1,5 +1,6 @@
 """Decode grouping: the rule the torch backend pads by and the cost model counts by."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,18 @@ def test_groups_partition_the_rows_and_bound_the_padding(lengths: list[int], rat
         longest = lengths[g[0]]
         assert all(ratio * longest <= lengths[i] <= longest for i in g)
     assert sum(lengths) <= decode_layout(lengths, ratio)[0] <= sum(lengths) / ratio
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=64))
+def test_ratio_zero_attends_every_decode_in_one_call_padded_to_the_longest(lengths: list[int]) -> None:
+    assert decode_groups(lengths, 0.0) == [sorted(range(len(lengths)), key=lambda i: -lengths[i])]
+    assert decode_layout(lengths, 0.0) == (len(lengths) * max(lengths), 1)
+
+
+def test_a_ratio_outside_zero_to_one_is_refused_saying_what_zero_means() -> None:
+    for ratio in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"decode_bucket_ratio must be in \[0, 1\] \(0: one padded call"):
+            AttentionConfig(decode_bucket_ratio=ratio)
 
 
 def test_equal_lengths_need_no_padding_and_a_spread_batch_pads_each_group_to_its_longest() -> None:

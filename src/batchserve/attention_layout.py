@@ -21,7 +21,8 @@ class AttentionConfig:
 
     decode_bucket_ratio: float = 0.7
     """Decode rows share a padded call while their key count is at least this fraction of the call's longest:
-    higher pads less but makes more calls."""
+    higher pads less but makes more calls; 0 attends every decode row in one call padded to the longest (a
+    GPU, whose steps wait on the host's kernel launches rather than on the bytes padding adds, may want it)."""
 
     backend: str = "torch"
     """Paged attention kernel: "torch" gathers each row's K/V into padded copies for SDPA (the reference);
@@ -54,8 +55,9 @@ class AttentionConfig:
                               & (decode_calls == 1))
 
     def __post_init__(self) -> None:
-        if not 0 < self.decode_bucket_ratio <= 1:
-            raise ValueError(f"decode_bucket_ratio must be in (0, 1], got {self.decode_bucket_ratio}")
+        if not 0 <= self.decode_bucket_ratio <= 1:
+            raise ValueError(f"decode_bucket_ratio must be in [0, 1] (0: one padded call for all decode rows), "
+                             f"got {self.decode_bucket_ratio}")
         if self.compiled_decode_rows < 0:
             raise ValueError(f"compiled_decode_rows must be >= 0, got {self.compiled_decode_rows}")
         if self.backend not in ATTENTION_BACKENDS:

@@ -153,13 +153,13 @@ def test_attention_knobs_reach_every_step_and_keep_greedy_output() -> None:
     from batchserve.models import AttentionConfig
 
     outputs = []
-    for ratio in (0.7, 1.0):
+    for ratio in (0.7, 1.0, 0.0):  # 0: every decode row in one padded call
         engine = LLMEngine("tiny", kv_cache_memory="16MiB", attention=AttentionConfig(decode_bucket_ratio=ratio))
         assert engine.executor.attention.decode_bucket_ratio == ratio
         for i, prompt in enumerate(("a", "a much longer prompt than the first", "mid-sized one")):
             engine.add_request(str(i), prompt, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
         outputs.append({rid: outs[-1].outputs[0].token_ids for rid, outs in _drain(engine).items()})
-    assert outputs[0] == outputs[1]  # bucketing changes only how decodes are padded, never what they compute
+    assert outputs[0] == outputs[1] == outputs[2]  # bucketing changes how decodes are padded, not what they compute
 
 
 def test_a_cuda_flex_engine_refuses_a_block_size_triton_cannot_tile() -> None:
