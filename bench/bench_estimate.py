@@ -22,6 +22,7 @@ import json
 import os
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before torch loads, batchserve.openmp)
@@ -37,7 +38,7 @@ from batchserve.calibration.validate import StepCosts
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
-from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, stratified_sample
+from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, stratified_sample, with_peaks
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.jobs.twin import simulate_entries
@@ -147,6 +148,14 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     sim = setup.sim_setup(profile)
     steps_s = sum(o.seconds for o in record.steps)
     priced = predict(sim.deployment, sim.efficiency, record.steps)
+    # the run's steps at the estimate's own costs (this CPU's peaks, the sample's fit, the probe's scale), and
+    # without the probe's scale: what the probe did to the step-cost part of the error, lengths apart
+    peaks = est.info.get("peaks")
+    est_sim = with_peaks(sim, peaks["flops"], peaks["memory_bandwidth"]) if peaks else sim
+    est_costs = replace(est_sim.efficiency, time_scale=est.info["time_scale"],
+                        sequence_overhead_s=est.info["sequence_overhead_s"])
+    by_estimate = float(predict(est_sim.deployment, est_costs, record.steps).sum())
+    probe = est.info.get("probe")
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lengths = real_lengths(out)
     exact = twin_with_real_lengths(inp, lengths, setup, sim, config, k, est.info["sample"]["wall_s"],
@@ -162,6 +171,8 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
             "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced),
             "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact,
+            "run_steps_priced_by_estimate_s": by_estimate, "probe": probe,
+            "run_steps_priced_without_probe_s": by_estimate / probe["time_scale_ratio"] if probe else by_estimate,
             "real_lengths": lengths, "sample_lengths": [c.to_list() for c in est.measurements.completions]}
 
 
@@ -238,7 +249,12 @@ def main() -> None:
                       f"the run: steps "
                       f"{r['run_steps_s']:.2f} s (profile {r['run_steps_predicted_s']:.2f} s), outside steps "
                       f"{r['run_loop_s_per_request'] * 1e3:.2f} ms per request; the twin given the run's own "
-                      f"lengths {r['twin_real_lengths_s']:.2f} s", flush=True)
+                      f"lengths {r['twin_real_lengths_s']:.2f} s; the run's steps at the estimate's costs "
+                      f"{r['run_steps_priced_by_estimate_s']:.2f} s, without the probe's scale "
+                      f"{r['run_steps_priced_without_probe_s']:.2f} s"
+                      + (f"; probe {r['probe']['width']} rows x {r['probe']['steps']} steps, "
+                         f"{r['probe']['wall_s']:.2f} s, scale x{r['probe']['time_scale_ratio']:.3f}"
+                         if r["probe"] else "; no probe"), flush=True)
                 for b in r["run_steps_by_kind"]:
                     print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['num']:5d} steps: measured "
                           f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['priced_over_measured']:.2f}x)")

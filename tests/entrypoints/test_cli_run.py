@@ -163,6 +163,8 @@ def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estima
     assert "Estimated wall time, job (s):" in text and "Actual wall time, job (s):" in text
     assert len(out.read_text().splitlines()) == 12
     data = json.loads(run_json.read_text())
+    probe = data["estimate"]["probe"]  # decode steps as wide as the job's, after the sample: the costs' scale
+    assert f"a probe of {probe['steps']} decode steps of {probe['width']} rows" in text and probe["width"] > 2
     assert data["summary"]["num_skipped"] == 2 and data["estimate"]["sample"]["num_requests"] == 2
     measured = data["measurements"]
     assert measured["dtype"] == "fp32" and measured["num_requests"] == 10 and len(measured["completions"]) == 10

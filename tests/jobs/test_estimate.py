@@ -18,7 +18,15 @@ from batchserve.calibration.device import device_name
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
-from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, with_peaks
+from batchserve.jobs.estimate import (
+    EstimateConfig,
+    Evidence,
+    estimate_job,
+    plan_job,
+    run_probe,
+    stratified_sample,
+    with_peaks,
+)
 from batchserve.jobs.eta import LiveEta
 from batchserve.jobs.measurements import fit_step_costs
 from batchserve.jobs.runner import JobConfig
@@ -131,8 +139,8 @@ def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
     here = this_machine_profile(tmp_path)
     sim = SETUP.sim_setup(here)
-    est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
-                       make_backend=backend)
+    est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1,
+                                                                                probe_steps=0), make_backend=backend)
     steps = est.measurements.steps[1:]
     assert est.info["time_scale"] == 1.0 and est.info["steps_measured"] == 0  # the sample's small batches: no scale
     assert est.info["sequence_overhead_s"] == sim.efficiency.sequence_overhead_s
@@ -156,8 +164,8 @@ def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
 
 def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
-    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
-                       make_backend=backend)
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(),
+                       EstimateConfig(sample=6, warmup_steps=1, probe_steps=0), make_backend=backend)
     peaks = est.info["peaks"]  # this CPU's, measured as calibrate measures them, in place of the placeholder's
     assert peaks["flops"] > 1e9 and peaks["memory_bandwidth"] > 1e8
     sim = with_peaks(SETUP.sim_setup("cpu-local"), peaks["flops"], peaks["memory_bandwidth"])
@@ -169,6 +177,40 @@ def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=2),
                              make_backend=backend)
     assert "peaks" not in elsewhere.info  # a sample here measures nothing of an H100
+
+
+def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_took(tmp_path):
+    """After the sample, decode steps as wide as the job's run on throwaway copies of the sampled requests; the
+    costs are scaled as a whole so that those steps are priced at exactly what they took. Nothing of it is written."""
+    inp, out = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24)), tmp_path / "out.jsonl"
+    setup = dataclasses.replace(SETUP, kv_cache_memory="2MiB")  # room for the job's 16 rows at once
+    here = this_machine_profile(tmp_path)
+    sim = setup.sim_setup(here)
+    est_config = EstimateConfig(sample=6, warmup_steps=1)
+    job = plan_job(str(inp), Done(), setup, JobConfig())
+    sampled = stratified_sample(job.requests, 6, JobConfig().seed)
+    probe_backend = backend(setup)
+    steps, wall = run_probe(probe_backend, sampled, setup.max_num_seqs, est_config)
+    # the prompts' prefill spans a few steps (128-token budget): the rows decode together once all are in
+    assert 0 < len(steps) <= est_config.probe_steps - est_config.warmup_steps and wall > 0
+    assert all(o.shape.num_decodes == setup.max_num_seqs and not o.shape.num_prefill_tokens for o in steps)
+    assert probe_backend.num_unfinished() == 0
+    evidence = Evidence(None, sim.efficiency, 0.0).rescaled(sim, steps)
+    assert predict(sim.deployment, evidence.efficiency, steps).sum() == pytest.approx(sum(o.seconds for o in steps))
+    assert Evidence(None, sim.efficiency, 0.0).rescaled(sim, []).efficiency == sim.efficiency
+
+    est = estimate_job(str(inp), str(out), setup, here, JobConfig(), est_config, make_backend=lambda: backend(setup))
+    probe = est.info["probe"]
+    # after the sample its copies' prompts are cached: their prefill takes fewer steps than on a fresh engine above
+    assert probe["width"] == setup.max_num_seqs and len(steps) <= probe["steps"] <= est_config.probe_steps - 1
+    assert probe["wall_s"] > 0
+    assert est.info["time_scale"] == pytest.approx(probe["time_scale_ratio"]) != 1.0  # the calibration's scale: 1
+    assert sorted(read_results(out)) == sorted(r.custom_id for r in sampled)  # the sample's lines only
+    elsewhere = estimate_job(str(inp), None, setup, "h100-sxm", JobConfig(), EstimateConfig(sample=2),
+                             make_backend=lambda: backend(setup))
+    assert "probe" not in elsewhere.info  # steps here say nothing of an H100's
+    assert "probe" not in estimate_job(str(inp), None, setup, here, JobConfig(),
+                                       EstimateConfig(sample=2, probe_steps=0), make_backend=lambda: backend(setup)).info
 
 
 def test_a_run_on_this_cpu_scales_the_placeholder_through_profile_from(tmp_path):
@@ -294,7 +336,8 @@ def test_the_estimate_simulates_speculation_at_the_acceptance_its_sample_measure
     assert assumed.info["spec_acceptance_from"].startswith("assumed")
     assert assumed.summary.output_tokens == 12 * 24
     sample_backend = backend(spec_setup)
-    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4),
+    # no probe: its requests would add to the engine's counters, which this test reads as the sample's
+    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4, probe_steps=0),
                        make_backend=lambda: sample_backend)
     s = sample_backend.engine.stats()
     assert s.spec_decode_num_drafts > 0

@@ -234,13 +234,18 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         raise
     summary, info = estimate.summary, estimate.info
     lo, hi = estimate.wall_s_range
+    scale_from = [f"{info['steps_measured']} steps measured here"] if info["steps_measured"] else []
+    if "probe" in info:
+        probe = info["probe"]
+        scale_from.append(f"a probe of {probe['steps']} decode steps of {probe['width']} rows "
+                          f"({probe['wall_s']:.2f} s, x{probe['time_scale_ratio']:.3g})")
     rows: dict[str, Any] = {
         "Predicted wall time p10-p90 (s):": f"{lo:.2f} - {hi:.2f}",
         "Output tokens p10-p90:": f"{estimate.output_tokens_range[0]:.0f} - {estimate.output_tokens_range[1]:.0f}",
         "Weight dtype:": info["weight_dtype"] + (f", {info['quantization']} weight-only" if info["quantization"] else ""),
         "GPUs:": str(info["num_gpus"]), "KV blocks per replica:": str(info["num_kv_blocks"]),
-        "Step time scale:": f"{info['time_scale']:.3g} from {info['steps_measured']} steps measured here"
-        if info["steps_measured"] else "1 (the profile's costs as they are)",
+        "Step time scale:": f"{info['time_scale']:.3g} from {' and '.join(scale_from)}"
+        if scale_from else "1 (the profile's costs as they are)",
     }
     if "peaks" in info:
         rows["Peaks measured here:"] = (f"{info['peaks']['flops'] / 1e12:.2f} TFLOP/s, "

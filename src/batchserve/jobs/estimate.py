@@ -5,7 +5,9 @@ upper bound: real outputs stop at EOS). Evidence comes from a stratified
 sample of the job run on the real engine first (`--sample K`, whose results
 count as done) and from an earlier run's measurements (`--profile-from`):
 completions teach a censored length model per prompt-length bucket; steps
-measured on the estimate's own device scale its cost model. The job is then
+measured on the estimate's own device scale its cost model. After a sample, a
+probe of a few decode steps as wide as the job's (`probe_steps`) rescales the
+costs to what this machine does now at the job's batch width. The job is then
 simulated under several draws of the length model, giving a p10-p90 range.
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import reduce
+from itertools import cycle, islice
 from pathlib import Path
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ import numpy as np
 
 from ..engine.input_processor import generation_defaults, read_generation_config
 from ..outputs import RequestOutput
-from ..sim.calibration import predict
+from ..sim.calibration import Observation, predict
 from ..sim.cost_model import Efficiency
 from ..sim.router import RouterConfig
 from ..sim.simulate import SimSetup
@@ -83,6 +86,15 @@ class EstimateConfig:
     A calibrated profile is not scaled to a sample: its few small batches misled by -33% and +48%."""
     warmup_steps: int = 2
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
+    probe_steps: int = 8
+    """After a sample on the estimate's device, decode steps as wide as the job's (min(max_num_seqs, its
+    requests)) run on throwaway copies of the sampled requests, and the step costs are scaled by what those steps
+    took over what they are priced at (0: no probe). A sample's 1-8-row steps cannot show what the wide ones that
+    carry a job cost, nor a calibration how fast the machine runs now: over 40 saved SmolLM2 jobs, pricing each
+    run's steps scaled by its own wide decodes took the mean |log(priced / measured)| from 0.11 to 0.036
+    (bench/RESULTS.md, session 26). The copies' prompts are in the prefix cache from the sample, so the probe
+    computes little more than its decodes, over contexts as long as the job's; its time is reported apart from
+    the job's (`info["probe"]`)."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
     eta_max_overhead: float = 0.02
@@ -98,7 +110,7 @@ class EstimateConfig:
         if self.length_concentration <= 0:
             raise ValueError(f"length_concentration must be > 0, got {self.length_concentration}")
         for name in ("length_prior_weight", "bucket_prior_weight", "step_cost_error", "placeholder_step_cost_error",
-                     "warmup_steps"):
+                     "warmup_steps", "probe_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.eta_max_overhead <= 1:
@@ -155,6 +167,14 @@ class Evidence:
 
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
         return cls(model, efficiency, overhead)
+
+    def rescaled(self, sim: SimSetup, steps: Sequence[Observation]) -> Evidence:
+        """These costs scaled as a whole so that `steps` cost what they took (unchanged with no steps)."""
+        priced = predict(sim.deployment, self.efficiency, steps).sum() if steps else 0.0
+        if not priced:
+            return self
+        ratio = sum(o.seconds for o in steps) / priced
+        return replace(self, efficiency=replace(self.efficiency, time_scale=self.efficiency.time_scale * ratio))
 
     def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator,
                     dists: list[LengthDistribution] | None = None) -> dict[str, list[int]]:
@@ -240,6 +260,27 @@ def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: 
     return record, lengths, summary
 
 
+PROBE_ID = "batchserve-probe-{}"
+"""The probe's requests' ids in the engine: they are never written."""
+
+
+def run_probe(backend: EngineBackend, requests: Sequence[BatchRequest], width: int,
+              est: EstimateConfig) -> tuple[list[Observation], float]:
+    """`width` throwaway copies of `requests` (cycling through them; one completion of `probe_steps` + 1 tokens,
+    EOS ignored) run together on the real engine. Returns its
+    pure decode steps of the most rows it ran at once (`width`, unless the KV cache holds fewer, as it would in
+    the job), past the first `warmup_steps`, and its wall time."""
+    probes = [replace(r, custom_id=PROBE_ID.format(i), anchor=None, response=None,
+                      params=replace(r.params, n=1, max_tokens=est.probe_steps + 1, min_tokens=0, ignore_eos=True))
+              for i, r in enumerate(islice(cycle(requests), width))]
+    t = time.perf_counter()
+    feed(backend, probes, lambda entry, out: None, width)
+    wall = time.perf_counter() - t
+    decodes = [o for o in backend.log.take().steps if not o.shape.num_prefill_tokens]
+    widest = max((o.shape.num_decodes for o in decodes), default=0)
+    return [o for o in decodes if o.shape.num_decodes == widest][est.warmup_steps:], wall
+
+
 class NothingToEstimate(ValueError):
     """Every request of the job is already in its output (or the job is empty)."""
 
@@ -307,6 +348,14 @@ def estimate_job(
     fitted_to_a_run = any(m is prior for m in steps_from)
     sigma = est.placeholder_step_cost_error if placeholder and not fitted_to_a_run else est.step_cost_error
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
+    probe: dict[str, Any] | None = None
+    if est.probe_steps and est.fit_step_costs and sampled is not None and (sampled.device, sampled.dtype) == (target, dtype):
+        width = min(setup.max_num_seqs, len(requests))
+        steps, probe_s = run_probe(backend, chosen, width, est)
+        scale = evidence.efficiency.time_scale
+        evidence = evidence.rescaled(sim, steps)
+        probe = {"width": steps[0].shape.num_decodes if steps else 0, "steps": len(steps), "wall_s": probe_s,
+                 "time_scale_ratio": evidence.efficiency.time_scale / scale}
     entries = job.entries
     if done_first is not None:
         sampled_ids = {r.custom_id for r in chosen}
@@ -347,6 +396,8 @@ def estimate_job(
         info["spec_acceptance_from"] = spec_from
     if peaks is not None:
         info["peaks"] = {"flops": peaks[0], "memory_bandwidth": peaks[1]}
+    if probe is not None:
+        info["probe"] = probe
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
