@@ -130,13 +130,15 @@ def twin_with_real_lengths(inp: Path, lengths: dict[str, list[int]], setup: RunS
     return sample_s + summary.wall_s + overhead_s * summary.num_requests
 
 
-def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path) -> dict:
+def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path,
+                probe_steps: int = 0) -> dict:
     inp, out = tmp / f"{name}.jsonl", tmp / f"{name}-out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = JobConfig()
     upper = estimate_job(str(inp), None, setup, profile, config)
     backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
-    est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k), make_backend=lambda: backend)
+    est = estimate_job(str(inp), str(out), setup, profile, config, EstimateConfig(sample=k, probe_steps=probe_steps),
+                       make_backend=lambda: backend)
     rest = local_job(str(inp), str(out), setup.model, setup.engine_args(), config, True, lambda: backend)
     actual = rest.wall_s + est.info["sample"]["wall_s"]
     # what the next estimate of this job shape would say, scaled by this full run (`--profile-from RUN.json`)
@@ -212,6 +214,8 @@ def main() -> None:
                         help="estimate against this catalog entry or profile instead of calibrating first (e.g. "
                              "cpu-local: the uncalibrated placeholder, scaled to each sample)")
     parser.add_argument("--json", default=None, help="write every shape's figures to this file")
+    parser.add_argument("--probe-steps", type=int, default=EstimateConfig.probe_steps,
+                        help="the estimate's probe of decode steps as wide as the job's, after the sample (0: none)")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
           f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}, "
@@ -232,7 +236,7 @@ def main() -> None:
             for name, rows in shapes(n, random.Random(0)).items():
                 if args.shapes is not None and name not in args.shapes:
                     continue
-                r = bench_shape(name, rows, setup, profile, k, Path(tmp))
+                r = bench_shape(name, rows, setup, profile, k, Path(tmp), args.probe_steps)
                 results.append({"model": Path(model).name, "dtype": args.dtype, **r})
                 if args.json:  # the whole run's steps and lengths (a `run --json` record), to re-price offline
                     Path(args.json).with_suffix(f".{Path(model).name}.{name}-run.json").write_text(

@@ -157,8 +157,8 @@ def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estima
     inp = write_jsonl(tmp_path / "in.jsonl", shared_prefix_requests(2, 12, prefix_len=60, max_tokens=6))
     here = profile(tmp_path, "here", {"fp32": 50e9})
     out, run_json = tmp_path / "out.jsonl", tmp_path / "run.json"
-    assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--sample", "2", "--and-run",
-                 "--json", str(run_json), *ENGINE]) == 0
+    assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--sample", "2", "--probe-steps", "8",
+                 "--and-run", "--json", str(run_json), *ENGINE]) == 0
     text = capsys.readouterr().out
     assert "Estimated wall time, job (s):" in text and "Actual wall time, job (s):" in text
     assert len(out.read_text().splitlines()) == 12

@@ -139,8 +139,8 @@ def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
     here = this_machine_profile(tmp_path)
     sim = SETUP.sim_setup(here)
-    est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1,
-                                                                                probe_steps=0), make_backend=backend)
+    est = estimate_job(str(inp), None, SETUP, here, JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                       make_backend=backend)
     steps = est.measurements.steps[1:]
     assert est.info["time_scale"] == 1.0 and est.info["steps_measured"] == 0  # the sample's small batches: no scale
     assert est.info["sequence_overhead_s"] == sim.efficiency.sequence_overhead_s
@@ -164,8 +164,8 @@ def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
 
 def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
-    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(),
-                       EstimateConfig(sample=6, warmup_steps=1, probe_steps=0), make_backend=backend)
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                       make_backend=backend)
     peaks = est.info["peaks"]  # this CPU's, measured as calibrate measures them, in place of the placeholder's
     assert peaks["flops"] > 1e9 and peaks["memory_bandwidth"] > 1e8
     sim = with_peaks(SETUP.sim_setup("cpu-local"), peaks["flops"], peaks["memory_bandwidth"])
@@ -186,7 +186,7 @@ def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_to
     setup = dataclasses.replace(SETUP, kv_cache_memory="2MiB")  # room for the job's 16 rows at once
     here = this_machine_profile(tmp_path)
     sim = setup.sim_setup(here)
-    est_config = EstimateConfig(sample=6, warmup_steps=1)
+    est_config = EstimateConfig(sample=6, warmup_steps=1, probe_steps=8)
     job = plan_job(str(inp), Done(), setup, JobConfig())
     sampled = stratified_sample(job.requests, 6, JobConfig().seed)
     probe_backend = backend(setup)
@@ -206,11 +206,11 @@ def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_to
     assert probe["wall_s"] > 0
     assert est.info["time_scale"] == pytest.approx(probe["time_scale_ratio"]) != 1.0  # the calibration's scale: 1
     assert sorted(read_results(out)) == sorted(r.custom_id for r in sampled)  # the sample's lines only
-    elsewhere = estimate_job(str(inp), None, setup, "h100-sxm", JobConfig(), EstimateConfig(sample=2),
+    elsewhere = estimate_job(str(inp), None, setup, "h100-sxm", JobConfig(), EstimateConfig(sample=2, probe_steps=8),
                              make_backend=lambda: backend(setup))
     assert "probe" not in elsewhere.info  # steps here say nothing of an H100's
-    assert "probe" not in estimate_job(str(inp), None, setup, here, JobConfig(),
-                                       EstimateConfig(sample=2, probe_steps=0), make_backend=lambda: backend(setup)).info
+    assert "probe" not in estimate_job(str(inp), None, setup, here, JobConfig(), EstimateConfig(sample=2),
+                                       make_backend=lambda: backend(setup)).info  # the default: no probe
 
 
 def test_a_run_on_this_cpu_scales_the_placeholder_through_profile_from(tmp_path):
@@ -336,8 +336,7 @@ def test_the_estimate_simulates_speculation_at_the_acceptance_its_sample_measure
     assert assumed.info["spec_acceptance_from"].startswith("assumed")
     assert assumed.summary.output_tokens == 12 * 24
     sample_backend = backend(spec_setup)
-    # no probe: its requests would add to the engine's counters, which this test reads as the sample's
-    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4, probe_steps=0),
+    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4),
                        make_backend=lambda: sample_backend)
     s = sample_backend.engine.stats()
     assert s.spec_decode_num_drafts > 0

@@ -86,15 +86,16 @@ class EstimateConfig:
     A calibrated profile is not scaled to a sample: its few small batches misled by -33% and +48%."""
     warmup_steps: int = 2
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
-    probe_steps: int = 8
+    probe_steps: int = 0
     """After a sample on the estimate's device, decode steps as wide as the job's (min(max_num_seqs, its
     requests)) run on throwaway copies of the sampled requests, and the step costs are scaled by what those steps
-    took over what they are priced at (0: no probe). A sample's 1-8-row steps cannot show what the wide ones that
-    carry a job cost, nor a calibration how fast the machine runs now: over 40 saved SmolLM2 jobs, pricing each
-    run's steps scaled by its own wide decodes took the mean |log(priced / measured)| from 0.11 to 0.036
-    (bench/RESULTS.md, session 26). The copies' prompts are in the prefix cache from the sample, so the probe
-    computes little more than its decodes, over contexts as long as the job's; its time is reported apart from
-    the job's (`info["probe"]`)."""
+    took over what they are priced at; 0: no probe (the default: it costs time the job does not use). A sample's
+    1-8-row steps cannot show what the wide ones that carry a job cost, nor a calibration how fast the machine runs
+    now. The copies' prompts are in the prefix cache from the sample, so the probe computes little more than its
+    decodes, over contexts as long as the job's; its time is reported apart from the job's (`info["probe"]`).
+    8 on six real SmolLM2 jobs (bench/RESULTS.md, session 26): the jobs' own steps priced within -17%..+19%
+    instead of -15%..+43%, for 1.7-6.9 s of probing (4-18% of those jobs); 4 left one or two steps to measure,
+    and a long-generation estimate went from -6% to -35%."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
     eta_max_overhead: float = 0.02
