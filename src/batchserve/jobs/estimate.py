@@ -94,7 +94,7 @@ class EstimateConfig:
     now. The copies' prompts are in the prefix cache from the sample, so the probe computes little more than its
     decodes, over contexts as long as the job's; its time is reported apart from the job's (`info["probe"]`).
     8 on six real SmolLM2 jobs (bench/RESULTS.md, session 26): the jobs' own steps priced within -17%..+19%
-    instead of -15%..+43%, for 1.7-6.9 s of probing (4-18% of those jobs); 4 left one or two steps to measure,
+    instead of -15%..+43%, for 1.7-6.9 s of probing (1-18% of those jobs); 4 left one or two steps to measure,
     and a long-generation estimate went from -6% to -35%."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
