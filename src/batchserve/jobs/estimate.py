@@ -5,9 +5,9 @@ upper bound: real outputs stop at EOS). Evidence comes from a stratified
 sample of the job run on the real engine first (`--sample K`, whose results
 count as done) and from an earlier run's measurements (`--profile-from`):
 completions teach a censored length model per prompt-length bucket; steps
-measured on the estimate's own device scale its cost model. After a sample, a
-probe of a few decode steps as wide as the job's (`probe_steps`) rescales the
-costs to what this machine does now at the job's batch width. The job is then
+measured on the estimate's own device scale its cost model. With `probe_steps`,
+a probe of a few decode steps as wide as the job's then rescales the costs to
+what this machine does now at the job's batch width. The job is then
 simulated under several draws of the length model, giving a p10-p90 range.
 """
 
@@ -268,9 +268,9 @@ PROBE_ID = "batchserve-probe-{}"
 def run_probe(backend: EngineBackend, requests: Sequence[BatchRequest], width: int,
               est: EstimateConfig) -> tuple[list[Observation], float]:
     """`width` throwaway copies of `requests` (cycling through them; one completion of `probe_steps` + 1 tokens,
-    EOS ignored) run together on the real engine. Returns its
-    pure decode steps of the most rows it ran at once (`width`, unless the KV cache holds fewer, as it would in
-    the job), past the first `warmup_steps`, and its wall time."""
+    EOS ignored) run together on the real engine. Returns its pure decode steps of the most rows it ran at once
+    (`width`, unless the KV cache holds fewer, as it would in the job), past the first `warmup_steps`, and its wall
+    time."""
     probes = [replace(r, custom_id=PROBE_ID.format(i), anchor=None, response=None,
                       params=replace(r.params, n=1, max_tokens=est.probe_steps + 1, min_tokens=0, ignore_eos=True))
               for i, r in enumerate(islice(cycle(requests), width))]
