@@ -48,7 +48,7 @@ step 1d-flex-op 25 python3 bench_attention.py --device cuda --dtype bfloat16 --b
 # where an eager step of 256 decodes spends its time (session 25: host-bound, 1.7x transformers where 3x is the goal):
 # by op and kernel, with the decodes attended in groups of similar length (0.7, the default: a gather and an SDPA
 # call per group and layer) and in one padded call (0)
-step 2p-profile-eager 50 bash -c "for r in 0.7 0; do python3 profile_engine.py --device cuda --shape qwen0.5b \
+step 2p-profile-eager 70 bash -c "for r in 0.7 0; do python3 profile_engine.py --device cuda --shape qwen0.5b \
     --dtype bfloat16 --num-requests 256 --steps 5 --decode-bucket-ratio \$r; done"
 # captured decode steps (flex backend, CUDA graphs of the padded batch sizes 1/64/256 through torch.compile's
 # reduce-overhead mode) against eager and the HBM roofline ((weights + K/V bytes) / bandwidth); perf_hints and
