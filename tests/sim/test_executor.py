@@ -44,8 +44,8 @@ def test_a_cohort_counts_its_keys_unpadded_beside_the_listed_rows() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(contexts=st.lists(st.integers(1, 3000), min_size=1, max_size=40), ratio=st.sampled_from([0.3, 0.7, 0.9, 1.0]),
-       steps=st.integers(1, 50), leave=st.integers(0, 39))
+@given(contexts=st.lists(st.integers(1, 3000), min_size=1, max_size=40),
+       ratio=st.sampled_from([0.0, 0.3, 0.7, 0.9, 1.0]), steps=st.integers(1, 50), leave=st.integers(0, 39))
 def test_a_cohort_pads_its_decodes_as_the_engine_groups_them(contexts, ratio, steps, leave) -> None:
     """At every tick of a run, the cohort's padded keys equal decode_groups' padding of its members' keys."""
     cohort = DecodeCohort(block_size=16)
