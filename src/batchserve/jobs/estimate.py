@@ -343,6 +343,7 @@ def estimate_job(
             peaks = backend.peaks
             sim = with_peaks(sim, *peaks)
     here = [m for m in records if (m.device, m.dtype) == (target, dtype)]
+    sampled_here = any(m is sampled for m in here)  # the sample ran on the device and dtype estimated for
     placeholder = sim.deployment.hardware.name == LOCAL_CPU
     steps_from = [m for m in here if est.fit_step_costs and (m is prior or placeholder)]
     # the placeholder's costs fitted to the job's own batch sizes (an earlier run) are as good as a calibration's
@@ -350,7 +351,7 @@ def estimate_job(
     sigma = est.placeholder_step_cost_error if placeholder and not fitted_to_a_run else est.step_cost_error
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
     probe: dict[str, Any] | None = None
-    if est.probe_steps and est.fit_step_costs and sampled is not None and (sampled.device, sampled.dtype) == (target, dtype):
+    if est.probe_steps and est.fit_step_costs and sampled_here:
         width = min(setup.max_num_seqs, len(requests))
         steps, probe_s = run_probe(backend, chosen, width, est)
         scale = evidence.efficiency.time_scale
@@ -403,7 +404,7 @@ def estimate_job(
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
                           "written_to": output_path}
-        if any(m is sampled for m in here):  # a sanity check: the sample's steps measured over the profile's costs
+        if sampled_here:  # a sanity check: the sample's steps measured over the profile's costs
             steps = sampled.steps[est.warmup_steps:]
             charged = predict(sim.deployment, sim.efficiency, steps).sum() if steps else 0.0
             info["sample"]["step_time_ratio"] = sum(o.seconds for o in steps) / charged if charged else None
