@@ -184,10 +184,10 @@ def main() -> None:
                         help="batchserve's decode steps: eager (on, the engine's default), compiled (off), or both")
     parser.add_argument("--attention-backend", choices=["torch", "flex"], default="torch",
                         help="batchserve's paged attention: a gather + SDPA (torch) or FlexAttention in place (flex)")
-    parser.add_argument("--decode-bucket-ratio", type=float, default=AttentionConfig.decode_bucket_ratio,
+    parser.add_argument("--decode-bucket-ratio", type=float, nargs="+", default=[AttentionConfig.decode_bucket_ratio],
                         help="the torch backend's decode grouping (AttentionConfig.decode_bucket_ratio): rows share "
                              "a padded attention call while their keys are >= this fraction of its longest; 0: one "
-                             "call for all of them")
+                             "call for all of them; several values: a row each, in this run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)  # threads started later (transformers' batching loop) inherit it
     dtype = getattr(torch, args.dtype)
@@ -220,14 +220,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         options = {"on": [True], "off": [False], "both": [True, False]}
-        for prepack, eager in itertools.product(options[args.prepack], options[args.enforce_eager]):
+        for prepack, eager, ratio in itertools.product(options[args.prepack], options[args.enforce_eager],
+                                                       args.decode_bucket_ratio):
             engine = {"enforce_eager": eager, "attention_backend": args.attention_backend,
-                      "attention": AttentionConfig(decode_bucket_ratio=args.decode_bucket_ratio)}
+                      "attention": AttentionConfig(decode_bucket_ratio=ratio)}
             if args.async_scheduling == "both":  # the two rows share their kernels: the first would build them
                 run_ours(tmp, args.dtype, reqs, args.device, prepack, **engine)
             for overlap in {"off": [False], "on": [True], "both": [False, True]}[args.async_scheduling]:
                 wall, llm = run_ours(tmp, args.dtype, reqs, args.device, prepack, async_scheduling=overlap, **engine)
-                ratio = args.decode_bucket_ratio
                 name = (f"batchserve (prepack {'on' if prepack else 'off'}{'' if eager else ', compiled'}"
                         f"{'' if ratio == AttentionConfig.decode_bucket_ratio else f', decode_bucket_ratio {ratio}'}"
                         f"{', async scheduling' if overlap else ''})")
@@ -240,14 +240,15 @@ def main() -> None:
     if "batchserve (prepack off)" in ours and "batchserve (prepack on)" in ours:
         print(f"weight prepacking: {ours['batchserve (prepack off)'] / ours['batchserve (prepack on)']:.2f}x faster "
               "than torch's default linear")
-    for name in [n for n in ours if n.endswith(", async scheduling)")]:
-        plain = name.removesuffix(", async scheduling)") + ")"
-        if plain in ours:
-            print(f"async scheduling: {ours[plain] / ours[name]:.2f}x as fast as {plain}")
-    for name in [n for n in ours if ", compiled" in n]:
-        eager = name.replace(", compiled", "")
-        if eager in ours:
-            print(f"compiled decode steps: {ours[eager] / ours[name]:.2f}x as fast as {eager}")
+    # each option against the same row without it, where both ran
+    ratios = sorted(set(args.decode_bucket_ratio) - {AttentionConfig.decode_bucket_ratio})
+    options_run = [("async scheduling", ", async scheduling"), ("compiled decode steps", ", compiled"),
+                   *((f"decode_bucket_ratio {r}", f", decode_bucket_ratio {r}") for r in ratios)]
+    for label, marker in options_run:
+        for name in [n for n in ours if marker in n]:
+            without = name.replace(marker, "")
+            if without in ours:
+                print(f"{label}: {ours[without] / ours[name]:.2f}x as fast as {without}")
     if args.no_baseline:
         return
     hf = hf.to(device=args.device, dtype=dtype)

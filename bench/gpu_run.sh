@@ -64,9 +64,11 @@ step 2c-decode-roofline 120 python3 bench_decode.py --device cuda --shape qwen0.
 step 2-throughput 100 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
     --baseline-batch 256 --baseline static --prepack on --async-scheduling on --enforce-eager both
 # every decode row in one padded attention call per layer (fewer launches, more keys read), so that every pure
-# decode step, not only those whose rows' lengths are alike, runs the torch backend's compiled graph
-step 2a-one-decode-call 90 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 --num-requests 256 \
-    --no-baseline --prepack on --async-scheduling on --enforce-eager off --decode-bucket-ratio 0
+# decode step, not only those whose rows' lengths are alike, runs the torch backend's compiled graph; against the
+# default grouping in the same run
+step 2a-one-decode-call 100 python3 bench_engine.py --device cuda --model qwen0.5b --dtype bfloat16 \
+    --num-requests 256 --no-baseline --prepack on --async-scheduling on --enforce-eager off \
+    --decode-bucket-ratio 0.7 0
 # batch-1 compiled decode through dynamo vs DirectCall (dynamo's transformed code run directly), same process
 step 2b-direct-call 90 python3 direct_call_ab.py --device cuda --shape qwen0.5b --dtype bfloat16 --rounds 6
 step 3-fidelity 60 python3 bench_fidelity.py --device cuda --shape llama3.2-1b --dtype bfloat16 --num-requests 300 \
