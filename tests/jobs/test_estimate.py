@@ -190,11 +190,24 @@ def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_to
     job = plan_job(str(inp), Done(), setup, JobConfig())
     sampled = stratified_sample(job.requests, 6, JobConfig().seed)
     probe_backend = backend(setup)
-    steps, wall = run_probe(probe_backend, sampled, setup.max_num_seqs, est_config)
+    steps, wall = run_probe(probe_backend, sampled, {}, setup.max_num_seqs, est_config)
     # the prompts' prefill spans a few steps (128-token budget): the rows decode together once all are in
     assert 0 < len(steps) <= est_config.probe_steps - est_config.warmup_steps and wall > 0
     assert all(o.shape.num_decodes == setup.max_num_seqs and not o.shape.num_prefill_tokens for o in steps)
     assert probe_backend.num_unfinished() == 0
+    # each copy decodes from the middle of its sampled completion: the prompt, then half the tokens generated
+    # (at most what keeps it within the request's own max_tokens=64)
+    generated = {r.custom_id: [list(range(7, 7 + n))] for r, n in zip(sampled, (20, 21, 0, 200, 3, 40))}
+    halves = [min(len(generated[r.custom_id][0]) // 2, 64 - est_config.probe_steps - 1) for r in sampled]
+    assert halves == [10, 10, 0, 55, 1, 20]
+    mid, _ = run_probe(backend(setup), sampled, generated, setup.max_num_seqs, est_config)
+    copies = [i % len(sampled) for i in range(setup.max_num_seqs)]  # the copies cycle through the sample
+    prompts = sum(len(sampled[i].prompt_token_ids) for i in copies)
+    longer = sum(halves[i] for i in copies)
+    assert longer > setup.max_num_seqs * (est_config.probe_steps + 1)  # more than the probe's own tokens add
+    for run, start in ((steps, prompts), (mid, prompts + longer)):  # a row's context: its start, then its decodes
+        assert run and all(0 < o.shape.decode_context_tokens - start <= setup.max_num_seqs * est_config.probe_steps
+                           for o in run)
     evidence = Evidence(None, sim.efficiency, 0.0).rescaled(sim, steps)
     assert predict(sim.deployment, evidence.efficiency, steps).sum() == pytest.approx(sum(o.seconds for o in steps))
     assert Evidence(None, sim.efficiency, 0.0).rescaled(sim, []).efficiency == sim.efficiency

@@ -14,7 +14,7 @@ simulated under several draws of the length model, giving a p10-p90 range.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import reduce
@@ -91,8 +91,9 @@ class EstimateConfig:
     requests)) run on throwaway copies of the sampled requests, and the step costs are scaled by what those steps
     took over what they are priced at; 0: no probe (the default: it costs time the job does not use). A sample's
     1-8-row steps cannot show what the wide ones that carry a job cost, nor a calibration how fast the machine runs
-    now. The copies' prompts are in the prefix cache from the sample, so the probe computes little more than its
-    decodes, over contexts as long as the job's; its time is reported apart from the job's (`info["probe"]`).
+    now. Each copy starts from the middle of its sampled completion (the context a job's decode rows average); those
+    tokens are in the prefix cache from the sample, so the probe computes little more than its decodes. Its time is
+    reported apart from the job's (`info["probe"]`).
     8 on six real SmolLM2 jobs (bench/RESULTS.md, session 26): the jobs' own steps priced within -17%..+19%
     instead of -15%..+43%, for 1.7-6.9 s of probing (1-18% of those jobs); 4 left one or two steps to measure,
     and a long-generation estimate went from -6% to -35%."""
@@ -239,41 +240,49 @@ def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> li
 
 
 def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: str | None, config: JobConfig,
-               prep_s: float) -> tuple[Measurements, dict[str, list[int]], Summary]:
+               prep_s: float) -> tuple[Measurements, dict[str, list[list[int]]], Summary]:
     """Run the sample on the real engine, writing its results to `output_path` (so the run skips them).
 
-    Returns its measurements, each sampled request's output lengths, and its summary (speculative decoding's
-    counters among them).
+    Returns its measurements, each sampled request's output token ids (a list per completion), and its summary
+    (speculative decoding's counters among them).
     """
-    lengths: dict[str, list[int]] = {}
+    outputs: dict[str, list[list[int]]] = {}
     with ResultWriter(output_path, config.fsync_every) if output_path else nullcontext() as writer:
         recorder = Recorder(writer, preserve_order=False, total=len(chosen))
 
         def emit(entry: Entry, out: RequestOutput | None) -> None:
             if out is not None:
-                lengths[out.request_id] = [len(c.token_ids) for c in out.outputs]
+                outputs[out.request_id] = [list(c.token_ids) for c in out.outputs]
             recorder.emit(entry, out)
 
         feed(backend, chosen, emit, config.max_inflight)
         summary = recorder.finish(backend.counters())
     record = backend.log.take()
     record.wall_s, record.num_requests = summary.wall_s + prep_s, len(chosen)
-    return record, lengths, summary
+    return record, outputs, summary
 
 
 PROBE_ID = "batchserve-probe-{}"
 """The probe's requests' ids in the engine: they are never written."""
 
 
-def run_probe(backend: EngineBackend, requests: Sequence[BatchRequest], width: int,
-              est: EstimateConfig) -> tuple[list[Observation], float]:
+def run_probe(backend: EngineBackend, requests: Sequence[BatchRequest], outputs: Mapping[str, list[list[int]]],
+              width: int, est: EstimateConfig) -> tuple[list[Observation], float]:
     """`width` throwaway copies of `requests` (cycling through them; one completion of `probe_steps` + 1 tokens,
-    EOS ignored) run together on the real engine. Returns its pure decode steps of the most rows it ran at once
+    EOS ignored) run together on the real engine, each from the middle of its sampled completion (its prompt, then
+    the first half of `outputs`' tokens for it): a job's decode rows average that context, and the sample left
+    those tokens' blocks in the prefix cache. Returns its pure decode steps of the most rows it ran at once
     (`width`, unless the KV cache holds fewer, as it would in the job), past the first `warmup_steps`, and its wall
     time."""
-    probes = [replace(r, custom_id=PROBE_ID.format(i), anchor=None, response=None,
-                      params=replace(r.params, n=1, max_tokens=est.probe_steps + 1, min_tokens=0, ignore_eos=True))
-              for i, r in enumerate(islice(cycle(requests), width))]
+    probes = []
+    for i, r in enumerate(islice(cycle(requests), width)):
+        generated = outputs.get(r.custom_id, [[]])[0]
+        # the copy may reach no further than the request could (prompt + max_tokens, which fits max_model_len)
+        half = max(0, min(len(generated) // 2, r.params.max_tokens - est.probe_steps - 1))
+        probes.append(replace(r, custom_id=PROBE_ID.format(i), anchor=None, response=None,
+                              prompt_token_ids=r.prompt_token_ids + generated[:half],
+                              params=replace(r.params, n=1, max_tokens=est.probe_steps + 1, min_tokens=0,
+                                             ignore_eos=True)))
     t = time.perf_counter()
     feed(backend, probes, lambda entry, out: None, width)
     wall = time.perf_counter() - t
@@ -320,6 +329,8 @@ def estimate_job(
     peaks: tuple[float, float] | None = None
     """This CPU's (FLOP/s, bytes/s), measured after the sample when the placeholder stands for it."""
     known: dict[str, list[int]] = {}
+    """The sampled requests' output lengths, a list per completion."""
+    generated: dict[str, list[list[int]]] = {}
     done_first: Summary | None = None
     """A sample written to the output is done: the run resumes after it, so the job is the sample, then the rest."""
     spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}, drafts always found; --sample K measures them)"
@@ -327,8 +338,9 @@ def estimate_job(
         assert make_backend is not None, "a sample needs the real engine"
         chosen = stratified_sample(requests, est.sample, config.seed)
         backend = make_backend()
-        sampled, known, counters = run_sample(chosen, backend, output_path, config,
-                                              job.prep_s * len(chosen) / len(requests))
+        sampled, generated, counters = run_sample(chosen, backend, output_path, config,
+                                                  job.prep_s * len(chosen) / len(requests))
+        known = {rid: [len(t) for t in outs] for rid, outs in generated.items()}
         records.append(sampled)
         if output_path:
             done_first = counters
@@ -353,7 +365,7 @@ def estimate_job(
     probe: dict[str, Any] | None = None
     if est.probe_steps and est.fit_step_costs and sampled_here:
         width = min(setup.max_num_seqs, len(requests))
-        steps, probe_s = run_probe(backend, chosen, width, est)
+        steps, probe_s = run_probe(backend, chosen, generated, width, est)
         scale = evidence.efficiency.time_scale
         evidence = evidence.rescaled(sim, steps)
         probe = {"width": steps[0].shape.num_decodes if steps else 0, "steps": len(steps), "wall_s": probe_s,
