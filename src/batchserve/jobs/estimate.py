@@ -94,9 +94,10 @@ class EstimateConfig:
     now. Each copy starts from the middle of its sampled completion (the context a job's decode rows average); those
     tokens are in the prefix cache from the sample, so the probe computes little more than its decodes. Its time is
     reported apart from the job's (`info["probe"]`).
-    8 on six real SmolLM2 jobs (bench/RESULTS.md, session 26): the jobs' own steps priced within -17%..+19%
-    instead of -15%..+43%, for 1.7-6.9 s of probing (1-18% of those jobs); 4 left one or two steps to measure,
-    and a long-generation estimate went from -6% to -35%."""
+    8 on six real SmolLM2 jobs (bench/RESULTS.md, sessions 26-27): the jobs' own steps priced about as well as
+    without it on average (mean |log| 0.118-0.14 against 0.13-0.181), for 1.8-6.9 s of probing (up to 18% of a
+    short job with long prompts); this VM's speed drifts by up to 1.4x within a minute, and a probe of a few steps
+    carries the moment it measured into the whole estimate. 4 steps left one or two to measure."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
     eta_max_overhead: float = 0.02
