@@ -173,10 +173,9 @@ class Evidence:
 
     def rescaled(self, sim: SimSetup, steps: Sequence[Observation]) -> Evidence:
         """These costs scaled as a whole so that `steps` cost what they took (unchanged with no steps)."""
-        priced = predict(sim.deployment, self.efficiency, steps).sum() if steps else 0.0
-        if not priced:
+        ratio = measured_over_priced(sim, self.efficiency, steps)
+        if ratio is None:
             return self
-        ratio = sum(o.seconds for o in steps) / priced
         return replace(self, efficiency=replace(self.efficiency, time_scale=self.efficiency.time_scale * ratio))
 
     def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator,
@@ -238,6 +237,12 @@ def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> li
     rng = np.random.default_rng(seed)
     picks = sorted(int(rng.choice(group)) for group in np.array_split(np.array(order), k))
     return [requests[i] for i in picks]
+
+
+def measured_over_priced(sim: SimSetup, efficiency: Efficiency, steps: Sequence[Observation]) -> float | None:
+    """What `steps` took over what `efficiency` prices them at on the sim's deployment; None with nothing priced."""
+    priced = predict(sim.deployment, efficiency, steps).sum() if steps else 0.0
+    return float(sum(o.seconds for o in steps) / priced) if priced else None
 
 
 def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: str | None, config: JobConfig,
@@ -329,9 +334,8 @@ def estimate_job(
     sampled: Measurements | None = None
     peaks: tuple[float, float] | None = None
     """This CPU's (FLOP/s, bytes/s), measured after the sample when the placeholder stands for it."""
-    known: dict[str, list[int]] = {}
-    """The sampled requests' output lengths, a list per completion."""
     generated: dict[str, list[list[int]]] = {}
+    """The sampled requests' output token ids, a list per completion."""
     done_first: Summary | None = None
     """A sample written to the output is done: the run resumes after it, so the job is the sample, then the rest."""
     spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}, drafts always found; --sample K measures them)"
@@ -341,7 +345,6 @@ def estimate_job(
         backend = make_backend()
         sampled, generated, counters = run_sample(chosen, backend, output_path, config,
                                                   job.prep_s * len(chosen) / len(requests))
-        known = {rid: [len(t) for t in outs] for rid, outs in generated.items()}
         records.append(sampled)
         if output_path:
             done_first = counters
@@ -378,6 +381,7 @@ def estimate_job(
     if evidence.lengths is None:
         draws = [evidence.simulate(entries, sim, config, router, None)]
     else:
+        known = {rid: [len(t) for t in outs] for rid, outs in generated.items()}  # the sample's output lengths
         draws, tokens = _length_draws(evidence, job, entries, sim, config, router, known, est)
     measured_s = 0.0  # the part of the job already run and written: the sample
     if done_first is not None:
@@ -418,9 +422,8 @@ def estimate_job(
                           "output_tokens": sum(c.length for c in sampled.completions),
                           "written_to": output_path}
         if sampled_here:  # a sanity check: the sample's steps measured over the profile's costs
-            steps = sampled.steps[est.warmup_steps:]
-            charged = predict(sim.deployment, sim.efficiency, steps).sum() if steps else 0.0
-            info["sample"]["step_time_ratio"] = sum(o.seconds for o in steps) / charged if charged else None
+            info["sample"]["step_time_ratio"] = measured_over_priced(sim, sim.efficiency,
+                                                                     sampled.steps[est.warmup_steps:])
     return Estimate(median, (p10, p90), (t10, t90), info, sampled)
 
 
