@@ -37,7 +37,11 @@ def test_equal_lengths_need_no_padding_and_a_spread_batch_pads_each_group_to_its
 
 
 @given(st.lists(st.integers(1, 5000), min_size=1, max_size=64))
-def test_the_flex_backend_is_costed_on_exactly_the_keys_of_its_rows(lengths: list[int]) -> None:
-    flex = AttentionConfig(backend="flex")
-    assert decode_layout(lengths, flex.decode_padding_ratio)[0] == sum(lengths)
+def test_in_place_backends_are_costed_on_exactly_the_keys_of_their_rows_in_one_call(lengths: list[int]) -> None:
+    for backend in ("flex", "cpp"):
+        config = AttentionConfig(backend=backend)
+        keys, groups = decode_layout(lengths, config.decode_padding_ratio)
+        assert keys == sum(lengths) and config.decode_calls(groups) == 1
+        assert decode_groups(lengths, config.decode_group_ratio) == [sorted(range(len(lengths)),
+                                                                            key=lambda i: -lengths[i])]
     assert AttentionConfig().decode_padding_ratio == AttentionConfig().decode_bucket_ratio

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-ATTENTION_BACKENDS = ("torch", "flex")
+ATTENTION_BACKENDS = ("torch", "flex", "cpp")
 _Count = TypeVar("_Count")  # an int, or a numpy array of counts (one per step of a run)
 
 
@@ -26,7 +26,9 @@ class AttentionConfig:
 
     backend: str = "torch"
     """Paged attention kernel: "torch" gathers each row's K/V into padded copies for SDPA (the reference);
-    "flex" reads them in place from the block pool with a compiled FlexAttention kernel (models/flex_attention.py)."""
+    "flex" reads them in place from the block pool with a compiled FlexAttention kernel (models/flex_attention.py);
+    "cpp" (CPU) reads decode rows' K/V in place with a C++ kernel built on first use (models/paged_decode.py),
+    prompt chunks as "torch" does."""
 
     batch_invariant: bool = False
     """One call per query token over exactly its visible keys, so a token's result never depends on its
@@ -38,14 +40,24 @@ class AttentionConfig:
     The cost model prices those steps apart (`compiled_rows`; Efficiency.compiled_overhead_ratio)."""
 
     @property
+    def decode_in_place(self) -> bool:
+        """Whether decode rows read their own keys in place (flex, cpp): no padding is read, one call a layer."""
+        return self.backend in ("flex", "cpp")
+
+    @property
     def decode_padding_ratio(self) -> float:
-        """The decode grouping ratio of the keys a step reads: the flex backend reads each row's own keys only."""
-        return 1.0 if self.backend == "flex" else self.decode_bucket_ratio
+        """The decode grouping ratio of the keys a step reads: in-place backends read each row's own keys only."""
+        return 1.0 if self.decode_in_place else self.decode_bucket_ratio
+
+    @property
+    def decode_group_ratio(self) -> float:
+        """The ratio decode rows are grouped by (`decode_groups`): 0, one group, where padding is not read."""
+        return 0.0 if self.decode_in_place else self.decode_bucket_ratio
 
     def decode_calls(self, groups: _Count) -> _Count:
         """Attention calls per layer of decodes laid out in `groups` groups (an int or a numpy array): the torch
-        backend gathers and attends each group in its own call; flex runs one kernel for all of them."""
-        return groups if self.backend == "torch" else (groups > 0) * 1
+        backend gathers and attends each group in its own call; in-place backends run one for all of them."""
+        return (groups > 0) * 1 if self.decode_in_place else groups
 
     def compiled_rows(self, num_prefill_tokens: _Count, num_decodes: _Count, decode_calls: _Count) -> _Count:
         """Rows of a step (ints, or numpy arrays of them) that run through the compiled decode graph: all of a

@@ -166,3 +166,8 @@ def test_a_cuda_flex_engine_refuses_a_block_size_triton_cannot_tile() -> None:
     """Checked before the weights load or CUDA starts, so it holds on a machine without a GPU."""
     with pytest.raises(ValueError, match="flex attention backend on CUDA needs block_size a multiple of 16.*got 8"):
         LLMEngine("tiny", device="cuda", attention_backend="flex", block_size=8, kv_cache_memory="16MiB")
+
+
+def test_the_cpp_attention_backend_is_refused_off_a_cpu() -> None:
+    with pytest.raises(ValueError, match="cpp attention backend is a CPU kernel; on cuda use the torch or flex"):
+        LLMEngine("tiny", device="cuda", attention_backend="cpp", kv_cache_memory="16MiB")

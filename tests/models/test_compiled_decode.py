@@ -93,13 +93,17 @@ def eager(hf_model, kv_memory) -> list[list[int]]:
     return run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory)[0]
 
 
-@pytest.mark.parametrize("compile_regions", [False, True], ids=["whole-step", "regional"])
+@pytest.mark.parametrize(("compile_regions", "attention_backend"), [(False, "torch"), (True, "torch"), (False, "cpp")],
+                         ids=["whole-step", "regional", "cpp-kernel"])
 def test_compiled_decode_equals_eager_and_transformers_and_compiles_a_bounded_number_of_graphs(
-        hf_model, kv_memory, eager, compile_regions) -> None:
-    """Whole-step and regional (one decoder layer's graph for every layer) compilation alike."""
+        hf_model, kv_memory, eager, compile_regions, attention_backend) -> None:
+    """Whole-step and regional (one decoder layer's graph for every layer) compilation alike, and whole steps
+    whose attention is the cpp backend's kernel (an op of the graph)."""
+    if attention_backend == "cpp" and ON_CUDA:
+        pytest.skip("the cpp attention backend is a CPU kernel")
     model, path = hf_model
     graphs_before = counters["stats"]["unique_graphs"]
-    llm = engine(path, False, kv_memory, compilation_config={"compile_regions": compile_regions})
+    llm = engine(path, False, kv_memory, attention_backend, compilation_config={"compile_regions": compile_regions})
     recorder, priced = record_steps(llm)
     compiled = generate(llm)
     graphs = counters["stats"]["unique_graphs"] - graphs_before
@@ -123,6 +127,13 @@ def test_flex_backend_equals_eager_and_compiles_a_bounded_number_of_graphs(hf_mo
     assert graphs <= MAX_GRAPHS, f"{graphs} graphs compiled over {NUM_REQUESTS} requests"
     assert llm.scheduler.num_preemptions > 0
     assert flex == eager
+
+
+@cpu_only
+def test_cpp_backend_equals_eager(hf_model, kv_memory, eager) -> None:
+    tokens, llm = run(hf_model[1], enforce_eager=True, kv_cache_memory=kv_memory, attention_backend="cpp")
+    assert llm.scheduler.num_preemptions > 0
+    assert tokens == eager
 
 
 def test_inductor_settings_reach_the_compiled_step_and_frozen_weights_decode_as_eager(hf_model, kv_memory,

@@ -12,6 +12,7 @@ from torch._dynamo.utils import counters
 
 from batchserve.attention_layout import decode_groups
 from batchserve.model_config import kv_bytes_per_block
+from batchserve.models import attention
 from batchserve.models.attention import decode_metadata
 from batchserve.models import (
     AttentionConfig,
@@ -145,21 +146,81 @@ def test_kv_cache_shapes_and_bytes():
 
 
 FLEX = AttentionConfig(backend="flex")
+IN_PLACE = pytest.mark.parametrize("config", [FLEX, AttentionConfig(backend="cpp")], ids=["flex", "cpp"])
 
 
+@IN_PLACE
 @pytest.mark.parametrize("window", [None, 3])
-def test_flex_backend_matches_reference_on_a_mixed_batch(window):
-    out, expected = run_batch(MIXED, window, config=FLEX)
+def test_in_place_backends_match_reference_on_a_mixed_batch(window, config):
+    out, expected = run_batch(MIXED, window, config=config)
     assert (out - expected).abs().max() < 1e-5
 
 
+@IN_PLACE
 @settings(max_examples=12, deadline=None)
 @given(seqs=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 9)), min_size=1, max_size=6),
        window=st.sampled_from([None, 1, 5, 16]), seed=st.integers(0, 99))
-def test_flex_backend_matches_reference_on_ragged_batches(seqs, window, seed):
+def test_in_place_backends_match_reference_on_ragged_batches(seqs, window, seed, config):
     """Ragged rows on prefix-cached contexts (decodes, chunks on context, fresh prompts), GQA, sliding windows."""
-    out, expected = run_batch(seqs, window, seed, config=FLEX)
+    out, expected = run_batch(seqs, window, seed, config=config)
     assert (out - expected).abs().max() < 1e-5
+
+
+def test_the_cpp_backend_attends_decodes_in_place_and_prompt_chunks_through_sdpa(monkeypatch):
+    """Decode rows (any lengths) go to the kernel in one call a layer, no gather; prompt chunks keep SDPA."""
+    calls = {"sdpa": 0, "kernel": []}
+    sdpa, kernel = attention._sdpa, attention.paged_decode
+    monkeypatch.setattr(attention, "_sdpa", lambda *a: calls.__setitem__("sdpa", calls["sdpa"] + 1) or sdpa(*a))
+    monkeypatch.setattr(attention, "paged_decode", lambda q, *a: calls["kernel"].append(q.shape[0]) or kernel(q, *a))
+    monkeypatch.setattr(PagedAttention, "_gather", None)  # a gather would fail
+    cpp = AttentionConfig(backend="cpp", decode_bucket_ratio=0.99)  # the ratio only groups the torch backend
+    run_batch([(3, 1), (30, 1), (11, 1)], config=cpp)
+    assert calls == {"sdpa": 0, "kernel": [3]}
+    run_batch(MIXED, config=cpp)
+    assert calls["sdpa"] == 3 and calls["kernel"] == [3, 3]  # 3 prompt chunks; decodes (6, 1), (0, 1), (13, 1)
+
+
+@pytest.mark.parametrize("window", [None, 1, 7])
+def test_the_cpp_kernel_splits_a_row_with_fewer_rows_than_threads_and_merges_its_chunks(window):
+    """Fewer rows than threads: each row's keys are split among the threads and merged (flash-decoding's split);
+    a window of one key leaves some chunks empty."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for seqs in ([(37, 1)], [(50, 1), (3, 1)]):
+            out, expected = run_batch(seqs, window, config=AttentionConfig(backend="cpp"))
+            assert (out - expected).abs().max() < 1e-5
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_cpp_kernel_in_bfloat16_is_at_least_as_accurate_as_sdpa_over_gathered_copies():
+    """bf16 K/V (SmolLM2's 9 query and 3 KV heads of 64): the kernel accumulates in fp32 and rounds once, so
+    against an fp64 reference of the same bf16 inputs it errs no more than the torch backend's SDPA."""
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, block = 9, 3, 64, 16
+    lens = [1, 17, 200, 333, 64, 90]
+    k_cache, v_cache = (torch.randn(64, block, kv_heads, dim, generator=g).bfloat16() for _ in range(2))
+    order = torch.randperm(64, generator=g).tolist()
+    tables = [[order.pop() for _ in range(-(-n // block))] for n in lens]
+    meta = AttentionMetadata(torch.tensor([t[(n - 1) // block] * block + (n - 1) % block for t, n in zip(tables, lens)]),
+                             list(range(len(lens) + 1)), [n - 1 for n in lens], tables, block)
+    q = torch.randn(len(lens), heads, dim, generator=g).bfloat16()
+    flat_k, flat_v = k_cache.view(-1, kv_heads, dim), v_cache.view(-1, kv_heads, dim)
+    new_k, new_v = flat_k[meta.slot_mapping].clone(), flat_v[meta.slot_mapping].clone()
+    expected = []
+    for i, (table, n) in enumerate(zip(tables, lens)):
+        slots = torch.tensor([table[p // block] * block + p % block for p in range(n)])
+        keys = flat_k[slots].double().repeat_interleave(heads // kv_heads, 1)
+        values = flat_v[slots].double().repeat_interleave(heads // kv_heads, 1)
+        weights = (torch.einsum("hd,khd->hk", q[i].double(), keys) / 8).softmax(-1)
+        expected.append(torch.einsum("hk,khd->hd", weights, values))
+    errors = {}
+    for backend in ("torch", "cpp"):
+        meta.config, meta._plans = AttentionConfig(backend=backend), {}
+        out = PagedAttention(heads, kv_heads, dim).forward(q, new_k, new_v, (k_cache, v_cache), meta, 1 / 8)
+        errors[backend] = (out.double() - torch.stack(expected)).abs().max().item()
+    assert errors["cpp"] <= errors["torch"], errors
 
 
 def test_flex_backend_fails_loudly_past_the_recompile_limit(monkeypatch):
@@ -182,7 +243,7 @@ def test_flex_backend_does_not_recompile_per_batch_shape():
 
 
 def test_unknown_backend_and_flex_with_deterministic_are_refused():
-    with pytest.raises(ValueError, match="not one of torch, flex"):
+    with pytest.raises(ValueError, match="not one of torch, flex, cpp"):
         AttentionConfig(backend="flash")
     with pytest.raises(ValueError, match="deterministic"):
         AttentionConfig(backend="flex", batch_invariant=True)

@@ -31,6 +31,7 @@ from ..models.batch_invariant import make_batch_invariant
 from ..models.flex_attention import TRITON_MIN_TILE
 from ..models.llama import CausalLM
 from ..models.loader import load_model
+from ..models.paged_decode import load_kernel
 from ..outputs import RequestOutput
 from ..request import Request, RequestStatus, SamplingParams
 from ..spec_decode import SpeculativeConfig, Speculator
@@ -72,7 +73,8 @@ class LLMEngine:
     their own compiled step, on CUDA a CUDA graph, vLLM's keys (`CompilationConfig`), e.g.
     {"max_cudagraph_capture_size": 64}; a decode step is padded to the next size, larger ones run eagerly.
     `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "torch" (default)
-    gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention.
+    gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention, "cpp"
+    (CPU) reads decode rows' K/V in place with a C++ kernel built on first use (~20 s once per machine).
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -135,6 +137,11 @@ class LLMEngine:
             raise ValueError(f"the flex attention backend on CUDA needs block_size a multiple of {TRITON_MIN_TILE} "
                              f"(Triton's smallest key tile), got {block_size}; use 16 (the default) or 32, or the "
                              "torch attention backend")
+        if attention.backend == "cpp":
+            if device.type != "cpu":
+                raise ValueError(f"the cpp attention backend is a CPU kernel; on {device.type} use the torch or "
+                                 "flex attention backend")
+            load_kernel()  # built here, once per machine: a missing compiler fails before the weights load
         compilation = CompilationConfig.of(compilation_config)
         if deterministic and (enable_lora or not enforce_eager):
             raise ValueError("deterministic=True does not cover LoRA adapters or compiled decode steps yet; "

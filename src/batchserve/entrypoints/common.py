@@ -88,7 +88,8 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "oneDNN's packed GEMM)")
     p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
                    help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
-                   "flex reads the block pool in place with compiled FlexAttention (compiles on first use)")
+                   "flex reads the block pool in place with compiled FlexAttention (compiles on first use); "
+                   "cpp (CPU) reads decode K/V in place with a C++ kernel (built once per machine, ~20 s)")
     p.add_argument("--async-scheduling", action="store_true",
                    help="schedule the next step while this one runs, and process this one's outputs meanwhile "
                    "(vLLM's flag: for GPUs, where the host's work then hides behind the device's; no gain on a "

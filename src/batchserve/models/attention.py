@@ -6,7 +6,9 @@ keys by slot index and calls scaled_dot_product_attention: decodes (one new
 token each) in a few padded calls, one per group of similar context lengths,
 with a key-padding mask; prompt chunks one call each. Grouped-query attention never copies K/V: decodes fold the query heads
 that share a KV head into the query axis, prompt chunks broadcast each KV head
-(stride 0) to its query heads; each layout was the faster one on CPU.
+(stride 0) to its query heads; each layout was the faster one on CPU. On the
+cpp backend the decode rows skip the copy: one call of a C++ kernel reads their
+keys in place through the same slots and mask (models/paged_decode.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..attention_layout import AttentionConfig, decode_groups
 from ..model_config import ModelConfig
 from .batch_invariant import per_token_attention
 from .flex_attention import FlexPlan, flex_paged_attention, flex_plan
+from .paged_decode import paged_decode
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -91,6 +94,8 @@ class DecodeMetadata:
     """[B, L] cache slots of each sequence's keys; padding repeats a real slot."""
     key_mask: torch.Tensor
     """[B, 1, 1, L] True where the query may attend."""
+    in_place: bool = False
+    """Attend with the cpp backend's kernel, which reads key_slots in place (models/paged_decode.py)."""
 
 
 def decode_metadata(meta: AttentionMetadata, window: int | None) -> DecodeMetadata | None:
@@ -98,7 +103,7 @@ def decode_metadata(meta: AttentionMetadata, window: int | None) -> DecodeMetada
     decodes, prefills = _plans(meta, window)
     if prefills or len(decodes) != 1 or decodes[0].token_idx is not None:
         return None
-    return DecodeMetadata(meta.slot_mapping, decodes[0].key_slots, decodes[0].key_mask)
+    return DecodeMetadata(meta.slot_mapping, decodes[0].key_slots, decodes[0].key_mask, meta.config.backend == "cpp")
 
 
 @dataclass
@@ -204,7 +209,7 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
     device = meta.slot_mapping.device
     decodes = [i for i in range(len(ctx)) if qsl[i + 1] - qsl[i] == 1]
     decode_plans = []
-    for group in decode_groups([ctx[i] + 1 for i in decodes], meta.config.decode_bucket_ratio):
+    for group in decode_groups([ctx[i] + 1 for i in decodes], meta.config.decode_group_ratio):
         # in batch order: a group's rows attend apart, so order is free, and a pure decode step in one group
         # then needs no row selection (what its compiled graph takes, decode_metadata) whatever its lengths' order
         bucket = sorted(decodes[j] for j in group)
@@ -263,12 +268,14 @@ class PagedAttention:
         if isinstance(meta, AttentionMetadata):
             meta = decode_metadata(meta, self.sliding_window) or meta
         if isinstance(meta, DecodeMetadata):  # a pure decode step: no row selection
-            return self._decode(q, k_cache, v_cache, meta.key_slots, meta.key_mask, scale)
+            return self._decode(q, k_cache, v_cache, meta.key_slots, meta.key_mask, scale, meta.in_place)
         decodes, prefills = _plans(meta, self.sliding_window)
+        in_place = meta.config.backend == "cpp"
         out = torch.empty_like(q)
         for d in decodes:
             rows = q.index_select(0, d.token_idx)
-            out.index_copy_(0, d.token_idx, self._decode(rows, k_cache, v_cache, d.key_slots, d.key_mask, scale))
+            out.index_copy_(0, d.token_idx,
+                            self._decode(rows, k_cache, v_cache, d.key_slots, d.key_mask, scale, in_place))
         for p in prefills:
             if p.key_slots is None:
                 keys, values = k[p.start:p.end], v[p.start:p.end]
@@ -293,9 +300,12 @@ class PagedAttention:
             out[p.start:p.end] = self._prefill(q[p.start:p.end], k[p.start:p.end], v[p.start:p.end], p.mask, scale)
         return out
 
-    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                key_slots: torch.Tensor, key_mask: torch.Tensor, scale: float) -> torch.Tensor:
-        """q [D, heads, head_dim]: one query per row against its keys at key_slots [D, L]."""
+    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
+                key_mask: torch.Tensor, scale: float, in_place: bool = False) -> torch.Tensor:
+        """q [D, heads, head_dim]: one query per row against its keys at key_slots [D, L]; `in_place`: through
+        the cpp backend's kernel, else gathered into padded copies for SDPA (its reference)."""
+        if in_place:
+            return paged_decode(q, k_cache, v_cache, key_slots, key_mask, scale)
         d, length = key_slots.shape
         flat = key_slots.reshape(-1)
         # [D, L, kvh, hd] -> [D, kvh, L, hd]; the group's query heads act as G query rows per KV head.

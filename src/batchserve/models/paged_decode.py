@@ -1,0 +1,58 @@
+"""The "cpp" attention backend's CPU decode kernel (paged_decode.cpp): K/V read in place from the block pool.
+
+The plain-torch backend copies every decode row's keys and values into a padded
+tensor for SDPA: on the 2-core CPU those gathers were 27% of a 64-row fp32 step
+and SDPA over the copies 29% (bench/RESULTS.md, session 27). The kernel reads
+each row's visible keys where they lie, through the same slot indices and mask
+the torch backend builds (attention._plan), so nothing about the step's layout
+changes but the copy. It is C++ built on first use with this machine's compiler
+and ISA (torch.utils.cpp_extension caches the build under TORCH_EXTENSIONS_DIR,
+~20 s once), and registered as the op batchserve::paged_decode, which compiled
+decode graphs call like any other op.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("paged_decode.cpp")
+COMPILE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
+                 "-fno-signed-zeros", "-fopenmp"]
+"""-O3 for the machine that runs it; reassociating float sums lets the compiler vectorize the dot products
+(no -ffast-math: its finite-math assumption would break the kernel's -inf)."""
+
+
+@functools.cache
+def load_kernel() -> None:
+    """Build (or find the cached build of) the kernel and register batchserve::paged_decode; once a process."""
+    from torch.utils import cpp_extension
+
+    logger.info("loading the CPU paged-attention kernel (built once per machine, ~20 s)")
+    try:
+        cpp_extension.load("batchserve_paged_decode", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
+                           extra_ldflags=["-fopenmp"], is_python_module=False)
+    except (RuntimeError, OSError) as e:  # no compiler, no headers: a build error reads like noise here
+        raise RuntimeError(
+            f"the cpp attention backend builds a small C++ kernel on first use and that build failed ({e}); "
+            "install a C++ compiler (g++) or use --attention-backend torch") from e
+    torch.library.register_fake("batchserve::paged_decode")(_fake)
+
+
+def _fake(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
+          key_mask: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
+                 key_mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [D, heads, head_dim], one query per row, against caches [slots, kv_heads, head_dim] at key_slots [D, L]
+    where key_mask (L elements a row) is True; returns [D, heads, head_dim] in q's dtype."""
+    if not torch.compiler.is_compiling():  # a graph is traced after an eager call, which loaded it
+        load_kernel()
+    return torch.ops.batchserve.paged_decode(q, k_cache, v_cache, key_slots, key_mask.view(key_slots.shape), scale)
