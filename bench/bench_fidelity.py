@@ -41,6 +41,7 @@ import torch
 import transformers
 from bench_engine import SHAPES
 
+from batchserve.attention_layout import ATTENTION_BACKENDS
 from batchserve.calibration.device import device_name
 from batchserve.calibration.steps import calibrate
 from batchserve.calibration.validate import (Validation, compare, format_comparison, is_saturated, sim_setup,
@@ -95,6 +96,8 @@ def main() -> None:
                              "one fitted to both grids too (the bracketing tells a drift of the VM from a model error)")
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
                         help="--no-enforce-eager: the engine runs compiled decode steps, calibrated and validated so")
+    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="torch",
+                        help="the engine's paged attention kernel, calibrated and validated so")
     parser.add_argument("--out", default=None, help="directory for the profile and the JSON result")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -105,10 +108,11 @@ def main() -> None:
         if args.model is None:
             build_model(args.shape, dtype, tmp)
         llm = LLMEngine(args.model or tmp, device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory,
-                        skip_tokenizer_init=True, enforce_eager=args.enforce_eager)
+                        skip_tokenizer_init=True, enforce_eager=args.enforce_eager,
+                        attention_backend=args.attention_backend)
         name = args.model or args.shape
         mode = "eager" if args.enforce_eager else "compiled decode steps"
-        print(f"loaded {name} ({args.dtype}, {mode}) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
+        print(f"loaded {name} ({args.dtype}, {mode}, {args.attention_backend} attention) in {time.perf_counter() - t:.0f} s on {device_name(llm.device)}")
         t = time.perf_counter()
         cal = calibrate(llm, f"calibrated-{args.device}", grid_passes=args.grid_passes)
         print(f"calibrated in {time.perf_counter() - t:.0f} s on {len(cal.observations)} steps "
@@ -117,7 +121,8 @@ def main() -> None:
         profile = os.path.join(args.out or tmp, "profile.json")
         os.makedirs(os.path.dirname(profile), exist_ok=True)
         with open(profile, "w") as f:
-            meta = {"shape": name, "dtype": args.dtype, "enforce_eager": args.enforce_eager}
+            meta = {"shape": name, "dtype": args.dtype, "enforce_eager": args.enforce_eager,
+                    "attention_backend": args.attention_backend}
             json.dump(cal.profile_dict(meta), f, indent=2)
         if args.out:
             with open(os.path.join(args.out, "observations.jsonl"), "w") as f:

@@ -14,7 +14,9 @@ decode graphs call like any other op.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import platform
 from pathlib import Path
 
 import torch
@@ -35,13 +37,24 @@ def load_kernel() -> None:
 
     logger.info("loading the CPU paged-attention kernel (built once per machine, ~20 s)")
     try:
-        cpp_extension.load("batchserve_paged_decode", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
+        cpp_extension.load(f"batchserve_paged_decode_{isa_tag()}", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False)
     except (RuntimeError, OSError) as e:  # no compiler, no headers: a build error reads like noise here
         raise RuntimeError(
             f"the cpp attention backend builds a small C++ kernel on first use and that build failed ({e}); "
             "install a C++ compiler (g++) or use --attention-backend torch") from e
     torch.library.register_fake("batchserve::paged_decode")(_fake)
+
+
+def isa_tag() -> str:
+    """A short tag of this CPU's instruction-set flags, in the build's name: a cache shared by machines of other
+    CPUs (a network home directory) keeps one build per ISA, never a -march=native binary another CPU lacks."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return hashlib.sha1(f"{platform.machine()} {flags}".encode()).hexdigest()[:10]
 
 
 def _fake(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
