@@ -7,12 +7,23 @@ one; the simulator counts the same padded keys, by the same rule.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 ATTENTION_BACKENDS = ("torch", "flex", "cpp")
 _Count = TypeVar("_Count")  # an int, or a numpy array of counts (one per step of a run)
+
+
+def default_attention_backend(device_type: str, batch_invariant: bool = False) -> str:
+    """The backend an engine on this device runs unless told otherwise: on a CPU the cpp kernel (1.5-1.85x the
+    output rate of a 64-request job on SmolLM2, bench/RESULTS.md, session 28) where a C++ compiler can build
+    it, else torch; torch off a CPU, and for batch-invariant (deterministic) attention."""
+    if device_type != "cpu" or batch_invariant:
+        return "torch"
+    return "cpp" if shutil.which(os.environ.get("CXX", "c++")) else "torch"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from batchserve.attention_layout import AttentionConfig
 from batchserve.config import CacheConfig, SchedulerConfig
 from batchserve.sim.calibration import (
     Observation,
@@ -112,6 +113,29 @@ def test_a_profile_carries_its_efficiency_into_simulations(tmp_path) -> None:
     overridden = resolve(cluster, SchedulerConfig(), CacheConfig(), {"gemm_flops": 0.5})
     assert overridden.efficiency.gemm_flops == 0.5 and overridden.efficiency.step_overhead_s == 0.02
     assert Hardware.from_dict(setup.deployment.hardware.to_dict()) == setup.deployment.hardware
+
+
+def test_the_cpu_placeholder_prices_the_cpp_backends_keys_by_their_own_terms() -> None:
+    """The in-place kernel's keys cost less than the torch backend's gathered ones: cpu-local carries K/V terms per
+    backend over its shared ones, and a backend without its own keeps the shared ones."""
+    cluster = ClusterConfig(model="qwen2.5-0.5b", hardware="cpu-local", weight_dtype="fp32")
+    setups = {b: resolve(cluster, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=b))
+              for b in ("torch", "cpp", "flex")}
+    shared = dict(get_hardware("cpu-local").efficiency)
+    assert setups["torch"].efficiency == setups["flex"].efficiency
+    assert setups["torch"].efficiency.kv_bandwidth_ratio == shared["kv_bandwidth_ratio"]
+    cpp = setups["cpp"].efficiency
+    assert cpp.kv_bandwidth_ratio > shared["kv_bandwidth_ratio"] and cpp.gemm_flops == shared["gemm_flops"]
+    step = [Observation(StepShape(num_decodes=64, decode_context_tokens=64 * 900, num_sampling=64,
+                                  decode_key_tokens=64 * 900, num_decode_groups=1), 1.0)]
+    torch_s, cpp_s = (predict(setups[b].deployment, setups[b].efficiency, step)[0] for b in ("torch", "cpp"))
+    assert cpp_s < torch_s
+    assert Hardware.from_dict(get_hardware("cpu-local").to_dict()) == get_hardware("cpu-local")
+
+
+def test_a_profile_with_bad_attention_efficiency_is_refused() -> None:
+    with pytest.raises(CatalogError, match="attention_efficiency"):
+        Hardware.from_dict({**get_hardware("cpu-local").to_dict(), "attention_efficiency": {"cpp": 0.5}})
 
 
 def test_a_profile_with_an_unknown_efficiency_field_says_which(tmp_path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..attention_layout import AttentionConfig
+from ..attention_layout import AttentionConfig, default_attention_backend
 from ..config import (CacheConfig, CompilationConfig, QuantizationConfig, compiles_decode, expert_batching,
                       scheduler_config)
 from ..core.scheduler import Scheduler
@@ -72,9 +72,10 @@ class LLMEngine:
     `compilation_config` (with enforce_eager=False and the flex backend): the decode batch sizes that get
     their own compiled step, on CUDA a CUDA graph, vLLM's keys (`CompilationConfig`), e.g.
     {"max_cudagraph_capture_size": 64}; a decode step is padded to the next size, larger ones run eagerly.
-    `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "torch" (default)
-    gathers K/V into padded copies for SDPA, "flex" reads them in place with compiled FlexAttention, "cpp"
-    (CPU) reads decode rows' K/V in place with a C++ kernel built on first use (~20 s once per machine).
+    `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "cpp" (the default on a CPU
+    with a C++ compiler) reads decode rows' K/V in place with a C++ kernel built on first use (~10-25 s once
+    per machine), "torch" (the default elsewhere, and with `deterministic`) gathers K/V into padded copies
+    for SDPA, "flex" reads them in place with compiled FlexAttention.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -131,8 +132,8 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
-        if attention_backend is not None:
-            attention = dataclasses.replace(attention, backend=attention_backend)
+        backend = attention_backend or default_attention_backend(device.type, deterministic)
+        attention = dataclasses.replace(attention, backend=backend)
         if attention.backend == "flex" and device.type == "cuda" and block_size % TRITON_MIN_TILE:
             raise ValueError(f"the flex attention backend on CUDA needs block_size a multiple of {TRITON_MIN_TILE} "
                              f"(Triton's smallest key tile), got {block_size}; use 16 (the default) or 32, or the "

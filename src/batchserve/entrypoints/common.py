@@ -86,10 +86,11 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "\"compile_regions\": true compiles one decoder layer for all (torch backend, seconds not minutes); "
                    "\"row_major_gemv\": false keeps one copy of the weights on a CPU (one-row steps then run "
                    "oneDNN's packed GEMM)")
-    p.add_argument("--attention-backend", default="torch", choices=ATTENTION_BACKENDS,
-                   help="paged attention kernel: torch gathers each request's K/V into padded copies (default); "
-                   "flex reads the block pool in place with compiled FlexAttention (compiles on first use); "
-                   "cpp (CPU) reads decode K/V in place with a C++ kernel (built once per machine, ~20 s)")
+    p.add_argument("--attention-backend", default=None, choices=ATTENTION_BACKENDS,
+                   help="paged attention kernel: cpp (the CPU default where a C++ compiler is found) reads decode "
+                   "K/V in place with a C++ kernel, built once per machine (~20 s); torch (the default elsewhere) "
+                   "gathers each request's K/V into padded copies for SDPA; flex reads the block pool in place "
+                   "with compiled FlexAttention (compiles on first use)")
     p.add_argument("--async-scheduling", action="store_true",
                    help="schedule the next step while this one runs, and process this one's outputs meanwhile "
                    "(vLLM's flag: for GPUs, where the host's work then hides behind the device's; no gain on a "

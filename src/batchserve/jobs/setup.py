@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..attention_layout import AttentionConfig
+from ..attention_layout import AttentionConfig, default_attention_backend
 from ..config import (CacheConfig, CompilationConfig, QuantizationConfig, compiles_decode, expert_batching,
                       scheduler_config)
 from ..engine.memory import num_kv_blocks
@@ -63,7 +63,8 @@ class RunSetup:
     enforce_eager: bool = True
     compilation_config: str | None = None
     """--compilation-config as given (a JSON object); None: the default ladder."""
-    attention_backend: str = "torch"
+    attention_backend: str | None = None
+    """--attention-backend; None: the device's default (`attention_layout.default_attention_backend`)."""
     async_scheduling: bool = False
     speculative_config: str | None = None
     """--speculative-config as given (a JSON object); None: off."""
@@ -85,11 +86,16 @@ class RunSetup:
                 "quantize_lm_head": self.quantize_lm_head, "deterministic": self.deterministic,
                 "weight_prepack": self.weight_prepack,
                 "enforce_eager": self.enforce_eager, "compilation_config": self.compilation_config,
-                "attention_backend": self.attention_backend, "async_scheduling": self.async_scheduling,
+                "attention_backend": self.attention(), "async_scheduling": self.async_scheduling,
                 "speculative_config": self.speculative_config,
                 "target_tokens_per_expert": self.target_tokens_per_expert, "scheduler": self.scheduler,
                 "max_num_batched_tokens": self.max_num_batched_tokens, "max_num_seqs": self.max_num_seqs,
                 "block_size": self.block_size, **dict(self.lora)}
+
+    def attention(self) -> str:
+        """The attention backend the engine will run, the twin's too."""
+        return self.attention_backend or default_attention_backend((self.device or default_device()).split(":")[0],
+                                                                   self.deterministic)
 
     def shape(self) -> ModelConfig:
         """The model's shape as the engine will serve it (with --max-model-len), without loading weights."""
@@ -134,8 +140,8 @@ class RunSetup:
         lora = LoRAConfig(**dict(self.lora))
         rows = 0  # the steps the engine runs compiled: its own rule (LLMEngine)
         if compiles_decode(self.enforce_eager, lora.enable_lora):
-            rows = CompilationConfig.of(self.compilation_config).decode_rows(self.attention_backend, seqs)
+            rows = CompilationConfig.of(self.compilation_config).decode_rows(self.attention(), seqs)
         return resolve(cluster, sched, cache, model=shape, lora=lora,
-                       attention=AttentionConfig(backend=self.attention_backend, compiled_decode_rows=rows),
+                       attention=AttentionConfig(backend=self.attention(), compiled_decode_rows=rows),
                        speculative=speculative,
                        spec_acceptance=spec_acceptance, draft_model=draft)

@@ -77,6 +77,10 @@ class Hardware:
     from memory (`Efficiency.kv_spill_bandwidth`). 0: no such tier (GPU kernels read K/V in place)."""
     efficiency: Mapping[str, float] | None = None
     """Cost-model efficiency fields fitted on this device by `calibrate`; they replace the defaults."""
+    attention_efficiency: Mapping[str, Mapping[str, float]] | None = None
+    """Efficiency fields that differ by attention backend (backend -> fields), over `efficiency`: the CPU
+    placeholder's K/V terms, measured apart for the gather of the torch backend and the in-place cpp kernel.
+    `calibrate` writes none: its fit is for the backend it ran on."""
 
     def __post_init__(self) -> None:
         # Validate here so catalog entries and user profiles obey the same rules,
@@ -116,6 +120,14 @@ class Hardware:
             if not isinstance(self.efficiency, Mapping) or not all(_is_number(v) for v in self.efficiency.values()):
                 raise CatalogError(f"{where}: 'efficiency' must map cost-model field names to numbers")
             object.__setattr__(self, "efficiency", MappingProxyType(dict(self.efficiency)))
+        if self.attention_efficiency is not None:
+            by_backend = self.attention_efficiency
+            if not isinstance(by_backend, Mapping) or not all(
+                    isinstance(v, Mapping) and all(_is_number(x) for x in v.values()) for v in by_backend.values()):
+                raise CatalogError(f"{where}: 'attention_efficiency' must map attention backends to efficiency "
+                                   "fields and numbers")
+            object.__setattr__(self, "attention_efficiency",
+                               MappingProxyType({k: MappingProxyType(dict(v)) for k, v in by_backend.items()}))
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth, self.memory_bytes))
@@ -137,6 +149,8 @@ class Hardware:
         d["peak_flops"] = dict(self.peak_flops)
         if self.efficiency is not None:
             d["efficiency"] = dict(self.efficiency)
+        if self.attention_efficiency is not None:
+            d["attention_efficiency"] = {k: dict(v) for k, v in self.attention_efficiency.items()}
         return d
 
     @classmethod
@@ -324,6 +338,12 @@ _CATALOG = [
                     "kv_shared_bandwidth_ratio": 1.11, "step_overhead_s": 0.0115, "sequence_overhead_s": 0.00025,
                     "chunk_overhead_s": 0.003, "new_shape_overhead_s": 0.0024, "decode_group_overhead_s": 0.0024,
                     "wakeup_overhead_s": 0.0056},
+        # the cpp backend reads decode K/V in place: its K/V terms are the torch ones above times what a
+        # calibration of each measured on the same model, dtype and VM (SmolLM2 fp32 eager, sessions 22 and 28,
+        # bench/results/fidelity-smollm2-{eager-s22,cpp-eager-s28}): keys 1.46x, shared keys 2.07x the rate,
+        # a decode group's fixed cost 0.34x
+        attention_efficiency={"cpp": {"kv_bandwidth_ratio": 0.126, "kv_shared_bandwidth_ratio": 2.3,
+                                      "decode_group_overhead_s": 0.0008}},
     ),
 ]
 

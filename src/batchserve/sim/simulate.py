@@ -102,9 +102,12 @@ class SimSetup:
         }
 
 
-def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None) -> Efficiency:
-    """The hardware's calibrated efficiency (or the defaults), with explicit overrides on top."""
-    values = {**(hardware.efficiency or {}), **(overrides or {})}
+def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None,
+                        attention_backend: str = "torch") -> Efficiency:
+    """The hardware's calibrated efficiency (or the defaults) with its fields for this attention backend, and
+    explicit overrides on top."""
+    by_backend = (hardware.attention_efficiency or {}).get(attention_backend, {})
+    values = {**(hardware.efficiency or {}), **by_backend, **(overrides or {})}
     if "gemm_flops" in values:  # a profile fitted on a dense model: the expert GEMMs run as its GEMMs do
         values.setdefault("expert_flops", values["gemm_flops"])
     known = {f.name for f in fields(Efficiency)}
@@ -137,7 +140,7 @@ def resolve(
     """
     hardware = get_hardware(cluster.hardware)
     if not isinstance(efficiency, Efficiency):
-        efficiency = hardware_efficiency(hardware, efficiency)
+        efficiency = hardware_efficiency(hardware, efficiency, attention.backend)
     deployment = Deployment(
         model=model or get_model(cluster.model),
         hardware=hardware,
