@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -103,7 +104,7 @@ void paged_decode_kernel(const T* q, const T* k_pool, const T* v_pool, const int
     std::vector<float> acc(hd);
     for (int64_t row = begin; row < end; ++row) {
       for (int64_t h = 0; h < heads; ++h) {
-        float m = -INFINITY;
+        float m = std::numeric_limits<float>::lowest();  // finite: -ffast-math assumes no infinities
         for (int64_t c = 0; c < chunks; ++c) {
           const float* p = partial.data() + (row * chunks + c) * item_size;
           if (p[heads + h] > 0.f) m = std::max(m, p[h]);
