@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,8 +51,17 @@ def test_steps_that_grow_faster_with_rows_than_the_profile_keep_the_profiles_sha
 
 def test_measurements_of_another_device_or_dtype_are_refused_naming_both():
     m = Measurements("AMD EPYC (2 threads)", "fp32")
-    m.check_target("AMD EPYC (2 threads)", "fp32", "x.json")
+    m.check_target("AMD EPYC (2 threads)", "fp32", "cpp", "x.json")  # a record that predates the backend: any
     with pytest.raises(ValueError, match=r"x.json was measured on 'AMD EPYC \(2 threads\)' in fp32; this estimate "
                                          r"is for 'NVIDIA H100 SXM5 80GB' in bf16"):
-        m.check_target("NVIDIA H100 SXM5 80GB", "bf16", "x.json")
+        m.check_target("NVIDIA H100 SXM5 80GB", "bf16", "torch", "x.json")
+
+
+def test_measurements_of_another_attention_backend_are_refused_naming_both():
+    """The K/V costs of the gathering torch backend are not the in-place kernel's; the record keeps its backend."""
+    m = Measurements.from_dict(json.loads(json.dumps(Measurements("cpu", "fp32", attention_backend="torch").to_dict())))
+    m.check_target("cpu", "fp32", "torch", "x.json")
+    with pytest.raises(ValueError, match="x.json was measured with the torch attention backend; this estimate is for "
+                                         "cpp: profile the job with it, or give --attention-backend torch"):
+        m.check_target("cpu", "fp32", "cpp", "x.json")
 

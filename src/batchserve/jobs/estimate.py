@@ -322,7 +322,7 @@ def estimate_job(
             from ..calibration.device import device_name
 
             target = device_name(torch.device("cpu"))
-        prior.check_target(target, dtype, f"--profile-from {profile_from}")
+        prior.check_target(target, dtype, sim.attention.backend, f"--profile-from {profile_from}")
     job = plan_job(input_path, done, setup, config)
     requests = job.requests
     if not requests:

@@ -45,6 +45,8 @@ class Measurements:
     wall_s: float = 0.0
     """The job loop's wall time over these steps (steps plus planning, admission and writing)."""
     num_requests: int = 0
+    attention_backend: str | None = None
+    """The engine's attention backend, whose K/V costs the steps carry; None: a record from before it was kept."""
 
     @property
     def loop_overhead_s(self) -> float:
@@ -58,14 +60,16 @@ class Measurements:
                        wall_s=self.wall_s + other.wall_s, num_requests=self.num_requests + other.num_requests)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "dtype": self.dtype, "wall_s": self.wall_s, "num_requests": self.num_requests,
+        return {"device": self.device, "dtype": self.dtype, "attention_backend": self.attention_backend,
+                "wall_s": self.wall_s, "num_requests": self.num_requests,
                 "steps": [o.to_dict() for o in self.steps],
                 "completions": [c.to_list() for c in self.completions]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurements:
         return cls(str(d["device"]), str(d["dtype"]), [Observation.from_dict(o) for o in d["steps"]],
-                   [Completion.from_list(c) for c in d["completions"]], float(d["wall_s"]), int(d["num_requests"]))
+                   [Completion.from_list(c) for c in d["completions"]], float(d["wall_s"]), int(d["num_requests"]),
+                   d.get("attention_backend"))
 
     @classmethod
     def load(cls, path: str) -> Measurements:
@@ -79,11 +83,15 @@ class Measurements:
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"--profile-from {path}: not a `run --json` file with measurements ({err!r})") from None
 
-    def check_target(self, device: str, dtype: str, source: str) -> None:
-        """Refuse step costs of another device or dtype than the one the estimate is for."""
+    def check_target(self, device: str, dtype: str, attention_backend: str, source: str) -> None:
+        """Refuse step costs of another device, dtype or attention backend than the one the estimate is for."""
         if (self.device, self.dtype) != (device, dtype):
             raise ValueError(f"{source} was measured on {self.device!r} in {self.dtype}; this estimate is for "
                              f"{device!r} in {dtype}: profile the job on that device and dtype")
+        if self.attention_backend not in (None, attention_backend):
+            raise ValueError(f"{source} was measured with the {self.attention_backend} attention backend; this "
+                             f"estimate is for {attention_backend}: profile the job with it, or give "
+                             f"--attention-backend {self.attention_backend}")
 
 
 def fit_step_costs(deployment: Deployment, efficiency: Efficiency, steps: Sequence[Observation]) -> Efficiency:
@@ -110,7 +118,7 @@ class StepLog:
     and its finished completions, as `Measurements`."""
 
     def __init__(self, device: str, dtype: str, attention: AttentionConfig) -> None:
-        self.record = Measurements(device, dtype)
+        self.record = Measurements(device, dtype, attention_backend=attention.backend)
         self.attention = attention
         # the counts whose kernels the process holds (an estimate's sample ran before): a new one's first step pays more
         self.seen = RUN_IN_THIS_PROCESS.copy()
@@ -131,7 +139,7 @@ class StepLog:
 
     def take(self) -> Measurements:
         """What was recorded so far; recording goes on into a fresh record."""
-        record, self.record = self.record, Measurements(self.record.device, self.record.dtype)
+        record, self.record = self.record, replace(self.record, steps=[], completions=[], wall_s=0.0, num_requests=0)
         return record
 
     def finished(self, req: BatchRequest, out: RequestOutput) -> None:
