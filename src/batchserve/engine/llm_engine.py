@@ -73,7 +73,7 @@ class LLMEngine:
     their own compiled step, on CUDA a CUDA graph, vLLM's keys (`CompilationConfig`), e.g.
     {"max_cudagraph_capture_size": 64}; a decode step is padded to the next size, larger ones run eagerly.
     `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "cpp" (the default on a CPU
-    with a C++ compiler) reads decode rows' K/V in place with a C++ kernel built on first use (~10-25 s once
+    with a C++ compiler) reads decode rows' K/V in place with a C++ kernel built on first use (8-25 s once
     per machine), "torch" (the default elsewhere, and with `deterministic`) gathers K/V into padded copies
     for SDPA, "flex" reads them in place with compiled FlexAttention.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA

@@ -88,7 +88,7 @@ def add_engine_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
                    "oneDNN's packed GEMM)")
     p.add_argument("--attention-backend", default=None, choices=ATTENTION_BACKENDS,
                    help="paged attention kernel: cpp (the CPU default where a C++ compiler is found) reads decode "
-                   "K/V in place with a C++ kernel, built once per machine (~20 s); torch (the default elsewhere) "
+                   "K/V in place with a C++ kernel, built once per machine (8-25 s); torch (the default elsewhere) "
                    "gathers each request's K/V into padded copies for SDPA; flex reads the block pool in place "
                    "with compiled FlexAttention (compiles on first use)")
     p.add_argument("--async-scheduling", action="store_true",

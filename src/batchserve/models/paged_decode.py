@@ -7,7 +7,7 @@ each row's visible keys where they lie, through the same slot indices and mask
 the torch backend builds (attention._plan), so nothing about the step's layout
 changes but the copy. It is C++ built on first use with this machine's compiler
 and ISA (torch.utils.cpp_extension caches the build under TORCH_EXTENSIONS_DIR,
-~20 s once), and registered as the op batchserve::paged_decode, which compiled
+8-25 s once), and registered as the op batchserve::paged_decode, which compiled
 decode graphs call like any other op.
 """
 
@@ -35,7 +35,7 @@ def load_kernel() -> None:
     """Build (or find the cached build of) the kernel and register batchserve::paged_decode; once a process."""
     from torch.utils import cpp_extension
 
-    logger.info("loading the CPU paged-attention kernel (built once per machine, ~20 s)")
+    logger.info("loading the CPU paged-attention kernel (built once per machine, 8-25 s)")
     try:
         cpp_extension.load(f"batchserve_paged_decode_{isa_tag()}", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False)
