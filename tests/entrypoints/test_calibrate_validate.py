@@ -9,8 +9,10 @@ import pytest
 pytest.importorskip("torch")
 
 from batchserve.attention_layout import default_attention_backend  # noqa: E402
+from batchserve.config import CacheConfig, SchedulerConfig  # noqa: E402
 from batchserve.entrypoints.cli import main  # noqa: E402
 from batchserve.sim.hardware import get_hardware  # noqa: E402
+from batchserve.sim.simulate import ClusterConfig, resolve  # noqa: E402
 
 
 def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None:
@@ -27,7 +29,9 @@ def test_calibrated_simulator_predicts_the_real_engine(tmp_path, capsys) -> None
     data = json.loads(profile.read_text())
     assert data["_calibration"]["model"] == "tiny" and data["_calibration"]["fit"]["all"]["steps"] > 50
     assert data["_calibration"]["grid_passes"] == 2  # each grid point is its median over two passes
-    assert data["_calibration"]["attention_backend"] == default_attention_backend("cpu")  # what the K/V terms priced
+    assert data["attention_backend"] == default_attention_backend("cpu")  # what the K/V terms priced: its twins'
+    assert resolve(ClusterConfig(model="qwen2.5-0.5b", hardware=str(profile), weight_dtype="fp32"), SchedulerConfig(),
+                   CacheConfig()).attention.backend == data["attention_backend"]
     fit = data["_calibration"]["fit"]  # each LoRA step beside its twin of base rows
     assert fit["lora steps"]["steps"] == fit["lora twins"]["steps"] >= 20
     hw = get_hardware(str(profile))

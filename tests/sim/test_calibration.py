@@ -133,9 +133,21 @@ def test_the_cpu_placeholder_prices_the_cpp_backends_keys_by_their_own_terms() -
     assert Hardware.from_dict(get_hardware("cpu-local").to_dict()) == get_hardware("cpu-local")
 
 
-def test_a_profile_with_bad_attention_efficiency_is_refused() -> None:
+def test_a_profile_with_bad_attention_efficiency_or_backend_is_refused() -> None:
     with pytest.raises(CatalogError, match="attention_efficiency"):
         Hardware.from_dict({**get_hardware("cpu-local").to_dict(), "attention_efficiency": {"cpp": 0.5}})
+    with pytest.raises(CatalogError, match="'attention_backend' must be one of torch, flex, cpp, got 'sdpa'"):
+        Hardware.from_dict({**get_hardware("cpu-local").to_dict(), "attention_backend": "sdpa"})
+
+
+def test_simulations_assume_the_hardwares_default_attention_backend_unless_told() -> None:
+    """A CPU engine runs the cpp kernel by default, a GPU engine torch: simulate and plan twin that engine."""
+    def backend(hardware: str, attention: AttentionConfig | None = None) -> str:
+        cluster = ClusterConfig(model="qwen2.5-0.5b", hardware=hardware, weight_dtype="bf16")
+        return resolve(cluster, SchedulerConfig(), CacheConfig(), attention=attention).attention.backend
+
+    assert backend("cpu-local") == "cpp" and backend("h100-sxm") == "torch"
+    assert backend("cpu-local", AttentionConfig(backend="torch")) == "torch"
 
 
 def test_a_profile_with_an_unknown_efficiency_field_says_which(tmp_path) -> None:

@@ -359,6 +359,7 @@ def _calibrate(llm: LLMEngine, name: str, quiet: bool, adapters: Sequence[LoRARe
         interconnect_bandwidth=match.interconnect_bandwidth if match else bandwidth / 10,
         interconnect_latency_s=match.interconnect_latency_s if match else 5e-6,
         max_gpus_per_node=match.max_gpus_per_node if match else 1, cache_bytes=last_level_cache_bytes(device),
+        attention_backend=llm.executor.attention.backend,
     )
     lora = llm.lora_manager
     quantization = llm.quantization_config

@@ -29,7 +29,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         "device": device_name(llm.device), "date": str(datetime.date.today()), "wall_s": wall,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
         "max_context": args.max_context, "enforce_eager": args.enforce_eager,
-        "attention_backend": llm.executor.attention.backend,  # the K/V terms were fitted on this kernel
     }
     write_json(args.output, result.profile_dict(meta))
     if args.observations:

@@ -20,6 +20,8 @@ from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from ..attention_layout import ATTENTION_BACKENDS
+
 GiB = 2**30
 
 DTYPES = ("bf16", "fp16", "fp8", "int8", "fp32")
@@ -81,6 +83,9 @@ class Hardware:
     """Efficiency fields that differ by attention backend (backend -> fields), over `efficiency`: the CPU
     placeholder's K/V terms, measured apart for the gather of the torch backend and the in-place cpp kernel.
     `calibrate` writes none: its fit is for the backend it ran on."""
+    attention_backend: str | None = None
+    """The attention backend an engine on this device runs by default, which its simulations assume unless told
+    otherwise (`calibrate` writes the one it ran on); None: "torch"."""
 
     def __post_init__(self) -> None:
         # Validate here so catalog entries and user profiles obey the same rules,
@@ -120,6 +125,9 @@ class Hardware:
             if not isinstance(self.efficiency, Mapping) or not all(_is_number(v) for v in self.efficiency.values()):
                 raise CatalogError(f"{where}: 'efficiency' must map cost-model field names to numbers")
             object.__setattr__(self, "efficiency", MappingProxyType(dict(self.efficiency)))
+        if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
+            raise CatalogError(f"{where}: 'attention_backend' must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                               f"got {self.attention_backend!r}")
         if self.attention_efficiency is not None:
             by_backend = self.attention_efficiency
             if not isinstance(by_backend, Mapping) or not all(
@@ -344,6 +352,7 @@ _CATALOG = [
         # a decode group's fixed cost 0.34x
         attention_efficiency={"cpp": {"kv_bandwidth_ratio": 0.126, "kv_shared_bandwidth_ratio": 2.3,
                                       "decode_group_overhead_s": 0.0008}},
+        attention_backend="cpp",  # a CPU engine's default where a C++ compiler is found
     ),
 ]
 

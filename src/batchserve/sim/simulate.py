@@ -125,7 +125,7 @@ def resolve(
     efficiency: Efficiency | Mapping[str, float] | None = None,
     model: ModelConfig | None = None,
     router: RouterConfig = RouterConfig(),
-    attention: AttentionConfig = AttentionConfig(),
+    attention: AttentionConfig | None = None,
     lora: LoRAConfig = LoRAConfig(),
     speculative: SpeculativeConfig | None = None,
     spec_acceptance: SpecAcceptance = SpecAcceptance(),
@@ -137,8 +137,11 @@ def resolve(
     of the hardware's own (calibrated profiles carry one); None takes the hardware's.
     `model`: a shape built elsewhere (e.g. the built-in `tiny`) instead of looking up `cluster.model`;
     `draft_model` likewise for a draft-model `speculative` config (None: look up its `model`).
+    `attention`: the engine's attention layout; None: the hardware's default backend (`Hardware.attention_backend`).
     """
     hardware = get_hardware(cluster.hardware)
+    if attention is None:
+        attention = AttentionConfig(backend=hardware.attention_backend or "torch")
     if not isinstance(efficiency, Efficiency):
         efficiency = hardware_efficiency(hardware, efficiency, attention.backend)
     deployment = Deployment(
