@@ -52,7 +52,7 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from batchserve import SamplingParams
-from batchserve.attention_layout import AttentionConfig
+from batchserve.attention_layout import ATTENTION_BACKENDS, AttentionConfig
 from batchserve.calibration.device import matmul_flops
 from batchserve.entrypoints.llm import LLM
 from batchserve.models.linear import prepack_supported
@@ -182,8 +182,9 @@ def main() -> None:
                              "both (an untimed warm-up run, then a row each and their ratio)")
     parser.add_argument("--enforce-eager", choices=["on", "off", "both"], default="on",
                         help="batchserve's decode steps: eager (on, the engine's default), compiled (off), or both")
-    parser.add_argument("--attention-backend", choices=["torch", "flex"], default="torch",
-                        help="batchserve's paged attention: a gather + SDPA (torch) or FlexAttention in place (flex)")
+    parser.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default=None,
+                        help="batchserve's paged attention: a gather + SDPA (torch), FlexAttention in place (flex) or "
+                             "the CPU kernel in place (cpp); default: the engine's for the device")
     parser.add_argument("--decode-bucket-ratio", type=float, nargs="+", default=[AttentionConfig.decode_bucket_ratio],
                         help="the torch backend's decode grouping (AttentionConfig.decode_bucket_ratio): rows share "
                              "a padded attention call while their keys are >= this fraction of its longest; 0: one "
@@ -222,8 +223,11 @@ def main() -> None:
         options = {"on": [True], "off": [False], "both": [True, False]}
         for prepack, eager, ratio in itertools.product(options[args.prepack], options[args.enforce_eager],
                                                        args.decode_bucket_ratio):
-            engine = {"enforce_eager": eager, "attention_backend": args.attention_backend,
-                      "attention": AttentionConfig(decode_bucket_ratio=ratio)}
+            # grouping ratios compared are the torch backend's knob: every row then runs a config of its own, whose
+            # backend is torch unless told otherwise; none compared: the engine's default backend
+            grouped = args.decode_bucket_ratio != [AttentionConfig.decode_bucket_ratio]
+            attention = AttentionConfig(decode_bucket_ratio=ratio) if grouped else None
+            engine = {"enforce_eager": eager, "attention_backend": args.attention_backend, "attention": attention}
             if args.async_scheduling == "both":  # the two rows share their kernels: the first would build them
                 run_ours(tmp, args.dtype, reqs, args.device, prepack, **engine)
             for overlap in {"off": [False], "on": [True], "both": [False, True]}[args.async_scheduling]:

@@ -4,8 +4,9 @@
     python bench/profile_engine.py --model SmolLM2-135M-Instruct.Q4_1.gguf --num-requests 1 --threads 2
     python bench/profile_engine.py --device cuda --dtype bfloat16 --decode-bucket-ratio 0   # one attention call
 
-Each step's decodes are attended in groups of similar key counts (AttentionConfig.decode_bucket_ratio), a
-gather and an SDPA call per group and layer; the table's call counts show what that costs on the host.
+It profiles the torch attention backend (also on a CPU, whose default is the cpp kernel): each step's decodes
+are attended in groups of similar key counts (AttentionConfig.decode_bucket_ratio), a gather and an SDPA call
+per group and layer; the table's call counts show what that costs on the host.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class LLMEngine:
     `attention_backend`: the paged attention kernel (`AttentionConfig.backend`): "cpp" (the default on a CPU
     with a C++ compiler) reads decode rows' K/V in place with a C++ kernel built on first use (8-25 s once
     per machine), "torch" (the default elsewhere, and with `deterministic`) gathers K/V into padded copies
-    for SDPA, "flex" reads them in place with compiled FlexAttention.
+    for SDPA, "flex" reads them in place with compiled FlexAttention. `attention`: the backend's knobs
+    (`AttentionConfig`), its `backend` included, which `attention_backend` overrides; None: the defaults.
     `enable_lora`, `max_loras`, `max_lora_rank`, `max_cpu_loras`: serve PEFT LoRA
     adapters, many in one batch (`LoRAConfig`; requests name theirs with a `LoRARequest`).
     `speculative_config`: speculative decoding, vLLM's keys (`SpeculativeConfig`), e.g.
@@ -114,7 +115,7 @@ class LLMEngine:
         enforce_eager: bool = True,
         compilation_config: CompilationConfig | dict[str, Any] | str | None = None,
         attention_backend: str | None = None,
-        attention: AttentionConfig = AttentionConfig(),
+        attention: AttentionConfig | None = None,
         enable_lora: bool = False,
         max_loras: int = LoRAConfig.max_loras,
         max_lora_rank: int = LoRAConfig.max_lora_rank,
@@ -132,8 +133,11 @@ class LLMEngine:
         # The tokenizer first: a missing or broken one fails in a second, not after reading gigabytes of weights.
         # Without a tokenizer, prompts must be token ids and outputs carry no text.
         self.tokenizer: Tokenizer | None = None if skip_tokenizer_init else load_tokenizer(model)
-        backend = attention_backend or default_attention_backend(device.type, deterministic)
-        attention = dataclasses.replace(attention, backend=backend)
+        if attention is None:  # the device's backend; a config given whole keeps its own unless told otherwise
+            attention = AttentionConfig(backend=attention_backend or default_attention_backend(device.type,
+                                                                                               deterministic))
+        elif attention_backend is not None:
+            attention = dataclasses.replace(attention, backend=attention_backend)
         if attention.backend == "flex" and device.type == "cuda" and block_size % TRITON_MIN_TILE:
             raise ValueError(f"the flex attention backend on CUDA needs block_size a multiple of {TRITON_MIN_TILE} "
                              f"(Triton's smallest key tile), got {block_size}; use 16 (the default) or 32, or the "

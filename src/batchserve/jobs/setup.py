@@ -138,10 +138,11 @@ class RunSetup:
         sched = scheduler_config(self.scheduler, max_num_batched_tokens=budget, max_num_seqs=seqs)
         cache = CacheConfig(block_size=self.block_size, num_blocks=self.num_kv_blocks(shape))
         lora = LoRAConfig(**dict(self.lora))
+        backend = self.attention()
         rows = 0  # the steps the engine runs compiled: its own rule (LLMEngine)
         if compiles_decode(self.enforce_eager, lora.enable_lora):
-            rows = CompilationConfig.of(self.compilation_config).decode_rows(self.attention(), seqs)
+            rows = CompilationConfig.of(self.compilation_config).decode_rows(backend, seqs)
         return resolve(cluster, sched, cache, model=shape, lora=lora,
-                       attention=AttentionConfig(backend=self.attention(), compiled_decode_rows=rows),
+                       attention=AttentionConfig(backend=backend, compiled_decode_rows=rows),
                        speculative=speculative,
                        spec_acceptance=spec_acceptance, draft_model=draft)

@@ -122,7 +122,7 @@ class Hardware:
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise CatalogError(f"{where}: 'max_gpus_per_node' must be an integer >= 1, got {gpus!r}")
         if self.efficiency is not None:
-            if not isinstance(self.efficiency, Mapping) or not all(_is_number(v) for v in self.efficiency.values()):
+            if not _is_number_map(self.efficiency):
                 raise CatalogError(f"{where}: 'efficiency' must map cost-model field names to numbers")
             object.__setattr__(self, "efficiency", MappingProxyType(dict(self.efficiency)))
         if self.attention_backend is not None and self.attention_backend not in ATTENTION_BACKENDS:
@@ -131,9 +131,9 @@ class Hardware:
         if self.attention_efficiency is not None:
             by_backend = self.attention_efficiency
             if not isinstance(by_backend, Mapping) or not all(
-                    isinstance(v, Mapping) and all(_is_number(x) for x in v.values()) for v in by_backend.values()):
-                raise CatalogError(f"{where}: 'attention_efficiency' must map attention backends to efficiency "
-                                   "fields and numbers")
+                    k in ATTENTION_BACKENDS and _is_number_map(v) for k, v in by_backend.items()):
+                raise CatalogError(f"{where}: 'attention_efficiency' must map attention backends "
+                                   f"({', '.join(ATTENTION_BACKENDS)}) to efficiency fields and numbers")
             object.__setattr__(self, "attention_efficiency",
                                MappingProxyType({k: MappingProxyType(dict(v)) for k, v in by_backend.items()}))
 
@@ -184,6 +184,11 @@ class Hardware:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_number_map(m: Any) -> bool:
+    """Whether m maps names to numbers (a profile's efficiency fields)."""
+    return isinstance(m, Mapping) and all(_is_number(v) for v in m.values())
 
 
 def _positive(x: Any, what: str) -> float:
