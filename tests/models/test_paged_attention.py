@@ -12,7 +12,7 @@ from torch._dynamo.utils import counters
 
 from batchserve.attention_layout import decode_groups
 from batchserve.model_config import kv_bytes_per_block
-from batchserve.models import attention
+from batchserve.models import attention, paged_decode
 from batchserve.models.attention import decode_metadata
 from batchserve.models import (
     AttentionConfig,
@@ -192,6 +192,18 @@ def test_the_cpp_kernel_splits_a_row_with_fewer_rows_than_threads_and_merges_its
             assert (out - expected).abs().max() < 1e-5
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_failed_kernel_build_says_what_to_do_as_an_environment_error(monkeypatch):
+    """No compiler or headers: an OSError (the CLI's one-line errors) naming the fix, not a build log's traceback."""
+    from torch.utils import cpp_extension
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Error building extension 'batchserve_paged_decode'")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    with pytest.raises(OSError, match="build failed .*install a C\\+\\+ compiler \\(g\\+\\+\\) or use --attention-backend torch"):
+        paged_decode.load_kernel.__wrapped__()
 
 
 def test_the_cpp_kernel_in_bfloat16_is_at_least_as_accurate_as_sdpa_over_gathered_copies():

@@ -30,6 +30,11 @@ and the softmax's exp (glibc's vector math); the kernel holds no infinities or N
 compile flags: linked without it, the library does not switch the process's floats to flush-to-zero."""
 
 
+class KernelBuildError(OSError):
+    """The kernel could not be built on this machine (no compiler or headers): an environment error, which the
+    CLI reports in one line, as it does a missing file."""
+
+
 @functools.cache
 def load_kernel() -> None:
     """Build (or find the cached build of) the kernel and register batchserve::paged_decode; once a process."""
@@ -40,7 +45,7 @@ def load_kernel() -> None:
         cpp_extension.load(f"batchserve_paged_decode_{isa_tag()}", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False)
     except (RuntimeError, OSError) as e:  # no compiler, no headers: a build error reads like noise here
-        raise RuntimeError(
+        raise KernelBuildError(
             f"the cpp attention backend builds a small C++ kernel on first use and that build failed ({e}); "
             "install a C++ compiler (g++) or use --attention-backend torch") from e
     torch.library.register_fake("batchserve::paged_decode")(_fake)
