@@ -194,6 +194,39 @@ def test_the_cpp_kernel_splits_a_row_with_fewer_rows_than_threads_and_merges_its
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("head_dim", [8, 64, 128])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (9, 3), (6, 1)])
+@pytest.mark.parametrize("threads", [1, 8])
+def test_the_cpp_kernel_equals_softmax_attention_for_every_head_dim_and_group(head_dim, heads, kv_heads, threads):
+    """The kernel's vectorized form for head_dims 64 and 128 (AVX-512 builds) and its generic loop for others:
+    ragged rows of masked keys scattered over the pool (key counts off a multiple of 4, a row with one key, a
+    row with none: zeros), groups of 1-6 query heads (an odd group splits its register pairs), with and
+    without split-K, against softmax attention of the same keys in float64."""
+    g = torch.Generator().manual_seed(head_dim * 100 + heads * 10 + kv_heads)
+    group, width, pool = heads // kv_heads, 45, 400
+    k_cache, v_cache = (torch.randn(pool, kv_heads, head_dim, generator=g) for _ in range(2))
+    lens = [45, 1, 30, 7, 0, 13]
+    slots = torch.randperm(pool, generator=g)[:len(lens) * width].view(len(lens), width)
+    mask = torch.zeros(len(lens), width, dtype=torch.bool)
+    for r, n in enumerate(lens):
+        mask[r, torch.randperm(width, generator=g)[:n]] = True
+    q = torch.randn(len(lens), heads, head_dim, generator=g)
+    scale = head_dim ** -0.5
+    prior = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = paged_decode.paged_decode(q, k_cache, v_cache, slots, mask, scale)
+    finally:
+        torch.set_num_threads(prior)
+    for r in range(len(lens)):
+        keys = slots[r][mask[r]]
+        k = k_cache[keys].double().repeat_interleave(group, 1)
+        v = v_cache[keys].double().repeat_interleave(group, 1)
+        w = (torch.einsum("hd,khd->hk", q[r].double(), k) * scale).softmax(-1)
+        expected = torch.einsum("hk,khd->hd", w, v) if len(keys) else torch.zeros(heads, head_dim)
+        assert (out[r].double() - expected).abs().max() < 1e-5, (r, lens[r])
+
+
 def test_a_failed_kernel_build_says_what_to_do_as_an_environment_error(monkeypatch):
     """No compiler or headers: an OSError (the CLI's one-line errors) naming the fix, not a build log's traceback."""
     from torch.utils import cpp_extension
@@ -204,6 +237,25 @@ def test_a_failed_kernel_build_says_what_to_do_as_an_environment_error(monkeypat
     monkeypatch.setattr(cpp_extension, "load", fail)
     with pytest.raises(OSError, match="build failed .*install a C\\+\\+ compiler \\(g\\+\\+\\) or use --attention-backend torch"):
         paged_decode.load_kernel.__wrapped__()
+
+
+def test_a_kernel_load_that_is_a_build_says_so_and_a_cached_load_says_nothing(monkeypatch, caplog):
+    """A fresh machine's first run builds the kernel for 8-25 s: a load still going after BUILD_NOTICE_AFTER_S is
+    announced (the CLI shows batchserve's INFO lines); a cached load (0.04 s) prints nothing."""
+    import logging
+    import time
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(torch.library, "register_fake", lambda name: (lambda fn: fn))
+    monkeypatch.setattr(paged_decode, "BUILD_NOTICE_AFTER_S", 0.05)
+    caplog.set_level(logging.INFO, logger="batchserve")
+    for seconds, announced in ((0.0, False), (0.5, True)):
+        caplog.clear()
+        monkeypatch.setattr(cpp_extension, "load", lambda *args, s=seconds, **kwargs: time.sleep(s))
+        paged_decode.load_kernel.__wrapped__()
+        time.sleep(0.1)  # past the notice's timer, had it not been cancelled
+        assert any("building the CPU paged-attention kernel" in r.getMessage() for r in caplog.records) is announced
 
 
 def test_the_cpp_kernel_in_bfloat16_is_at_least_as_accurate_as_sdpa_over_gathered_copies():

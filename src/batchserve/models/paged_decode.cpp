@@ -22,6 +22,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 inline float load(float v) { return v; }
@@ -37,6 +41,21 @@ struct Shape {
   int64_t rows, width, kv_heads, group, head_dim;  // width: the key axis of key_slots / key_mask
   int64_t heads() const { return kv_heads * group; }
 };
+
+// scores [heads, n] -> exp(score - the head's max) in place, with each head's max and exp-sum.
+inline void softmax_rows(float* scores, int64_t n, int64_t heads, float* max, float* sum) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* sh = scores + h * n;
+    const float m = *std::max_element(sh, sh + n);
+    float total = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+      sh[j] = std::exp(sh[j] - m);
+      total += sh[j];
+    }
+    max[h] = m;
+    sum[h] = total;
+  }
+}
 
 // One chunk of one row: keys[0..n) (cache slots) attended by the row's queries q [heads, head_dim], already
 // scaled. Writes the chunk's per-head max and exp-sum and its unnormalized weighted values acc [heads, head_dim].
@@ -54,17 +73,7 @@ void attend_chunk(const float* q, const T* k_pool, const T* v_pool, const int64_
       scores[h * n + j] = dot;
     }
   }
-  for (int64_t h = 0; h < heads; ++h) {
-    float* sh = scores + h * n;
-    const float m = *std::max_element(sh, sh + n);
-    float total = 0.f;
-    for (int64_t j = 0; j < n; ++j) {
-      sh[j] = std::exp(sh[j] - m);
-      total += sh[j];
-    }
-    max[h] = m;
-    sum[h] = total;
-  }
+  softmax_rows(scores, n, heads, max, sum);
   std::fill(acc, acc + heads * hd, 0.f);
   for (int64_t j = 0; j < n; ++j) {
     const T* v = v_pool + keys[j] * slot_size;
@@ -75,6 +84,87 @@ void attend_chunk(const float* q, const T* k_pool, const T* v_pool, const int64_
       for (int64_t e = 0; e < hd; ++e) a[e] += p * load(vh[e]);
     }
   }
+}
+
+#if defined(__AVX512F__)
+// The same chunk for a head_dim of V * 16 (64 and 128, the common ones) in AVX-512: a query head's V vectors stay
+// in registers against each key it reads (the generic loop reloads them and ends every dot product in a dependent
+// chain), and a KV head's group of query heads accumulates its values in registers across the chunk.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
+inline __m512 load16(const c10::BFloat16* p) {  // 16 bf16 -> fp32: widen, shift into the high half
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+template <typename T, int V>
+void attend_chunk_avx512(const float* q, const T* k_pool, const T* v_pool, const int64_t* keys, int64_t n,
+                         const Shape& s, float* scores, float* max, float* sum, float* acc) {
+  constexpr int64_t hd = V * 16;
+  const int64_t heads = s.heads(), slot_size = s.kv_heads * hd;
+  for (int64_t h = 0; h < heads; ++h) {
+    __m512 qv[V];
+    for (int v = 0; v < V; ++v) qv[v] = _mm512_loadu_ps(q + h * hd + v * 16);
+    const T* k_head = k_pool + (h / s.group) * hd;
+    float* sh = scores + h * n;
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {  // four keys' dot products in flight at once
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      const T *k0 = k_head + keys[j] * slot_size, *k1 = k_head + keys[j + 1] * slot_size,
+              *k2 = k_head + keys[j + 2] * slot_size, *k3 = k_head + keys[j + 3] * slot_size;
+      for (int v = 0; v < V; ++v) {
+        a0 = _mm512_fmadd_ps(qv[v], load16(k0 + v * 16), a0);
+        a1 = _mm512_fmadd_ps(qv[v], load16(k1 + v * 16), a1);
+        a2 = _mm512_fmadd_ps(qv[v], load16(k2 + v * 16), a2);
+        a3 = _mm512_fmadd_ps(qv[v], load16(k3 + v * 16), a3);
+      }
+      sh[j] = _mm512_reduce_add_ps(a0);
+      sh[j + 1] = _mm512_reduce_add_ps(a1);
+      sh[j + 2] = _mm512_reduce_add_ps(a2);
+      sh[j + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (; j < n; ++j) {
+      __m512 a = _mm512_setzero_ps();
+      const T* k = k_head + keys[j] * slot_size;
+      for (int v = 0; v < V; ++v) a = _mm512_fmadd_ps(qv[v], load16(k + v * 16), a);
+      sh[j] = _mm512_reduce_add_ps(a);
+    }
+  }
+  softmax_rows(scores, n, heads, max, sum);
+  for (int64_t g = 0; g < s.kv_heads; ++g) {
+    const T* v_head = v_pool + g * hd;
+    for (int64_t h0 = g * s.group; h0 < (g + 1) * s.group; h0 += 2) {  // two query heads' values in registers
+      const bool pair = h0 + 1 < (g + 1) * s.group;
+      __m512 a[V], b[V];
+      for (int v = 0; v < V; ++v) a[v] = b[v] = _mm512_setzero_ps();
+      const float *p0 = scores + h0 * n, *p1 = scores + (pair ? h0 + 1 : h0) * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const T* vj = v_head + keys[j] * slot_size;
+        const __m512 w0 = _mm512_set1_ps(p0[j]), w1 = _mm512_set1_ps(p1[j]);
+        for (int v = 0; v < V; ++v) {
+          const __m512 x = load16(vj + v * 16);
+          a[v] = _mm512_fmadd_ps(w0, x, a[v]);
+          b[v] = _mm512_fmadd_ps(w1, x, b[v]);
+        }
+      }
+      for (int v = 0; v < V; ++v) {
+        _mm512_storeu_ps(acc + h0 * hd + v * 16, a[v]);
+        if (pair) _mm512_storeu_ps(acc + (h0 + 1) * hd + v * 16, b[v]);
+      }
+    }
+  }
+}
+#endif
+
+// A chunk in the fastest form this build has for its head_dim.
+template <typename T>
+void attend(const float* q, const T* k_pool, const T* v_pool, const int64_t* keys, int64_t n, const Shape& s,
+            float* scores, float* max, float* sum, float* acc) {
+#if defined(__AVX512F__)
+  if (s.head_dim == 64) return attend_chunk_avx512<T, 4>(q, k_pool, v_pool, keys, n, s, scores, max, sum, acc);
+  if (s.head_dim == 128) return attend_chunk_avx512<T, 8>(q, k_pool, v_pool, keys, n, s, scores, max, sum, acc);
+#endif
+  attend_chunk(q, k_pool, v_pool, keys, n, s, scores, max, sum, acc);
 }
 
 template <typename T>
@@ -96,8 +186,7 @@ void paged_decode_kernel(const T* q, const T* k_pool, const T* v_pool, const int
       if (lo == hi) continue;
       for (int64_t i = 0; i < heads * hd; ++i) qf[i] = load(q[row * heads * hd + i]) * scale;
       float* p = partial.data() + item * item_size;
-      attend_chunk(qf.data(), k_pool, v_pool, keys.data() + lo, hi - lo, s, scores.data(), p, p + heads,
-                   p + 2 * heads);
+      attend(qf.data(), k_pool, v_pool, keys.data() + lo, hi - lo, s, scores.data(), p, p + heads, p + 2 * heads);
     }
   });
   at::parallel_for(0, s.rows, 1, [&](int64_t begin, int64_t end) {
