@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -216,9 +217,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (a handler holding the stream it started with would write to
+    a closed one after a test or a caller swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr)
+
+
+def show_notices(quiet: bool) -> None:
+    """batchserve's own INFO messages on stderr (a first-use kernel build, a dtype the CPU lacks); other
+    libraries' logging stays as they set it. Once a process; -q keeps warnings only."""
+    log = logging.getLogger("batchserve")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("batchserve: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_notices(getattr(args, "quiet", False))
     try:
         if getattr(args, "engine_model", False) and args.model is None:
             args.model = default_model()

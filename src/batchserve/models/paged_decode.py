@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import platform
+import threading
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 """-O3 for the machine that runs it; -ffast-math lets the compiler vectorize the dot products (reassociated sums)
 and the softmax's exp (glibc's vector math); the kernel holds no infinities or NaNs for it to assume away. Only
 compile flags: linked without it, the library does not switch the process's floats to flush-to-zero."""
+BUILD_NOTICE_AFTER_S = 1.0
+"""A load still going after this long is a build (a cached one loads in 0.04 s): say so, or a fresh machine's
+first run pauses 8-25 s unexplained."""
 
 
 class KernelBuildError(OSError):
@@ -40,7 +44,11 @@ def load_kernel() -> None:
     """Build (or find the cached build of) the kernel and register batchserve::paged_decode; once a process."""
     from torch.utils import cpp_extension
 
-    logger.info("loading the CPU paged-attention kernel (built once per machine, 8-25 s)")
+    notice = threading.Timer(BUILD_NOTICE_AFTER_S, logger.info, (
+        "building the CPU paged-attention kernel for this machine (once, 8-25 s; --attention-backend torch "
+        "skips it)",))
+    notice.daemon = True
+    notice.start()
     try:
         cpp_extension.load(f"batchserve_paged_decode_{isa_tag()}", [str(SOURCE)], extra_cflags=COMPILE_FLAGS,
                            extra_ldflags=["-fopenmp"], is_python_module=False)
@@ -48,6 +56,8 @@ def load_kernel() -> None:
         raise KernelBuildError(
             f"the cpp attention backend builds a small C++ kernel on first use and that build failed ({e}); "
             "install a C++ compiler (g++) or use --attention-backend torch") from e
+    finally:
+        notice.cancel()
     torch.library.register_fake("batchserve::paged_decode")(_fake)
 
 
