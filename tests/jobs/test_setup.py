@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.setup import RunSetup
+from batchserve.sim.hardware import get_hardware
 
 
 @pytest.mark.parametrize("kv, dtype, scheduler", [("300KiB", "auto", "sarathi"), ("1MiB", "bfloat16", "vllm")])
@@ -30,18 +33,21 @@ def test_a_dtype_the_engine_does_not_run_is_refused():
         RunSetup(dtype="int8").sim_setup("cpu-local")
 
 
-def test_the_attention_backend_reaches_the_engine_and_its_twin(monkeypatch):
+def test_the_attention_backend_reaches_the_engine_and_its_twin(monkeypatch, tmp_path):
     # no step runs here, so the compiled engine need not compile its graphs at start-up (tests/models covers that)
     monkeypatch.setattr(LLMEngine, "_compile_decode_steps", lambda self: None)
+    flex_fit = tmp_path / "flex.json"  # a profile calibrated on the flex backend prices its reads
+    flex_fit.write_text(json.dumps({**get_hardware("cpu-local").to_dict(), "name": "flex-fit",
+                                    "attention_backend": "flex", "attention_efficiency": None}))
     setup = RunSetup(device="cpu", attention_backend="flex")
-    assert setup.sim_setup("cpu-local").attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
+    assert setup.sim_setup(str(flex_fit)).attention.decode_padding_ratio == 1.0  # the twin costs unpadded keys
     assert LLMEngine("tiny", **setup.engine_args()).executor.attention.backend == "flex"
     compiled = RunSetup(device="cpu", attention_backend="flex", enforce_eager=False,
                         compilation_config='{"cudagraph_capture_sizes": [4, 1, 2]}')
     engine = LLMEngine("tiny", **compiled.engine_args())
     assert engine.model.compiled_decode.capture_sizes == (1, 2, 4)
     # the twin marks the steps the engine runs compiled (up to the ladder's top) by the engine's own rule
-    assert compiled.sim_setup("cpu-local").attention == engine.executor.attention
+    assert compiled.sim_setup(str(flex_fit)).attention == engine.executor.attention
     assert engine.executor.attention.compiled_decode_rows == 4
 
 

@@ -116,21 +116,45 @@ def test_a_profile_carries_its_efficiency_into_simulations(tmp_path) -> None:
 
 
 def test_the_cpu_placeholder_prices_the_cpp_backends_keys_by_their_own_terms() -> None:
-    """The in-place kernel's keys cost less than the torch backend's gathered ones: cpu-local carries K/V terms per
-    backend over its shared ones, and a backend without its own keeps the shared ones."""
+    """The in-place kernel's keys cost less than the torch backend's gathered ones: cpu-local's efficiency is
+    the cpp backend's (its default) and the torch backend has K/V terms of its own over it."""
     cluster = ClusterConfig(model="qwen2.5-0.5b", hardware="cpu-local", weight_dtype="fp32")
     setups = {b: resolve(cluster, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=b))
-              for b in ("torch", "cpp", "flex")}
-    shared = dict(get_hardware("cpu-local").efficiency)
-    assert setups["torch"].efficiency == setups["flex"].efficiency
-    assert setups["torch"].efficiency.kv_bandwidth_ratio == shared["kv_bandwidth_ratio"]
-    cpp = setups["cpp"].efficiency
-    assert cpp.kv_bandwidth_ratio > shared["kv_bandwidth_ratio"] and cpp.gemm_flops == shared["gemm_flops"]
+              for b in ("torch", "cpp")}
+    hw = get_hardware("cpu-local")
+    assert resolve(cluster, SchedulerConfig(), CacheConfig()).efficiency == setups["cpp"].efficiency
+    cpp, torch_ = setups["cpp"].efficiency, setups["torch"].efficiency
+    assert cpp.kv_bandwidth_ratio == hw.efficiency["kv_bandwidth_ratio"]
+    assert torch_.kv_bandwidth_ratio == hw.attention_efficiency["torch"]["kv_bandwidth_ratio"] < cpp.kv_bandwidth_ratio
+    assert cpp.gemm_flops == torch_.gemm_flops == hw.efficiency["gemm_flops"]
     step = [Observation(StepShape(num_decodes=64, decode_context_tokens=64 * 900, num_sampling=64,
                                   decode_key_tokens=64 * 900, num_decode_groups=1), 1.0)]
     torch_s, cpp_s = (predict(setups[b].deployment, setups[b].efficiency, step)[0] for b in ("torch", "cpp"))
     assert cpp_s < torch_s
-    assert Hardware.from_dict(get_hardware("cpu-local").to_dict()) == get_hardware("cpu-local")
+    assert Hardware.from_dict(hw.to_dict()) == hw
+
+
+def test_a_profile_fitted_on_another_attention_backend_is_refused_naming_both(tmp_path) -> None:
+    """A profile's K/V terms price the kernel it was calibrated on: one from before the cpp backend (no
+    attention_backend: torch) cannot price a cpp run, nor a cpp profile a torch one; the message names the
+    backends and both ways out. The catalog's unfitted GPU entries price any backend with the defaults."""
+    base = {**get_hardware("cpu-local").to_dict(), "attention_efficiency": None, "attention_backend": None}
+    cluster = ClusterConfig(model="qwen2.5-0.5b", hardware="x", weight_dtype="fp32")
+    for name, fitted, asked in (("old", None, "cpp"), ("cpp-fit", "cpp", "torch"), ("placeholder", "cpp", "flex")):
+        path = tmp_path / f"{name}.json"
+        profile = {**base, "name": name, "attention_backend": fitted}
+        if name == "placeholder":
+            profile = get_hardware("cpu-local").to_dict()
+        path.write_text(json.dumps(profile))
+        c = replace(cluster, hardware=str(path))
+        with pytest.raises(CatalogError, match=f"fitted on the {fitted or 'torch'} .*cannot price {asked}'s .*"
+                                               f"--attention-backend {asked}, or run with --attention-backend "
+                                               f"{fitted or 'torch'}"):
+            resolve(c, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=asked))
+        resolve(c, SchedulerConfig(), CacheConfig())  # its own backend, the default
+    gpu = ClusterConfig(model="qwen2.5-0.5b", hardware="h100-sxm")
+    for backend in ("torch", "flex"):
+        resolve(gpu, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=backend))
 
 
 def test_a_profile_with_bad_attention_efficiency_or_backend_is_refused() -> None:

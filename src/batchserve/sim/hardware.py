@@ -80,12 +80,13 @@ class Hardware:
     efficiency: Mapping[str, float] | None = None
     """Cost-model efficiency fields fitted on this device by `calibrate`; they replace the defaults."""
     attention_efficiency: Mapping[str, Mapping[str, float]] | None = None
-    """Efficiency fields that differ by attention backend (backend -> fields), over `efficiency`: the CPU
-    placeholder's K/V terms, measured apart for the gather of the torch backend and the in-place cpp kernel.
-    `calibrate` writes none: its fit is for the backend it ran on."""
+    """Efficiency fields of other attention backends (backend -> fields), over `efficiency`: the CPU placeholder's
+    K/V terms of the torch backend's gather beside the in-place cpp kernel's. `calibrate` writes none: its fit
+    is for the backend it ran on."""
     attention_backend: str | None = None
-    """The attention backend an engine on this device runs by default, which its simulations assume unless told
-    otherwise (`calibrate` writes the one it ran on); None: "torch"."""
+    """The attention backend `efficiency` was fitted on, which an engine on this device runs by default and its
+    simulations assume unless told otherwise (`calibrate` writes the one it ran on); None: "torch" (profiles
+    calibrated before the cpp backend)."""
 
     def __post_init__(self) -> None:
         # Validate here so catalog entries and user profiles obey the same rules,
@@ -139,6 +140,13 @@ class Hardware:
 
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth, self.memory_bytes))
+
+    def priced_attention_backends(self) -> tuple[str, ...] | None:
+        """The attention backends whose key and value costs this profile's fitted efficiency holds: the one it
+        was fitted on and those with terms of their own; None: any (no fitted terms, the defaults price all)."""
+        if self.efficiency is None:
+            return None
+        return (self.attention_backend or "torch", *(self.attention_efficiency or {}))
 
     def supports(self, dtype: str) -> bool:
         """Whether the chip has a native (tensor-core) path for this compute dtype."""
@@ -347,17 +355,18 @@ _CATALOG = [
         interconnect_bandwidth=10e9,   # placeholder: loopback-ish, unused with one device
         interconnect_latency_s=5e-6,
         max_gpus_per_node=1,
-        efficiency={"gemm_flops": 0.71, "attention_flops": 0.21, "memory_bandwidth": 1.0, "kv_bandwidth_ratio": 0.086,
-                    "kv_shared_bandwidth_ratio": 1.11, "step_overhead_s": 0.0115, "sequence_overhead_s": 0.00025,
-                    "chunk_overhead_s": 0.003, "new_shape_overhead_s": 0.0024, "decode_group_overhead_s": 0.0024,
-                    "wakeup_overhead_s": 0.0056},
-        # the cpp backend reads decode K/V in place: its K/V terms are the torch ones above times what a
-        # calibration of each measured on the same model, dtype and VM (SmolLM2 fp32 eager, sessions 22 and 28,
+        # K/V terms of the cpp backend (a CPU engine's default where a C++ compiler is found), which reads
+        # decode K/V in place: the torch backend's gather terms below times what a calibration of each measured
+        # on the same model, dtype and VM (SmolLM2 fp32 eager, sessions 22 and 28,
         # bench/results/fidelity-smollm2-{eager-s22,cpp-eager-s28}): keys 1.46x, shared keys 2.07x the rate,
         # a decode group's fixed cost 0.34x
-        attention_efficiency={"cpp": {"kv_bandwidth_ratio": 0.126, "kv_shared_bandwidth_ratio": 2.3,
-                                      "decode_group_overhead_s": 0.0008}},
-        attention_backend="cpp",  # a CPU engine's default where a C++ compiler is found
+        efficiency={"gemm_flops": 0.71, "attention_flops": 0.21, "memory_bandwidth": 1.0, "kv_bandwidth_ratio": 0.126,
+                    "kv_shared_bandwidth_ratio": 2.3, "step_overhead_s": 0.0115, "sequence_overhead_s": 0.00025,
+                    "chunk_overhead_s": 0.003, "new_shape_overhead_s": 0.0024, "decode_group_overhead_s": 0.0008,
+                    "wakeup_overhead_s": 0.0056},
+        attention_backend="cpp",
+        attention_efficiency={"torch": {"kv_bandwidth_ratio": 0.086, "kv_shared_bandwidth_ratio": 1.11,
+                                        "decode_group_overhead_s": 0.0024}},
     ),
 ]
 

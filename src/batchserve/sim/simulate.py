@@ -105,7 +105,15 @@ class SimSetup:
 def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None,
                         attention_backend: str = "torch") -> Efficiency:
     """The hardware's calibrated efficiency (or the defaults) with its fields for this attention backend, and
-    explicit overrides on top."""
+    explicit overrides on top. A profile fitted on other backends is refused: its K/V terms price another kernel
+    (the cpp backend reads a decode's keys at 1.5-2x the torch backend's gather rate, bench/RESULTS.md)."""
+    priced = hardware.priced_attention_backends()
+    if priced is not None and attention_backend not in priced:
+        raise CatalogError(
+            f"hardware {hardware.name!r} was fitted on the {' and '.join(priced)} attention backend"
+            f"{'s' if len(priced) > 1 else ''} and cannot price {attention_backend}'s reads of the KV cache: "
+            f"calibrate a profile with --attention-backend {attention_backend}, or run with --attention-backend "
+            f"{priced[0]}")
     by_backend = (hardware.attention_efficiency or {}).get(attention_backend, {})
     values = {**(hardware.efficiency or {}), **by_backend, **(overrides or {})}
     if "gemm_flops" in values:  # a profile fitted on a dense model: the expert GEMMs run as its GEMMs do
