@@ -164,8 +164,8 @@ def test_a_calibrated_profile_is_scaled_by_a_full_run_not_by_a_sample(tmp_path):
 
 def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
-    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
-                       make_backend=backend)
+    est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(),
+                       EstimateConfig(sample=6, warmup_steps=1, probe_steps=0), make_backend=backend)
     peaks = est.info["peaks"]  # this CPU's, measured as calibrate measures them, in place of the placeholder's
     assert peaks["flops"] > 1e9 and peaks["memory_bandwidth"] > 1e8
     sim = with_peaks(SETUP.sim_setup("cpu-local"), peaks["flops"], peaks["memory_bandwidth"])
@@ -176,7 +176,11 @@ def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     assert f"{EstimateConfig().placeholder_step_cost_error:.1%} step-cost error" in est.info["assumes"]
     elsewhere = estimate_job(str(inp), None, SETUP, "h100-sxm", JobConfig(), EstimateConfig(sample=2),
                              make_backend=backend)
-    assert "peaks" not in elsewhere.info  # a sample here measures nothing of an H100
+    assert "peaks" not in elsewhere.info and "probe" not in elsewhere.info  # a sample here measures nothing of an H100
+    # by default a probe at the job's batch width rescales what the sample's small batches fitted
+    probed = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
+                          make_backend=backend)
+    assert probed.info["probe"]["steps"] > 0 and probed.info["probe"]["width"] > 1
 
 
 def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_took(tmp_path):
@@ -223,7 +227,7 @@ def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_to
                              make_backend=lambda: backend(setup))
     assert "probe" not in elsewhere.info  # steps here say nothing of an H100's
     assert "probe" not in estimate_job(str(inp), None, setup, here, JobConfig(), EstimateConfig(sample=2),
-                                       make_backend=lambda: backend(setup)).info  # the default: no probe
+                                       make_backend=lambda: backend(setup)).info  # a calibrated profile: no probe
 
 
 def test_a_run_on_this_cpu_scales_the_placeholder_through_profile_from(tmp_path):
@@ -349,7 +353,8 @@ def test_the_estimate_simulates_speculation_at_the_acceptance_its_sample_measure
     assert assumed.info["spec_acceptance_from"].startswith("assumed")
     assert assumed.summary.output_tokens == 12 * 24
     sample_backend = backend(spec_setup)
-    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4),
+    # no probe: its throwaway steps would speculate on the same engine after the sample's counters were read
+    est = estimate_job(str(inp), None, spec_setup, "cpu-local", JobConfig(), EstimateConfig(sample=4, probe_steps=0),
                        make_backend=lambda: sample_backend)
     s = sample_backend.engine.stats()
     assert s.spec_decode_num_drafts > 0

@@ -86,18 +86,22 @@ class EstimateConfig:
     A calibrated profile is not scaled to a sample: its few small batches misled by -33% and +48%."""
     warmup_steps: int = 2
     """First measured steps of each run left out of the step-cost fit (first touches of weights and kernels)."""
-    probe_steps: int = 0
+    probe_steps: int | None = None
     """After a sample on the estimate's device, decode steps as wide as the job's (min(max_num_seqs, its
     requests)) run on throwaway copies of the sampled requests, and the step costs are scaled by what those steps
-    took over what they are priced at; 0: no probe (the default: it costs time the job does not use). A sample's
+    took over what they are priced at; 0: no probe. None: 8 where the costs are the cpu-local placeholder's fitted
+    to the sample, 0 elsewhere (a calibrated profile priced the job's widths on this machine already). A sample's
     1-8-row steps cannot show what the wide ones that carry a job cost, nor a calibration how fast the machine runs
     now. Each copy starts from the middle of its sampled completion (the context a job's decode rows average); those
     tokens are in the prefix cache from the sample, so the probe computes little more than its decodes. Its time is
     reported apart from the job's (`info["probe"]`).
-    8 on six real SmolLM2 jobs (bench/RESULTS.md, sessions 26-27): the jobs' own steps priced about as well as
-    without it on average (mean |log| 0.118-0.14 against 0.13-0.181), for 1.8-6.9 s of probing (up to 18% of a
-    short job with long prompts); this VM's speed drifts by up to 1.4x within a minute, and a probe of a few steps
-    carries the moment it measured into the whole estimate. 4 steps left one or two to measure."""
+    On three real SmolLM2 jobs on the cpp attention backend (bench/RESULTS.md, session 28) the placeholder scaled
+    to the sample alone priced the jobs' own steps at 1.24-1.56x what they took (the kernel's wide steps run
+    relatively faster than its narrow ones) and missed the wall time by +21% to +53%; with 8 probe steps the misses
+    were -24% to +13%, the larger two from the sample's output lengths, for 1.8-6.9 s of probing. On the torch
+    backend (sessions 26-27) the probe priced the steps about as well as the sample alone: this VM's speed drifts
+    by up to 1.4x within a minute, and a probe of a few steps carries the moment it measured. 4 steps left one or
+    two to measure."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
     eta_max_overhead: float = 0.02
@@ -114,7 +118,7 @@ class EstimateConfig:
             raise ValueError(f"length_concentration must be > 0, got {self.length_concentration}")
         for name in ("length_prior_weight", "bucket_prior_weight", "step_cost_error", "placeholder_step_cost_error",
                      "warmup_steps", "probe_steps"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.eta_max_overhead <= 1:
             raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
@@ -268,6 +272,9 @@ def run_sample(chosen: list[BatchRequest], backend: EngineBackend, output_path: 
     return record, outputs, summary
 
 
+PLACEHOLDER_PROBE_STEPS = 8
+"""`EstimateConfig.probe_steps` where None leaves it to the estimate and the costs are the placeholder's fitted to
+the sample."""
 PROBE_ID = "batchserve-probe-{}"
 """The probe's requests' ids in the engine: they are never written."""
 
@@ -367,9 +374,12 @@ def estimate_job(
     sigma = est.placeholder_step_cost_error if placeholder and not fitted_to_a_run else est.step_cost_error
     evidence = Evidence.of(sim, records, steps_from, job, est, host_from=here)
     probe: dict[str, Any] | None = None
-    if est.probe_steps and est.fit_step_costs and sampled_here:
+    probe_steps = est.probe_steps
+    if probe_steps is None:
+        probe_steps = PLACEHOLDER_PROBE_STEPS if placeholder and steps_from and not fitted_to_a_run else 0
+    if probe_steps and est.fit_step_costs and sampled_here:
         width = min(setup.max_num_seqs, len(requests))
-        steps, probe_s = run_probe(backend, chosen, generated, width, est)
+        steps, probe_s = run_probe(backend, chosen, generated, width, replace(est, probe_steps=probe_steps))
         scale = evidence.efficiency.time_scale
         evidence = evidence.rescaled(sim, steps)
         probe = {"width": steps[0].shape.num_decodes if steps else 0, "steps": len(steps), "wall_s": probe_s,
