@@ -107,40 +107,43 @@ inline __m512 load16(const c10::BFloat16* p) {  // 16 bf16 -> fp32: widen, shift
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+// f(j, g, x) for each key j of keys[0..n) and each KV head g, x the head's V vectors of the key's slot in fp32;
+// the slot PREFETCH_KEYS keys ahead is fetched meanwhile.
+template <typename T, int V, typename F>
+inline void for_each_slot(const T* pool, const int64_t* keys, int64_t n, const Shape& s, F&& f) {
+  const int64_t slot_size = s.kv_heads * V * 16;
+  for (int64_t j = 0; j < n; ++j) {
+    const T* slot = pool + keys[j] * slot_size;
+    if (j + PREFETCH_KEYS < n) prefetch_slot(pool + keys[j + PREFETCH_KEYS] * slot_size, slot_size);
+    for (int64_t g = 0; g < s.kv_heads; ++g) {
+      __m512 x[V];
+      for (int v = 0; v < V; ++v) x[v] = load16(slot + (g * V + v) * 16);
+      f(j, g, x);
+    }
+  }
+}
+
 template <typename T, int V>
 void attend_chunk_avx512(const float* q, const T* k_pool, const T* v_pool, const int64_t* keys, int64_t n,
                          const Shape& s, float* scores, float* max, float* sum, float* acc) {
   constexpr int64_t hd = V * 16;
-  const int64_t heads = s.heads(), slot_size = s.kv_heads * hd;
-  for (int64_t j = 0; j < n; ++j) {  // key-major: each key's slot (every KV head) is one contiguous read
-    const T* k = k_pool + keys[j] * slot_size;
-    if (j + PREFETCH_KEYS < n) prefetch_slot(k_pool + keys[j + PREFETCH_KEYS] * slot_size, slot_size);
-    for (int64_t g = 0; g < s.kv_heads; ++g) {
-      __m512 kv[V];
-      for (int v = 0; v < V; ++v) kv[v] = load16(k + g * hd + v * 16);
-      for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h) {
-        __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q + h * hd), kv[0]);
-        for (int v = 1; v < V; ++v) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + v * 16), kv[v], a);
-        scores[h * n + j] = _mm512_reduce_add_ps(a);
-      }
+  for_each_slot<T, V>(k_pool, keys, n, s, [&](int64_t j, int64_t g, const __m512* k) {
+    for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h) {
+      __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q + h * hd), k[0]);
+      for (int v = 1; v < V; ++v) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * hd + v * 16), k[v], a);
+      scores[h * n + j] = _mm512_reduce_add_ps(a);
     }
-  }
-  softmax_rows(scores, n, heads, max, sum);
-  std::fill(acc, acc + heads * hd, 0.f);
-  for (int64_t j = 0; j < n; ++j) {
-    const T* vs = v_pool + keys[j] * slot_size;
-    if (j + PREFETCH_KEYS < n) prefetch_slot(v_pool + keys[j + PREFETCH_KEYS] * slot_size, slot_size);
-    for (int64_t g = 0; g < s.kv_heads; ++g) {
-      __m512 vv[V];
-      for (int v = 0; v < V; ++v) vv[v] = load16(vs + g * hd + v * 16);
-      for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h) {
-        const __m512 w = _mm512_set1_ps(scores[h * n + j]);
-        float* a = acc + h * hd;
-        for (int v = 0; v < V; ++v)
-          _mm512_storeu_ps(a + v * 16, _mm512_fmadd_ps(w, vv[v], _mm512_loadu_ps(a + v * 16)));
-      }
+  });
+  softmax_rows(scores, n, s.heads(), max, sum);
+  std::fill(acc, acc + s.heads() * hd, 0.f);
+  for_each_slot<T, V>(v_pool, keys, n, s, [&](int64_t j, int64_t g, const __m512* x) {
+    for (int64_t h = g * s.group; h < (g + 1) * s.group; ++h) {
+      const __m512 w = _mm512_set1_ps(scores[h * n + j]);
+      float* a = acc + h * hd;
+      for (int v = 0; v < V; ++v)
+        _mm512_storeu_ps(a + v * 16, _mm512_fmadd_ps(w, x[v], _mm512_loadu_ps(a + v * 16)));
     }
-  }
+  });
 }
 #endif
 
