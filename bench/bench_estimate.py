@@ -131,7 +131,7 @@ def twin_with_real_lengths(inp: Path, lengths: dict[str, list[int]], setup: RunS
 
 
 def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: int, tmp: Path,
-                probe_steps: int = 0) -> dict:
+                probe_steps: int | None = None) -> dict:
     inp, out = tmp / f"{name}.jsonl", tmp / f"{name}-out.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = JobConfig()
@@ -215,7 +215,8 @@ def main() -> None:
                              "cpu-local: the uncalibrated placeholder, scaled to each sample)")
     parser.add_argument("--json", default=None, help="write every shape's figures to this file")
     parser.add_argument("--probe-steps", type=int, default=EstimateConfig.probe_steps,
-                        help="the estimate's probe of decode steps as wide as the job's, after the sample (0: none)")
+                        help="the estimate's probe of decode steps as wide as the job's, after the sample "
+                             "(0: none; default: the estimate's rule, 8 on the placeholder)")
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
           f"torch threads {torch.get_num_threads()}, cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}, "
