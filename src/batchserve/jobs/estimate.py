@@ -98,7 +98,8 @@ class EstimateConfig:
     On three real SmolLM2 jobs on the cpp attention backend (bench/RESULTS.md, session 28) the placeholder scaled
     to the sample alone priced the jobs' own steps at 1.24-1.56x what they took (the kernel's wide steps run
     relatively faster than its narrow ones) and missed the wall time by +21% to +53%; with 8 probe steps the misses
-    were -24% to +13%, the larger two from the sample's output lengths, for 1.8-6.9 s of probing. On the torch
+    were -24% to +13%, the larger two from the sample's output lengths, for 1.8-6.9 s of probing (session 29, by
+    default: fp32 +3.5%, +13.0%, -23.0%; bf16 +9.3%, -3.0%, +0.5%; all six inside p10-p90). On the torch
     backend (sessions 26-27) the probe priced the steps about as well as the sample alone: this VM's speed drifts
     by up to 1.4x within a minute, and a probe of a few steps carries the moment it measured. 4 steps left one or
     two to measure."""
