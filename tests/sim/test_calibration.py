@@ -23,7 +23,7 @@ from batchserve.sim.cost_model import Efficiency, StepShape
 from batchserve.sim.deployment import Deployment
 from batchserve.sim.hardware import CatalogError, Hardware, get_hardware
 from batchserve.sim.models import get_model
-from batchserve.sim.simulate import ClusterConfig, resolve
+from batchserve.sim.simulate import ClusterConfig, hardware_efficiency, resolve
 
 TRUE = Efficiency(gemm_flops=0.55, attention_flops=0.2, memory_bandwidth=0.45, step_overhead_s=0.004,
                   token_overhead_s=2e-5, sequence_overhead_s=3e-4, chunk_overhead_s=2e-3)
@@ -152,6 +152,7 @@ def test_a_profile_fitted_on_another_attention_backend_is_refused_naming_both(tm
                                                f"{fitted or 'torch'}"):
             resolve(c, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=asked))
         resolve(c, SchedulerConfig(), CacheConfig())  # its own backend, the default
+        assert hardware_efficiency(get_hardware(str(path))) == resolve(c, SchedulerConfig(), CacheConfig()).efficiency
     gpu = ClusterConfig(model="qwen2.5-0.5b", hardware="h100-sxm")
     for backend in ("torch", "flex"):
         resolve(gpu, SchedulerConfig(), CacheConfig(), attention=AttentionConfig(backend=backend))

@@ -141,12 +141,17 @@ class Hardware:
     def __hash__(self) -> int:
         return hash((self.name, tuple(sorted(self.peak_flops.items())), self.memory_bandwidth, self.memory_bytes))
 
+    @property
+    def default_attention_backend(self) -> str:
+        """The backend `efficiency` was fitted on, which simulations of this device assume unless told otherwise."""
+        return self.attention_backend or "torch"
+
     def priced_attention_backends(self) -> tuple[str, ...] | None:
         """The attention backends whose key and value costs this profile's fitted efficiency holds: the one it
         was fitted on and those with terms of their own; None: any (no fitted terms, the defaults price all)."""
         if self.efficiency is None:
             return None
-        return (self.attention_backend or "torch", *(self.attention_efficiency or {}))
+        return (self.default_attention_backend, *(self.attention_efficiency or {}))
 
     def supports(self, dtype: str) -> bool:
         """Whether the chip has a native (tensor-core) path for this compute dtype."""

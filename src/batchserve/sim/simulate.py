@@ -103,10 +103,12 @@ class SimSetup:
 
 
 def hardware_efficiency(hardware: Hardware, overrides: Mapping[str, float] | None = None,
-                        attention_backend: str = "torch") -> Efficiency:
-    """The hardware's calibrated efficiency (or the defaults) with its fields for this attention backend, and
-    explicit overrides on top. A profile fitted on other backends is refused: its K/V terms price another kernel
-    (the cpp backend reads a decode's keys at 1.5-2x the torch backend's gather rate, bench/RESULTS.md)."""
+                        attention_backend: str | None = None) -> Efficiency:
+    """The hardware's calibrated efficiency (or the defaults) with its fields for this attention backend (None:
+    the one it was fitted on), and explicit overrides on top. A profile fitted on other backends is refused: its
+    K/V terms price another kernel (the cpp backend reads a decode's keys at 1.5-2x the torch backend's gather
+    rate, bench/RESULTS.md)."""
+    attention_backend = attention_backend or hardware.default_attention_backend
     priced = hardware.priced_attention_backends()
     if priced is not None and attention_backend not in priced:
         raise CatalogError(
@@ -149,7 +151,7 @@ def resolve(
     """
     hardware = get_hardware(cluster.hardware)
     if attention is None:
-        attention = AttentionConfig(backend=hardware.attention_backend or "torch")
+        attention = AttentionConfig(backend=hardware.default_attention_backend)
     if not isinstance(efficiency, Efficiency):
         efficiency = hardware_efficiency(hardware, efficiency, attention.backend)
     deployment = Deployment(
