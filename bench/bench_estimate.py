@@ -105,8 +105,9 @@ ROW_BUCKETS = (1, 8, 32, 48, 64)
 [1, 8), [8, 32), [32, 48), [48, 64), 64 and up."""
 
 
-def step_cost_breakdown(steps: list[Observation], priced: np.ndarray) -> list[dict]:
-    """The run's steps by kind and rows bucket, each bucket's measured and priced seconds (validate's StepCosts)."""
+def step_cost_breakdown(steps: list[Observation], priced: np.ndarray, by_estimate: np.ndarray) -> list[dict]:
+    """The run's steps by kind and rows bucket, each bucket's measured and priced seconds (validate's StepCosts),
+    and its seconds at the estimate's own costs (`by_estimate`)."""
     keys = [(o.kind, max(b for b in ROW_BUCKETS if b <= max(o.shape.num_decodes or o.shape.num_prefill_seqs, 1)))
             for o in steps]
     measured = np.array([o.seconds for o in steps])
@@ -114,7 +115,8 @@ def step_cost_breakdown(steps: list[Observation], priced: np.ndarray) -> list[di
     for kind, rows_from in sorted(set(keys)):
         mask = np.array([k == (kind, rows_from) for k in keys])
         costs = StepCosts(int(mask.sum()), float(measured[mask].sum()), float(priced[mask].sum()))
-        out.append({"kind": kind, "rows_from": rows_from, **costs.to_dict()})
+        out.append({"kind": kind, "rows_from": rows_from, **costs.to_dict(),
+                    "by_estimate_s": float(by_estimate[mask].sum())})
     return out
 
 
@@ -156,7 +158,7 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
     est_sim = with_peaks(sim, peaks["flops"], peaks["memory_bandwidth"]) if peaks else sim
     est_costs = replace(est_sim.efficiency, time_scale=est.info["time_scale"],
                         sequence_overhead_s=est.info["sequence_overhead_s"])
-    by_estimate = float(predict(est_sim.deployment, est_costs, record.steps).sum())
+    by_estimate = predict(est_sim.deployment, est_costs, record.steps)
     probe = est.info.get("probe")
     tokens = rest.output_tokens + est.info["sample"]["output_tokens"]
     lengths = real_lengths(out)
@@ -171,10 +173,12 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "from_run_s": from_run.summary.wall_s,
             "from_run_scale": from_run.info["time_scale"], "est_tokens": est.summary.output_tokens, "tokens": tokens,
             "sample_step_ratio": est.info["sample"].get("step_time_ratio"), "run_steps_s": steps_s,
-            "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced),
+            "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced, by_estimate),
             "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact,
-            "run_steps_priced_by_estimate_s": by_estimate, "probe": probe,
-            "run_steps_priced_without_probe_s": by_estimate / probe["time_scale_ratio"] if probe else by_estimate,
+            "run_steps_priced_by_estimate_s": float(by_estimate.sum()), "probe": probe,
+            "estimate_costs": {"time_scale": est.info["time_scale"],
+                               "sequence_overhead_s": est.info["sequence_overhead_s"], "peaks": peaks},
+            "run_steps_priced_without_probe_s": float(by_estimate.sum()) / (probe["time_scale_ratio"] if probe else 1),
             "real_lengths": lengths, "sample_lengths": [c.to_list() for c in est.measurements.completions]}
 
 
@@ -262,7 +266,8 @@ def main() -> None:
                          if r["probe"] else "; no probe"), flush=True)
                 for b in r["run_steps_by_kind"]:
                     print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['num']:5d} steps: measured "
-                          f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['priced_over_measured']:.2f}x)")
+                          f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['priced_over_measured']:.2f}x), at the "
+                          f"estimate's costs {b['by_estimate_s']:7.2f} s ({b['by_estimate_s'] / b['measured_s']:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -158,14 +158,17 @@ def test_and_run_compares_estimate_and_actual_and_its_json_feeds_the_next_estima
     here = profile(tmp_path, "here", {"fp32": 50e9})
     out, run_json = tmp_path / "out.jsonl", tmp_path / "run.json"
     assert main(["run", str(inp), "-o", str(out), "--estimate", here, "--sample", "2", "--probe-steps", "8",
-                 "--and-run", "--json", str(run_json), *ENGINE]) == 0
+                 "--target-token-error", "0.001", "--and-run", "--json", str(run_json), *ENGINE]) == 0
     text = capsys.readouterr().out
+    # two completions cannot pin the job's tokens to +-0.1%: it names a larger sample, at most the job
+    assert "For a tighter token range:" in text and "--sample 12 (about +-0.1% at p10-p90)" in text
     assert "Estimated wall time, job (s):" in text and "Actual wall time, job (s):" in text
     assert len(out.read_text().splitlines()) == 12
     data = json.loads(run_json.read_text())
     probe = data["estimate"]["probe"]  # decode steps as wide as the job's, after the sample: the costs' scale
     assert f"a probe of {probe['steps']} decode steps of {probe['width']} rows" in text and probe["width"] > 2
     assert data["summary"]["num_skipped"] == 2 and data["estimate"]["sample"]["num_requests"] == 2
+    assert data["estimate"]["sample_for_target"] == {"sample": 12, "target_token_error": 0.001}
     measured = data["measurements"]
     assert measured["dtype"] == "fp32" and measured["num_requests"] == 10 and len(measured["completions"]) == 10
     assert {"num_prefill_tokens", "num_decodes", "seconds"} <= set(measured["steps"][0])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from batchserve.jobs.estimate import EstimateConfig, stratified_sample
-from batchserve.jobs.lengths import Completion, LengthModel
+from batchserve.jobs.lengths import Completion, LengthModel, sample_size_for
 
 N, SAMPLE, MAX_TOKENS, SEEDS, WORLDS = 200, 10, 128, 48, 40
 
@@ -31,22 +31,24 @@ def natural_lengths(family: str, prompts: np.ndarray, rng: np.random.Generator) 
     return np.where(rng.random(n) < rng.uniform(0.7, 0.97), 10**6, rng.integers(1, MAX_TOKENS, n))
 
 
-def predicted_totals(family: str, seed: int) -> tuple[np.ndarray, int]:
+def predicted_totals(family: str, seed: int, n: int = N, sample: int = SAMPLE,
+                     worlds: int = WORLDS) -> tuple[np.ndarray, int]:
+    """Posterior predictive draws of a seeded job's total output tokens given a stratified sample, and its truth."""
     rng = np.random.default_rng(seed)
-    prompts = rng.integers(10, 500, N)
+    prompts = rng.integers(10, 500, n)
     natural = natural_lengths(family, prompts, rng)
     lengths = np.minimum(natural, MAX_TOKENS)
     requests = [SimpleNamespace(prompt_token_ids=range(p), index=i) for i, p in enumerate(prompts)]
-    sampled = [r.index for r in stratified_sample(requests, SAMPLE, seed)]
+    sampled = [r.index for r in stratified_sample(requests, sample, seed)]
     observed = [Completion(int(prompts[i]), MAX_TOKENS, int(lengths[i]), bool(natural[i] >= MAX_TOKENS))
                 for i in sampled]
     est = EstimateConfig()
     model = LengthModel(observed, prompts.tolist(), est.num_buckets, est.length_prior_weight,
                         est.bucket_prior_weight, est.length_concentration)
-    rest = np.setdiff1d(np.arange(N), sampled)
+    rest = np.setdiff1d(np.arange(n), sampled)
     totals = lengths[sampled].sum() + np.array([
         model.predict(prompts[rest], np.full(len(rest), MAX_TOKENS), np.random.default_rng([seed, w])).sum()
-        for w in range(WORLDS)])
+        for w in range(worlds)])
     return totals, int(lengths.sum())
 
 
@@ -77,3 +79,32 @@ def test_the_old_collapse_every_sampled_request_capped():
                                         for _ in range(200)])
     lo, hi = np.percentile(totals, [10, 90])
     assert lo < truth <= hi == N * MAX_TOKENS
+
+
+def test_the_sample_it_names_narrows_the_token_range_to_about_the_target():
+    """A 24-request sample of a 2,000-request job leaves the output-token range at about +-20%; a new sample of the
+    size `sample_size_for` names for +-10% gives about +-10% (a small sample's own spread is itself uncertain,
+    so 'about': within half and one and a half times the target, across jobs)."""
+    target, before, after = 0.10, [], []
+    for family in ("lognormal", "bimodal", "by-prompt"):
+        for seed in range(3):
+            totals, _ = predicted_totals(family, seed, n=2000, sample=24, worlds=100)
+            k = sample_size_for(totals, 24, 2000, target, EstimateConfig().length_concentration)
+            assert k is not None and 24 < k < 2000
+            before.append(half_width(totals))
+            after.append(half_width(predicted_totals(family, seed, n=2000, sample=k, worlds=100)[0]))
+    assert np.median(before) > 1.5 * target
+    assert 0.5 * target <= np.median(after) <= 1.5 * target, f"half-widths after: {np.round(after, 3)}"
+
+
+def test_no_larger_sample_is_named_where_the_range_is_narrow_and_never_more_than_the_job():
+    totals, _ = predicted_totals("geometric", 0, n=2000, sample=400, worlds=100)
+    concentration = EstimateConfig().length_concentration
+    assert half_width(totals) < 0.10 and sample_size_for(totals, 400, 2000, 0.10, concentration) is None
+    assert sample_size_for(totals, 400, 2000, 0.001, concentration) == 2000
+
+
+def half_width(totals: np.ndarray) -> float:
+    """The p10-p90 half-width relative to the median."""
+    lo, median, hi = np.percentile(totals, [10, 50, 90])
+    return (hi - lo) / 2 / median

@@ -258,6 +258,10 @@ def _estimate(args: argparse.Namespace, setup: RunSetup, config: JobConfig, rout
         ratio = info["sample"].get("step_time_ratio")
         if ratio is not None:
             rows["Sample steps, measured / charged:"] = f"{ratio:.2f}"
+    if "sample_for_target" in info:
+        wider = info["sample_for_target"]
+        rows["For a tighter token range:"] = (f"--sample {wider['sample']} (about +-"
+                                              f"{100 * wider['target_token_error']:g}% at p10-p90)")
     if args.price_per_hour is not None:
         info["cost"] = summary.wall_s / 3600 * info["num_gpus"] * args.price_per_hour
         rows["Predicted cost:"] = f"{info['cost']:.4g}"

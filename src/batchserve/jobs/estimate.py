@@ -34,7 +34,7 @@ from ..sim.simulate import SimSetup
 from ..sim.speculation import SpecAcceptance, acceptance_rate_from_counts
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
-from .lengths import LengthDistribution, LengthModel
+from .lengths import LengthDistribution, LengthModel, sample_size_for
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
 from .runner import JobConfig, Recorder, Summary, feed, plan
@@ -103,6 +103,13 @@ class EstimateConfig:
     backend (sessions 26-27) the probe priced the steps about as well as the sample alone: this VM's speed drifts
     by up to 1.4x within a minute, and a probe of a few steps carries the moment it measured. 4 steps left one or
     two to measure."""
+    target_token_error: float = 0.10
+    """With a sample, the output-token p10-p90 half-width (relative to its median) the estimate tells how to reach
+    when its sample leaves the range wider: `info["sample_for_target"]`, the sample size that would narrow it to
+    about this (never more than the job). The sample's lengths bound an estimate's accuracy: a 5% sample (24) of
+    480-request SmolLM2 jobs put a chat job's output tokens at 0.86-1.12x the real (its lengths vary by 0.66 of
+    their mean; +-10% at p10-p90 needs about 70), a long-generation job's at 1.00x (0.17) (bench/RESULTS.md,
+    session 30)."""
     eta_every: int = 16
     """During a run, the ETA re-simulates the unfinished requests after this many more completions."""
     eta_max_overhead: float = 0.02
@@ -121,6 +128,8 @@ class EstimateConfig:
                      "warmup_steps", "probe_steps"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.target_token_error <= 0:
+            raise ValueError(f"target_token_error must be > 0, got {self.target_token_error}")
         if not 0 < self.eta_max_overhead <= 1:
             raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
 
@@ -428,6 +437,11 @@ def estimate_job(
         info["peaks"] = {"flops": peaks[0], "memory_bandwidth": peaks[1]}
     if probe is not None:
         info["probe"] = probe
+    wider = sample_size_for(tokens, est.sample, len(requests), est.target_token_error,
+                            est.length_concentration) \
+        if est.sample and evidence.lengths is not None else None
+    if wider is not None:
+        info["sample_for_target"] = {"sample": wider, "target_token_error": est.target_token_error}
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),
