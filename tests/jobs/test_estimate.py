@@ -181,6 +181,22 @@ def test_a_sample_scales_the_uncalibrated_cpu_placeholder(tmp_path):
     probed = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), EstimateConfig(sample=6, warmup_steps=1),
                           make_backend=backend)
     assert probed.info["probe"]["steps"] > 0 and probed.info["probe"]["width"] > 1
+    # scaled to steps as wide as the job's, the placeholder's costs spread by the probed error, not its own
+    assert f"{EstimateConfig().probed_step_cost_error:.1%} step-cost error" in probed.info["assumes"]
+
+
+def test_a_probed_placeholder_spreads_its_range_by_the_probed_step_cost_error(tmp_path):
+    """Every request generates 1 token, so every length draw is the same and the range is the cost error alone:
+    exp(+-1.2816 sigma) around the estimate, sigma the probed error after a probe, the placeholder's without."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [completion(f"r{i}", " ".join(["tea"] * (4 + i % 7)), max_tokens=1)
+                                              for i in range(24)])
+    for config, sigma in ((EstimateConfig(sample=4, probed_step_cost_error=0.05), 0.05),
+                          (EstimateConfig(sample=4, probe_steps=0), EstimateConfig().placeholder_step_cost_error)):
+        est = estimate_job(str(inp), None, SETUP, "cpu-local", JobConfig(), config, make_backend=backend)
+        assert ("probe" in est.info) == (config.probe_steps is None)
+        wall = est.summary.wall_s
+        assert est.wall_s_range == pytest.approx((wall * math.exp(-1.2816 * sigma), wall * math.exp(1.2816 * sigma)),
+                                                 rel=0.01)
 
 
 def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_took(tmp_path):

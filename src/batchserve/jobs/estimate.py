@@ -80,6 +80,11 @@ class EstimateConfig:
     (or not at all) rather than to an earlier run's: 0.30, the RMS of log(actual / estimated) over the 9 SmolLM2
     jobs estimated that way in session 18 (160-request jobs -33%..+41%, the README's job -8%..0%; bench/RESULTS.md).
     A sample's few small batches cannot show what the job's wide ones cost; `calibrate` can."""
+    probed_step_cost_error: float = 0.09
+    """`placeholder_step_cost_error` once a probe has scaled the placeholder to steps as wide as the job's: 0.09,
+    the RMS of log(priced / measured) of the jobs' own steps at the estimates' costs over the 15 real SmolLM2 jobs
+    estimated that way in sessions 29-30 (160- to 1,440-request jobs, fp32 and bf16, 0.81-1.23x, mean 1.00;
+    bench/RESULTS.md)."""
     fit_step_costs: bool = True
     """Scale the profile's step costs to steps measured on its device by an earlier full run (--profile-from), or
     by the sample when the profile is the uncalibrated cpu-local placeholder (False: learn output lengths only).
@@ -125,7 +130,7 @@ class EstimateConfig:
         if self.length_concentration <= 0:
             raise ValueError(f"length_concentration must be > 0, got {self.length_concentration}")
         for name in ("length_prior_weight", "bucket_prior_weight", "step_cost_error", "placeholder_step_cost_error",
-                     "warmup_steps", "probe_steps"):
+                     "probed_step_cost_error", "warmup_steps", "probe_steps"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.target_token_error <= 0:
@@ -394,6 +399,8 @@ def estimate_job(
         evidence = evidence.rescaled(sim, steps)
         probe = {"width": steps[0].shape.num_decodes if steps else 0, "steps": len(steps), "wall_s": probe_s,
                  "time_scale_ratio": evidence.efficiency.time_scale / scale}
+        if placeholder and steps and not fitted_to_a_run:
+            sigma = est.probed_step_cost_error
     entries = job.entries
     if done_first is not None:
         sampled_ids = {r.custom_id for r in chosen}
