@@ -176,6 +176,7 @@ def bench_shape(name: str, rows: list[dict], setup: RunSetup, profile: str, k: i
             "run_steps_predicted_s": float(priced.sum()), "run_steps_by_kind": step_cost_breakdown(record.steps, priced, by_estimate),
             "run_loop_s_per_request": record.loop_overhead_s, "twin_real_lengths_s": exact,
             "run_steps_priced_by_estimate_s": float(by_estimate.sum()), "probe": probe,
+            "sample_for_target": est.info.get("sample_for_target"),
             "estimate_costs": {"time_scale": est.info["time_scale"],
                                "sequence_overhead_s": est.info["sequence_overhead_s"], "peaks": peaks},
             "run_steps_priced_without_probe_s": float(by_estimate.sum()) / (probe["time_scale_ratio"] if probe else 1),
@@ -263,7 +264,9 @@ def main() -> None:
                       f"{r['run_steps_priced_without_probe_s']:.2f} s"
                       + (f"; probe {r['probe']['width']} rows x {r['probe']['steps']} steps, "
                          f"{r['probe']['wall_s']:.2f} s, scale x{r['probe']['time_scale_ratio']:.3f}"
-                         if r["probe"] else "; no probe"), flush=True)
+                         if r["probe"] else "; no probe")
+                      + (f"; for +-{r['sample_for_target']['target_token_error']:.0%} tokens: --sample "
+                         f"{r['sample_for_target']['sample']}" if r["sample_for_target"] else ""), flush=True)
                 for b in r["run_steps_by_kind"]:
                     print(f"    {b['kind']:<8} rows {b['rows_from']:>3}+ {b['num']:5d} steps: measured "
                           f"{b['measured_s']:7.2f} s, priced {b['priced_s']:7.2f} s ({b['priced_over_measured']:.2f}x), at the "
