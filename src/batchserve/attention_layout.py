@@ -38,8 +38,8 @@ class AttentionConfig:
     backend: str = "torch"
     """Paged attention kernel: "torch" gathers each row's K/V into padded copies for SDPA (the reference);
     "flex" reads them in place from the block pool with a compiled FlexAttention kernel (models/flex_attention.py);
-    "cpp" (CPU) reads decode rows' K/V in place with a C++ kernel built on first use (models/paged_decode.py),
-    prompt chunks as "torch" does."""
+    "cpp" (CPU) reads decode rows' and prompt chunks' K/V in place with C++ kernels built on first use
+    (models/paged_decode.py; chunks of a head_dim other than 64 and 128, or without AVX-512, as "torch" does)."""
 
     batch_invariant: bool = False
     """One call per query token over exactly its visible keys, so a token's result never depends on its

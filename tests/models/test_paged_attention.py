@@ -40,22 +40,23 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, context
 
 
 def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int = 0,
-              config: AttentionConfig = AttentionConfig(), attn: PagedAttention | None = None):
+              config: AttentionConfig = AttentionConfig(), attn: PagedAttention | None = None,
+              head_dim: int = HEAD_DIM):
     """Cache each (context, new) sequence's context by hand, then attend its new tokens in one call."""
     g = torch.Generator().manual_seed(seed)
     free = list(range(64))
     random.Random(seed).shuffle(free)
-    k_cache, v_cache = (torch.zeros(64, BLOCK, KV_HEADS, HEAD_DIM) for _ in range(2))
-    flat_k, flat_v = k_cache.view(-1, KV_HEADS, HEAD_DIM), v_cache.view(-1, KV_HEADS, HEAD_DIM)
+    k_cache, v_cache = (torch.zeros(64, BLOCK, KV_HEADS, head_dim) for _ in range(2))
+    flat_k, flat_v = k_cache.view(-1, KV_HEADS, head_dim), v_cache.view(-1, KV_HEADS, head_dim)
     qs, ks, vs, slots, qsl, tables, expected = [], [], [], [], [0], [], []
-    scale = HEAD_DIM ** -0.5
+    scale = head_dim ** -0.5
     for context, n in seqs:
         total = context + n
         table = [free.pop() for _ in range(-(-total // BLOCK))]
         seq_slots = torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in range(total)])
-        keys = torch.randn(total, KV_HEADS, HEAD_DIM, generator=g)
-        values = torch.randn(total, KV_HEADS, HEAD_DIM, generator=g)
-        q = torch.randn(n, HEADS, HEAD_DIM, generator=g)
+        keys = torch.randn(total, KV_HEADS, head_dim, generator=g)
+        values = torch.randn(total, KV_HEADS, head_dim, generator=g)
+        q = torch.randn(n, HEADS, head_dim, generator=g)
         flat_k[seq_slots[:context]], flat_v[seq_slots[:context]] = keys[:context], values[:context]
         qs.append(q), ks.append(keys[context:]), vs.append(values[context:]), slots.append(seq_slots[context:])
         qsl.append(qsl[-1] + n)
@@ -63,7 +64,7 @@ def run_batch(seqs: list[tuple[int, int]], window: int | None = None, seed: int 
         expected.append(reference(q, keys, values, context, scale, window))
     meta = AttentionMetadata(slot_mapping=torch.cat(slots), query_start_loc=qsl, context_lens=[c for c, _ in seqs],
                              block_tables=tables, block_size=BLOCK, config=config)
-    attn = attn or PagedAttention(HEADS, KV_HEADS, HEAD_DIM, sliding_window=window)
+    attn = attn or PagedAttention(HEADS, KV_HEADS, head_dim, sliding_window=window)
     k_new = torch.cat(ks)
     out = attn.forward(torch.cat(qs), k_new, torch.cat(vs), (k_cache, v_cache), meta, scale)
     assert torch.equal(flat_k[meta.slot_mapping], k_new)  # new keys landed at their slots
@@ -166,8 +167,9 @@ def test_in_place_backends_match_reference_on_ragged_batches(seqs, window, seed,
     assert (out - expected).abs().max() < 1e-5
 
 
-def test_the_cpp_backend_attends_decodes_in_place_and_prompt_chunks_through_sdpa(monkeypatch):
-    """Decode rows (any lengths) go to the kernel in one call a layer, no gather; prompt chunks keep SDPA."""
+def test_the_cpp_backend_attends_decodes_in_place_and_other_head_sizes_chunks_through_sdpa(monkeypatch):
+    """Decode rows (any lengths) go to the kernel in one call a layer, no gather; prompt chunks of a head size the
+    prefill kernel has no code for (8) keep SDPA."""
     calls = {"sdpa": 0, "kernel": []}
     sdpa, kernel = attention._sdpa, attention.paged_decode
     monkeypatch.setattr(attention, "_sdpa", lambda *a: calls.__setitem__("sdpa", calls["sdpa"] + 1) or sdpa(*a))
@@ -178,6 +180,83 @@ def test_the_cpp_backend_attends_decodes_in_place_and_prompt_chunks_through_sdpa
     assert calls == {"sdpa": 0, "kernel": [3]}
     run_batch(MIXED, config=cpp)
     assert calls["sdpa"] == 3 and calls["kernel"] == [3, 3]  # 3 prompt chunks; decodes (6, 1), (0, 1), (13, 1)
+
+
+needs_prefill_kernel = pytest.mark.skipif(not paged_decode.prefill_in_place(64),
+                                          reason="the prefill kernel needs an AVX-512 (BW, VL) build")
+
+
+@needs_prefill_kernel
+@pytest.mark.parametrize("window", [None, 3])
+def test_the_cpp_backend_attends_prompt_chunks_in_place_too(monkeypatch, window):
+    """At head_dim 64 every prompt chunk (fresh, or on a cached context) goes to the prefill kernel, one call a
+    chunk, and decodes to the decode kernel: no SDPA, no gather, the reference's result."""
+    calls = {"sdpa": 0, "prefill": []}
+    prefill, sdpa = attention.paged_prefill, attention._sdpa
+    monkeypatch.setattr(attention, "_sdpa", lambda *a: calls.__setitem__("sdpa", calls["sdpa"] + 1) or sdpa(*a))
+    monkeypatch.setattr(attention, "paged_prefill",
+                        lambda q, *a: calls["prefill"].append(q.shape[0]) or prefill(q, *a))
+    monkeypatch.setattr(PagedAttention, "_gather", None)  # a gather would fail
+    out, expected = run_batch(MIXED, window, config=AttentionConfig(backend="cpp"), head_dim=64)
+    assert (out - expected).abs().max() < 1e-5
+    assert calls == {"sdpa": 0, "prefill": [5, 4, 7]}
+
+
+@needs_prefill_kernel
+@settings(max_examples=12, deadline=None)
+@given(seqs=st.lists(st.tuples(st.integers(0, 50), st.integers(1, 30)), min_size=1, max_size=3),  # 64 blocks of 4
+       window=st.sampled_from([None, 1, 5, 24]), seed=st.integers(0, 99))
+def test_the_cpp_backend_matches_reference_on_ragged_chunks_at_head_dim_64(seqs, window, seed):
+    """Chunks across the kernel's 16-token tiles and 8-key blocks, on contexts of any length, with windows."""
+    out, expected = run_batch(seqs, window, seed, config=AttentionConfig(backend="cpp"), head_dim=64)
+    assert (out - expected).abs().max() < 1e-5
+
+
+@needs_prefill_kernel
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (9, 3), (6, 1)])
+@pytest.mark.parametrize("threads", [1, 8])
+def test_the_prefill_kernel_equals_softmax_attention_for_every_group(head_dim, heads, kv_heads, threads):
+    """A 37-token chunk (three tiles) over 50 scattered cached keys, groups of 1-6 query heads (rows that fill
+    16-lane vectors unevenly), windows of 1 and 20 keys and none, 1 and 8 threads, against float64."""
+    g = torch.Generator().manual_seed(head_dim + heads * 10 + kv_heads)
+    group, context, n, pool = heads // kv_heads, 50, 37, 300
+    k_cache, v_cache = (torch.randn(pool, kv_heads, head_dim, generator=g) for _ in range(2))
+    slots = torch.randperm(pool, generator=g)[:context + n]
+    q = torch.randn(n, heads, head_dim, generator=g)
+    scale = head_dim ** -0.5
+    k = k_cache[slots].double().repeat_interleave(group, 1)
+    v = v_cache[slots].double().repeat_interleave(group, 1)
+    q_pos, k_pos = torch.arange(context, context + n)[:, None], torch.arange(context + n)[None, :]
+    prior = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for window in (None, 1, 20):
+            out = paged_decode.paged_prefill(q, k_cache, v_cache, slots, context, window, scale)
+            visible = (k_pos <= q_pos) & ((k_pos > q_pos - window) if window else True)
+            w = (torch.einsum("qhd,khd->hqk", q.double(), k) * scale).masked_fill(~visible, float("-inf"))
+            expected = torch.einsum("hqk,khd->qhd", w.softmax(-1), v)
+            assert (out.double() - expected).abs().max() < 1e-5, window
+    finally:
+        torch.set_num_threads(prior)
+
+
+@needs_prefill_kernel
+def test_the_prefill_kernel_in_bfloat16_is_as_accurate_as_sdpa_over_gathered_copies():
+    """bf16 K/V and queries, a 24-token chunk over 200 cached keys: the kernel (fp32 inside) is no further from the
+    float64 result than SDPA over the same bf16 copies."""
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, head_dim, context, n = 9, 3, 64, 200, 24
+    k_cache, v_cache = (torch.randn(400, kv_heads, head_dim, generator=g).bfloat16() for _ in range(2))
+    slots = torch.randperm(400, generator=g)[:context + n]
+    q = torch.randn(n, heads, head_dim, generator=g).bfloat16()
+    attn = PagedAttention(heads, kv_heads, head_dim)
+    mask = attention._visible(torch.arange(context, context + n)[:, None], torch.arange(context + n)[None, :], None)
+    exact = PagedAttention(heads, kv_heads, head_dim)._prefill(q.double(), k_cache[slots].double(),
+                                                               v_cache[slots].double(), mask, head_dim ** -0.5)
+    kernel = paged_decode.paged_prefill(q, k_cache, v_cache, slots, context, None, head_dim ** -0.5)
+    sdpa = attn._prefill(q, k_cache[slots], v_cache[slots], mask, head_dim ** -0.5)
+    assert (kernel.double() - exact).abs().max() <= (sdpa.double() - exact).abs().max()
 
 
 @pytest.mark.parametrize("window", [None, 1, 7])

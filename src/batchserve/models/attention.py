@@ -7,8 +7,9 @@ token each) in a few padded calls, one per group of similar context lengths,
 with a key-padding mask; prompt chunks one call each. Grouped-query attention never copies K/V: decodes fold the query heads
 that share a KV head into the query axis, prompt chunks broadcast each KV head
 (stride 0) to its query heads; each layout was the faster one on CPU. On the
-cpp backend the decode rows skip the copy: one call of a C++ kernel reads their
-keys in place through the same slots and mask (models/paged_decode.py).
+cpp backend nothing is copied: one call of a C++ kernel reads the decode rows'
+keys in place through the same slots and mask, and one a chunk reads its context
+and itself, flash-style (models/paged_decode.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..attention_layout import AttentionConfig, decode_groups
 from ..model_config import ModelConfig
 from .batch_invariant import per_token_attention
 from .flex_attention import FlexPlan, flex_paged_attention, flex_plan
-from .paged_decode import paged_decode
+from .paged_decode import paged_decode, paged_prefill, prefill_in_place
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -139,6 +140,7 @@ class _PrefillPlan:
     end: int
     key_slots: torch.Tensor | None  # [S] slots of keys 0..S-1; None: no context, use the new k/v as they are
     mask: torch.Tensor  # [n, S] True where query i may see key j
+    context: int = 0  # keys cached before the chunk (S - n)
 
 
 def _slots(block_tables: list[list[int]], lens: list[int], block_size: int, device: torch.device) -> torch.Tensor:
@@ -231,7 +233,7 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
             continue
         slots = _slots([tables[i]], [ctx[i] + n], meta.block_size, device)[0] if ctx[i] else None
         mask = _visible(torch.arange(ctx[i], ctx[i] + n)[:, None], torch.arange(ctx[i] + n)[None, :], window)
-        prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, mask.to(device, non_blocking=True)))
+        prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, mask.to(device, non_blocking=True), ctx[i]))
     return decode_plans, prefills
 
 
@@ -276,7 +278,13 @@ class PagedAttention:
             rows = q.index_select(0, d.token_idx)
             out.index_copy_(0, d.token_idx,
                             self._decode(rows, k_cache, v_cache, d.key_slots, d.key_mask, scale, in_place))
+        in_place_prefill = in_place and prefill_in_place(self.head_dim)
         for p in prefills:
+            if in_place_prefill:  # the chunk's own K/V are in the pool already: its slots end the key slots
+                slots = meta.slot_mapping[p.start:p.end] if p.key_slots is None else p.key_slots
+                out[p.start:p.end] = paged_prefill(q[p.start:p.end], k_cache, v_cache, slots, p.context,
+                                                   self.sliding_window, scale)
+                continue
             if p.key_slots is None:
                 keys, values = k[p.start:p.end], v[p.start:p.end]
             else:

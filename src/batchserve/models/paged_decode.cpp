@@ -158,6 +158,113 @@ void attend(const float* q, const T* k_pool, const T* v_pool, const int64_t* key
   attend_chunk(q, k_pool, v_pool, keys, n, s, scores, max, sum, acc);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define BATCHSERVE_PAGED_PREFILL 1
+// A prompt chunk over its sequence's cached keys, in place and flash-style. Per KV head, a tile of up to
+// PREFILL_TILE chunk tokens x that head's group of query heads makes the tile's rows, 16 to a vector (a row per
+// lane), so a key's scores for 16 rows are hd broadcast FMAs, the online softmax (running max and sum) is lane-wise,
+// and nothing is summed across lanes. Keys go PREFILL_KEYS at a time: their slots converted to fp32 once for all
+// the tile's rows, and as many independent FMA chains. Token t of the chunk (position context + t) sees keys
+// [context + t + 1 - window, context + t] (window 0: from key 0).
+constexpr int64_t PREFILL_TILE = 16;
+constexpr int PREFILL_KEYS = 8;
+
+// exp(x) for x <= 0 (scores minus their running max): 2^(x log2 e) as 2^n times a degree-7 polynomial of the
+// fraction (relative error about 1e-7); below -100 it is 2^-144, which is 0 next to any visible key's weight.
+inline __m512 exp512(__m512 x) {
+  const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-100.f)), _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));  // 2^(t-n) = e^f
+  __m512 p = _mm512_set1_ps(1.f / 5040);
+  for (const float c : {1.f / 720, 1.f / 120, 1.f / 24, 1.f / 6, 0.5f, 1.f, 1.f}) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename T, int V>
+void prefill_tile(const T* q, const T* k_pool, const T* v_pool, const int64_t* slots, int64_t context, int64_t window,
+                  T* out, const Shape& s, float scale, int64_t g, int64_t t0, int64_t t1) {
+  constexpr int64_t hd = V * 16;
+  const int64_t heads = s.heads(), slot_size = s.kv_heads * hd, group = s.group;
+  const int64_t rows = (t1 - t0) * group, vecs = (rows + 15) / 16;  // row r: token t0 + r / group, head r % group
+  std::vector<float> qt(vecs * hd * 16, 0.f), ot(vecs * hd * 16, 0.f);  // [vec][e][lane]
+  std::vector<int32_t> lo(vecs * 16, 0), hi(vecs * 16, 0);  // each row's visible keys [lo, hi); pad rows: none
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / group, v = r / 16, lane = r % 16;
+    const T* qr = q + (t * heads + g * group + r % group) * hd;
+    for (int64_t e = 0; e < hd; ++e) qt[(v * hd + e) * 16 + lane] = load(qr[e]) * scale;
+    hi[r] = static_cast<int32_t>(context + t + 1);
+    lo[r] = window > 0 ? static_cast<int32_t>(std::max<int64_t>(0, context + t + 1 - window)) : 0;
+  }
+  const int64_t first = *std::min_element(lo.begin(), lo.begin() + rows), last = context + t1;
+  std::vector<__m512> m(vecs, _mm512_set1_ps(std::numeric_limits<float>::lowest())), l(vecs, _mm512_setzero_ps());
+  alignas(64) float kb[PREFILL_KEYS][hd], vb[PREFILL_KEYS][hd];
+  for (int64_t j0 = first; j0 < last; j0 += PREFILL_KEYS) {
+    const int nk = static_cast<int>(std::min<int64_t>(PREFILL_KEYS, last - j0));
+    for (int k = 0; k < PREFILL_KEYS; ++k) {
+      const int64_t slot = slots[j0 + std::min(k, nk - 1)];  // past the last key: a copy, masked out below
+      for (int v = 0; v < V; ++v) {
+        _mm512_store_ps(kb[k] + v * 16, load16(k_pool + slot * slot_size + g * hd + v * 16));
+        _mm512_store_ps(vb[k] + v * 16, load16(v_pool + slot * slot_size + g * hd + v * 16));
+      }
+    }
+    for (int64_t v = 0; v < vecs; ++v) {
+      const float* qv = qt.data() + v * hd * 16;
+      __m512 sc[PREFILL_KEYS];
+      for (int k = 0; k < PREFILL_KEYS; ++k) sc[k] = _mm512_setzero_ps();
+      for (int64_t e = 0; e < hd; ++e) {
+        const __m512 qe = _mm512_loadu_ps(qv + e * 16);
+        for (int k = 0; k < PREFILL_KEYS; ++k) sc[k] = _mm512_fmadd_ps(qe, _mm512_set1_ps(kb[k][e]), sc[k]);
+      }
+      const __m512i lov = _mm512_loadu_si512(lo.data() + v * 16), hiv = _mm512_loadu_si512(hi.data() + v * 16);
+      __mmask16 seen[PREFILL_KEYS];
+      __m512 m_new = m[v];
+      for (int k = 0; k < PREFILL_KEYS; ++k) {
+        const __m512i j = _mm512_set1_epi32(static_cast<int32_t>(j0 + k));
+        seen[k] = k < nk ? _mm512_cmple_epi32_mask(lov, j) & _mm512_cmplt_epi32_mask(j, hiv) : 0;
+        m_new = _mm512_mask_max_ps(m_new, seen[k], m_new, sc[k]);
+      }
+      const __m512 rescale = exp512(_mm512_sub_ps(m[v], m_new));
+      __m512 total = _mm512_setzero_ps();
+      for (int k = 0; k < PREFILL_KEYS; ++k) {
+        sc[k] = _mm512_maskz_mov_ps(seen[k], exp512(_mm512_sub_ps(sc[k], m_new)));
+        total = _mm512_add_ps(total, sc[k]);
+      }
+      l[v] = _mm512_fmadd_ps(l[v], rescale, total);
+      m[v] = m_new;
+      float* ov = ot.data() + v * hd * 16;
+      for (int64_t e = 0; e < hd; ++e) {
+        __m512 o = _mm512_mul_ps(_mm512_loadu_ps(ov + e * 16), rescale);
+        for (int k = 0; k < PREFILL_KEYS; ++k) o = _mm512_fmadd_ps(sc[k], _mm512_set1_ps(vb[k][e]), o);
+        _mm512_storeu_ps(ov + e * 16, o);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / group, v = r / 16, lane = r % 16;
+    alignas(64) float lv[16];
+    _mm512_store_ps(lv, l[v]);
+    const float inv = lv[lane] > 0.f ? 1.f / lv[lane] : 0.f;  // a token with no visible key attends nothing: zeros
+    T* o = out + (t * heads + g * group + r % group) * hd;
+    for (int64_t e = 0; e < hd; ++e) o[e] = static_cast<T>(ot[(v * hd + e) * 16 + lane] * inv);
+  }
+}
+
+template <typename T>
+void paged_prefill_kernel(const T* q, const T* k_pool, const T* v_pool, const int64_t* slots, int64_t context,
+                          int64_t window, T* out, const Shape& s, float scale) {
+  // tiles of equal size, so that the (KV head, tile) items weigh the same on every thread
+  const int64_t tiles = (s.rows + PREFILL_TILE - 1) / PREFILL_TILE;
+  at::parallel_for(0, s.kv_heads * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item % s.kv_heads, tile = item / s.kv_heads;
+      const int64_t t0 = s.rows * tile / tiles, t1 = s.rows * (tile + 1) / tiles;
+      if (s.head_dim == 64) prefill_tile<T, 4>(q, k_pool, v_pool, slots, context, window, out, s, scale, g, t0, t1);
+      else prefill_tile<T, 8>(q, k_pool, v_pool, slots, context, window, out, s, scale, g, t0, t1);
+    }
+  });
+}
+#endif
+
 template <typename T>
 void paged_decode_kernel(const T* q, const T* k_pool, const T* v_pool, const int64_t* slots, const bool* mask,
                          T* out, const Shape& s, float scale, int64_t chunks) {
@@ -240,11 +347,60 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   return out;
 }
 
+bool paged_prefill_supported(int64_t head_dim) {
+#if defined(BATCHSERVE_PAGED_PREFILL)
+  return head_dim == 64 || head_dim == 128;
+#else
+  return false;
+#endif
+}
+
+at::Tensor paged_prefill(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                         const at::Tensor& key_slots, int64_t context, int64_t window, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
+              "paged_prefill: q [tokens, heads, head_dim] and caches [slots, kv_heads, head_dim], got ", q.sizes(),
+              ", ", k_cache.sizes(), ", ", v_cache.sizes());
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "paged_prefill: q and the caches must share a dtype");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_prefill: the caches must be contiguous");
+  const int64_t tokens = q.size(0), kv_heads = k_cache.size(1), head_dim = q.size(2);
+  TORCH_CHECK(q.size(1) % kv_heads == 0 && k_cache.size(2) == head_dim, "paged_prefill: heads do not match");
+  TORCH_CHECK(paged_prefill_supported(head_dim), "paged_prefill: head_dim ", head_dim,
+              " has no kernel in this build (AVX-512 BW/VL, head_dim 64 or 128)");
+  TORCH_CHECK(key_slots.scalar_type() == at::kLong && key_slots.dim() == 1 &&
+                  key_slots.size(0) == context + tokens && context >= 0 && window >= 0,
+              "paged_prefill: key_slots int64 [context + tokens], context and window >= 0");
+  const Shape s{tokens, key_slots.size(0), kv_heads, q.size(1) / kv_heads, head_dim};
+  const at::Tensor qc = q.contiguous(), slots = key_slots.contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options());
+#if defined(BATCHSERVE_PAGED_PREFILL)
+  const auto run = [&](auto zero) {
+    using T = decltype(zero);
+    paged_prefill_kernel<T>(qc.data_ptr<T>(), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(),
+                            slots.data_ptr<int64_t>(), context, window, out.data_ptr<T>(), s,
+                            static_cast<float>(scale));
+  };
+  if (q.scalar_type() == at::kFloat) {
+    run(0.f);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_prefill: float32 or bfloat16, got ", q.scalar_type());
+    run(c10::BFloat16());
+  }
+#endif
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(batchserve, m) {
   m.def("paged_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_slots, Tensor key_mask, float scale) "
         "-> Tensor");
+  m.def("paged_prefill(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_slots, int context, int window, "
+        "float scale) -> Tensor");
+  m.def("paged_prefill_supported(int head_dim) -> bool", &paged_prefill_supported);
 }
 
-TORCH_LIBRARY_IMPL(batchserve, CPU, m) { m.impl("paged_decode", &paged_decode); }
+TORCH_LIBRARY_IMPL(batchserve, CPU, m) {
+  m.impl("paged_decode", &paged_decode);
+  m.impl("paged_prefill", &paged_prefill);
+}

@@ -1,4 +1,4 @@
-"""The "cpp" attention backend's CPU decode kernel (paged_decode.cpp): K/V read in place from the block pool.
+"""The "cpp" attention backend's CPU kernels (paged_decode.cpp): K/V read in place from the block pool.
 
 The plain-torch backend copies every decode row's keys and values into a padded
 tensor for SDPA: on the 2-core CPU those gathers were 27% of a 64-row fp32 step
@@ -9,6 +9,13 @@ changes but the copy. It is C++ built on first use with this machine's compiler
 and ISA (torch.utils.cpp_extension caches the build under TORCH_EXTENSIONS_DIR,
 8-25 s once), and registered as the op batchserve::paged_decode, which compiled
 decode graphs call like any other op.
+
+Prompt chunks go through batchserve::paged_prefill, a flash-style kernel over the
+sequence's slots (its context and the chunk itself, written before it attends):
+gather + SDPA spent 90% of a 20-token chunk over 600 cached keys in SDPA at about
+60 GFLOP/s, and the kernel runs such chunks 1.3-1.9x faster, fresh 512-token
+prompts included (bench/RESULTS.md, session 30). It has AVX-512 (BW, VL) code for
+head_dim 64 and 128 only; elsewhere chunks keep the gather (prefill_in_place).
 """
 
 from __future__ import annotations
@@ -84,3 +91,18 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if not torch.compiler.is_compiling():  # a graph is traced after an eager call, which loaded it
         load_kernel()
     return torch.ops.batchserve.paged_decode(q, k_cache, v_cache, key_slots, key_mask.view(key_slots.shape), scale)
+
+
+@functools.cache
+def prefill_in_place(head_dim: int) -> bool:
+    """Whether this machine's build of the kernels attends prompt chunks of this head_dim in place."""
+    load_kernel()
+    return bool(torch.ops.batchserve.paged_prefill_supported(head_dim))
+
+
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, key_slots: torch.Tensor,
+                  context: int, window: int | None, scale: float) -> torch.Tensor:
+    """q [n, heads, head_dim], a sequence's chunk at positions context..context + n - 1, against caches
+    [slots, kv_heads, head_dim] at key_slots [context + n] (the chunk's own K/V written there already), causal and
+    within `window` keys (None: all); returns [n, heads, head_dim] in q's dtype."""
+    return torch.ops.batchserve.paged_prefill(q, k_cache, v_cache, key_slots, context, window or 0, scale)
