@@ -1,8 +1,9 @@
 """The cpp backend's in-place prompt-chunk kernel against gather + SDPA on whole jobs, alternating in one process.
 
 Each round runs bench_estimate's real-model job shapes (chat under a shared system
-prompt, extraction questions over one shared document, long generations) on a
-fresh engine twice: prompt chunks through batchserve::paged_prefill, then through
+prompt, extraction questions over one shared document, long generations) and
+bench_engine's mixed workload ("mixed": fresh random-token prompts of 32-512
+tokens, 16-256 output tokens, EOS ignored) on a fresh engine twice: prompt chunks through batchserve::paged_prefill, then through
 the torch backend's gather + SDPA (decodes stay on the cpp kernel in both). Wall
 time from the loaded engine to the last result written, median over --rounds.
 
@@ -26,7 +27,8 @@ import batchserve  # noqa: F401  (first: it sets torch's OpenMP defaults before 
 # isort: split
 
 import torch
-from bench_estimate import chat_shapes
+from bench_engine import workload
+from bench_estimate import chat_shapes, completion
 from bench_run import cpu_model
 
 from batchserve.engine.llm_engine import LLMEngine
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--num-requests", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--shapes", nargs="*", default=["chat-shared-system", "shared-prefix-extraction"])
+    parser.add_argument("--shapes", nargs="*", default=["chat-shared-system", "shared-prefix-extraction", "mixed"])
     args = parser.parse_args()
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, nproc {os.cpu_count()}, "
           f"cpu {cpu_model()}, torch {torch.__version__}, {args.dtype}", flush=True)
@@ -50,6 +52,9 @@ def main() -> None:
                      max_num_batched_tokens=512, max_num_seqs=64)
     in_place = attention.prefill_in_place
     shapes = chat_shapes(args.num_requests, random.Random(0))
+    vocab = LLMEngine(setup.model, **setup.engine_args()).model_config.vocab_size
+    shapes["mixed"] = [completion(f"m{i}", prompt, max_tokens=out, ignore_eos=True)
+                       for i, (prompt, out) in enumerate(workload(min(args.num_requests, 64), vocab))]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
             inp = Path(tmp) / f"{name}.jsonl"
@@ -65,7 +70,7 @@ def main() -> None:
                     walls[variant].append(time.perf_counter() - t)
             attention.prefill_in_place = in_place
             a, b = (statistics.median(w) for w in walls.values())
-            print(f"{name:<26} {args.num_requests} req: in place {a:6.2f} s, gather + SDPA {b:6.2f} s, "
+            print(f"{name:<26} {len(shapes[name])} req: in place {a:6.2f} s, gather + SDPA {b:6.2f} s, "
                   f"{b / a:.2f}x  (rounds: {walls})", flush=True)
 
 
