@@ -61,13 +61,14 @@ def main() -> None:
             inp.write_text("".join(json.dumps(r) + "\n" for r in shapes[name]))
             walls: dict[str, list[float]] = {"in place": [], "gather + SDPA": []}
             for r in range(args.rounds):
-                for variant in walls:
+                for variant, times in walls.items():
                     attention.prefill_in_place = in_place if variant == "in place" else (lambda head_dim: False)
                     out = Path(tmp) / f"{name}-{r}-{variant}.jsonl"
                     backend = EngineBackend(LLMEngine(setup.model, **setup.engine_args()))
                     t = time.perf_counter()
-                    local_job(str(inp), str(out), setup.model, setup.engine_args(), JobConfig(), True, lambda: backend)
-                    walls[variant].append(time.perf_counter() - t)
+                    local_job(str(inp), str(out), setup.model, setup.engine_args(), JobConfig(), True,
+                              lambda b=backend: b)
+                    times.append(time.perf_counter() - t)
             attention.prefill_in_place = in_place
             a, b = (statistics.median(w) for w in walls.values())
             print(f"{name:<26} {len(shapes[name])} req: in place {a:6.2f} s, gather + SDPA {b:6.2f} s, "
