@@ -52,9 +52,10 @@ def main() -> None:
                      max_num_batched_tokens=512, max_num_seqs=64)
     in_place = attention.prefill_in_place
     shapes = chat_shapes(args.num_requests, random.Random(0))
-    vocab = LLMEngine(setup.model, **setup.engine_args()).model_config.vocab_size
-    shapes["mixed"] = [completion(f"m{i}", prompt, max_tokens=out, ignore_eos=True)
-                       for i, (prompt, out) in enumerate(workload(min(args.num_requests, 64), vocab))]
+    if "mixed" in args.shapes:
+        vocab = LLMEngine(setup.model, **setup.engine_args()).model_config.vocab_size
+        shapes["mixed"] = [completion(f"m{i}", prompt, max_tokens=out, ignore_eos=True)
+                           for i, (prompt, out) in enumerate(workload(min(args.num_requests, 64), vocab))]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.shapes:
             inp = Path(tmp) / f"{name}.jsonl"

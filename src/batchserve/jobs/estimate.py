@@ -444,11 +444,10 @@ def estimate_job(
         info["peaks"] = {"flops": peaks[0], "memory_bandwidth": peaks[1]}
     if probe is not None:
         info["probe"] = probe
-    wider = sample_size_for(tokens, est.sample, len(requests), est.target_token_error,
-                            est.length_concentration) \
-        if est.sample and evidence.lengths is not None else None
-    if wider is not None:
-        info["sample_for_target"] = {"sample": wider, "target_token_error": est.target_token_error}
+    if est.sample and evidence.lengths is not None:
+        wider = sample_size_for(tokens, est.sample, len(requests), est.target_token_error, est.length_concentration)
+        if wider is not None:
+            info["sample_for_target"] = {"sample": wider, "target_token_error": est.target_token_error}
     if sampled is not None:
         info["sample"] = {"num_requests": sampled.num_requests, "wall_s": sampled.wall_s,
                           "output_tokens": sum(c.length for c in sampled.completions),

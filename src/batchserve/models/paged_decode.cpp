@@ -314,18 +314,36 @@ void paged_decode_kernel(const T* q, const T* k_pool, const T* v_pool, const int
   });
 }
 
+// The checks both ops make of their queries and caches; returns the caches' KV head count.
+int64_t check_caches(const char* op, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(), op,
+              ": q [rows, heads, head_dim] and caches [slots, kv_heads, head_dim], got ", q.sizes(), ", ",
+              k_cache.sizes(), ", ", v_cache.sizes());
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(), op,
+              ": q and the caches must share a dtype");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), op, ": the caches must be contiguous");
+  const int64_t kv_heads = k_cache.size(1);
+  TORCH_CHECK(q.size(1) % kv_heads == 0 && k_cache.size(2) == q.size(2), op, ": heads do not match");
+  return kv_heads;
+}
+
+// run(T{}) with T the element type of q's dtype: float32 or bfloat16.
+template <typename F>
+void with_element_type(const char* op, const at::Tensor& q, F&& run) {
+  if (q.scalar_type() == at::kFloat) {
+    run(0.f);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, op, ": float32 or bfloat16, got ", q.scalar_type());
+    run(c10::BFloat16());
+  }
+}
+
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& key_slots, const at::Tensor& key_mask, double scale) {
-  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
-              "paged_decode: q [rows, heads, head_dim] and caches [slots, kv_heads, head_dim], got ", q.sizes(),
-              ", ", k_cache.sizes(), ", ", v_cache.sizes());
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
-              "paged_decode: q and the caches must share a dtype");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_decode: the caches must be contiguous");
+  const int64_t kv_heads = check_caches("paged_decode", q, k_cache, v_cache);
   TORCH_CHECK(key_slots.scalar_type() == at::kLong && key_mask.scalar_type() == at::kBool,
               "paged_decode: key_slots int64, key_mask bool");
-  const int64_t rows = q.size(0), kv_heads = k_cache.size(1), head_dim = q.size(2);
-  TORCH_CHECK(q.size(1) % kv_heads == 0 && k_cache.size(2) == head_dim, "paged_decode: heads do not match");
+  const int64_t rows = q.size(0), head_dim = q.size(2);
   TORCH_CHECK(key_slots.dim() == 2 && key_slots.size(0) == rows && key_mask.numel() == key_slots.numel(),
               "paged_decode: key_slots [rows, keys] and a key_mask of as many elements");
   const Shape s{rows, key_slots.size(1), kv_heads, q.size(1) / kv_heads, head_dim};
@@ -333,17 +351,11 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   at::Tensor out = at::empty(q.sizes(), q.options());
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = rows >= threads ? 1 : (threads + rows - 1) / rows;
-  const auto run = [&](auto zero) {
+  with_element_type("paged_decode", q, [&](auto zero) {
     using T = decltype(zero);
     paged_decode_kernel<T>(qc.data_ptr<T>(), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(), slots.data_ptr<int64_t>(),
                            mask.data_ptr<bool>(), out.data_ptr<T>(), s, static_cast<float>(scale), chunks);
-  };
-  if (q.scalar_type() == at::kFloat) {
-    run(0.f);
-  } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode: float32 or bfloat16, got ", q.scalar_type());
-    run(c10::BFloat16());
-  }
+  });
   return out;
 }
 
@@ -357,14 +369,8 @@ bool paged_prefill_supported(int64_t head_dim) {
 
 at::Tensor paged_prefill(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                          const at::Tensor& key_slots, int64_t context, int64_t window, double scale) {
-  TORCH_CHECK(q.dim() == 3 && k_cache.dim() == 3 && v_cache.sizes() == k_cache.sizes(),
-              "paged_prefill: q [tokens, heads, head_dim] and caches [slots, kv_heads, head_dim], got ", q.sizes(),
-              ", ", k_cache.sizes(), ", ", v_cache.sizes());
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
-              "paged_prefill: q and the caches must share a dtype");
-  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_prefill: the caches must be contiguous");
-  const int64_t tokens = q.size(0), kv_heads = k_cache.size(1), head_dim = q.size(2);
-  TORCH_CHECK(q.size(1) % kv_heads == 0 && k_cache.size(2) == head_dim, "paged_prefill: heads do not match");
+  const int64_t kv_heads = check_caches("paged_prefill", q, k_cache, v_cache);
+  const int64_t tokens = q.size(0), head_dim = q.size(2);
   TORCH_CHECK(paged_prefill_supported(head_dim), "paged_prefill: head_dim ", head_dim,
               " has no kernel in this build (AVX-512 BW/VL, head_dim 64 or 128)");
   TORCH_CHECK(key_slots.scalar_type() == at::kLong && key_slots.dim() == 1 &&
@@ -374,18 +380,12 @@ at::Tensor paged_prefill(const at::Tensor& q, const at::Tensor& k_cache, const a
   const at::Tensor qc = q.contiguous(), slots = key_slots.contiguous();
   at::Tensor out = at::empty(q.sizes(), q.options());
 #if defined(BATCHSERVE_PAGED_PREFILL)
-  const auto run = [&](auto zero) {
+  with_element_type("paged_prefill", q, [&](auto zero) {
     using T = decltype(zero);
     paged_prefill_kernel<T>(qc.data_ptr<T>(), k_cache.data_ptr<T>(), v_cache.data_ptr<T>(),
                             slots.data_ptr<int64_t>(), context, window, out.data_ptr<T>(), s,
                             static_cast<float>(scale));
-  };
-  if (q.scalar_type() == at::kFloat) {
-    run(0.f);
-  } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_prefill: float32 or bfloat16, got ", q.scalar_type());
-    run(c10::BFloat16());
-  }
+  });
 #endif
   return out;
 }

@@ -105,4 +105,5 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     """q [n, heads, head_dim], a sequence's chunk at positions context..context + n - 1, against caches
     [slots, kv_heads, head_dim] at key_slots [context + n] (the chunk's own K/V written there already), causal and
     within `window` keys (None: all); returns [n, heads, head_dim] in q's dtype."""
+    load_kernel()
     return torch.ops.batchserve.paged_prefill(q, k_cache, v_cache, key_slots, context, window or 0, scale)
