@@ -38,7 +38,7 @@ from batchserve.calibration.validate import StepCosts
 from batchserve.engine.llm_engine import LLMEngine
 from batchserve.jobs.batch_io import Done
 from batchserve.jobs.engine_backend import EngineBackend, local_job
-from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, stratified_sample, with_peaks
+from batchserve.jobs.estimate import EstimateConfig, estimate_job, plan_job, with_peaks
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.jobs.twin import simulate_entries
@@ -126,7 +126,7 @@ def twin_with_real_lengths(inp: Path, lengths: dict[str, list[int]], setup: RunS
     as `estimate_job` composes them. Against the estimate it isolates the length model; against the price of the
     run's own steps, the twin's scheduling."""
     job = plan_job(str(inp), Done(), setup, config)
-    chosen = {r.custom_id for r in stratified_sample(job.requests, k, config.seed)}  # the estimate's own sample
+    chosen = {r.custom_id for r in job.sample(k, EstimateConfig().grouping, config.seed)}  # the estimate's own
     rest = [e for e in job.entries if getattr(e, "custom_id", None) not in chosen]
     summary = simulate_entries(rest, sim, config, lengths=lengths)
     return sample_s + summary.wall_s + overhead_s * summary.num_requests

@@ -24,7 +24,6 @@ from batchserve.jobs.estimate import (
     estimate_job,
     plan_job,
     run_probe,
-    stratified_sample,
     with_peaks,
 )
 from batchserve.jobs.eta import LiveEta
@@ -208,7 +207,7 @@ def test_a_probe_of_the_jobs_batch_width_rescales_the_costs_to_what_its_steps_to
     sim = setup.sim_setup(here)
     est_config = EstimateConfig(sample=6, warmup_steps=1, probe_steps=8)
     job = plan_job(str(inp), Done(), setup, JobConfig())
-    sampled = stratified_sample(job.requests, 6, JobConfig().seed)
+    sampled = job.sample(6, est_config.grouping, JobConfig().seed)
     probe_backend = backend(setup)
     steps, wall = run_probe(probe_backend, sampled, {}, setup.max_num_seqs, est_config)
     # the prompts' prefill spans a few steps (128-token budget): the rows decode together once all are in

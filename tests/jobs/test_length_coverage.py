@@ -1,6 +1,7 @@
 """The output-length model's range means what it says: on seeded synthetic jobs with known length distributions
-(a 5% stratified sample, some lengths censored at max_tokens), the p10-p90 of the predicted total output tokens
-covers the job's true total in about 80% of jobs, and the median prediction is unbiased."""
+(a 5% sample stratified by prompt group, some lengths censored at max_tokens), the p10-p90 of the predicted total
+output tokens covers the job's true total in about 80% of jobs, and the median prediction is unbiased; where what a
+prompt asks sets its length, prompt groups make the estimate tighter and more accurate than length alone."""
 
 from __future__ import annotations
 
@@ -11,13 +12,30 @@ import pytest
 
 from batchserve.jobs.estimate import EstimateConfig, stratified_sample
 from batchserve.jobs.lengths import Completion, LengthModel, sample_size_for
+from batchserve.jobs.prompt_groups import prompt_features, prompt_groups
 
 N, SAMPLE, MAX_TOKENS, SEEDS, WORLDS = 200, 10, 128, 48, 40
+SYSTEM = list(range(1000, 1060))
+"""A system prompt every prompt of a templated job shares."""
 
 
-def natural_lengths(family: str, prompts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def job_prompts(family: str, n: int, rng: np.random.Generator) -> tuple[list[list[int]], np.ndarray]:
+    """A job's prompts and their kinds: for a templated job, one of 5 instructions (its own 6 tokens) about one of
+    16 topics under one system prompt, all about as long; else random lengths of 10-500 tokens, one kind."""
+    if family != "templated":
+        lens = rng.integers(10, 500, n)
+        return [list(range(p)) for p in lens], np.zeros(n, dtype=int)
+    kinds = rng.integers(0, 5, n)
+    topics = rng.integers(3000, 3016, n)
+    return [SYSTEM + list(range(2000 + 10 * k, 2006 + 10 * k)) + [int(t)] for k, t in zip(kinds, topics)], kinds
+
+
+def natural_lengths(family: str, prompts: np.ndarray, kinds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each family's job parameters are drawn per seed, so coverage is over jobs, not one job's binomial luck."""
     n = len(prompts)
+    if family == "templated":  # what a prompt asks sets its length: each kind its own typical length
+        medians = np.exp(rng.uniform(np.log(5), np.log(100), 5))
+        return np.ceil(rng.lognormal(np.log(medians[kinds]), 0.3)).astype(int)
     if family == "geometric":
         return rng.geometric(1 / rng.uniform(15, 80), n)
     if family == "lognormal":
@@ -31,28 +49,32 @@ def natural_lengths(family: str, prompts: np.ndarray, rng: np.random.Generator) 
     return np.where(rng.random(n) < rng.uniform(0.7, 0.97), 10**6, rng.integers(1, MAX_TOKENS, n))
 
 
-def predicted_totals(family: str, seed: int, n: int = N, sample: int = SAMPLE,
-                     worlds: int = WORLDS) -> tuple[np.ndarray, int]:
-    """Posterior predictive draws of a seeded job's total output tokens given a stratified sample, and its truth."""
+def predicted_totals(family: str, seed: int, n: int = N, sample: int = SAMPLE, worlds: int = WORLDS,
+                     grouped: bool = True) -> tuple[np.ndarray, int]:
+    """Posterior predictive draws of a seeded job's total output tokens given a stratified sample, and its truth
+    (`grouped` False: one group, the sample stratified by prompt length alone)."""
     rng = np.random.default_rng(seed)
-    prompts = rng.integers(10, 500, n)
-    natural = natural_lengths(family, prompts, rng)
+    prompts, kinds = job_prompts(family, n, rng)
+    prompt_lens = np.array([len(p) for p in prompts])
+    natural = natural_lengths(family, prompt_lens, kinds, rng)
     lengths = np.minimum(natural, MAX_TOKENS)
-    requests = [SimpleNamespace(prompt_token_ids=range(p), index=i) for i, p in enumerate(prompts)]
-    sampled = [r.index for r in stratified_sample(requests, sample, seed)]
-    observed = [Completion(int(prompts[i]), MAX_TOKENS, int(lengths[i]), bool(natural[i] >= MAX_TOKENS))
-                for i in sampled]
     est = EstimateConfig()
-    model = LengthModel(observed, prompts.tolist(), est.num_buckets, est.length_prior_weight,
-                        est.bucket_prior_weight, est.length_concentration)
+    num_groups = est.grouping.num_groups(sample) if grouped else 1
+    groups = prompt_groups(prompt_features(prompts, est.grouping), num_groups, est.grouping)
+    requests = [SimpleNamespace(prompt_token_ids=p, index=i) for i, p in enumerate(prompts)]
+    sampled = [r.index for r in stratified_sample(requests, groups, sample, seed)]
+    observed = [Completion(int(prompt_lens[i]), MAX_TOKENS, int(lengths[i]), bool(natural[i] >= MAX_TOKENS))
+                for i in sampled]
+    model = LengthModel(observed, groups[sampled], num_groups, est.length_prior_weight, est.group_prior_weight,
+                        est.length_concentration)
     rest = np.setdiff1d(np.arange(n), sampled)
     totals = lengths[sampled].sum() + np.array([
-        model.predict(prompts[rest], np.full(len(rest), MAX_TOKENS), np.random.default_rng([seed, w])).sum()
+        model.predict(groups[rest], np.full(len(rest), MAX_TOKENS), np.random.default_rng([seed, w])).sum()
         for w in range(worlds)])
     return totals, int(lengths.sum())
 
 
-@pytest.mark.parametrize("family", ["geometric", "lognormal", "bimodal", "by-prompt", "mostly-capped"])
+@pytest.mark.parametrize("family", ["geometric", "lognormal", "bimodal", "by-prompt", "mostly-capped", "templated"])
 def test_p10_p90_covers_the_true_total_in_about_80_percent_of_jobs_and_the_median_is_unbiased(family):
     covered, ratios = 0, []
     for seed in range(SEEDS):
@@ -65,6 +87,25 @@ def test_p10_p90_covers_the_true_total_in_about_80_percent_of_jobs_and_the_media
     assert np.median(ratios) == pytest.approx(1.0, abs=0.1)
 
 
+def test_prompt_groups_tighten_and_sharpen_the_estimate_of_a_templated_job():
+    """A 24-request sample of 480-request jobs whose five kinds of instruction set their lengths (as a chat job's
+    five kinds of question did on the real model): stratified by prompt group and learning each group's lengths,
+    the median misses the truth by less than with the sample spread over the job alone (about 0.69x RMS over 48
+    jobs), and the range is narrower (about 0.66x) while it still covers about 80%."""
+    errors, widths, covered = {True: [], False: []}, {True: [], False: []}, {True: 0, False: 0}
+    for seed in range(48):
+        for grouped in (True, False):
+            totals, truth = predicted_totals("templated", seed, n=480, sample=24, grouped=grouped)
+            lo, median, hi = np.percentile(totals, [10, 50, 90])
+            errors[grouped].append(median / truth - 1)
+            widths[grouped].append(half_width(totals))
+            covered[grouped] += lo <= truth <= hi
+    rms = {g: float(np.sqrt(np.mean(np.square(e)))) for g, e in errors.items()}
+    assert rms[True] < 0.8 * rms[False], rms
+    assert np.median(widths[True]) < 0.8 * np.median(widths[False])
+    assert covered[True] >= 0.65 * 48, covered
+
+
 def test_the_old_collapse_every_sampled_request_capped():
     """Every sampled request ran to max_tokens: the range still reaches below the limit (the Kaplan-Meier
     estimate alone said every request certainly runs to it, a point), and it covers a job in which 15% stop."""
@@ -73,9 +114,9 @@ def test_the_old_collapse_every_sampled_request_capped():
     truth = int(np.minimum(natural, MAX_TOKENS).sum())
     capped = [Completion(100, MAX_TOKENS, MAX_TOKENS, censored=True)] * 3
     est = EstimateConfig()
-    model = LengthModel(capped, [100] * N, est.num_buckets, est.length_prior_weight, est.bucket_prior_weight,
+    model = LengthModel(capped, [0] * 3, 1, est.length_prior_weight, est.group_prior_weight,
                         est.length_concentration)
-    totals = 3 * MAX_TOKENS + np.array([model.predict([100] * (N - 3), [MAX_TOKENS] * (N - 3), rng).sum()
+    totals = 3 * MAX_TOKENS + np.array([model.predict([0] * (N - 3), [MAX_TOKENS] * (N - 3), rng).sum()
                                         for _ in range(200)])
     lo, hi = np.percentile(totals, [10, 90])
     assert lo < truth <= hi == N * MAX_TOKENS

@@ -2,9 +2,10 @@
 
 Without evidence every request is assumed to generate its max_tokens (an
 upper bound: real outputs stop at EOS). Evidence comes from a stratified
-sample of the job run on the real engine first (`--sample K`, whose results
-count as done) and from an earlier run's measurements (`--profile-from`):
-completions teach a censored length model per prompt-length bucket; steps
+sample of the job run on the real engine first (`--sample K`, drawn across the
+job's prompt groups, whose results count as done) and from an earlier run's
+measurements (`--profile-from`): completions teach a censored length model per
+prompt group (`jobs.prompt_groups`: what the prompts ask, how long they are); steps
 measured on the estimate's own device scale its cost model. With `probe_steps`,
 a probe of a few decode steps as wide as the job's then rescales the costs to
 what this machine does now at the job's batch width. The job is then
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import reduce
 from itertools import cycle, islice
 from pathlib import Path
@@ -34,9 +35,10 @@ from ..sim.simulate import SimSetup
 from ..sim.speculation import SpecAcceptance, acceptance_rate_from_counts
 from ..tokenizer import load_tokenizer
 from .batch_io import BatchRequest, Done, Entry, ResultWriter, check_unique_ids, detect_format, scan_output
-from .lengths import LengthDistribution, LengthModel, sample_size_for
+from .lengths import Completion, LengthDistribution, LengthModel, sample_size_for
 from .measurements import Measurements, device_label, fit_step_costs
 from .openai_format import job_context
+from .prompt_groups import GroupingConfig, prompt_features, prompt_groups
 from .runner import JobConfig, Recorder, Summary, feed, plan
 from .setup import RunSetup, default_device
 from .twin import simulate_entries
@@ -53,15 +55,16 @@ class EstimateConfig:
     """How an estimate learns from evidence and how wide it reports."""
 
     sample: int = 0
-    """Requests run on the real engine first (stratified by prompt length) to learn output lengths and, when the
-    estimate is for this machine, its step costs; 0: assume every request generates its max_tokens."""
-    num_buckets: int = 3
-    """Prompt-length buckets (at the job's quantiles) of the output-length model."""
+    """Requests run on the real engine first (stratified by prompt group and length) to learn output lengths and,
+    when the estimate is for this machine, its step costs; 0: assume every request generates its max_tokens."""
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)
+    """How the job's prompts are grouped for the sample and the output-length model (one group per
+    `samples_per_group` observed requests)."""
     length_prior_weight: float = 0.25
     """Pseudo-completions the output-length prior counts for (log-uniform lengths up to twice max_tokens; see
     `jobs.lengths`), against `length_concentration` per observed completion."""
-    bucket_prior_weight: float = 1.0
-    """Pseudo-completions each prompt-length bucket borrows from all buckets' lengths pooled."""
+    group_prior_weight: float = 1.0
+    """Pseudo-completions each prompt group borrows from all groups' lengths pooled."""
     length_concentration: float = 0.5
     """Dirichlet weight of each observed completion in the length posterior (1: the Bayesian bootstrap, too
     narrow for a few completions; 1/2 covers about 80% of synthetic jobs sampled at 5% of 200)."""
@@ -124,12 +127,12 @@ class EstimateConfig:
     def __post_init__(self) -> None:
         if self.sample < 0:
             raise ValueError(f"--sample must be >= 0, got {self.sample}")
-        for name in ("num_buckets", "num_length_draws", "num_draws", "eta_every"):
+        for name in ("num_length_draws", "num_draws", "eta_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.length_concentration <= 0:
             raise ValueError(f"length_concentration must be > 0, got {self.length_concentration}")
-        for name in ("length_prior_weight", "bucket_prior_weight", "step_cost_error", "placeholder_step_cost_error",
+        for name in ("length_prior_weight", "group_prior_weight", "step_cost_error", "placeholder_step_cost_error",
                      "probed_step_cost_error", "warmup_steps", "probe_steps"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -145,10 +148,33 @@ class JobPlan:
 
     entries: list[Entry]
     prep_s: float
+    _features: np.ndarray | None = field(default=None, repr=False)
+    _groups: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def requests(self) -> list[BatchRequest]:
         return [e for e in self.entries if isinstance(e, BatchRequest)]
+
+    def groups(self, num_groups: int, config: GroupingConfig) -> np.ndarray:
+        """Each request's prompt group (in `requests` order); prompts are described once, grouped once per count."""
+        if num_groups not in self._groups:
+            if self._features is None:
+                self._features = prompt_features([r.prompt_token_ids for r in self.requests], config)
+            self._groups[num_groups] = prompt_groups(self._features, num_groups, config)
+        return self._groups[num_groups]
+
+    def sample(self, k: int, config: GroupingConfig, seed: int, seen: int = 0) -> list[BatchRequest]:
+        """An estimate's sample of k requests, stratified by the groups the length model will use (`seen`: the
+        requests an earlier record already observed)."""
+        return stratified_sample(self.requests, self.groups(config.num_groups(k + seen), config), k, seed)
+
+    def observed(self, completions: Sequence[Completion]) -> list[int | None]:
+        """Each completion's request (its index in `requests`), where it is one of this job's: the same custom_id
+        and prompt length; None for another job's."""
+        index = {r.custom_id: i for i, r in enumerate(self.requests)}
+        found = [index.get(c.custom_id) if c.custom_id is not None else None for c in completions]
+        return [i if i is not None and len(self.requests[i].prompt_token_ids) == c.prompt_len else None
+                for i, c in zip(found, completions)]
 
 
 def plan_job(input_path: str, done: Done, setup: RunSetup, config: JobConfig) -> JobPlan:
@@ -171,6 +197,8 @@ class Evidence:
     efficiency: Efficiency
     overhead_s: float
     """Wall time per request outside model steps (tokenizing, admitting, writing), added to simulated time."""
+    group_of: dict[str, int] = field(default_factory=dict)
+    """Each of the job's requests' prompt group in the length model (by custom_id)."""
 
     @classmethod
     def of(cls, sim: SimSetup, lengths_from: Sequence[Measurements], steps_from: Sequence[Measurements],
@@ -178,9 +206,13 @@ class Evidence:
         """Lengths from every record; from records of the sim's own device and dtype, step costs from `steps_from`
         (full runs) and the per-request loop cost from `host_from` (default `steps_from`)."""
         completions = [c for m in lengths_from for c in m.completions]
-        model = LengthModel(completions, [len(r.prompt_token_ids) for r in plan.requests], est.num_buckets,
-                            est.length_prior_weight, est.bucket_prior_weight,
+        observed = plan.observed(completions)
+        num_groups = est.grouping.num_groups(len({i for i in observed if i is not None}))
+        groups = plan.groups(num_groups, est.grouping)
+        model = LengthModel(completions, [-1 if i is None else int(groups[i]) for i in observed], num_groups,
+                            est.length_prior_weight, est.group_prior_weight,
                             est.length_concentration) if completions else None
+        group_of = {r.custom_id: int(g) for r, g in zip(plan.requests, groups)}
         efficiency = sim.efficiency
         host_from = steps_from if host_from is None else host_from
         if steps_from:
@@ -188,7 +220,7 @@ class Evidence:
             efficiency = fit_step_costs(sim.deployment, efficiency, steps)
 
         overhead = reduce(Measurements.merged, host_from).loop_overhead_s if host_from else 0.0
-        return cls(model, efficiency, overhead)
+        return cls(model, efficiency, overhead, group_of)
 
     def rescaled(self, sim: SimSetup, steps: Sequence[Observation]) -> Evidence:
         """These costs scaled as a whole so that `steps` cost what they took (unchanged with no steps)."""
@@ -199,15 +231,27 @@ class Evidence:
 
     def lengths_for(self, requests: Sequence[BatchRequest], rng: np.random.Generator,
                     dists: list[LengthDistribution] | None = None) -> dict[str, list[int]]:
-        """An output length for each completion of each request: from `dists` (one per bucket), or by default a
-        posterior predictive draw."""
+        """An output length for each completion of each request: from `dists` (one per group, then the pooled), or
+        by default a posterior predictive draw."""
         assert self.lengths is not None
-        slots = _completion_slots(requests)
-        drawn = self.lengths.predict(slots.prompt_lens, slots.limits, rng) if dists is None else \
-            self.lengths.draw(slots.prompt_lens, slots.limits, dists, rng)
+        slots = self.slots(requests)
+        drawn = self.lengths.predict(slots.groups, slots.limits, rng) if dists is None else \
+            self.lengths.draw(slots.groups, slots.limits, dists, rng)
         out: dict[str, list[int]] = {}
         for cid, length in zip(slots.owners, drawn.tolist()):
             out.setdefault(cid, []).append(length)
+        return out
+
+    def slots(self, requests: Sequence[BatchRequest]) -> _Slots:
+        """Every completion `requests` ask for: its prompt group (-1, the pooled lengths, for one not grouped), its
+        max_tokens and its request's id."""
+        out = _Slots([], [], [])
+        for r in requests:
+            assert r.params is not None
+            for _ in range(r.params.n):
+                out.groups.append(self.group_of.get(r.custom_id, -1))
+                out.limits.append(r.params.max_tokens)
+                out.owners.append(r.custom_id)
         return out
 
     def simulate(self, entries: Sequence[Entry], sim: SimSetup, config: JobConfig, router: RouterConfig,
@@ -232,27 +276,18 @@ class Estimate:
 
 @dataclass
 class _Slots:
-    """Every completion a set of requests asks for: its prompt length, its max_tokens and its request's id."""
+    """Every completion a set of requests asks for: its prompt group, its max_tokens and its request's id."""
 
-    prompt_lens: list[int]
+    groups: list[int]
     limits: list[int]
     owners: list[str]
 
 
-def _completion_slots(requests: Sequence[BatchRequest]) -> _Slots:
-    slots = _Slots([], [], [])
-    for r in requests:
-        assert r.params is not None
-        for _ in range(r.params.n):
-            slots.prompt_lens.append(len(r.prompt_token_ids))
-            slots.limits.append(r.params.max_tokens)
-            slots.owners.append(r.custom_id)
-    return slots
-
-
-def stratified_sample(requests: Sequence[BatchRequest], k: int, seed: int) -> list[BatchRequest]:
-    """One request from each of k equal slices of the job sorted by prompt length, kept in run order."""
-    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_token_ids))
+def stratified_sample(requests: Sequence[BatchRequest], groups: Sequence[int], k: int,
+                      seed: int) -> list[BatchRequest]:
+    """One request from each of k equal slices of the job sorted by prompt group, then prompt length (so each
+    group gets its share of the sample, spread over its lengths), kept in run order."""
+    order = np.lexsort((np.array([len(r.prompt_token_ids) for r in requests]), np.asarray(groups)))
     rng = np.random.default_rng(seed)
     picks = sorted(int(rng.choice(group)) for group in np.array_split(np.array(order), k))
     return [requests[i] for i in picks]
@@ -363,7 +398,8 @@ def estimate_job(
     spec_from = f"assumed ({SpecAcceptance.spec_acceptance_rate}, drafts always found; --sample K measures them)"
     if est.sample:
         assert make_backend is not None, "a sample needs the real engine"
-        chosen = stratified_sample(requests, est.sample, config.seed)
+        seen = {i for i in job.observed(prior.completions) if i is not None} if prior is not None else set()
+        chosen = job.sample(est.sample, est.grouping, config.seed, len(seen))
         backend = make_backend()
         sampled, generated, counters = run_sample(chosen, backend, output_path, config,
                                                   job.prep_s * len(chosen) / len(requests))
@@ -479,13 +515,13 @@ def _length_draws(evidence: Evidence, job: JobPlan, entries: Sequence[Entry], si
     most), and every draw's output tokens (the sample's known lengths included)."""
     assert evidence.lengths is not None
     unknown = [r for r in job.requests if r.custom_id not in known]
-    slots = _completion_slots(unknown)
+    slots = evidence.slots(unknown)
 
     def world(w: int) -> np.random.Generator:
         return np.random.default_rng([config.seed, w])
 
     known_tokens = sum(map(sum, known.values()))
-    tokens = known_tokens + np.array([evidence.lengths.predict(slots.prompt_lens, slots.limits, world(w)).sum()
+    tokens = known_tokens + np.array([evidence.lengths.predict(slots.groups, slots.limits, world(w)).sum()
                                       for w in range(est.num_length_draws)])
     order = np.argsort(tokens, kind="stable")
     picks = order[((np.arange(est.num_draws) + 0.5) / est.num_draws * len(order)).astype(int)]
@@ -507,5 +543,5 @@ def _assumption(evidence: Evidence, est: EstimateConfig, step_cost_error: float)
     obs = evidence.lengths.observations
     capped = sum(c.censored for c in obs)
     return (f"output lengths learned from {len(obs)} completions ({capped} stopped by max_tokens), "
-            f"{est.num_buckets} prompt-length buckets; range p10-p90 over {est.num_length_draws} length draws "
+            f"{evidence.lengths.num_groups} prompt groups; range p10-p90 over {est.num_length_draws} length draws "
             f"({est.num_draws} simulated) and a {step_cost_error:.1%} step-cost error")

@@ -1,4 +1,4 @@
-"""Output lengths from evidence: a posterior over each prompt-length bucket's output-length distribution.
+"""Output lengths from evidence: a posterior over each prompt group's output-length distribution.
 
 A completion that stopped (EOS, a stop string) tells its length; one that hit
 max_tokens tells only that its natural length is at least that (censored).
@@ -24,11 +24,12 @@ completion stopped it is the only source of lengths. Its weight is small; a
 log-uniform's mass sits at short lengths, so it biases a well-observed job
 little (a uniform one pulled short-answer jobs up by 10% and more).
 
-Buckets pool partially: a bucket mixes its own completions (their Dirichlet
-weights) with every bucket's pooled (as `bucket_prior_weight`
-pseudo-completions), so a thin bucket leans on the whole job and a
+Groups (`jobs.prompt_groups`: prompts alike in what they ask and how long
+they are) pool partially: a group mixes its own completions (their Dirichlet
+weights) with every group's pooled (as `group_prior_weight`
+pseudo-completions), so a thin group leans on the whole job and a
 well-sampled one on its own evidence. The prior takes the same share of each
-(it counts once for the job, not once per bucket).
+(it counts once for the job, not once per group).
 Torch-free.
 """
 
@@ -43,20 +44,24 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Completion:
-    """One observed completion: its prompt length, its limit, how long it ran and whether the limit stopped it."""
+    """One observed completion: its prompt length, its limit, how long it ran, whether the limit stopped it, and
+    its request's custom_id (None in records from before it was kept)."""
 
     prompt_len: int
     max_tokens: int
     length: int
     censored: bool
+    custom_id: str | None = None
 
-    def to_list(self) -> list[int]:
-        return [self.prompt_len, self.max_tokens, self.length, int(self.censored)]
+    def to_list(self) -> list[int | str]:
+        row: list[int | str] = [self.prompt_len, self.max_tokens, self.length, int(self.censored)]
+        return row if self.custom_id is None else [*row, self.custom_id]
 
     @classmethod
-    def from_list(cls, row: Sequence[int]) -> Completion:
-        prompt_len, max_tokens, length, censored = row
-        return cls(int(prompt_len), int(max_tokens), int(length), bool(censored))
+    def from_list(cls, row: Sequence[int | str]) -> Completion:
+        prompt_len, max_tokens, length, censored, *custom_id = row
+        return cls(int(prompt_len), int(max_tokens), int(length), bool(censored),
+                   str(custom_id[0]) if custom_id else None)
 
 
 @dataclass(frozen=True)
@@ -110,40 +115,42 @@ class LengthDistribution:
 
 
 class LengthModel:
-    """Output-length distributions per prompt-length bucket (edges at the job's prompt-length quantiles), with
-    their posterior: `posterior(rng)` draws one plausible set, `expected()` is the posterior mean."""
+    """Output-length distributions per prompt group (`jobs.prompt_groups`), with their posterior:
+    `posterior(rng)` draws one plausible set, `expected()` is the posterior mean. Each set holds one distribution
+    per group and, last, the job's pooled one (for group -1)."""
 
-    def __init__(self, observations: Sequence[Completion], job_prompt_lens: Sequence[int], num_buckets: int,
-                 prior_weight: float, bucket_prior_weight: float, concentration: float) -> None:
+    def __init__(self, observations: Sequence[Completion], groups: Sequence[int], num_groups: int,
+                 prior_weight: float, group_prior_weight: float, concentration: float) -> None:
+        """`groups`: each observation's group, or -1 for a completion of no request of this job (another job's
+        record teaches the pooled lengths only)."""
         if not observations:
             raise ValueError("no observed completions to learn output lengths from")
-        quantiles = np.linspace(0, 1, num_buckets + 1)[1:-1]
-        self.edges = np.unique(np.quantile(np.asarray(job_prompt_lens, dtype=np.float64), quantiles)) \
-            if len(job_prompt_lens) else np.array([])
         self.observations = list(observations)
+        self._of_group = np.asarray(groups, dtype=np.int64)
+        if len(self._of_group) != len(self.observations) or not (
+                (self._of_group >= -1) & (self._of_group < num_groups)).all():
+            raise ValueError(f"need a group in -1..{num_groups - 1} for each of {len(self.observations)} completions")
+        self.num_groups = num_groups
         self.prior_weight = prior_weight
-        self.bucket_prior_weight = bucket_prior_weight
+        self.group_prior_weight = group_prior_weight
         self.concentration = concentration
-        self._of_bucket = self.bucket(np.array([o.prompt_len for o in self.observations]))
-
-    def bucket(self, prompt_lens: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.edges, prompt_lens, side="right")
 
     def posterior(self, rng: np.random.Generator) -> list[LengthDistribution]:
-        """One draw per bucket from the posterior: Dirichlet weights on the completions and on each prior."""
+        """One draw per group from the posterior: Dirichlet weights on the completions and on each prior."""
         weights = rng.standard_gamma(self.concentration, len(self.observations))
         return self._distributions(weights, _gamma(rng, self.prior_weight),
-                                   lambda: _gamma(rng, self.bucket_prior_weight))
+                                   lambda: _gamma(rng, self.group_prior_weight))
 
     def expected(self) -> list[LengthDistribution]:
         """The posterior mean: every completion its concentration, each prior its pseudo-count."""
         return self._distributions(np.full(len(self.observations), self.concentration), self.prior_weight,
-                                   lambda: self.bucket_prior_weight)
+                                   lambda: self.group_prior_weight)
 
     def _distributions(self, weights: np.ndarray, prior_weight: float,
-                       bucket_prior_weight: Callable[[], float]) -> list[LengthDistribution]:
-        """Per bucket: its own completions' Kaplan-Meier mixed with the pooled one (`bucket_prior_weight()`
-        against its completions' weights); the prior takes the same share of each (it counts once for the job)."""
+                       group_prior_weight: Callable[[], float]) -> list[LengthDistribution]:
+        """Per group: its own completions' Kaplan-Meier mixed with the pooled one (`group_prior_weight()`
+        against its completions' weights); the prior takes the same share of each (it counts once for the job).
+        The pooled one last."""
         prior = LengthDistribution.prior()
         share = prior_weight / (prior_weight + weights.sum())
 
@@ -154,26 +161,25 @@ class LengthModel:
 
         pooled = with_prior(np.ones(len(self.observations), dtype=bool))
         out = []
-        for b in range(len(self.edges) + 1):
-            mine = self._of_bucket == b
+        for g in range(self.num_groups):
+            mine = self._of_group == g
             out.append(LengthDistribution.mixture([(with_prior(mine), weights[mine].sum()),
-                                                   (pooled, bucket_prior_weight())]) if mine.any() else pooled)
-        return out
+                                                   (pooled, group_prior_weight())]) if mine.any() else pooled)
+        return out + [pooled]
 
-    def predict(self, prompt_lens: Sequence[int], max_tokens: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-        """A posterior predictive draw: one plausible world, then a length for each (prompt length, limit) in it."""
-        return self.draw(prompt_lens, max_tokens, self.posterior(rng), rng)
+    def predict(self, groups: Sequence[int], max_tokens: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+        """A posterior predictive draw: one plausible world, then a length for each (group, limit) in it."""
+        return self.draw(groups, max_tokens, self.posterior(rng), rng)
 
-    def draw(self, prompt_lens: Sequence[int], max_tokens: Sequence[int], dists: list[LengthDistribution],
+    def draw(self, groups: Sequence[int], max_tokens: Sequence[int], dists: list[LengthDistribution],
              rng: np.random.Generator) -> np.ndarray:
-        """A length for each (prompt length, limit), from its bucket's distribution."""
-        buckets = self.bucket(np.asarray(prompt_lens))
+        """A length for each (group, limit), from its group's distribution (the pooled one for group -1)."""
+        of = np.asarray(groups, dtype=np.int64)
         limits = np.asarray(max_tokens, dtype=np.int64)
         out = np.empty(len(limits), dtype=np.int64)
-        for b, dist in enumerate(dists):
-            mask = buckets == b
-            if mask.any():
-                out[mask] = dist.draw(limits[mask], rng)
+        for g in np.unique(of):
+            mask = of == g
+            out[mask] = dists[g].draw(limits[mask], rng)
         return out
 
 

@@ -146,4 +146,4 @@ class StepLog:
         assert req.params is not None
         for c in out.outputs:
             self.record.completions.append(Completion(len(req.prompt_token_ids), req.params.max_tokens,
-                                                      len(c.token_ids), c.finish_reason == "length"))
+                                                      len(c.token_ids), c.finish_reason == "length", req.custom_id))
