@@ -112,6 +112,21 @@ def test_scan_output_cuts_a_torn_last_line_and_collects_done_ids(tmp_path):
     assert [json.loads(line)["custom_id"] for line in out.read_text().splitlines()] == ["a", None, "b"]
 
 
+def test_a_result_is_one_line_to_every_line_reader(tmp_path):
+    """Text a model wrote may hold characters that JSON keeps raw but str.splitlines (and JavaScript) break lines
+    at: they are written escaped, and read back as they were."""
+    out = tmp_path / "out.jsonl"
+    text = "a\u2028b\u2029c\x85d \u00e9\u4e2d"
+    with ResultWriter(out, fsync_every=256) as w:
+        w.write({"custom_id": "a", "response": {"text": text}, "error": None})
+        w.write({"custom_id": "b", "response": {}, "error": None})
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["custom_id"] for line in lines] == ["a", "b"]
+    assert json.loads(lines[0])["response"]["text"] == text
+    assert "\u00e9\u4e2d" in lines[0]  # other text stays as it is, unescaped
+    assert scan_output(out).custom_ids == {"a", "b"}
+
+
 def test_scan_output_refuses_a_file_that_is_not_results(tmp_path):
     out = tmp_path / "out.jsonl"
     out.write_text('{"custom_id": "a", "error": null}\nhello\n')

@@ -10,6 +10,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from jobfiles import completion, read_results, write_jsonl
@@ -27,7 +28,8 @@ from batchserve.jobs.estimate import (
     with_peaks,
 )
 from batchserve.jobs.eta import LiveEta
-from batchserve.jobs.measurements import fit_step_costs
+from batchserve.jobs.lengths import Completion
+from batchserve.jobs.measurements import Measurements, fit_step_costs
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.sim.calibration import predict
@@ -258,6 +260,30 @@ def test_a_run_on_this_cpu_scales_the_placeholder_through_profile_from(tmp_path)
     assert reused.info["time_scale"] == pytest.approx(fitted.time_scale) != 1.0
     # fitted to the job's own batches, the placeholder is as good as a calibration: the narrower error
     assert f"{EstimateConfig().step_cost_error:.1%} step-cost error" in reused.info["assumes"]
+
+
+def test_completions_of_the_jobs_own_requests_teach_their_groups_and_others_only_the_pool(tmp_path):
+    """A record's completion is one of this job's requests where its custom_id and prompt length match one; a
+    record of another job (other ids, or an id reused for another prompt) teaches only the job-wide lengths. One
+    group per 4 of the job's requests observed."""
+    inp = write_jsonl(tmp_path / "in.jsonl", early_stop_job(24))
+    job = plan_job(str(inp), Done(), SETUP, JobConfig())
+    requests = job.requests
+    own = [Completion(len(r.prompt_token_ids), 64, 5, False, r.custom_id) for r in requests[:8]]
+    elsewhere = [Completion(7, 64, 50, False, "other-1"), Completion(7, 64, 50, False, None),
+                 Completion(len(requests[9].prompt_token_ids) + 1, 64, 50, False, requests[9].custom_id)]
+    assert job.observed(own + elsewhere) == list(range(8)) + [None] * 3
+    record = Measurements("cpu", "fp32", completions=own + elsewhere)
+    sim = SETUP.sim_setup("cpu-local")
+    evidence = Evidence.of(sim, [record], [], job, EstimateConfig())
+    groups = job.groups(2, EstimateConfig().grouping)
+    assert evidence.lengths.num_groups == 2 and sorted(set(groups.tolist())) == [0, 1]
+    assert evidence.group_of == {r.custom_id: int(g) for r, g in zip(requests, groups)}
+    # the own completions all stopped at 5: a group of them draws 5 but for the pool's share (50 there)
+    expected = evidence.lengths.expected()
+    drawn = evidence.lengths.draw([int(groups[0])] * 2000, [64] * 2000, expected, np.random.default_rng(0))
+    pooled = evidence.lengths.draw([-1] * 2000, [64] * 2000, expected, np.random.default_rng(0))
+    assert np.mean(drawn == 50) < np.mean(pooled == 50)
 
 
 class Terminal(io.StringIO):

@@ -197,6 +197,11 @@ def scan_output(path: str | os.PathLike) -> Done:
     return done
 
 
+LINE_BREAKS_ESCAPED = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+"""Characters JSON may hold raw in a string but many line readers break lines at (Python's str.splitlines,
+JavaScript): written escaped, a result is one line to every reader. A real model's story held one (session 31)."""
+
+
 class ResultWriter:
     """Appends one result per line: one write() and a flush each, fsync every `fsync_every` and at close."""
 
@@ -207,7 +212,7 @@ class ResultWriter:
         self._unsynced = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.write(json.dumps(record, ensure_ascii=False).translate(LINE_BREAKS_ESCAPED) + "\n")
         self._f.flush()
         self._unsynced += 1
         if self._unsynced >= self.fsync_every:
