@@ -32,6 +32,15 @@ def test_prompts_of_one_instruction_share_a_group(num_groups):
     assert len(np.unique(groups)) >= 5
 
 
+def test_kmeans_fitted_to_part_of_a_job_groups_all_of_it():
+    """Fitted to 100 of 400 prompts (`fit_rows`), every prompt joins its nearest center: still one kind a group."""
+    prompts, kinds = templated_job(400, np.random.default_rng(5))
+    config = GroupingConfig(fit_rows=100)
+    groups = prompt_groups(prompt_features(prompts, config), 6, config)
+    assert all(len(set(kinds[groups == g].tolist())) == 1 for g in np.unique(groups))
+    assert len(np.unique(groups)) >= 5
+
+
 def test_one_template_over_documents_of_many_lengths_is_grouped_by_length():
     """One instruction over documents of unrelated words, 20-40 or 300-400 tokens long: the documents share few
     tokens, so their length decides."""
@@ -74,7 +83,7 @@ def test_kmeans_finds_well_separated_clusters():
 
 def test_one_group_per_few_observed_requests_up_to_a_limit():
     assert [CONFIG.num_groups(k) for k in (0, 3, 8, 24, 72, 1000)] == [1, 1, 2, 6, 16, 16]
-    for bad in ({"samples_per_group": 0}, {"max_groups": 0}, {"dims": 0}, {"restarts": 0}, {"max_share": 0},
-                {"length_weight": -1}):
+    for bad in ({"samples_per_group": 0}, {"max_groups": 0}, {"dims": 0}, {"fit_rows": 0}, {"restarts": 0},
+                {"max_share": 0}, {"length_weight": -1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             GroupingConfig(**bad)

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_CHUNK = 1 << 20
+"""(prompt, token) rows projected at once: a chunk's directions take 128 MiB at 32 dimensions."""
+
 
 @dataclass(frozen=True)
 class GroupingConfig:
@@ -44,6 +47,9 @@ class GroupingConfig:
     vector: a job of one template with documents of many lengths is grouped by length."""
     iterations: int = 50
     """At most this many Lloyd iterations (they stop once no prompt changes group)."""
+    fit_rows: int = 20_000
+    """k-means is fitted to at most this many prompts (drawn at random); the rest join their nearest center. A
+    100,000-prompt job groups in seconds."""
     restarts: int = 8
     """k-means runs from this many k-means++ seedings; the one of least within-group squares is kept (one run can
     settle with two kinds of prompt in a group and another kind split in two)."""
@@ -51,7 +57,7 @@ class GroupingConfig:
     """Seeds the random projection and k-means: a job's groups are the same in its estimate and its run."""
 
     def __post_init__(self) -> None:
-        for name in ("samples_per_group", "max_groups", "dims", "iterations", "restarts"):
+        for name in ("samples_per_group", "max_groups", "dims", "iterations", "fit_rows", "restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.max_share <= 1:
@@ -66,27 +72,32 @@ class GroupingConfig:
 
 def prompt_features(prompts: Sequence[Sequence[int]], config: GroupingConfig) -> np.ndarray:
     """One row per prompt: its template tokens' random projection (unit length, or zero with none), then its
-    weighted standardized log length."""
+    weighted standardized log length. A token's direction depends on its id alone."""
     n = len(prompts)
     lens = np.array([len(p) for p in prompts], dtype=np.int64)
-    content = np.zeros((n, config.dims))
+    content = np.zeros((n, config.dims), dtype=np.float32)
     if lens.sum():
         tokens = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])
-        owners = np.repeat(np.arange(n, dtype=np.int64), lens)
         width = int(tokens.max()) + 1
-        pairs = np.unique(owners * width + tokens)  # each (prompt, token) once
-        owners, tokens = pairs // width, pairs % width
-        vocab, index, share = np.unique(tokens, return_inverse=True, return_counts=True)
+        keys = np.repeat(np.arange(n, dtype=np.int64), lens) * width + tokens
+        keys.sort()
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]  # each (prompt, token) once, by prompt
+        owners, tokens = keys // width, keys % width
+        share = np.bincount(tokens, minlength=width)  # how many prompts hold each token
         template = (share >= 2) & (share <= config.max_share * n)
-        directions = np.random.default_rng(config.seed).standard_normal((len(vocab), config.dims)) * template[:, None]
-        for d in range(config.dims):
-            content[:, d] = np.bincount(owners, weights=directions[index, d], minlength=n)
+        keep = template[tokens]
+        owners, tokens = owners[keep], tokens[keep]
+        directions = np.random.default_rng(config.seed).standard_normal((width, config.dims), dtype=np.float32)
+        for lo in range(0, len(owners), _CHUNK):  # a chunk's rows summed per prompt, without all rows at once
+            own, tok = owners[lo:lo + _CHUNK], tokens[lo:lo + _CHUNK]
+            starts = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])
+            content[own[starts]] += np.add.reduceat(directions[tok], starts, axis=0)
         norms = np.linalg.norm(content, axis=1, keepdims=True)
         content = np.divide(content, norms, out=np.zeros_like(content), where=norms > 0)
     log_len = np.log1p(lens)
     spread = log_len.std() if n else 0.0
     length = (log_len - log_len.mean()) / spread if spread > 0 else np.zeros(n)
-    return np.column_stack([content, config.length_weight * length])
+    return np.column_stack([content, config.length_weight * length]).astype(np.float32)
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
@@ -100,8 +111,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> 
     c = np.array(centers)
     labels = np.full(len(x), -1)
     for _ in range(iterations):
-        distances = (x**2).sum(axis=1)[:, None] - 2 * x @ c.T + (c**2).sum(axis=1)[None, :]
-        new = distances.argmin(axis=1)
+        new = _nearest(x, c)
         if np.array_equal(new, labels):
             break
         labels = new
@@ -112,9 +122,19 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> 
 
 
 def prompt_groups(features: np.ndarray, num_groups: int, config: GroupingConfig) -> np.ndarray:
-    """Each prompt's group (rows of `prompt_features`), 0..at most num_groups - 1 (all 0 for one group)."""
+    """Each prompt's group (rows of `prompt_features`), 0..at most num_groups - 1 (all 0 for one group): k-means
+    fitted to at most `config.fit_rows` of them, every prompt then in the group of its nearest center."""
     if num_groups <= 1 or not len(features):
         return np.zeros(len(features), dtype=np.int64)
     rng = np.random.default_rng(config.seed)
-    runs = [kmeans(features, num_groups, rng, config.iterations) for _ in range(config.restarts)]
-    return min(runs, key=lambda run: run[1])[0].astype(np.int64)
+    fit = features.astype(np.float64)
+    if len(fit) > config.fit_rows:
+        fit = fit[np.sort(rng.choice(len(fit), config.fit_rows, replace=False))]
+    runs = [kmeans(fit, num_groups, rng, config.iterations) for _ in range(config.restarts)]
+    labels = min(runs, key=lambda run: run[1])[0]
+    centers = np.array([fit[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
+    return _nearest(features, centers)
+
+
+def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return ((x**2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers**2).sum(axis=1)[None, :]).argmin(axis=1)
