@@ -542,6 +542,7 @@ def _assumption(evidence: Evidence, est: EstimateConfig, step_cost_error: float)
         return "every request generates its max_tokens: an upper bound (--sample K learns real output lengths)"
     obs = evidence.lengths.observations
     capped = sum(c.censored for c in obs)
+    groups = evidence.lengths.num_groups
     return (f"output lengths learned from {len(obs)} completions ({capped} stopped by max_tokens), "
-            f"{evidence.lengths.num_groups} prompt groups; range p10-p90 over {est.num_length_draws} length draws "
-            f"({est.num_draws} simulated) and a {step_cost_error:.1%} step-cost error")
+            f"{groups} prompt group{'s' if groups > 1 else ''}; range p10-p90 over {est.num_length_draws} length "
+            f"draws ({est.num_draws} simulated) and a {step_cost_error:.1%} step-cost error")
