@@ -156,7 +156,10 @@ class JobPlan:
         return [e for e in self.entries if isinstance(e, BatchRequest)]
 
     def groups(self, num_groups: int, config: GroupingConfig) -> np.ndarray:
-        """Each request's prompt group (in `requests` order); prompts are described once, grouped once per count."""
+        """Each request's prompt group (in `requests` order); prompts are described once (only once more than one
+        group is asked for), grouped once per count."""
+        if num_groups <= 1:
+            return np.zeros(len(self.requests), dtype=np.int64)
         if num_groups not in self._groups:
             if self._features is None:
                 self._features = prompt_features([r.prompt_token_ids for r in self.requests], config)
