@@ -174,9 +174,10 @@ class JobPlan:
     def observed(self, completions: Sequence[Completion]) -> list[int | None]:
         """Each completion's request (its index in `requests`), where it is one of this job's: the same custom_id
         and prompt length; None for another job's."""
-        index = {r.custom_id: i for i, r in enumerate(self.requests)}
+        requests = self.requests
+        index = {r.custom_id: i for i, r in enumerate(requests)}
         found = [index.get(c.custom_id) if c.custom_id is not None else None for c in completions]
-        return [i if i is not None and len(self.requests[i].prompt_token_ids) == c.prompt_len else None
+        return [i if i is not None and len(requests[i].prompt_token_ids) == c.prompt_len else None
                 for i, c in zip(found, completions)]
 
 
