@@ -30,6 +30,7 @@ from batchserve.jobs.estimate import (
 from batchserve.jobs.eta import LiveEta
 from batchserve.jobs.lengths import Completion
 from batchserve.jobs.measurements import Measurements, fit_step_costs
+from batchserve.jobs.prompt_groups import GroupingConfig
 from batchserve.jobs.runner import JobConfig
 from batchserve.jobs.setup import RunSetup
 from batchserve.sim.calibration import predict
@@ -284,6 +285,17 @@ def test_completions_of_the_jobs_own_requests_teach_their_groups_and_others_only
     drawn = evidence.lengths.draw([int(groups[0])] * 2000, [64] * 2000, expected, np.random.default_rng(0))
     pooled = evidence.lengths.draw([-1] * 2000, [64] * 2000, expected, np.random.default_rng(0))
     assert np.mean(drawn == 50) < np.mean(pooled == 50)
+
+
+def test_the_estimates_grouping_knobs_reach_its_groups():
+    """--samples-per-group and --max-groups are the estimate's own fields; the rest of the grouping keeps its
+    defaults."""
+    est = EstimateConfig(samples_per_group=2, max_groups=3)
+    assert est.grouping == GroupingConfig(samples_per_group=2, max_groups=3)
+    assert [est.grouping.num_groups(k) for k in (1, 4, 100)] == [1, 2, 3]
+    for bad in ({"samples_per_group": 0}, {"max_groups": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            EstimateConfig(**bad)
 
 
 class Terminal(io.StringIO):

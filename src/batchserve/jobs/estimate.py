@@ -57,9 +57,12 @@ class EstimateConfig:
     sample: int = 0
     """Requests run on the real engine first (stratified by prompt group and length) to learn output lengths and,
     when the estimate is for this machine, its step costs; 0: assume every request generates its max_tokens."""
-    grouping: GroupingConfig = field(default_factory=GroupingConfig)
-    """How the job's prompts are grouped for the sample and the output-length model (one group per
-    `samples_per_group` observed requests)."""
+    samples_per_group: int = GroupingConfig.samples_per_group
+    """The job's prompts are grouped (by what they ask and how long they are) for the sample and the output-length
+    model: one group per this many sampled (or earlier observed) requests, so each group's lengths rest on a few of
+    its own (`jobs.prompt_groups`)."""
+    max_groups: int = GroupingConfig.max_groups
+    """At most this many prompt groups."""
     length_prior_weight: float = 0.25
     """Pseudo-completions the output-length prior counts for (log-uniform lengths up to twice max_tokens; see
     `jobs.lengths`), against `length_concentration` per observed completion."""
@@ -83,11 +86,12 @@ class EstimateConfig:
     (or not at all) rather than to an earlier run's: 0.30, the RMS of log(actual / estimated) over the 9 SmolLM2
     jobs estimated that way in session 18 (160-request jobs -33%..+41%, the README's job -8%..0%; bench/RESULTS.md).
     A sample's few small batches cannot show what the job's wide ones cost; `calibrate` can."""
-    probed_step_cost_error: float = 0.09
-    """`placeholder_step_cost_error` once a probe has scaled the placeholder to steps as wide as the job's: 0.09,
-    the RMS of log(priced / measured) of the jobs' own steps at the estimates' costs over the 15 real SmolLM2 jobs
-    estimated that way in sessions 29-30 (160- to 1,440-request jobs, fp32 and bf16, 0.81-1.23x, mean 1.00;
-    bench/RESULTS.md)."""
+    probed_step_cost_error: float = 0.11
+    """`placeholder_step_cost_error` once a probe has scaled the placeholder to steps as wide as the job's: 0.11,
+    the RMS of log(priced / measured) of the jobs' own steps at the estimates' costs over the 29 real SmolLM2 jobs
+    estimated that way in sessions 29-31 (160- to 1,440-request jobs, fp32 and bf16, 0.77-1.23x, mean of the logs
+    -0.02; without the probe's scale 0.17 and +0.11; bench/RESULTS.md). Most of it is the VM's speed between the
+    probe and the run."""
     fit_step_costs: bool = True
     """Scale the profile's step costs to steps measured on its device by an earlier full run (--profile-from), or
     by the sample when the profile is the uncalibrated cpu-local placeholder (False: learn output lengths only).
@@ -127,7 +131,7 @@ class EstimateConfig:
     def __post_init__(self) -> None:
         if self.sample < 0:
             raise ValueError(f"--sample must be >= 0, got {self.sample}")
-        for name in ("num_length_draws", "num_draws", "eta_every"):
+        for name in ("samples_per_group", "max_groups", "num_length_draws", "num_draws", "eta_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.length_concentration <= 0:
@@ -140,6 +144,11 @@ class EstimateConfig:
             raise ValueError(f"target_token_error must be > 0, got {self.target_token_error}")
         if not 0 < self.eta_max_overhead <= 1:
             raise ValueError(f"eta_max_overhead must be in (0, 1], got {self.eta_max_overhead}")
+
+    @property
+    def grouping(self) -> GroupingConfig:
+        """How the job's prompts are grouped (the rest of `GroupingConfig` at its defaults)."""
+        return GroupingConfig(samples_per_group=self.samples_per_group, max_groups=self.max_groups)
 
 
 @dataclass
