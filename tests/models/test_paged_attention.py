@@ -190,13 +190,14 @@ needs_prefill_kernel = pytest.mark.skipif(not paged_decode.prefill_in_place(64),
 @pytest.mark.parametrize("window", [None, 3])
 def test_the_cpp_backend_attends_prompt_chunks_in_place_too(monkeypatch, window):
     """At head_dim 64 every prompt chunk (fresh, or on a cached context) goes to the prefill kernel, one call a
-    chunk, and decodes to the decode kernel: no SDPA, no gather, the reference's result."""
+    chunk, and decodes to the decode kernel: no SDPA, no gather, no chunk mask built, the reference's result."""
     calls = {"sdpa": 0, "prefill": []}
     prefill, sdpa = attention.paged_prefill, attention._sdpa
     monkeypatch.setattr(attention, "_sdpa", lambda *a: calls.__setitem__("sdpa", calls["sdpa"] + 1) or sdpa(*a))
     monkeypatch.setattr(attention, "paged_prefill",
                         lambda q, *a: calls["prefill"].append(q.shape[0]) or prefill(q, *a))
     monkeypatch.setattr(PagedAttention, "_gather", None)  # a gather would fail
+    monkeypatch.setattr(attention._PrefillPlan, "mask", property(lambda plan: pytest.fail("a chunk mask was built")))
     out, expected = run_batch(MIXED, window, config=AttentionConfig(backend="cpp"), head_dim=64)
     assert (out - expected).abs().max() < 1e-5
     assert calls == {"sdpa": 0, "prefill": [5, 4, 7]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -139,8 +140,17 @@ class _PrefillPlan:
     start: int
     end: int
     key_slots: torch.Tensor | None  # [S] slots of keys 0..S-1; None: no context, use the new k/v as they are
-    mask: torch.Tensor  # [n, S] True where query i may see key j
-    context: int = 0  # keys cached before the chunk (S - n)
+    context: int  # keys cached before the chunk (S - n)
+    window: int | None
+    device: torch.device
+
+    @cached_property
+    def mask(self) -> torch.Tensor:
+        """[n, S] True where query i may see key j; built by the first layer that asks (the in-place kernel of
+        the cpp backend needs none)."""
+        positions = torch.arange(self.context + self.end - self.start)
+        mask = _visible(positions[self.context:, None], positions[None, :], self.window)
+        return mask.to(self.device, non_blocking=True)
 
 
 def _slots(block_tables: list[list[int]], lens: list[int], block_size: int, device: torch.device) -> torch.Tensor:
@@ -179,8 +189,7 @@ def _flex_plans(meta: AttentionMetadata, window: int | None,
                 seqs += [i] * n
                 positions += range(ctx[i], ctx[i] + n)
             elif n:
-                mask = _visible(torch.arange(n)[:, None], torch.arange(n)[None, :], window)
-                fresh.append(_PrefillPlan(qsl[i], qsl[i + 1], None, mask.to(device, non_blocking=True)))
+                fresh.append(_PrefillPlan(qsl[i], qsl[i + 1], None, 0, window, device))
         plan = flex_plan(rows, seqs, positions, meta.block_tables, meta.block_size, num_pool_blocks, window,
                          device, every_row=len(rows) == qsl[-1]) if rows else None
         meta._plans[key] = plan, fresh
@@ -232,8 +241,7 @@ def _plan(meta: AttentionMetadata, window: int | None) -> tuple[list[_DecodePlan
         if n <= 1:
             continue
         slots = _slots([tables[i]], [ctx[i] + n], meta.block_size, device)[0] if ctx[i] else None
-        mask = _visible(torch.arange(ctx[i], ctx[i] + n)[:, None], torch.arange(ctx[i] + n)[None, :], window)
-        prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, mask.to(device, non_blocking=True), ctx[i]))
+        prefills.append(_PrefillPlan(qsl[i], qsl[i + 1], slots, ctx[i], window, device))
     return decode_plans, prefills
 
 
