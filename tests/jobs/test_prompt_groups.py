@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from batchserve.jobs.prompt_groups import GroupingConfig, kmeans, prompt_features, prompt_groups
+from batchserve.jobs.prompt_groups import GroupingConfig, kmeans, nearest, prompt_features, prompt_groups
 
 CONFIG = GroupingConfig()
 
@@ -77,7 +77,8 @@ def test_kmeans_finds_well_separated_clusters():
     rng = np.random.default_rng(4)
     centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     truth = rng.integers(0, 3, 300)
-    labels, _ = kmeans(centers[truth] + rng.normal(0, 0.5, (300, 2)), 3, np.random.default_rng(0), 50)
+    x = centers[truth] + rng.normal(0, 0.5, (300, 2))
+    labels = nearest(x, kmeans(x, 3, np.random.default_rng(0), 50)[0])
     assert all(len(set(labels[truth == t].tolist())) == 1 for t in range(3)) and len(set(labels.tolist())) == 3
 
 

@@ -103,24 +103,22 @@ def prompt_features(prompts: Sequence[Sequence[int]], config: GroupingConfig) ->
 
 
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int) -> tuple[np.ndarray, float]:
-    """Each row's cluster (0..k-1; fewer clusters where there are fewer distinct rows) and the within-cluster sum of
-    squares: k-means++ seeds, then Lloyd's iterations."""
+    """At most k cluster centers (those some row is nearest; fewer where there are fewer distinct rows) and the
+    rows' within-cluster sum of squares: k-means++ seeds, then Lloyd's iterations."""
     centers = [x[rng.integers(len(x))]]
-    nearest = ((x - centers[0]) ** 2).sum(axis=1)
-    while len(centers) < k and nearest.sum() > 0:
-        centers.append(x[rng.choice(len(x), p=nearest / nearest.sum())])
-        nearest = np.minimum(nearest, ((x - centers[-1]) ** 2).sum(axis=1))
+    closest = ((x - centers[0]) ** 2).sum(axis=1)  # each row's squared distance to its nearest seed
+    while len(centers) < k and closest.sum() > 0:
+        centers.append(x[rng.choice(len(x), p=closest / closest.sum())])
+        closest = np.minimum(closest, ((x - centers[-1]) ** 2).sum(axis=1))
     c = np.array(centers)
     labels = np.full(len(x), -1)
     for _ in range(iterations):
-        new = _nearest(x, c)
+        new = nearest(x, c)
         if np.array_equal(new, labels):
             break
         labels = new
         c = np.array([x[labels == j].mean(axis=0) if (labels == j).any() else c[j] for j in range(len(c))])
-    inertia = float(((x - c[labels]) ** 2).sum())
-    _, labels = np.unique(labels, return_inverse=True)  # empty clusters dropped
-    return labels, inertia
+    return c[np.unique(labels)], float(((x - c[labels]) ** 2).sum())
 
 
 def prompt_groups(features: np.ndarray, num_groups: int, config: GroupingConfig) -> np.ndarray:
@@ -133,10 +131,9 @@ def prompt_groups(features: np.ndarray, num_groups: int, config: GroupingConfig)
     if len(fit) > config.fit_rows:
         fit = fit[np.sort(rng.choice(len(fit), config.fit_rows, replace=False))]
     runs = [kmeans(fit, num_groups, rng, config.iterations) for _ in range(config.restarts)]
-    labels = min(runs, key=lambda run: run[1])[0]
-    centers = np.array([fit[labels == j].mean(axis=0) for j in range(labels.max() + 1)])
-    return _nearest(features, centers)
+    return nearest(features, min(runs, key=lambda run: run[1])[0])
 
 
-def _nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def nearest(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Each row's nearest center (squared Euclidean distance)."""
     return ((x**2).sum(axis=1)[:, None] - 2 * x @ centers.T + (centers**2).sum(axis=1)[None, :]).argmin(axis=1)
